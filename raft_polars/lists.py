@@ -1,0 +1,197 @@
+"""The seed's entry point: RAFT over nested Python lists.
+
+``raft_alignment(stages_log_probs, stages_rewards)`` reads the nested lists into
+the canonical frame (only the rewards, and then only the log-probs of the selected
+responses, so the unselected tokens are never converted), ranks with the shared
+best-of-K ranking and reduces with the shared reduction of
+:mod:`raft_polars.losses`; it returns the per-stage losses rounded with Python's
+``round(x, 4)``. Candidate ids are positions, so ties go to the first candidate,
+as ``numpy.argmax`` does.
+
+Examples
+--------
+>>> from raft_polars import raft_alignment
+>>> raft_alignment(
+...     [[[[-2.0, -1.8], [-1.5, -1.6]]], [[[-0.6, -0.5], [-0.7, -0.8]]],
+...      [[[-0.2, -0.1], [-0.3, -0.4]]]],
+...     [[[0.2, 0.4]], [[0.75, 0.7]], [[0.95, 0.8]]],
+... )
+[1.55, 0.55, 0.15]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+from typing import TypeAlias
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from raft_polars.errors import RaftInputError
+from raft_polars.logs import StageLog
+from raft_polars.losses import Reduction, below_min, losses_from_responses, response_stats
+from raft_polars.ranking import prompt_summary
+from raft_polars import _checks
+
+__all__ = ["lists_losses", "raft_alignment"]
+
+Number: TypeAlias = float | int
+LogProbs: TypeAlias = Sequence[Sequence[Sequence[Sequence[Number]]]]
+Rewards: TypeAlias = Sequence[Sequence[Sequence[Number]]]
+
+_LP = "stages_log_probs"
+_RW = "stages_rewards"
+
+
+def raft_alignment(stages_log_probs: LogProbs, stages_rewards: Rewards) -> list[float]:
+    """Per-stage SFT loss of RAFT over nested lists, each rounded to 4 decimals.
+
+    Parameters
+    ----------
+    stages_log_probs
+        ``[T][prompts][K][tokens]`` token log-probabilities; every level may be
+        ragged, and a response may have no tokens.
+    stages_rewards
+        ``[T][prompts][K]`` rewards, shaped like ``stages_log_probs`` down to ``K``.
+
+    Returns
+    -------
+    list of float
+        ``round(loss_t, 4)`` for every stage, in stage order; ``[]`` for ``T = 0``.
+
+    Raises
+    ------
+    RaftInputError
+        Shapes disagree, a stage has no prompts or a prompt no candidates, a reward
+        is not finite, a selected log-prob is not finite or > 0, or a stage's
+        selected responses hold no tokens.
+
+    Examples
+    --------
+    >>> raft_alignment([[[[-1.0, -3.0], [-1.0]]]], [[[5, 5]]])  # tie: first wins
+    [2.0]
+    >>> raft_alignment([], [])
+    []
+    """
+    table = lists_losses(stages_log_probs, stages_rewards)
+    return [round(loss, 4) for loss in table["loss"].to_list()]
+
+
+def lists_losses(
+    stages_log_probs: LogProbs,
+    stages_rewards: Rewards,
+    *,
+    reduction: Reduction = "token",
+) -> pl.DataFrame:
+    """The per-stage table of :func:`raft_polars.stage_losses` for nested lists.
+
+    Stages, prompts and candidates are numbered by position from 0.
+    """
+    keys, prompt_starts = _read_rewards(stages_log_probs, stages_rewards)
+    log = StageLog("nested", keys.lazy(), None, (), _RW, _LP)
+    summary = prompt_summary(keys.lazy()).collect()
+    _checks.candidates(log, summary)
+    chosen = summary.select("stage", "prompt", "cand", "reward").sort("stage", "prompt")
+    logprobs = _selected_logprobs(stages_log_probs, chosen)
+    responses = chosen.with_columns(logprobs).with_columns(response_stats("logprobs"))
+    selected_log = StageLog("nested", responses.lazy(), None, (), _RW, _LP)
+    table = losses_from_responses(
+        selected_log, summary, responses.drop("logprobs"), below_min(chosen, chosen), reduction
+    )
+    del prompt_starts
+    return table
+
+
+def _lengths(items: Sequence[object], name: str, where: str) -> list[int]:
+    try:
+        return [len(item) for item in items]  # type: ignore[arg-type]
+    except TypeError:
+        for index, item in enumerate(items):
+            if not hasattr(item, "__len__"):
+                msg = f"{name}{where}[{index}] must be a list, found {item!r}"
+                raise RaftInputError(msg) from None
+        raise
+
+
+def _read_rewards(lps: LogProbs, rws: Rewards) -> tuple[pl.DataFrame, np.ndarray]:
+    """Check the shapes of both nests and return the candidate rows."""
+    for value, name in ((lps, _LP), (rws, _RW)):
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            msg = f"{name} must be a list, found {type(value).__name__}"
+            raise RaftInputError(msg)
+    if len(lps) != len(rws):
+        msg = (f"{_LP} has {len(lps)} stage(s) but {_RW} has {len(rws)}; "
+               "both need one entry per stage")
+        raise RaftInputError(msg)
+    prompts = _lengths(rws, _RW, "")
+    if prompts != _lengths(lps, _LP, ""):
+        t = next(t for t, (a, b) in enumerate(zip(prompts, _lengths(lps, _LP, ""), strict=True))
+                 if a != b)
+        msg = (f"stage {t}: {_LP}[{t}] has {len(lps[t])} prompt(s) but {_RW}[{t}] has "
+               f"{len(rws[t])}")
+        raise RaftInputError(msg)
+    if 0 in prompts:
+        msg = f"stage {prompts.index(0)} has no prompts"
+        raise RaftInputError(msg)
+    k_r = list(chain.from_iterable(_lengths(stage, _RW, f"[{t}]") for t, stage in enumerate(rws)))
+    k_l = list(chain.from_iterable(_lengths(stage, _LP, f"[{t}]") for t, stage in enumerate(lps)))
+    starts = np.zeros(len(prompts) + 1, dtype=np.int64)
+    np.cumsum(prompts, out=starts[1:])
+    if k_r != k_l or 0 in k_r:
+        flat = next(i for i, (a, b) in enumerate(zip(k_r, k_l, strict=True)) if a != b or a == 0)
+        t = int(np.searchsorted(starts, flat, side="right") - 1)
+        i = flat - int(starts[t])
+        if k_r[flat] == 0:
+            msg = f"stage {t}, prompt {i} has no candidates"
+        else:
+            msg = (f"stage {t}, prompt {i}: {_LP} has {k_l[flat]} candidate(s) but {_RW} "
+                   f"has {k_r[flat]}")
+        raise RaftInputError(msg)
+    k = np.asarray(k_r, dtype=np.int64)
+    stage_of_prompt = np.repeat(np.arange(len(prompts), dtype=np.int64), prompts)
+    prompt_in_stage = np.arange(len(k), dtype=np.int64) - np.repeat(starts[:-1], prompts)
+    cand_start = np.zeros(len(k), dtype=np.int64)
+    np.cumsum(k[:-1], out=cand_start[1:])
+    try:
+        reward = np.fromiter(chain.from_iterable(chain.from_iterable(rws)), dtype=np.float64,
+                             count=int(k.sum()))
+    except (TypeError, ValueError):
+        for t, stage in enumerate(rws):
+            for i, prompt in enumerate(stage):
+                for j, value in enumerate(prompt):
+                    if not isinstance(value, int | float | np.number):
+                        msg = f"reward at stage {t}, prompt {i}, candidate {j} is not a number: {value!r}"
+                        raise RaftInputError(msg) from None
+        raise
+    keys = pl.DataFrame(
+        {
+            "stage": np.repeat(stage_of_prompt, k),
+            "prompt": np.repeat(prompt_in_stage, k),
+            "cand": np.arange(int(k.sum()), dtype=np.int64) - np.repeat(cand_start, k),
+            "reward": reward,
+        }
+    )
+    return keys, starts
+
+
+def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:
+    """The selected responses' log-probs as a list column; only they are converted."""
+    picks = [lps[t][i][j] for t, i, j in chosen.select("stage", "prompt", "cand").iter_rows()]
+    lengths = np.fromiter((len(p) for p in picks), dtype=np.int64, count=len(picks))
+    offsets = np.zeros(len(picks) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    try:
+        values = np.fromiter(chain.from_iterable(picks), dtype=np.float64, count=int(offsets[-1]))
+    except (TypeError, ValueError):
+        for (t, i, j), pick in zip(chosen.select("stage", "prompt", "cand").iter_rows(), picks,
+                                   strict=True):
+            for index, value in enumerate(pick):
+                if not isinstance(value, int | float | np.number):
+                    msg = (f"log-prob at stage {t}, prompt {i}, candidate {j}, token {index} "
+                           f"is not a number: {value!r}")
+                    raise RaftInputError(msg) from None
+        raise
+    array = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pl.Series("logprobs", array)

@@ -1,0 +1,325 @@
+"""Step 1 of RAFT: read stage logs into one canonical frame.
+
+Every source (Parquet files, globs, Hive directories, data frames, Arrow tables,
+nested Python lists) becomes a :class:`StageLog`: a lazy candidate-level frame
+``stage, prompt, cand, reward`` (plus ``logprobs`` in the nested layout, plus any
+extra columns) and, in the long layout, a lazy token-level frame
+``stage, prompt, cand, logprob``. Nothing is read here beyond file metadata: the
+frames are scanned when a query on them is collected, through :func:`collect`,
+which turns read failures into :class:`~raft_polars.errors.RaftInputError`.
+
+Examples
+--------
+>>> import polars as pl
+>>> from raft_polars.logs import read_log
+>>> df = pl.DataFrame({"stage": [0, 0], "prompt": ["a", "a"], "cand": [0, 1],
+...                    "reward": [0.2, 0.4], "logprobs": [[-2.0, -1.8], [-1.5, -1.6]]})
+>>> log = read_log(df)
+>>> log.layout, log.extras
+('nested', ())
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+import polars as pl
+import pyarrow as pa
+
+from raft_polars.errors import RaftInputError
+
+__all__ = [
+    "CANDIDATE_COLUMNS",
+    "ID_COLUMNS",
+    "Layout",
+    "Source",
+    "StageLog",
+    "collect",
+    "read_log",
+]
+
+Layout: TypeAlias = Literal["nested", "long"]
+PathLike: TypeAlias = str | Path
+Source: TypeAlias = (
+    PathLike | Sequence[PathLike] | pl.DataFrame | pl.LazyFrame | pa.Table
+)
+
+ID_COLUMNS = ("stage", "prompt", "cand")
+CANDIDATE_COLUMNS = (*ID_COLUMNS, "reward")
+_CANONICAL = (*CANDIDATE_COLUMNS, "logprobs", "token", "logprob")
+
+
+@dataclass(frozen=True)
+class StageLog:
+    """A stage log in canonical form, still lazy.
+
+    Attributes
+    ----------
+    layout
+        ``"nested"``: ``candidates`` holds a ``logprobs`` list column.
+        ``"long"``: the log-probs are token rows in ``tokens``.
+    candidates
+        One row per candidate: ``stage``, ``prompt``, ``cand``, ``reward``
+        (float64), ``logprobs`` (nested layout only), then the extra columns.
+    tokens
+        Long layout only: ``stage``, ``prompt``, ``cand``, ``logprob`` and, when
+        the source has it, ``token``.
+    extras
+        Candidate-level columns beyond the canonical ones (response text, ids).
+    origin, token_origin
+        Human-readable names of the candidate and token sources, for messages.
+    files
+        The Parquet files behind the log, to find an unreadable one.
+    """
+
+    layout: Layout
+    candidates: pl.LazyFrame
+    tokens: pl.LazyFrame | None
+    extras: tuple[str, ...]
+    origin: str
+    token_origin: str
+    files: tuple[Path, ...] = field(default=())
+
+    @property
+    def integer_ids(self) -> bool:
+        """Whether ``stage``, ``prompt`` and ``cand`` are all integers."""
+        schema = self.candidates.collect_schema()
+        return all(schema[c].is_integer() for c in ID_COLUMNS)
+
+
+def read_log(
+    source: Source,
+    *,
+    rewards: Source | None = None,
+    columns: Mapping[str, str] | None = None,
+) -> StageLog:
+    """Read a stage log, in either layout, into a canonical :class:`StageLog`.
+
+    Parameters
+    ----------
+    source
+        A Parquet path, a glob, a directory (Hive partitions such as
+        ``stage=3/part-0.parquet`` included), a list of paths, a polars
+        ``DataFrame`` / ``LazyFrame`` or a ``pyarrow.Table``. Without ``rewards``
+        it is in the nested layout (one row per candidate with a ``logprobs``
+        list); with ``rewards`` it holds the token rows of the long layout.
+    rewards
+        Long layout: the candidate rows ``stage, prompt, cand, reward``, as any
+        of the source kinds above.
+    columns
+        Maps canonical names to the user's own, e.g.
+        ``{"prompt": "prompt_id", "logprobs": "token_logprobs"}``.
+
+    Returns
+    -------
+    StageLog
+
+    Raises
+    ------
+    RaftInputError
+        A file is missing or unreadable, a column is missing or of the wrong type.
+    """
+    mapping = _check_mapping(columns)
+    main, main_origin, main_files = _scan(source, "source")
+    main = _rename(main, mapping, main_origin)
+    if rewards is None:
+        schema = _require(main, (*CANDIDATE_COLUMNS, "logprobs"), main_origin,
+                          hint_long="logprob")
+        _check_types(schema, main_origin, nested=True)
+        extras = tuple(c for c in schema if c not in _CANONICAL)
+        candidates = main.select(
+            *_canonical_ids(schema),
+            pl.col("reward").cast(pl.Float64),
+            pl.col("logprobs"),
+            *extras,
+        )
+        return StageLog("nested", candidates, None, extras, main_origin, main_origin,
+                        main_files)
+    cands, cand_origin, cand_files = _scan(rewards, "rewards")
+    cands = _rename(cands, mapping, cand_origin)
+    cschema = _require(cands, CANDIDATE_COLUMNS, cand_origin)
+    _check_types(cschema, cand_origin, nested=False)
+    tschema = _require(main, (*ID_COLUMNS, "logprob"), main_origin)
+    _check_types(tschema, main_origin, nested=False)
+    for name in ID_COLUMNS:
+        if _id_kind(cschema[name]) != _id_kind(tschema[name]):
+            msg = (
+                f"column {name!r} has type {tschema[name]} in the token rows "
+                f"({main_origin}) but {cschema[name]} in the rewards ({cand_origin}); "
+                "ids must be of the same kind in both"
+            )
+            raise RaftInputError(msg)
+    extras = tuple(c for c in cschema if c not in _CANONICAL)
+    candidates = cands.select(*_canonical_ids(cschema), pl.col("reward").cast(pl.Float64),
+                              *extras)
+    keep = [*_canonical_ids(tschema), "logprob"] + (["token"] if "token" in tschema else [])
+    return StageLog("long", candidates, main.select(keep), extras, cand_origin,
+                    main_origin, main_files + cand_files)
+
+
+def _canonical_ids(schema: pl.Schema) -> list[pl.Expr]:
+    """Ids as Int64 (stage, cand, integer prompts) or String (other prompts), so
+    that the token rows and the rewards always join."""
+    prompt = pl.Int64 if schema["prompt"].is_integer() else pl.String
+    return [pl.col("stage").cast(pl.Int64), pl.col("prompt").cast(prompt),
+            pl.col("cand").cast(pl.Int64)]
+
+
+def collect(log: StageLog, query: pl.LazyFrame) -> pl.DataFrame:
+    """Run ``query`` on the streaming engine; report unreadable input clearly."""
+    try:
+        return query.collect(engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _read_error(log.files, f"{log.origin}", exc) from exc
+
+
+def _read_error(files: Sequence[Path], origin: str, exc: BaseException) -> RaftInputError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for path in files:
+        try:
+            import pyarrow.parquet as pq
+
+            pq.read_metadata(path)
+        except Exception as bad:  # noqa: BLE001 - any failure names the culprit
+            msg = f"cannot read Parquet file {str(path)!r}: {bad}"
+            return RaftInputError(msg)
+    msg = f"cannot read stage log {origin}: {detail}"
+    return RaftInputError(msg)
+
+
+def _check_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
+    mapping = dict(columns or {})
+    unknown = sorted(set(mapping) - set(_CANONICAL))
+    if unknown:
+        msg = (f"columns= maps unknown canonical names {unknown}; "
+               f"canonical names are {list(_CANONICAL)}")
+        raise RaftInputError(msg)
+    return mapping
+
+
+def _rename(lf: pl.LazyFrame, mapping: dict[str, str], origin: str) -> pl.LazyFrame:
+    schema = _schema(lf, origin)
+    renames = {theirs: canon for canon, theirs in mapping.items()
+               if theirs in schema and theirs != canon}
+    clash = sorted(c for c in renames.values() if c in schema and c not in renames)
+    if clash:
+        msg = (f"{origin}: column(s) {clash} exist and another column is mapped onto "
+               "the same name by columns=; rename one of them first")
+        raise RaftInputError(msg)
+    return lf.rename(renames) if renames else lf
+
+
+def _schema(lf: pl.LazyFrame, origin: str) -> pl.Schema:
+    try:
+        return lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        msg = f"cannot read the schema of {origin}: {str(exc).strip().splitlines()[0]}"
+        raise RaftInputError(msg) from exc
+
+
+def _require(lf: pl.LazyFrame, names: Sequence[str], origin: str,
+             hint_long: str | None = None) -> pl.Schema:
+    schema = _schema(lf, origin)
+    missing = [c for c in names if c not in schema]
+    if missing:
+        msg = (f"{origin}: missing column(s) {missing}; columns present: "
+               f"{list(schema)}")
+        if hint_long is not None and hint_long in schema:
+            msg += ("; this looks like token rows of the long layout: pass the "
+                    "rewards table with rewards=")
+        elif missing:
+            msg += "; map your own names with columns={'canonical': 'yours'}"
+        raise RaftInputError(msg)
+    return schema
+
+
+def _id_kind(dtype: pl.DataType) -> str:
+    return "integer" if dtype.is_integer() else "string"
+
+
+def _check_types(schema: pl.Schema, origin: str, *, nested: bool) -> None:
+    def bad(name: str, expected: str) -> RaftInputError:
+        return RaftInputError(
+            f"{origin}: column {name!r} must be {expected}, found {schema[name]}"
+        )
+
+    for name in ("stage", "cand", "token"):
+        if name in schema and not schema[name].is_integer():
+            raise bad(name, "an integer")
+    if "prompt" in schema and not (
+        schema["prompt"].is_integer() or schema["prompt"] in (pl.String, pl.Categorical)
+    ):
+        raise bad("prompt", "an integer or a string")
+    numeric = ("reward", "logprob")
+    for name in numeric:
+        if name in schema and not schema[name].is_numeric():
+            raise bad(name, "numeric")
+    if nested:
+        dtype = schema["logprobs"]
+        if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()):
+            raise bad("logprobs", "a list of numbers")
+
+
+def _scan(source: Source, role: str) -> tuple[pl.LazyFrame, str, tuple[Path, ...]]:
+    if isinstance(source, pl.LazyFrame):
+        return source, f"the {role} LazyFrame", ()
+    if isinstance(source, pl.DataFrame):
+        return source.lazy(), f"the {role} DataFrame", ()
+    if isinstance(source, pa.Table):
+        frame = pl.from_arrow(source)
+        assert isinstance(frame, pl.DataFrame)
+        return frame.lazy(), f"the {role} Arrow table", ()
+    if isinstance(source, str | Path):
+        paths = [source]
+    elif isinstance(source, Sequence) and all(isinstance(p, str | Path) for p in source):
+        paths = list(source)
+    else:
+        msg = (f"{role} must be a path, a glob, a list of paths, a polars DataFrame or "
+               f"LazyFrame or a pyarrow Table; got {type(source).__name__}")
+        raise RaftInputError(msg)
+    if not paths:
+        msg = f"{role}: the list of paths is empty"
+        raise RaftInputError(msg)
+    files: list[Path] = []
+    targets: list[str] = []
+    hive = False
+    for raw in paths:
+        text = str(raw)
+        if Path(text).is_dir():
+            found = sorted(p for p in Path(text).rglob("*.parquet") if p.is_file())
+            if not found:
+                msg = f"{role}: directory {text!r} holds no *.parquet files"
+                raise RaftInputError(msg)
+            files.extend(found)
+            targets.append(str(Path(text) / "**" / "*.parquet"))
+            hive = hive or any("=" in part for f in found
+                               for part in f.relative_to(text).parts[:-1])
+        elif any(ch in text for ch in "*?["):
+            found = sorted(Path(p) for p in _glob.glob(text, recursive=True))
+            if not found:
+                msg = f"{role}: no files match the glob {text!r}"
+                raise RaftInputError(msg)
+            files.extend(found)
+            targets.append(text)
+        else:
+            if not Path(text).is_file():
+                msg = f"{role}: file not found: {text!r}"
+                raise RaftInputError(msg)
+            files.append(Path(text))
+            targets.append(text)
+    origin = repr(str(paths[0])) if len(paths) == 1 else f"{len(paths)} paths"
+    origin = f"{role} {origin}"
+    try:
+        lf = pl.scan_parquet(targets if len(targets) > 1 else targets[0],
+                             hive_partitioning=hive or None)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _read_error(files, origin, exc) from exc
+    try:
+        lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _read_error(files, origin, exc) from exc
+    return lf, origin, tuple(files)

@@ -1,0 +1,152 @@
+"""Step 2 of RAFT: rank the candidates of each prompt and select the batch.
+
+The default is the seed's best-of-K: per ``(stage, prompt)`` the candidate with the
+largest reward, ties to the smallest candidate id. Other strategies:
+
+- ``top_n``: the ``n`` best candidates of each prompt (same order and tie rule);
+- ``global``: the RAFT paper's global ranking, the top ``fraction`` of all
+  candidates of a stage by reward, across prompts (ties to the smallest candidate
+  id, then the smallest prompt id); ``ceil(fraction * candidates)`` are kept;
+- ``min_reward`` (with any strategy): selected candidates whose reward is below the
+  threshold are dropped, so a prompt whose selection falls below it contributes
+  nothing; such prompts are counted.
+
+Everything here works on the small candidate-level key frame
+``stage, prompt, cand, reward``, never on tokens.
+
+Examples
+--------
+>>> import polars as pl
+>>> from raft_polars.ranking import Selection, select
+>>> keys = pl.LazyFrame({"stage": [0, 0, 0, 0], "prompt": [1, 1, 2, 2],
+...                      "cand": [0, 1, 0, 1], "reward": [0.5, 0.5, 0.1, 0.9]})
+>>> select(keys, Selection()).sort("prompt").collect().rows()
+[(0, 1, 0, 0.5), (0, 2, 1, 0.9)]
+>>> select(keys, Selection(strategy="global", fraction=0.5)).sort("prompt").collect().rows()
+[(0, 1, 0, 0.5), (0, 2, 1, 0.9)]
+>>> select(keys, Selection(min_reward=0.6)).collect().rows()
+[(0, 2, 1, 0.9)]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import polars as pl
+
+from raft_polars.errors import RaftInputError
+from raft_polars.logs import ID_COLUMNS
+
+__all__ = ["Selection", "Strategy", "apply_min_reward", "prompt_summary", "rank", "select"]
+
+Strategy: TypeAlias = Literal["best", "top_n", "global"]
+_PROMPT = ["stage", "prompt"]
+# best first: the largest reward, then the smallest candidate id
+_ORDER = {"by": ["reward", "cand"], "descending": [True, False]}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How the batch is selected from the ranked candidates.
+
+    Parameters
+    ----------
+    strategy
+        ``"best"`` (best-of-K, the default), ``"top_n"`` or ``"global"``.
+    n
+        Candidates kept per prompt with ``"top_n"``.
+    fraction
+        Share of a stage's candidates kept with ``"global"``, in ``(0, 1]``.
+    min_reward
+        Drop selected candidates whose reward is below this.
+    """
+
+    strategy: Strategy = "best"
+    n: int = 1
+    fraction: float | None = None
+    min_reward: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("best", "top_n", "global"):
+            msg = f"strategy must be 'best', 'top_n' or 'global', got {self.strategy!r}"
+            raise RaftInputError(msg)
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            msg = f"n must be a whole number >= 1, got {self.n!r}"
+            raise RaftInputError(msg)
+        if self.strategy == "global":
+            if self.fraction is None or not 0.0 < self.fraction <= 1.0:
+                msg = f"strategy='global' needs 0 < fraction <= 1, got {self.fraction!r}"
+                raise RaftInputError(msg)
+        elif self.fraction is not None:
+            msg = f"fraction applies to strategy='global' only, not {self.strategy!r}"
+            raise RaftInputError(msg)
+        if self.strategy != "top_n" and self.n != 1:
+            msg = f"n applies to strategy='top_n' only, not {self.strategy!r}"
+            raise RaftInputError(msg)
+        if self.min_reward is not None and not math.isfinite(self.min_reward):
+            msg = f"min_reward must be a finite number, got {self.min_reward!r}"
+            raise RaftInputError(msg)
+
+    @property
+    def is_best_of_k(self) -> bool:
+        """Plain best-of-K with no threshold: one selected candidate per prompt."""
+        return self.strategy == "best" or (self.strategy == "top_n" and self.n == 1)
+
+
+def prompt_summary(candidates: pl.LazyFrame, *, carry: Sequence[str] = ()) -> pl.LazyFrame:
+    """One row per ``(stage, prompt)``: candidate counts, reward statistics, the
+    best candidate (``cand``, ``reward``) and the ``carry`` columns of that row.
+
+    Columns: ``stage, prompt, cand, reward, *carry, candidates, cand_unique,
+    reward_sum, ties, bad_rewards``. ``ties`` is the number of candidates that
+    share the best reward; ``bad_rewards`` counts null, NaN and infinite rewards;
+    ``null_cands`` counts null candidate ids.
+    """
+    reward = pl.col("reward")
+    return candidates.group_by(_PROMPT).agg(
+        pl.col("cand", "reward", *carry).sort_by(**_ORDER).first(),
+        pl.len().alias("candidates"),
+        pl.col("cand").n_unique().alias("cand_unique"),
+        pl.col("cand").null_count().alias("null_cands"),
+        reward.sum().alias("reward_sum"),
+        (reward == reward.max()).sum().alias("ties"),
+        (reward.is_null() | reward.is_nan() | reward.is_infinite()).sum().alias("bad_rewards"),
+    )
+
+
+def select(candidates: pl.LazyFrame, selection: Selection) -> pl.LazyFrame:
+    """The selected candidates: ``stage, prompt, cand, reward``, one row each.
+
+    :func:`rank` followed by :func:`apply_min_reward`. Row order carries no
+    meaning; the rewards are assumed finite (:func:`prompt_summary` counts the
+    bad ones).
+    """
+    return apply_min_reward(rank(candidates, selection), selection)
+
+
+def rank(candidates: pl.LazyFrame, selection: Selection) -> pl.LazyFrame:
+    """The candidates the strategy selects, before any ``min_reward`` threshold."""
+    keys = candidates.select(*ID_COLUMNS, "reward")
+    if selection.strategy == "global":
+        assert selection.fraction is not None
+        ranked = keys.sort(["stage", "reward", "cand", "prompt"],
+                           descending=[False, True, False, False])
+        position = pl.int_range(pl.len()).over("stage")
+        keep = (pl.len().over("stage") * selection.fraction).ceil()
+        return ranked.filter(position < keep)
+    if selection.is_best_of_k:
+        return prompt_summary(keys).select(*ID_COLUMNS, "reward")
+    ranked = keys.sort([*_PROMPT, "reward", "cand"], descending=[False, False, True, False])
+    return ranked.filter(pl.int_range(pl.len()).over(_PROMPT) < selection.n)
+
+
+def apply_min_reward(
+    chosen: pl.LazyFrame | pl.DataFrame, selection: Selection
+) -> pl.LazyFrame | pl.DataFrame:
+    """Drop the selected candidates whose reward is below ``selection.min_reward``."""
+    if selection.min_reward is None:
+        return chosen
+    return chosen.filter(pl.col("reward") >= selection.min_reward)
