@@ -7,6 +7,7 @@ the first offending stage, prompt, candidate or token.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from raft_polars.errors import RaftInputError
@@ -22,6 +23,14 @@ def _where(row: dict[str, object]) -> str:
 
 def candidates(log: StageLog, summary: pl.DataFrame) -> None:
     """Null ids, duplicate candidates and non-finite rewards in the candidate rows."""
+    if not (
+        summary["stage"].has_nulls()
+        or summary["prompt"].has_nulls()
+        or summary["null_cands"].to_numpy().any()
+        or (summary["candidates"].to_numpy() != summary["cand_unique"].to_numpy()).any()
+        or summary["bad_rewards"].to_numpy().any()
+    ):
+        return
     null_ids = summary.filter(
         pl.col("stage").is_null() | pl.col("prompt").is_null() | (pl.col("null_cands") > 0)
     )
@@ -67,6 +76,14 @@ def selected_logprobs(log: StageLog, stats: pl.DataFrame, chosen: pl.DataFrame) 
     ``stats`` holds ``nll, tokens, lp_max, lp_nulls`` per selected response (or per
     stage, long layout); ``chosen`` the selected ``stage, prompt, cand``.
     """
+    nll = stats["nll"].to_numpy()
+    if not (
+        stats["tokens"].has_nulls()
+        or stats["lp_nulls"].to_numpy().any()
+        or not np.isfinite(nll).all()
+        or (stats["lp_max"].fill_null(0.0).to_numpy() > 0).any()
+    ):
+        return
     bad = stats.filter(
         pl.col("tokens").is_null()
         | (pl.col("lp_nulls") > 0)
@@ -103,6 +120,8 @@ def selected_logprobs(log: StageLog, stats: pl.DataFrame, chosen: pl.DataFrame) 
 
 def stage_tokens(log: StageLog, per_stage: pl.DataFrame) -> None:
     """A stage whose selected responses hold no tokens at all has no loss."""
+    if not ((per_stage["selected"].to_numpy() > 0) & (per_stage["tokens"].to_numpy() == 0)).any():
+        return
     empty = per_stage.filter((pl.col("selected") > 0) & (pl.col("tokens") == 0)).sort("stage")
     if empty.height:
         row = empty.row(0, named=True)

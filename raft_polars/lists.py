@@ -29,11 +29,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from raft_polars import _checks
 from raft_polars.errors import RaftInputError
 from raft_polars.logs import StageLog
-from raft_polars.losses import Reduction, below_min, losses_from_responses, response_stats
+from raft_polars.losses import Reduction, losses_from_responses, response_stats
 from raft_polars.ranking import prompt_summary
-from raft_polars import _checks
 
 __all__ = ["lists_losses", "raft_alignment"]
 
@@ -89,19 +89,14 @@ def lists_losses(
 
     Stages, prompts and candidates are numbered by position from 0.
     """
-    keys, prompt_starts = _read_rewards(stages_log_probs, stages_rewards)
+    keys = _read_rewards(stages_log_probs, stages_rewards)
     log = StageLog("nested", keys.lazy(), None, (), _RW, _LP)
-    summary = prompt_summary(keys.lazy()).collect()
+    summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
     _checks.candidates(log, summary)
-    chosen = summary.select("stage", "prompt", "cand", "reward").sort("stage", "prompt")
-    logprobs = _selected_logprobs(stages_log_probs, chosen)
-    responses = chosen.with_columns(logprobs).with_columns(response_stats("logprobs"))
-    selected_log = StageLog("nested", responses.lazy(), None, (), _RW, _LP)
-    table = losses_from_responses(
-        selected_log, summary, responses.drop("logprobs"), below_min(chosen, chosen), reduction
-    )
-    del prompt_starts
-    return table
+    logprobs = _selected_logprobs(stages_log_probs, summary)
+    summary = summary.with_columns(logprobs).with_columns(response_stats("logprobs"))
+    selected_log = StageLog("nested", summary.lazy(), None, (), _RW, _LP)
+    return losses_from_responses(selected_log, summary, None, None, reduction)
 
 
 def _lengths(items: Sequence[object], name: str, where: str) -> list[int]:
@@ -115,7 +110,7 @@ def _lengths(items: Sequence[object], name: str, where: str) -> list[int]:
         raise
 
 
-def _read_rewards(lps: LogProbs, rws: Rewards) -> tuple[pl.DataFrame, np.ndarray]:
+def _read_rewards(lps: LogProbs, rws: Rewards) -> pl.DataFrame:
     """Check the shapes of both nests and return the candidate rows."""
     for value, name in ((lps, _LP), (rws, _RW)):
         if not isinstance(value, Sequence) or isinstance(value, str):
@@ -162,7 +157,8 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> tuple[pl.DataFrame, np.ndarray
             for i, prompt in enumerate(stage):
                 for j, value in enumerate(prompt):
                     if not isinstance(value, int | float | np.number):
-                        msg = f"reward at stage {t}, prompt {i}, candidate {j} is not a number: {value!r}"
+                        msg = (f"reward at stage {t}, prompt {i}, candidate {j} is not a "
+                               f"number: {value!r}")
                         raise RaftInputError(msg) from None
         raise
     keys = pl.DataFrame(
@@ -173,20 +169,21 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> tuple[pl.DataFrame, np.ndarray
             "reward": reward,
         }
     )
-    return keys, starts
+    return keys
 
 
 def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:
     """The selected responses' log-probs as a list column; only they are converted."""
-    picks = [lps[t][i][j] for t, i, j in chosen.select("stage", "prompt", "cand").iter_rows()]
+    ids = list(zip(chosen["stage"].to_list(), chosen["prompt"].to_list(),
+                   chosen["cand"].to_list(), strict=True))
+    picks = [lps[t][i][j] for t, i, j in ids]
     lengths = np.fromiter((len(p) for p in picks), dtype=np.int64, count=len(picks))
     offsets = np.zeros(len(picks) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     try:
         values = np.fromiter(chain.from_iterable(picks), dtype=np.float64, count=int(offsets[-1]))
     except (TypeError, ValueError):
-        for (t, i, j), pick in zip(chosen.select("stage", "prompt", "cand").iter_rows(), picks,
-                                   strict=True):
+        for (t, i, j), pick in zip(ids, picks, strict=True):
             for index, value in enumerate(pick):
                 if not isinstance(value, int | float | np.number):
                     msg = (f"log-prob at stage {t}, prompt {i}, candidate {j}, token {index} "

@@ -184,7 +184,7 @@ def _read_error(files: Sequence[Path], origin: str, exc: BaseException) -> RaftI
             import pyarrow.parquet as pq
 
             pq.read_metadata(path)
-        except Exception as bad:  # noqa: BLE001 - any failure names the culprit
+        except Exception as bad:  # any failure to read the footer names the culprit
             msg = f"cannot read Parquet file {str(path)!r}: {bad}"
             return RaftInputError(msg)
     msg = f"cannot read stage log {origin}: {detail}"

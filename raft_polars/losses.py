@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Literal, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from raft_polars import _checks
@@ -184,12 +185,14 @@ def losses_from_log(
         ranked = summary.select(*ID_COLUMNS, "reward", *_RESPONSE_STATS)
     else:
         keys = collect(log, log.candidates.select(*ID_COLUMNS, "reward"))
-        summary = prompt_summary(keys.lazy()).collect()
+        summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
         _checks.candidates(log, summary)
-        ranked = rank(keys.lazy(), selection).collect()
+        ranked = rank(keys.lazy(), selection).collect(engine="in-memory")
     chosen = apply_min_reward(ranked, selection)
     assert isinstance(chosen, pl.DataFrame)
     below = below_min(ranked, chosen)
+    if log.layout == "nested" and below is None and "nll" in summary.columns:
+        return losses_from_responses(log, summary, None, None, reduction)
     if log.layout == "nested":
         responses = chosen if "nll" in chosen.columns else collect(
             log,
@@ -206,9 +209,9 @@ def losses_from_log(
         )
         return _reduce(log, summary, _per_stage(responses), below, reduction)
     per_stage = (
-        chosen.group_by("stage")
+        chosen.lazy().group_by("stage")
         .agg(pl.len().alias("selected"), pl.col("reward").sum().alias("reward_best_sum"))
-        .join(token_stats, on="stage", how="left")
+        .join(token_stats.lazy(), on="stage", how="left")
         .with_columns(
             pl.col("tokens").fill_null(0), pl.col("nll").fill_null(0.0),
             pl.lit(None, pl.Float64).alias("seq_sum"), pl.lit(0).alias("seq_n"),
@@ -220,25 +223,28 @@ def losses_from_log(
 def losses_from_responses(
     log: StageLog,
     summary: pl.DataFrame,
-    responses: pl.DataFrame,
-    below: pl.DataFrame,
+    responses: pl.DataFrame | None,
+    below: pl.LazyFrame | None,
     reduction: Reduction,
 ) -> pl.DataFrame:
     """Check and reduce the selected responses of a nested log to per-stage losses.
 
     ``summary`` comes from :func:`~raft_polars.ranking.prompt_summary`,
     ``responses`` holds one row per selected response with the columns of
-    :func:`response_stats`, ``below`` the ``below_min`` count per stage.
+    :func:`response_stats` (None: ``summary`` itself holds them, one selected
+    response per prompt), ``below`` the ``below_min`` count per stage.
     """
-    _checks.selected_logprobs(log, responses, responses)
-    return _reduce(log, summary, _per_stage(responses), below, reduction)
+    stats = summary if responses is None else responses
+    _checks.selected_logprobs(log, stats, stats)
+    return _reduce(log, summary, None if responses is None else _per_stage(responses), below,
+                   reduction)
 
 
 def selected_from_log(log: StageLog, selection: Selection) -> pl.LazyFrame:
     """:func:`select_best` on an already read :class:`~raft_polars.logs.StageLog`."""
     keys = collect(log, log.candidates.select(*ID_COLUMNS, "reward"))
-    _checks.candidates(log, prompt_summary(keys.lazy()).collect())
-    chosen = select(keys.lazy(), selection).collect().lazy().select(ID_COLUMNS)
+    _checks.candidates(log, prompt_summary(keys.lazy()).collect(engine="in-memory"))
+    chosen = select(keys.lazy(), selection).collect(engine="in-memory").lazy().select(ID_COLUMNS)
     on = list(ID_COLUMNS)
     if log.layout == "nested":
         rows = log.candidates.join(chosen, on=on).with_columns(
@@ -271,23 +277,33 @@ def response_stats(column: str) -> list[pl.Expr]:
     ]
 
 
-def _per_stage(responses: pl.DataFrame) -> pl.DataFrame:
-    """Per-stage sums over the selected responses (``nll``, ``tokens`` each)."""
+def _response_sums() -> list[pl.Expr]:
     has_tokens = pl.col("tokens") > 0
-    return responses.group_by("stage").agg(
+    return [
         pl.len().alias("selected"),
         pl.col("reward").sum().alias("reward_best_sum"),
         pl.col("nll").sum(),
         pl.col("tokens").sum(),
         (pl.col("nll") / pl.col("tokens")).filter(has_tokens).sum().alias("seq_sum"),
         has_tokens.sum().alias("seq_n"),
-    )
+    ]
 
 
-def below_min(ranked: pl.DataFrame, chosen: pl.DataFrame) -> pl.DataFrame:
-    """Per stage, the prompts that ``min_reward`` left with nothing selected."""
-    def prompts(frame: pl.DataFrame, name: str) -> pl.DataFrame:
-        return frame.group_by("stage").agg(pl.col("prompt").n_unique().alias(name))
+def _per_stage(responses: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """Per-stage sums over the selected responses (``nll``, ``tokens`` each)."""
+    return responses.lazy().group_by("stage").agg(_response_sums())
+
+
+def below_min(ranked: pl.DataFrame, chosen: pl.DataFrame) -> pl.LazyFrame | None:
+    """Per stage, the prompts that ``min_reward`` left with nothing selected.
+
+    None when nothing was dropped (``chosen`` is ``ranked``).
+    """
+    if chosen is ranked or chosen.height == ranked.height:
+        return None
+
+    def prompts(frame: pl.DataFrame, name: str) -> pl.LazyFrame:
+        return frame.lazy().group_by("stage").agg(pl.col("prompt").n_unique().alias(name))
 
     return prompts(ranked, "before").join(prompts(chosen, "after"), on="stage", how="left").select(
         "stage", (pl.col("before") - pl.col("after").fill_null(0)).alias("below_min")
@@ -297,44 +313,54 @@ def below_min(ranked: pl.DataFrame, chosen: pl.DataFrame) -> pl.DataFrame:
 def _reduce(
     log: StageLog,
     summary: pl.DataFrame,
-    per_stage: pl.DataFrame,
-    below: pl.DataFrame,
+    per_stage: pl.LazyFrame | None,
+    below: pl.LazyFrame | None,
     reduction: Reduction,
 ) -> pl.DataFrame:
-    """Join the per-stage token sums with the candidate statistics of every stage."""
-    stages = summary.group_by("stage").agg(
+    """Join the per-stage token sums with the candidate statistics of every stage.
+
+    ``per_stage`` None: ``summary`` also holds the one selected response of each
+    prompt. One small lazy query, collected once.
+    """
+    candidate_sums = [
         pl.len().alias("prompts"),
         pl.col("candidates").sum(),
         (pl.col("reward_sum").sum() / pl.col("candidates").sum()).alias("reward_mean"),
         (pl.col("ties") > 1).sum().alias("ties"),
-    )
-    out = (
-        stages.join(per_stage, on="stage", how="left")
-        .join(below, on="stage", how="left")
-        .with_columns(pl.col("selected", "tokens", "seq_n", "below_min").fill_null(0))
-    )
-    _checks.stage_tokens(log, out)
+    ]
+    if per_stage is None:
+        out = summary.lazy().group_by("stage").agg(*candidate_sums, *_response_sums())
+    else:
+        out = summary.lazy().group_by("stage").agg(candidate_sums).join(
+            per_stage, on="stage", how="left"
+        )
+    if below is None:
+        out = out.with_columns(pl.lit(0).alias("below_min"))
+    else:
+        out = out.join(below, on="stage", how="left")
+    out = out.with_columns(pl.col("selected", "tokens", "seq_n", "below_min").fill_null(0))
     selected = pl.col("selected") > 0
     if reduction == "token":
         loss = pl.col("nll") / pl.col("tokens")
     else:
         loss = pl.col("seq_sum") / pl.col("seq_n")
-    return (
-        out.with_columns(
-            pl.when(selected).then(loss).alias("loss"),
-            pl.when(selected).then(pl.col("reward_best_sum") / pl.col("selected"))
-            .alias("reward_best_mean"),
-        )
-        .with_columns((pl.col("reward_best_mean") - pl.col("reward_mean")).alias("reward_lift"))
-        .select(
+    best_mean = pl.col("reward_best_sum") / pl.col("selected")
+    table = (
+        out.select(
             pl.col("stage"),
-            pl.col("loss").cast(pl.Float64),
+            pl.when(selected).then(loss).cast(pl.Float64).alias("loss"),
             pl.col("prompts", "candidates", "selected", "tokens").cast(pl.Int64),
-            pl.col("reward_best_mean", "reward_mean", "reward_lift").cast(pl.Float64),
+            pl.when(selected).then(best_mean).cast(pl.Float64).alias("reward_best_mean"),
+            pl.col("reward_mean").cast(pl.Float64),
+            pl.when(selected).then(best_mean - pl.col("reward_mean")).cast(pl.Float64)
+            .alias("reward_lift"),
             pl.col("ties", "below_min").cast(pl.Int64),
         )
         .sort("stage")
+        .collect(engine="in-memory")  # a few rows per stage: no streaming overhead
     )
+    _checks.stage_tokens(log, table)
+    return table
 
 
 # --- long layout: one pass over the token rows ------------------------------------
@@ -356,7 +382,9 @@ def _long_token_stats(
         table = keys.select(ID_COLUMNS).with_columns(
             pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")
         ).update(
-            chosen.select(ID_COLUMNS).with_columns(pl.lit(_STATUS_SELECTED, pl.UInt8).alias("status")),
+            chosen.select(ID_COLUMNS).with_columns(
+                pl.lit(_STATUS_SELECTED, pl.UInt8).alias("status")
+            ),
             on=list(ID_COLUMNS),
         )
         tokens = log.tokens.join(table.lazy(), on=list(ID_COLUMNS), how="left").with_columns(
@@ -396,10 +424,11 @@ def _dense_status(keys: pl.DataFrame, chosen: pl.DataFrame) -> pl.Expr | None:
     if size > _MAX_DENSE_KEYS:
         return None
 
-    def index(frame: pl.DataFrame) -> np.ndarray:
+    def index(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
         cols = [frame[c].to_numpy().astype(np.int64) - low
                 for c, low in zip(ID_COLUMNS, lows, strict=True)]
-        return (cols[0] * spans[1] + cols[1]) * spans[2] + cols[2]
+        flat: npt.NDArray[np.int64] = (cols[0] * spans[1] + cols[1]) * spans[2] + cols[2]
+        return flat
 
     table = np.zeros(size + 1, dtype=np.uint8)  # the last entry: out of range
     table[index(keys)] = _STATUS_OTHER

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypeVar
 
 import polars as pl
 
@@ -43,9 +43,11 @@ from raft_polars.logs import ID_COLUMNS
 __all__ = ["Selection", "Strategy", "apply_min_reward", "prompt_summary", "rank", "select"]
 
 Strategy: TypeAlias = Literal["best", "top_n", "global"]
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 _PROMPT = ["stage", "prompt"]
 # best first: the largest reward, then the smallest candidate id
-_ORDER = {"by": ["reward", "cand"], "descending": [True, False]}
+_ORDER_BY = ["reward", "cand"]
+_ORDER_DESCENDING = [True, False]
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def prompt_summary(candidates: pl.LazyFrame, *, carry: Sequence[str] = ()) -> pl
     """
     reward = pl.col("reward")
     return candidates.group_by(_PROMPT).agg(
-        pl.col("cand", "reward", *carry).sort_by(**_ORDER).first(),
+        pl.col("cand", "reward", *carry).sort_by(_ORDER_BY, descending=_ORDER_DESCENDING).first(),
         pl.len().alias("candidates"),
         pl.col("cand").n_unique().alias("cand_unique"),
         pl.col("cand").null_count().alias("null_cands"),
@@ -143,9 +145,7 @@ def rank(candidates: pl.LazyFrame, selection: Selection) -> pl.LazyFrame:
     return ranked.filter(pl.int_range(pl.len()).over(_PROMPT) < selection.n)
 
 
-def apply_min_reward(
-    chosen: pl.LazyFrame | pl.DataFrame, selection: Selection
-) -> pl.LazyFrame | pl.DataFrame:
+def apply_min_reward(chosen: FrameT, selection: Selection) -> FrameT:
     """Drop the selected candidates whose reward is below ``selection.min_reward``."""
     if selection.min_reward is None:
         return chosen
