@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Literal, TypeAlias
 
@@ -266,32 +267,73 @@ def selected_from_log(log: StageLog, selection: Selection) -> pl.LazyFrame:
 _RESPONSE_STATS = ("nll", "tokens", "lp_max", "lp_nulls")
 
 
-def response_stats(column: str) -> list[pl.Expr]:
+@functools.cache
+def response_stats(column: str) -> tuple[pl.Expr, ...]:
     """Per-response NLL sum (float64), token count, largest log-prob, null count."""
     lp = pl.col(column)
-    return [
+    return (
         (-lp.cast(pl.List(pl.Float64)).list.sum()).alias("nll"),
         lp.list.len().cast(pl.Int64).alias("tokens"),
         lp.list.max().cast(pl.Float64).alias("lp_max"),
         lp.list.count_matches(None).cast(pl.Int64).alias("lp_nulls"),
-    ]
+    )
 
 
-def _response_sums() -> list[pl.Expr]:
+def _response_sums() -> dict[str, pl.Expr]:
+    """Per-stage sums over selected responses, as aggregations."""
     has_tokens = pl.col("tokens") > 0
+    return {
+        "selected": pl.len(),
+        "reward_best_sum": pl.col("reward").sum(),
+        "nll": pl.col("nll").sum(),
+        "tokens": pl.col("tokens").sum(),
+        "seq_sum": (pl.col("nll") / pl.col("tokens")).filter(has_tokens).sum(),
+        "seq_n": has_tokens.sum(),
+    }
+
+
+def _candidate_sums() -> dict[str, pl.Expr]:
+    """Per-stage sums over the per-prompt summary, as aggregations."""
+    return {
+        "prompts": pl.len(),
+        "candidates": pl.col("candidates").sum(),
+        "reward_sum": pl.col("reward_sum").sum(),
+        "ties": (pl.col("ties") > 1).sum(),
+    }
+
+
+@functools.cache
+def _fused_stage_columns(reduction: Reduction) -> tuple[pl.Expr, ...]:
+    """:func:`_stage_columns` as aggregations of the per-prompt summary (built once)."""
+    sums = {**_candidate_sums(), **_response_sums(), "below_min": pl.lit(0)}
+    return tuple(_stage_columns(sums, reduction))
+
+
+def _stage_columns(sums: dict[str, pl.Expr], reduction: Reduction) -> list[pl.Expr]:
+    """The output columns of :func:`stage_losses` from per-stage sums."""
+    selected = sums["selected"] > 0
+    if reduction == "token":
+        loss = sums["nll"] / sums["tokens"]
+    else:
+        loss = sums["seq_sum"] / sums["seq_n"]
+    best_mean = sums["reward_best_sum"] / sums["selected"]
+    reward_mean = sums["reward_sum"] / sums["candidates"]
     return [
-        pl.len().alias("selected"),
-        pl.col("reward").sum().alias("reward_best_sum"),
-        pl.col("nll").sum(),
-        pl.col("tokens").sum(),
-        (pl.col("nll") / pl.col("tokens")).filter(has_tokens).sum().alias("seq_sum"),
-        has_tokens.sum().alias("seq_n"),
+        pl.when(selected).then(loss).cast(pl.Float64).alias("loss"),
+        *(sums[name].cast(pl.Int64).alias(name)
+          for name in ("prompts", "candidates", "selected", "tokens")),
+        pl.when(selected).then(best_mean).cast(pl.Float64).alias("reward_best_mean"),
+        reward_mean.cast(pl.Float64).alias("reward_mean"),
+        pl.when(selected).then(best_mean - reward_mean).cast(pl.Float64).alias("reward_lift"),
+        *(sums[name].cast(pl.Int64).alias(name) for name in ("ties", "below_min")),
     ]
 
 
 def _per_stage(responses: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """Per-stage sums over the selected responses (``nll``, ``tokens`` each)."""
-    return responses.lazy().group_by("stage").agg(_response_sums())
+    return responses.lazy().group_by("stage").agg(
+        expr.alias(name) for name, expr in _response_sums().items()
+    )
 
 
 def below_min(ranked: pl.DataFrame, chosen: pl.DataFrame) -> pl.LazyFrame | None:
@@ -322,43 +364,24 @@ def _reduce(
     ``per_stage`` None: ``summary`` also holds the one selected response of each
     prompt. One small lazy query, collected once.
     """
-    candidate_sums = [
-        pl.len().alias("prompts"),
-        pl.col("candidates").sum(),
-        (pl.col("reward_sum").sum() / pl.col("candidates").sum()).alias("reward_mean"),
-        (pl.col("ties") > 1).sum().alias("ties"),
-    ]
-    if per_stage is None:
-        out = summary.lazy().group_by("stage").agg(*candidate_sums, *_response_sums())
+    if per_stage is None and below is None:
+        # one group-by computes every column
+        query = summary.lazy().group_by("stage").agg(_fused_stage_columns(reduction))
     else:
-        out = summary.lazy().group_by("stage").agg(candidate_sums).join(
-            per_stage, on="stage", how="left"
+        out = summary.lazy().group_by("stage").agg(
+            expr.alias(name) for name, expr in _candidate_sums().items()
         )
-    if below is None:
-        out = out.with_columns(pl.lit(0).alias("below_min"))
-    else:
-        out = out.join(below, on="stage", how="left")
-    out = out.with_columns(pl.col("selected", "tokens", "seq_n", "below_min").fill_null(0))
-    selected = pl.col("selected") > 0
-    if reduction == "token":
-        loss = pl.col("nll") / pl.col("tokens")
-    else:
-        loss = pl.col("seq_sum") / pl.col("seq_n")
-    best_mean = pl.col("reward_best_sum") / pl.col("selected")
-    table = (
-        out.select(
-            pl.col("stage"),
-            pl.when(selected).then(loss).cast(pl.Float64).alias("loss"),
-            pl.col("prompts", "candidates", "selected", "tokens").cast(pl.Int64),
-            pl.when(selected).then(best_mean).cast(pl.Float64).alias("reward_best_mean"),
-            pl.col("reward_mean").cast(pl.Float64),
-            pl.when(selected).then(best_mean - pl.col("reward_mean")).cast(pl.Float64)
-            .alias("reward_lift"),
-            pl.col("ties", "below_min").cast(pl.Int64),
-        )
-        .sort("stage")
-        .collect(engine="in-memory")  # a few rows per stage: no streaming overhead
-    )
+        out = out.join(_per_stage(summary) if per_stage is None else per_stage,
+                       on="stage", how="left")
+        if below is None:
+            out = out.with_columns(pl.lit(0).alias("below_min"))
+        else:
+            out = out.join(below, on="stage", how="left")
+        out = out.with_columns(pl.col("selected", "tokens", "seq_n", "below_min").fill_null(0))
+        columns = {name: pl.col(name) for name in out.collect_schema()}
+        query = out.select("stage", *_stage_columns(columns, reduction))
+    # a few rows per stage: the in-memory engine has less overhead than streaming
+    table = query.sort("stage").collect(engine="in-memory")
     _checks.stage_tokens(log, table)
     return table
 

@@ -30,6 +30,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,8 +108,13 @@ def prompt_summary(candidates: pl.LazyFrame, *, carry: Sequence[str] = ()) -> pl
     share the best reward; ``bad_rewards`` counts null, NaN and infinite rewards;
     ``null_cands`` counts null candidate ids.
     """
+    return candidates.group_by(_PROMPT).agg(_summary_aggregations(tuple(carry)))
+
+
+@functools.cache
+def _summary_aggregations(carry: tuple[str, ...]) -> tuple[pl.Expr, ...]:
     reward = pl.col("reward")
-    return candidates.group_by(_PROMPT).agg(
+    return (
         pl.col("cand", "reward", *carry).sort_by(_ORDER_BY, descending=_ORDER_DESCENDING).first(),
         pl.len().alias("candidates"),
         pl.col("cand").n_unique().alias("cand_unique"),
