@@ -112,9 +112,9 @@ def _lengths(items: Sequence[object], name: str, where: str) -> list[int]:
 
 def _read_rewards(lps: LogProbs, rws: Rewards) -> pl.DataFrame:
     """Check the shapes of both nests and return the candidate rows."""
-    for value, name in ((lps, _LP), (rws, _RW)):
-        if not isinstance(value, Sequence) or isinstance(value, str):
-            msg = f"{name} must be a list, found {type(value).__name__}"
+    for nest, name in ((lps, _LP), (rws, _RW)):
+        if isinstance(nest, str | bytes) or not hasattr(nest, "__len__"):
+            msg = f"{name} must be a list, found {type(nest).__name__}"
             raise RaftInputError(msg)
     if len(lps) != len(rws):
         msg = (f"{_LP} has {len(lps)} stage(s) but {_RW} has {len(rws)}; "

@@ -134,7 +134,7 @@ def read_log(
         candidates = main.select(
             *_canonical_ids(schema),
             pl.col("reward").cast(pl.Float64),
-            pl.col("logprobs"),
+            _as_list(schema["logprobs"]),
             *extras,
         )
         return StageLog("nested", candidates, None, extras, main_origin, main_origin,
@@ -159,6 +159,13 @@ def read_log(
     keep = [*_canonical_ids(tschema), "logprob"] + (["token"] if "token" in tschema else [])
     return StageLog("long", candidates, main.select(keep), extras, cand_origin,
                     main_origin, main_files + cand_files)
+
+
+def _as_list(dtype: pl.DataType) -> pl.Expr:
+    """The ``logprobs`` column as a List (fixed-size Arrays are cast)."""
+    if isinstance(dtype, pl.Array):
+        return pl.col("logprobs").cast(pl.List(dtype.inner))
+    return pl.col("logprobs")
 
 
 def _canonical_ids(schema: pl.Schema) -> list[pl.Expr]:
