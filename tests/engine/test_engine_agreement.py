@@ -1,0 +1,312 @@
+"""Hand-made edge cases through every entry point, against the reference."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import SEED_LOG_PROBS, SEED_REWARDS
+from engine_cases import (
+    ENTRIES,
+    FRAME_ENTRIES,
+    REDUCTION_ENTRIES,
+    Case,
+    Entry,
+    check_losses,
+    check_selection,
+)
+from reference import reference_losses
+
+import raft_polars
+import raft_polars.losses
+
+SEED = Case(SEED_LOG_PROBS, SEED_REWARDS)
+
+# prompt 0's best holds 1 token, prompt 1's best 4: pooled 13/5 = 2.6, per-sequence 2.0
+RAGGED = Case(
+    [[[[-1.0], [-9.0, -9.0]], [[-5.0], [-3.0, -3.0, -3.0, -3.0]]],
+     [[[-0.5, -0.25, -0.125]], [[-2.0]], [[-0.1, -0.2], [-0.3]]]],
+    [[[0.9, 0.1], [0.2, 0.8]],
+     [[1.0], [0.5], [0.1, 0.0]]],
+)
+
+CASES = {
+    "seed": SEED,
+    "ties-first-wins": Case(
+        [[[[-1.0], [-2.0], [-3.0]], [[-4.0, -4.0], [-0.5], [-6.0]]]],
+        [[[0.5, 0.5, 0.1], [1.0, 0.3, 1.0]]],
+    ),
+    "ties-everywhere": Case(
+        [[[[-0.3, -0.2], [-1.0], [-2.0, -2.0, -2.0]]], [[[-0.4], [-0.8]], [[-1.5], [-0.1]]]],
+        [[[0.0, 0.0, 0.0]], [[-1.0, -1.0], [7.0, 7.0]]],
+    ),
+    "ragged": RAGGED,
+    "k-1": Case(
+        [[[[-0.7, -0.1]], [[-2.0]], [[-0.25, -0.5, -0.125]]], [[[-3.5]]]],
+        [[[0.3], [-2.0], [9.0]], [[0.0]]],
+    ),
+    "negative-rewards": Case(
+        [[[[-1.0], [-2.0], [-3.0]], [[-0.5, -0.5], [-0.75]]]],
+        [[[-5.0, -0.5, -7.25], [-1e9, -1e8]]],
+    ),
+    "zero-logprobs": Case(
+        [[[[0.0, 0.0], [-1.0]], [[-0.0], [0.0, -0.0, 0.0]]], [[[-0.5, 0.0], [0.0]]]],
+        [[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.5]]],
+    ),
+    "large-magnitudes": Case(
+        [[[[-1e6, -1e6], [-1.0]], [[-999999.5], [-1e6, -0.0001]]], [[[-1e6]], [[-1e-6]]]],
+        [[[1e6, -1e6], [1e12, 2e12]], [[3.0], [1e-12]]],
+    ),
+    "zero-token-responses": Case(
+        # stage 0: the selected response of prompt 0 has no tokens, prompt 1's has 2
+        [[[[], [-1.0]], [[-0.5, -1.5], []]], [[[], [], [-2.0]]]],
+        [[[0.9, 0.1], [0.6, 0.4]], [[0.0, 0.0, 1.0]]],
+    ),
+    "ints-for-floats": Case(
+        [[[[-1, -2], [-3]], [[0, -1, -1], [-4]]], [[[-2, -2, -2], [-1.5]]]],
+        [[[1, 2], [5, 3]], [[0, -1]]],
+    ),
+    "stage-ids-unsorted-sparse": Case(
+        [*SEED_LOG_PROBS, [[[-0.9], [-0.05, -0.05]]]], [*SEED_REWARDS, [[0.1, 0.2]]],
+        stage_ids=[30, 7, 1_000_000, 12],
+    ),
+    "string-prompt-ids": Case(
+        [[[[-1.0], [-2.0]], [[-0.5, -1.0], [-0.25]], [[-3.0], [-0.1]]]],
+        [[[0.3, 0.2], [0.1, 0.4], [0.0, 0.0]]],
+        prompt_ids=["zeta", "", "émoji 🙂"],
+    ),
+    "huge-int-prompt-ids": Case(
+        [[[[-1.0], [-2.0]], [[-0.5, -1.0], [-0.25]]]],
+        [[[0.3, 0.2], [0.1, 0.4]]],
+        prompt_ids=[-(10**15), 10**15], stage_ids=[10**12],
+    ),
+    "shuffled-rows": Case(
+        RAGGED.lps, RAGGED.rws, stage_ids=[5, 2], prompt_ids=[11, 3, 7], shuffle=1234,
+    ),
+    "cand-ids-not-positions": Case(
+        [[[[-1.0], [-2.0], [-3.0]], [[-4.0, -4.0], [-0.5], [-6.0]]]],
+        [[[0.5, 0.5, 0.1], [1.0, 0.3, 1.0]]],
+        cand_step=2, cand_offset=3, shuffle=7,
+    ),
+    "column-mapping": Case(
+        RAGGED.lps, RAGGED.rws, shuffle=3,
+        rename={"prompt": "prompt_id", "logprobs": "token_logprobs", "logprob": "lp",
+                "stage": "round", "cand": "candidate", "reward": "score", "token": "pos"},
+    ),
+    "float32": Case(
+        [[[[-0.1, -0.2, -0.3], [-0.7]], [[-1.1], [-1.3, -1.7]]], [[[-0.123456789] * 7]]],
+        [[[0.2, 0.1], [0.0, 0.3]], [[1.0]]],
+        float32=True,
+    ),
+    "no-payload": Case(SEED_LOG_PROBS, SEED_REWARDS, payload=False),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("entry", ENTRIES, ids=str)
+def test_hand_made_cases(entry: Entry, case: Case, tmp_path: Path) -> None:
+    check_losses(entry, case, tmp_path)
+
+
+SELECT_CASES = {name: CASES[name] for name in (
+    "seed", "ties-first-wins", "ties-everywhere", "k-1", "zero-token-responses",
+    "stage-ids-unsorted-sparse", "string-prompt-ids", "huge-int-prompt-ids", "shuffled-rows",
+    "cand-ids-not-positions", "column-mapping", "no-payload")}
+
+
+@pytest.mark.parametrize("case", SELECT_CASES.values(), ids=SELECT_CASES.keys())
+@pytest.mark.parametrize("entry", FRAME_ENTRIES, ids=str)
+def test_select_best_hand_made(entry: Entry, case: Case, tmp_path: Path) -> None:
+    check_selection(entry, case, tmp_path)
+
+
+@pytest.mark.parametrize("case", [RAGGED, CASES["zero-token-responses"], CASES["float32"]],
+                         ids=["ragged", "zero-token-responses", "float32"])
+@pytest.mark.parametrize("entry", REDUCTION_ENTRIES, ids=str)
+def test_sequence_reduction(entry: Entry, case: Case, tmp_path: Path) -> None:
+    check_losses(entry, case, tmp_path, reduction="sequence")
+    check_losses(entry, case, tmp_path / "token", reduction="token")
+
+
+def test_ragged_case_tells_the_reductions_apart() -> None:
+    token = reference_losses(RAGGED.lps, RAGGED.rws)
+    sequence = reference_losses(RAGGED.lps, RAGGED.rws, reduction="sequence")
+    assert token[0] == pytest.approx(2.6)
+    assert sequence[0] == pytest.approx(2.0)
+    assert [round(x, 4) for x in token] != [round(x, 4) for x in sequence]
+
+
+def test_seed_example() -> None:
+    assert raft_polars.raft_alignment(SEED_LOG_PROBS, SEED_REWARDS) == [1.55, 0.55, 0.15]
+
+
+def test_raft_alignment_does_not_modify_its_input(seed_log: tuple[list, list]) -> None:
+    lps, rws = seed_log
+    raft_polars.raft_alignment(lps, rws)
+    assert (lps, rws) == (SEED_LOG_PROBS, SEED_REWARDS)
+
+
+@pytest.mark.parametrize("entry", FRAME_ENTRIES, ids=str)
+def test_stage_losses_does_not_modify_its_input(entry: Entry, tmp_path: Path) -> None:
+    case = CASES["shuffled-rows"]
+    kwargs = entry.lay_out(tmp_path, case.nested()) if entry.layout == "nested" else \
+        entry.lay_out(tmp_path, long=case.long())
+    before = {k: v.clone() if isinstance(v, pl.DataFrame) else v for k, v in kwargs.items()}
+    entry.stage_losses(kwargs)
+    for key, value in before.items():
+        if isinstance(value, pl.DataFrame):
+            assert kwargs[key].equals(value), key
+
+
+def test_numpy_inputs() -> None:
+    """numpy arrays (and numpy scalars) where lists are expected."""
+    lps = [[np.array([-2.0, -1.8]), np.array([-1.5, -1.6], dtype=np.float32)]]
+    rws = [np.array([[0.2, 0.4]])]
+    got = raft_polars.raft_alignment([lps], rws)
+    assert got == [round(-(-1.5 + float(np.float32(-1.6))) / 2, 4)]
+
+
+@pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "long"], ids=str)
+@pytest.mark.parametrize("prompts", ["int", "str"])
+def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_path: Path) -> None:
+    """The dense integer fast path runs for integer ids, the hash-join fallback for
+    string prompt ids or when forced (so both are covered by the entry points)."""
+    statuses: list[object] = []
+    original = raft_polars.losses._dense_status
+
+    def spy(*args: object, **kwargs: object) -> object:
+        statuses.append(original(*args, **kwargs))  # type: ignore[arg-type]
+        return statuses[-1]
+
+    case = Case(RAGGED.lps, RAGGED.rws,
+                prompt_ids=["a", "b", "c"] if prompts == "str" else None)
+    with mock.patch.object(raft_polars.losses, "_dense_status", spy):
+        check_losses(entry, case, tmp_path)
+    assert len(statuses) == 1
+    dense = prompts == "int" and not entry.fallback
+    assert (statuses[0] is not None) == dense
+
+
+# --- empty logs (T = 0) -----------------------------------------------------------------
+
+
+def test_empty_lists() -> None:
+    assert raft_polars.raft_alignment([], []) == []
+    table = raft_polars.lists_losses([], [])
+    assert table.height == 0
+    assert table.schema["loss"] == pl.Float64
+
+
+@pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.kind != "hive"], ids=str)
+def test_empty_log(entry: Entry, tmp_path: Path) -> None:
+    table = entry.losses(Case([], []), tmp_path)
+    assert isinstance(table, pl.DataFrame)
+    assert table.height == 0
+    assert table.schema["loss"] == pl.Float64
+    assert {"stage", "loss", "prompts", "tokens", "reward_best_mean", "reward_mean"} <= set(
+        table.columns)
+    selected = entry.select(Case([], []), tmp_path / "select")
+    assert selected.height == 0
+    assert selected.columns[:5] == ["stage", "prompt", "cand", "reward", "tokens"]
+
+
+# --- ties decided by candidate id in files, not by row order ---------------------------
+
+
+def _tie_frame() -> pl.DataFrame:
+    """Candidates 7, 3, 5 in that row order, all with the best reward: 3 wins."""
+    return pl.DataFrame(
+        {
+            "stage": [4, 4, 4, 4, 9, 9, 9],
+            "prompt": ["q", "q", "q", "q", "q", "q", "r"],
+            "cand": [7, 3, 5, 1, 5, 8, 2],
+            "reward": [1.0, 1.0, 1.0, 0.5, -2.0, -2.0, 0.0],
+            "logprobs": [[-7.0], [-3.0, -3.5], [-5.0], [-0.01], [-0.5], [-8.0], [-1.0, -2.0]],
+            "response": ["seven", "three", "five", "one", "five", "eight", "two"],
+        },
+        schema_overrides={"logprobs": pl.List(pl.Float64)},
+    )
+
+
+@pytest.mark.parametrize("entry", FRAME_ENTRIES, ids=str)
+@pytest.mark.parametrize("shuffle", [None, 0, 1, 2])
+def test_ties_go_to_the_smallest_cand_id(entry: Entry, shuffle: int | None,
+                                         tmp_path: Path) -> None:
+    frame = _tie_frame()
+    if shuffle is not None:
+        frame = frame.sample(fraction=1.0, shuffle=True, seed=shuffle)
+    kwargs = entry.lay_out(tmp_path, frame)
+    table = entry.stage_losses(kwargs)
+    assert table["stage"].to_list() == [4, 9]
+    assert table["loss"].to_list() == [pytest.approx(3.25), pytest.approx(3.5 / 3)]
+    assert table["ties"].to_list() == [1, 1]
+    assert table["tokens"].to_list() == [2, 3]
+    selected = entry.select_best(entry.lay_out(tmp_path / "select", frame))
+    assert selected.select("stage", "prompt", "cand", "reward", "tokens", "response").rows() == [
+        (4, "q", 3, 1.0, 2, "three"), (9, "q", 5, -2.0, 1, "five"), (9, "r", 2, 0.0, 2, "two"),
+    ]
+
+
+# --- float32 log-probs are accumulated in float64 ----------------------------------------
+
+
+def _float32_trap() -> tuple[list, list]:
+    """One large log-prob and many tiny ones: summed in float32 the tiny ones
+    vanish and the loss moves at the 4th decimal; in float64 they do not."""
+    big, tiny, n = -16384.0, float(np.float32(-0.0001)), 4000
+    lps = [[[[big, *([tiny] * n)]]]]
+    return lps, [[[1.0]]]
+
+
+def test_float32_trap_is_a_trap() -> None:
+    (((resp,),),), _ = _float32_trap()
+    acc = np.float32(0.0)
+    for v in resp:
+        acc = np.float32(acc + np.float32(v))
+    f32 = round(-float(acc) / len(resp), 4)
+    f64 = round(-sum(resp) / len(resp), 4)
+    assert f32 != f64
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=str)
+def test_float32_logprobs_accumulate_in_float64(entry: Entry, tmp_path: Path) -> None:
+    lps, rws = _float32_trap()
+    check_losses(entry, Case(lps, rws, float32=True), tmp_path)
+
+
+def test_float32_column_dtypes_are_kept_float32(tmp_path: Path) -> None:
+    """The float32 cases really hand float32 columns to the engine."""
+    case = CASES["float32"]
+    assert case.nested().schema["logprobs"] == pl.List(pl.Float32)
+    assert case.long()[0].schema["logprob"] == pl.Float32
+    assert case.values()[0][0][0][0] == float(np.float32(-0.1)) != -0.1
+    assert not math.isclose(case.values()[0][0][0][0], -0.1, rel_tol=1e-12)
+
+
+# --- golden files -----------------------------------------------------------------------
+
+
+def test_golden_nested_file(data_dir: Path) -> None:
+    table = raft_polars.stage_losses(data_dir / "seed_nested.parquet")
+    assert [round(x, 4) for x in table["loss"]] == [1.55, 0.55, 0.15]
+    assert table["stage"].to_list() == [0, 1, 2]
+
+
+def test_golden_long_files(data_dir: Path) -> None:
+    table = raft_polars.stage_losses(data_dir / "seed_tokens.parquet",
+                                     rewards=data_dir / "seed_rewards.parquet")
+    assert [round(x, 4) for x in table["loss"]] == [1.55, 0.55, 0.15]
+
+
+def test_golden_hive_directory(data_dir: Path) -> None:
+    table = raft_polars.stage_losses(data_dir / "hive")
+    assert table["stage"].to_list() == [3, 5, 8]
+    assert [round(x, 4) for x in table["loss"]] == [1.55, 0.55, 0.15]
+    selected = raft_polars.select_best(data_dir / "hive").collect()
+    assert selected.select("stage", "cand", "response").rows() == [
+        (3, 1, "b"), (5, 0, "c"), (8, 0, "e")]
+
