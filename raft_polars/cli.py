@@ -1,0 +1,735 @@
+"""The ``raft-polars`` command line (also ``python -m raft_polars``).
+
+Commands: ``losses`` (the per-stage table), ``select`` (write the selected batch
+for fine-tuning), ``validate`` (a full check of a log), ``report`` (a figure of the
+trend) and ``generate`` (deterministic synthetic logs). ``raft-polars COMMAND
+--help`` documents each one; ``docs/cli.md`` is the tour.
+
+Exit codes, decided in one place (:func:`main`): 0 ok, 1 ``validate`` found
+problems, 2 bad usage or bad input (printed as one line on stderr, ``raft-polars:
+error: ...``, never a traceback), 130 interrupted.
+
+Examples
+--------
+>>> import tempfile
+>>> from raft_polars.cli import main
+>>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +ELLIPSIS
+...     main(["generate", tmp + "/log", "--stages", "2", "--prompts", "4", "--k", "2"])
+...     main(["losses", tmp + "/log"])
+wrote 2 file(s) to .../log (nested layout: 2 stage(s) x 4 prompt(s) x 2 candidate(s))
+0
+stage loss   prompts candidates selected tokens reward_best_mean reward_mean reward_lift ties below_min
+    0 1.5918       4          8        4     78           0.0300     -0.2137      0.2438    0         0
+    1 0.1959       4          8        4    152           1.4975      1.1113      0.3862    0         0
+0
+"""  # noqa: E501 - the doctest shows the full-width table
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib
+import json
+import math
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn, TextIO
+
+import polars as pl
+
+from raft_polars import __version__
+from raft_polars.errors import MissingDependencyError, RaftPolarsError
+from raft_polars.logs import Source
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
+
+PROG = "raft-polars"
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_CANONICAL = ("stage", "prompt", "cand", "reward", "logprobs", "token", "logprob")
+_PARQUET = (".parquet", ".pq")
+_JSONL = (".jsonl", ".ndjson")
+_FIGURE = (".png", ".svg", ".pdf")
+
+
+class UsageError(Exception):
+    """Options that parse but do not fit together, or an output path that cannot be used."""
+
+
+class ProblemsFound(Exception):
+    """``validate`` found problems (exit code 1); the report is already printed."""
+
+
+# --- entry points and the one place where outcomes become exit codes -----------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per outcome
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Usage errors found by the parser exit through ``SystemExit(2)`` (``--help`` and
+    ``--version`` through ``SystemExit(0)``), as argparse does.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except ProblemsFound:
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except RaftPolarsError as exc:
+        _error(_cli_terms(str(exc)))
+        return EXIT_USAGE
+    except pl.exceptions.PolarsError as exc:
+        _error(f"polars: {exc}")
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(_os_message(exc))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def entrypoint() -> NoReturn:
+    """The ``raft-polars`` console script."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (``raft-polars losses ... | head``): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_OK
+    sys.exit(code)
+
+
+def _error(message: str) -> None:
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    text = lines[0] if lines else "unknown error"
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+
+
+# the engine's hints name Python arguments; on the command line they are options
+_CLI_TERMS = (
+    ("pass the rewards table with rewards=", "pass the rewards table with --rewards PATH"),
+    ("map your own names with columns={'canonical': 'yours'}",
+     "map your own names with --column canonical=theirs"),
+    ("is mapped onto the same name by columns=", "is mapped onto the same name by --column"),
+)
+
+
+def _cli_terms(message: str) -> str:
+    for python, option in _CLI_TERMS:
+        message = message.replace(python, option)
+    return message
+
+
+def _os_message(exc: OSError) -> str:
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {str(exc.filename)!r}"
+    return str(exc) or type(exc).__name__
+
+
+# --- the parser ------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"see '{self.prog} --help'"
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} ({hint})\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="RAFT (Reward rAnked FineTuning) stage logs: per-stage SFT losses, "
+        "the selected batch, validation, a trend figure and synthetic logs.",
+        epilog="Exit codes: 0 ok, 1 validate found problems, 2 bad usage or bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    log = _log_options()
+    selection = _selection_options()
+    engine = _engine_options()
+
+    p = commands.add_parser(
+        "losses", parents=[log, selection, engine],
+        help="per-stage loss and reward table",
+        description="Per-stage SFT loss (pooled token mean NLL of the selected responses, "
+        "rounded to 4 decimals) with prompts, candidates, selected responses, their tokens, "
+        "the mean selected reward (reward_best_mean), the mean reward of all candidates, "
+        "their difference (reward_lift), the prompts whose best reward is shared (ties) and "
+        "the prompts left with nothing by --min-reward (below_min).",
+    )
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format (default: an aligned table)")
+    p.add_argument("--reduction", choices=("token", "sequence"), default="token",
+                   help="token: pooled token mean (default, as HF/TRL SFT); "
+                   "sequence: mean of per-response means")
+    p.set_defaults(run=_cmd_losses)
+
+    p = commands.add_parser(
+        "select", parents=[log, selection, engine],
+        help="write the selected batch for fine-tuning (Parquet or JSONL)",
+        description="Write the selected responses: stage, prompt, cand, reward, tokens and "
+        "every extra candidate-level column (the nested rows, or the rewards table of the "
+        "long layout). The output is streamed to a temporary file next to OUT and renamed "
+        "at the end, so a failed or interrupted run leaves no partial file.",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file, Parquet (.parquet, .pq) or JSON lines (.jsonl, .ndjson); "
+                   "with --engine dask a directory of Parquet parts")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stage", type=int, metavar="N", help="export stage N only")
+    which.add_argument("--last-stage", action="store_true", help="export the last stage only")
+    p.add_argument("--prompt-column", metavar="COL",
+                   help="also emit a 'prompt' column copied from COL (for SFT trainers); "
+                   "the prompt id column is then named 'prompt_id'")
+    p.add_argument("--response-column", metavar="COL",
+                   help="also emit a 'completion' column copied from COL")
+    p.set_defaults(run=_cmd_select)
+
+    p = commands.add_parser(
+        "validate", parents=[log, selection],
+        help="check a whole log and report every problem (exit 1 if any)",
+        description="Read the whole log and report every problem with its count and first "
+        "locations: null ids, duplicate candidates, bad rewards, bad log-probs (null, NaN, "
+        "infinite, > 0) in selected and in other responses, stages with no selected tokens, "
+        "token rows without a reward, null/duplicate token positions and gaps. Exit 0 when "
+        "clean, 1 when problems are found, 2 when the input cannot be read as a stage log "
+        "(missing file, unreadable Parquet, missing column, wrong type).",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--limit", type=_count, default=5, metavar="N",
+                   help="locations shown per problem kind (default: 5)")
+    p.set_defaults(run=_cmd_validate)
+
+    p = commands.add_parser(
+        "report", parents=[log, selection],
+        help="figure of loss and rewards per stage (needs raft-polars[plot])",
+        description="Draw the loss per stage (stages where it rose are marked) and the "
+        "selected vs mean reward per stage. Needs matplotlib: pip install 'raft-polars[plot]'. "
+        "An existing OUT is replaced.",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="figure file: .png, .svg or .pdf")
+    p.add_argument("--reduction", choices=("token", "sequence"), default="token",
+                   help="loss reduction (default: token)")
+    p.add_argument("--title", help="figure title (default: the log's path)")
+    p.set_defaults(run=_cmd_report)
+
+    p = commands.add_parser(
+        "generate", help="write a deterministic synthetic stage log",
+        description="Write a synthetic stage log into the new or empty directory OUT: nested "
+        "layout OUT/part-*.parquet, or long layout OUT/tokens/ and OUT/rewards/. The same "
+        "options give byte-identical files. A progress bar is drawn on stderr when it is a "
+        "terminal.",
+    )
+    p.add_argument("out", metavar="OUT", help="output directory (new or empty)")
+    p.add_argument("--layout", choices=("nested", "long"), default="nested",
+                   help="nested: one row per candidate; long: token rows plus a rewards table")
+    p.add_argument("--stages", type=int, default=4, help="stages (default: 4)")
+    p.add_argument("--prompts", type=int, default=64, help="prompts per stage (default: 64)")
+    p.add_argument("--k", type=int, default=4, help="candidates per prompt (default: 4)")
+    p.add_argument("--min-tokens", type=int, default=1, help="shortest response (default: 1)")
+    p.add_argument("--max-tokens", type=int, default=64, help="longest response (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--payload", action="store_true",
+                   help="also write prompt_text and response text columns")
+    p.add_argument("--chunk-prompts", type=int, default=4096,
+                   help="prompts per file (default: 4096)")
+    p.set_defaults(run=_cmd_generate)
+    return parser
+
+
+def _log_options() -> _Parser:
+    group = _Parser(add_help=False)
+    group.add_argument(
+        "path", nargs="+", metavar="PATH",
+        help="the stage log: Parquet file(s), a directory (Hive partitions allowed) or a glob; "
+        "the nested layout (a logprobs list per candidate), or the token rows of the long "
+        "layout together with --rewards",
+    )
+    group.add_argument("--rewards", metavar="PATH",
+                       help="long layout: the candidate rows (stage, prompt, cand, reward)")
+    group.add_argument(
+        "--column", action="append", type=_column_pair, default=[], metavar="CANONICAL=THEIRS",
+        help="the log names a canonical column differently, e.g. --column prompt=prompt_id "
+        f"(repeatable; canonical names: {', '.join(_CANONICAL)})",
+    )
+    return group
+
+
+def _selection_options() -> _Parser:
+    group = _Parser(add_help=False)
+    opts = group.add_argument_group("selection (default: best-of-K per prompt)")
+    opts.add_argument("--strategy", choices=("best", "top_n", "global"), default="best",
+                      help="best: the best candidate of each prompt; top_n: the --n best of "
+                      "each prompt; global: the top --fraction of a stage's candidates")
+    opts.add_argument("--n", type=_count, default=1, metavar="N",
+                      help="candidates kept per prompt with --strategy top_n")
+    opts.add_argument("--fraction", type=_fraction, metavar="F",
+                      help="share of a stage's candidates kept with --strategy global, in (0, 1]")
+    opts.add_argument("--min-reward", type=_finite, metavar="R",
+                      help="drop selected candidates whose reward is below R (any strategy)")
+    return group
+
+
+def _engine_options() -> _Parser:
+    group = _Parser(add_help=False)
+    opts = group.add_argument_group("engine")
+    opts.add_argument("--engine", choices=("polars", "dask"), default="polars",
+                      help="polars (default, this machine) or dask (needs raft-polars[dask])")
+    opts.add_argument("--scheduler", metavar="ADDRESS",
+                      help="dask: address of a running scheduler (default: a local cluster)")
+    opts.add_argument("--workers", type=_count, metavar="N",
+                      help="dask: workers of the local cluster")
+    return group
+
+
+def _column_pair(text: str) -> tuple[str, str]:
+    canonical, sep, theirs = text.partition("=")
+    canonical, theirs = canonical.strip(), theirs.strip()
+    if not sep or not canonical or not theirs:
+        msg = f"expected CANONICAL=THEIRS, e.g. prompt=prompt_id, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    if canonical not in _CANONICAL:
+        msg = f"unknown canonical column {canonical!r}; canonical names: {', '.join(_CANONICAL)}"
+        raise argparse.ArgumentTypeError(msg)
+    return canonical, theirs
+
+
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 < value <= 1.0:
+        msg = f"expected a share in (0, 1], got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        msg = f"expected a finite number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected a whole number >= 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+# --- options shared by the data commands ---------------------------------------------
+
+
+def _source(args: argparse.Namespace) -> Source:
+    paths: list[str] = args.path
+    return paths[0] if len(paths) == 1 else paths
+
+
+def _columns(args: argparse.Namespace) -> dict[str, str] | None:
+    pairs: list[tuple[str, str]] = args.column
+    mapping: dict[str, str] = {}
+    for canonical, theirs in pairs:
+        if mapping.get(canonical, theirs) != theirs:
+            msg = (f"--column {canonical}= is given twice ({mapping[canonical]!r} and "
+                   f"{theirs!r})")
+            raise UsageError(msg)
+        mapping[canonical] = theirs
+    return mapping or None
+
+
+def _log_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"rewards": args.rewards, "columns": _columns(args)}
+
+
+def _selection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.strategy == "global" and args.fraction is None:
+        msg = "--strategy global needs --fraction F (the share of a stage's candidates kept)"
+        raise UsageError(msg)
+    if args.strategy != "global" and args.fraction is not None:
+        msg = f"--fraction applies to --strategy global only, not {args.strategy}"
+        raise UsageError(msg)
+    if args.strategy != "top_n" and args.n != 1:
+        msg = f"--n applies to --strategy top_n only, not {args.strategy}"
+        raise UsageError(msg)
+    return {"strategy": args.strategy, "n": args.n, "fraction": args.fraction,
+            "min_reward": args.min_reward}
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    if args.engine != "dask" and (args.scheduler is not None or args.workers is not None):
+        msg = "--scheduler and --workers need --engine dask"
+        raise UsageError(msg)
+
+
+def _dask_engine() -> ModuleType:
+    """``raft_polars.dask``, imported only when ``--engine dask`` is asked for."""
+    try:
+        engine = importlib.import_module("raft_polars.dask")
+    except MissingDependencyError:
+        raise
+    except ImportError as exc:
+        msg = (f"--engine dask needs the distributed engine ({exc}); install it with: "
+               "pip install 'raft-polars[dask]'")
+        raise MissingDependencyError(msg) from exc
+    return engine
+
+
+@contextlib.contextmanager
+def _dask_client(args: argparse.Namespace) -> Iterator[tuple[ModuleType, Any]]:
+    engine = _dask_engine()
+    with engine.connect(scheduler=args.scheduler, workers=args.workers) as client:
+        yield engine, client
+
+
+# --- losses ------------------------------------------------------------------------
+
+_LOSS_COLUMNS = ("stage", "loss", "prompts", "candidates", "selected", "tokens",
+                 "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min")
+
+
+def _cmd_losses(args: argparse.Namespace) -> None:
+    _check_engine(args)
+    if args.engine == "dask":
+        from raft_polars.ranking import Selection
+
+        selection = Selection(**_selection_kwargs(args))
+        with _dask_client(args) as (engine, client):
+            table = engine.stage_losses(_source(args), **_log_kwargs(args),
+                                        reduction=args.reduction, selection=selection,
+                                        client=client)
+    else:
+        from raft_polars.losses import stage_losses
+
+        table = stage_losses(_source(args), **_log_kwargs(args), reduction=args.reduction,
+                             **_selection_kwargs(args))
+    write_losses(table, sys.stdout, fmt=args.format)
+
+
+def write_losses(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> None:
+    """Print a :func:`~raft_polars.stage_losses` table as the CLI does.
+
+    The loss is rounded with Python's ``round(x, 4)`` in every format; the aligned
+    table shows every float with 4 decimals, CSV and JSON keep the rewards exact.
+
+    Examples
+    --------
+    >>> import sys
+    >>> import polars as pl
+    >>> from raft_polars import stage_losses
+    >>> log = pl.DataFrame({"stage": [0, 0, 1, 1], "prompt": [0, 0, 0, 0],
+    ...                     "cand": [0, 1, 0, 1], "reward": [0.2, 0.4, 0.75, 0.7],
+    ...                     "logprobs": [[-2.0, -1.8], [-1.5, -1.6], [-0.6, -0.5], [-0.7]]})
+    >>> write_losses(stage_losses(log), sys.stdout)  # doctest: +NORMALIZE_WHITESPACE
+    stage loss   prompts candidates selected tokens reward_best_mean reward_mean reward_lift ties below_min
+        0 1.5500       1          2        1      2           0.4000      0.3000      0.1000    0         0
+        1 0.5500       1          2        1      2           0.7500      0.7250      0.0250    0         0
+    """  # noqa: E501 - the doctest shows the full-width table
+    rows = [_rounded(row) for row in table.select(_LOSS_COLUMNS).iter_rows(named=True)]
+    if fmt == "json":
+        json.dump(rows, stream, indent=2, allow_nan=False)
+        stream.write("\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(stream, fieldnames=_LOSS_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        cells = [[_cell(row[c]) for c in _LOSS_COLUMNS] for row in rows]
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(_LOSS_COLUMNS)]
+        stream.write(" ".join(c.ljust(w) for c, w in zip(_LOSS_COLUMNS, widths, strict=True))
+                     .rstrip() + "\n")
+        for r in cells:
+            stream.write(" ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) + "\n")
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    if row["loss"] is not None:
+        row["loss"] = round(row["loss"], 4)
+    return row
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{round(value, 4):.4f}"
+    return str(value)
+
+
+# --- select ------------------------------------------------------------------------
+
+
+def _cmd_select(args: argparse.Namespace) -> None:
+    _check_engine(args)
+    out = Path(args.output)
+    if args.engine == "dask":
+        _select_dask(args, out)
+        return
+    suffix = out.suffix.lower()
+    if suffix not in (*_PARQUET, *_JSONL):
+        msg = (f"cannot tell the output format of {str(out)!r}: name it *.parquet (or .pq) "
+               "for Parquet, *.jsonl (or .ndjson) for JSON lines")
+        raise UsageError(msg)
+    _check_target(out, force=args.force)
+
+    from raft_polars.losses import select_best
+
+    source = _source(args)
+    frame = select_best(source, **_log_kwargs(args), **_selection_kwargs(args))
+    if args.stage is not None or args.last_stage:
+        frame = frame.filter(pl.col("stage") == _pick_stage(args))
+    frame = _sft_columns(frame, args.prompt_column, args.response_column)
+
+    def write(tmp: Path) -> None:
+        if suffix in _PARQUET:
+            frame.sink_parquet(tmp, engine="streaming")
+        else:
+            frame.sink_ndjson(tmp, engine="streaming")
+
+    _write_atomically(out, write, force=args.force)
+    print(f"wrote {_rows_written(out)} selected response(s) to {out}")
+
+
+def _pick_stage(args: argparse.Namespace) -> int:
+    """The stage asked for by ``--stage N`` / ``--last-stage``, checked against the log."""
+    from raft_polars.logs import collect, read_log
+
+    log = read_log(_source(args), **_log_kwargs(args))
+    stages = collect(log, log.candidates.select(pl.col("stage").unique().sort()))["stage"]
+    stages = stages.drop_nulls()
+    if stages.is_empty():
+        msg = f"{log.origin} holds no stages"
+        raise UsageError(msg)
+    if args.last_stage:
+        return int(stages.max())  # type: ignore[arg-type]
+    if args.stage not in stages:
+        shown = stages.head(20).to_list()
+        more = ", ..." if stages.len() > 20 else ""
+        msg = (f"--stage {args.stage}: no such stage in {log.origin}; stages present: "
+               f"{str(shown)[:-1]}{more}]")
+        raise UsageError(msg)
+    return int(args.stage)
+
+
+def _sft_columns(frame: pl.LazyFrame, prompt_col: str | None,
+                 response_col: str | None) -> pl.LazyFrame:
+    """Add ``prompt`` / ``completion`` copies of payload columns for SFT trainers.
+
+    With ``prompt_col`` the prompt id column is renamed ``prompt_id``, since
+    ``prompt`` then holds the text.
+    """
+    if prompt_col is None and response_col is None:
+        return frame
+    present = list(frame.collect_schema())
+    wanted = {"prompt": prompt_col, "completion": response_col}
+    added = {name: col for name, col in wanted.items() if col is not None}
+    for option, col in (("--prompt-column", prompt_col), ("--response-column", response_col)):
+        if col is not None and col not in present:
+            msg = (f"{option} {col!r}: no such column in the selected batch; columns "
+                   f"present: {present}")
+            raise UsageError(msg)
+    names = {c: ("prompt_id" if c == "prompt" and prompt_col is not None else c)
+             for c in present}
+    # a payload column already named like its copy is kept once, at the end
+    kept = [c for c in present if not (names[c] in added and added[names[c]] == c)]
+    for c in kept:
+        if names[c] in added or (names[c] == "prompt_id" and c != "prompt"):
+            msg = (f"the selected batch already has a column {names[c]!r}, which the "
+                   "--prompt-column/--response-column output needs; rename it with --column "
+                   "or in the log")
+            raise UsageError(msg)
+    return frame.select(*(pl.col(c).alias(names[c]) for c in kept),
+                        *(pl.col(col).alias(name) for name, col in added.items()))
+
+
+def _select_dask(args: argparse.Namespace, out: Path) -> None:
+    unsupported = [opt for opt, given in (
+        ("--stage", args.stage is not None), ("--last-stage", args.last_stage),
+        ("--prompt-column", args.prompt_column is not None),
+        ("--response-column", args.response_column is not None)) if given]
+    if unsupported:
+        msg = f"{', '.join(unsupported)}: not supported with --engine dask"
+        raise UsageError(msg)
+    if out.suffix.lower() in _JSONL:
+        msg = (f"--engine dask writes a directory of Parquet parts, not JSON lines: "
+               f"{str(out)!r}")
+        raise UsageError(msg)
+    _check_target(out, force=args.force)
+    from raft_polars.ranking import Selection
+
+    selection = Selection(**_selection_kwargs(args))
+    with _dask_client(args) as (engine, client):
+
+        def write(tmp: Path) -> None:
+            written = Path(engine.write_selected(_source(args), tmp, **_log_kwargs(args),
+                                                 selection=selection, client=client))
+            if written != tmp:
+                os.replace(written, tmp)
+
+        _write_atomically(out, write, force=args.force)
+    print(f"wrote the selected batch to {out}/ ({len(list(out.glob('*.parquet')))} part(s))")
+
+
+def _check_target(out: Path, *, force: bool) -> None:
+    if not out.parent.is_dir():
+        msg = f"output directory does not exist: {str(out.parent)!r}"
+        raise UsageError(msg)
+    if out.exists() and not force:
+        msg = f"{str(out)!r} exists; pass --force to replace it"
+        raise UsageError(msg)
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
+    """Call ``write(tmp)`` on a temporary path next to ``out``, then rename it to ``out``.
+
+    The temporary file (or directory) is removed on any failure, interruption
+    included, so ``out`` is either the complete result or untouched.
+    """
+    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:12]}.tmp{out.suffix}")
+    try:
+        write(tmp)
+        if out.exists():
+            if not force:
+                msg = f"{str(out)!r} appeared while writing; pass --force to replace it"
+                raise UsageError(msg)
+            if out.is_dir() and not tmp.is_dir():
+                msg = f"{str(out)!r} is a directory; not replacing it with a file"
+                raise UsageError(msg)
+            if out.is_dir():
+                shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+
+
+def _rows_written(out: Path) -> int:
+    if out.suffix.lower() in _PARQUET:
+        import pyarrow.parquet as pq
+
+        return int(pq.read_metadata(out).num_rows)
+    lines = 0
+    with out.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return lines
+
+
+# --- validate ----------------------------------------------------------------------
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    from raft_polars.validate import validate
+
+    report = validate(_source(args), **_log_kwargs(args), **_selection_kwargs(args),
+                      limit=args.limit)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(report.format())
+    if not report.ok:
+        raise ProblemsFound
+
+
+# --- report ------------------------------------------------------------------------
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    out = Path(args.output)
+    fmt = out.suffix.lower()
+    if fmt not in _FIGURE:
+        msg = f"the figure must be .png, .svg or .pdf, got {str(out)!r}"
+        raise UsageError(msg)
+    if not out.parent.is_dir():
+        msg = f"output directory does not exist: {str(out.parent)!r}"
+        raise UsageError(msg)
+    from raft_polars.losses import stage_losses
+    from raft_polars.report import report_figure, save_figure
+
+    table = stage_losses(_source(args), **_log_kwargs(args), reduction=args.reduction,
+                         **_selection_kwargs(args))
+    title = args.title if args.title is not None else " ".join(args.path)
+    figure = report_figure(table, title=title)
+
+    def write(tmp: Path) -> None:
+        save_figure(figure, tmp, fmt=fmt[1:])
+
+    _write_atomically(out, write, force=True)
+    print(f"wrote {out} ({table.height} stage(s))")
+
+
+# --- generate ----------------------------------------------------------------------
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        msg = f"{str(out)!r} exists and is not a directory"
+        raise UsageError(msg)
+    if out.is_dir() and any(out.iterdir()):
+        msg = f"{str(out)!r} is not empty; choose a new directory (logs are not mixed)"
+        raise UsageError(msg)
+    from raft_polars.synth import generate
+
+    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        paths = generate(out, layout=args.layout, stages=args.stages, prompts=args.prompts,
+                         k=args.k, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+                         seed=args.seed, payload=args.payload,
+                         chunk_prompts=args.chunk_prompts, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {len(paths)} file(s) to {out} ({args.layout} layout: {args.stages} stage(s) "
+          f"x {args.prompts} prompt(s) x {args.k} candidate(s))")
+
+
+class _ProgressBar:
+    """``progress(done, total)`` drawn as one rewritten line on a terminal."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        filled = round(share * self.width)
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\rgenerating [{bar}] {share:4.0%} {done:,}/{total:,} tokens")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
