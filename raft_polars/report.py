@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import polars as pl
 
 from raft_polars.errors import MissingDependencyError
@@ -112,6 +113,8 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     best = table["reward_best_mean"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     mean = table["reward_mean"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     rose = table["stage"].is_in(loss_rises(table)).to_numpy()
+    previous = table["loss"].cast(pl.Float64).shift(1).forward_fill().fill_null(float("nan"))
+    rise = loss - previous.to_numpy()
 
     fig = Figure(figsize=(8.0, 6.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -121,7 +124,8 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     if table.height == 0:
         for ax in (ax_loss, ax_reward):
             ax.text(0.5, 0.5, "no stages", ha="center", va="center", transform=ax.transAxes)
-    half = 0.5
+    # the band around a marked stage spans 60% of the gap to its neighbours
+    half = 0.3 * float(np.diff(stages).min()) if table.height > 1 else 0.3
     for stage in stages[rose]:
         for ax in (ax_loss, ax_reward):
             ax.axvspan(stage - half, stage + half, color="tab:red", alpha=0.08, lw=0)
@@ -130,8 +134,8 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     if rose.any():
         ax_loss.scatter(stages[rose], loss[rose], marker="^", s=140, color="tab:red",
                         zorder=3, label="loss rose")
-        for x, y in zip(stages[rose], loss[rose], strict=True):
-            ax_loss.annotate(f"stage {int(x)}", (x, y), textcoords="offset points",
+        for x, y, up in zip(stages[rose], loss[rose], rise[rose], strict=True):
+            ax_loss.annotate(f"+{up:.4f}", (x, y), textcoords="offset points",
                              xytext=(0, 10), ha="center", color="tab:red", fontsize=8)
     ax_loss.set_ylabel("loss (mean token NLL)")
     ax_loss.set_title("SFT loss of the selected responses per stage", fontsize=10)

@@ -95,19 +95,23 @@ class Problem:
     locations
         The first few, in ``stage, prompt, cand`` order: dicts with the ids and
         what was found there (``reward``, ``token``, ``logprob``, ``rows``, ...).
+    places
+        How many locations there are in all (a location, e.g. a response, may
+        hold several of the problems counted).
     """
 
     kind: str
     count: int
     description: str
     locations: tuple[dict[str, Any], ...]
+    places: int
 
     def format(self) -> str:
         """The problem as indented text: a headline, then one line per location."""
         lines = [f"  {self.kind}: {self.count} {self.description}"]
         lines += [f"    {_format_location(loc)}" for loc in self.locations]
-        if self.count > len(self.locations) and self.locations:
-            lines.append(f"    ... (first {len(self.locations)} shown)")
+        if self.places > len(self.locations):
+            lines.append(f"    ... and {self.places - len(self.locations)} more")
         return "\n".join(lines)
 
 
@@ -175,6 +179,7 @@ class ValidationReport:
                     "kind": p.kind,
                     "count": p.count,
                     "description": p.description,
+                    "places": p.places,
                     "locations": [{k: _json_value(v) for k, v in loc.items()}
                                   for loc in p.locations],
                 }
@@ -277,7 +282,8 @@ class _Found:
             return
         sort = [c for c in (*_IDS, "token") if c in where.columns]
         rows = where.sort(sort, nulls_last=True).head(self.limit).to_dicts() if sort else []
-        self.problems.append(Problem(kind, count, PROBLEM_KINDS[kind], tuple(rows)))
+        self.problems.append(Problem(kind, count, PROBLEM_KINDS[kind], tuple(rows),
+                                     where.height))
 
 
 def _bad(value: pl.Expr) -> pl.Expr:
@@ -436,6 +442,8 @@ def _format_location(loc: Mapping[str, Any]) -> str:
 
 
 def _text(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else str(value)
     return repr(value) if isinstance(value, str) else str(value)
