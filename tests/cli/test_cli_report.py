@@ -1,0 +1,71 @@
+"""``raft-polars report``: a real PNG (or SVG/PDF) of the trend; matplotlib optional."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from cli_helpers import DATA, assert_one_line_error, run
+
+from raft_polars import stage_losses
+from raft_polars.report import loss_rises
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def rising_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five stages whose loss falls, rises at stage 30, falls, rises at stage 50."""
+    nll = {10: 1.6, 20: 1.1, 30: 1.3, 40: 0.7, 50: 0.9}
+    rows = [{"stage": s, "prompt": p, "cand": c, "reward": 0.1 * c + s / 50,
+             "logprobs": [-(nll[s] + 0.2 * (2 - c))] * 4}
+            for s in nll for p in range(3) for c in range(3)]
+    path = tmp_path_factory.mktemp("rising") / "log.parquet"
+    pl.DataFrame(rows).write_parquet(path)
+    return path
+
+
+def test_loss_rises(rising_log: Path) -> None:
+    assert loss_rises(stage_losses(rising_log)) == [30, 50]
+
+
+def test_png(capsys: pytest.CaptureFixture[str], tmp_path: Path, rising_log: Path) -> None:
+    out = tmp_path / "report.png"
+    result = run(capsys, "report", rising_log, "-o", out, "--title", "rising")
+    assert result.code == 0, result.err
+    assert result.out == f"wrote {out} (5 stage(s))\n"
+    data = out.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    assert (width, height) == (960, 780)
+    assert 20_000 < len(data) < 1_000_000
+    assert [p.name for p in tmp_path.iterdir()] == ["report.png"]
+    # replaced on a second run, without --force (a figure is cheap to redraw)
+    assert run(capsys, "report", rising_log, "-o", out).code == 0
+
+
+def test_long_layout_svg_and_pdf(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    args = [DATA / "synthetic_long" / "tokens", "--rewards", DATA / "synthetic_long" / "rewards"]
+    assert run(capsys, "report", *args, "-o", tmp_path / "r.svg").code == 0
+    assert b"<svg" in (tmp_path / "r.svg").read_bytes()[:2000]
+    assert run(capsys, "report", *args, "-o", tmp_path / "r.pdf").code == 0
+    assert (tmp_path / "r.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_bad_figure_name(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                         rising_log: Path) -> None:
+    assert_one_line_error(run(capsys, "report", rising_log, "-o", tmp_path / "r.gif"),
+                          "must be .png, .svg or .pdf")
+    assert not any(tmp_path.iterdir())
+
+
+def test_without_matplotlib(capsys: pytest.CaptureFixture[str],
+                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                            rising_log: Path) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    result = run(capsys, "report", rising_log, "-o", tmp_path / "r.png")
+    assert_one_line_error(result, "pip install 'raft-polars[plot]'")
+    assert not any(tmp_path.iterdir())
