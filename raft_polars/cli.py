@@ -86,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (``raft-polars losses ... | head -1``): not an error
+        _silence_stdout()
+        return EXIT_OK
     except UsageError as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -103,15 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
 
 def entrypoint() -> NoReturn:
     """The ``raft-polars`` console script."""
+    code = main()
     try:
-        code = main()
         sys.stdout.flush()
     except BrokenPipeError:
-        # the reader went away (``raft-polars losses ... | head``): not an error
+        _silence_stdout()
+    sys.exit(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the final flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        code = EXIT_OK
-    sys.exit(code)
 
 
 def _error(message: str) -> None:
@@ -700,12 +708,17 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         raise UsageError(msg)
     from raft_polars.synth import generate
 
+    created = not out.exists()
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         paths = generate(out, layout=args.layout, stages=args.stages, prompts=args.prompts,
                          k=args.k, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
                          seed=args.seed, payload=args.payload,
                          chunk_prompts=args.chunk_prompts, progress=bar)
+    except BaseException:
+        if created:  # a failed run leaves no half-written log behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         if bar is not None:
             bar.close()

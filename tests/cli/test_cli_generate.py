@@ -1,0 +1,90 @@
+"""``raft-polars generate``: deterministic synthetic logs, progress only on a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from cli_helpers import assert_one_line_error, run
+
+SHAPE = ["--stages", "3", "--prompts", "5", "--k", "3", "--min-tokens", "0", "--max-tokens", "6",
+         "--seed", "42"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+
+
+def test_nested_is_deterministic(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    first = run(capsys, "generate", tmp_path / "a", *SHAPE, "--payload")
+    assert first.code == 0, first.err
+    assert first.out == (f"wrote 3 file(s) to {tmp_path / 'a'} (nested layout: 3 stage(s) x "
+                         "5 prompt(s) x 3 candidate(s))\n")
+    assert first.err == ""  # stderr is not a terminal here: no progress bar
+    assert run(capsys, "generate", tmp_path / "b", *SHAPE, "--payload").code == 0
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")  # byte-identical
+    frame = pl.read_parquet(tmp_path / "a")
+    assert frame.height == 3 * 5 * 3
+    assert {"prompt_text", "response"} <= set(frame.columns)
+    assert frame["logprobs"].list.len().max() <= 6
+    other = run(capsys, "generate", tmp_path / "c", *SHAPE[:-1], "43")
+    assert other.code == 0
+    assert _files(tmp_path / "c") != _files(tmp_path / "a")
+
+
+def test_long_layout_is_the_same_log(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(capsys, "generate", tmp_path / "n", *SHAPE).code == 0
+    result = run(capsys, "generate", tmp_path / "l", *SHAPE, "--layout", "long")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (tmp_path / "l").iterdir()) == ["rewards", "tokens"]
+    nested = run(capsys, "losses", tmp_path / "n", "--format", "json")
+    long = run(capsys, "losses", tmp_path / "l" / "tokens", "--rewards", tmp_path / "l" / "rewards",
+               "--format", "json")
+    assert nested.code == long.code == 0
+    assert [r["loss"] for r in json.loads(long.out)] == [r["loss"] for r in json.loads(nested.out)]
+    assert run(capsys, "validate", tmp_path / "l" / "tokens", "--rewards",
+               tmp_path / "l" / "rewards").code == 0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from raft_polars.cli import main
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert main(["generate", str(tmp_path / "g"), *SHAPE, "--chunk-prompts", "2"]) == 0
+    drawn = terminal.getvalue()
+    assert drawn.count("\rgenerating [") == 3 * 3  # one redraw per chunk
+    assert "100%" in drawn.splitlines()[-1]
+    assert drawn.endswith("\n")
+
+
+def test_refuses_a_non_empty_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "old.parquet").write_bytes(b"old")
+    assert_one_line_error(run(capsys, "generate", tmp_path / "g"), "is not empty")
+    (tmp_path / "f").write_text("a file")
+    assert_one_line_error(run(capsys, "generate", tmp_path / "f"), "is not a directory")
+    assert run(capsys, "generate", tmp_path / "empty", "--stages", "1", "--prompts", "1").code == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [(["--k", "0"], "k must be at least 1"),
+     (["--min-tokens", "5", "--max-tokens", "2"], "max_tokens (2) must be at least min_tokens"),
+     (["--layout", "wide"], "invalid choice: 'wide'"),
+     (["--stages", "two"], "invalid int value: 'two'")],
+)
+def test_bad_shapes(capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str],
+                    fragment: str) -> None:
+    assert_one_line_error(run(capsys, "generate", tmp_path / "g", *argv), fragment)
+    assert not (tmp_path / "g").exists()

@@ -1,0 +1,98 @@
+"""The installed command line as a real process: ``python -m raft_polars`` and the
+``raft-polars`` console script next to the interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import polars as pl
+import pytest
+from cli_helpers import DATA, REPO, LogFiles
+from reference import reference_selection
+
+
+def _script() -> Path:
+    for directory in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        for name in ("raft-polars", "raft-polars.exe"):
+            if (directory / name).is_file():
+                return directory / name
+    pytest.skip("the raft-polars console script is not installed next to this Python")
+
+
+def _run(*argv: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "PYTHONWARNINGS")}
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120, check=False)
+
+
+def test_module_losses() -> None:
+    done = _run(sys.executable, "-m", "raft_polars", "losses", "data/seed/nested.parquet",
+                "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert [r["loss"] for r in json.loads(done.stdout)] == [1.55, 0.55, 0.15]
+
+
+def test_script_select(tmp_path: Path, log_files: LogFiles) -> None:
+    out = tmp_path / "batch.jsonl"
+    done = _run(_script(), "select", log_files.tokens, "--rewards", log_files.rewards, "-o", out,
+                "--prompt-column", "prompt_text", "--response-column", "response")
+    assert done.returncode == 0, done.stderr
+    frame = pl.read_ndjson(out)
+    log = log_files.log
+    expected = [log.key(t, i, j) for t, i, j in reference_selection(log.rws)]
+    assert list(frame.select("stage", "prompt_id", "cand").iter_rows()) == expected
+    assert frame["completion"].to_list() == [log.payload(k)["response"] for k in expected]
+    # a second run refuses to replace the batch
+    again = _run(_script(), "select", log_files.nested, "-o", out)
+    assert again.returncode == 2
+    assert again.stderr == f"raft-polars: error: {str(out)!r} exists; pass --force to replace it\n"
+
+
+def test_script_errors_and_exit_codes(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes((DATA / "seed" / "nested.parquet").read_bytes()[:200])
+    done = _run(_script(), "losses", broken)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("raft-polars: error: cannot read Parquet file")
+    assert done.stderr.count("\n") == 1
+    bad = tmp_path / "bad.parquet"
+    pl.read_parquet(DATA / "seed" / "nested.parquet").with_columns(
+        reward=pl.lit(float("nan"))).write_parquet(bad)
+    found = _run(_script(), "validate", bad, "--json")
+    assert found.returncode == 1
+    assert json.loads(found.stdout)["problems"][0]["count"] == 6
+
+
+def test_script_report_and_generate(tmp_path: Path) -> None:
+    gen = _run(_script(), "generate", tmp_path / "log", "--stages", "3", "--prompts", "8")
+    assert gen.returncode == 0, gen.stderr
+    assert gen.stderr == ""  # not a terminal: no progress bar
+    png = tmp_path / "report.png"
+    done = _run(_script(), "report", tmp_path / "log", "-o", png)
+    assert done.returncode == 0, done.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
+    """``raft-polars losses ... | head -1``: no traceback when the reader goes away."""
+    stages = 3000  # a table far larger than a pipe's buffer
+    pl.DataFrame({"stage": range(stages), "prompt": [0] * stages, "cand": [0] * stages,
+                  "reward": [1.0] * stages, "logprobs": [[-1.0]] * stages}
+                 ).write_parquet(tmp_path / "log.parquet")
+    with subprocess.Popen([str(_script()), "losses", str(tmp_path / "log.parquet")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    assert b"Traceback" not in err
+    assert code == 0
