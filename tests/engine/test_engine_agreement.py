@@ -103,6 +103,12 @@ CASES = {
         float32=True,
     ),
     "no-payload": Case(SEED_LOG_PROBS, SEED_REWARDS, payload=False),
+    # exact binary half-way points of the 4th decimal: Python's round() gives
+    # 0.0312, 0.1562, 1.2812 (half to even on the exact value), not 0.0313, ...
+    "half-way-rounding": Case(
+        [[[[-0.0625, 0.0], [-1.0]]], [[[-0.15625]]], [[[-1.28125, -1.28125], [-0.5]]]],
+        [[[1.0, 0.0]], [[0.0]], [[2.0, 1.0]]],
+    ),
 }
 
 
@@ -142,6 +148,11 @@ def test_ragged_case_tells_the_reductions_apart() -> None:
 
 def test_seed_example() -> None:
     assert raft_polars.raft_alignment(SEED_LOG_PROBS, SEED_REWARDS) == [1.55, 0.55, 0.15]
+
+
+def test_half_way_rounding_is_pythons_round() -> None:
+    case = CASES["half-way-rounding"]
+    assert raft_polars.raft_alignment(case.lps, case.rws) == [0.0312, 0.1562, 1.2812]
 
 
 def test_raft_alignment_does_not_modify_its_input(seed_log: tuple[list, list]) -> None:
