@@ -12,6 +12,7 @@ from raft_polars.lists import lists_losses, raft_alignment
 from raft_polars.logs import StageLog, read_log
 from raft_polars.losses import select_best, stage_losses
 from raft_polars.ranking import Selection
+from raft_polars.validate import ValidationReport, validate
 
 __all__ = [
     "MissingDependencyError",
@@ -19,11 +20,13 @@ __all__ = [
     "RaftPolarsError",
     "Selection",
     "StageLog",
+    "ValidationReport",
     "lists_losses",
     "raft_alignment",
     "read_log",
     "select_best",
     "stage_losses",
+    "validate",
 ]
 
 __version__ = "0.1.0"
