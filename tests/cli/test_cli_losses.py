@@ -8,10 +8,16 @@ import json
 import math
 from pathlib import Path
 
+import cli_helpers
 import polars as pl
 import pytest
 from cli_helpers import DATA, LogFiles, make_log, parse_table, reference_strategy, run
 from reference import reference_losses, reference_rounded, reference_stats
+
+# the fixtures shared by the CLI tests (see cli_helpers)
+any_log_files = cli_helpers.any_log_files
+log_files = cli_helpers.log_files
+string_log_files = cli_helpers.string_log_files
 
 LAYOUTS = ("nested", "long")
 

@@ -6,6 +6,7 @@ import errno
 from pathlib import Path
 from typing import Any
 
+import cli_helpers
 import polars as pl
 import pytest
 from cli_helpers import (
@@ -17,6 +18,12 @@ from cli_helpers import (
     run,
 )
 from reference import reference_selection
+
+# the fixtures shared by the CLI tests (see cli_helpers)
+any_log_files = cli_helpers.any_log_files
+log_files = cli_helpers.log_files
+out_dir = cli_helpers.out_dir
+string_log_files = cli_helpers.string_log_files
 
 LAYOUTS = ("nested", "long")
 FORMATS = (".parquet", ".jsonl")

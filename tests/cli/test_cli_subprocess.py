@@ -10,10 +10,14 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import cli_helpers
 import polars as pl
 import pytest
 from cli_helpers import DATA, REPO, LogFiles
 from reference import reference_selection
+
+# the fixtures shared by the CLI tests (see cli_helpers)
+log_files = cli_helpers.log_files
 
 
 def _script() -> Path:

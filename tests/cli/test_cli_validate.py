@@ -8,11 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cli_helpers
 import polars as pl
 import pytest
 from cli_helpers import DATA, LogFiles, assert_one_line_error, run
 
 from raft_polars.validate import PROBLEM_KINDS, validate
+
+# the fixtures shared by the CLI tests (see cli_helpers)
+any_log_files = cli_helpers.any_log_files
+log_files = cli_helpers.log_files
+string_log_files = cli_helpers.string_log_files
 
 NAN, INF = float("nan"), float("inf")
 
