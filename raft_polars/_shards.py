@@ -258,7 +258,7 @@ def plan_files(
     files: Sequence[tuple[Path, Path | None]],
     spec: ReadSpec,
     *,
-    shard_bytes: int = SHARD_BYTES,
+    shard_bytes: int | None = None,
 ) -> list[Shard]:
     """Shards of the files: whole files, big ones split into row-group ranges of
     about ``shard_bytes`` uncompressed bytes, with ``(stage, prompt)`` bounds.
@@ -271,6 +271,7 @@ def plan_files(
     """
     schema = dict(spec.schema)
     stage, prompt = spec.raw("stage"), spec.raw("prompt")
+    limit = SHARD_BYTES if shard_bytes is None else shard_bytes
     shards: list[Shard] = []
     for path, root in files:
         try:
@@ -283,7 +284,7 @@ def plan_files(
         groups: list[list[int]] = [[]]
         size = 0
         for rg in range(meta.num_row_groups):
-            if groups[-1] and size >= shard_bytes:
+            if groups[-1] and size >= limit:
                 groups.append([])
                 size = 0
             groups[-1].append(rg)

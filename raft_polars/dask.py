@@ -237,7 +237,7 @@ class _Job:
                 bounds = _shards.bounds_of(part)
                 lo, hi = bounds if bounds is not None else (None, None)
                 shards.append(Shard(i, f"<{role} part {i}>", lo=lo, hi=hi, rows=part.height))
-            data: list[Any] = list(self.client.scatter(slices))
+            data: list[Any] = list(self.client.scatter(slices, hash=False))
             return _Side(spec, _shards.mark_isolated(shards), data)
         assert _is_paths(source)
         raw, _, _ = _scan(source, role)
@@ -583,7 +583,7 @@ def _nested_losses(job: _Job, main: _Side, selection: Selection,
         )
         return _shards.finish([r.stages for r in results], log=job.log, reduction=reduction)
     _, chosen, _, stage_part = job.client_ranking(main, selection)
-    keys = job.client.scatter(chosen.select(_IDS), broadcast=True)
+    keys = job.client.scatter(chosen.select(_IDS), broadcast=True, hash=False)
     results = job.gather([job.submit(_t_nested_selected, s, d, main.spec, keys)
                           for s, d in main.items()])
     issues = _shards.merge_issues([r.issues for r in results])
@@ -610,7 +610,8 @@ def _long_losses(job: _Job, cands: _Side, tokens: _Side, selection: Selection,
             return _covering(shard, cands, finals, isolated)
     else:
         keys, chosen, _, stage_part = job.client_ranking(cands, selection)
-        table = job.client.scatter(_shards.keys_masks(keys, chosen), broadcast=True)
+        table = job.client.scatter(_shards.keys_masks(keys, chosen), broadcast=True,
+                                    hash=False)
         stage_parts = [stage_part]
 
         def parts_for(shard: Shard) -> list[Any]:
@@ -647,7 +648,7 @@ def _selection(job: _Job, side: _Side, selection: Selection) -> tuple[
         isolated = [s for s in side.shards if s.isolated]
         return (lambda shard: _covering(shard, side, finals, isolated)), finals
     _, chosen, _, _ = job.client_ranking(side, selection)
-    keys = job.client.scatter(chosen.select(_IDS), broadcast=True)
+    keys = job.client.scatter(chosen.select(_IDS), broadcast=True, hash=False)
     return (lambda shard: [keys]), [keys]
 
 

@@ -1,0 +1,353 @@
+"""raft_polars.dask against the single-machine engine and the plain reference,
+on a session-scoped local cluster (2 worker processes, loopback only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from dask_cases import assert_same, layout_files, ragged_logs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import long_frames, nested_frame, reference_rounded, write_split
+
+import raft_polars as rp
+import raft_polars.dask as rd
+from raft_polars import Selection, _shards
+from raft_polars.errors import RaftInputError
+
+# the scheduler of the local cluster runs in this process and draws from the global
+# `random` module in its own thread; hypothesis notices the state change between its
+# draws and warns (harmless: hypothesis does not use that state)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
+
+# cluster calls take a fraction of a second: keep the example counts small
+FEW = settings(max_examples=8, deadline=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                      HealthCheck.too_slow])
+
+SELECTIONS = [Selection(), Selection(strategy="top_n", n=2),
+              Selection(strategy="global", fraction=0.5), Selection(min_reward=0.2)]
+
+
+def _options(selection: Selection) -> dict[str, Any]:
+    return {"strategy": selection.strategy, "n": selection.n,
+            "fraction": selection.fraction, "min_reward": selection.min_reward}
+
+
+def _outcome(call: Callable[[], pl.DataFrame]) -> pl.DataFrame | str:
+    try:
+        return call()
+    except RaftInputError as exc:
+        return f"RaftInputError: {exc}"
+
+
+def _agree(client: Any, kwargs: dict[str, Any], selection: Selection | None = None,
+           reduction: str = "token") -> pl.DataFrame | str:
+    selection = selection or Selection()
+    expected = _outcome(lambda: rp.stage_losses(**kwargs, reduction=reduction,  # type: ignore[arg-type]
+                                                **_options(selection)))
+    got = _outcome(lambda: rd.stage_losses(**kwargs, reduction=reduction,  # type: ignore[arg-type]
+                                           selection=selection, client=client))
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        assert isinstance(got, pl.DataFrame), got
+        assert_same(expected, got)
+    return got
+
+
+# --- same answers ------------------------------------------------------------------------
+
+
+@FEW
+@given(log=ragged_logs(), parts=st.integers(1, 4), shuffle=st.integers(0, 9),
+       strings=st.booleans(), layout=st.sampled_from(["nested", "long"]),
+       selection=st.sampled_from(SELECTIONS))
+def test_property_files(client: Any, log: Any, parts: int, shuffle: int, strings: bool,  # noqa: PLR0917 - one argument per strategy
+                        layout: str, selection: Selection) -> None:
+    lps, rws = log
+    prompts = max(len(stage) for stage in rws)
+    ids = [f"p{i:02d}" for i in range(prompts)] if strings else None
+    with tempfile.TemporaryDirectory() as tmp:
+        kwargs = layout_files(lps, rws, Path(tmp), layout=layout, parts=parts,
+                              reward_parts=max(1, parts - 1), shuffle=shuffle, prompt_ids=ids)
+        got = _agree(client, kwargs, selection)
+        if isinstance(got, pl.DataFrame) and selection == Selection():
+            losses = [round(x, 4) for x in got["loss"].to_list()]
+            assert losses == reference_rounded(lps, rws)
+        if selection.strategy != "global":
+            expected = rp.select_best(**kwargs, **_options(selection)).collect()
+            assert_same(expected, rd.select_best(**kwargs, selection=selection, client=client))
+
+
+@FEW
+@given(log=ragged_logs(max_stages=2), layout=st.sampled_from(["nested", "long"]))
+def test_property_sequence_reduction(client: Any, log: Any, layout: str) -> None:
+    lps, rws = log
+    with tempfile.TemporaryDirectory() as tmp:
+        kwargs = layout_files(lps, rws, Path(tmp), layout=layout, parts=3, shuffle=1)
+        _agree(client, kwargs, reduction="sequence")
+
+
+LPS = [[[[-2.0, -1.8], [-1.5, -1.6], [-0.25]], [[-1.0], [-3.0, -1.0], [-0.5]]],
+       [[[-0.6, -0.5], [-0.7, -0.8]], [[-2.0], [-1.0, -1.0]]]]
+RWS = [[[0.2, 0.4, 0.4], [1.0, 1.0, -1.0]], [[0.75, 0.7], [0.3, 0.3]]]
+
+
+@pytest.mark.parametrize("layout", ["nested", "long"])
+@pytest.mark.parametrize("selection", SELECTIONS, ids=lambda s: s.strategy + str(s.min_reward))
+def test_spread_shuffled_string_ids(client: Any, tmp_path: Path, layout: str,
+                                    selection: Selection) -> None:
+    # candidates of every prompt dealt over 5 files, rows shuffled, string prompt ids
+    kwargs = layout_files(LPS, RWS, tmp_path, layout=layout, parts=5, reward_parts=3,
+                          shuffle=7, prompt_ids=["b", "a"], stage_ids=[10, 4])
+    got = _agree(client, kwargs, selection)
+    assert isinstance(got, pl.DataFrame)
+    assert got["stage"].to_list() == [4, 10]
+
+
+@pytest.mark.parametrize("layout", ["nested", "long"])
+def test_in_memory_frames(client: Any, layout: str) -> None:
+    if layout == "nested":
+        kwargs: dict[str, Any] = {"source": nested_frame(LPS, RWS, shuffle=2)}
+    else:
+        tokens, rewards = long_frames(LPS, RWS, shuffle=2)
+        kwargs = {"source": tokens.to_arrow(), "rewards": rewards.lazy()}
+    _agree(client, kwargs)
+    assert_same(rp.select_best(**kwargs).collect(), rd.select_best(**kwargs, client=client))
+
+
+def test_row_group_shards_of_one_big_file(client: Any, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = nested_frame(LPS, RWS, shuffle=4)
+    path = tmp_path / "big.parquet"
+    pq.write_table(frame.to_arrow(), path, row_group_size=3)
+    monkeypatch.setattr(_shards, "SHARD_BYTES", 1)
+    _agree(client, {"source": str(path)})
+
+
+def test_synthetic_files_are_isolated_shards(client: Any, tmp_path: Path) -> None:
+    from raft_polars.synth import generate
+
+    generate(tmp_path / "n", layout="nested", stages=3, prompts=40, k=3, seed=5,
+             chunk_prompts=16, payload=True)
+    generate(tmp_path / "l", layout="long", stages=2, prompts=40, k=3, seed=6,
+             chunk_prompts=16)
+    with rd._measure() as metrics:
+        _agree(client, {"source": str(tmp_path / "n")})
+    assert metrics.bytes_read > 0
+    assert metrics.futures[0] < metrics.bytes_read
+    _agree(client, {"source": str(tmp_path / "l" / "tokens"),
+                    "rewards": str(tmp_path / "l" / "rewards")})
+    assert_same(rp.select_best(str(tmp_path / "n")).collect(),
+                rd.select_best(str(tmp_path / "n"), client=client))
+
+
+def test_columns_mapping_and_hive(client: Any, tmp_path: Path) -> None:
+    frame = nested_frame(LPS, RWS, shuffle=3).rename({"prompt": "pid", "logprobs": "lp"})
+    for stage in (0, 1):
+        folder = tmp_path / f"stage={stage}"
+        folder.mkdir()
+        write_split(frame.filter(pl.col("stage") == stage).drop("stage"), folder, 2)
+    _agree(client, {"source": str(tmp_path), "columns": {"prompt": "pid", "logprobs": "lp"}})
+
+
+def test_default_client_is_used(client: Any) -> None:
+    from distributed import default_client
+
+    assert default_client() is client
+    assert_same(rp.stage_losses(nested_frame(LPS, RWS)), rd.stage_losses(nested_frame(LPS, RWS)))
+
+
+def test_write_selected(client: Any, tmp_path: Path) -> None:
+    kwargs = layout_files(LPS, RWS, tmp_path / "in", layout="long", parts=3, reward_parts=2,
+                          shuffle=5)
+    out = rd.write_selected(**kwargs, out_dir=tmp_path / "out", client=client)
+    assert out == tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    expected = rp.select_best(**kwargs).collect()
+    assert_same(expected, pl.read_parquet(out).sort("stage", "prompt", "cand"))
+    with pytest.raises(RaftInputError, match="already exists"):
+        rd.write_selected(**kwargs, out_dir=out, client=client)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_write_selected_removes_temp_on_failure(client: Any, tmp_path: Path) -> None:
+    frame = nested_frame(LPS, RWS)
+    write_split(frame, tmp_path / "in", 2)
+    write_split(frame.head(1), tmp_path / "in" / "dup", 1)  # a duplicate candidate
+    with pytest.raises(RaftInputError, match="duplicate candidate"):
+        rd.write_selected(str(tmp_path / "in"), tmp_path / "out", client=client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+# --- bad input: the same error, with the same message -------------------------------
+
+
+def _nested_case(tmp: Path, change: Callable[[pl.DataFrame], pl.DataFrame]) -> dict[str, Any]:
+    frame = change(nested_frame(LPS, RWS, prompt_ids=["x", "y"]))
+    write_split(frame, tmp / "n", 3)
+    return {"source": str(tmp / "n")}
+
+
+def _long_case(tmp: Path, tokens_change: Callable[[pl.DataFrame], pl.DataFrame],
+               rewards_change: Callable[[pl.DataFrame], pl.DataFrame] = lambda f: f,
+               ) -> dict[str, Any]:
+    tokens, rewards = long_frames(LPS, RWS, prompt_ids=["x", "y"])
+    write_split(tokens_change(tokens), tmp / "t", 3)
+    write_split(rewards_change(rewards), tmp / "r", 2)
+    return {"source": str(tmp / "t"), "rewards": str(tmp / "r")}
+
+
+def _set(column: str, value: Any, where: pl.Expr) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    def change(frame: pl.DataFrame) -> pl.DataFrame:
+        dtype = frame.schema[column]
+        return frame.with_columns(pl.when(where).then(pl.lit(value, dtype)).otherwise(column)
+                                  .alias(column))
+    return change
+
+
+FIRST = (pl.col("stage") == 0) & (pl.col("prompt") == "y")
+BEST = FIRST & (pl.col("cand") == 0)
+
+
+def _truncated(tmp: Path) -> dict[str, Any]:
+    kwargs = _nested_case(tmp, lambda f: f)
+    path = tmp / "n" / "part-1.parquet"
+    path.write_bytes(path.read_bytes()[:40])
+    return kwargs
+
+
+BAD: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
+    "nan-reward": (lambda t: _nested_case(t, _set("reward", float("nan"), BEST)),
+                   "reward must be a finite number"),
+    "inf-reward": (lambda t: _long_case(t, lambda f: f, _set("reward", float("inf"), BEST)),
+                   "reward must be a finite number"),
+    "duplicate-across-files": (
+        lambda t: _nested_case(t, lambda f: pl.concat([f, f.filter(BEST)])),
+        "duplicate candidate: stage 0, prompt 'y', candidate 0 has 2"),
+    "duplicate-reward-rows": (
+        lambda t: _long_case(t, lambda f: f, lambda f: pl.concat([f, f.filter(BEST)])),
+        "duplicate candidate"),
+    "null-id": (lambda t: _nested_case(t, _set("cand", None, BEST)), "null id"),
+    "positive-logprob": (
+        lambda t: _nested_case(t, lambda f: f.with_columns(
+            pl.when(BEST).then(pl.lit([-1.0, 0.5])).otherwise("logprobs").alias("logprobs"))),
+        "must be finite and <= 0, found 0.5 at stage 0, prompt 'y', candidate 0, token 1"),
+    "null-logprobs": (lambda t: _nested_case(t, _set("logprobs", None, BEST)),
+                      "logprobs is null"),
+    "nan-token": (lambda t: _long_case(t, _set("logprob", float("nan"),
+                                               BEST & (pl.col("token") == 0))),
+                  "found nan at stage 0, prompt 'y', candidate 0, token 0"),
+    "orphan-tokens": (lambda t: _long_case(t, lambda f: pl.concat(
+        [f, f.filter(BEST).with_columns(pl.lit(9, pl.Int64).alias("cand"))])),
+        "1 token row(s) have no reward row"),
+    "no-tokens-in-stage": (
+        lambda t: _nested_case(t, lambda f: f.with_columns(
+            pl.when(pl.col("stage") == 1).then(pl.lit([], pl.List(pl.Float64)))
+            .otherwise("logprobs").alias("logprobs"))),
+        "stage 1: the 2 selected response(s) hold no tokens"),
+    "missing-column": (lambda t: _nested_case(t, lambda f: f.drop("reward")),
+                       "missing column(s) ['reward']"),
+    "wrong-type": (lambda t: _nested_case(t, lambda f: f.with_columns(
+        pl.col("reward").cast(pl.String))), "column 'reward' must be numeric"),
+    "truncated-file": (_truncated, "cannot read Parquet file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_same_error(client: Any, tmp_path: Path, name: str) -> None:
+    build, fragment = BAD[name]
+    kwargs = build(tmp_path)
+    with pytest.raises(RaftInputError) as single:
+        rp.stage_losses(**kwargs)
+    with pytest.raises(RaftInputError) as dask:
+        rd.stage_losses(**kwargs, client=client)
+    assert fragment in str(dask.value)
+    if name != "truncated-file":  # the engine names the file only when its footer is bad
+        assert str(dask.value) == str(single.value)
+
+
+@pytest.mark.parametrize("name", ["duplicate-across-files", "positive-logprob", "nan-token"])
+def test_bad_input_other_strategy(client: Any, tmp_path: Path, name: str) -> None:
+    build, fragment = BAD[name]
+    kwargs = build(tmp_path)
+    selection = Selection(strategy="top_n", n=2)
+    with pytest.raises(RaftInputError) as single:
+        rp.stage_losses(**kwargs, **_options(selection))
+    with pytest.raises(RaftInputError) as dask:
+        rd.stage_losses(**kwargs, selection=selection, client=client)
+    assert str(dask.value) == str(single.value)
+    assert fragment in str(dask.value)
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"reduction": "mean"}, "reduction must be"),
+    ({"selection": "best"}, "selection must be a raft_polars.Selection"),
+])
+def test_bad_options(client: Any, kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(RaftInputError, match=fragment):
+        rd.stage_losses(nested_frame(LPS, RWS), client=client, **kwargs)
+
+
+def test_missing_dask_says_how_to_install() -> None:
+    # in a fresh process: hiding distributed here would break the session cluster
+    script = """
+import sys
+sys.modules["distributed"] = None
+import polars as pl
+import raft_polars.dask as rd
+from raft_polars.errors import MissingDependencyError
+frame = pl.DataFrame({"stage": [0], "prompt": [0], "cand": [0], "reward": [1.0],
+                      "logprobs": [[-1.0]]})
+for call in (lambda: rd.stage_losses(frame), lambda: rd.connect(workers=1).__enter__()):
+    try:
+        call()
+    except MissingDependencyError as exc:
+        assert isinstance(exc, ImportError)
+        print(exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=60)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    assert all("pip install 'raft-polars[dask]'" in line for line in lines)
+
+
+def test_empty_log(client: Any) -> None:
+    empty = nested_frame([], [])
+    assert_same(rp.stage_losses(empty), rd.stage_losses(empty, client=client))
+
+
+def test_float32_arrays(client: Any) -> None:
+    frame = nested_frame(LPS, RWS, float32=True)
+    table = frame.to_arrow()
+    assert isinstance(table, pa.Table)
+    _agree(client, {"source": table})
+    assert np.isfinite(rd.stage_losses(table, client=client)["loss"].to_numpy()).all()
+
+
+# --- the CLI ------------------------------------------------------------------------------
+
+
+def test_cli_losses_on_dask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = pytest.importorskip("raft_polars.cli", reason="raft_polars.cli is not there yet")
+    write_split(nested_frame(LPS, RWS), tmp_path / "n", 2)
+    code = cli.main(["losses", str(tmp_path / "n"), "--engine", "dask", "--workers", "2"])
+    assert code in (0, None)
+    out = capsys.readouterr().out
+    for loss in reference_rounded(LPS, RWS):
+        assert str(loss) in out
