@@ -125,8 +125,10 @@ def read_log(
     """
     mapping = _check_mapping(columns)
     main, main_origin, main_files = _scan(source, "source")
+    main_names = set(_schema(main, main_origin))
     main = _rename(main, mapping, main_origin)
     if rewards is None:
+        _check_mapped(mapping, (*CANDIDATE_COLUMNS, "logprobs"), main_names, main_origin)
         schema = _require(main, (*CANDIDATE_COLUMNS, "logprobs"), main_origin,
                           hint_long="logprob")
         _check_types(schema, main_origin, nested=True)
@@ -140,6 +142,8 @@ def read_log(
         return StageLog("nested", candidates, None, extras, main_origin, main_origin,
                         main_files)
     cands, cand_origin, cand_files = _scan(rewards, "rewards")
+    _check_mapped(mapping, (*ID_COLUMNS, "token", "logprob"), main_names, main_origin)
+    _check_mapped(mapping, CANDIDATE_COLUMNS, set(_schema(cands, cand_origin)), cand_origin)
     cands = _rename(cands, mapping, cand_origin)
     cschema = _require(cands, CANDIDATE_COLUMNS, cand_origin)
     _check_types(cschema, cand_origin, nested=False)
@@ -206,6 +210,19 @@ def _check_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
                f"canonical names are {list(_CANONICAL)}")
         raise RaftInputError(msg)
     return mapping
+
+
+def _check_mapped(
+    mapping: dict[str, str], used: Sequence[str], present: set[str], origin: str
+) -> None:
+    """Every name ``columns=`` maps a ``used`` canonical name to must exist: a typo
+    must not go unnoticed (``token`` is optional, so it may be absent)."""
+    absent = sorted(theirs for canon, theirs in mapping.items()
+                    if canon in used and canon != "token" and theirs not in present)
+    if absent:
+        msg = (f"columns= maps to {absent}, not found in {origin}; columns present: "
+               f"{sorted(present)}")
+        raise RaftInputError(msg)
 
 
 def _rename(lf: pl.LazyFrame, mapping: dict[str, str], origin: str) -> pl.LazyFrame:

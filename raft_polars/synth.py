@@ -149,6 +149,8 @@ def generate(
     if layout not in ("nested", "long"):
         msg = f"layout must be 'nested' or 'long', got {layout!r}"
         raise RaftInputError(msg)
+    _check_shape(stages=stages, prompts=prompts, k=k, min_tokens=min_tokens,
+                 max_tokens=max_tokens, chunk_prompts=chunk_prompts)
     root = Path(out)
     token_dir = root / "tokens" if layout == "long" else root
     reward_dir = root / "rewards"

@@ -74,7 +74,7 @@ INPUT_CASES = {
     "id kinds differ": (["{d}/tokens.parquet", "--rewards", "{d}/str_prompt_rewards.parquet"],
                         "ids must be of the same kind"),
     "mapped column missing": (["{d}/no_reward.parquet", "--column", "reward=score"],
-                              "missing column(s) ['reward']"),
+                              "columns= maps to ['score'], not found"),
 }
 
 CONTENT_CASES = {  # bad values: errors for losses/select/report, problems for validate
