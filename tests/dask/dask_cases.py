@@ -1,14 +1,31 @@
-"""Helpers of the Dask tests: a small log strategy and the comparison of results."""
+"""Helpers of the Dask tests: the session's local cluster, a small log strategy and
+the comparison of results.
+
+The cluster is made here and wrapped in a fixture by the test module that uses it,
+not in a ``tests/dask/conftest.py``: under pytest's default import mode a second
+``conftest`` module would shadow ``tests/conftest.py`` for ``from conftest import``.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from hypothesis import strategies as st
 from reference import long_frames, nested_frame, write_split
+
+
+def local_cluster() -> Iterator[Any]:
+    """A ``distributed.Client`` on a local cluster: two worker processes with one
+    thread each, bound to 127.0.0.1, dashboard off; nothing leaves loopback."""
+    from raft_polars.dask import connect
+
+    with connect(workers=2) as active:
+        yield active
+
 
 LogProbs = list[list[list[list[float]]]]
 Rewards = list[list[list[float]]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dask_cases import assert_same, layout_files, ragged_logs
+
+pytest.importorskip("distributed")
+
+from dask_cases import assert_same, layout_files, local_cluster, ragged_logs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import long_frames, nested_frame, reference_rounded, write_split
@@ -32,6 +35,12 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:Do not use the `random` module inside strategies"
     ":hypothesis.errors.HypothesisDeprecationWarning"
 )
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[Any]:
+    """The session's local cluster (2 worker processes on 127.0.0.1, no dashboard)."""
+    yield from local_cluster()
+
 
 # cluster calls take a fraction of a second: keep the example counts small
 FEW = settings(max_examples=8, deadline=None,
