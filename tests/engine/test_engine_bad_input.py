@@ -373,6 +373,13 @@ def orphan_new_prompt(prompts: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pl.concat([tokens, extra.cast(tokens.schema)]), rewards
 
 
+def orphan_below_range(prompts: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Token rows of a stage below every rewarded stage (outside the dense table)."""
+    tokens, rewards = _long(prompts)
+    extra = tokens.filter(pl.col("stage") == 20).with_columns(pl.lit(5, pl.Int64).alias("stage"))
+    return pl.concat([tokens, extra]), rewards
+
+
 def orphan_null_id(prompts: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     tokens, rewards = _long(prompts)
     return tokens.with_columns(
@@ -409,6 +416,8 @@ LONG_CASES: dict[str, tuple[Callable[[str], tuple[pl.DataFrame, pl.DataFrame]], 
     "tokens-without-reward-new-prompt": (orphan_new_prompt,
                                          [r"no reward", *where(30), r"prompt\W{0,3}p?9\b",
                                           *where(cand=4)]),
+    "tokens-without-reward-below-range": (orphan_below_range,
+                                          [r"no reward", *where(5), P7, *where(cand=0)]),
     "tokens-with-null-cand": (orphan_null_id, [r"no reward|null", r"cand"]),
     "duplicate-reward-row": (duplicate_reward_row, [r"duplicate", *where(30), P7,
                                                     *where(cand=1)]),
@@ -483,6 +492,9 @@ FILE_CASES: dict[str, tuple[Callable[[Path, Path], dict[str, Any]], list[str]]] 
     "truncated-in-hive": (
         lambda d, t: {"source": _hive_with(d, t, "truncated.parquet")},
         [r"stage=5/part-1\.parquet"]),
+    "hive-stage-not-an-integer": (
+        lambda d, t: {"source": _hive_named(d, t, "stage=abc")},
+        [r"stage", r"integer", r"str"]),
     "long-truncated-rewards": (
         lambda d, t: {"source": d / "seed_tokens.parquet", "rewards": d / "truncated.parquet"},
         [r"truncated\.parquet"]),
@@ -504,6 +516,13 @@ FILE_CASES: dict[str, tuple[Callable[[Path, Path], dict[str, Any]], list[str]]] 
         lambda d, t: {"source": d / "seed_tokens.parquet"},
         [r"seed_tokens\.parquet", r"reward", r"columns present", r"rewards="]),
 }
+
+
+def _hive_named(data_dir: Path, tmp_path: Path, partition: str) -> Path:
+    root = tmp_path / "hive"
+    (root / partition).mkdir(parents=True)
+    shutil.copy(data_dir / "hive" / "stage=3" / "part-0.parquet", root / partition)
+    return root
 
 
 def _hive_with(data_dir: Path, tmp_path: Path, broken: str) -> Path:
