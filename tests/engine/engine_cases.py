@@ -40,6 +40,9 @@ from strategies import prompt_ids, ragged_logs, stage_ids
 import raft_polars
 import raft_polars.losses
 
+# the columns of stage_losses / lists_losses, in this order (issue 2, the lead's brief)
+LOSS_COLUMNS = ("stage", "loss", "prompts", "candidates", "selected", "tokens",
+                "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min")
 FRAME_KINDS = ("DataFrame", "LazyFrame", "Arrow")
 FILE_KINDS = ("file", "glob", "paths", "dir", "hive")
 
@@ -397,6 +400,7 @@ def check_table(
 ) -> None:
     """Compare a per-stage table with the reference (``ids``: with the case's ids;
     otherwise stages are numbered by position)."""
+    assert table.columns == list(LOSS_COLUMNS)
     assert table.schema["loss"] == pl.Float64
     for name in ("stage", "prompts", "candidates", "selected", "tokens", "ties"):
         assert table.schema[name].is_integer(), (name, table.schema[name])

@@ -103,6 +103,11 @@ CASES = {
         float32=True,
     ),
     "no-payload": Case(SEED_LOG_PROBS, SEED_REWARDS, payload=False),
+    # -0.0 == 0.0: a tie, won by the first candidate (as numpy.argmax does)
+    "negative-zero-reward-tie": Case(
+        [[[[-1.0], [-3.0]], [[-2.0, -2.0], [-0.5]], [[-4.0], [-0.25]]]],
+        [[[-0.0, 0.0], [0.0, -0.0], [-1.0, -0.0]]],
+    ),
     # exact binary half-way points of the 4th decimal: Python's round() gives
     # 0.0312, 0.1562, 1.2812 (half to even on the exact value), not 0.0313, ...
     "half-way-rounding": Case(
