@@ -49,6 +49,9 @@ Source: TypeAlias = (
 )
 
 ID_COLUMNS = ("stage", "prompt", "cand")
+# parts written by different tools may differ in integer / float width
+_UPCAST = pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast",
+                             categorical_to_string="allow")
 CANDIDATE_COLUMNS = (*ID_COLUMNS, "reward")
 _CANONICAL = (*CANDIDATE_COLUMNS, "logprobs", "token", "logprob")
 
@@ -275,7 +278,8 @@ def _check_types(schema: pl.Schema, origin: str, *, nested: bool) -> None:
         if name in schema and not schema[name].is_integer():
             raise bad(name, "an integer")
     if "prompt" in schema and not (
-        schema["prompt"].is_integer() or schema["prompt"] in (pl.String, pl.Categorical)
+        schema["prompt"].is_integer()
+        or isinstance(schema["prompt"], pl.String | pl.Categorical | pl.Enum)
     ):
         raise bad("prompt", "an integer or a string")
     numeric = ("reward", "logprob")
@@ -339,7 +343,7 @@ def _scan(source: Source, role: str) -> tuple[pl.LazyFrame, str, tuple[Path, ...
     origin = f"{role} {origin}"
     try:
         lf = pl.scan_parquet(targets if len(targets) > 1 else targets[0],
-                             hive_partitioning=hive or None)
+                             hive_partitioning=hive or None, cast_options=_UPCAST)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise _read_error(files, origin, exc) from exc
     try:

@@ -243,6 +243,10 @@ def losses_from_responses(
 
 def selected_from_log(log: StageLog, selection: Selection) -> pl.LazyFrame:
     """:func:`select_best` on an already read :class:`~raft_polars.logs.StageLog`."""
+    if "tokens" in log.extras:
+        msg = (f"{log.origin}: the extra column 'tokens' clashes with the token count that "
+               "the selected batch adds; rename or drop it first")
+        raise RaftInputError(msg)
     keys = collect(log, log.candidates.select(*ID_COLUMNS, "reward"))
     _checks.candidates(log, prompt_summary(keys.lazy()).collect(engine="in-memory"))
     chosen = select(keys.lazy(), selection).collect(engine="in-memory").lazy().select(ID_COLUMNS)
