@@ -7,16 +7,9 @@ import copy
 from pathlib import Path
 
 import pytest
+from reference import SEED_LOG_PROBS, SEED_REWARDS
 
 DATA_DIR = Path(__file__).parent / "data"
-
-# the example of the task statement (seed/raft_task.txt): [1.55, 0.55, 0.15]
-SEED_LOG_PROBS = [
-    [[[-2.0, -1.8], [-1.5, -1.6]]],
-    [[[-0.6, -0.5], [-0.7, -0.8]]],
-    [[[-0.2, -0.1], [-0.3, -0.4]]],
-]
-SEED_REWARDS = [[[0.2, 0.4]], [[0.75, 0.7]], [[0.95, 0.8]]]
 
 
 @pytest.fixture

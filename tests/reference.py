@@ -14,6 +14,14 @@ from typing import Any
 
 import polars as pl
 
+# the example of the task statement (seed/raft_task.txt): [1.55, 0.55, 0.15]
+SEED_LOG_PROBS = [
+    [[[-2.0, -1.8], [-1.5, -1.6]]],
+    [[[-0.6, -0.5], [-0.7, -0.8]]],
+    [[[-0.2, -0.1], [-0.3, -0.4]]],
+]
+SEED_REWARDS = [[[0.2, 0.4]], [[0.75, 0.7]], [[0.95, 0.8]]]
+
 LogProbs = Sequence[Sequence[Sequence[Sequence[float]]]]
 Rewards = Sequence[Sequence[Sequence[float]]]
 

@@ -9,7 +9,7 @@ from unittest import mock
 import numpy as np
 import polars as pl
 import pytest
-from conftest import SEED_LOG_PROBS, SEED_REWARDS
+from reference import SEED_LOG_PROBS, SEED_REWARDS
 from engine_cases import (
     ENTRIES,
     FRAME_ENTRIES,
