@@ -54,7 +54,8 @@ from __future__ import annotations
 
 import glob as _glob
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -100,13 +101,17 @@ __all__ = [
     "raise_orphans",
     "raise_selected_logprobs",
     "read_shard",
+    "reading",
+    "scan_shard",
     "selected_response_sums",
     "selected_rows",
     "selection_masks",
+    "shrink",
     "slice_keys",
     "split_buckets",
     "stage_part_from_keys",
     "token_partial",
+    "widen",
 ]
 
 Kind: TypeAlias = Literal["nested", "rewards", "tokens"]
@@ -144,6 +149,8 @@ class Shard:
         The Parquet file.
     row_groups
         Row groups to read, or None for the whole file.
+    offset
+        The first row of those row groups in the file.
     partitions
         Hive ``key=value`` pairs of the path (values as written, None for the
         default partition), for columns that live in the path, not the file.
@@ -161,6 +168,7 @@ class Shard:
     index: int
     path: str
     row_groups: tuple[int, ...] | None = None
+    offset: int = 0
     partitions: tuple[tuple[str, str | None], ...] = ()
     lo: Bound | None = None
     hi: Bound | None = None
@@ -290,6 +298,7 @@ def plan_files(
             groups[-1].append(rg)
             size += meta.row_group(rg).total_byte_size
         whole = len(groups) == 1
+        offset = 0
         for group in groups:
             blocks = [meta.row_group(rg) for rg in group]
             col_bytes: dict[str, int] = {}
@@ -309,10 +318,11 @@ def plan_files(
                 lo, hi = (s_range[0], p_range[0]), (s_range[1], p_range[1])
             shards.append(Shard(
                 index=len(shards), path=str(path),
-                row_groups=None if whole else tuple(group),
+                row_groups=None if whole else tuple(group), offset=offset,
                 partitions=partitions, lo=lo, hi=hi, rows=rows,
                 column_bytes=tuple(sorted(col_bytes.items())),
             ))
+            offset += rows
     return shards
 
 
@@ -389,16 +399,11 @@ def mark_isolated(shards: Sequence[Shard]) -> list[Shard]:
 # --- read ---------------------------------------------------------------------------
 
 
-def read_shard(
+def scan_shard(
     shard: Shard, spec: ReadSpec, *, extras: bool = False, token: bool = False
-) -> pl.DataFrame:
-    """Read one shard's projected columns into the canonical frame.
-
-    Raises
-    ------
-    RaftInputError
-        The file cannot be read, or its columns cannot be cast to the source's
-        types (naming the file).
+) -> pl.LazyFrame:
+    """One shard's projected columns as a lazy canonical frame (read when
+    collected; wrap the collection in :func:`reading` to name the file on failure).
     """
     wanted = spec.columns(extras=extras, token=token)
     raw = [spec.raw(name) if name in (*_IDS, "reward", "logprobs", "logprob", "token") else name
@@ -406,27 +411,49 @@ def read_shard(
     fixed = dict(shard.partitions)
     schema = dict(spec.schema)
     in_file = [name for name in raw if name not in fixed]
-    try:
-        handle = pq.ParquetFile(shard.path)
-        table = (handle.read(columns=in_file) if shard.row_groups is None
-                 else handle.read_row_groups(list(shard.row_groups), columns=in_file))
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        frame = frame.with_columns(
+    with reading(shard):
+        scan = pl.scan_parquet(shard.path, hive_partitioning=False).select(in_file)
+        if shard.row_groups is not None:  # the row groups' rows (slices prune row groups)
+            scan = scan.slice(shard.offset, shard.rows)
+        scan = scan.with_columns(
             pl.lit(fixed[name], pl.String).cast(schema[name]).alias(name)
             for name in raw if name in fixed
         )
-        return canonical(frame.rename({spec.raw(c): c for c in wanted if spec.raw(c) != c}),
-                         spec, wanted)
-    except (OSError, pl.exceptions.PolarsError, ValueError) as exc:
+        renamed = scan.rename({spec.raw(c): c for c in wanted if spec.raw(c) != c})
+        return canonical(renamed, spec, wanted)
+
+
+def read_shard(
+    shard: Shard, spec: ReadSpec, *, extras: bool = False, token: bool = False
+) -> pl.DataFrame:
+    """One shard's projected columns, read into the canonical frame.
+
+    Raises
+    ------
+    RaftInputError
+        The file cannot be read, or its columns cannot be cast to the source's
+        types (naming the file).
+    """
+    with reading(shard):
+        return scan_shard(shard, spec, extras=extras, token=token).collect(engine="streaming")
+
+
+@contextmanager
+def reading(shard: Shard) -> Iterator[None]:
+    """Turn a failure to read or cast the shard's data into a RaftInputError that
+    names the file."""
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"cannot read Parquet file {shard.path!r}: {detail}"
         raise RaftInputError(msg) from exc
 
 
-def canonical(frame: pl.DataFrame, spec: ReadSpec, wanted: Sequence[str]) -> pl.DataFrame:
+def canonical(frame: pl.LazyFrame, spec: ReadSpec, wanted: Sequence[str]) -> pl.LazyFrame:
     """Cast a frame with canonical names to the canonical types (ids Int64 or
     String, reward Float64, ``logprobs`` a List), keeping ``wanted`` columns."""
+    schema = frame.collect_schema()
     exprs: list[pl.Expr] = []
     for name in wanted:
         if name in ("stage", "cand", "token"):
@@ -435,7 +462,7 @@ def canonical(frame: pl.DataFrame, spec: ReadSpec, wanted: Sequence[str]) -> pl.
             exprs.append(pl.col(name).cast(spec.prompt_type))
         elif name == "reward":
             exprs.append(pl.col(name).cast(pl.Float64))
-        elif name == "logprobs" and isinstance(dtype := frame.schema[name], pl.Array):
+        elif name == "logprobs" and isinstance(dtype := schema[name], pl.Array):
             exprs.append(pl.col(name).cast(pl.List(dtype.inner)))
         else:
             exprs.append(pl.col(name))
@@ -482,14 +509,14 @@ class Partial:
     issues: Issues = field(default_factory=dict)
 
 
-def candidate_partial(cands: pl.DataFrame, *, responses: bool) -> Partial:
+def candidate_partial(cands: pl.DataFrame | pl.LazyFrame, *, responses: bool) -> Partial:
     """Map: a shard's candidate rows to one row per ``(stage, prompt)``.
 
     Parameters
     ----------
     cands
         Canonical candidate rows: ``stage, prompt, cand, reward`` and, with
-        ``responses``, ``logprobs``.
+        ``responses``, ``logprobs``; lazy frames are scanned once.
     responses
         Also carry the best candidate's NLL sum, token count and a flag for a
         bad log-prob (null, NaN, infinite or > 0), as the engine's one-pass
@@ -498,14 +525,12 @@ def candidate_partial(cands: pl.DataFrame, *, responses: bool) -> Partial:
     carry = _RESPONSE_STATS if responses else ()
     frame = cands.lazy().select(*_IDS, "reward", *(response_stats("logprobs") if responses else ()))
     cand = pl.col("cand")
-    wide = bool(cands.height) and bool(
-        cands.select(((cand < 0) | (cand >= 64)).any()).item()
-    )
     summary = frame.group_by(_PROMPT).agg(
         *_summary_aggregations(tuple(carry)),
         _bit(cand).bitwise_or().fill_null(0).alias("cand_mask"),
-        *([_wide(cand).alias("wide")] if wide else []),
-    ).collect(engine="in-memory")
+        _wide(cand).alias("wide"),
+    ).collect(engine="streaming")
+    wide = bool(summary.select(pl.col("wide").list.len().sum()).item())
     issues: Issues = {}
     nulls = summary.filter(
         pl.col("stage").is_null() | pl.col("prompt").is_null() | (pl.col("null_cands") > 0)
@@ -513,11 +538,11 @@ def candidate_partial(cands: pl.DataFrame, *, responses: bool) -> Partial:
     if nulls.height:
         issues["null_ids"] = (nulls.height, nulls.select(_PROMPT).head(1))
     bad_rewards = int(summary["bad_rewards"].sum())
-    if bad_rewards:
+    if bad_rewards:  # a second pass, only to name the first bad reward
         reward = pl.col("reward")
         first = (cands.lazy().select(*_IDS, "reward")
                  .filter(reward.is_null() | reward.is_nan() | reward.is_infinite())
-                 .sort(_IDS).head(1).collect(engine="in-memory"))
+                 .sort(_IDS).head(1).collect(engine="streaming"))
         issues["bad_rewards"] = (bad_rewards, first)
     stages = summary.group_by("stage").agg(
         pl.col("candidates").sum().cast(pl.Int64),
@@ -541,10 +566,44 @@ def split_buckets(prompts: pl.DataFrame, buckets: int) -> list[pl.DataFrame]:
     prompt to the same bucket.
     """
     index = (pl.struct(_PROMPT).hash(seed=_SEED) % buckets).alias("_bucket")
-    parts = prompts.with_columns(index).partition_by("_bucket", as_dict=True,
-                                                     include_key=False)
-    empty = prompts.head(0)
+    small = shrink(prompts)
+    parts = small.with_columns(index).partition_by("_bucket", as_dict=True,
+                                                   include_key=False)
+    empty = small.head(0)
     return [parts.get((b,), empty) for b in range(buckets)]
+
+
+_NARROW = ((pl.Int8(), -(1 << 7), 1 << 7), (pl.Int16(), -(1 << 15), 1 << 15),
+           (pl.Int32(), -(1 << 31), 1 << 31))
+_UNARROW = ((pl.UInt8(), 1 << 8), (pl.UInt16(), 1 << 16), (pl.UInt32(), 1 << 32))
+
+
+def shrink(frame: pl.DataFrame) -> pl.DataFrame:
+    """Integer columns cast to the narrowest type that holds their values, so the
+    pieces sent between tasks are small; :func:`widen` casts them back."""
+    exprs = []
+    for name, dtype in frame.schema.items():
+        if not dtype.is_integer() or frame.height == 0:
+            continue
+        low, high = frame[name].min(), frame[name].max()
+        if not isinstance(low, int) or not isinstance(high, int):
+            continue
+        fit: pl.DataType | None
+        if dtype.is_unsigned_integer():
+            fit = next((t for t, top in _UNARROW if high < top), None)
+        else:
+            fit = next((t for t, bottom, top in _NARROW if bottom <= low and high < top), None)
+        if fit is not None and fit != dtype:
+            exprs.append(pl.col(name).cast(fit))
+    return frame.with_columns(exprs) if exprs else frame
+
+
+def widen(frame: pl.DataFrame) -> pl.DataFrame:
+    """Ids and token counts back to Int64 after :func:`shrink`."""
+    return frame.with_columns(
+        pl.col(name).cast(pl.Int64) for name in ("stage", "prompt", "cand", "tokens")
+        if name in frame.columns and frame.schema[name].is_integer()
+    )
 
 
 # --- reduce: the global best per prompt ----------------------------------------------
@@ -558,7 +617,7 @@ def combine(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
     ``cand_unique`` counts distinct candidate ids across every piece, so a
     candidate present in two shards is a duplicate.
     """
-    frame = pl.concat([p for p in parts if p.width], how="diagonal_relaxed")
+    frame = widen(pl.concat([p for p in parts if p.width], how="diagonal_relaxed"))
     carry = [c for c in ("nll", "tokens", "bad_lp") if c in frame.columns]
     wide = "wide" in frame.columns
     reward = pl.col("reward")
@@ -679,7 +738,7 @@ def combine_responses(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
     """Reduce (``reduction="sequence"``, long layout): per-response NLL and token
     sums from pieces of one response in several token shards, to per-stage
     ``seq_sum`` and ``seq_n``."""
-    frame = pl.concat([p for p in parts if p.width], how="vertical_relaxed")
+    frame = widen(pl.concat([p for p in parts if p.width], how="vertical_relaxed"))
     per_response = frame.group_by(_IDS).agg(pl.col("nll").sum(), pl.col("tokens").sum())
     has_tokens = pl.col("tokens") > 0
     return _stage_frame(per_response.group_by("stage").agg(
@@ -763,8 +822,48 @@ def slice_keys(table: pl.DataFrame, lo: Bound | None, hi: Bound | None) -> pl.Da
     return table.filter(above & below)
 
 
+# the largest dense (stage, prompt, cand) status table of a token task
+_MAX_DENSE = 1 << 26
+
+
+def _dense_status(masks: pl.DataFrame) -> pl.Expr | None:
+    """The status of each token row from a dense lookup table over the masks'
+    ``(stage, prompt, cand)`` range (integer ids), or None when it does not fit."""
+    if ("wide" in masks.columns or masks.height == 0
+            or not (masks.schema["stage"].is_integer() and masks.schema["prompt"].is_integer())):
+        return None
+    stage = masks["stage"].to_numpy().astype(np.int64)
+    prompt = masks["prompt"].to_numpy().astype(np.int64)
+    exists = masks["exists"].to_numpy().astype(np.uint64)
+    chosen = masks["chosen"].to_numpy().astype(np.uint64)
+    s0, p0 = int(stage.min()), int(prompt.min())
+    span_s, span_p = int(stage.max()) - s0 + 1, int(prompt.max()) - p0 + 1
+    bits = max(1, int(exists.max()).bit_length())
+    size = span_s * span_p * bits
+    if size > _MAX_DENSE:
+        return None
+    table = np.full(size + 1, _STATUS_ORPHAN, dtype=np.uint8)  # the last entry: out of range
+    base = ((stage - s0) * span_p + (prompt - p0)) * bits
+    for b in range(bits):  # a loop over candidate ids (< 64), not over rows
+        bit = np.uint64(1 << b)
+        table[base + b] = np.where((chosen & bit) != 0, _STATUS_SELECTED,
+                                   np.where((exists & bit) != 0, _STATUS_OTHER, _STATUS_ORPHAN))
+    parts = (pl.col("stage") - s0, pl.col("prompt") - p0, pl.col("cand"))
+    inside = pl.all_horizontal(
+        *((part >= 0) & (part < span) for part, span in zip(parts, (span_s, span_p, bits),
+                                                             strict=True))
+    )
+    flat = (parts[0] * span_p + parts[1]) * bits + parts[2]
+    key = pl.when(inside).then(flat).otherwise(size).fill_null(size)
+    return pl.lit(pl.Series("status", table)).gather(key)
+
+
 def _status(tokens: pl.LazyFrame, masks: pl.DataFrame) -> pl.LazyFrame:
     """Each token row's status: 0 orphan (no reward row), 1 other, 2 selected."""
+    names = tokens.collect_schema().names()
+    dense = _dense_status(masks)
+    if dense is not None:
+        return tokens.with_columns(dense.alias("status"))
     table = masks.lazy().with_columns(
         pl.col("stage").cast(pl.Int64), pl.col("prompt").cast(tokens.collect_schema()["prompt"]),
         pl.col("exists", "chosen").cast(pl.UInt64),
@@ -780,7 +879,7 @@ def _status(tokens: pl.LazyFrame, masks: pl.DataFrame) -> pl.LazyFrame:
     status = (pl.when(selected).then(_STATUS_SELECTED)
               .when(exists).then(_STATUS_OTHER)
               .otherwise(_STATUS_ORPHAN).cast(pl.UInt8))
-    return joined.select(*tokens.collect_schema().names(), status.alias("status"))
+    return joined.select(*names, status.alias("status"))
 
 
 @dataclass(frozen=True)
@@ -805,7 +904,7 @@ class TokenPartial:
 
 
 def token_partial(
-    tokens: pl.DataFrame, masks: pl.DataFrame, *, per_response: bool = False
+    tokens: pl.DataFrame | pl.LazyFrame, masks: pl.DataFrame, *, per_response: bool = False
 ) -> TokenPartial:
     """Map (long layout): sum a token shard's selected rows per stage.
 
@@ -825,23 +924,28 @@ def token_partial(
     stats = kept.group_by(group).agg(
         (-lp.cast(pl.Float64).sum()).alias("nll"),
         pl.len().cast(pl.Int64).alias("tokens"),
-        _checks._bad_logprob(lp).sum().cast(pl.Int64).alias("bad"),
-    ).collect(engine="in-memory")
+        lp.max().cast(pl.Float64).alias("lp_max"),
+        lp.null_count().cast(pl.Int64).alias("lp_nulls"),
+    ).collect(engine="streaming")
     issues: Issues = {}
     orphans = stats.filter(pl.col("status") == _STATUS_ORPHAN)
     if orphans.height:
         issues["orphans"] = (int(orphans["tokens"].sum()), pl.DataFrame())
     selected = stats.filter(pl.col("status") == _STATUS_SELECTED)
-    bad = int(selected["bad"].sum())
-    if bad:
-        issues["bad_tokens"] = (bad, pl.DataFrame())
+    # flagged as the engine flags a stage: NaN or infinite sum, a null, a value > 0
+    bad = selected.filter((~pl.col("nll").is_finite() | (pl.col("lp_nulls") > 0)
+                           | (pl.col("lp_max") > 0)).fill_null(value=False))
+    if bad.height:
+        issues["bad_tokens"] = (bad.height, pl.DataFrame())
     stages = _stage_frame(selected.group_by("stage").agg(pl.col("nll").sum(),
                                                          pl.col("tokens").sum()))
     responses = selected.select(*_IDS, "nll", "tokens") if per_response else None
     return TokenPartial(stages, responses, issues)
 
 
-def first_bad_tokens(tokens: pl.DataFrame, masks: pl.DataFrame, issues: Issues) -> Issues:
+def first_bad_tokens(
+    tokens: pl.DataFrame | pl.LazyFrame, masks: pl.DataFrame, issues: Issues
+) -> Issues:
     """The shard's first orphan token row and first bad selected token row (a
     second pass over the shard, only when :func:`token_partial` counted some)."""
     out = dict(issues)
@@ -851,7 +955,7 @@ def first_bad_tokens(tokens: pl.DataFrame, masks: pl.DataFrame, issues: Issues) 
             _IDS, nulls_last=True).head(1).collect(engine="in-memory")
         out["orphans"] = (issues["orphans"][0], first)
     if "bad_tokens" in issues:
-        order = [*_IDS, "token"] if "token" in tokens.columns else _IDS
+        order = [*_IDS, "token"] if "token" in tokens.collect_schema() else _IDS
         first = (status.filter((pl.col("status") == _STATUS_SELECTED)
                                & _checks._bad_logprob(pl.col("logprob")))
                  .sort(order).head(1).drop("status").collect(engine="in-memory"))
@@ -859,13 +963,13 @@ def first_bad_tokens(tokens: pl.DataFrame, masks: pl.DataFrame, issues: Issues) 
     return out
 
 
-def selected_response_sums(cands: pl.DataFrame, chosen: pl.DataFrame) -> Final:
+def selected_response_sums(cands: pl.DataFrame | pl.LazyFrame, chosen: pl.DataFrame) -> Final:
     """Map (nested layout, selection ranked on the client): per-stage NLL and
     token sums of the shard's selected rows, and the first bad ones."""
     keys = _cast_keys(chosen, cands)
     rows = cands.lazy().join(keys.lazy(), on=_IDS).select(
         *_IDS, "reward", *response_stats("logprobs")
-    ).collect(engine="in-memory")
+    ).collect(engine="streaming")
     lp_max, lp_nulls, nll = pl.col("lp_max"), pl.col("lp_nulls"), pl.col("nll")
     bad = rows.filter((pl.col("tokens").is_null() | (lp_nulls > 0) | ~nll.is_finite()
                        | (lp_max > 0)).fill_null(value=False))
@@ -881,16 +985,17 @@ def selected_response_sums(cands: pl.DataFrame, chosen: pl.DataFrame) -> Final:
     return Final(_stage_frame(stages), None, None, issues)
 
 
-def _cast_keys(keys: pl.DataFrame, like: pl.DataFrame) -> pl.DataFrame:
+def _cast_keys(keys: pl.DataFrame, like: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """``stage, prompt, cand`` of ``keys`` with the types of ``like``."""
-    return keys.select(pl.col(c).cast(like.schema[c]) for c in _IDS)
+    schema = like.collect_schema()
+    return keys.select(pl.col(c).cast(schema[c]) for c in _IDS)
 
 
 # --- selected rows (select_best, write_selected) --------------------------------------
 
 
 def selected_rows(
-    cands: pl.DataFrame, chosen: pl.DataFrame, extras: Sequence[str],
+    cands: pl.DataFrame | pl.LazyFrame, chosen: pl.DataFrame, extras: Sequence[str],
     counts: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The selected rows of a candidate shard, with the columns of
@@ -906,7 +1011,7 @@ def selected_rows(
         rows = rows.join(counts.lazy(), on=_IDS, how="left").with_columns(
             pl.col("tokens").fill_null(0)
         )
-    return rows.select(*_IDS, "reward", "tokens", *extras).sort(_IDS).collect(engine="in-memory")
+    return rows.select(*_IDS, "reward", "tokens", *extras).sort(_IDS).collect(engine="streaming")
 
 
 # --- client: add the per-stage tables, raise the first problem ------------------------

@@ -246,9 +246,13 @@ class _Job:
         shards = _shards.plan_files(_shards.resolve_files(source), spec)  # type: ignore[arg-type]
         return _Side(spec, _shards.mark_isolated(shards), [None] * len(shards))
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def submit(self, fn: Callable[..., Any], *args: Any, local: bool = False,
+               **kwargs: Any) -> Any:
+        """Submit a task. ``local``: its result is only split by tasks that run
+        where it is (the bucket pieces of a map task), not sent on as a whole."""
         future = self.client.submit(fn, *args, pure=False, **kwargs)
-        self.moved.append(future)
+        if not local:
+            self.moved.append(future)
         return future
 
     def gather(self, futures: Sequence[Any]) -> list[Any]:
@@ -274,13 +278,14 @@ class _Job:
                   keep_chosen: bool, masks: bool) -> tuple[list[Any], list[Any]]:
         """Final futures (isolated shards and reduce tasks) and the small
         (stages, issues) futures of the bucketed shards."""
-        options = {"responses": responses, "min_reward": min_reward,
-                   "keep_chosen": keep_chosen, "masks": masks}
+        options: dict[str, Any] = {"responses": responses, "min_reward": min_reward,
+                                   "keep_chosen": keep_chosen, "masks": masks}
         shared = [(s, d) for s, d in side.items() if not s.isolated]
         buckets = max(1, min(len(shared), 2 * self.workers))
         finals = [self.submit(_t_isolated, s, d, side.spec, **options)
                   for s, d in side.items() if s.isolated]
-        maps = [self.submit(_t_partial, s, d, side.spec, responses=responses, buckets=buckets)
+        maps = [self.submit(_t_partial, s, d, side.spec, responses=responses, buckets=buckets,
+                            local=True)
                 for s, d in shared]
         smalls = [self.submit(_t_small, m) for m in maps]
         if maps:
@@ -358,16 +363,18 @@ def _covering(target: Shard, side: _Side, finals: Sequence[Any],
 
 
 def _load(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec, *,
-          extras: bool = False, token: bool = False) -> pl.DataFrame:
+          extras: bool = False, token: bool = False) -> pl.LazyFrame:
+    """The shard as a lazy canonical frame (collect it inside ``reading(shard)``)."""
     _distributed()
     if data is not None:
-        return data.select(spec.columns(extras=extras, token=token))
-    return _shards.read_shard(shard, spec, extras=extras, token=token)
+        return data.lazy().select(spec.columns(extras=extras, token=token))
+    return _shards.scan_shard(shard, spec, extras=extras, token=token)
 
 
 def _t_partial(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec, *, responses: bool,
                buckets: int) -> tuple[list[pl.DataFrame], pl.DataFrame, Issues]:
-    part = _shards.candidate_partial(_load(shard, data, spec), responses=responses)
+    with _shards.reading(shard):
+        part = _shards.candidate_partial(_load(shard, data, spec), responses=responses)
     return _shards.split_buckets(part.prompts, buckets), part.stages, part.issues
 
 
@@ -386,7 +393,8 @@ def _t_reduce(pieces: list[pl.DataFrame], **options: Any) -> Final:
 
 def _t_isolated(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec, *, responses: bool,
                 **options: Any) -> Final:
-    part = _shards.candidate_partial(_load(shard, data, spec), responses=responses)
+    with _shards.reading(shard):
+        part = _shards.candidate_partial(_load(shard, data, spec), responses=responses)
     final = _shards.finalize(_shards.combine([part.prompts]), responses=responses, **options)
     stages = pl.concat([_shards.finish_frame(part.stages), final.stages])
     return Final(stages, final.chosen, final.masks,
@@ -394,15 +402,17 @@ def _t_isolated(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec, *, resp
 
 
 def _t_keys(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec) -> pl.DataFrame:
-    frame = _load(shard, data, spec)
-    return frame.select(*_IDS, "reward")
+    with _shards.reading(shard):
+        return _load(shard, data, spec).select(*_IDS, "reward").collect(engine="streaming")
 
 
 def _t_fetch(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec, keys: pl.DataFrame, *,
              on: list[str], columns: list[str]) -> pl.DataFrame:
     frame = _load(shard, data, spec)
-    keys = keys.with_columns(pl.col(c).cast(frame.schema[c]) for c in on)
-    return frame.join(keys, on=on, how="semi").select(columns)
+    schema = frame.collect_schema()
+    keys = keys.with_columns(pl.col(c).cast(schema[c]) for c in on)
+    with _shards.reading(shard):
+        return frame.join(keys.lazy(), on=on, how="semi").select(columns).collect()
 
 
 def _masks(parts: Sequence[Final | pl.DataFrame], shard: Shard, attr: str,
@@ -427,11 +437,12 @@ def _t_tokens(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec,
               parts: list[Final | pl.DataFrame], *, per_response: bool,
               buckets: int) -> tuple[pl.DataFrame, list[pl.DataFrame], Issues]:
     masks = _masks(parts, shard, "masks", spec)
-    tokens = _load(shard, data, spec)
-    out = _shards.token_partial(tokens, masks, per_response=per_response)
-    issues = out.issues
-    if issues:
-        issues = _shards.first_bad_tokens(_load(shard, data, spec, token=True), masks, issues)
+    with _shards.reading(shard):
+        out = _shards.token_partial(_load(shard, data, spec), masks, per_response=per_response)
+        issues = out.issues
+        if issues:  # a second pass, only to name the first bad rows
+            issues = _shards.first_bad_tokens(_load(shard, data, spec, token=True), masks,
+                                              issues)
     pieces = ([] if out.responses is None
               else _shards.split_buckets(out.responses, buckets))
     return out.stages, pieces, issues
@@ -454,8 +465,8 @@ def _t_responses_reduce(pieces: list[pl.DataFrame]) -> Final:
 def _t_nested_selected(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec,
                        chosen: pl.DataFrame) -> Final:
     """Nested rows, client-ranked selection: per-stage sums of the selected rows."""
-    frame = _load(shard, data, spec)
-    return _shards.selected_response_sums(frame, chosen)
+    with _shards.reading(shard):
+        return _shards.selected_response_sums(_load(shard, data, spec), chosen)
 
 
 def _t_counts(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec,
@@ -464,9 +475,10 @@ def _t_counts(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec,
     chosen = _masks(parts, shard, "chosen", spec)
     tokens = _load(shard, data, spec)
     keys = _shards._cast_keys(chosen, tokens)
-    return tokens.join(keys, on=_IDS, how="semi").group_by(_IDS).agg(
-        pl.len().cast(pl.Int64).alias("tokens")
-    )
+    with _shards.reading(shard):
+        return tokens.join(keys.lazy(), on=_IDS, how="semi").group_by(_IDS).agg(
+            pl.len().cast(pl.Int64).alias("tokens")
+        ).collect(engine="streaming")
 
 
 def _t_rows(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec,
@@ -479,9 +491,10 @@ def _t_rows(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec,
     if counts is not None:
         found = [c for c in counts if c.height]
         total = (pl.concat(found).group_by(_IDS).agg(pl.col("tokens").sum()) if found
-                 else pl.DataFrame(schema={**dict(frame.select(_IDS).schema),
+                 else pl.DataFrame(schema={**dict(frame.select(_IDS).collect_schema()),
                                            "tokens": pl.Int64}))
-    rows = _shards.selected_rows(frame, chosen, spec.extras, total)
+    with _shards.reading(shard):
+        rows = _shards.selected_rows(frame, chosen, spec.extras, total)
     if out is None:
         return rows
     rows.write_parquet(Path(out) / f"part-{shard.index:05d}.parquet")
@@ -618,7 +631,7 @@ def _long_losses(job: _Job, cands: _Side, tokens: _Side, selection: Selection,
             return [table]
     buckets = max(1, min(len(tokens.shards), 2 * job.workers)) if per_response else 0
     maps = [job.submit(_t_tokens, s, d, tokens.spec, parts_for(s), per_response=per_response,
-                       buckets=buckets) for s, d in tokens.items()]
+                       buckets=buckets, local=True) for s, d in tokens.items()]
     futures = [job.submit(_t_token_small, m) for m in maps]
     for b in range(buckets):
         futures.append(job.submit(_t_responses_reduce,
