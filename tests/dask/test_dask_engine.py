@@ -165,6 +165,27 @@ def test_synthetic_files_are_isolated_shards(client: Any, tmp_path: Path) -> Non
                 rd.select_best(str(tmp_path / "n"), client=client))
 
 
+@pytest.mark.parametrize("layout", ["nested", "long"])
+def test_candidate_ids_outside_the_bit_mask(client: Any, tmp_path: Path, layout: str) -> None:
+    # ids beyond 63 and below 0 take the list path of the masks (and the join path
+    # of the token status); prompts spread over files
+    def renumber(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns((pl.col("cand") * 70 - 1).alias("cand"))
+
+    tokens, rewards = long_frames(LPS, RWS, shuffle=1)
+    nested = nested_frame(LPS, RWS, shuffle=1)
+    if layout == "nested":
+        write_split(renumber(nested), tmp_path / "n", 3)
+        kwargs: dict[str, Any] = {"source": str(tmp_path / "n")}
+    else:
+        write_split(renumber(tokens), tmp_path / "t", 3)
+        write_split(renumber(rewards), tmp_path / "r", 2)
+        kwargs = {"source": str(tmp_path / "t"), "rewards": str(tmp_path / "r")}
+    for selection in (Selection(), Selection(strategy="top_n", n=2)):
+        _agree(client, kwargs, selection)
+    assert_same(rp.select_best(**kwargs).collect(), rd.select_best(**kwargs, client=client))
+
+
 def test_columns_mapping_and_hive(client: Any, tmp_path: Path) -> None:
     frame = nested_frame(LPS, RWS, shuffle=3).rename({"prompt": "pid", "logprobs": "lp"})
     for stage in (0, 1):

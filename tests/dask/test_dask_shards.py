@@ -173,3 +173,34 @@ def test_unreadable_file_named_at_plan(tmp_path: Path) -> None:
     spec = _shards.ReadSpec("nested", (), (), pl.Int64(), (), "x")
     with pytest.raises(RaftInputError, match=r"cannot read Parquet file .*bad\.parquet"):
         _shards.plan_files([(bad, None)], spec)
+
+
+def test_shrink_and_widen_round_trip() -> None:
+    frame = pl.DataFrame({"stage": [0, 3], "prompt": [5, 1 << 40], "cand": [0, 7],
+                          "tokens": [0, 300], "candidates": pl.Series([1, 2], dtype=pl.UInt32)})
+    small = _shards.shrink(frame)
+    assert small.schema["stage"] == pl.Int8
+    assert small.schema["prompt"] == pl.Int64
+    assert small.schema["tokens"] == pl.Int16
+    assert small.schema["candidates"] == pl.UInt8
+    back = _shards.widen(small)
+    assert back.select("stage", "prompt", "cand", "tokens").equals(
+        frame.select("stage", "prompt", "cand", "tokens"))
+
+
+def test_dense_and_joined_status_agree() -> None:
+    keys = pl.DataFrame({"stage": [0, 0, 0, 2], "prompt": [1, 1, 3, 1], "cand": [0, 5, 2, 1],
+                         "reward": [0.0, 1.0, 0.5, 0.5]})
+    masks = _shards.keys_masks(keys, keys.filter(pl.col("cand") != 0))
+    tokens = pl.DataFrame({"stage": [0, 0, 0, 0, 2, 2, None, 1],
+                           "prompt": [1, 1, 3, 3, 1, 1, 1, 1],
+                           "cand": [0, 5, 2, 9, 1, 0, 1, 1],
+                           "logprob": [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0]})
+    dense = _shards._status(tokens.lazy(), masks).collect()
+    assert dense["status"].to_list() == [1, 2, 2, 0, 2, 0, 0, 0]
+    as_strings = masks.with_columns(pl.col("prompt").cast(pl.String))
+    joined = _shards._status(
+        tokens.with_columns(pl.col("prompt").cast(pl.String)).with_row_index("row").lazy(),
+        as_strings,
+    ).collect().sort("row")  # the join path does not keep the row order
+    assert joined["status"].to_list() == dense["status"].to_list()
