@@ -346,17 +346,12 @@ def _overlaps(a: Shard, b: Shard) -> bool:
         return True
 
 
-def _covering(target: Shard, side: _Side, finals: Sequence[Any],
-              isolated: Sequence[Shard]) -> list[Any]:
-    """The finals whose selection can hold keys of ``target``: the isolated
-    shards whose bounds overlap it, and every reduce task."""
-    out = []
-    for i, final in enumerate(finals):
-        if i < len(isolated) and not _overlaps(target, isolated[i]):
-            continue
-        out.append(final)
-    del side
-    return out
+def _covering(target: Shard, finals: Sequence[Any], isolated: Sequence[Shard]) -> list[Any]:
+    """The finals whose selection can hold keys of ``target``: those of the
+    isolated shards whose bounds overlap it (the first ``len(isolated)``), and
+    every reduce task."""
+    return [final for i, final in enumerate(finals)
+            if i >= len(isolated) or _overlaps(target, isolated[i])]
 
 
 # --- tasks (module-level functions, so workers import them by name) -------------------
@@ -379,10 +374,12 @@ def _t_partial(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec, *, respo
 
 
 def _t_small(mapped: tuple[list[pl.DataFrame], pl.DataFrame, Issues]) -> Final:
+    _distributed()
     return Final(mapped[1], None, None, mapped[2])
 
 
 def _t_bucket(mapped: tuple[list[pl.DataFrame], pl.DataFrame, Issues], b: int) -> pl.DataFrame:
+    _distributed()
     return mapped[0][b]
 
 
@@ -449,11 +446,13 @@ def _t_tokens(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec,
 
 
 def _t_token_small(mapped: tuple[pl.DataFrame, list[pl.DataFrame], Issues]) -> Final:
+    _distributed()
     return Final(mapped[0], None, None, mapped[2])
 
 
 def _t_token_bucket(mapped: tuple[pl.DataFrame, list[pl.DataFrame], Issues],
                     b: int) -> pl.DataFrame:
+    _distributed()
     return mapped[1][b]
 
 
@@ -620,7 +619,7 @@ def _long_losses(job: _Job, cands: _Side, tokens: _Side, selection: Selection,
         stage_parts = [r.stages for r in small]
 
         def parts_for(shard: Shard) -> list[Any]:
-            return _covering(shard, cands, finals, isolated)
+            return _covering(shard, finals, isolated)
     else:
         keys, chosen, _, stage_part = job.client_ranking(cands, selection)
         table = job.client.scatter(_shards.keys_masks(keys, chosen), broadcast=True,
@@ -645,6 +644,7 @@ def _long_losses(job: _Job, cands: _Side, tokens: _Side, selection: Selection,
 
 
 def _t_final_stages(final: Final) -> Final:
+    _distributed()
     return Final(final.stages, None, None, final.issues)
 
 
@@ -659,7 +659,7 @@ def _selection(job: _Job, side: _Side, selection: Selection) -> tuple[
         small = job.gather([job.submit(_t_final_stages, f) for f in finals] + smalls)
         job.candidate_checks(side, _shards.merge_issues([r.issues for r in small]))
         isolated = [s for s in side.shards if s.isolated]
-        return (lambda shard: _covering(shard, side, finals, isolated)), finals
+        return (lambda shard: _covering(shard, finals, isolated)), finals
     _, chosen, _, _ = job.client_ranking(side, selection)
     keys = job.client.scatter(chosen.select(_IDS), broadcast=True, hash=False)
     return (lambda shard: [keys]), [keys]
