@@ -97,9 +97,8 @@ def test_property_files(client: Any, log: Any, parts: int, shuffle: int, strings
         if isinstance(got, pl.DataFrame) and selection == Selection():
             losses = [round(x, 4) for x in got["loss"].to_list()]
             assert losses == reference_rounded(lps, rws)
-        if selection.strategy != "global":
-            expected = rp.select_best(**kwargs, **_options(selection)).collect()
-            assert_same(expected, rd.select_best(**kwargs, selection=selection, client=client))
+        expected = rp.select_best(**kwargs, **_options(selection)).collect()
+        assert_same(expected, rd.select_best(**kwargs, selection=selection, client=client))
 
 
 @FEW
