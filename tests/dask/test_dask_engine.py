@@ -194,6 +194,17 @@ def test_columns_mapping_and_hive(client: Any, tmp_path: Path) -> None:
     _agree(client, {"source": str(tmp_path), "columns": {"prompt": "pid", "logprobs": "lp"}})
 
 
+def test_cluster_on_loopback_and_joined_by_address(client: Any) -> None:
+    info = client.scheduler_info()
+    addresses = [info["address"], *info["workers"]]
+    assert len(info["workers"]) == 2
+    assert all(address.startswith("tcp://127.0.0.1:") for address in addresses)
+    assert all(w["nthreads"] == 1 for w in info["workers"].values())
+    with rd.connect(scheduler=info["address"]) as joined:
+        assert_same(rp.stage_losses(nested_frame(LPS, RWS)),
+                    rd.stage_losses(nested_frame(LPS, RWS), client=joined))
+
+
 def test_default_client_is_used(client: Any) -> None:
     from distributed import default_client
 
