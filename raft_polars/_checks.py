@@ -66,7 +66,7 @@ def candidates(log: StageLog, summary: pl.DataFrame) -> None:
         raise RaftInputError(msg)
 
 
-def _bad_logprob(lp: pl.Expr) -> pl.Expr:
+def bad_logprob(lp: pl.Expr) -> pl.Expr:
     return lp.is_null() | lp.is_nan() | lp.is_infinite() | (lp > 0)
 
 
@@ -111,7 +111,7 @@ def selected_logprobs(log: StageLog, stats: pl.DataFrame, chosen: pl.DataFrame) 
             tokens = tokens.with_columns(pl.lit(None, pl.Int64).alias("token"))
     row = collect(
         log,
-        tokens.filter(_bad_logprob(pl.col("logprob"))).sort([*_ORDER, "token"]).head(1),
+        tokens.filter(bad_logprob(pl.col("logprob"))).sort([*_ORDER, "token"]).head(1),
     ).row(0, named=True)
     msg = (f"{log.token_origin}: log-prob of a selected response must be finite and <= 0, "
            f"found {row['logprob']!r} at {_where(row)}, token {row['token']!r}")

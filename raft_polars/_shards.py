@@ -68,14 +68,14 @@ from raft_polars import _checks
 from raft_polars.errors import RaftInputError
 from raft_polars.logs import ID_COLUMNS, StageLog
 from raft_polars.losses import (
-    _RESPONSE_STATS,
+    RESPONSE_STATS,
     Reduction,
-    _candidate_sums,
-    _response_sums,
-    _stage_columns,
+    candidate_sums,
     response_stats,
+    response_sums,
+    stage_columns,
 )
-from raft_polars.ranking import _ORDER_BY, _ORDER_DESCENDING, _summary_aggregations
+from raft_polars.ranking import ORDER_BY, ORDER_DESCENDING, summary_aggregations
 
 __all__ = [
     "Final",
@@ -522,11 +522,11 @@ def candidate_partial(cands: pl.DataFrame | pl.LazyFrame, *, responses: bool) ->
         bad log-prob (null, NaN, infinite or > 0), as the engine's one-pass
         best-of-K path does.
     """
-    carry = _RESPONSE_STATS if responses else ()
+    carry = RESPONSE_STATS if responses else ()
     frame = cands.lazy().select(*_IDS, "reward", *(response_stats("logprobs") if responses else ()))
     cand = pl.col("cand")
     summary = frame.group_by(_PROMPT).agg(
-        *_summary_aggregations(tuple(carry)),
+        *summary_aggregations(tuple(carry)),
         _bit(cand).bitwise_or().fill_null(0).alias("cand_mask"),
         _wide(cand).alias("wide"),
     ).collect(engine="streaming")
@@ -624,7 +624,7 @@ def combine(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
     mask = pl.col("cand_mask").bitwise_or()
     unique = mask.bitwise_count_ones().cast(pl.Int64)
     aggs = [
-        pl.col("cand", "reward", *carry).sort_by(_ORDER_BY, descending=_ORDER_DESCENDING).first(),
+        pl.col("cand", "reward", *carry).sort_by(ORDER_BY, descending=ORDER_DESCENDING).first(),
         pl.col("candidates").sum().cast(pl.Int64),
         pl.col("ties").filter(reward == reward.max()).sum().cast(pl.Int64),
         mask.alias("cand_mask"),
@@ -681,7 +681,7 @@ def finalize(
     cands = summary.group_by("stage").agg(
         pl.len().alias("prompts"), (pl.col("ties") > 1).sum().alias("ties"),
     )
-    sums = _response_sums()
+    sums = response_sums()
     names = list(sums) if responses else ["selected", "reward_best_sum"]
     picked = chosen.group_by("stage").agg(sums[name].alias(name) for name in names)
     stages = cands.join(picked, on="stage", how="left").with_columns(
@@ -723,7 +723,7 @@ def stage_part_from_keys(
     """Per-stage sums of the candidate side when the client ranked the keys itself
     (``summary`` from :func:`raft_polars.ranking.prompt_summary`)."""
     cands = summary.group_by("stage").agg(
-        expr.alias(name) for name, expr in _candidate_sums().items()
+        expr.alias(name) for name, expr in candidate_sums().items()
     )
     picked = chosen.group_by("stage").agg(
         pl.len().alias("selected"), pl.col("reward").sum().alias("reward_best_sum")
@@ -957,7 +957,7 @@ def first_bad_tokens(
     if "bad_tokens" in issues:
         order = [*_IDS, "token"] if "token" in tokens.collect_schema() else _IDS
         first = (status.filter((pl.col("status") == _STATUS_SELECTED)
-                               & _checks._bad_logprob(pl.col("logprob")))
+                               & _checks.bad_logprob(pl.col("logprob")))
                  .sort(order).head(1).drop("status").collect(engine="in-memory"))
         out["bad_tokens"] = (issues["bad_tokens"][0], first)
     return out
@@ -978,7 +978,7 @@ def selected_response_sums(cands: pl.DataFrame | pl.LazyFrame, chosen: pl.DataFr
         first = bad.select(_IDS).sort(_IDS).head(1)
         nulls = bad.filter(pl.col("tokens").is_null()).select(_IDS).sort(_IDS).head(1)
         issues["bad_logprobs"] = (bad.height, pl.concat([nulls, first]))
-    sums = _response_sums()
+    sums = response_sums()
     stages = rows.group_by("stage").agg(
         sums[name].alias(name) for name in ("nll", "tokens", "seq_sum", "seq_n")
     )
@@ -1028,7 +1028,7 @@ def finish(
         pl.col(name).sum() for name in STAGE_SUMS
     )
     columns = {name: pl.col(name) for name in STAGE_SUMS}
-    table = total.select("stage", *_stage_columns(columns, reduction)).sort("stage")
+    table = total.select("stage", *stage_columns(columns, reduction)).sort("stage")
     if log is not None:
         _checks.stage_tokens(log, table)
     return table

@@ -46,13 +46,17 @@ from raft_polars.ranking import (
 
 __all__ = [
     "LOSS_COLUMNS",
+    "RESPONSE_STATS",
     "Reduction",
     "below_min",
+    "candidate_sums",
     "losses_from_log",
     "losses_from_responses",
     "response_stats",
+    "response_sums",
     "select_best",
     "selected_from_log",
+    "stage_columns",
     "stage_losses",
 ]
 
@@ -181,9 +185,9 @@ def losses_from_log(
     if log.layout == "nested" and selection.is_best_of_k:
         # one pass: per-row log-prob statistics ride along the best-of-K group-by
         stats = log.candidates.select(*ID_COLUMNS, "reward", *response_stats("logprobs"))
-        summary = collect(log, prompt_summary(stats, carry=_RESPONSE_STATS))
+        summary = collect(log, prompt_summary(stats, carry=RESPONSE_STATS))
         _checks.candidates(log, summary)
-        ranked = summary.select(*ID_COLUMNS, "reward", *_RESPONSE_STATS)
+        ranked = summary.select(*ID_COLUMNS, "reward", *RESPONSE_STATS)
     else:
         keys = collect(log, log.candidates.select(*ID_COLUMNS, "reward"))
         summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
@@ -268,7 +272,7 @@ def selected_from_log(log: StageLog, selection: Selection) -> pl.LazyFrame:
 
 # --- reduction -------------------------------------------------------------------
 
-_RESPONSE_STATS = ("nll", "tokens", "lp_max", "lp_nulls")
+RESPONSE_STATS = ("nll", "tokens", "lp_max", "lp_nulls")
 
 
 @functools.cache
@@ -283,7 +287,7 @@ def response_stats(column: str) -> tuple[pl.Expr, ...]:
     )
 
 
-def _response_sums() -> dict[str, pl.Expr]:
+def response_sums() -> dict[str, pl.Expr]:
     """Per-stage sums over selected responses, as aggregations."""
     has_tokens = pl.col("tokens") > 0
     return {
@@ -296,7 +300,7 @@ def _response_sums() -> dict[str, pl.Expr]:
     }
 
 
-def _candidate_sums() -> dict[str, pl.Expr]:
+def candidate_sums() -> dict[str, pl.Expr]:
     """Per-stage sums over the per-prompt summary, as aggregations."""
     return {
         "prompts": pl.len(),
@@ -308,12 +312,12 @@ def _candidate_sums() -> dict[str, pl.Expr]:
 
 @functools.cache
 def _fused_stage_columns(reduction: Reduction) -> tuple[pl.Expr, ...]:
-    """:func:`_stage_columns` as aggregations of the per-prompt summary (built once)."""
-    sums = {**_candidate_sums(), **_response_sums(), "below_min": pl.lit(0)}
-    return tuple(_stage_columns(sums, reduction))
+    """:func:`stage_columns` as aggregations of the per-prompt summary (built once)."""
+    sums = {**candidate_sums(), **response_sums(), "below_min": pl.lit(0)}
+    return tuple(stage_columns(sums, reduction))
 
 
-def _stage_columns(sums: dict[str, pl.Expr], reduction: Reduction) -> list[pl.Expr]:
+def stage_columns(sums: dict[str, pl.Expr], reduction: Reduction) -> list[pl.Expr]:
     """The output columns of :func:`stage_losses` from per-stage sums."""
     selected = sums["selected"] > 0
     if reduction == "token":
@@ -336,7 +340,7 @@ def _stage_columns(sums: dict[str, pl.Expr], reduction: Reduction) -> list[pl.Ex
 def _per_stage(responses: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """Per-stage sums over the selected responses (``nll``, ``tokens`` each)."""
     return responses.lazy().group_by("stage").agg(
-        expr.alias(name) for name, expr in _response_sums().items()
+        expr.alias(name) for name, expr in response_sums().items()
     )
 
 
@@ -373,7 +377,7 @@ def _reduce(
         query = summary.lazy().group_by("stage").agg(_fused_stage_columns(reduction))
     else:
         out = summary.lazy().group_by("stage").agg(
-            expr.alias(name) for name, expr in _candidate_sums().items()
+            expr.alias(name) for name, expr in candidate_sums().items()
         )
         out = out.join(_per_stage(summary) if per_stage is None else per_stage,
                        on="stage", how="left")
@@ -383,7 +387,7 @@ def _reduce(
             out = out.join(below, on="stage", how="left")
         out = out.with_columns(pl.col("selected", "tokens", "seq_n", "below_min").fill_null(0))
         columns = {name: pl.col(name) for name in out.collect_schema()}
-        query = out.select("stage", *_stage_columns(columns, reduction))
+        query = out.select("stage", *stage_columns(columns, reduction))
     # a few rows per stage: the in-memory engine has less overhead than streaming
     table = query.sort("stage").collect(engine="in-memory")
     _checks.stage_tokens(log, table)

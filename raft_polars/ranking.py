@@ -41,14 +41,24 @@ import polars as pl
 from raft_polars.errors import RaftInputError
 from raft_polars.logs import ID_COLUMNS
 
-__all__ = ["Selection", "Strategy", "apply_min_reward", "prompt_summary", "rank", "select"]
+__all__ = [
+    "ORDER_BY",
+    "ORDER_DESCENDING",
+    "Selection",
+    "Strategy",
+    "apply_min_reward",
+    "prompt_summary",
+    "rank",
+    "select",
+    "summary_aggregations",
+]
 
 Strategy: TypeAlias = Literal["best", "top_n", "global"]
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 _PROMPT = ["stage", "prompt"]
 # best first: the largest reward, then the smallest candidate id
-_ORDER_BY = ["reward", "cand"]
-_ORDER_DESCENDING = [True, False]
+ORDER_BY = ["reward", "cand"]
+ORDER_DESCENDING = [True, False]
 
 
 @dataclass(frozen=True)
@@ -108,14 +118,14 @@ def prompt_summary(candidates: pl.LazyFrame, *, carry: Sequence[str] = ()) -> pl
     share the best reward; ``bad_rewards`` counts null, NaN and infinite rewards;
     ``null_cands`` counts null candidate ids.
     """
-    return candidates.group_by(_PROMPT).agg(_summary_aggregations(tuple(carry)))
+    return candidates.group_by(_PROMPT).agg(summary_aggregations(tuple(carry)))
 
 
 @functools.cache
-def _summary_aggregations(carry: tuple[str, ...]) -> tuple[pl.Expr, ...]:
+def summary_aggregations(carry: tuple[str, ...]) -> tuple[pl.Expr, ...]:
     reward = pl.col("reward")
     return (
-        pl.col("cand", "reward", *carry).sort_by(_ORDER_BY, descending=_ORDER_DESCENDING).first(),
+        pl.col("cand", "reward", *carry).sort_by(ORDER_BY, descending=ORDER_DESCENDING).first(),
         pl.len().alias("candidates"),
         pl.col("cand").n_unique().alias("cand_unique"),
         pl.col("cand").null_count().alias("null_cands"),
