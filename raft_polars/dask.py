@@ -52,7 +52,7 @@ from raft_polars import _checks, _shards
 from raft_polars._shards import Final, Issues, Partial, ReadSpec, Shard, TokenPartial
 from raft_polars.errors import MissingDependencyError, RaftInputError
 from raft_polars.logs import ID_COLUMNS, Source, StageLog, _scan, collect, read_log
-from raft_polars.losses import Reduction, below_min
+from raft_polars.losses import Reduction, below_min, check_reduction
 from raft_polars.ranking import Selection, apply_min_reward, prompt_summary, rank
 
 if TYPE_CHECKING:
@@ -504,9 +504,7 @@ def _t_rows(shard: Shard, data: pl.DataFrame | None, spec: ReadSpec,
 
 
 def _check_options(selection: Selection | None, reduction: str) -> Selection:
-    if reduction not in ("token", "sequence"):
-        msg = f"reduction must be 'token' or 'sequence', got {reduction!r}"
-        raise RaftInputError(msg)
+    check_reduction(reduction)
     if selection is None:
         return Selection()
     if not isinstance(selection, Selection):

@@ -33,7 +33,7 @@ import pyarrow as pa
 from raft_polars import _checks
 from raft_polars.errors import RaftInputError
 from raft_polars.logs import StageLog
-from raft_polars.losses import Reduction, losses_from_responses, response_stats
+from raft_polars.losses import Reduction, check_reduction, losses_from_responses, response_stats
 from raft_polars.ranking import prompt_summary
 
 __all__ = ["lists_losses", "raft_alignment"]
@@ -90,6 +90,7 @@ def lists_losses(
 
     Stages, prompts and candidates are numbered by position from 0.
     """
+    check_reduction(reduction)
     keys = _read_rewards(stages_log_probs, stages_rewards)
     log = StageLog("nested", keys.lazy(), None, (), _RW, _LP)
     summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
@@ -194,7 +195,10 @@ def _numbers(values: Iterable[object]) -> npt.NDArray[np.float64] | None:
     ``numpy.fromiter`` would parse) and None (which it would read as NaN) show up
     in the inferred dtype instead of passing silently.
     """
-    array = np.asarray(list(values))
+    try:
+        array = np.asarray(list(values))
+    except ValueError:  # ragged: a list where a number belongs
+        return None
     if array.ndim != 1 or array.dtype.kind not in "fiu":
         return None if array.size else np.zeros(0, dtype=np.float64)
     return array.astype(np.float64, copy=False)

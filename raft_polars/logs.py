@@ -25,12 +25,15 @@ import glob as _glob
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import polars as pl
 import pyarrow as pa
 
 from raft_polars.errors import RaftInputError
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 __all__ = [
     "CANDIDATE_COLUMNS",
@@ -50,7 +53,7 @@ Source: TypeAlias = (
 
 ID_COLUMNS = ("stage", "prompt", "cand")
 # parts written by different tools may differ in integer / float width
-_UPCAST = pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast",
+_UPCAST = pl.ScanCastOptions(integer_cast=["upcast", "allow-float"], float_cast="upcast",
                              categorical_to_string="allow")
 CANDIDATE_COLUMNS = (*ID_COLUMNS, "reward")
 _CANONICAL = (*CANDIDATE_COLUMNS, "logprobs", "token", "logprob")
@@ -86,12 +89,6 @@ class StageLog:
     origin: str
     token_origin: str
     files: tuple[Path, ...] = field(default=())
-
-    @property
-    def integer_ids(self) -> bool:
-        """Whether ``stage``, ``prompt`` and ``cand`` are all integers."""
-        schema = self.candidates.collect_schema()
-        return all(schema[c].is_integer() for c in ID_COLUMNS)
 
 
 def read_log(
@@ -205,8 +202,69 @@ def _read_error(files: Sequence[Path], origin: str, exc: BaseException) -> RaftI
     return RaftInputError(msg)
 
 
+def _parquet_files(directory: Path) -> list[Path]:
+    """Parquet files below ``directory``, leaving out hidden and temporary ones
+    (``.name``, ``_name``: ``_temporary/`` of Spark, ``_SUCCESS``, ``.crc``)."""
+    return sorted(
+        path for path in directory.rglob("*")
+        if path.suffix in (".parquet", ".pq") and path.is_file()
+        and not any(part[0] in "._" for part in path.relative_to(directory).parts)
+    )
+
+
+def _merged_schema(files: Sequence[Path], origin: str) -> pl.Schema | None:
+    """The common schema of files whose column types differ only in width or
+    nullness (parts written by different tools), or None when they all agree.
+
+    Without it, the first file's types would win and a wider one later would fail.
+    """
+    if len(files) < 2:
+        return None
+    try:
+        schemas = [pl.read_parquet_schema(f) for f in files]
+    except (pl.exceptions.PolarsError, OSError):
+        return None  # the scan names the unreadable file
+    if all(schema == schemas[0] for schema in schemas):
+        return None
+    first = schemas[0]
+    for path, schema in zip(files, schemas, strict=True):
+        if set(schema) != set(first):
+            msg = (f"{origin}: file {str(path)!r} has columns {list(schema)}, but "
+                   f"{str(files[0])!r} has {list(first)}")
+            raise RaftInputError(msg)
+        for name, dtype in schema.items():
+            if _family(dtype) != _family(first[name]) and pl.Null not in (dtype, first[name]):
+                msg = (f"{origin}: column {name!r} is {dtype} in {str(path)!r} but "
+                       f"{first[name]} in {str(files[0])!r}")
+                raise RaftInputError(msg)
+    try:
+        return pl.concat([pl.DataFrame(schema=s) for s in schemas], how="vertical_relaxed").schema
+    except pl.exceptions.PolarsError:
+        return None  # the scan reports it
+
+
+def _family(dtype: PolarsDataType) -> str:
+    """Types that files may mix and still be read as one column."""
+    if dtype.is_numeric():
+        return "number"
+    if isinstance(dtype, pl.String | pl.Categorical | pl.Enum):
+        return "string"
+    if isinstance(dtype, pl.List | pl.Array):
+        return "list of " + _family(dtype.inner)
+    return str(dtype)
+
+
 def _check_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
+    if columns is not None and not isinstance(columns, Mapping):
+        msg = (f"columns= must map canonical names to yours, like {{'prompt': 'prompt_id'}}; "
+               f"got {type(columns).__name__}")
+        raise RaftInputError(msg)
     mapping = dict(columns or {})
+    targets = list(mapping.values())
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated or not all(isinstance(t, str) for t in targets):
+        msg = f"columns= must map each canonical name to a different column name, got {mapping}"
+        raise RaftInputError(msg)
     unknown = sorted(set(mapping) - set(_CANONICAL))
     if unknown:
         msg = (f"columns= maps unknown canonical names {unknown}; "
@@ -258,7 +316,7 @@ def _require(lf: pl.LazyFrame, names: Sequence[str], origin: str,
         if hint_long is not None and hint_long in schema:
             msg += ("; this looks like token rows of the long layout: pass the "
                     "rewards table with rewards=")
-        elif missing:
+        else:
             msg += "; map your own names with columns={'canonical': 'yours'}"
         raise RaftInputError(msg)
     return schema
@@ -313,40 +371,35 @@ def _scan(source: Source, role: str) -> tuple[pl.LazyFrame, str, tuple[Path, ...
         msg = f"{role}: the list of paths is empty"
         raise RaftInputError(msg)
     files: list[Path] = []
-    targets: list[str] = []
     hive = False
     for raw in paths:
         text = str(raw)
         if Path(text).is_dir():
-            found = sorted(p for p in Path(text).rglob("*.parquet") if p.is_file())
+            found = _parquet_files(Path(text))
             if not found:
-                msg = f"{role}: directory {text!r} holds no *.parquet files"
+                msg = f"{role}: directory {text!r} holds no *.parquet or *.pq files"
                 raise RaftInputError(msg)
-            files.extend(found)
-            targets.append(str(Path(text) / "**" / "*.parquet"))
-            hive = hive or any("=" in part for f in found
-                               for part in f.relative_to(text).parts[:-1])
+            base = Path(text)
         elif any(ch in text for ch in "*?["):
-            found = sorted(Path(p) for p in _glob.glob(text, recursive=True))
+            found = sorted(p for p in map(Path, _glob.glob(text, recursive=True)) if p.is_file())
             if not found:
                 msg = f"{role}: no files match the glob {text!r}"
                 raise RaftInputError(msg)
-            files.extend(found)
-            targets.append(text)
+            base = Path(text[: min(text.find(ch) % (len(text) + 1) for ch in "*?[")]).parent
+        elif Path(text).is_file():
+            found = [Path(text)]
+            base = Path(Path(text).anchor)
         else:
-            if not Path(text).is_file():
-                msg = f"{role}: file not found: {text!r}"
-                raise RaftInputError(msg)
-            files.append(Path(text))
-            targets.append(text)
+            msg = f"{role}: file not found: {text!r}"
+            raise RaftInputError(msg)
+        files.extend(found)
+        # Hive partitions (stage=3/) below the directory or the glob's fixed part
+        hive = hive or any("=" in part for f in found for part in f.relative_to(base).parts[:-1])
     origin = repr(str(paths[0])) if len(paths) == 1 else f"{len(paths)} paths"
     origin = f"{role} {origin}"
     try:
-        lf = pl.scan_parquet(targets if len(targets) > 1 else targets[0],
-                             hive_partitioning=hive or None, cast_options=_UPCAST)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise _read_error(files, origin, exc) from exc
-    try:
+        lf = pl.scan_parquet([str(f) for f in files], hive_partitioning=hive or None,
+                             schema=_merged_schema(files, origin), cast_options=_UPCAST)
         lf.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise _read_error(files, origin, exc) from exc

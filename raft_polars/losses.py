@@ -50,6 +50,7 @@ __all__ = [
     "Reduction",
     "below_min",
     "candidate_sums",
+    "check_reduction",
     "losses_from_log",
     "losses_from_responses",
     "response_stats",
@@ -128,11 +129,16 @@ def stage_losses(
     [1.5]
     """
     selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    check_reduction(reduction)
+    log = read_log(source, rewards=rewards, columns=columns)
+    return losses_from_log(log, selection, reduction=reduction)
+
+
+def check_reduction(reduction: object) -> None:
+    """Raise :class:`RaftInputError` unless ``reduction`` is ``"token"`` or ``"sequence"``."""
     if reduction not in ("token", "sequence"):
         msg = f"reduction must be 'token' or 'sequence', got {reduction!r}"
         raise RaftInputError(msg)
-    log = read_log(source, rewards=rewards, columns=columns)
-    return losses_from_log(log, selection, reduction=reduction)
 
 
 def select_best(
@@ -379,8 +385,8 @@ def _reduce(
         out = summary.lazy().group_by("stage").agg(
             expr.alias(name) for name, expr in candidate_sums().items()
         )
-        out = out.join(_per_stage(summary) if per_stage is None else per_stage,
-                       on="stage", how="left")
+        assert per_stage is not None  # below_min comes with per-response rows
+        out = out.join(per_stage, on="stage", how="left")
         if below is None:
             out = out.with_columns(pl.lit(0).alias("below_min"))
         else:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, TypeVar
@@ -56,9 +57,17 @@ __all__ = [
 Strategy: TypeAlias = Literal["best", "top_n", "global"]
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 _PROMPT = ["stage", "prompt"]
+_CEIL_TOLERANCE = 1e-9
 # best first: the largest reward, then the smallest candidate id
 ORDER_BY = ["reward", "cand"]
 ORDER_DESCENDING = [True, False]
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,13 @@ class Selection:
         if self.strategy not in ("best", "top_n", "global"):
             msg = f"strategy must be 'best', 'top_n' or 'global', got {self.strategy!r}"
             raise RaftInputError(msg)
+        for name in ("fraction", "min_reward"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Real)
+            ):
+                msg = f"{name} must be a number, got {value!r}"
+                raise RaftInputError(msg)
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             msg = f"n must be a whole number >= 1, got {self.n!r}"
             raise RaftInputError(msg)
@@ -99,7 +115,7 @@ class Selection:
         if self.strategy != "top_n" and self.n != 1:
             msg = f"n applies to strategy='top_n' only, not {self.strategy!r}"
             raise RaftInputError(msg)
-        if self.min_reward is not None and not math.isfinite(self.min_reward):
+        if self.min_reward is not None and not _finite(self.min_reward):
             msg = f"min_reward must be a finite number, got {self.min_reward!r}"
             raise RaftInputError(msg)
 
@@ -153,7 +169,8 @@ def rank(candidates: pl.LazyFrame, selection: Selection) -> pl.LazyFrame:
         ranked = keys.sort(["stage", "reward", "cand", "prompt"],
                            descending=[False, True, False, False])
         position = pl.int_range(pl.len()).over("stage")
-        keep = (pl.len().over("stage") * selection.fraction).ceil()
+        # ceil(fraction * n), tolerant of binary rounding: 0.28 * 25 is 7.000000000000001
+        keep = (pl.len().over("stage") * selection.fraction - _CEIL_TOLERANCE).ceil()
         return ranked.filter(position < keep)
     if selection.is_best_of_k:
         return prompt_summary(keys).select(*ID_COLUMNS, "reward")

@@ -70,7 +70,7 @@ INPUT_CASES = {
     "long without --rewards": (["{d}/tokens.parquet"], "pass the rewards table with --rewards"),
     "missing rewards": (["{d}/tokens.parquet", "--rewards", "{d}/nope.parquet"],
                         "rewards: file not found"),
-    "directory without parquet": (["{d}/no_parquet_dir"], "holds no *.parquet files"),
+    "directory without parquet": (["{d}/no_parquet_dir"], "holds no *.parquet or *.pq files"),
     "id kinds differ": (["{d}/tokens.parquet", "--rewards", "{d}/str_prompt_rewards.parquet"],
                         "ids must be of the same kind"),
     "mapped column missing": (["{d}/no_reward.parquet", "--column", "reward=score"],

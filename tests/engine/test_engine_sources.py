@@ -1,0 +1,98 @@
+"""Sources and options that once went wrong: file order and widths, .pq files,
+hidden files, global-ranking rounding, option types."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+from reference import nested_frame, reference_rounded
+
+import raft_polars
+from raft_polars import RaftInputError
+
+LPS = [[[[-1.0, -2.0], [-0.5]], [[-3.0], [-0.25, -0.75, -1.0]]],
+       [[[-0.1], [-0.2, -0.3]]]]
+RWS = [[[0.1, 0.9], [0.4, 0.4]], [[2.0, 1.0]]]
+
+
+def _rounded(table: pl.DataFrame) -> list[float]:
+    return [round(x, 4) for x in table["loss"].to_list()]
+
+
+@pytest.mark.parametrize("narrow_first", [True, False])
+def test_file_order_and_widths_do_not_matter(tmp_path: Path, narrow_first: bool) -> None:
+    frame = nested_frame(LPS, RWS)
+    wide = frame.filter(pl.col("stage") == 0)
+    narrow = frame.filter(pl.col("stage") == 1).with_columns(
+        pl.col("prompt").cast(pl.Int32), pl.col("cand").cast(pl.Int16),
+        pl.col("reward").cast(pl.Float32), pl.col("logprobs").cast(pl.List(pl.Float32)),
+    )
+    first, second = (narrow, wide) if narrow_first else (wide, narrow)
+    first.write_parquet(tmp_path / "a.parquet")
+    second.write_parquet(tmp_path / "b.parquet")
+    expected = reference_rounded(LPS, RWS)
+    assert _rounded(raft_polars.stage_losses(tmp_path)) == expected
+    assert _rounded(raft_polars.stage_losses(
+        [tmp_path / "b.parquet", tmp_path / "a.parquet"])) == expected
+
+
+def test_files_whose_columns_differ_name_the_file(tmp_path: Path) -> None:
+    frame = nested_frame(LPS, RWS)
+    frame.filter(pl.col("stage") == 0).write_parquet(tmp_path / "a.parquet")
+    frame.filter(pl.col("stage") == 1).with_columns(
+        pl.col("prompt").cast(pl.String)).write_parquet(tmp_path / "b.parquet")
+    with pytest.raises(RaftInputError, match=r"column 'prompt' is String in .*b\.parquet"):
+        raft_polars.stage_losses(tmp_path)
+
+
+def test_pq_files_are_read_and_hidden_ones_skipped(tmp_path: Path) -> None:
+    frame = nested_frame(LPS, RWS)
+    frame.filter(pl.col("stage") == 0).write_parquet(tmp_path / "a.parquet")
+    frame.filter(pl.col("stage") == 1).write_parquet(tmp_path / "b.pq")
+    (tmp_path / "_temporary").mkdir()
+    frame.write_parquet(tmp_path / "_temporary" / "c.parquet")  # would duplicate rows
+    (tmp_path / ".hidden.parquet").write_bytes(b"not parquet")
+    assert _rounded(raft_polars.stage_losses(tmp_path)) == reference_rounded(LPS, RWS)
+
+
+@pytest.mark.parametrize(("n", "fraction"), [(25, 0.28), (100, 0.07), (10, 0.3), (7, 1.0),
+                                             (9, 0.5), (3, 0.01)])
+def test_global_keeps_ceil_of_fraction(n: int, fraction: float) -> None:
+    frame = pl.DataFrame({
+        "stage": [0] * n, "prompt": list(range(n)), "cand": [0] * n,
+        "reward": [float(i) for i in range(n)], "logprobs": [[-1.0]] * n,
+    })
+    # the decimal product, not its binary rounding: 0.28 * 25 is exactly 7
+    want = math.ceil(round(n * fraction, 9))
+    table = raft_polars.stage_losses(frame, strategy="global", fraction=fraction)
+    assert table["selected"].to_list() == [want]
+    chosen = raft_polars.select_best(frame, strategy="global", fraction=fraction).collect()
+    assert sorted(chosen["prompt"].to_list()) == list(range(n - want, n))
+
+
+@pytest.mark.parametrize(("options", "fragment"), [
+    ({"strategy": "global", "fraction": "0.5"}, "fraction must be a number"),
+    ({"strategy": "global", "fraction": True}, "fraction must be a number"),
+    ({"min_reward": "0.5"}, "min_reward must be a number"),
+    ({"min_reward": 10**400}, "min_reward must be a finite number"),
+    ({"columns": ["prompt"]}, "columns= must map"),
+    ({"columns": {"prompt": "x", "cand": "x"}}, "a different column name"),
+    ({"reduction": "mean"}, "reduction must be 'token' or 'sequence'"),
+])
+def test_bad_options(options: dict[str, object], fragment: str) -> None:
+    frame = nested_frame(LPS, RWS)
+    with pytest.raises(RaftInputError, match=fragment):
+        raft_polars.stage_losses(frame, **options)  # type: ignore[arg-type]
+
+
+def test_lists_reduction_is_checked() -> None:
+    with pytest.raises(RaftInputError, match="reduction must be"):
+        raft_polars.lists_losses(LPS, RWS, reduction="mean")  # type: ignore[arg-type]
+
+
+def test_ragged_nesting_in_lists_is_an_input_error() -> None:
+    with pytest.raises(RaftInputError, match="not a number"):
+        raft_polars.raft_alignment([[[[-1.0], [-2.0]]]], [[[[0.1], 0.9]]])  # type: ignore[list-item]
