@@ -80,6 +80,9 @@ class StageLog:
         Human-readable names of the candidate and token sources, for messages.
     files
         The Parquet files behind the log, to find an unreadable one.
+    raw_tokens
+        Long layout: ``stage, prompt, cand, logprob`` with the ids in the source's
+        own integer types (narrow ids make the token pass cheaper than Int64 ones).
     """
 
     layout: Layout
@@ -89,6 +92,7 @@ class StageLog:
     origin: str
     token_origin: str
     files: tuple[Path, ...] = field(default=())
+    raw_tokens: pl.LazyFrame | None = None
 
 
 def read_log(
@@ -162,7 +166,8 @@ def read_log(
                               *extras)
     keep = [*_canonical_ids(tschema), "logprob"] + (["token"] if "token" in tschema else [])
     return StageLog("long", candidates, main.select(keep), extras, cand_origin,
-                    main_origin, main_files + cand_files)
+                    main_origin, main_files + cand_files,
+                    raw_tokens=main.select(*ID_COLUMNS, "logprob"))
 
 
 def _as_list(dtype: pl.DataType) -> pl.Expr:

@@ -414,7 +414,8 @@ def _long_token_stats(
     group-by, so the pass costs about one read of the token columns.
     """
     assert log.tokens is not None
-    status = _dense_status(keys, chosen)
+    raw = log.tokens if log.raw_tokens is None else log.raw_tokens
+    status = _dense_status(keys, chosen, raw.collect_schema())
     if status is None:
         table = keys.select(ID_COLUMNS).with_columns(
             pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")
@@ -429,7 +430,7 @@ def _long_token_stats(
         )
         kept = tokens.filter(pl.col("status") != _STATUS_OTHER)
     else:
-        kept = log.tokens.with_columns(status).filter(pl.col("status") != _STATUS_OTHER)
+        kept = raw.with_columns(status).filter(pl.col("status") != _STATUS_OTHER)
     group = ["stage", "prompt", "cand"] if per_response else ["stage"]
     lp = pl.col("logprob")
     stats = collect(
@@ -440,15 +441,24 @@ def _long_token_stats(
             lp.max().cast(pl.Float64).alias("lp_max"),
             lp.null_count().cast(pl.Int64).alias("lp_nulls"),
         ),
-    )
+    ).cast({name: keys.schema[name] for name in group})  # the raw ids back to canonical
     _checks.orphan_tokens(log, stats.filter(pl.col("status") == _STATUS_ORPHAN))
     selected = stats.filter(pl.col("status") == _STATUS_SELECTED).drop("status")
     _checks.selected_logprobs(log, selected, chosen)
     return selected
 
 
-def _dense_status(keys: pl.DataFrame, chosen: pl.DataFrame) -> pl.Expr | None:
-    """The status expression of the integer fast path, or None when ids do not fit."""
+def _dense_status(
+    keys: pl.DataFrame, chosen: pl.DataFrame, token_schema: pl.Schema
+) -> pl.Expr | None:
+    """The status expression of the integer fast path, or None when ids do not fit.
+
+    The key of a token row is its position in the dense ``stage x prompt x cand``
+    box of the candidate ids, computed in the token columns' own integer type where
+    the box's bounds fit it (Int32 arithmetic is cheaper than Int64 on hundreds of
+    millions of rows); a row outside the box, or with a null id, maps to a last
+    entry that means "no reward".
+    """
     if not all(keys.schema[c].is_integer() for c in ID_COLUMNS) or keys.height == 0:
         return None
     bounds = keys.select(
@@ -456,7 +466,8 @@ def _dense_status(keys: pl.DataFrame, chosen: pl.DataFrame) -> pl.Expr | None:
         *(pl.col(c).max().alias(f"{c}_max") for c in ID_COLUMNS),
     ).row(0, named=True)
     lows = [int(bounds[f"{c}_min"]) for c in ID_COLUMNS]
-    spans = [int(bounds[f"{c}_max"]) - low + 1 for c, low in zip(ID_COLUMNS, lows, strict=True)]
+    highs = [int(bounds[f"{c}_max"]) for c in ID_COLUMNS]
+    spans = [high - low + 1 for low, high in zip(lows, highs, strict=True)]
     size = spans[0] * spans[1] * spans[2]
     if size > _MAX_DENSE_KEYS:
         return None
@@ -470,10 +481,18 @@ def _dense_status(keys: pl.DataFrame, chosen: pl.DataFrame) -> pl.Expr | None:
     table = np.zeros(size + 1, dtype=np.uint8)  # the last entry: out of range
     table[index(keys)] = _STATUS_OTHER
     table[index(chosen)] = _STATUS_SELECTED
-    parts = [pl.col(c).cast(pl.Int64) - low for c, low in zip(ID_COLUMNS, lows, strict=True)]
+    parts = []
+    for name, low, high in zip(ID_COLUMNS, lows, highs, strict=True):
+        dtype = token_schema[name]
+        if dtype == pl.Int32 and low >= -(2**31) and high < 2**31:
+            # x - low wraps only when |x - low| >= 2**31: never into [0, span)
+            parts.append(pl.col(name) - pl.lit(low, pl.Int32))
+        else:
+            parts.append(pl.col(name).cast(pl.Int64, strict=False) - pl.lit(low, pl.Int64))
+    # one unsigned comparison checks both 0 <= part and part < span
     inside = pl.all_horizontal(
-        *((part >= 0) & (part < span) for part, span in zip(parts, spans, strict=True))
+        *(part.reinterpret(signed=False) < span for part, span in zip(parts, spans, strict=True))
     )
-    flat = (parts[0] * spans[1] + parts[1]) * spans[2] + parts[2]
-    key = pl.when(inside).then(flat).otherwise(size).fill_null(size)
+    flat = (parts[0] * spans[1] + parts[1]) * spans[2] + parts[2]  # < size where inside
+    key = pl.when(inside).then(flat).otherwise(size)  # null ids: outside too
     return pl.lit(pl.Series("status", table)).gather(key).alias("status")

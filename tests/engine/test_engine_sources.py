@@ -96,3 +96,26 @@ def test_lists_reduction_is_checked() -> None:
 def test_ragged_nesting_in_lists_is_an_input_error() -> None:
     with pytest.raises(RaftInputError, match="not a number"):
         raft_polars.raft_alignment([[[[-1.0], [-2.0]]]], [[[[0.1], 0.9]]])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("dtype", [pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt16, pl.UInt64])
+def test_long_layout_in_narrow_id_types(dtype: pl.DataType) -> None:
+    tokens = pl.DataFrame({
+        "stage": [0, 0, 0, 1], "prompt": [3, 3, 3, 3], "cand": [0, 0, 1, 0],
+        "logprob": [-1.0, -2.0, -4.0, -0.5],
+    }).with_columns(pl.col("stage", "prompt", "cand").cast(dtype))
+    rewards = pl.DataFrame({"stage": [0, 0, 1], "prompt": [3, 3, 3], "cand": [0, 1, 0],
+                            "reward": [0.9, 0.1, 0.0]})
+    assert raft_polars.stage_losses(tokens, rewards=rewards)["loss"].to_list() == [1.5, 0.5]
+
+
+@pytest.mark.parametrize("orphan", [2**31 - 1, -(2**31), 4, -1])
+def test_orphan_ids_at_the_int32_limits(orphan: int) -> None:
+    tokens = pl.DataFrame({
+        "stage": [0, 0, 0], "prompt": [3, 3, orphan], "cand": [0, 1, 0],
+        "logprob": [-1.0, -2.0, -4.0],
+    }, schema_overrides={"stage": pl.Int32, "prompt": pl.Int32, "cand": pl.Int32})
+    rewards = pl.DataFrame({"stage": [0, 0], "prompt": [3, 3], "cand": [0, 1],
+                            "reward": [0.9, 0.1]})
+    with pytest.raises(RaftInputError, match=f"no reward row.*prompt {orphan}"):
+        raft_polars.stage_losses(tokens, rewards=rewards)
