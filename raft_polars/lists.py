@@ -21,12 +21,11 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import chain
 from typing import TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
@@ -151,8 +150,8 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> pl.DataFrame:
     prompt_in_stage = np.arange(len(k), dtype=np.int64) - np.repeat(starts[:-1], prompts)
     cand_start = np.zeros(len(k), dtype=np.int64)
     np.cumsum(k[:-1], out=cand_start[1:])
-    reward = _numbers(chain.from_iterable(chain.from_iterable(rws)))
-    if reward is None:
+    rewards = _float_lists(list(chain.from_iterable(rws)))
+    if rewards is None:
         for t, stage in enumerate(rws):
             for i, prompt in enumerate(stage):
                 for j, value in enumerate(prompt):
@@ -162,15 +161,7 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> pl.DataFrame:
                         raise RaftInputError(msg)
         msg = f"{_RW} holds values that are not numbers"
         raise RaftInputError(msg)
-    missing = np.flatnonzero(np.isnan(reward))
-    if missing.size:  # numpy reads None as NaN: name what the caller passed
-        flat = int(missing[0])
-        prompt_flat = int(np.searchsorted(cand_start, flat, side="right") - 1)
-        t = int(stage_of_prompt[prompt_flat])
-        i, j = int(prompt_in_stage[prompt_flat]), flat - int(cand_start[prompt_flat])
-        if rws[t][i][j] is None:
-            msg = f"reward at stage {t}, prompt {i}, candidate {j} is None, not a number"
-            raise RaftInputError(msg)
+    reward = pl.Series("reward", rewards.values)  # None became null: a bad reward
     keys = pl.DataFrame(
         {
             "stage": np.repeat(stage_of_prompt, k),
@@ -188,20 +179,17 @@ def _is_number(value: object) -> bool:
     )
 
 
-def _numbers(values: Iterable[object]) -> npt.NDArray[np.float64] | None:
-    """The values as float64, or None if any is not a number (a string, None, a list).
+def _float_lists(lists: Sequence[object]) -> pa.LargeListArray | None:
+    """Lists of numbers as an Arrow list array of float64 (None becomes null), or
+    None if an element is not a number.
 
-    ``numpy.asarray`` infers the kind from every element, so strings (which
-    ``numpy.fromiter`` would parse) and None (which it would read as NaN) show up
-    in the inferred dtype instead of passing silently.
+    Arrow's converter is strict where ``numpy.fromiter`` is not: a numeric string
+    is an error, not a number, and None is null, not NaN.
     """
     try:
-        array = np.asarray(list(values))
-    except ValueError:  # ragged: a list where a number belongs
+        return pa.array(lists, type=pa.large_list(pa.float64()))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         return None
-    if array.ndim != 1 or array.dtype.kind not in "fiu":
-        return None if array.size else np.zeros(0, dtype=np.float64)
-    return array.astype(np.float64, copy=False)
 
 
 def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:
@@ -209,24 +197,17 @@ def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:
     ids = list(zip(chosen["stage"].to_list(), chosen["prompt"].to_list(),
                    chosen["cand"].to_list(), strict=True))
     picks = [lps[t][i][j] for t, i, j in ids]
-    try:
-        lengths = np.fromiter((len(p) for p in picks), dtype=np.int64, count=len(picks))
-    except TypeError:
-        (t, i, j), pick = next((key, p) for key, p in zip(ids, picks, strict=True)
-                               if not hasattr(p, "__len__"))
-        msg = (f"{_LP}[{t}][{i}][{j}] must be a list of log-probs, found {pick!r}")
-        raise RaftInputError(msg) from None
-    offsets = np.zeros(len(picks) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    values = _numbers(chain.from_iterable(picks))
-    if values is None:
+    array = _float_lists(picks)
+    if array is None:
         for (t, i, j), pick in zip(ids, picks, strict=True):
+            if not hasattr(pick, "__len__"):
+                msg = f"{_LP}[{t}][{i}][{j}] must be a list of log-probs, found {pick!r}"
+                raise RaftInputError(msg)
             for index, value in enumerate(pick):
-                if not _is_number(value):
+                if not _is_number(value) and value is not None:
                     msg = (f"log-prob at stage {t}, prompt {i}, candidate {j}, token {index} "
                            f"is not a number: {value!r}")
                     raise RaftInputError(msg)
         msg = f"{_LP} holds values that are not numbers"
         raise RaftInputError(msg)
-    array = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
     return pl.Series("logprobs", array)
