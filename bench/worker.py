@@ -6,9 +6,10 @@ Usage (run.py does this; by hand only to debug one method)::
                              "files": {"tokens": "...", "rewards": "..."}}'
 
 Imports and setup happen before the clock starts; each repetition times the query
-only (``time.perf_counter`` around the call). The JSON line holds every
-repetition's seconds, the answer, the RSS right after the imports and this
-process's own ``ru_maxrss`` (the parent also reads it from ``wait4``).
+only (``time.perf_counter`` around the call, plus the process's CPU seconds from
+``getrusage``). The JSON line holds every repetition's seconds, the answer, the
+RSS right after the imports and this process's own ``ru_maxrss`` (the parent
+also reads it from ``wait4``).
 """
 
 from __future__ import annotations
@@ -34,14 +35,22 @@ def _rss_kib() -> int:
     return 0
 
 
-def _time(query: Any, reps: int) -> tuple[list[float], Any]:
-    times = []
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time(query: Any, reps: int) -> tuple[list[float], list[float], Any]:
+    """Wall seconds and CPU seconds (user + system, all threads) of each call."""
+    times, cpus = [], []
     result = None
     for _ in range(reps):
+        cpu = _cpu()
         start = time.perf_counter()
         result = query()
         times.append(time.perf_counter() - start)
-    return times, result
+        cpus.append(_cpu() - cpu)
+    return times, cpus, result
 
 
 def _per_call(func: Any, *args: Any) -> float:
@@ -64,7 +73,7 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
 
         lps, rws = queries.list_case(spec["shape"], spec["seed"])
         out["rss_import_kib"] = _rss_kib()
-        times, losses = _time(lambda: func(lps, rws), reps)
+        times, cpus, losses = _time(lambda: func(lps, rws), reps)
         out["result"] = {str(i): [loss, None] for i, loss in enumerate(losses)}
         seed = func(queries.SEED_LOGPROBS, queries.SEED_REWARDS)
         if seed != queries.SEED_ANSWER:
@@ -73,9 +82,10 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         query = queries.FILE_METHODS[method](spec["files"], layout)
         out["rss_import_kib"] = _rss_kib()
-        times, result = _time(query, reps)
+        times, cpus, result = _time(query, reps)
         out["result"] = {str(k): list(v) for k, v in result.items()}
     out["times"] = times
+    out["cpu"] = cpus
     out["self_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return out
 
