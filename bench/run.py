@@ -124,8 +124,12 @@ def wait_quiet(limit: float, threshold: float = 0.25) -> float:
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run ``worker.py`` on ``spec``; add the child's peak RSS (``wait4``) and how
-    many cores other processes kept busy meanwhile (``foreign_cores``)."""
+    """Run ``worker.py`` on ``spec``; add the sampled peaks and how many cores
+    other processes kept busy meanwhile (``foreign_cores``).
+
+    The peak RSS is the child's own ``VmHWM``, read by the child at its end:
+    ``ru_maxrss`` (of ``wait4`` or ``getrusage``) is no good here, since Linux
+    carries the parent's high-water mark into the child through fork + exec."""
     busy0, t0 = _cpu_busy()
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
         proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"), json.dumps(spec)],
@@ -145,7 +149,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         tail = errors[-1] if errors else "no output"
         return {"method": spec["method"], "failed": f"exit {proc.returncode}: {tail}"}
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-    result["maxrss_kib"] = usage.ru_maxrss  # the child's peak RSS, from the kernel
     result["sampled_rss_kib"] = sampler.peak_rss
     result["sampled_anon_kib"] = sampler.peak_anon
     own = usage.ru_utime + usage.ru_stime
@@ -175,7 +178,7 @@ def run_rounds(args: argparse.Namespace, specs: list[dict[str, Any]]) -> list[di
                 old["result_changed"] = True
             old["times"] += res["times"]
             old["cpu"] += res["cpu"]
-            for key in ("maxrss_kib", "sampled_rss_kib", "sampled_anon_kib", "rss_import_kib"):
+            for key in ("peak_rss_kib", "sampled_rss_kib", "sampled_anon_kib", "rss_import_kib"):
                 old[key] = max(old[key], res[key])
             old["foreign_cores"] = max(old["foreign_cores"], res["foreign_cores"])
             if "seed_call_s" in res:
@@ -244,7 +247,7 @@ def file_case(args: argparse.Namespace, size: str, layout: str) -> dict[str, Any
             print(f"   {res['method']:<14} FAILED {res['failed']}", flush=True)
         else:
             print(f"   {res['method']:<14} median {_median(res['times']):8.3f} s  "
-                  f"peak RSS {res['maxrss_kib'] / 1024:8.0f} MiB", flush=True)
+                  f"peak RSS {res['peak_rss_kib'] / 1024:8.0f} MiB", flush=True)
     order = [m for m in args.methods if m in FILE_METHODS]
     rows.sort(key=lambda r: order.index(r["method"]))
     return {"case": f"{size}/{layout}", "shape": shape, "rows": rows}
@@ -340,7 +343,7 @@ def table(case: dict[str, Any]) -> str:
                                                              "floor") else "-"
         line = (f"{name:<15}{med:>10.3f}{min(r['times']):>9.3f}{x_base:>13}{peer:>13}"
                 f"{_median(r['cpu']):>8.2f}"
-                f"{r['maxrss_kib'] / 1024:>14,.0f}{r['sampled_anon_kib'] / 1024:>10,.0f}"
+                f"{r['peak_rss_kib'] / 1024:>14,.0f}{r['sampled_anon_kib'] / 1024:>10,.0f}"
                 f"{r['rss_import_kib'] / 1024:>14,.0f}{r['foreign_cores']:>11.2f}c")
         if is_list:
             line += f"{r['seed_call_s'] * 1e6:>14.1f}"
@@ -372,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     print(f"{args.rounds} rounds x {args.reps} reps per method (median of all reported), "
-          "each run a fresh process, rounds interleaved; peak RSS = ru_maxrss of the "
-          "child (wait4), anon = peak RssAnon sampled every 10 ms", flush=True)
+          "each run a fresh process, rounds interleaved; peak RSS = VmHWM of the "
+          "child (its kernel high-water mark), anon = peak RssAnon sampled every 10 ms", flush=True)
     cases = []
     for size in sizes:
         if size == "list":

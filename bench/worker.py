@@ -8,8 +8,8 @@ Usage (run.py does this; by hand only to debug one method)::
 Imports and setup happen before the clock starts; each repetition times the query
 only (``time.perf_counter`` around the call, plus the process's CPU seconds from
 ``getrusage``). The JSON line holds every repetition's seconds, the answer, the
-RSS right after the imports and this process's own ``ru_maxrss`` (the parent
-also reads it from ``wait4``).
+RSS right after the imports and the peak RSS (``VmHWM``: the kernel's
+high-water mark of this process since its exec).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import queries
 
 
-def _rss_kib() -> int:
+def _rss_kib(key: str = "VmRSS") -> int:
+    """A memory figure of this process from /proc/self/status, in KiB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -86,7 +87,10 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
         out["result"] = {str(k): list(v) for k, v in result.items()}
     out["times"] = times
     out["cpu"] = cpus
-    out["self_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # the kernel's RSS high-water mark of this process since its exec; unlike
+    # ru_maxrss it does not inherit the parent's peak through fork + exec
+    out["peak_rss_kib"] = _rss_kib("VmHWM")
+    out["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return out
 
 
