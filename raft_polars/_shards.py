@@ -64,7 +64,8 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from raft_polars import _checks
+from raft_polars import _checks, _dense
+from raft_polars._dense import Box, box_of, gather
 from raft_polars.errors import RaftInputError
 from raft_polars.logs import ID_COLUMNS, StageLog
 from raft_polars.losses import (
@@ -822,46 +823,34 @@ def slice_keys(table: pl.DataFrame, lo: Bound | None, hi: Bound | None) -> pl.Da
     return table.filter(above & below)
 
 
-# the largest dense (stage, prompt, cand) status table of a token task
-_MAX_DENSE = 1 << 26
-
-
-def _dense_status(masks: pl.DataFrame) -> pl.Expr | None:
+def _dense_status(masks: pl.DataFrame, schema: pl.Schema) -> pl.Expr | None:
     """The status of each token row from a dense lookup table over the masks'
     ``(stage, prompt, cand)`` range (integer ids), or None when it does not fit."""
     if ("wide" in masks.columns or masks.height == 0
             or not (masks.schema["stage"].is_integer() and masks.schema["prompt"].is_integer())):
         return None
-    stage = masks["stage"].to_numpy().astype(np.int64)
-    prompt = masks["prompt"].to_numpy().astype(np.int64)
+    bits = max(1, int(masks["exists"].max()).bit_length())  # type: ignore[arg-type]
+    box = box_of(masks.select("stage", "prompt", pl.lit(0).alias("cand")))
+    if box is None:
+        return None
+    box = Box(box.lows, (box.spans[0], box.spans[1], bits))
+    if box.size > _dense.MAX_BOX:
+        return None
     exists = masks["exists"].to_numpy().astype(np.uint64)
     chosen = masks["chosen"].to_numpy().astype(np.uint64)
-    s0, p0 = int(stage.min()), int(prompt.min())
-    span_s, span_p = int(stage.max()) - s0 + 1, int(prompt.max()) - p0 + 1
-    bits = max(1, int(exists.max()).bit_length())
-    size = span_s * span_p * bits
-    if size > _MAX_DENSE:
-        return None
-    table = np.full(size + 1, _STATUS_ORPHAN, dtype=np.uint8)  # the last entry: out of range
-    base = ((stage - s0) * span_p + (prompt - p0)) * bits
+    table = np.full(box.size + 1, _STATUS_ORPHAN, dtype=np.uint8)  # the last: outside
+    base = box.index(masks, axes=2) * bits
     for b in range(bits):  # a loop over candidate ids (< 64), not over rows
         bit = np.uint64(1 << b)
         table[base + b] = np.where((chosen & bit) != 0, _STATUS_SELECTED,
                                    np.where((exists & bit) != 0, _STATUS_OTHER, _STATUS_ORPHAN))
-    parts = (pl.col("stage") - s0, pl.col("prompt") - p0, pl.col("cand"))
-    inside = pl.all_horizontal(
-        *((part >= 0) & (part < span) for part, span in zip(parts, (span_s, span_p, bits),
-                                                             strict=True))
-    )
-    flat = (parts[0] * span_p + parts[1]) * bits + parts[2]
-    key = pl.when(inside).then(flat).otherwise(size).fill_null(size)
-    return pl.lit(pl.Series("status", table)).gather(key)
+    return gather(table, box, schema)
 
 
 def _status(tokens: pl.LazyFrame, masks: pl.DataFrame) -> pl.LazyFrame:
     """Each token row's status: 0 orphan (no reward row), 1 other, 2 selected."""
     names = tokens.collect_schema().names()
-    dense = _dense_status(masks)
+    dense = _dense_status(masks, tokens.collect_schema())
     if dense is not None:
         return tokens.with_columns(dense.alias("status"))
     table = masks.lazy().with_columns(

@@ -22,10 +22,12 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain
 from typing import TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
@@ -75,8 +77,11 @@ def raft_alignment(stages_log_probs: LogProbs, stages_rewards: Rewards) -> list[
     >>> raft_alignment([], [])
     []
     """
-    table = lists_losses(stages_log_probs, stages_rewards)
-    return [round(loss, 4) for loss in table["loss"].to_list()]
+    keys = _read_rewards(stages_log_probs, stages_rewards)
+    losses = _best_of_k_losses(stages_log_probs, keys)
+    if losses is None:  # something to report: the frame path names it
+        losses = _losses(stages_log_probs, keys, "token")["loss"].to_list()
+    return [round(loss, 4) for loss in losses]
 
 
 def lists_losses(
@@ -90,11 +95,30 @@ def lists_losses(
     Stages, prompts and candidates are numbered by position from 0.
     """
     check_reduction(reduction)
-    keys = _read_rewards(stages_log_probs, stages_rewards)
+    return _losses(stages_log_probs, _read_rewards(stages_log_probs, stages_rewards), reduction)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The candidate rows of nested lists: ids by position, rewards (None: null)."""
+
+    stage: npt.NDArray[np.int64]
+    prompt: npt.NDArray[np.int64]
+    cand: npt.NDArray[np.int64]
+    reward: pa.Array
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame({"stage": self.stage, "prompt": self.prompt, "cand": self.cand,
+                             "reward": pl.Series("reward", self.reward)})
+
+
+def _losses(lps: LogProbs, candidates: _Keys, reduction: Reduction) -> pl.DataFrame:
+    """Rank and reduce with the engine's frame steps, with all of its checks."""
+    keys = candidates.frame()
     log = StageLog("nested", keys.lazy(), None, (), _RW, _LP)
     summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
     _checks.candidates(log, summary)
-    logprobs = _selected_logprobs(stages_log_probs, summary)
+    logprobs = _selected_logprobs(lps, summary)
     summary = summary.with_columns(logprobs).with_columns(response_stats("logprobs"))
     selected_log = StageLog("nested", summary.lazy(), None, (), _RW, _LP)
     return losses_from_responses(selected_log, summary, None, None, reduction)
@@ -111,7 +135,48 @@ def _lengths(items: Sequence[object], name: str, where: str) -> list[int]:
         raise
 
 
-def _read_rewards(lps: LogProbs, rws: Rewards) -> pl.DataFrame:
+def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
+    """Best-of-K pooled token losses with numpy, for the common, clean case.
+
+    The same ranking (the largest reward, ties to the first candidate) and
+    reduction (float64 NLL sum over the stage's selected tokens / their count) as
+    the frame path, without its per-query overhead (the seed's example: ~0.2 ms
+    instead of ~2 ms). None when anything needs a message: a reward or selected
+    log-prob that is null, not finite or not a number, a log-prob > 0, a stage
+    whose selected responses hold no tokens.
+    """
+    if len(keys.cand) == 0:
+        return []
+    reward = keys.reward.to_numpy(zero_copy_only=False)  # null: NaN
+    if not np.isfinite(reward).all():
+        return None
+    starts = np.flatnonzero(keys.cand == 0)  # a prompt's candidates are contiguous
+    sizes = np.diff(starts, append=len(reward))
+    best = np.repeat(np.maximum.reduceat(reward, starts), sizes)
+    rows = np.arange(len(reward))
+    first = np.minimum.reduceat(np.where(reward == best, rows, len(reward)), starts)
+    stage = keys.stage[first]
+    picks = [lps[t][i][j] for t, i, j in zip(stage.tolist(), keys.prompt[first].tolist(),
+                                            keys.cand[first].tolist(), strict=True)]
+    array = _float_lists(picks)
+    if array is None or array.null_count or array.values.null_count:
+        return None
+    values = array.values.to_numpy()
+    if not (np.isfinite(values).all() and (values <= 0).all()):
+        return None
+    offsets = array.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    nll = np.add.reduceat(np.append(values, 0.0), offsets[:-1])  # the pad: a last empty one
+    nll[lengths == 0] = 0.0  # reduceat gives the next value for an empty slice
+    stages = int(keys.stage[-1]) + 1
+    total = np.bincount(stage, weights=nll, minlength=stages)
+    tokens = np.bincount(stage, weights=lengths, minlength=stages)
+    if not tokens.all():
+        return None
+    return [-float(x) for x in total / tokens]
+
+
+def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
     """Check the shapes of both nests and return the candidate rows."""
     for nest, name in ((lps, _LP), (rws, _RW)):
         if isinstance(nest, str | bytes) or not hasattr(nest, "__len__"):
@@ -161,16 +226,12 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> pl.DataFrame:
                         raise RaftInputError(msg)
         msg = f"{_RW} holds values that are not numbers"
         raise RaftInputError(msg)
-    reward = pl.Series("reward", rewards.values)  # None became null: a bad reward
-    keys = pl.DataFrame(
-        {
-            "stage": np.repeat(stage_of_prompt, k),
-            "prompt": np.repeat(prompt_in_stage, k),
-            "cand": np.arange(int(k.sum()), dtype=np.int64) - np.repeat(cand_start, k),
-            "reward": reward,
-        }
+    return _Keys(
+        stage=np.repeat(stage_of_prompt, k),
+        prompt=np.repeat(prompt_in_stage, k),
+        cand=np.arange(int(k.sum()), dtype=np.int64) - np.repeat(cand_start, k),
+        reward=rewards.values,  # None became null: a bad reward
     )
-    return keys
 
 
 def _is_number(value: object) -> bool:

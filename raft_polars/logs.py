@@ -41,6 +41,7 @@ __all__ = [
     "Layout",
     "Source",
     "StageLog",
+    "canonical_ids",
     "collect",
     "read_log",
 ]
@@ -56,6 +57,7 @@ ID_COLUMNS = ("stage", "prompt", "cand")
 _UPCAST = pl.ScanCastOptions(integer_cast=["upcast", "allow-float"], float_cast="upcast",
                              categorical_to_string="allow")
 CANDIDATE_COLUMNS = (*ID_COLUMNS, "reward")
+_REWARD = pl.col("reward").cast(pl.Float64)
 _CANONICAL = (*CANDIDATE_COLUMNS, "logprobs", "token", "logprob")
 
 
@@ -83,6 +85,10 @@ class StageLog:
     raw_tokens
         Long layout: ``stage, prompt, cand, logprob`` with the ids in the source's
         own integer types (narrow ids make the token pass cheaper than Int64 ones).
+    raw_keys
+        ``stage, prompt, cand, reward`` of the candidate rows, the ids in the
+        source's own types (half the memory of Int64 ones for Int32 ids) and the
+        reward as float64; :func:`canonical_ids` makes them canonical.
     """
 
     layout: Layout
@@ -93,6 +99,15 @@ class StageLog:
     token_origin: str
     files: tuple[Path, ...] = field(default=())
     raw_tokens: pl.LazyFrame | None = None
+    raw_keys: pl.LazyFrame | None = None
+
+    @property
+    def keys(self) -> pl.LazyFrame:
+        """The candidate keys ``stage, prompt, cand, reward``, ids in the source's
+        own types when known (``raw_keys``), canonical otherwise."""
+        if self.raw_keys is not None:
+            return self.raw_keys
+        return self.candidates.select(*CANDIDATE_COLUMNS)
 
 
 def read_log(
@@ -138,13 +153,13 @@ def read_log(
         _check_types(schema, main_origin, nested=True)
         extras = tuple(c for c in schema if c not in _CANONICAL)
         candidates = main.select(
-            *_canonical_ids(schema),
-            pl.col("reward").cast(pl.Float64),
+            *canonical_ids(schema),
+            _REWARD,
             _as_list(schema["logprobs"]),
             *extras,
         )
         return StageLog("nested", candidates, None, extras, main_origin, main_origin,
-                        main_files)
+                        main_files, raw_keys=main.select(*ID_COLUMNS, _REWARD))
     cands, cand_origin, cand_files = _scan(rewards, "rewards")
     _check_mapped(mapping, (*ID_COLUMNS, "token", "logprob"), main_names, main_origin)
     _check_mapped(mapping, CANDIDATE_COLUMNS, set(_schema(cands, cand_origin)), cand_origin)
@@ -162,12 +177,12 @@ def read_log(
             )
             raise RaftInputError(msg)
     extras = tuple(c for c in cschema if c not in _CANONICAL)
-    candidates = cands.select(*_canonical_ids(cschema), pl.col("reward").cast(pl.Float64),
-                              *extras)
-    keep = [*_canonical_ids(tschema), "logprob"] + (["token"] if "token" in tschema else [])
+    candidates = cands.select(*canonical_ids(cschema), _REWARD, *extras)
+    keep = [*canonical_ids(tschema), "logprob"] + (["token"] if "token" in tschema else [])
     return StageLog("long", candidates, main.select(keep), extras, cand_origin,
                     main_origin, main_files + cand_files,
-                    raw_tokens=main.select(*ID_COLUMNS, "logprob"))
+                    raw_tokens=main.select(*ID_COLUMNS, "logprob"),
+                    raw_keys=cands.select(*ID_COLUMNS, _REWARD))
 
 
 def _as_list(dtype: pl.DataType) -> pl.Expr:
@@ -177,7 +192,7 @@ def _as_list(dtype: pl.DataType) -> pl.Expr:
     return pl.col("logprobs")
 
 
-def _canonical_ids(schema: pl.Schema) -> list[pl.Expr]:
+def canonical_ids(schema: pl.Schema) -> list[pl.Expr]:
     """Ids as Int64 (stage, cand, integer prompts) or String (other prompts), so
     that the token rows and the rewards always join."""
     prompt = pl.Int64 if schema["prompt"].is_integer() else pl.String

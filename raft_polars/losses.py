@@ -29,19 +29,19 @@ from collections.abc import Mapping
 from typing import Literal, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 import polars as pl
 
 from raft_polars import _checks
+from raft_polars._dense import box_of, gather
 from raft_polars.errors import RaftInputError
-from raft_polars.logs import ID_COLUMNS, Source, StageLog, collect, read_log
+from raft_polars.logs import ID_COLUMNS, Source, StageLog, canonical_ids, collect, read_log
 from raft_polars.ranking import (
     Selection,
     Strategy,
     apply_min_reward,
+    dense_summary,
     prompt_summary,
     rank,
-    select,
 )
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "check_reduction",
     "losses_from_log",
     "losses_from_responses",
+    "rank_keys",
     "response_stats",
     "response_sums",
     "select_best",
@@ -67,8 +68,6 @@ LOSS_COLUMNS = (
     "stage", "loss", "prompts", "candidates", "selected", "tokens",
     "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min",
 )
-# the largest dense (stage, prompt, cand) lookup table of the integer fast path
-_MAX_DENSE_KEYS = 1 << 26
 _STATUS_ORPHAN, _STATUS_OTHER, _STATUS_SELECTED = 0, 1, 2
 
 
@@ -195,10 +194,7 @@ def losses_from_log(
         _checks.candidates(log, summary)
         ranked = summary.select(*ID_COLUMNS, "reward", *RESPONSE_STATS)
     else:
-        keys = collect(log, log.candidates.select(*ID_COLUMNS, "reward"))
-        summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
-        _checks.candidates(log, summary)
-        ranked = rank(keys.lazy(), selection).collect(engine="in-memory")
+        summary, ranked, keys = rank_keys(log, selection)
     chosen = apply_min_reward(ranked, selection)
     assert isinstance(chosen, pl.DataFrame)
     below = below_min(ranked, chosen)
@@ -212,8 +208,10 @@ def losses_from_log(
         )
         return losses_from_responses(log, summary, responses, below, reduction)
     assert keys is not None
+    status = _token_status(log, keys, chosen)
+    del keys, ranked  # only the summary and the status table live through the token pass
     per_response = reduction == "sequence"
-    token_stats = _long_token_stats(log, keys, chosen, per_response=per_response)
+    token_stats = _long_token_stats(log, status, chosen, per_response=per_response)
     if per_response:
         responses = chosen.join(token_stats, on=on, how="left").with_columns(
             pl.col("tokens").fill_null(0), pl.col("nll").fill_null(0.0)
@@ -229,6 +227,30 @@ def losses_from_log(
         )
     )
     return _reduce(log, summary, per_stage, below, reduction)
+
+
+def rank_keys(
+    log: StageLog, selection: Selection
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Read and check the candidate keys, then rank them.
+
+    Returns the per-prompt summary (:func:`~raft_polars.ranking.prompt_summary`),
+    the ranked candidates (before ``min_reward``, canonical ids) and the keys
+    (``stage, prompt, cand, reward``; the ids in the source's own integer types
+    when they fit a dense box, canonical otherwise).
+    """
+    keys = collect(log, log.keys)
+    summary = dense_summary(keys)
+    if summary is None:  # the general path, on canonical ids
+        keys = keys.select(*canonical_ids(keys.schema), "reward")
+        summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
+    _checks.candidates(log, summary)
+    if selection.is_best_of_k:  # the summary holds each prompt's best candidate
+        ranked = summary.select(*ID_COLUMNS, "reward")
+    else:
+        canonical = keys.select(*canonical_ids(keys.schema), "reward")
+        ranked = rank(canonical.lazy(), selection).collect(engine="in-memory")
+    return summary, ranked, keys
 
 
 def losses_from_responses(
@@ -257,9 +279,8 @@ def selected_from_log(log: StageLog, selection: Selection) -> pl.LazyFrame:
         msg = (f"{log.origin}: the extra column 'tokens' clashes with the token count that "
                "the selected batch adds; rename or drop it first")
         raise RaftInputError(msg)
-    keys = collect(log, log.candidates.select(*ID_COLUMNS, "reward"))
-    _checks.candidates(log, prompt_summary(keys.lazy()).collect(engine="in-memory"))
-    chosen = select(keys.lazy(), selection).collect(engine="in-memory").lazy().select(ID_COLUMNS)
+    _, ranked, _ = rank_keys(log, selection)
+    chosen = apply_min_reward(ranked, selection).lazy().select(ID_COLUMNS)
     on = list(ID_COLUMNS)
     if log.layout == "nested":
         rows = log.candidates.join(chosen, on=on).with_columns(
@@ -403,34 +424,49 @@ def _reduce(
 # --- long layout: one pass over the token rows ------------------------------------
 
 
+def _token_status(
+    log: StageLog, keys: pl.DataFrame, chosen: pl.DataFrame
+) -> pl.Expr | pl.DataFrame:
+    """How the token pass finds each token row's status: 0 (its candidate has no
+    reward), 1 (not selected) or 2 (selected).
+
+    A gather from a dense 1-byte table when the ids fit a box (an expression on the
+    raw token ids), else a hash-join table ``stage, prompt, cand, status`` on
+    canonical ids.
+    """
+    assert log.raw_tokens is not None
+    box = box_of(keys)
+    if box is not None:
+        table = np.zeros(box.size + 1, dtype=np.uint8)  # the last entry: outside the box
+        table[box.index(keys)] = _STATUS_OTHER
+        table[box.index(chosen)] = _STATUS_SELECTED
+        return gather(table, box, log.raw_tokens.collect_schema()).alias("status")
+    return keys.select(canonical_ids(keys.schema)).with_columns(
+        pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")
+    ).update(
+        chosen.select(ID_COLUMNS).with_columns(pl.lit(_STATUS_SELECTED, pl.UInt8).alias("status")),
+        on=list(ID_COLUMNS),
+    )
+
+
 def _long_token_stats(
-    log: StageLog, keys: pl.DataFrame, chosen: pl.DataFrame, *, per_response: bool
+    log: StageLog, status: pl.Expr | pl.DataFrame, chosen: pl.DataFrame, *, per_response: bool
 ) -> pl.DataFrame:
     """Sum the selected token rows per stage (or per response) in one pass.
 
-    Each token row gets a status, 0 (its candidate has no reward), 1 (not
-    selected) or 2 (selected), from a dense lookup table when the ids are small
-    integers, from a hash join otherwise; rows of status 1 are dropped before the
-    group-by, so the pass costs about one read of the token columns.
+    Each token row gets its status from :func:`_token_status`; rows of status 1
+    are dropped before the group-by, so the pass costs about one read of the token
+    columns.
     """
     assert log.tokens is not None
-    raw = log.tokens if log.raw_tokens is None else log.raw_tokens
-    status = _dense_status(keys, chosen, raw.collect_schema())
-    if status is None:
-        table = keys.select(ID_COLUMNS).with_columns(
-            pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")
-        ).update(
-            chosen.select(ID_COLUMNS).with_columns(
-                pl.lit(_STATUS_SELECTED, pl.UInt8).alias("status")
-            ),
-            on=list(ID_COLUMNS),
-        )
-        tokens = log.tokens.join(table.lazy(), on=list(ID_COLUMNS), how="left").with_columns(
+    assert log.raw_tokens is not None
+    if isinstance(status, pl.Expr):
+        kept = log.raw_tokens.with_columns(status)
+    else:
+        kept = log.tokens.join(status.lazy(), on=list(ID_COLUMNS), how="left").with_columns(
             pl.col("status").fill_null(_STATUS_ORPHAN)
         )
-        kept = tokens.filter(pl.col("status") != _STATUS_OTHER)
-    else:
-        kept = raw.with_columns(status).filter(pl.col("status") != _STATUS_OTHER)
+    kept = kept.filter(pl.col("status") != _STATUS_OTHER)
     group = ["stage", "prompt", "cand"] if per_response else ["stage"]
     lp = pl.col("logprob")
     stats = collect(
@@ -441,58 +477,8 @@ def _long_token_stats(
             lp.max().cast(pl.Float64).alias("lp_max"),
             lp.null_count().cast(pl.Int64).alias("lp_nulls"),
         ),
-    ).cast({name: keys.schema[name] for name in group})  # the raw ids back to canonical
+    ).cast({name: chosen.schema[name] for name in group})  # the raw ids back to canonical
     _checks.orphan_tokens(log, stats.filter(pl.col("status") == _STATUS_ORPHAN))
     selected = stats.filter(pl.col("status") == _STATUS_SELECTED).drop("status")
     _checks.selected_logprobs(log, selected, chosen)
     return selected
-
-
-def _dense_status(
-    keys: pl.DataFrame, chosen: pl.DataFrame, token_schema: pl.Schema
-) -> pl.Expr | None:
-    """The status expression of the integer fast path, or None when ids do not fit.
-
-    The key of a token row is its position in the dense ``stage x prompt x cand``
-    box of the candidate ids, computed in the token columns' own integer type where
-    the box's bounds fit it (Int32 arithmetic is cheaper than Int64 on hundreds of
-    millions of rows); a row outside the box, or with a null id, maps to a last
-    entry that means "no reward".
-    """
-    if not all(keys.schema[c].is_integer() for c in ID_COLUMNS) or keys.height == 0:
-        return None
-    bounds = keys.select(
-        *(pl.col(c).min().alias(f"{c}_min") for c in ID_COLUMNS),
-        *(pl.col(c).max().alias(f"{c}_max") for c in ID_COLUMNS),
-    ).row(0, named=True)
-    lows = [int(bounds[f"{c}_min"]) for c in ID_COLUMNS]
-    highs = [int(bounds[f"{c}_max"]) for c in ID_COLUMNS]
-    spans = [high - low + 1 for low, high in zip(lows, highs, strict=True)]
-    size = spans[0] * spans[1] * spans[2]
-    if size > _MAX_DENSE_KEYS:
-        return None
-
-    def index(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
-        cols = [frame[c].to_numpy().astype(np.int64) - low
-                for c, low in zip(ID_COLUMNS, lows, strict=True)]
-        flat: npt.NDArray[np.int64] = (cols[0] * spans[1] + cols[1]) * spans[2] + cols[2]
-        return flat
-
-    table = np.zeros(size + 1, dtype=np.uint8)  # the last entry: out of range
-    table[index(keys)] = _STATUS_OTHER
-    table[index(chosen)] = _STATUS_SELECTED
-    parts = []
-    for name, low, high in zip(ID_COLUMNS, lows, highs, strict=True):
-        dtype = token_schema[name]
-        if dtype == pl.Int32 and low >= -(2**31) and high < 2**31:
-            # x - low wraps only when |x - low| >= 2**31: never into [0, span)
-            parts.append(pl.col(name) - pl.lit(low, pl.Int32))
-        else:
-            parts.append(pl.col(name).cast(pl.Int64, strict=False) - pl.lit(low, pl.Int64))
-    # one unsigned comparison checks both 0 <= part and part < span
-    inside = pl.all_horizontal(
-        *(part.reinterpret(signed=False) < span for part, span in zip(parts, spans, strict=True))
-    )
-    flat = (parts[0] * spans[1] + parts[1]) * spans[2] + parts[2]  # < size where inside
-    key = pl.when(inside).then(flat).otherwise(size)  # null ids: outside too
-    return pl.lit(pl.Series("status", table)).gather(key).alias("status")

@@ -38,6 +38,7 @@ from reference import (
 from strategies import prompt_ids, ragged_logs, stage_ids
 
 import raft_polars
+import raft_polars._dense
 import raft_polars.losses
 
 # the columns of stage_losses / lists_losses, in this order (issue 2, the lead's brief)
@@ -272,7 +273,7 @@ class Entry:
     def path(self) -> Iterator[None]:
         """Force the hash-join fallback of the long layout when asked."""
         if self.fallback:
-            with mock.patch.object(raft_polars.losses, "_MAX_DENSE_KEYS", 0):
+            with mock.patch.object(raft_polars._dense, "MAX_BOX", 0):
                 yield
         else:
             yield

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
 import polars as pl
 import pytest
-from reference import SEED_LOG_PROBS, SEED_REWARDS
 from engine_cases import (
     ENTRIES,
     FRAME_ENTRIES,
@@ -19,7 +19,7 @@ from engine_cases import (
     check_losses,
     check_selection,
 )
-from reference import reference_losses
+from reference import SEED_LOG_PROBS, SEED_REWARDS, reference_losses
 
 import raft_polars
 import raft_polars.losses
@@ -189,22 +189,29 @@ def test_numpy_inputs() -> None:
 @pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "long"], ids=str)
 @pytest.mark.parametrize("prompts", ["int", "str"])
 def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_path: Path) -> None:
-    """The dense integer fast path runs for integer ids, the hash-join fallback for
+    """The dense integer fast path (numpy summary, status gathered from a table)
+    runs for integer ids, the Polars group-by and the hash-join fallback for
     string prompt ids or when forced (so both are covered by the entry points)."""
+    summaries: list[object] = []
     statuses: list[object] = []
-    original = raft_polars.losses._dense_status
 
-    def spy(*args: object, **kwargs: object) -> object:
-        statuses.append(original(*args, **kwargs))  # type: ignore[arg-type]
-        return statuses[-1]
+    def spy(original: Any, seen: list[object]) -> Any:
+        def call(*args: object) -> object:
+            seen.append(original(*args))
+            return seen[-1]
+        return call
 
     case = Case(RAGGED.lps, RAGGED.rws,
                 prompt_ids=["a", "b", "c"] if prompts == "str" else None)
-    with mock.patch.object(raft_polars.losses, "_dense_status", spy):
+    with (mock.patch.object(raft_polars.losses, "dense_summary",
+                            spy(raft_polars.losses.dense_summary, summaries)),
+          mock.patch.object(raft_polars.losses, "_token_status",
+                            spy(raft_polars.losses._token_status, statuses))):
         check_losses(entry, case, tmp_path)
-    assert len(statuses) == 1
+    assert len(summaries) == len(statuses) == 1
     dense = prompts == "int" and not entry.fallback
-    assert (statuses[0] is not None) == dense
+    assert (summaries[0] is not None) == dense
+    assert isinstance(statuses[0], pl.Expr) == dense
 
 
 # --- empty logs (T = 0) -----------------------------------------------------------------
