@@ -10,7 +10,9 @@ and the caller takes the general (hash) path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +20,7 @@ import polars as pl
 
 from raft_polars.logs import ID_COLUMNS
 
-__all__ = ["MAX_BOX", "Box", "box_of", "gather"]
+__all__ = ["MAX_BOX", "Box", "box_of", "footers_within", "gather"]
 
 # the largest box: a 1-byte table of 64 MiB
 MAX_BOX = 1 << 26
@@ -88,25 +90,69 @@ def box_of(frame: pl.DataFrame) -> Box | None:
     return box if box.size <= MAX_BOX else None
 
 
-def gather(table: npt.NDArray[np.uint8], box: Box, schema: pl.Schema) -> pl.Expr:
+def gather(
+    table: npt.NDArray[np.uint8], box: Box, schema: pl.Schema, *, checked: bool = True
+) -> pl.Expr:
     """Each row's entry of ``table`` (one per box position, then one for "outside").
 
     The position is computed in the id columns' own integer type where the box's
     bounds fit it (Int32 arithmetic is cheaper than Int64 on hundreds of millions
     of rows). A row outside the box, or with a null id, gets the last entry.
+    ``checked=False`` leaves out those bounds checks: only for rows known to lie
+    inside the box (:func:`footers_within`).
     """
     parts = []
+    kind: pl.DataType
     for name, low, span in zip(ID_COLUMNS, box.lows, box.spans, strict=True):
-        if schema[name] == pl.Int32 and _INT32[0] <= low and low + span - 1 <= _INT32[1]:
+        dtype = schema[name]
+        if dtype == pl.Int32 and _INT32[0] <= low and low + span - 1 <= _INT32[1]:
             # x - low wraps only when |x - low| >= 2**31: never into [0, span)
-            parts.append(pl.col(name) - pl.lit(low, pl.Int32))
-        else:
-            parts.append(pl.col(name).cast(pl.Int64, strict=False) - pl.lit(low, pl.Int64))
-    # one unsigned comparison checks both 0 <= part and part < span
-    inside = pl.all_horizontal(
-        *(part.reinterpret(signed=False) < span
-          for part, span in zip(parts, box.spans, strict=True))
-    )
+            column, kind = pl.col(name), pl.Int32()
+        elif dtype == pl.Int64:
+            column, kind = pl.col(name), pl.Int64()
+        else:  # narrow or unsigned ids: the products need room
+            column, kind = pl.col(name).cast(pl.Int64, strict=False), pl.Int64()
+        parts.append(column if low == 0 else column - pl.lit(low, kind))
     flat = (parts[0] * box.spans[1] + parts[1]) * box.spans[2] + parts[2]  # < size inside
-    key = pl.when(inside).then(flat).otherwise(box.size)  # null ids: outside too
-    return pl.lit(pl.Series("table", table)).gather(key)
+    if checked:
+        # one unsigned comparison checks both 0 <= part and part < span
+        inside = pl.all_horizontal(
+            *(part.reinterpret(signed=False) < span
+              for part, span in zip(parts, box.spans, strict=True))
+        )
+        flat = pl.when(inside).then(flat).otherwise(box.size)  # null ids: outside too
+    return pl.lit(pl.Series("table", table)).gather(flat)
+
+
+def footers_within(files: Sequence[Path], names: Sequence[str], box: Box) -> bool:
+    """Whether the Parquet footers prove that no row of ``files`` has a null id or
+    an id outside ``box``: every row group's statistics of the id columns
+    ``names`` (as the files call them) hold a null count of 0 and a min and max
+    inside the box. False when anything is unknown (no files, no statistics, a
+    column missing, an unreadable footer)."""
+    import pyarrow.parquet as pq
+
+    if not files:
+        return False
+    for path in files:
+        try:
+            meta = pq.read_metadata(path)
+        except Exception:  # the scan reports unreadable files itself
+            return False
+        where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        if not all(name in where for name in names):
+            return False
+        for rg in range(meta.num_row_groups):
+            block = meta.row_group(rg)
+            if block.num_rows == 0:
+                continue
+            for name, low, span in zip(names, box.lows, box.spans, strict=True):
+                stats = block.column(where[name]).statistics
+                if (stats is None or not stats.has_min_max or not stats.has_null_count
+                        or stats.null_count != 0):
+                    return False
+                lo, hi = stats.min, stats.max
+                if not (isinstance(lo, int) and isinstance(hi, int)
+                        and low <= lo and hi <= low + span - 1):
+                    return False
+    return True

@@ -85,6 +85,10 @@ class StageLog:
     raw_tokens
         Long layout: ``stage, prompt, cand, logprob`` with the ids in the source's
         own integer types (narrow ids make the token pass cheaper than Int64 ones).
+    token_files, token_ids
+        Long layout read from Parquet files (not Hive partitions): the token
+        files and what they call ``stage, prompt, cand``, so that their footers'
+        statistics can prove the ids' bounds (see :mod:`raft_polars._dense`).
     raw_keys
         ``stage, prompt, cand, reward`` of the candidate rows, the ids in the
         source's own types (half the memory of Int64 ones for Int32 ids) and the
@@ -100,6 +104,8 @@ class StageLog:
     files: tuple[Path, ...] = field(default=())
     raw_tokens: pl.LazyFrame | None = None
     raw_keys: pl.LazyFrame | None = None
+    token_files: tuple[Path, ...] = ()
+    token_ids: tuple[str, ...] = ID_COLUMNS
 
     @property
     def keys(self) -> pl.LazyFrame:
@@ -178,11 +184,14 @@ def read_log(
             raise RaftInputError(msg)
     extras = tuple(c for c in cschema if c not in _CANONICAL)
     candidates = cands.select(*canonical_ids(cschema), _REWARD, *extras)
+    hive = any("=" in part for path in main_files for part in path.parts[:-1])
     keep = [*canonical_ids(tschema), "logprob"] + (["token"] if "token" in tschema else [])
     return StageLog("long", candidates, main.select(keep), extras, cand_origin,
                     main_origin, main_files + cand_files,
                     raw_tokens=main.select(*ID_COLUMNS, "logprob"),
-                    raw_keys=cands.select(*ID_COLUMNS, _REWARD))
+                    raw_keys=cands.select(*ID_COLUMNS, _REWARD),
+                    token_files=() if hive else main_files,
+                    token_ids=tuple(mapping.get(name, name) for name in ID_COLUMNS))
 
 
 def _as_list(dtype: pl.DataType) -> pl.Expr:

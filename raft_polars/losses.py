@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from raft_polars import _checks
-from raft_polars._dense import box_of, gather
+from raft_polars._dense import box_of, footers_within, gather
 from raft_polars.errors import RaftInputError
 from raft_polars.logs import ID_COLUMNS, Source, StageLog, canonical_ids, collect, read_log
 from raft_polars.ranking import (
@@ -440,7 +440,10 @@ def _token_status(
         table = np.zeros(box.size + 1, dtype=np.uint8)  # the last entry: outside the box
         table[box.index(keys)] = _STATUS_OTHER
         table[box.index(chosen)] = _STATUS_SELECTED
-        return gather(table, box, log.raw_tokens.collect_schema()).alias("status")
+        # ids the footers prove inside the box need no bounds checks per row
+        checked = not footers_within(log.token_files, log.token_ids, box)
+        return gather(table, box, log.raw_tokens.collect_schema(), checked=checked).alias(
+            "status")
     return keys.select(canonical_ids(keys.schema)).with_columns(
         pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")
     ).update(

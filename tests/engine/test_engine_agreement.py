@@ -194,6 +194,7 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
     string prompt ids or when forced (so both are covered by the entry points)."""
     summaries: list[object] = []
     statuses: list[object] = []
+    proofs: list[object] = []
 
     def spy(original: Any, seen: list[object]) -> Any:
         def call(*args: object) -> object:
@@ -206,12 +207,16 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
     with (mock.patch.object(raft_polars.losses, "dense_summary",
                             spy(raft_polars.losses.dense_summary, summaries)),
           mock.patch.object(raft_polars.losses, "_token_status",
-                            spy(raft_polars.losses._token_status, statuses))):
+                            spy(raft_polars.losses._token_status, statuses)),
+          mock.patch.object(raft_polars.losses, "footers_within",
+                            spy(raft_polars.losses.footers_within, proofs))):
         check_losses(entry, case, tmp_path)
     assert len(summaries) == len(statuses) == 1
     dense = prompts == "int" and not entry.fallback
     assert (summaries[0] is not None) == dense
     assert isinstance(statuses[0], pl.Expr) == dense
+    # plain Parquet files prove their ids' bounds: no per-row bounds checks
+    assert proofs == ([entry.writes_files and entry.kind != "hive"] if dense else [])
 
 
 # --- empty logs (T = 0) -----------------------------------------------------------------

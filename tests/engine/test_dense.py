@@ -8,6 +8,7 @@ returns anything, and step aside (None) for input the checks must name.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import raft_polars._dense
+from raft_polars.logs import ID_COLUMNS
 from raft_polars.ranking import dense_summary, prompt_summary
 
 _EXACT = ["stage", "prompt", "cand", "reward", "candidates", "cand_unique", "null_cands",
@@ -107,3 +109,53 @@ def test_matrix_and_scattered_forms() -> None:
 def test_dense_summary_steps_aside(keys: pl.DataFrame) -> None:
     """Bad or unsuitable keys go to the Polars summary, whose checks name the problem."""
     assert dense_summary(keys) is None
+
+
+# --- footers that prove the ids' bounds ----------------------------------------------
+
+_BOX = raft_polars._dense.Box((0, 10, 0), (2, 5, 4))  # stage 0-1, prompt 10-14, cand 0-3
+
+
+def _tokens(**columns: list[int | None]) -> pl.DataFrame:
+    base: dict[str, list[int | None]] = {"stage": [0, 1], "prompt": [10, 14], "cand": [0, 3]}
+    return pl.DataFrame({**base, **columns, "logprob": [-1.0, -2.0]})
+
+
+@pytest.mark.parametrize(("frame", "proven"), [
+    (_tokens(), True),
+    (_tokens(cand=[0, 4]), False),  # one past the box
+    (_tokens(prompt=[9, 14]), False),  # one before it
+    (_tokens(stage=[0, None]), False),  # a null id
+    (_tokens(stage=[-1, 0]), False),
+], ids=["inside", "cand-above", "prompt-below", "null", "stage-below"])
+def test_footers_within(frame: pl.DataFrame, proven: bool, tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    frame.write_parquet(path)
+    assert raft_polars._dense.footers_within([path], ID_COLUMNS, _BOX) is proven
+
+
+def test_footers_prove_nothing_without_statistics(tmp_path: Path) -> None:
+    good, bare = tmp_path / "good.parquet", tmp_path / "bare.parquet"
+    _tokens().write_parquet(good)
+    _tokens().write_parquet(bare, statistics=False)
+    within = raft_polars._dense.footers_within
+    assert within([good], ID_COLUMNS, _BOX)
+    assert not within([good, bare], ID_COLUMNS, _BOX)
+    assert not within([], ID_COLUMNS, _BOX)
+    assert not within([good], ("stage", "prompt", "candidate"), _BOX)  # a column missing
+    renamed = tmp_path / "renamed.parquet"
+    _tokens().rename({"cand": "candidate"}).write_parquet(renamed)
+    assert within([renamed], ("stage", "prompt", "candidate"), _BOX)
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_gather_with_and_without_bounds_checks(checked: bool) -> None:
+    """Inside the box both forms agree; the checked one sends the rest to "outside"."""
+    table = np.arange(_BOX.size + 1, dtype=np.uint8)
+    inside = pl.DataFrame({"stage": [0, 1, 1], "prompt": [10, 12, 14], "cand": [0, 2, 3]},
+                          schema={"stage": pl.Int32, "prompt": pl.Int64, "cand": pl.UInt8})
+    got = inside.select(raft_polars._dense.gather(table, _BOX, inside.schema, checked=checked))
+    assert got.to_series().to_list() == [0, 20 + 2 * 4 + 2, 20 + 4 * 4 + 3]
+    outside = pl.DataFrame({"stage": [0, 2, None], "prompt": [9, 10, 10], "cand": [0, 0, 0]})
+    got = outside.select(raft_polars._dense.gather(table, _BOX, outside.schema))
+    assert got.to_series().to_list() == [_BOX.size] * 3
