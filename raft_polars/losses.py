@@ -57,6 +57,7 @@ __all__ = [
     "response_stats",
     "response_sums",
     "select_best",
+    "selected_candidates",
     "selected_from_log",
     "stage_columns",
     "stage_losses",
@@ -186,28 +187,20 @@ def losses_from_log(
 ) -> pl.DataFrame:
     """:func:`stage_losses` on an already read :class:`~raft_polars.logs.StageLog`."""
     on = list(ID_COLUMNS)
-    keys: pl.DataFrame | None = None
-    if log.layout == "nested" and selection.is_best_of_k:
-        # one pass: per-row log-prob statistics ride along the best-of-K group-by
-        stats = log.candidates.select(*ID_COLUMNS, "reward", *response_stats("logprobs"))
-        summary = collect(log, prompt_summary(stats, carry=RESPONSE_STATS))
-        _checks.candidates(log, summary)
-        ranked = summary.select(*ID_COLUMNS, "reward", *RESPONSE_STATS)
-    else:
-        summary, ranked, keys = rank_keys(log, selection)
+    keys = collect(log, log.keys)
+    summary = dense_summary(keys)
+    if summary is None and log.layout == "nested" and selection.is_best_of_k:
+        del keys
+        return _nested_one_pass(log, selection, reduction)
+    summary, ranked, keys = rank_keys(log, selection, keys=keys, summary=summary)
     chosen = apply_min_reward(ranked, selection)
     assert isinstance(chosen, pl.DataFrame)
     below = below_min(ranked, chosen)
-    if log.layout == "nested" and below is None and "nll" in summary.columns:
-        return losses_from_responses(log, summary, None, None, reduction)
     if log.layout == "nested":
-        responses = chosen if "nll" in chosen.columns else collect(
-            log,
-            log.candidates.join(chosen.lazy().select(on), on=on)
-            .select(*ID_COLUMNS, "reward", *response_stats("logprobs")),
-        )
+        # the second pass decodes and reduces only the selected responses' lists
+        responses = collect(log, selected_candidates(log, keys, chosen).select(
+            *ID_COLUMNS, "reward", *response_stats("logprobs")))
         return losses_from_responses(log, summary, responses, below, reduction)
-    assert keys is not None
     status = _token_status(log, keys, chosen)
     del keys, ranked  # only the summary and the status table live through the token pass
     per_response = reduction == "sequence"
@@ -229,18 +222,39 @@ def losses_from_log(
     return _reduce(log, summary, per_stage, below, reduction)
 
 
+def _nested_one_pass(log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:
+    """Best-of-K over a nested log whose ids do not fit a dense box (string prompt
+    ids, say): one streaming pass, the per-row log-prob statistics riding along the
+    per-prompt group-by."""
+    stats = log.candidates.select(*ID_COLUMNS, "reward", *response_stats("logprobs"))
+    summary = collect(log, prompt_summary(stats, carry=RESPONSE_STATS))
+    _checks.candidates(log, summary)
+    ranked = summary.select(*ID_COLUMNS, "reward", *RESPONSE_STATS)
+    chosen = apply_min_reward(ranked, selection)
+    below = below_min(ranked, chosen)
+    if below is None:  # the summary holds the one selected response of each prompt
+        return losses_from_responses(log, summary, None, None, reduction)
+    return losses_from_responses(log, summary, chosen, below, reduction)
+
+
 def rank_keys(
-    log: StageLog, selection: Selection
+    log: StageLog,
+    selection: Selection,
+    *,
+    keys: pl.DataFrame | None = None,
+    summary: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Read and check the candidate keys, then rank them.
 
     Returns the per-prompt summary (:func:`~raft_polars.ranking.prompt_summary`),
     the ranked candidates (before ``min_reward``, canonical ids) and the keys
     (``stage, prompt, cand, reward``; the ids in the source's own integer types
-    when they fit a dense box, canonical otherwise).
+    when they fit a dense box, canonical otherwise). ``keys`` and ``summary``:
+    already read, and its :func:`~raft_polars.ranking.dense_summary`.
     """
-    keys = collect(log, log.keys)
-    summary = dense_summary(keys)
+    if keys is None:
+        keys = collect(log, log.keys)
+        summary = dense_summary(keys)
     if summary is None:  # the general path, on canonical ids
         keys = keys.select(*canonical_ids(keys.schema), "reward")
         summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
@@ -251,6 +265,22 @@ def rank_keys(
         canonical = keys.select(*canonical_ids(keys.schema), "reward")
         ranked = rank(canonical.lazy(), selection).collect(engine="in-memory")
     return summary, ranked, keys
+
+
+def selected_candidates(log: StageLog, keys: pl.DataFrame, chosen: pl.DataFrame) -> pl.LazyFrame:
+    """The candidate rows of ``chosen``, in the order of the log, still lazy.
+
+    With integer ids in a dense box, a filter on a gathered 1-byte flag (the
+    keys are the candidate rows themselves, so every row lies inside the box and
+    needs no bounds checks); a join otherwise.
+    """
+    box = box_of(keys)
+    if box is None:
+        return log.candidates.join(chosen.lazy().select(ID_COLUMNS), on=list(ID_COLUMNS))
+    table = np.zeros(box.size + 1, dtype=np.uint8)
+    table[box.index(chosen)] = 1
+    flag = gather(table, box, log.candidates.collect_schema(), checked=False)
+    return log.candidates.filter(flag == 1)
 
 
 def losses_from_responses(
@@ -279,21 +309,18 @@ def selected_from_log(log: StageLog, selection: Selection) -> pl.LazyFrame:
         msg = (f"{log.origin}: the extra column 'tokens' clashes with the token count that "
                "the selected batch adds; rename or drop it first")
         raise RaftInputError(msg)
-    _, ranked, _ = rank_keys(log, selection)
-    chosen = apply_min_reward(ranked, selection).lazy().select(ID_COLUMNS)
+    _, ranked, keys = rank_keys(log, selection)
+    chosen = apply_min_reward(ranked, selection)
+    rows = selected_candidates(log, keys, chosen)
     on = list(ID_COLUMNS)
     if log.layout == "nested":
-        rows = log.candidates.join(chosen, on=on).with_columns(
-            pl.col("logprobs").list.len().cast(pl.Int64).alias("tokens")
-        )
+        rows = rows.with_columns(pl.col("logprobs").list.len().cast(pl.Int64).alias("tokens"))
     else:
         assert log.tokens is not None
-        counts = log.tokens.join(chosen, on=on, how="semi").group_by(on).agg(
+        counts = log.tokens.join(chosen.lazy().select(on), on=on, how="semi").group_by(on).agg(
             pl.len().cast(pl.Int64).alias("tokens")
         )
-        rows = log.candidates.join(chosen, on=on).join(counts, on=on, how="left").with_columns(
-            pl.col("tokens").fill_null(0)
-        )
+        rows = rows.join(counts, on=on, how="left").with_columns(pl.col("tokens").fill_null(0))
     return rows.select(*ID_COLUMNS, "reward", "tokens", *log.extras).sort(on)
 
 

@@ -338,3 +338,17 @@ def test_golden_hive_directory(data_dir: Path) -> None:
     assert selected.select("stage", "cand", "response").rows() == [
         (3, 1, "b"), (5, 0, "c"), (8, 0, "e")]
 
+
+
+@pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "nested"], ids=str)
+@pytest.mark.parametrize("prompts", ["int", "str"])
+def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str,
+                                               tmp_path: Path) -> None:
+    """Integer ids: rank the keys first, then decode only the selected lists; string
+    prompt ids: one streaming pass with the statistics riding along the group-by."""
+    case = Case(RAGGED.lps, RAGGED.rws,
+                prompt_ids=["a", "b", "c"] if prompts == "str" else None)
+    with mock.patch.object(raft_polars.losses, "_nested_one_pass",
+                           wraps=raft_polars.losses._nested_one_pass) as one_pass:
+        check_losses(entry, case, tmp_path)
+    assert one_pass.call_count == (prompts == "str")
