@@ -198,8 +198,9 @@ def losses_from_log(
     below = below_min(ranked, chosen)
     if log.layout == "nested":
         # the second pass decodes and reduces only the selected responses' lists
-        responses = collect(log, selected_candidates(log, keys, chosen).select(
-            *ID_COLUMNS, "reward", *response_stats("logprobs")))
+        rows = selected_candidates(log, keys, chosen)
+        del keys, ranked  # the summary and the 1-byte flag table live through the pass
+        responses = collect(log, rows.select(*ID_COLUMNS, "reward", *response_stats("logprobs")))
         return losses_from_responses(log, summary, responses, below, reduction)
     status = _token_status(log, keys, chosen)
     del keys, ranked  # only the summary and the status table live through the token pass
