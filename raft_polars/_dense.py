@@ -20,7 +20,7 @@ import polars as pl
 
 from raft_polars.logs import ID_COLUMNS
 
-__all__ = ["MAX_BOX", "Box", "box_of", "footers_within", "gather"]
+__all__ = ["MAX_BOX", "Box", "PromptCodes", "box_of", "footers_within", "gather", "prompt_codes"]
 
 # the largest box: a 1-byte table of 64 MiB
 MAX_BOX = 1 << 26
@@ -91,7 +91,12 @@ def box_of(frame: pl.DataFrame) -> Box | None:
 
 
 def gather(
-    table: npt.NDArray[np.uint8], box: Box, schema: pl.Schema, *, checked: bool = True
+    table: npt.NDArray[np.uint8],
+    box: Box,
+    schema: pl.Schema,
+    *,
+    checked: bool = True,
+    codes: PromptCodes | None = None,
 ) -> pl.Expr:
     """Each row's entry of ``table`` (one per box position, then one for "outside").
 
@@ -99,12 +104,19 @@ def gather(
     bounds fit it (Int32 arithmetic is cheaper than Int64 on hundreds of millions
     of rows). A row outside the box, or with a null id, gets the last entry.
     ``checked=False`` leaves out those bounds checks: only for rows known to lie
-    inside the box (:func:`footers_within`).
+    inside the box (:func:`footers_within`). ``codes``: the box's prompt axis
+    holds the codes of string prompt ids.
     """
     parts = []
+    checks = []
     kind: pl.DataType
     for name, low, span in zip(ID_COLUMNS, box.lows, box.spans, strict=True):
         dtype = schema[name]
+        if name == "prompt" and codes is not None:
+            # a code is in [0, span) (the box holds every code) or null: no check,
+            # and a null flat position is sent outside below
+            parts.append(codes.expr().cast(pl.Int64))
+            continue
         if dtype == pl.Int32 and _INT32[0] <= low and low + span - 1 <= _INT32[1]:
             # x - low wraps only when |x - low| >= 2**31: never into [0, span)
             column, kind = pl.col(name), pl.Int32()
@@ -113,14 +125,13 @@ def gather(
         else:  # narrow or unsigned ids: the products need room
             column, kind = pl.col(name).cast(pl.Int64, strict=False), pl.Int64()
         parts.append(column if low == 0 else column - pl.lit(low, kind))
+        # one unsigned comparison checks both 0 <= part and part < span
+        checks.append(parts[-1].reinterpret(signed=False) < span)
     flat = (parts[0] * box.spans[1] + parts[1]) * box.spans[2] + parts[2]  # < size inside
     if checked:
-        # one unsigned comparison checks both 0 <= part and part < span
-        inside = pl.all_horizontal(
-            *(part.reinterpret(signed=False) < span
-              for part, span in zip(parts, box.spans, strict=True))
-        )
-        flat = pl.when(inside).then(flat).otherwise(box.size)  # null ids: outside too
+        flat = pl.when(pl.all_horizontal(checks)).then(flat).otherwise(box.size)  # null ids too
+    if codes is not None:
+        flat = flat.fill_null(box.size)
     return pl.lit(pl.Series("table", table)).gather(flat)
 
 
@@ -156,3 +167,35 @@ def footers_within(files: Sequence[Path], names: Sequence[str], box: Box) -> boo
                         and low <= lo and hi <= low + span - 1):
                     return False
     return True
+
+
+@dataclass(frozen=True)
+class PromptCodes:
+    """String prompt ids as dense integer codes, so that they fit a box too.
+
+    The codes are the physical values of a ``pl.Enum`` of the prompts of the
+    candidate rows: a prompt id that is not among them (a token row without a
+    reward row) becomes null, which the box sends to "outside".
+    """
+
+    categories: pl.Series
+
+    def expr(self) -> pl.Expr:
+        """The ``prompt`` column as codes."""
+        return pl.col("prompt").cast(pl.Enum(self.categories), strict=False).to_physical()
+
+    def encode(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(self.expr().cast(pl.Int64))
+
+    def decode(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Codes back to the prompt ids."""
+        return frame.with_columns(self.categories.gather(frame["prompt"]).alias("prompt"))
+
+
+def prompt_codes(keys: pl.DataFrame) -> PromptCodes | None:
+    """Codes for string prompt ids without nulls (and integer stage and cand ids),
+    else None."""
+    if (keys.schema["prompt"] != pl.String or keys["prompt"].has_nulls()
+            or not (keys.schema["stage"].is_integer() and keys.schema["cand"].is_integer())):
+        return None
+    return PromptCodes(keys["prompt"].unique(maintain_order=True))

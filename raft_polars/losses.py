@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from raft_polars import _checks
-from raft_polars._dense import box_of, footers_within, gather
+from raft_polars._dense import Box, PromptCodes, box_of, footers_within, gather, prompt_codes
 from raft_polars.errors import RaftInputError
 from raft_polars.logs import ID_COLUMNS, Source, StageLog, canonical_ids, collect, read_log
 from raft_polars.ranking import (
@@ -47,6 +49,7 @@ from raft_polars.ranking import (
 __all__ = [
     "LOSS_COLUMNS",
     "RESPONSE_STATS",
+    "Keys",
     "Reduction",
     "below_min",
     "candidate_sums",
@@ -54,6 +57,7 @@ __all__ = [
     "losses_from_log",
     "losses_from_responses",
     "rank_keys",
+    "read_keys",
     "response_stats",
     "response_sums",
     "select_best",
@@ -187,12 +191,11 @@ def losses_from_log(
 ) -> pl.DataFrame:
     """:func:`stage_losses` on an already read :class:`~raft_polars.logs.StageLog`."""
     on = list(ID_COLUMNS)
-    keys = collect(log, log.keys)
-    summary = dense_summary(keys)
-    if summary is None and log.layout == "nested" and selection.is_best_of_k:
+    keys = read_keys(log)
+    if keys.summary is None and log.layout == "nested" and selection.is_best_of_k:
         del keys
         return _nested_one_pass(log, selection, reduction)
-    summary, ranked, keys = rank_keys(log, selection, keys=keys, summary=summary)
+    summary, ranked = rank_keys(log, keys, selection)
     chosen = apply_min_reward(ranked, selection)
     assert isinstance(chosen, pl.DataFrame)
     below = below_min(ranked, chosen)
@@ -224,9 +227,9 @@ def losses_from_log(
 
 
 def _nested_one_pass(log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:
-    """Best-of-K over a nested log whose ids do not fit a dense box (string prompt
-    ids, say): one streaming pass, the per-row log-prob statistics riding along the
-    per-prompt group-by."""
+    """Best-of-K over a nested log whose ids do not fit a dense box (sparse 64-bit
+    prompt ids, say): one streaming pass, the per-row log-prob statistics riding
+    along the per-prompt group-by."""
     stats = log.candidates.select(*ID_COLUMNS, "reward", *response_stats("logprobs"))
     summary = collect(log, prompt_summary(stats, carry=RESPONSE_STATS))
     _checks.candidates(log, summary)
@@ -238,49 +241,85 @@ def _nested_one_pass(log: StageLog, selection: Selection, reduction: Reduction) 
     return losses_from_responses(log, summary, chosen, below, reduction)
 
 
-def rank_keys(
-    log: StageLog,
-    selection: Selection,
-    *,
-    keys: pl.DataFrame | None = None,
-    summary: pl.DataFrame | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Read and check the candidate keys, then rank them.
+@dataclass
+class Keys:
+    """The candidate keys ``stage, prompt, cand, reward`` as read for ranking.
 
-    Returns the per-prompt summary (:func:`~raft_polars.ranking.prompt_summary`),
-    the ranked candidates (before ``min_reward``, canonical ids) and the keys
-    (``stage, prompt, cand, reward``; the ids in the source's own integer types
-    when they fit a dense box, canonical otherwise). ``keys`` and ``summary``:
-    already read, and its :func:`~raft_polars.ranking.dense_summary`.
+    Attributes
+    ----------
+    frame
+        On the integer fast path: the ids in the source's own integer types, or
+        string prompt ids as ``codes``; canonical ids otherwise.
+    codes
+        The codes of string prompt ids, or None.
+    summary
+        :func:`~raft_polars.ranking.dense_summary` of the keys (canonical ids), or
+        None when they do not fit a dense box.
     """
-    if keys is None:
-        keys = collect(log, log.keys)
-        summary = dense_summary(keys)
-    if summary is None:  # the general path, on canonical ids
-        keys = keys.select(*canonical_ids(keys.schema), "reward")
-        summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
+
+    frame: pl.DataFrame
+    codes: PromptCodes | None
+    summary: pl.DataFrame | None
+
+    @property
+    def box(self) -> Box | None:
+        return None if self.summary is None else box_of(self.frame)
+
+    def index(self, box: Box, chosen: pl.DataFrame) -> npt.NDArray[np.int64]:
+        """Positions in ``box`` of the (canonical) ``chosen`` candidates."""
+        return box.index(chosen if self.codes is None else self.codes.encode(chosen))
+
+
+def read_keys(log: StageLog) -> Keys:
+    """Read the candidate keys, with a numpy summary when the ids fit a dense box."""
+    frame = collect(log, log.keys)
+    codes = prompt_codes(frame)
+    if codes is not None:
+        frame = codes.encode(frame)
+    summary = dense_summary(frame)
+    if summary is None and codes is not None:
+        frame, codes = codes.decode(frame), None
+    if summary is not None and codes is not None:
+        summary = codes.decode(summary)
+    return Keys(frame, codes, summary)
+
+
+def rank_keys(
+    log: StageLog, keys: Keys, selection: Selection
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Check and rank the candidate keys.
+
+    Returns the per-prompt summary (:func:`~raft_polars.ranking.prompt_summary`)
+    and the ranked candidates (before ``min_reward``), both with canonical ids.
+    """
+    def canonical() -> pl.LazyFrame:
+        frame = keys.frame if keys.codes is None else keys.codes.decode(keys.frame)
+        return frame.lazy().select(*canonical_ids(frame.schema), "reward")
+
+    summary = keys.summary
+    if summary is None:  # the general path
+        summary = prompt_summary(canonical()).collect(engine="in-memory")
     _checks.candidates(log, summary)
     if selection.is_best_of_k:  # the summary holds each prompt's best candidate
         ranked = summary.select(*ID_COLUMNS, "reward")
     else:
-        canonical = keys.select(*canonical_ids(keys.schema), "reward")
-        ranked = rank(canonical.lazy(), selection).collect(engine="in-memory")
-    return summary, ranked, keys
+        ranked = rank(canonical(), selection).collect(engine="in-memory")
+    return summary, ranked
 
 
-def selected_candidates(log: StageLog, keys: pl.DataFrame, chosen: pl.DataFrame) -> pl.LazyFrame:
+def selected_candidates(log: StageLog, keys: Keys, chosen: pl.DataFrame) -> pl.LazyFrame:
     """The candidate rows of ``chosen``, in the order of the log, still lazy.
 
-    With integer ids in a dense box, a filter on a gathered 1-byte flag (the
-    keys are the candidate rows themselves, so every row lies inside the box and
-    needs no bounds checks); a join otherwise.
+    With ids in a dense box, a filter on a gathered 1-byte flag (the keys are the
+    candidate rows themselves, so every row lies inside the box and needs no
+    bounds checks); a join otherwise.
     """
-    box = box_of(keys)
+    box = keys.box
     if box is None:
         return log.candidates.join(chosen.lazy().select(ID_COLUMNS), on=list(ID_COLUMNS))
     table = np.zeros(box.size + 1, dtype=np.uint8)
-    table[box.index(chosen)] = 1
-    flag = gather(table, box, log.candidates.collect_schema(), checked=False)
+    table[keys.index(box, chosen)] = 1
+    flag = gather(table, box, log.candidates.collect_schema(), checked=False, codes=keys.codes)
     return log.candidates.filter(flag == 1)
 
 
@@ -310,7 +349,8 @@ def selected_from_log(log: StageLog, selection: Selection) -> pl.LazyFrame:
         msg = (f"{log.origin}: the extra column 'tokens' clashes with the token count that "
                "the selected batch adds; rename or drop it first")
         raise RaftInputError(msg)
-    _, ranked, keys = rank_keys(log, selection)
+    keys = read_keys(log)
+    _, ranked = rank_keys(log, keys, selection)
     chosen = apply_min_reward(ranked, selection)
     rows = selected_candidates(log, keys, chosen)
     on = list(ID_COLUMNS)
@@ -452,9 +492,7 @@ def _reduce(
 # --- long layout: one pass over the token rows ------------------------------------
 
 
-def _token_status(
-    log: StageLog, keys: pl.DataFrame, chosen: pl.DataFrame
-) -> pl.Expr | pl.DataFrame:
+def _token_status(log: StageLog, keys: Keys, chosen: pl.DataFrame) -> pl.Expr | pl.DataFrame:
     """How the token pass finds each token row's status: 0 (its candidate has no
     reward), 1 (not selected) or 2 (selected).
 
@@ -463,16 +501,16 @@ def _token_status(
     canonical ids.
     """
     assert log.raw_tokens is not None
-    box = box_of(keys)
+    box = keys.box
     if box is not None:
         table = np.zeros(box.size + 1, dtype=np.uint8)  # the last entry: outside the box
-        table[box.index(keys)] = _STATUS_OTHER
-        table[box.index(chosen)] = _STATUS_SELECTED
+        table[box.index(keys.frame)] = _STATUS_OTHER
+        table[keys.index(box, chosen)] = _STATUS_SELECTED
         # ids the footers prove inside the box need no bounds checks per row
         checked = not footers_within(log.token_files, log.token_ids, box)
-        return gather(table, box, log.raw_tokens.collect_schema(), checked=checked).alias(
-            "status")
-    return keys.select(canonical_ids(keys.schema)).with_columns(
+        schema = log.raw_tokens.collect_schema()
+        return gather(table, box, schema, checked=checked, codes=keys.codes).alias("status")
+    return keys.frame.select(canonical_ids(keys.frame.schema)).with_columns(
         pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")
     ).update(
         chosen.select(ID_COLUMNS).with_columns(pl.lit(_STATUS_SELECTED, pl.UInt8).alias("status")),
@@ -491,14 +529,14 @@ def _long_token_stats(
     """
     assert log.tokens is not None
     assert log.raw_tokens is not None
+    group = ["stage", "prompt", "cand"] if per_response else ["stage"]
     if isinstance(status, pl.Expr):
-        kept = log.raw_tokens.with_columns(status)
+        kept = log.raw_tokens.select(*group, status, "logprob")  # no ids the pass does not need
     else:
         kept = log.tokens.join(status.lazy(), on=list(ID_COLUMNS), how="left").with_columns(
             pl.col("status").fill_null(_STATUS_ORPHAN)
         )
     kept = kept.filter(pl.col("status") != _STATUS_OTHER)
-    group = ["stage", "prompt", "cand"] if per_response else ["stage"]
     lp = pl.col("logprob")
     stats = collect(
         log,

@@ -159,3 +159,19 @@ def test_gather_with_and_without_bounds_checks(checked: bool) -> None:
     outside = pl.DataFrame({"stage": [0, 2, None], "prompt": [9, 10, 10], "cand": [0, 0, 0]})
     got = outside.select(raft_polars._dense.gather(table, _BOX, outside.schema))
     assert got.to_series().to_list() == [_BOX.size] * 3
+
+
+def test_prompt_codes_round_trip_and_unknown_prompts() -> None:
+    keys = pl.DataFrame({"stage": [0, 0, 1], "prompt": ["b", "a", "b"], "cand": [0, 1, 0],
+                         "reward": [1.0, 2.0, 3.0]})
+    codes = raft_polars._dense.prompt_codes(keys)
+    assert codes is not None
+    coded = codes.encode(keys)
+    assert coded["prompt"].to_list() == [0, 1, 0]
+    assert codes.decode(coded).equals(keys)
+    tokens = pl.DataFrame({"prompt": ["a", "zz", None, "b"]})
+    assert tokens.select(codes.expr()).to_series().to_list() == [1, None, None, 0]
+    assert raft_polars._dense.prompt_codes(keys.with_columns(pl.col("prompt").cast(
+        pl.Categorical))) is None
+    assert raft_polars._dense.prompt_codes(keys.with_columns(
+        prompt=pl.Series(["a", None, "b"]))) is None

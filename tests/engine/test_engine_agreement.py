@@ -186,24 +186,27 @@ def test_numpy_inputs() -> None:
     assert got == [round(-(-1.5 + float(np.float32(-1.6))) / 2, 4)]
 
 
+_PROMPT_IDS = {"int": None, "str": ["a", "b", "c"], "sparse": [0, 2**40, 7]}
+
+
 @pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "long"], ids=str)
-@pytest.mark.parametrize("prompts", ["int", "str"])
+@pytest.mark.parametrize("prompts", list(_PROMPT_IDS))
 def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_path: Path) -> None:
-    """The dense integer fast path (numpy summary, status gathered from a table)
-    runs for integer ids, the Polars group-by and the hash-join fallback for
-    string prompt ids or when forced (so both are covered by the entry points)."""
+    """The dense fast path (numpy summary, status gathered from a table) runs for
+    integer ids and for string prompt ids (as codes); the Polars group-by and the
+    hash-join fallback for ids too sparse for a box, or when forced (so both are
+    covered by the entry points)."""
     summaries: list[object] = []
     statuses: list[object] = []
     proofs: list[object] = []
 
     def spy(original: Any, seen: list[object]) -> Any:
-        def call(*args: object) -> object:
-            seen.append(original(*args))
+        def call(*args: object, **kwargs: object) -> object:
+            seen.append(original(*args, **kwargs))
             return seen[-1]
         return call
 
-    case = Case(RAGGED.lps, RAGGED.rws,
-                prompt_ids=["a", "b", "c"] if prompts == "str" else None)
+    case = Case(RAGGED.lps, RAGGED.rws, prompt_ids=_PROMPT_IDS[prompts])
     with (mock.patch.object(raft_polars.losses, "dense_summary",
                             spy(raft_polars.losses.dense_summary, summaries)),
           mock.patch.object(raft_polars.losses, "_token_status",
@@ -212,11 +215,27 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
                             spy(raft_polars.losses.footers_within, proofs))):
         check_losses(entry, case, tmp_path)
     assert len(summaries) == len(statuses) == 1
-    dense = prompts == "int" and not entry.fallback
+    dense = prompts != "sparse" and not entry.fallback
     assert (summaries[0] is not None) == dense
     assert isinstance(statuses[0], pl.Expr) == dense
-    # plain Parquet files prove their ids' bounds: no per-row bounds checks
-    assert proofs == ([entry.writes_files and entry.kind != "hive"] if dense else [])
+    # plain Parquet files prove their integer ids' bounds: no per-row bounds checks
+    proven = entry.writes_files and entry.kind != "hive" and prompts == "int"
+    assert proofs == ([proven] if dense else [])
+
+
+@pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "nested"], ids=str)
+@pytest.mark.parametrize("prompts", list(_PROMPT_IDS))
+def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str,
+                                               tmp_path: Path) -> None:
+    """Ids in a dense box (string prompt ids as codes): rank the keys first, then
+    decode only the selected lists; sparse ids: one streaming pass with the
+    statistics riding along the group-by."""
+    case = Case(RAGGED.lps, RAGGED.rws, prompt_ids=_PROMPT_IDS[prompts])
+    with mock.patch.object(raft_polars.losses, "_nested_one_pass",
+                           wraps=raft_polars.losses._nested_one_pass) as one_pass:
+        check_losses(entry, case, tmp_path)
+        check_losses(entry, case, tmp_path / "again", reduction="sequence")
+    assert one_pass.call_count == 2 * (prompts == "sparse")
 
 
 # --- empty logs (T = 0) -----------------------------------------------------------------
@@ -339,16 +358,3 @@ def test_golden_hive_directory(data_dir: Path) -> None:
         (3, 1, "b"), (5, 0, "c"), (8, 0, "e")]
 
 
-
-@pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "nested"], ids=str)
-@pytest.mark.parametrize("prompts", ["int", "str"])
-def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str,
-                                               tmp_path: Path) -> None:
-    """Integer ids: rank the keys first, then decode only the selected lists; string
-    prompt ids: one streaming pass with the statistics riding along the group-by."""
-    case = Case(RAGGED.lps, RAGGED.rws,
-                prompt_ids=["a", "b", "c"] if prompts == "str" else None)
-    with mock.patch.object(raft_polars.losses, "_nested_one_pass",
-                           wraps=raft_polars.losses._nested_one_pass) as one_pass:
-        check_losses(entry, case, tmp_path)
-    assert one_pass.call_count == (prompts == "str")
