@@ -45,7 +45,8 @@ import polars as pl
 
 from raft_polars import __version__
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
-from raft_polars.logs import Source
+from raft_polars.logs import CANONICAL_COLUMNS, Source
+from raft_polars.losses import LOSS_COLUMNS
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
 
@@ -55,7 +56,6 @@ EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-_CANONICAL = ("stage", "prompt", "cand", "reward", "logprobs", "token", "logprob")
 _PARQUET = (".parquet", ".pq")
 _JSONL = (".jsonl", ".ndjson")
 _FIGURE = (".png", ".svg", ".pdf")
@@ -277,7 +277,7 @@ def _log_options() -> _Parser:
     group.add_argument(
         "--column", action="append", type=_column_pair, default=[], metavar="CANONICAL=THEIRS",
         help="the log names a canonical column differently, e.g. --column prompt=prompt_id "
-        f"(repeatable; canonical names: {', '.join(_CANONICAL)})",
+        f"(repeatable; canonical names: {', '.join(CANONICAL_COLUMNS)})",
     )
     return group
 
@@ -315,8 +315,9 @@ def _column_pair(text: str) -> tuple[str, str]:
     if not sep or not canonical or not theirs:
         msg = f"expected CANONICAL=THEIRS, e.g. prompt=prompt_id, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
-    if canonical not in _CANONICAL:
-        msg = f"unknown canonical column {canonical!r}; canonical names: {', '.join(_CANONICAL)}"
+    if canonical not in CANONICAL_COLUMNS:
+        names = ", ".join(CANONICAL_COLUMNS)
+        msg = f"unknown canonical column {canonical!r}; canonical names: {names}"
         raise argparse.ArgumentTypeError(msg)
     return canonical, theirs
 
@@ -417,10 +418,6 @@ def _dask_client(args: argparse.Namespace) -> Iterator[tuple[ModuleType, Any]]:
 
 # --- losses ------------------------------------------------------------------------
 
-_LOSS_COLUMNS = ("stage", "loss", "prompts", "candidates", "selected", "tokens",
-                 "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min")
-
-
 def _cmd_losses(args: argparse.Namespace) -> None:
     _check_engine(args)
     if args.engine == "dask":
@@ -458,18 +455,18 @@ def write_losses(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> 
         0 1.5500       1          2        1      2           0.4000      0.3000      0.1000    0         0
         1 0.5500       1          2        1      2           0.7500      0.7250      0.0250    0         0
     """  # noqa: E501 - the doctest shows the full-width table
-    rows = [_rounded(row) for row in table.select(_LOSS_COLUMNS).iter_rows(named=True)]
+    rows = [_rounded(row) for row in table.select(LOSS_COLUMNS).iter_rows(named=True)]
     if fmt == "json":
         json.dump(rows, stream, indent=2, allow_nan=False)
         stream.write("\n")
     elif fmt == "csv":
-        writer = csv.DictWriter(stream, fieldnames=_LOSS_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(stream, fieldnames=LOSS_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     else:
-        cells = [[_cell(row[c]) for c in _LOSS_COLUMNS] for row in rows]
-        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(_LOSS_COLUMNS)]
-        stream.write(" ".join(c.ljust(w) for c, w in zip(_LOSS_COLUMNS, widths, strict=True))
+        cells = [[_cell(row[c]) for c in LOSS_COLUMNS] for row in rows]
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(LOSS_COLUMNS)]
+        stream.write(" ".join(c.ljust(w) for c, w in zip(LOSS_COLUMNS, widths, strict=True))
                      .rstrip() + "\n")
         for r in cells:
             stream.write(" ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) + "\n")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANDIDATE_COLUMNS",
+    "CANONICAL_COLUMNS",
     "ID_COLUMNS",
     "Layout",
     "Source",
@@ -58,7 +59,8 @@ _UPCAST = pl.ScanCastOptions(integer_cast=["upcast", "allow-float"], float_cast=
                              categorical_to_string="allow")
 CANDIDATE_COLUMNS = (*ID_COLUMNS, "reward")
 _REWARD = pl.col("reward").cast(pl.Float64)
-_CANONICAL = (*CANDIDATE_COLUMNS, "logprobs", "token", "logprob")
+# every name columns= may map
+CANONICAL_COLUMNS = (*CANDIDATE_COLUMNS, "logprobs", "token", "logprob")
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,7 @@ def read_log(
         schema = _require(main, (*CANDIDATE_COLUMNS, "logprobs"), main_origin,
                           hint_long="logprob")
         _check_types(schema, main_origin, nested=True)
-        extras = tuple(c for c in schema if c not in _CANONICAL)
+        extras = tuple(c for c in schema if c not in CANONICAL_COLUMNS)
         candidates = main.select(
             *canonical_ids(schema),
             _REWARD,
@@ -182,7 +184,7 @@ def read_log(
                 "ids must be of the same kind in both"
             )
             raise RaftInputError(msg)
-    extras = tuple(c for c in cschema if c not in _CANONICAL)
+    extras = tuple(c for c in cschema if c not in CANONICAL_COLUMNS)
     candidates = cands.select(*canonical_ids(cschema), _REWARD, *extras)
     hive = any("=" in part for path in main_files for part in path.parts[:-1])
     keep = [*canonical_ids(tschema), "logprob"] + (["token"] if "token" in tschema else [])
@@ -294,10 +296,10 @@ def _check_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
     if repeated or not all(isinstance(t, str) for t in targets):
         msg = f"columns= must map each canonical name to a different column name, got {mapping}"
         raise RaftInputError(msg)
-    unknown = sorted(set(mapping) - set(_CANONICAL))
+    unknown = sorted(set(mapping) - set(CANONICAL_COLUMNS))
     if unknown:
         msg = (f"columns= maps unknown canonical names {unknown}; "
-               f"canonical names are {list(_CANONICAL)}")
+               f"canonical names are {list(CANONICAL_COLUMNS)}")
         raise RaftInputError(msg)
     return mapping
 
