@@ -58,7 +58,7 @@ def candidates(log: StageLog, summary: pl.DataFrame) -> None:
         row = collect(
             log,
             log.candidates.select(*ID_COLUMNS, "reward")
-            .filter(reward.is_null() | reward.is_nan() | reward.is_infinite())
+            .filter(bad_reward(reward))
             .sort(_ORDER).head(1),
         ).row(0, named=True)
         msg = (f"{log.origin}: reward must be a finite number, found {row['reward']!r} at "
@@ -67,7 +67,13 @@ def candidates(log: StageLog, summary: pl.DataFrame) -> None:
 
 
 def bad_logprob(lp: pl.Expr) -> pl.Expr:
+    """A log-prob that is null, NaN, infinite or > 0 (not a log-probability)."""
     return lp.is_null() | lp.is_nan() | lp.is_infinite() | (lp > 0)
+
+
+def bad_reward(reward: pl.Expr) -> pl.Expr:
+    """A reward that is null, NaN or infinite."""
+    return reward.is_null() | reward.is_nan() | reward.is_infinite()
 
 
 def selected_logprobs(log: StageLog, stats: pl.DataFrame, chosen: pl.DataFrame) -> None:

@@ -40,6 +40,7 @@ from typing import Literal, TypeAlias, TypeVar
 import numpy as np
 import polars as pl
 
+from raft_polars._checks import bad_reward
 from raft_polars._dense import box_of
 from raft_polars.errors import RaftInputError
 from raft_polars.logs import ID_COLUMNS
@@ -150,7 +151,7 @@ def summary_aggregations(carry: tuple[str, ...]) -> tuple[pl.Expr, ...]:
         pl.col("cand").null_count().alias("null_cands"),
         reward.sum().alias("reward_sum"),
         (reward == reward.max()).sum().alias("ties"),
-        (reward.is_null() | reward.is_nan() | reward.is_infinite()).sum().alias("bad_rewards"),
+        bad_reward(reward).sum().alias("bad_rewards"),
     )
 
 

@@ -55,6 +55,7 @@ from typing import Any
 
 import polars as pl
 
+from raft_polars._checks import bad_logprob, bad_reward
 from raft_polars.logs import ID_COLUMNS, Layout, Source, StageLog, collect, read_log
 from raft_polars.ranking import Selection, Strategy, select
 
@@ -287,14 +288,11 @@ class _Found:
 
 
 def _bad(value: pl.Expr) -> pl.Expr:
-    """Null, NaN, infinite or positive (a log-prob that is not a log-probability)."""
-    value = value.cast(pl.Float64)
-    return (value.is_nan() | value.is_infinite() | (value > 0)).fill_null(True)
+    return bad_logprob(value.cast(pl.Float64))
 
 
 def _bad_reward() -> pl.Expr:
-    reward = pl.col("reward")
-    return reward.is_null() | reward.is_nan() | reward.is_infinite()
+    return bad_reward(pl.col("reward"))
 
 
 def _nested_candidates(log: StageLog) -> pl.LazyFrame:
