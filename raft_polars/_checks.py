@@ -115,10 +115,13 @@ def selected_logprobs(log: StageLog, stats: pl.DataFrame, chosen: pl.DataFrame) 
         tokens = log.tokens.join(keys, on=_ORDER, how="semi")
         if "token" not in tokens.collect_schema():
             tokens = tokens.with_columns(pl.lit(None, pl.Int64).alias("token"))
-    row = collect(
+    first = collect(
         log,
         tokens.filter(bad_logprob(pl.col("logprob"))).sort([*_ORDER, "token"]).head(1),
-    ).row(0, named=True)
+    )
+    if not first.height:  # every log-prob is sound: the sum overflowed, as the loss may
+        return
+    row = first.row(0, named=True)
     msg = (f"{log.token_origin}: log-prob of a selected response must be finite and <= 0, "
            f"found {row['logprob']!r} at {_where(row)}, token {row['token']!r}")
     raise RaftInputError(msg)

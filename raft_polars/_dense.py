@@ -26,6 +26,9 @@ __all__ = ["MAX_BOX", "Box", "PromptCodes", "box_of", "footers_within", "gather"
 MAX_BOX = 1 << 26
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
+# the integer types numpy holds (not Int128 / UInt128)
+_NUMPY_INTS = frozenset({pl.Int8, pl.Int16, pl.Int32, pl.Int64,
+                         pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64})
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,9 @@ def _ints(series: pl.Series) -> npt.NDArray[np.int64]:
 
 
 def box_of(frame: pl.DataFrame) -> Box | None:
-    """The box around ``frame``'s ids, or None: not integers, nulls, empty, or
-    more than :data:`MAX_BOX` positions."""
-    if frame.height == 0 or not all(frame.schema[c].is_integer() for c in ID_COLUMNS):
+    """The box around ``frame``'s ids, or None: not integers of at most 64 bits,
+    nulls, empty, or more than :data:`MAX_BOX` positions."""
+    if frame.height == 0 or not all(frame.schema[c] in _NUMPY_INTS for c in ID_COLUMNS):
         return None
     if any(frame[c].has_nulls() for c in ID_COLUMNS):
         return None

@@ -21,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -165,15 +166,15 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     if not (np.isfinite(values).all() and (values <= 0).all()):
         return None
     offsets = array.offsets.to_numpy()
-    lengths = np.diff(offsets)
-    nll = np.add.reduceat(np.append(values, 0.0), offsets[:-1])  # the pad: a last empty one
-    nll[lengths == 0] = 0.0  # reduceat gives the next value for an empty slice
-    stages = int(keys.stage[-1]) + 1
-    total = np.bincount(stage, weights=nll, minlength=stages)
-    tokens = np.bincount(stage, weights=lengths, minlength=stages)
-    if not tokens.all():
+    # the selected responses are in stage order: each stage's tokens are one slice
+    bounds = offsets[np.searchsorted(stage, np.arange(int(keys.stage[-1]) + 2))]
+    if (np.diff(bounds) == 0).any():
         return None
-    return [-float(x) for x in total / tokens]
+    # the NLL added token by token from 0.0, as the plain loop does (cumsum is
+    # sequential; a pairwise sum can round a loss sitting on a midpoint the other way)
+    with np.errstate(over="ignore"):  # an overflowing sum is an infinite loss, as in the loop
+        return [float(np.cumsum(np.concatenate(([0.0], -values[a:b])))[-1] / (b - a))
+                for a, b in itertools.pairwise(bounds.tolist())]  # a loop over stages
 
 
 def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:

@@ -294,7 +294,8 @@ def rank_keys(
     """
     def canonical() -> pl.LazyFrame:
         frame = keys.frame if keys.codes is None else keys.codes.decode(keys.frame)
-        return frame.lazy().select(*canonical_ids(frame.schema), "reward")
+        # through collect: ids that do not fit Int64 are reported, not raised raw
+        return collect(log, frame.lazy().select(*canonical_ids(frame.schema), "reward")).lazy()
 
     summary = keys.summary
     if summary is None:  # the general path
@@ -546,7 +547,8 @@ def _long_token_stats(
             lp.max().cast(pl.Float64).alias("lp_max"),
             lp.null_count().cast(pl.Int64).alias("lp_nulls"),
         ),
-    ).cast({name: chosen.schema[name] for name in group})  # the raw ids back to canonical
+    ).cast(  # the raw ids back to canonical; an orphan's id beyond Int64 becomes null
+        {name: chosen.schema[name] for name in group}, strict=False)
     _checks.orphan_tokens(log, stats.filter(pl.col("status") == _STATUS_ORPHAN))
     selected = stats.filter(pl.col("status") == _STATUS_SELECTED).drop("status")
     _checks.selected_logprobs(log, selected, chosen)

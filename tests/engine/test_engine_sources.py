@@ -119,3 +119,65 @@ def test_orphan_ids_at_the_int32_limits(orphan: int) -> None:
                             "reward": [0.9, 0.1]})
     with pytest.raises(RaftInputError, match=f"no reward row.*prompt {orphan}"):
         raft_polars.stage_losses(tokens, rewards=rewards)
+
+
+# --- found by the review of the integer fast path ---------------------------------------
+
+
+def test_list_fast_path_adds_token_by_token_like_the_plain_loop() -> None:
+    """A loss on a rounding midpoint: a pairwise sum rounded it the other way."""
+    lps = [[[[-0.2433, -0.186, -0.0721, -0.12], [-1.0]]]]
+    rws = [[[0.9, 0.1]]]
+    assert raft_polars.raft_alignment(lps, rws) == reference_rounded(lps, rws) == [0.1554]
+
+
+def test_list_fast_path_zero_loss_is_positive_zero() -> None:
+    for lp in (-0.0, 0.0):
+        got = raft_polars.raft_alignment([[[[lp]]]], [[[1.0]]])
+        assert got == [0.0]
+        assert math.copysign(1.0, got[0]) == 1.0
+
+
+def test_overflowing_nll_is_not_an_input_error() -> None:
+    """Every log-prob is sound but their sum overflows: the loss is inf, as in the
+    reference, from both list entry points."""
+    lps, rws = [[[[-1e308, -1e308]]]], [[[1.0]]]
+    assert raft_polars.raft_alignment(lps, rws) == [math.inf]
+    assert raft_polars.lists_losses(lps, rws)["loss"].to_list() == [math.inf]
+
+
+@pytest.mark.parametrize("dtype", [pl.Int128, pl.UInt128])
+def test_128_bit_ids(dtype: pl.DataType, tmp_path: Path) -> None:
+    """128-bit ids (Polars widens UInt64 + Int64 parts to Int128) take the general path."""
+    frame = pl.DataFrame({"stage": [0, 0, 1], "prompt": [5, 5, 6], "cand": [0, 1, 0],
+                          "reward": [0.1, 0.2, 0.3], "logprobs": [[-1.0], [-2.0], [-3.0]]})
+    assert raft_polars.stage_losses(frame.cast({"prompt": dtype}))["loss"].to_list() == [
+        2.0, 3.0]
+    frame.head(2).cast({"prompt": pl.UInt64}).write_parquet(tmp_path / "a.parquet")
+    frame.tail(1).write_parquet(tmp_path / "b.parquet")
+    got = raft_polars.stage_losses([tmp_path / "a.parquet", tmp_path / "b.parquet"])
+    assert got["loss"].to_list() == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("strategy", [{}, {"strategy": "top_n", "n": 2},
+                                      {"strategy": "global", "fraction": 0.5}])
+def test_uint64_ids_beyond_int64_are_input_errors(strategy: dict[str, object]) -> None:
+    big = {"stage": pl.UInt64}
+    rewards = pl.DataFrame({"stage": [2**63] * 2, "prompt": [0, 0], "cand": [0, 1],
+                            "reward": [0.1, 0.2]}, schema_overrides=big)
+    tokens = pl.DataFrame({"stage": [2**63], "prompt": [0], "cand": [1], "logprob": [-1.0]},
+                          schema_overrides=big)
+    with pytest.raises(RaftInputError, match="u64"):
+        raft_polars.stage_losses(tokens, rewards=rewards, **strategy)  # type: ignore[arg-type]
+    with pytest.raises(RaftInputError, match="u64"):
+        raft_polars.select_best(tokens, rewards=rewards, **strategy)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_orphan_uint64_ids_beyond_int64_are_input_errors(reduction: str) -> None:
+    rewards = pl.DataFrame({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1],
+                            "reward": [0.1, 0.2]}, schema_overrides={"stage": pl.UInt64})
+    tokens = pl.DataFrame({"stage": [0, 2**63], "prompt": [0, 0], "cand": [1, 1],
+                           "logprob": [-1.0, -2.0]}, schema_overrides={"stage": pl.UInt64})
+    with pytest.raises(RaftInputError):
+        raft_polars.stage_losses(tokens, rewards=rewards, reduction=reduction)  # type: ignore[arg-type]
