@@ -1,5 +1,7 @@
 """Faster formulations of the long-layout path of ``stage_losses``, measured
-against the engine (scratch code for issue 3, not used by the package).
+against the engine (scratch code for issue 3, not used by the package). Written
+against the engine at 8711c3d; the engine has since adopted ``reuse``, ``numpy``
+and ``dense`` (see docs/performance.md), so today they measure about the same.
 
     /work/venv/bin/python bench/experiments/long_path.py /work/bench_data/small/long
 
@@ -284,8 +286,9 @@ def variant(tokens: str, rewards: str, *, native: bool, numpy: bool,
     if native:
         raw = pl.scan_parquet(_glob(tokens))
         stats = native_token_stats(log, raw, keys, chosen)
-    if stats is None:
-        stats = L._long_token_stats(log, keys, chosen, per_response=False)
+    if stats is None:  # the engine's own token pass on these keys
+        status = L._token_status(log, L.Keys(keys, None, summary), chosen)
+        stats = L._long_token_stats(log, status, chosen, per_response=False)
     return _finish(log, summary, chosen, stats)
 
 

@@ -1,4 +1,4 @@
-"""Peak RSS of each step of the long-layout path (scratch, issue 3).
+"""Time and peak RSS of each step of the long-layout path of the engine (issue 3).
 
     /work/venv/bin/python bench/experiments/memory.py /work/bench_data/large/long
 
@@ -17,8 +17,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from raft_polars import losses as L
-from raft_polars.logs import ID_COLUMNS, collect, read_log
-from raft_polars.ranking import Selection, prompt_summary, rank
+from raft_polars.logs import read_log
+from raft_polars.ranking import Selection
 
 
 def status(key: str) -> int:
@@ -44,23 +44,15 @@ def main() -> None:
     root = Path(sys.argv[1])
     tokens, rewards = str(root / "tokens"), str(root / "rewards")
     log = step("read_log", lambda: read_log(tokens, rewards=rewards))
-    keys = step("keys: collect the rewards",
-                lambda: collect(log, log.candidates.select(*ID_COLUMNS, "reward")))
-    summary = step("prompt_summary",
-                   lambda: prompt_summary(keys.lazy()).collect(engine="in-memory"))
-    chosen = step("rank", lambda: rank(keys.lazy(), Selection()).collect(engine="in-memory"))
-    step("token pass", lambda: L._long_token_stats(log, keys, chosen, per_response=False))
+    keys = step("read_keys: the rewards, numpy summary", lambda: L.read_keys(log))
+    summary, chosen = step("rank_keys: checks, best-of-K",
+                           lambda: L.rank_keys(log, keys, Selection()))
+    status = step("status table (+ footers)", lambda: L._token_status(log, keys, chosen))
+    del keys
+    step("token pass", lambda: L._long_token_stats(log, status, chosen, per_response=False))
     step("floor: scan the 4 token columns", lambda: pl.scan_parquet(f"{tokens}/*.parquet").select(
         pl.col("stage", "prompt", "cand", "logprob").sum()).collect(engine="streaming"))
-    step("token columns cast to Int64, sum", lambda: log.tokens.select(
-        pl.col("stage", "prompt", "cand", "logprob").sum()).collect(engine="streaming"))
-    if len(sys.argv) > 2:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import long_path
-        step("proposed: numpy summary", lambda: long_path.numpy_summary(keys))
-        raw = pl.scan_parquet(f"{tokens}/*.parquet")
-        step("proposed: native token pass", lambda: long_path.native_token_stats(
-            log, raw, keys, summary.select(*ID_COLUMNS, "reward")))
+    step("whole stage_losses", lambda: L.stage_losses(tokens, rewards=rewards))
 
 
 if __name__ == "__main__":
