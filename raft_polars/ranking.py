@@ -176,24 +176,30 @@ def dense_summary(keys: pl.DataFrame) -> pl.DataFrame | None:
     if int(np.count_nonzero(present)) != len(index):  # a duplicate candidate
         return None
     k = box.spans[2]
-    group = index // k
-    counts = np.bincount(group, minlength=box.prompts)
-    used = np.flatnonzero(counts)
     if box.size <= 4 * keys.height:  # a (prompt x K) reward matrix, row by row
         matrix = np.full(box.size, -np.inf)
         matrix[index] = reward
-        del index
-        rows = matrix.reshape(box.prompts, k)[used]
+        group = index
+        group //= k  # in place: the positions are not needed any more
+        counts = np.count_nonzero(present.reshape(box.prompts, k), axis=1)
+        used = np.flatnonzero(counts)
+        rows = matrix.reshape(box.prompts, k)
+        if len(used) < box.prompts:  # a copy only when some positions hold no prompt
+            rows = rows[used]
         del matrix
         cand = rows.argmax(axis=1)  # the first maximum: ties go to the smallest cand
         best = rows[np.arange(len(used)), cand]  # its own reward: -0.0 stays -0.0
         ties = np.count_nonzero(rows == best[:, None], axis=1)
         del rows
     else:  # scattered: O(candidates) with unbuffered ufunc.at
+        group = index // k
+        counts = np.bincount(group, minlength=box.prompts)
+        used = np.flatnonzero(counts)
         top = np.full(box.prompts, -np.inf)
         np.maximum.at(top, group, reward)
         at_top = reward == top[group]
         offset = index - group * k
+        del index
         first = np.full(box.prompts, k)
         np.minimum.at(first, group[at_top], offset[at_top])
         cand = first[used]
