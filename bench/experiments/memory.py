@@ -40,16 +40,20 @@ def step(name: str, func):
     return out
 
 
+def ranking_steps(log: L.StageLog) -> tuple[object, pl.DataFrame]:
+    keys = step("read_keys: the rewards, numpy summary", lambda: L.read_keys(log))
+    _, chosen = step("rank_keys: checks, best-of-K", lambda: L.rank_keys(log, keys, Selection()))
+    token_status = step("status table (+ footers)", lambda: L._token_status(log, keys, chosen))
+    return token_status, chosen
+
+
 def main() -> None:
     root = Path(sys.argv[1])
     tokens, rewards = str(root / "tokens"), str(root / "rewards")
     log = step("read_log", lambda: read_log(tokens, rewards=rewards))
-    keys = step("read_keys: the rewards, numpy summary", lambda: L.read_keys(log))
-    summary, chosen = step("rank_keys: checks, best-of-K",
-                           lambda: L.rank_keys(log, keys, Selection()))
-    status = step("status table (+ footers)", lambda: L._token_status(log, keys, chosen))
-    del keys
-    step("token pass", lambda: L._long_token_stats(log, status, chosen, per_response=False))
+    token_status, chosen = ranking_steps(log)  # the keys are freed before the pass
+    step("token pass",
+         lambda: L._long_token_stats(log, token_status, chosen, per_response=False))
     step("floor: scan the 4 token columns", lambda: pl.scan_parquet(f"{tokens}/*.parquet").select(
         pl.col("stage", "prompt", "cand", "logprob").sum()).collect(engine="streaming"))
     step("whole stage_losses", lambda: L.stage_losses(tokens, rewards=rewards))
