@@ -1,4 +1,4 @@
-"""Helpers of the Dask tests: the session's local cluster, a small log strategy and
+"""Helpers of the Dask tests: the local cluster, a small log strategy and
 the comparison of results.
 
 The cluster is made here and wrapped in a fixture by the test module that uses it,

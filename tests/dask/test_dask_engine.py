@@ -1,5 +1,5 @@
 """raft_polars.dask against the single-machine engine and the plain reference,
-on a session-scoped local cluster (2 worker processes, loopback only)."""
+on a module-scoped local cluster (2 worker processes, loopback only)."""
 
 from __future__ import annotations
 
@@ -36,9 +36,14 @@ pytestmark = pytest.mark.filterwarnings(
     ":hypothesis.errors.HypothesisDeprecationWarning"
 )
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    """The session's local cluster (2 worker processes on 127.0.0.1, no dashboard)."""
+    """This module's local cluster (2 worker processes on 127.0.0.1, no dashboard).
+
+    Module-scoped, not session-scoped: its scheduler thread keeps drawing from the
+    global `random` module while it lives, which makes hypothesis fail tests in
+    other modules now and then (a FlakyStrategyDefinition).
+    """
     yield from local_cluster()
 
 
@@ -344,7 +349,7 @@ def test_bad_options(client: Any, kwargs: dict[str, Any], fragment: str) -> None
 
 
 def test_missing_dask_says_how_to_install() -> None:
-    # in a fresh process: hiding distributed here would break the session cluster
+    # in a fresh process: hiding distributed here would break the module's cluster
     script = """
 import sys
 sys.modules["distributed"] = None
