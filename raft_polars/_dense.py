@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -103,7 +103,7 @@ def gather(
     schema: pl.Schema,
     *,
     checked: bool = True,
-    codes: PromptCodes | None = None,
+    names: Sequence[str] = ID_COLUMNS,
 ) -> pl.Expr:
     """Each row's entry of ``table`` (one per box position, then one for "outside").
 
@@ -111,19 +111,13 @@ def gather(
     bounds fit it (Int32 arithmetic is cheaper than Int64 on hundreds of millions
     of rows). A row outside the box, or with a null id, gets the last entry.
     ``checked=False`` leaves out those bounds checks: only for rows known to lie
-    inside the box (:func:`footers_within`). ``codes``: the box's prompt axis
-    holds the codes of string prompt ids.
+    inside the box (:func:`footers_within`). ``names``: the frame's columns of
+    ``stage, prompt, cand`` (the prompt's codes, say).
     """
     parts = []
-    checks = []
     kind: pl.DataType
-    for name, low, span in zip(ID_COLUMNS, box.lows, box.spans, strict=True):
+    for name, low, span in zip(names, box.lows, box.spans, strict=True):
         dtype = schema[name]
-        if name == "prompt" and codes is not None:
-            # a code is in [0, span) (the box holds every code) or null: no check,
-            # and a null flat position is sent outside below
-            parts.append(codes.expr().cast(pl.Int64))
-            continue
         if dtype == pl.Int32 and _INT32[0] <= low and low + span - 1 <= _INT32[1]:
             # x - low wraps only when |x - low| >= 2**31: never into [0, span)
             column, kind = pl.col(name), pl.Int32()
@@ -132,13 +126,14 @@ def gather(
         else:  # narrow or unsigned ids: the products need room
             column, kind = pl.col(name).cast(pl.Int64, strict=False), pl.Int64()
         parts.append(column if low == 0 else column - pl.lit(low, kind))
-        # one unsigned comparison checks both 0 <= part and part < span
-        checks.append(parts[-1].reinterpret(signed=False) < span)
     flat = (parts[0] * box.spans[1] + parts[1]) * box.spans[2] + parts[2]  # < size inside
     if checked:
-        flat = pl.when(pl.all_horizontal(checks)).then(flat).otherwise(box.size)  # null ids too
-    if codes is not None:
-        flat = flat.fill_null(box.size)
+        # one unsigned comparison checks both 0 <= part and part < span
+        inside = pl.all_horizontal(
+            *(part.reinterpret(signed=False) < span
+              for part, span in zip(parts, box.spans, strict=True))
+        )
+        flat = pl.when(inside).then(flat).otherwise(box.size)  # null ids: outside too
     return pl.lit(pl.Series("table", table)).gather(flat)
 
 
@@ -176,23 +171,41 @@ def footers_within(files: Sequence[Path], names: Sequence[str], box: Box) -> boo
     return True
 
 
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+
 @dataclass(frozen=True)
 class PromptCodes:
-    """String prompt ids as dense integer codes, so that they fit a box too.
+    """Prompt ids as dense integer codes ``0 .. n-1``, so that they fit a box.
 
-    The codes are the physical values of a ``pl.Enum`` of the prompts of the
-    candidate rows: a prompt id that is not among them (a token row without a
-    reward row) becomes null, which the box sends to "outside".
+    For prompt ids that do not fit one themselves: strings (the codes are the
+    physical values of a ``pl.Enum`` of the candidate rows' prompts) and sparse
+    integers such as 64-bit hashes (the codes come from a join on the prompt
+    column alone). A prompt id that is not among the candidate rows' (a token row
+    without a reward row) gets a null code, which the box sends to "outside".
     """
 
     categories: pl.Series
 
-    def expr(self) -> pl.Expr:
-        """The ``prompt`` column as codes."""
-        return pl.col("prompt").cast(pl.Enum(self.categories), strict=False).to_physical()
+    def attach(self, frame: FrameT, name: str) -> FrameT:
+        """``frame`` with the code of its ``prompt`` as a new Int64 column ``name``."""
+        if self.categories.dtype == pl.String:
+            enum = pl.Enum(self.categories)
+            return frame.with_columns(
+                pl.col("prompt").cast(enum, strict=False).to_physical().cast(pl.Int64).alias(name))
+        dtype = frame.collect_schema()["prompt"]
+        table = pl.DataFrame({
+            # a category that the frame's id type cannot hold cannot match either
+            "prompt": self.categories.cast(dtype, strict=False),
+            name: pl.int_range(len(self.categories), eager=True, dtype=pl.Int64),
+        })
+        other = table.lazy() if isinstance(frame, pl.LazyFrame) else table
+        return frame.join(other, on="prompt", how="left", maintain_order="left")
 
     def encode(self, frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.with_columns(self.expr().cast(pl.Int64))
+        """``frame`` with its ``prompt`` replaced by the codes."""
+        coded = self.attach(frame, "_prompt_code")
+        return coded.with_columns(pl.col("_prompt_code").alias("prompt")).drop("_prompt_code")
 
     def decode(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Codes back to the prompt ids."""
@@ -200,9 +213,10 @@ class PromptCodes:
 
 
 def prompt_codes(keys: pl.DataFrame) -> PromptCodes | None:
-    """Codes for string prompt ids without nulls (and integer stage and cand ids),
-    else None."""
-    if (keys.schema["prompt"] != pl.String or keys["prompt"].has_nulls()
-            or not (keys.schema["stage"].is_integer() and keys.schema["cand"].is_integer())):
+    """Codes for the prompt ids of ``keys`` (strings, or integers too sparse for a
+    box), or None: null prompt ids, or stage and cand ids that are not integers."""
+    prompt = keys.schema["prompt"]
+    if (not (prompt == pl.String or prompt in _NUMPY_INTS) or keys["prompt"].has_nulls()
+            or not (keys.schema["stage"] in _NUMPY_INTS and keys.schema["cand"] in _NUMPY_INTS)):
         return None
     return PromptCodes(keys["prompt"].unique(maintain_order=True))

@@ -25,7 +25,7 @@ Examples
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -74,6 +74,9 @@ LOSS_COLUMNS = (
     "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min",
 )
 _STATUS_ORPHAN, _STATUS_OTHER, _STATUS_SELECTED = 0, 1, 2
+# the prompt's codes, attached to the rows (see raft_polars._dense.PromptCodes)
+_CODE = "_raft_prompt_code"
+_CODED_IDS = ("stage", _CODE, "cand")
 
 
 def stage_losses(
@@ -205,10 +208,10 @@ def losses_from_log(
         del keys, ranked  # the summary and the 1-byte flag table live through the pass
         responses = collect(log, rows.select(*ID_COLUMNS, "reward", *response_stats("logprobs")))
         return losses_from_responses(log, summary, responses, below, reduction)
-    status = _token_status(log, keys, chosen)
-    del keys, ranked  # only the summary and the status table live through the token pass
     per_response = reduction == "sequence"
-    token_stats = _long_token_stats(log, status, chosen, per_response=per_response)
+    rows = _token_rows(log, keys, chosen, ID_COLUMNS if per_response else ["stage"])
+    del keys, ranked  # only the summary and the status table live through the token pass
+    token_stats = _long_token_stats(log, rows, chosen, per_response=per_response)
     if per_response:
         responses = chosen.join(token_stats, on=on, how="left").with_columns(
             pl.col("tokens").fill_null(0), pl.col("nll").fill_null(0.0)
@@ -249,9 +252,10 @@ class Keys:
     ----------
     frame
         On the integer fast path: the ids in the source's own integer types, or
-        string prompt ids as ``codes``; canonical ids otherwise.
+        the prompt ids as ``codes``; canonical ids otherwise.
     codes
-        The codes of string prompt ids, or None.
+        The codes of prompt ids (strings, or integers too sparse for a box), or
+        None.
     summary
         :func:`~raft_polars.ranking.dense_summary` of the keys (canonical ids), or
         None when they do not fit a dense box.
@@ -271,17 +275,20 @@ class Keys:
 
 
 def read_keys(log: StageLog) -> Keys:
-    """Read the candidate keys, with a numpy summary when the ids fit a dense box."""
+    """Read the candidate keys, with a numpy summary when the ids fit a dense box
+    (string prompt ids and sparse integer ones as codes)."""
     frame = collect(log, log.keys)
+    if frame.schema["prompt"] != pl.String:
+        summary = dense_summary(frame)
+        if summary is not None:
+            return Keys(frame, None, summary)
     codes = prompt_codes(frame)
-    if codes is not None:
-        frame = codes.encode(frame)
-    summary = dense_summary(frame)
-    if summary is None and codes is not None:
-        frame, codes = codes.decode(frame), None
-    if summary is not None and codes is not None:
-        summary = codes.decode(summary)
-    return Keys(frame, codes, summary)
+    if codes is None:
+        return Keys(frame, None, None)
+    summary = dense_summary(codes.encode(frame))
+    if summary is None:
+        return Keys(frame, None, None)
+    return Keys(codes.encode(frame), codes, codes.decode(summary))
 
 
 def rank_keys(
@@ -320,8 +327,12 @@ def selected_candidates(log: StageLog, keys: Keys, chosen: pl.DataFrame) -> pl.L
         return log.candidates.join(chosen.lazy().select(ID_COLUMNS), on=list(ID_COLUMNS))
     table = np.zeros(box.size + 1, dtype=np.uint8)
     table[keys.index(box, chosen)] = 1
-    flag = gather(table, box, log.candidates.collect_schema(), checked=False, codes=keys.codes)
-    return log.candidates.filter(flag == 1)
+    if keys.codes is None:
+        flag = gather(table, box, log.candidates.collect_schema(), checked=False)
+        return log.candidates.filter(flag == 1)
+    coded = keys.codes.attach(log.candidates, _CODE)
+    flag = gather(table, box, coded.collect_schema(), checked=False, names=_CODED_IDS)
+    return coded.filter(flag == 1).drop(_CODE)
 
 
 def losses_from_responses(
@@ -493,51 +504,52 @@ def _reduce(
 # --- long layout: one pass over the token rows ------------------------------------
 
 
-def _token_status(log: StageLog, keys: Keys, chosen: pl.DataFrame) -> pl.Expr | pl.DataFrame:
-    """How the token pass finds each token row's status: 0 (its candidate has no
-    reward), 1 (not selected) or 2 (selected).
+def _token_rows(
+    log: StageLog, keys: Keys, chosen: pl.DataFrame, group: Sequence[str]
+) -> pl.LazyFrame:
+    """The token rows as ``*group, status, logprob``, still lazy. The status is 0
+    (the row's candidate has no reward), 1 (not selected) or 2 (selected).
 
-    A gather from a dense 1-byte table when the ids fit a box (an expression on the
-    raw token ids), else a hash-join table ``stage, prompt, cand, status`` on
-    canonical ids.
+    From a dense 1-byte table gathered at each row's box position when the ids fit
+    a box (on the raw token ids, or on the prompt's codes), else from a hash join
+    with a status table on canonical ids.
     """
+    assert log.tokens is not None
     assert log.raw_tokens is not None
     box = keys.box
     if box is not None:
         table = np.zeros(box.size + 1, dtype=np.uint8)  # the last entry: outside the box
         table[box.index(keys.frame)] = _STATUS_OTHER
         table[keys.index(box, chosen)] = _STATUS_SELECTED
-        # ids the footers prove inside the box need no bounds checks per row
-        checked = not footers_within(log.token_files, log.token_ids, box)
-        schema = log.raw_tokens.collect_schema()
-        return gather(table, box, schema, checked=checked, codes=keys.codes).alias("status")
-    return keys.frame.select(canonical_ids(keys.frame.schema)).with_columns(
+        tokens = log.raw_tokens
+        if keys.codes is None:
+            # ids the footers prove inside the box need no bounds checks per row
+            checked = not footers_within(log.token_files, log.token_ids, box)
+            status = gather(table, box, tokens.collect_schema(), checked=checked)
+        else:
+            tokens = keys.codes.attach(tokens, _CODE)
+            status = gather(table, box, tokens.collect_schema(), names=_CODED_IDS)
+        return tokens.select(*group, status.alias("status"), "logprob")
+    statuses = keys.frame.select(canonical_ids(keys.frame.schema)).with_columns(
         pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")
     ).update(
         chosen.select(ID_COLUMNS).with_columns(pl.lit(_STATUS_SELECTED, pl.UInt8).alias("status")),
         on=list(ID_COLUMNS),
     )
+    return log.tokens.join(statuses.lazy(), on=list(ID_COLUMNS), how="left").select(
+        *group, pl.col("status").fill_null(_STATUS_ORPHAN), "logprob")
 
 
 def _long_token_stats(
-    log: StageLog, status: pl.Expr | pl.DataFrame, chosen: pl.DataFrame, *, per_response: bool
+    log: StageLog, rows: pl.LazyFrame, chosen: pl.DataFrame, *, per_response: bool
 ) -> pl.DataFrame:
     """Sum the selected token rows per stage (or per response) in one pass.
 
-    Each token row gets its status from :func:`_token_status`; rows of status 1
-    are dropped before the group-by, so the pass costs about one read of the token
-    columns.
+    ``rows`` come from :func:`_token_rows`; rows of status 1 are dropped before the
+    group-by, so the pass costs about one read of the token columns.
     """
-    assert log.tokens is not None
-    assert log.raw_tokens is not None
     group = ["stage", "prompt", "cand"] if per_response else ["stage"]
-    if isinstance(status, pl.Expr):
-        kept = log.raw_tokens.select(*group, status, "logprob")  # no ids the pass does not need
-    else:
-        kept = log.tokens.join(status.lazy(), on=list(ID_COLUMNS), how="left").with_columns(
-            pl.col("status").fill_null(_STATUS_ORPHAN)
-        )
-    kept = kept.filter(pl.col("status") != _STATUS_OTHER)
+    kept = rows.filter(pl.col("status") != _STATUS_OTHER)
     lp = pl.col("logprob")
     stats = collect(
         log,

@@ -161,17 +161,31 @@ def test_gather_with_and_without_bounds_checks(checked: bool) -> None:
     assert got.to_series().to_list() == [_BOX.size] * 3
 
 
-def test_prompt_codes_round_trip_and_unknown_prompts() -> None:
-    keys = pl.DataFrame({"stage": [0, 0, 1], "prompt": ["b", "a", "b"], "cand": [0, 1, 0],
+@pytest.mark.parametrize("prompts", [["b", "a", "b"], [2**40, -7, 2**40]], ids=["str", "int"])
+def test_prompt_codes_round_trip_and_unknown_prompts(prompts: list[object]) -> None:
+    keys = pl.DataFrame({"stage": [0, 0, 1], "prompt": prompts, "cand": [0, 1, 0],
                          "reward": [1.0, 2.0, 3.0]})
     codes = raft_polars._dense.prompt_codes(keys)
     assert codes is not None
     coded = codes.encode(keys)
     assert coded["prompt"].to_list() == [0, 1, 0]
+    assert coded.columns == keys.columns
     assert codes.decode(coded).equals(keys)
-    tokens = pl.DataFrame({"prompt": ["a", "zz", None, "b"]})
-    assert tokens.select(codes.expr()).to_series().to_list() == [1, None, None, 0]
-    assert raft_polars._dense.prompt_codes(keys.with_columns(pl.col("prompt").cast(
-        pl.Categorical))) is None
-    assert raft_polars._dense.prompt_codes(keys.with_columns(
-        prompt=pl.Series(["a", None, "b"]))) is None
+    tokens = pl.DataFrame({"prompt": [prompts[1], 12345 if prompts[0] != "b" else "zz", None,
+                                      prompts[0]]}, strict=False)
+    if prompts[0] != "b":
+        tokens = tokens.cast(pl.Int32, strict=False)  # narrower than some categories
+    got = codes.attach(tokens, "code")
+    assert got["code"].to_list() == [1, None, None, 0 if prompts[0] == "b" else None]
+    assert got["prompt"].equals(tokens["prompt"])
+    lazy = codes.attach(tokens.lazy(), "code").collect()
+    assert lazy.equals(got)
+
+
+def test_prompt_codes_step_aside() -> None:
+    keys = pl.DataFrame({"stage": [0, 0, 1], "prompt": ["b", "a", "b"], "cand": [0, 1, 0],
+                         "reward": [1.0, 2.0, 3.0]})
+    within = raft_polars._dense.prompt_codes
+    assert within(keys.with_columns(pl.col("prompt").cast(pl.Categorical))) is None
+    assert within(keys.with_columns(prompt=pl.Series(["a", None, "b"]))) is None
+    assert within(keys.with_columns(pl.col("cand").cast(pl.String))) is None

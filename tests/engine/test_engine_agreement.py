@@ -186,18 +186,23 @@ def test_numpy_inputs() -> None:
     assert got == [round(-(-1.5 + float(np.float32(-1.6))) / 2, 4)]
 
 
-_PROMPT_IDS = {"int": None, "str": ["a", "b", "c"], "sparse": [0, 2**40, 7]}
+# ids: dense integers, string prompts and hashed (sparse integer) prompts take the
+# dense path (the last two as codes); sparse stage ids are too sparse for a box
+_IDS: dict[str, dict[str, Any]] = {
+    "int": {}, "str": {"prompt_ids": ["a", "b", "c"]},
+    "hashed": {"prompt_ids": [0, 2**40, 7]}, "sparse": {"stage_ids": [0, 2**40, 7]},
+}
 
 
 @pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "long"], ids=str)
-@pytest.mark.parametrize("prompts", list(_PROMPT_IDS))
+@pytest.mark.parametrize("prompts", list(_IDS))
 def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_path: Path) -> None:
     """The dense fast path (numpy summary, status gathered from a table) runs for
-    integer ids and for string prompt ids (as codes); the Polars group-by and the
-    hash-join fallback for ids too sparse for a box, or when forced (so both are
-    covered by the entry points)."""
+    integer ids and for string or hashed prompt ids (as codes); the Polars group-by
+    and the hash-join fallback for ids too sparse for a box, or when forced (so
+    both are covered by the entry points)."""
     summaries: list[object] = []
-    statuses: list[object] = []
+    gathers: list[object] = []
     proofs: list[object] = []
 
     def spy(original: Any, seen: list[object]) -> Any:
@@ -206,31 +211,30 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
             return seen[-1]
         return call
 
-    case = Case(RAGGED.lps, RAGGED.rws, prompt_ids=_PROMPT_IDS[prompts])
+    case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
     with (mock.patch.object(raft_polars.losses, "dense_summary",
                             spy(raft_polars.losses.dense_summary, summaries)),
-          mock.patch.object(raft_polars.losses, "_token_status",
-                            spy(raft_polars.losses._token_status, statuses)),
+          mock.patch.object(raft_polars.losses, "gather",
+                            spy(raft_polars.losses.gather, gathers)),
           mock.patch.object(raft_polars.losses, "footers_within",
                             spy(raft_polars.losses.footers_within, proofs))):
         check_losses(entry, case, tmp_path)
-    assert len(summaries) == len(statuses) == 1
     dense = prompts != "sparse" and not entry.fallback
-    assert (summaries[0] is not None) == dense
-    assert isinstance(statuses[0], pl.Expr) == dense
+    assert (summaries[-1] is not None) == dense  # the last try: plain ids, then codes
+    assert len(gathers) == dense  # the token pass gathers its status from a table
     # plain Parquet files prove their integer ids' bounds: no per-row bounds checks
-    proven = entry.writes_files and entry.kind != "hive" and prompts == "int"
-    assert proofs == ([proven] if dense else [])
+    proven = entry.writes_files and entry.kind != "hive"
+    assert proofs == ([proven] if dense and prompts == "int" else [])
 
 
 @pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "nested"], ids=str)
-@pytest.mark.parametrize("prompts", list(_PROMPT_IDS))
+@pytest.mark.parametrize("prompts", list(_IDS))
 def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str,
                                                tmp_path: Path) -> None:
-    """Ids in a dense box (string prompt ids as codes): rank the keys first, then
-    decode only the selected lists; sparse ids: one streaming pass with the
-    statistics riding along the group-by."""
-    case = Case(RAGGED.lps, RAGGED.rws, prompt_ids=_PROMPT_IDS[prompts])
+    """Ids in a dense box (string or hashed prompt ids as codes): rank the keys
+    first, then decode only the selected lists; sparse ids: one streaming pass with
+    the statistics riding along the group-by."""
+    case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
     with mock.patch.object(raft_polars.losses, "_nested_one_pass",
                            wraps=raft_polars.losses._nested_one_pass) as one_pass:
         check_losses(entry, case, tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from reference import nested_frame, reference_rounded
+from reference import long_frames, nested_frame, reference_losses, reference_rounded
 
 import raft_polars
 from raft_polars import RaftInputError
@@ -181,3 +181,21 @@ def test_orphan_uint64_ids_beyond_int64_are_input_errors(reduction: str) -> None
                            "logprob": [-1.0, -2.0]}, schema_overrides={"stage": pl.UInt64})
     with pytest.raises(RaftInputError):
         raft_polars.stage_losses(tokens, rewards=rewards, reduction=reduction)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+@pytest.mark.parametrize("prompts", [[2**40, 7], ["x", "y"]], ids=["hashed", "str"])
+def test_coded_prompts_find_orphans_and_reduce(prompts: list[object], reduction: str) -> None:
+    """Prompt ids taken as codes: the answer is the reference's, and a token row
+    whose prompt has no reward row is an orphan, named."""
+    lps = [[[[-1.0, -2.0], [-0.5]], [[-3.0], [-0.25, -0.75]]]]
+    rws = [[[0.1, 0.9], [0.8, 0.2]]]
+    tokens, rewards = long_frames(lps, rws, prompt_ids=prompts)
+    got = raft_polars.stage_losses(tokens, rewards=rewards, reduction=reduction)  # type: ignore[arg-type]
+    want = reference_losses(lps, rws, reduction=reduction)
+    assert got["loss"].to_list() == pytest.approx(want, rel=1e-12)
+    stray = 12345 if isinstance(prompts[0], int) else "zz"
+    orphan = pl.concat([tokens, tokens.head(1).with_columns(pl.lit(stray).alias("prompt"))],
+                       how="vertical_relaxed")
+    with pytest.raises(RaftInputError, match="no reward row"):
+        raft_polars.stage_losses(orphan, rewards=rewards, reduction=reduction)  # type: ignore[arg-type]
