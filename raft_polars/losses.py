@@ -74,9 +74,16 @@ LOSS_COLUMNS = (
     "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min",
 )
 _STATUS_ORPHAN, _STATUS_OTHER, _STATUS_SELECTED = 0, 1, 2
-# the prompt's codes, attached to the rows (see raft_polars._dense.PromptCodes)
-_CODE = "_raft_prompt_code"
-_CODED_IDS = ("stage", _CODE, "cand")
+_INT64_MAX = 2**63 - 1
+
+
+def _code_name(schema: pl.Schema) -> str:
+    """A name for the prompt's codes (see :class:`raft_polars._dense.PromptCodes`)
+    that no column of ``schema`` has."""
+    name = "_raft_prompt_code"
+    while name in schema or f"{name}_right" in schema:
+        name += "_"
+    return name
 
 
 def stage_losses(
@@ -278,6 +285,10 @@ def read_keys(log: StageLog) -> Keys:
     """Read the candidate keys, with a numpy summary when the ids fit a dense box
     (string prompt ids and sparse integer ones as codes)."""
     frame = collect(log, log.keys)
+    for name in ID_COLUMNS:
+        if frame.schema[name] == pl.UInt64 and (frame[name].max() or 0) > _INT64_MAX:  # type: ignore[operator]
+            # ids are Int64: report it as every other path does, from the cast
+            collect(log, frame.lazy().select(canonical_ids(frame.schema)))
     if frame.schema["prompt"] != pl.String:
         summary = dense_summary(frame)
         if summary is not None:
@@ -285,10 +296,11 @@ def read_keys(log: StageLog) -> Keys:
     codes = prompt_codes(frame)
     if codes is None:
         return Keys(frame, None, None)
-    summary = dense_summary(codes.encode(frame))
+    coded = codes.encode(frame)
+    summary = dense_summary(coded)
     if summary is None:
         return Keys(frame, None, None)
-    return Keys(codes.encode(frame), codes, codes.decode(summary))
+    return Keys(coded, codes, codes.decode(summary))
 
 
 def rank_keys(
@@ -330,9 +342,10 @@ def selected_candidates(log: StageLog, keys: Keys, chosen: pl.DataFrame) -> pl.L
     if keys.codes is None:
         flag = gather(table, box, log.candidates.collect_schema(), checked=False)
         return log.candidates.filter(flag == 1)
-    coded = keys.codes.attach(log.candidates, _CODE)
-    flag = gather(table, box, coded.collect_schema(), checked=False, names=_CODED_IDS)
-    return coded.filter(flag == 1).drop(_CODE)
+    code = _code_name(log.candidates.collect_schema())
+    coded = keys.codes.attach(log.candidates, code)
+    flag = gather(table, box, coded.collect_schema(), checked=False, names=("stage", code, "cand"))
+    return coded.filter(flag == 1).drop(code)
 
 
 def losses_from_responses(
@@ -527,8 +540,9 @@ def _token_rows(
             checked = not footers_within(log.token_files, log.token_ids, box)
             status = gather(table, box, tokens.collect_schema(), checked=checked)
         else:
-            tokens = keys.codes.attach(tokens, _CODE)
-            status = gather(table, box, tokens.collect_schema(), names=_CODED_IDS)
+            code = _code_name(tokens.collect_schema())
+            tokens = keys.codes.attach(tokens, code)
+            status = gather(table, box, tokens.collect_schema(), names=("stage", code, "cand"))
         return tokens.select(*group, status.alias("status"), "logprob")
     statuses = keys.frame.select(canonical_ids(keys.frame.schema)).with_columns(
         pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")

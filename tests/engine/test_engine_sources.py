@@ -199,3 +199,33 @@ def test_coded_prompts_find_orphans_and_reduce(prompts: list[object], reduction:
                        how="vertical_relaxed")
     with pytest.raises(RaftInputError, match="no reward row"):
         raft_polars.stage_losses(orphan, rewards=rewards, reduction=reduction)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prompts", [[10**12, 10**12, 5, 5], ["a", "a", "b", "b"]],
+                         ids=["hashed", "str"])
+def test_a_source_column_named_like_the_codes_is_kept(prompts: list[object]) -> None:
+    """An extra column with the name the engine gives the prompt's codes changes
+    nothing: the same loss as the reference, and the column in the selected batch."""
+    frame = pl.DataFrame({"stage": [0] * 4, "prompt": prompts, "cand": [0, 1, 0, 1],
+                          "reward": [0.0, 1.0, 1.0, 0.0],
+                          "logprobs": [[-1.0], [-2.0], [-3.0], [-4.0]],
+                          "_raft_prompt_code": [7, 7, 7, 7],
+                          "_raft_prompt_code_": [8, 8, 8, 8]})
+    assert raft_polars.stage_losses(frame)["loss"].to_list() == [2.5]
+    selected = raft_polars.select_best(frame).collect()
+    assert selected.select("prompt", "cand").rows() == sorted(
+        [(prompts[0], 1), (prompts[2], 0)])
+    assert selected["_raft_prompt_code"].to_list() == [7, 7]
+    assert selected["_raft_prompt_code_"].to_list() == [8, 8]
+
+
+def test_uint64_prompt_ids_beyond_int64_fail_alike_on_every_path() -> None:
+    ids = pl.Series([2**63, 2**63, 5, 5], dtype=pl.UInt64)
+    rewards = pl.DataFrame({"stage": [0] * 4, "prompt": ids, "cand": [0, 1, 0, 1],
+                            "reward": [0.0, 1.0, 1.0, 0.0]})
+    tokens = pl.DataFrame({"stage": [0] * 4, "prompt": ids, "cand": [0, 1, 0, 1],
+                           "logprob": [-1.0, -2.0, -3.0, -4.0]})
+    with pytest.raises(RaftInputError, match="u64"):
+        raft_polars.stage_losses(tokens, rewards=rewards)
+    with pytest.raises(RaftInputError, match="u64"):
+        raft_polars.select_best(tokens, rewards=rewards)
