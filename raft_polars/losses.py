@@ -280,6 +280,19 @@ class Keys:
         """Positions in ``box`` of the (canonical) ``chosen`` candidates."""
         return box.index(chosen if self.codes is None else self.codes.encode(chosen))
 
+    def lookup(
+        self, frame: pl.LazyFrame, box: Box, table: npt.NDArray[np.uint8], *, checked: bool
+    ) -> tuple[pl.LazyFrame, pl.Expr]:
+        """``frame`` and the expression of each row's entry of ``table`` at its box
+        position. With prompt codes, ``frame`` gets them as one more column (under
+        a name none of its columns has), which the caller drops."""
+        if self.codes is None:
+            return frame, gather(table, box, frame.collect_schema(), checked=checked)
+        code = _code_name(frame.collect_schema())
+        frame = self.codes.attach(frame, code)
+        names = ("stage", code, "cand")
+        return frame, gather(table, box, frame.collect_schema(), checked=checked, names=names)
+
 
 def read_keys(log: StageLog) -> Keys:
     """Read the candidate keys, with a numpy summary when the ids fit a dense box
@@ -339,13 +352,8 @@ def selected_candidates(log: StageLog, keys: Keys, chosen: pl.DataFrame) -> pl.L
         return log.candidates.join(chosen.lazy().select(ID_COLUMNS), on=list(ID_COLUMNS))
     table = np.zeros(box.size + 1, dtype=np.uint8)
     table[keys.index(box, chosen)] = 1
-    if keys.codes is None:
-        flag = gather(table, box, log.candidates.collect_schema(), checked=False)
-        return log.candidates.filter(flag == 1)
-    code = _code_name(log.candidates.collect_schema())
-    coded = keys.codes.attach(log.candidates, code)
-    flag = gather(table, box, coded.collect_schema(), checked=False, names=("stage", code, "cand"))
-    return coded.filter(flag == 1).drop(code)
+    frame, flag = keys.lookup(log.candidates, box, table, checked=False)
+    return frame.filter(flag == 1).select(log.candidates.collect_schema().names())
 
 
 def losses_from_responses(
@@ -534,15 +542,11 @@ def _token_rows(
         table = np.zeros(box.size + 1, dtype=np.uint8)  # the last entry: outside the box
         table[box.index(keys.frame)] = _STATUS_OTHER
         table[keys.index(box, chosen)] = _STATUS_SELECTED
-        tokens = log.raw_tokens
-        if keys.codes is None:
-            # ids the footers prove inside the box need no bounds checks per row
-            checked = not footers_within(log.token_files, log.token_ids, box)
-            status = gather(table, box, tokens.collect_schema(), checked=checked)
-        else:
-            code = _code_name(tokens.collect_schema())
-            tokens = keys.codes.attach(tokens, code)
-            status = gather(table, box, tokens.collect_schema(), names=("stage", code, "cand"))
+        # raw ids the footers prove inside the box need no bounds checks per row
+        # (prompt codes always do: a prompt without a reward row has a null code)
+        checked = keys.codes is not None or not footers_within(
+            log.token_files, log.token_ids, box)
+        tokens, status = keys.lookup(log.raw_tokens, box, table, checked=checked)
         return tokens.select(*group, status.alias("status"), "logprob")
     statuses = keys.frame.select(canonical_ids(keys.frame.schema)).with_columns(
         pl.lit(_STATUS_OTHER, pl.UInt8).alias("status")
