@@ -65,20 +65,8 @@ def replace():
         cats, pl.int_range(len(cats), eager=True), default=None, return_dtype=pl.Int64
     )
     k2 = keys.with_columns(code)
-    summ = dense_summary(k2)
-    box = box_of(k2)
-    table = np.zeros(box.size + 1, dtype=np.uint8)
-    table[box.index(k2)] = 1
-    table[box.index(summ)] = 2
-    scan = pl.scan_parquet(t).select("stage", code.alias("prompt"), "cand", "logprob")
-    ex = gather(table, box, scan.collect_schema(), checked=True).fill_null(box.size)
-    return (
-        scan.select("stage", ex.alias("status"), "logprob")
-        .filter(pl.col("status") != 1)
-        .group_by("stage", "status")
-        .agg(aggs)
-        .collect(engine="streaming")
-    )
+    return coded_pass(k2, pl.scan_parquet(t).select("stage", code.alias("prompt"), "cand",
+                                                    "logprob"))
 
 
 def joinp():
@@ -91,18 +79,23 @@ def joinp():
         .with_columns(pl.col("code").cast(pl.Int64))
     )
     k2 = keys.join(cats, on="prompt").drop("prompt").rename({"code": "prompt"})
-    summ = dense_summary(k2)
-    box = box_of(k2)
-    table = np.zeros(box.size + 1, dtype=np.uint8)
-    table[box.index(k2)] = 1
-    table[box.index(summ)] = 2
     scan = (
         pl.scan_parquet(t)
         .select("stage", "prompt", "cand", "logprob")
         .join(cats.lazy(), on="prompt", how="left")
         .select("stage", pl.col("code").alias("prompt"), "cand", "logprob")
     )
-    ex = gather(table, box, scan.collect_schema(), checked=True)
+    return coded_pass(k2, scan)
+
+
+def coded_pass(keys: pl.DataFrame, scan: pl.LazyFrame) -> pl.DataFrame:
+    """The dense path on keys and token rows whose ``prompt`` holds the codes."""
+    summ = dense_summary(keys)
+    box = box_of(keys)
+    table = np.zeros(box.size + 1, dtype=np.uint8)
+    table[box.index(keys)] = 1
+    table[box.index(summ)] = 2
+    ex = gather(table, box, scan.collect_schema(), checked=True)  # null codes: outside
     return (
         scan.select("stage", ex.alias("status"), "logprob")
         .filter(pl.col("status") != 1)
