@@ -1,17 +1,20 @@
 """raft_polars: the columnar engine for RAFT (Reward rAnked FineTuning) stage logs.
 
-The three RAFT steps, one module each: :mod:`raft_polars.logs` reads stage logs
-into a canonical frame, :mod:`raft_polars.ranking` selects the best candidates,
-:mod:`raft_polars.losses` reduces them to per-stage SFT losses and statistics.
+The three RAFT steps are the engine's three kernels (``raft_polars._engine``):
+read any source into a canonical frame, rank the candidates of each prompt,
+reduce the selected responses to per-stage losses and statistics. The public
+functions take the same options and an ``engine=`` keyword (``"polars"`` in
+this process, ``"dask"`` on a cluster); the exact semantics are in
+``docs/semantics.md``.
 """
 
 from __future__ import annotations
 
+from raft_polars._engine.read import StageLog, read_log
+from raft_polars.api import select_best, stage_losses, write_selected
 from raft_polars.errors import MissingDependencyError, RaftInputError, RaftPolarsError
 from raft_polars.lists import lists_losses, raft_alignment
-from raft_polars.logs import StageLog, read_log
-from raft_polars.losses import select_best, stage_losses
-from raft_polars.ranking import Selection
+from raft_polars.selection import Selection
 from raft_polars.validate import ValidationReport, validate
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "select_best",
     "stage_losses",
     "validate",
+    "write_selected",
 ]
 
 __version__ = "0.1.0"

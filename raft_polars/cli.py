@@ -29,24 +29,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import importlib
 import json
 import math
 import os
 import shutil
 import sys
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NoReturn, TextIO
 
 import polars as pl
 
 from raft_polars import __version__
+from raft_polars._engine.read import CANONICAL_COLUMNS
+from raft_polars._engine.reduce import LOSS_COLUMNS
+from raft_polars._engine.sources import Source
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
-from raft_polars.logs import CANONICAL_COLUMNS, Source
-from raft_polars.losses import LOSS_COLUMNS
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
 
@@ -198,8 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         "at the end, so a failed or interrupted run leaves no partial file.",
     )
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file, Parquet (.parquet, .pq) or JSON lines (.jsonl, .ndjson); "
-                   "with --engine dask a directory of Parquet parts")
+                   help="output file, Parquet (.parquet, .pq) or JSON lines (.jsonl, .ndjson)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stage", type=int, metavar="N", help="export stage N only")
@@ -390,49 +387,31 @@ def _selection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "min_reward": args.min_reward}
 
 
-def _check_engine(args: argparse.Namespace) -> None:
-    if args.engine != "dask" and (args.scheduler is not None or args.workers is not None):
-        msg = "--scheduler and --workers need --engine dask"
-        raise UsageError(msg)
-
-
-def _dask_engine() -> ModuleType:
-    """``raft_polars.dask``, imported only when ``--engine dask`` is asked for."""
+def _engine(args: argparse.Namespace) -> Any:
+    """The ``engine=`` of the API for ``--engine`` (and ``--scheduler`` / ``--workers``)."""
+    if args.engine != "dask":
+        if args.scheduler is not None or args.workers is not None:
+            msg = "--scheduler and --workers need --engine dask"
+            raise UsageError(msg)
+        return "polars"
+    if args.scheduler is None and args.workers is None:
+        return "dask"
     try:
-        engine = importlib.import_module("raft_polars.dask")
-    except MissingDependencyError:
-        raise
+        from raft_polars.dask import DaskEngine
     except ImportError as exc:
         msg = (f"--engine dask needs the distributed engine ({exc}); install it with: "
                "pip install 'raft-polars[dask]'")
         raise MissingDependencyError(msg) from exc
-    return engine
-
-
-@contextlib.contextmanager
-def _dask_client(args: argparse.Namespace) -> Iterator[tuple[ModuleType, Any]]:
-    engine = _dask_engine()
-    with engine.connect(scheduler=args.scheduler, workers=args.workers) as client:
-        yield engine, client
+    return DaskEngine(scheduler=args.scheduler, workers=args.workers)
 
 
 # --- losses ------------------------------------------------------------------------
 
 def _cmd_losses(args: argparse.Namespace) -> None:
-    _check_engine(args)
-    if args.engine == "dask":
-        from raft_polars.ranking import Selection
+    from raft_polars.api import stage_losses
 
-        selection = Selection(**_selection_kwargs(args))
-        with _dask_client(args) as (engine, client):
-            table = engine.stage_losses(_source(args), **_log_kwargs(args),
-                                        reduction=args.reduction, selection=selection,
-                                        client=client)
-    else:
-        from raft_polars.losses import stage_losses
-
-        table = stage_losses(_source(args), **_log_kwargs(args), reduction=args.reduction,
-                             **_selection_kwargs(args))
+    table = stage_losses(_source(args), **_log_kwargs(args), reduction=args.reduction,
+                         **_selection_kwargs(args), engine=_engine(args))
     write_losses(table, sys.stdout, fmt=args.format)
 
 
@@ -490,163 +469,15 @@ def _cell(value: Any) -> str:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    _check_engine(args)
+    from raft_polars.api import write_selected
+
     out = Path(args.output)
-    if args.engine == "dask":
-        _select_dask(args, out)
-        return
-    suffix = out.suffix.lower()
-    if suffix not in (*_PARQUET, *_JSONL):
-        msg = (f"cannot tell the output format of {str(out)!r}: name it *.parquet (or .pq) "
-               "for Parquet, *.jsonl (or .ndjson) for JSON lines")
-        raise UsageError(msg)
-    _check_target(out, force=args.force)
-
-    from raft_polars.losses import select_best
-
-    source = _source(args)
-    frame = select_best(source, **_log_kwargs(args), **_selection_kwargs(args))
-    if args.stage is not None or args.last_stage:
-        frame = frame.filter(pl.col("stage") == _pick_stage(args))
-    frame = _sft_columns(frame, args.prompt_column, args.response_column)
-
-    def write(tmp: Path) -> None:
-        if suffix in _PARQUET:
-            frame.sink_parquet(tmp, engine="streaming")
-        else:
-            frame.sink_ndjson(tmp, engine="streaming")
-
-    _write_atomically(out, write, force=args.force)
-    print(f"wrote {_rows_written(out)} selected response(s) to {out}")
-
-
-def _pick_stage(args: argparse.Namespace) -> int:
-    """The stage asked for by ``--stage N`` / ``--last-stage``, checked against the log."""
-    from raft_polars.logs import collect, read_log
-
-    log = read_log(_source(args), **_log_kwargs(args))
-    stages = collect(log, log.candidates.select(pl.col("stage").unique().sort()))["stage"]
-    stages = stages.drop_nulls()
-    if stages.is_empty():
-        msg = f"{log.origin} holds no stages"
-        raise UsageError(msg)
-    if args.last_stage:
-        return int(stages.max())  # type: ignore[arg-type]
-    if args.stage not in stages:
-        shown = stages.head(20).to_list()
-        more = ", ..." if stages.len() > 20 else ""
-        msg = (f"--stage {args.stage}: no such stage in {log.origin}; stages present: "
-               f"{str(shown)[:-1]}{more}]")
-        raise UsageError(msg)
-    return int(args.stage)
-
-
-def _sft_columns(frame: pl.LazyFrame, prompt_col: str | None,
-                 response_col: str | None) -> pl.LazyFrame:
-    """Add ``prompt`` / ``completion`` copies of payload columns for SFT trainers.
-
-    With ``prompt_col`` the prompt id column is renamed ``prompt_id``, since
-    ``prompt`` then holds the text.
-    """
-    if prompt_col is None and response_col is None:
-        return frame
-    present = list(frame.collect_schema())
-    wanted = {"prompt": prompt_col, "completion": response_col}
-    added = {name: col for name, col in wanted.items() if col is not None}
-    for option, col in (("--prompt-column", prompt_col), ("--response-column", response_col)):
-        if col is not None and col not in present:
-            msg = (f"{option} {col!r}: no such column in the selected batch; columns "
-                   f"present: {present}")
-            raise UsageError(msg)
-    names = {c: ("prompt_id" if c == "prompt" and prompt_col is not None else c)
-             for c in present}
-    # a payload column already named like its copy is kept once, at the end
-    kept = [c for c in present if not (names[c] in added and added[names[c]] == c)]
-    for c in kept:
-        if names[c] in added or (names[c] == "prompt_id" and c != "prompt"):
-            msg = (f"the selected batch already has a column {names[c]!r}, which the "
-                   "--prompt-column/--response-column output needs; rename it with --column "
-                   "or in the log")
-            raise UsageError(msg)
-    return frame.select(*(pl.col(c).alias(names[c]) for c in kept),
-                        *(pl.col(col).alias(name) for name, col in added.items()))
-
-
-def _select_dask(args: argparse.Namespace, out: Path) -> None:
-    unsupported = [opt for opt, given in (
-        ("--stage", args.stage is not None), ("--last-stage", args.last_stage),
-        ("--prompt-column", args.prompt_column is not None),
-        ("--response-column", args.response_column is not None)) if given]
-    if unsupported:
-        msg = f"{', '.join(unsupported)}: not supported with --engine dask"
-        raise UsageError(msg)
-    if out.suffix.lower() in _JSONL:
-        msg = (f"--engine dask writes a directory of Parquet parts, not JSON lines: "
-               f"{str(out)!r}")
-        raise UsageError(msg)
-    _check_target(out, force=args.force)
-    from raft_polars.ranking import Selection
-
-    selection = Selection(**_selection_kwargs(args))
-    with _dask_client(args) as (engine, client):
-
-        def write(tmp: Path) -> None:
-            written = Path(engine.write_selected(_source(args), tmp, **_log_kwargs(args),
-                                                 selection=selection, client=client))
-            if written != tmp:
-                os.replace(written, tmp)
-
-        _write_atomically(out, write, force=args.force)
-    print(f"wrote the selected batch to {out}/ ({len(list(out.glob('*.parquet')))} part(s))")
-
-
-def _check_target(out: Path, *, force: bool) -> None:
-    if not out.parent.is_dir():
-        msg = f"output directory does not exist: {str(out.parent)!r}"
-        raise UsageError(msg)
-    if out.exists() and not force:
-        msg = f"{str(out)!r} exists; pass --force to replace it"
-        raise UsageError(msg)
-
-
-def _write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
-    """Call ``write(tmp)`` on a temporary path next to ``out``, then rename it to ``out``.
-
-    The temporary file (or directory) is removed on any failure, interruption
-    included, so ``out`` is either the complete result or untouched.
-    """
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:12]}.tmp{out.suffix}")
-    try:
-        write(tmp)
-        if out.exists():
-            if not force:
-                msg = f"{str(out)!r} appeared while writing; pass --force to replace it"
-                raise UsageError(msg)
-            if out.is_dir() and not tmp.is_dir():
-                msg = f"{str(out)!r} is a directory; not replacing it with a file"
-                raise UsageError(msg)
-            if out.is_dir():
-                shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        raise
-
-
-def _rows_written(out: Path) -> int:
-    if out.suffix.lower() in _PARQUET:
-        import pyarrow.parquet as pq
-
-        return int(pq.read_metadata(out).num_rows)
-    lines = 0
-    with out.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            lines += chunk.count(b"\n")
-    return lines
+    stage = "last" if args.last_stage else args.stage
+    rows = write_selected(_source(args), out, **_log_kwargs(args), **_selection_kwargs(args),
+                          stage=stage, prompt_column=args.prompt_column,
+                          response_column=args.response_column, force=args.force,
+                          engine=_engine(args))
+    print(f"wrote {rows} selected response(s) to {out}")
 
 
 # --- validate ----------------------------------------------------------------------
@@ -677,7 +508,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         msg = f"output directory does not exist: {str(out.parent)!r}"
         raise UsageError(msg)
-    from raft_polars.losses import stage_losses
+    from raft_polars._export import write_atomically
+    from raft_polars.api import stage_losses
     from raft_polars.report import report_figure, save_figure
 
     table = stage_losses(_source(args), **_log_kwargs(args), reduction=args.reduction,
@@ -688,7 +520,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
     def write(tmp: Path) -> None:
         save_figure(figure, tmp, fmt=fmt[1:])
 
-    _write_atomically(out, write, force=True)
+    write_atomically(out, write, force=True)
     print(f"wrote {out} ({table.height} stage(s))")
 
 

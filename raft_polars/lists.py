@@ -32,11 +32,13 @@ import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
-from raft_polars import _checks
+from raft_polars._engine.checks import raise_first
+from raft_polars._engine.rank import rank_keys
+from raft_polars._engine.read import StageLog
+from raft_polars._engine.reduce import finish, nested_sums
+from raft_polars._engine.sources import Resolved
 from raft_polars.errors import RaftInputError
-from raft_polars.logs import StageLog
-from raft_polars.losses import Reduction, check_reduction, losses_from_responses, response_stats
-from raft_polars.ranking import prompt_summary
+from raft_polars.selection import Reduction, Selection, check_reduction
 
 __all__ = ["lists_losses", "raft_alignment"]
 
@@ -114,15 +116,14 @@ class _Keys:
 
 
 def _losses(lps: LogProbs, candidates: _Keys, reduction: Reduction) -> pl.DataFrame:
-    """Rank and reduce with the engine's frame steps, with all of its checks."""
-    keys = candidates.frame()
-    log = StageLog("nested", keys.lazy(), None, (), _RW, _LP)
-    summary = prompt_summary(keys.lazy()).collect(engine="in-memory")
-    _checks.candidates(log, summary)
-    logprobs = _selected_logprobs(lps, summary)
-    summary = summary.with_columns(logprobs).with_columns(response_stats("logprobs"))
-    selected_log = StageLog("nested", summary.lazy(), None, (), _RW, _LP)
-    return losses_from_responses(selected_log, summary, None, None, reduction)
+    """Rank and reduce with the engine's kernels, with all of their checks."""
+    ranked = rank_keys(candidates.frame(), Selection())
+    raise_first(ranked.problems, origin=_RW, token_origin=_LP)
+    rows = ranked.chosen.with_columns(_selected_logprobs(lps, ranked.chosen))
+    source = Resolved("source", _LP, (), tuple(rows.schema.items()), (), rows.lazy())
+    log = StageLog("nested", source, None, (), (), pl.Int64())
+    reduced = nested_sums(log, ranked.chosen)
+    return finish(log, [ranked.stages, reduced.stages], [None], reduced.problems, reduction)
 
 
 def _lengths(items: Sequence[object], name: str, where: str) -> list[int]:

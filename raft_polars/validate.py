@@ -55,9 +55,11 @@ from typing import Any
 
 import polars as pl
 
-from raft_polars._checks import bad_logprob, bad_reward
-from raft_polars.logs import ID_COLUMNS, Layout, Source, StageLog, collect, read_log
-from raft_polars.ranking import Selection, Strategy, select
+from raft_polars._engine.checks import bad_logprob, bad_reward
+from raft_polars._engine.rank import select
+from raft_polars._engine.read import ID_COLUMNS, Layout, StageLog, collect, read_log
+from raft_polars._engine.sources import Source
+from raft_polars.selection import Selection, Strategy
 
 __all__ = ["PROBLEM_KINDS", "Problem", "ValidationReport", "validate"]
 
@@ -244,7 +246,7 @@ def validate(
         cands = collect(log, _nested_candidates(log))
         responses = cands.select(*_IDS, "tokens", "null_list", "bad_lp")
     else:
-        cands = collect(log, log.candidates.select(*_IDS, "reward"))
+        cands = collect(log, log.candidates(extras=False).select(*_IDS, "reward"))
         responses = None
     problems: list[Problem] = []
     found = _Found(problems, limit)
@@ -300,7 +302,7 @@ def _nested_candidates(log: StageLog) -> pl.LazyFrame:
     lp = pl.col("logprobs")
     flags = lp.list.eval(_bad(pl.element()))
     first = flags.list.arg_max()
-    return log.candidates.select(
+    return log.candidates(extras=False).select(
         *_IDS,
         "reward",
         lp.list.len().fill_null(0).cast(pl.Int64).alias("tokens"),
@@ -372,8 +374,7 @@ def _nested_token_checks(found: _Found, cands: pl.DataFrame, chosen: pl.DataFram
 def _long_token_checks(found: _Found, log: StageLog, cands: pl.DataFrame,
                        chosen: pl.DataFrame, skipped: list[str]) -> int:
     """All token-row checks of the long layout, from one group-by per response."""
-    assert log.tokens is not None
-    has_position = "token" in log.tokens.collect_schema()
+    has_position = log.has_token
     lp = pl.col("logprob")
     bad = _bad(lp)
     aggs = [
@@ -398,7 +399,7 @@ def _long_token_checks(found: _Found, log: StageLog, cands: pl.DataFrame,
                        "'token' column")
         aggs += [pl.lit(None, pl.Int64).alias("first_bad"),
                  lp.cast(pl.Float64).filter(bad).first().alias("first_bad_value")]
-    per_response = collect(log, log.tokens.group_by(_IDS).agg(aggs))
+    per_response = collect(log, log.tokens().group_by(_IDS).agg(aggs))
 
     known = cands.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in _IDS))
     orphans = per_response.join(known.select(_IDS).unique(), on=_IDS, how="anti")

@@ -207,12 +207,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_bug_is_not_hidden(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                              broken: Path) -> None:
     """Only user errors become exit 2; a bug in raft_polars keeps its traceback."""
-    import raft_polars.losses
+    import raft_polars.api
 
     def boom(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(raft_polars.losses, "stage_losses", boom)
+    monkeypatch.setattr(raft_polars.api, "stage_losses", boom)
     with pytest.raises(ZeroDivisionError):
         run(capsys, "losses", broken / "good.parquet")
 

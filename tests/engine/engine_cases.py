@@ -37,9 +37,10 @@ from reference import (
 )
 from strategies import prompt_ids, ragged_logs, stage_ids
 
+import dask_cluster
+
 import raft_polars
-import raft_polars._dense
-import raft_polars.losses
+import raft_polars._engine.dense
 
 # the columns of stage_losses / lists_losses, in this order (issue 2, the lead's brief)
 LOSS_COLUMNS = ("stage", "loss", "prompts", "candidates", "selected", "tokens",
@@ -250,17 +251,26 @@ class Entry:
 
     ``layout`` is ``"lists"``, ``"nested"`` or ``"long"``; ``kind`` the source kind
     (one of :data:`FRAME_KINDS` / :data:`FILE_KINDS`, or the function name for
-    lists); ``fallback`` forces the long layout's hash-join path.
+    lists); ``fallback`` forces the long layout's hash-join path; ``engine`` is
+    the executor (``"dask"``: the shared local cluster of ``tests/dask_cluster.py``).
     """
 
     layout: str
     kind: str
     fallback: bool = False
+    engine: str = "polars"
 
     @property
     def name(self) -> str:
         suffix = "-fallback" if self.fallback else ""
-        return self.kind if self.layout == "lists" else f"{self.layout}-{self.kind}{suffix}"
+        prefix = "dask-" if self.engine == "dask" else ""
+        if self.layout == "lists":
+            return self.kind
+        return f"{prefix}{self.layout}-{self.kind}{suffix}"
+
+    def options(self) -> dict[str, Any]:
+        """``engine=`` for this entry."""
+        return {"engine": dask_cluster.engine()} if self.engine == "dask" else {}
 
     @property
     def writes_files(self) -> bool:
@@ -273,7 +283,7 @@ class Entry:
     def path(self) -> Iterator[None]:
         """Force the hash-join fallback of the long layout when asked."""
         if self.fallback:
-            with mock.patch.object(raft_polars._dense, "MAX_BOX", 0):
+            with mock.patch.object(raft_polars._engine.dense, "MAX_BOX", 0):
                 yield
         else:
             yield
@@ -320,13 +330,14 @@ class Entry:
         """``stage_losses`` on laid-out sources (see :meth:`lay_out`)."""
         kwargs = dict(kwargs)
         with self.path():
-            return raft_polars.stage_losses(kwargs.pop("source"), **kwargs, **options)
+            return raft_polars.stage_losses(kwargs.pop("source"), **kwargs, **options,
+                                            **self.options())
 
     def select_best(self, kwargs: dict[str, Any]) -> pl.DataFrame:
         """``select_best`` on laid-out sources, collected."""
         kwargs = dict(kwargs)
         with self.path():
-            lazy = raft_polars.select_best(kwargs.pop("source"), **kwargs)
+            lazy = raft_polars.select_best(kwargs.pop("source"), **kwargs, **self.options())
             assert isinstance(lazy, pl.LazyFrame)
             return lazy.collect()
 
@@ -351,6 +362,12 @@ FRAME_ENTRIES = tuple(
     + [Entry("long", k) for k in (*FRAME_KINDS, *FILE_KINDS)]
     + [Entry("long", "DataFrame", fallback=True), Entry("long", "hive", fallback=True)]
 )
+# the same entries on the Dask executor (the hash-join fallback is forced in this
+# process only, so it has no Dask twin)
+DASK_ENTRIES = tuple(
+    Entry(e.layout, e.kind, engine="dask") for e in FRAME_ENTRIES if not e.fallback
+)
+FRAME_ENTRIES = FRAME_ENTRIES + DASK_ENTRIES
 ENTRIES = LIST_ENTRIES + FRAME_ENTRIES
 # the entries that take reduction= (raft_alignment is the seed: token mean only)
 REDUCTION_ENTRIES = tuple(e for e in ENTRIES if e.kind != "raft_alignment")

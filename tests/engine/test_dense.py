@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import raft_polars._dense
-from raft_polars.logs import ID_COLUMNS
-from raft_polars.ranking import dense_summary, prompt_summary
+import raft_polars._engine.dense
+from raft_polars._engine.rank import dense_summary, prompt_summary
+from raft_polars._engine.read import ID_COLUMNS
 
 _EXACT = ["stage", "prompt", "cand", "reward", "candidates", "cand_unique", "null_cands",
           "ties", "bad_rewards"]
@@ -65,7 +65,7 @@ def key_frames(draw: st.DrawFn) -> pl.DataFrame:
 @settings(max_examples=150, deadline=None)
 @given(key_frames())
 def test_dense_summary_equals_the_polars_summary(keys: pl.DataFrame) -> None:
-    box = raft_polars._dense.box_of(keys)
+    box = raft_polars._engine.dense.box_of(keys)
     got = dense_summary(keys)
     if box is None or box.prompts > 4 * keys.height:
         assert got is None  # too sparse a box: the Polars group-by runs
@@ -113,7 +113,7 @@ def test_dense_summary_steps_aside(keys: pl.DataFrame) -> None:
 
 # --- footers that prove the ids' bounds ----------------------------------------------
 
-_BOX = raft_polars._dense.Box((0, 10, 0), (2, 5, 4))  # stage 0-1, prompt 10-14, cand 0-3
+_BOX = raft_polars._engine.dense.Box((0, 10, 0), (2, 5, 4))  # stage 0-1, prompt 10-14, cand 0-3
 
 
 def _tokens(**columns: list[int | None]) -> pl.DataFrame:
@@ -131,14 +131,14 @@ def _tokens(**columns: list[int | None]) -> pl.DataFrame:
 def test_footers_within(frame: pl.DataFrame, proven: bool, tmp_path: Path) -> None:
     path = tmp_path / "t.parquet"
     frame.write_parquet(path)
-    assert raft_polars._dense.footers_within([path], ID_COLUMNS, _BOX) is proven
+    assert raft_polars._engine.dense.footers_within([path], ID_COLUMNS, _BOX) is proven
 
 
 def test_footers_prove_nothing_without_statistics(tmp_path: Path) -> None:
     good, bare = tmp_path / "good.parquet", tmp_path / "bare.parquet"
     _tokens().write_parquet(good)
     _tokens().write_parquet(bare, statistics=False)
-    within = raft_polars._dense.footers_within
+    within = raft_polars._engine.dense.footers_within
     assert within([good], ID_COLUMNS, _BOX)
     assert not within([good, bare], ID_COLUMNS, _BOX)
     assert not within([], ID_COLUMNS, _BOX)
@@ -154,10 +154,10 @@ def test_gather_with_and_without_bounds_checks(checked: bool) -> None:
     table = np.arange(_BOX.size + 1, dtype=np.uint8)
     inside = pl.DataFrame({"stage": [0, 1, 1], "prompt": [10, 12, 14], "cand": [0, 2, 3]},
                           schema={"stage": pl.Int32, "prompt": pl.Int64, "cand": pl.UInt8})
-    got = inside.select(raft_polars._dense.gather(table, _BOX, inside.schema, checked=checked))
+    got = inside.select(raft_polars._engine.dense.gather(table, _BOX, inside.schema, checked=checked))
     assert got.to_series().to_list() == [0, 20 + 2 * 4 + 2, 20 + 4 * 4 + 3]
     outside = pl.DataFrame({"stage": [0, 2, None], "prompt": [9, 10, 10], "cand": [0, 0, 0]})
-    got = outside.select(raft_polars._dense.gather(table, _BOX, outside.schema))
+    got = outside.select(raft_polars._engine.dense.gather(table, _BOX, outside.schema))
     assert got.to_series().to_list() == [_BOX.size] * 3
 
 
@@ -165,7 +165,7 @@ def test_gather_with_and_without_bounds_checks(checked: bool) -> None:
 def test_prompt_codes_round_trip_and_unknown_prompts(prompts: list[object]) -> None:
     keys = pl.DataFrame({"stage": [0, 0, 1], "prompt": prompts, "cand": [0, 1, 0],
                          "reward": [1.0, 2.0, 3.0]})
-    codes = raft_polars._dense.prompt_codes(keys)
+    codes = raft_polars._engine.dense.prompt_codes(keys)
     assert codes is not None
     coded = codes.encode(keys)
     assert coded["prompt"].to_list() == [0, 1, 0]
@@ -185,7 +185,7 @@ def test_prompt_codes_round_trip_and_unknown_prompts(prompts: list[object]) -> N
 def test_prompt_codes_step_aside() -> None:
     keys = pl.DataFrame({"stage": [0, 0, 1], "prompt": ["b", "a", "b"], "cand": [0, 1, 0],
                          "reward": [1.0, 2.0, 3.0]})
-    within = raft_polars._dense.prompt_codes
+    within = raft_polars._engine.dense.prompt_codes
     assert within(keys.with_columns(pl.col("prompt").cast(pl.Categorical))) is None
     assert within(keys.with_columns(prompt=pl.Series(["a", None, "b"]))) is None
     assert within(keys.with_columns(pl.col("cand").cast(pl.String))) is None

@@ -22,7 +22,8 @@ from engine_cases import (
 from reference import SEED_LOG_PROBS, SEED_REWARDS, reference_losses
 
 import raft_polars
-import raft_polars.losses
+import raft_polars._engine.rank
+import raft_polars._engine.reduce
 
 SEED = Case(SEED_LOG_PROBS, SEED_REWARDS)
 
@@ -194,7 +195,17 @@ _IDS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "long"], ids=str)
+_LOCAL = [e for e in FRAME_ENTRIES if e.engine == "polars"]
+
+
+def _spy(original: Any, seen: list[object]) -> Any:
+    def call(*args: object, **kwargs: object) -> object:
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+    return call
+
+
+@pytest.mark.parametrize("entry", [e for e in _LOCAL if e.layout == "long"], ids=str)
 @pytest.mark.parametrize("prompts", list(_IDS))
 def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_path: Path) -> None:
     """The dense fast path (numpy summary, status gathered from a table) runs for
@@ -204,42 +215,34 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
     summaries: list[object] = []
     gathers: list[object] = []
     proofs: list[object] = []
-
-    def spy(original: Any, seen: list[object]) -> Any:
-        def call(*args: object, **kwargs: object) -> object:
-            seen.append(original(*args, **kwargs))
-            return seen[-1]
-        return call
-
+    rank, reduce = raft_polars._engine.rank, raft_polars._engine.reduce
     case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
-    with (mock.patch.object(raft_polars.losses, "dense_summary",
-                            spy(raft_polars.losses.dense_summary, summaries)),
-          mock.patch.object(raft_polars.losses, "gather",
-                            spy(raft_polars.losses.gather, gathers)),
-          mock.patch.object(raft_polars.losses, "footers_within",
-                            spy(raft_polars.losses.footers_within, proofs))):
+    with (mock.patch.object(rank, "dense_summary", _spy(rank.dense_summary, summaries)),
+          mock.patch.object(rank, "gather", _spy(rank.gather, gathers)),
+          mock.patch.object(reduce, "footers_within", _spy(reduce.footers_within, proofs))):
         check_losses(entry, case, tmp_path)
     dense = prompts != "sparse" and not entry.fallback
-    assert (summaries[-1] is not None) == dense  # the last try: plain ids, then codes
+    assert bool(summaries and summaries[-1] is not None) == dense
     assert len(gathers) == dense  # the token pass gathers its status from a table
     # plain Parquet files prove their integer ids' bounds: no per-row bounds checks
     proven = entry.writes_files and entry.kind != "hive"
     assert proofs == ([proven] if dense and prompts == "int" else [])
 
 
-@pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.layout == "nested"], ids=str)
+@pytest.mark.parametrize("entry", [e for e in _LOCAL if e.layout == "nested"], ids=str)
 @pytest.mark.parametrize("prompts", list(_IDS))
 def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str,
                                                tmp_path: Path) -> None:
-    """Ids in a dense box (string or hashed prompt ids as codes): rank the keys
-    first, then decode only the selected lists; sparse ids: one streaming pass with
-    the statistics riding along the group-by."""
+    """The keys are ranked first; then only the selected lists are decoded, found
+    by a gathered 1-byte flag when the ids fit a dense box (string or hashed
+    prompt ids as codes), by a join for ids too sparse for one."""
+    gathers: list[object] = []
+    rank = raft_polars._engine.rank
     case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
-    with mock.patch.object(raft_polars.losses, "_nested_one_pass",
-                           wraps=raft_polars.losses._nested_one_pass) as one_pass:
+    with mock.patch.object(rank, "gather", _spy(rank.gather, gathers)):
         check_losses(entry, case, tmp_path)
         check_losses(entry, case, tmp_path / "again", reduction="sequence")
-    assert one_pass.call_count == 2 * (prompts == "sparse")
+    assert len(gathers) == 2 * (prompts != "sparse")
 
 
 # --- empty logs (T = 0) -----------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from raft_polars.logs import ID_COLUMNS
+from raft_polars._engine.read import ID_COLUMNS
 
 __all__ = ["MAX_BOX", "Box", "PromptCodes", "box_of", "footers_within", "gather", "prompt_codes"]
 

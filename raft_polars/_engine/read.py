@@ -1,0 +1,348 @@
+"""Step 1 of RAFT: read stage logs into one canonical frame.
+
+:func:`read_log` checks the sources' columns once (names, types, the
+``columns=`` mapping) and returns a :class:`StageLog`: the resolved sources and
+how their columns become the canonical frames. The frames themselves are lazy
+and come from :meth:`StageLog.candidates`, :meth:`StageLog.keys` and
+:meth:`StageLog.tokens`, for the whole log or for one :class:`Piece` of it, so
+that every executor reads the same canonical frames.
+
+- nested layout: one row per candidate, ``stage, prompt, cand, reward,
+  logprobs`` (a list of token log-probs) and extra columns;
+- long layout: token rows ``stage, prompt, cand, logprob`` (``token``
+  optional) and a rewards table ``stage, prompt, cand, reward`` (and extras).
+
+Canonical types: ``stage`` and ``cand`` Int64, ``prompt`` Int64 or String,
+``reward`` Float64, ``logprobs`` a List. The ranking keys keep the source's own
+integer types (narrow ids make the dense box cheaper).
+
+Examples
+--------
+>>> import polars as pl
+>>> from raft_polars import read_log
+>>> df = pl.DataFrame({"stage": [0, 0], "prompt": ["a", "a"], "cand": [0, 1],
+...                    "reward": [0.2, 0.4], "logprobs": [[-2.0, -1.8], [-1.5, -1.6]]})
+>>> log = read_log(df)
+>>> log.layout, log.extras
+('nested', ())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import polars as pl
+
+from raft_polars._engine.sources import Piece, Resolved, Source, reading, resolve
+from raft_polars.errors import RaftInputError
+
+__all__ = [
+    "CANDIDATE_COLUMNS",
+    "CANONICAL_COLUMNS",
+    "ID_COLUMNS",
+    "Layout",
+    "StageLog",
+    "canonical_ids",
+    "collect",
+    "read_log",
+]
+
+Layout: TypeAlias = Literal["nested", "long"]
+
+ID_COLUMNS = ("stage", "prompt", "cand")
+CANDIDATE_COLUMNS = (*ID_COLUMNS, "reward")
+# every name columns= may map
+CANONICAL_COLUMNS = (*CANDIDATE_COLUMNS, "logprobs", "token", "logprob")
+_REWARD = pl.col("reward").cast(pl.Float64)
+
+
+@dataclass(frozen=True)
+class StageLog:
+    """A stage log: its resolved sources and how they become canonical frames.
+
+    Attributes
+    ----------
+    layout
+        ``"nested"`` (candidate rows hold a ``logprobs`` list) or ``"long"``
+        (token rows in ``main``, candidate rows in ``rewards``).
+    main
+        The nested rows, or the long layout's token rows.
+    rewards
+        The long layout's candidate rows, or None.
+    renames
+        The source's column names to canonical ones (from ``columns=``).
+    extras
+        Candidate-level columns beyond the canonical ones (text, ids).
+    prompt_type
+        The canonical prompt id type, Int64 or String.
+    has_token
+        The token rows have a ``token`` position column.
+    """
+
+    layout: Layout
+    main: Resolved
+    rewards: Resolved | None
+    renames: tuple[tuple[str, str], ...]
+    extras: tuple[str, ...]
+    prompt_type: pl.DataType
+    has_token: bool = False
+
+    @property
+    def cand_source(self) -> Resolved:
+        """The source of the candidate rows."""
+        return self.main if self.rewards is None else self.rewards
+
+    @property
+    def origin(self) -> str:
+        """The candidate rows' name, for messages."""
+        return self.cand_source.origin
+
+    @property
+    def token_origin(self) -> str:
+        """The log-probs' name, for messages."""
+        return self.main.origin
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self.main.paths + (() if self.rewards is None else self.rewards.paths)
+
+    def _scan(self, source: Resolved, piece: Piece | None) -> pl.LazyFrame:
+        lf = source.scan(piece)
+        renames = {theirs: canon for theirs, canon in self.renames if theirs in dict(source.schema)}
+        return lf.rename(renames) if renames else lf
+
+    def keys(self, piece: Piece | None = None) -> pl.LazyFrame:
+        """``stage, prompt, cand, reward`` of the candidate rows: ids in the
+        source's own types, the reward as Float64."""
+        return self._scan(self.cand_source, piece).select(*ID_COLUMNS, _REWARD)
+
+    def candidates(self, piece: Piece | None = None, *, extras: bool = True) -> pl.LazyFrame:
+        """Canonical candidate rows: ``stage, prompt, cand, reward``, ``logprobs``
+        (nested layout), then the extra columns."""
+        lf = self._scan(self.cand_source, piece)
+        schema = lf.collect_schema()
+        lists = [_as_list(schema["logprobs"])] if self.layout == "nested" else []
+        return lf.select(
+            *canonical_ids(schema), _REWARD, *lists, *(self.extras if extras else ())
+        )
+
+    def tokens(self, piece: Piece | None = None, *, raw: bool = False) -> pl.LazyFrame:
+        """Long layout: token rows ``stage, prompt, cand, logprob`` (and ``token``
+        when present and not ``raw``); ``raw`` keeps the source's id types."""
+        assert self.layout == "long"
+        lf = self._scan(self.main, piece)
+        if raw:
+            return lf.select(*ID_COLUMNS, "logprob")
+        token = ["token"] if self.has_token else []
+        return lf.select(*canonical_ids(lf.collect_schema()), "logprob", *token)
+
+    def collect(self, query: pl.LazyFrame, *, streaming: bool = True) -> pl.DataFrame:
+        """Run ``query`` on this log; report unreadable input clearly."""
+        with reading(self.paths, self.origin):
+            return query.collect(engine="streaming" if streaming else "in-memory")
+
+
+def collect(log: StageLog, query: pl.LazyFrame) -> pl.DataFrame:
+    """Run ``query`` on the streaming engine; report unreadable input clearly."""
+    return log.collect(query)
+
+
+def read_log(
+    source: Source,
+    *,
+    rewards: Source | None = None,
+    columns: Mapping[str, str] | None = None,
+) -> StageLog:
+    """Read a stage log, in either layout, into a canonical :class:`StageLog`.
+
+    Parameters
+    ----------
+    source
+        A Parquet path, a glob, a directory (Hive partitions such as
+        ``stage=3/part-0.parquet`` included), a list of paths, a polars
+        ``DataFrame`` / ``LazyFrame`` or a ``pyarrow.Table``. Without ``rewards``
+        it is in the nested layout (one row per candidate with a ``logprobs``
+        list); with ``rewards`` it holds the token rows of the long layout.
+    rewards
+        Long layout: the candidate rows ``stage, prompt, cand, reward``, as any
+        of the source kinds above.
+    columns
+        Maps canonical names to the user's own, e.g.
+        ``{"prompt": "prompt_id", "logprobs": "token_logprobs"}``.
+
+    Returns
+    -------
+    StageLog
+
+    Raises
+    ------
+    RaftInputError
+        A file is missing or unreadable, a column is missing or of the wrong type.
+    """
+    mapping = _check_mapping(columns)
+    main = resolve(source, "source")
+    main_schema = dict(main.schema)
+    if rewards is None:
+        _check_mapped(mapping, (*CANDIDATE_COLUMNS, "logprobs"), main_schema, main.origin)
+        schema = _renamed(main_schema, mapping, main.origin)
+        _require(schema, (*CANDIDATE_COLUMNS, "logprobs"), main.origin, hint_long="logprob")
+        _check_types(schema, main.origin, nested=True)
+        extras = tuple(c for c in schema if c not in CANONICAL_COLUMNS)
+        return StageLog(
+            "nested", main, None, _renames(mapping, main_schema), extras,
+            _prompt_type(schema),
+        )
+    cands = resolve(rewards, "rewards")
+    cand_schema = dict(cands.schema)
+    _check_mapped(mapping, (*ID_COLUMNS, "token", "logprob"), main_schema, main.origin)
+    _check_mapped(mapping, CANDIDATE_COLUMNS, cand_schema, cands.origin)
+    cschema = _renamed(cand_schema, mapping, cands.origin)
+    _require(cschema, CANDIDATE_COLUMNS, cands.origin)
+    _check_types(cschema, cands.origin, nested=False)
+    tschema = _renamed(main_schema, mapping, main.origin)
+    _require(tschema, (*ID_COLUMNS, "logprob"), main.origin)
+    _check_types(tschema, main.origin, nested=False)
+    for name in ID_COLUMNS:
+        if _id_kind(cschema[name]) != _id_kind(tschema[name]):
+            msg = (
+                f"column {name!r} has type {tschema[name]} in the token rows "
+                f"({main.origin}) but {cschema[name]} in the rewards ({cands.origin}); "
+                "ids must be of the same kind in both"
+            )
+            raise RaftInputError(msg)
+    extras = tuple(c for c in cschema if c not in CANONICAL_COLUMNS)
+    renames = tuple(sorted(set(_renames(mapping, main_schema) + _renames(mapping, cand_schema))))
+    return StageLog(
+        "long", main, cands, renames, extras, _prompt_type(cschema),
+        has_token="token" in tschema,
+    )
+
+
+def _prompt_type(schema: Mapping[str, pl.DataType]) -> pl.DataType:
+    return pl.Int64() if schema["prompt"].is_integer() else pl.String()
+
+
+def _as_list(dtype: pl.DataType) -> pl.Expr:
+    """The ``logprobs`` column as a List (fixed-size Arrays are cast)."""
+    if isinstance(dtype, pl.Array):
+        return pl.col("logprobs").cast(pl.List(dtype.inner))
+    return pl.col("logprobs")
+
+
+def canonical_ids(schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
+    """Ids as Int64 (stage, cand, integer prompts) or String (other prompts), so
+    that the token rows and the rewards always join."""
+    return [
+        pl.col("stage").cast(pl.Int64),
+        pl.col("prompt").cast(_prompt_type(schema)),
+        pl.col("cand").cast(pl.Int64),
+    ]
+
+
+def _check_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
+    if columns is not None and not isinstance(columns, Mapping):
+        msg = (
+            f"columns= must map canonical names to yours, like {{'prompt': 'prompt_id'}}; "
+            f"got {type(columns).__name__}"
+        )
+        raise RaftInputError(msg)
+    mapping = dict(columns or {})
+    targets = list(mapping.values())
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated or not all(isinstance(t, str) for t in targets):
+        msg = f"columns= must map each canonical name to a different column name, got {mapping}"
+        raise RaftInputError(msg)
+    unknown = sorted(set(mapping) - set(CANONICAL_COLUMNS))
+    if unknown:
+        msg = (
+            f"columns= maps unknown canonical names {unknown}; "
+            f"canonical names are {list(CANONICAL_COLUMNS)}"
+        )
+        raise RaftInputError(msg)
+    return mapping
+
+
+def _check_mapped(
+    mapping: dict[str, str], used: Sequence[str], present: Mapping[str, object], origin: str
+) -> None:
+    """Every name ``columns=`` maps a ``used`` canonical name to must exist: a typo
+    must not go unnoticed (``token`` is optional, so it may be absent)."""
+    absent = sorted(
+        theirs
+        for canon, theirs in mapping.items()
+        if canon in used and canon != "token" and theirs not in present
+    )
+    if absent:
+        msg = (
+            f"columns= maps to {absent}, not found in {origin}; columns present: "
+            f"{sorted(present)}"
+        )
+        raise RaftInputError(msg)
+
+
+def _renames(mapping: dict[str, str], schema: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (theirs, canon)
+        for canon, theirs in sorted(mapping.items())
+        if theirs in schema and theirs != canon
+    )
+
+
+def _renamed(
+    schema: dict[str, pl.DataType], mapping: dict[str, str], origin: str
+) -> dict[str, pl.DataType]:
+    renames = dict(_renames(mapping, schema))
+    clash = sorted(c for c in renames.values() if c in schema and c not in renames)
+    if clash:
+        msg = (
+            f"{origin}: column(s) {clash} exist and another column is mapped onto "
+            "the same name by columns=; rename one of them first"
+        )
+        raise RaftInputError(msg)
+    return {renames.get(name, name): dtype for name, dtype in schema.items()}
+
+
+def _require(
+    schema: Mapping[str, pl.DataType],
+    names: Sequence[str],
+    origin: str,
+    hint_long: str | None = None,
+) -> None:
+    missing = [c for c in names if c not in schema]
+    if missing:
+        msg = f"{origin}: missing column(s) {missing}; columns present: {list(schema)}"
+        if hint_long is not None and hint_long in schema:
+            msg += (
+                "; this looks like token rows of the long layout: pass the "
+                "rewards table with rewards="
+            )
+        else:
+            msg += "; map your own names with columns={'canonical': 'yours'}"
+        raise RaftInputError(msg)
+
+
+def _id_kind(dtype: pl.DataType) -> str:
+    return "integer" if dtype.is_integer() else "string"
+
+
+def _check_types(schema: Mapping[str, pl.DataType], origin: str, *, nested: bool) -> None:
+    def bad(name: str, expected: str) -> RaftInputError:
+        return RaftInputError(f"{origin}: column {name!r} must be {expected}, found {schema[name]}")
+
+    for name in ("stage", "cand", "token"):
+        if name in schema and not schema[name].is_integer():
+            raise bad(name, "an integer")
+    if "prompt" in schema and not (
+        schema["prompt"].is_integer()
+        or isinstance(schema["prompt"], pl.String | pl.Categorical | pl.Enum)
+    ):
+        raise bad("prompt", "an integer or a string")
+    for name in ("reward", "logprob"):
+        if name in schema and not schema[name].is_numeric():
+            raise bad(name, "numeric")
+    if nested:
+        dtype = schema["logprobs"]
+        if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()):
+            raise bad("logprobs", "a list of numbers")

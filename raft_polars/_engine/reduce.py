@@ -1,0 +1,397 @@
+"""Step 3 of RAFT: reduce the selected responses to per-stage SFT losses.
+
+The loss of a stage is the pooled token mean of the negative log-likelihood over
+every token of every selected response (HF Transformers / TRL SFT reduction):
+``-sum(logprob) / count(tokens)``, accumulated in float64. ``reduction="sequence"``
+gives the mean of per-response mean NLLs instead (responses with no tokens are
+left out of that mean); it is never the default.
+
+The kernels here run on one partition of a log (or on all of it) and return
+per-stage sums (:data:`~raft_polars._engine.rank.STAGE_SUMS`) and problem
+records; :func:`finish` adds up the sums of every partition and computes the
+output columns.
+
+- :func:`nested_sums`: nested layout, the selected rows' lists;
+- :func:`token_sums`: long layout, one pass over the token rows, each row's
+  status (no reward row / not selected / selected) from a 1-byte table gathered
+  at its dense box position, or from a hash join;
+- :func:`selected_rows`: the selected batch with its payload.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from raft_polars._engine.checks import Problem, bad_logprob, first_row, raise_first
+from raft_polars._engine.dense import footers_within
+from raft_polars._engine.rank import STAGE_SUMS, Keys, stage_frame
+from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
+from raft_polars._engine.sources import Piece
+from raft_polars.selection import Reduction
+
+__all__ = [
+    "LOSS_COLUMNS",
+    "RESPONSE_STATS",
+    "Reduced",
+    "finish",
+    "nested_sums",
+    "response_stats",
+    "selected_candidates",
+    "selected_rows",
+    "stage_columns",
+    "token_counts",
+    "token_sums",
+]
+
+LOSS_COLUMNS = (
+    "stage", "loss", "prompts", "candidates", "selected", "tokens",
+    "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min",
+)  # fmt: skip
+RESPONSE_STATS = ("nll", "tokens", "lp_max", "lp_nulls")
+_IDS = list(ID_COLUMNS)
+_STATUS_ORPHAN, _STATUS_OTHER, _STATUS_SELECTED = 0, 1, 2
+
+
+@dataclass
+class Reduced:
+    """What a reduce kernel returns for one partition.
+
+    Attributes
+    ----------
+    stages
+        Per-stage ``nll``, ``tokens`` (and ``seq_sum``, ``seq_n``) sums.
+    responses
+        Long layout, per-response sums (a response may span partitions):
+        ``stage, prompt, cand, nll, tokens`` of the selected responses, or None.
+    problems
+        Orphan token rows, null or bad log-probs of selected responses.
+    """
+
+    stages: pl.DataFrame
+    responses: pl.DataFrame | None
+    problems: list[Problem]
+
+
+@functools.cache
+def response_stats(column: str) -> tuple[pl.Expr, ...]:
+    """Per-response NLL sum (float64), token count, largest log-prob, null count."""
+    lp = pl.col(column)
+    return (
+        (-lp.cast(pl.List(pl.Float64)).list.sum()).alias("nll"),
+        lp.list.len().cast(pl.Int64).alias("tokens"),
+        lp.list.max().cast(pl.Float64).alias("lp_max"),
+        lp.list.count_matches(None).cast(pl.Int64).alias("lp_nulls"),
+    )
+
+
+def _flagged(stats: pl.DataFrame | pl.LazyFrame) -> pl.Expr:
+    """Groups whose log-probs need a look: a null list, a null log-prob, a sum
+    that is not finite, a log-prob above 0."""
+    return (
+        pl.col("tokens").is_null()
+        | (pl.col("lp_nulls") > 0)
+        | ~pl.col("nll").is_finite()
+        | (pl.col("lp_max") > 0)
+    ).fill_null(value=True)
+
+
+def _response_sums(responses: pl.DataFrame) -> pl.DataFrame:
+    """Per-stage sums of per-response ``nll`` and ``tokens``."""
+    has_tokens = pl.col("tokens") > 0
+    return responses.group_by("stage").agg(
+        pl.col("nll").sum(),
+        pl.col("tokens").sum(),
+        (pl.col("nll") / pl.col("tokens")).filter(has_tokens).sum().alias("seq_sum"),
+        has_tokens.sum().alias("seq_n"),
+    )
+
+
+# --- the selected rows -----------------------------------------------------------------
+
+
+def selected_candidates(
+    rows: pl.LazyFrame, chosen: pl.DataFrame, keys: Keys | None = None
+) -> pl.LazyFrame:
+    """The candidate ``rows`` that ``chosen`` holds, in their order, still lazy.
+
+    With ``keys`` (the same rows' keys, in a dense box), a filter on a gathered
+    1-byte flag, with no bounds checks (every row lies inside the box); a join on
+    canonical ids otherwise.
+    """
+    box = None if keys is None else keys.box
+    if keys is None or box is None:
+        schema = rows.collect_schema()
+        on = chosen.select(pl.col(c).cast(schema[c]) for c in _IDS)
+        return rows.join(on.lazy(), on=_IDS, how="semi")
+    table = np.zeros(box.size + 1, dtype=np.uint8)
+    table[keys.index(box, chosen)] = 1
+    frame, flag = keys.lookup(rows, box, table, checked=False)
+    return frame.filter(flag == 1).select(rows.collect_schema().names())
+
+
+def selected_rows(
+    log: StageLog,
+    chosen: pl.DataFrame,
+    *,
+    piece: Piece | None = None,
+    keys: Keys | None = None,
+    counts: pl.DataFrame | None = None,
+) -> pl.LazyFrame:
+    """The selected batch of one partition, lazy: ``stage, prompt, cand, reward,
+    tokens`` and the extra columns, sorted by ``stage, prompt, cand``.
+
+    Nested rows count their tokens from ``logprobs``; reward rows (long layout)
+    take them from ``counts`` (``stage, prompt, cand, tokens``, from
+    :func:`token_counts`).
+    """
+    rows = selected_candidates(log.candidates(piece), chosen, keys)
+    if log.layout == "nested":
+        rows = rows.with_columns(pl.col("logprobs").list.len().cast(pl.Int64).alias("tokens"))
+    else:
+        assert counts is not None
+        rows = rows.join(counts.lazy(), on=_IDS, how="left").with_columns(
+            pl.col("tokens").fill_null(0)
+        )
+    return rows.select(*_IDS, "reward", "tokens", *log.extras).sort(_IDS)
+
+
+# --- nested layout ---------------------------------------------------------------------
+
+
+def nested_sums(
+    log: StageLog,
+    chosen: pl.DataFrame,
+    *,
+    piece: Piece | None = None,
+    keys: Keys | None = None,
+) -> Reduced:
+    """The reduce kernel of the nested layout: decode only the selected rows'
+    lists, sum per stage, and find bad log-probs of selected responses."""
+    rows = selected_candidates(log.candidates(piece, extras=False), chosen, keys)
+    responses = log.collect(rows.select(*_IDS, *response_stats("logprobs")))
+    problems: list[Problem] = []
+    flagged = responses.filter(_flagged(responses))
+    if flagged.height:
+        problems = _nested_problems(log, rows, flagged)
+    return Reduced(stage_frame(_response_sums(responses)), None, problems)
+
+
+def _nested_problems(log: StageLog, rows: pl.LazyFrame, flagged: pl.DataFrame) -> list[Problem]:
+    nulls = flagged.filter(pl.col("tokens").is_null()).sort(_IDS)
+    row = first_row(nulls)
+    if row is not None:
+        where = {k: row[k] for k in _IDS}
+        return [Problem("null_logprobs", nulls.height, where)]
+    tokens = (
+        rows.join(flagged.lazy().select(_IDS), on=_IDS, how="semi")
+        .select(*_IDS, "logprobs")
+        .with_columns(pl.int_ranges(pl.col("logprobs").list.len()).alias("token"))
+        .explode(["logprobs", "token"])
+        .rename({"logprobs": "logprob"})
+    )
+    bad = tokens.filter(bad_logprob(pl.col("logprob")))
+    row = first_row(log.collect(bad.sort([*_IDS, "token"]).head(1)))
+    if row is None:  # every log-prob is sound: the sum overflowed, as the loss may
+        return []
+    return [Problem("bad_logprob", flagged.height, row)]
+
+
+# --- long layout: one pass over the token rows -------------------------------------------
+
+
+def _status(log: StageLog, tokens: pl.LazyFrame, keys: Keys, chosen: pl.DataFrame,
+            piece: Piece | None) -> tuple[pl.LazyFrame, pl.Expr]:
+    """``tokens`` (raw ids) and each row's status: 0 (its candidate has no
+    reward row), 1 (not selected) or 2 (selected).
+
+    From a 1-byte table gathered at each row's box position when the keys fit a
+    dense box (on the raw ids, or on the prompt's codes), else from a hash join
+    with a status table on canonical ids.
+    """
+    box = keys.box
+    if box is not None:
+        table = np.zeros(box.size + 1, dtype=np.uint8)  # the last entry: outside the box
+        table[box.index(keys.frame)] = _STATUS_OTHER
+        table[keys.index(box, chosen)] = _STATUS_SELECTED
+        # raw ids that the footers prove inside the box need no bounds checks per
+        # row (prompt codes always do: a prompt without a reward row has a null code)
+        checked = keys.codes is not None or not footers_within(
+            _piece_paths(log, piece), _file_names(log), box
+        )
+        return keys.lookup(tokens, box, table, checked=checked)
+    schema = tokens.collect_schema()
+    statuses = (
+        keys.canonical()
+        .select(_IDS)
+        .with_columns(pl.lit(_STATUS_OTHER, pl.UInt8).alias("_status"))
+        .update(
+            chosen.select(_IDS).with_columns(pl.lit(_STATUS_SELECTED, pl.UInt8).alias("_status")),
+            on=_IDS,
+        )
+    )
+    joined = tokens.with_columns(canonical_ids(schema)).join(statuses.lazy(), on=_IDS, how="left")
+    return joined, pl.col("_status").fill_null(_STATUS_ORPHAN)
+
+
+def _piece_paths(log: StageLog, piece: Piece | None) -> list[str]:
+    """The token files of a piece, when their ids are the files' own columns."""
+    if log.main.hive and any(name in dict(log.main.hive) for name in _file_names(log)):
+        return []
+    paths = log.main.paths
+    return list(paths) if piece is None else [paths[i] for i in piece.files]
+
+
+def _file_names(log: StageLog) -> tuple[str, ...]:
+    """What the token files call ``stage, prompt, cand``."""
+    theirs = {canon: raw for raw, canon in log.renames}
+    return tuple(theirs.get(name, name) for name in ID_COLUMNS)
+
+
+def token_sums(
+    log: StageLog,
+    keys: Keys,
+    chosen: pl.DataFrame,
+    *,
+    piece: Piece | None = None,
+    per_response: bool = False,
+    checks: bool = True,
+) -> Reduced:
+    """The reduce kernel of the long layout: one pass over the token rows.
+
+    Rows of unselected candidates are dropped before the group-by, so the pass
+    costs about one read of the token columns; orphan rows (no reward row) are
+    counted in the same pass. ``keys`` are the candidate keys covering the
+    partition's token rows, ``chosen`` the selected ones (canonical ids).
+    ``per_response``: also return per-response sums (for ``"sequence"``);
+    ``checks=False``: leave out the search for the first orphan and bad row.
+    """
+    raw = log.tokens(piece, raw=True)
+    group = _IDS if per_response else ["stage"]
+    frame, status = _status(log, raw, keys, chosen, piece)
+    lp = pl.col("logprob")
+    stats = log.collect(
+        frame.select(*group, status.alias("_status"), "logprob")
+        .filter(pl.col("_status") != _STATUS_OTHER)
+        .group_by([*group, "_status"])
+        .agg(
+            (-lp.cast(pl.Float64).sum()).alias("nll"),
+            pl.len().cast(pl.Int64).alias("tokens"),
+            lp.max().cast(pl.Float64).alias("lp_max"),
+            lp.null_count().cast(pl.Int64).alias("lp_nulls"),
+        )
+    ).cast(  # the raw ids back to canonical; an orphan's id beyond Int64 becomes null
+        {name: chosen.schema[name] for name in group}, strict=False
+    )
+    problems: list[Problem] = []
+    orphans = stats.filter(pl.col("_status") == _STATUS_ORPHAN)
+    if orphans.height and checks:
+        first = log.collect(
+            frame.filter(status == _STATUS_ORPHAN)
+            .select(pl.col(c).cast(chosen.schema[c], strict=False) for c in _IDS)
+            .sort(_IDS, nulls_last=True)
+            .head(1)
+        )  # ids beyond the canonical types show as null
+        total = int(orphans["tokens"].sum())
+        problems.append(Problem("orphan_tokens", total, first.row(0, named=True)))
+    selected = stats.filter(pl.col("_status") == _STATUS_SELECTED).drop("_status")
+    if checks and selected.filter(_flagged(selected)).height:
+        problems.extend(_token_problems(log, keys, chosen, piece))
+    if per_response:
+        responses = selected.select(*_IDS, "nll", "tokens")
+        return Reduced(stage_frame(responses.head(0).select("stage")), responses, problems)
+    return Reduced(stage_frame(selected.select("stage", "nll", "tokens")), None, problems)
+
+
+def _token_problems(
+    log: StageLog, keys: Keys, chosen: pl.DataFrame, piece: Piece | None
+) -> list[Problem]:
+    """The first bad log-prob among the selected token rows (a second pass, only
+    when the first one flagged some)."""
+    tokens = log.tokens(piece)
+    picked = tokens.join(chosen.lazy().select(_IDS), on=_IDS, how="semi")
+    bad = picked.filter(bad_logprob(pl.col("logprob")))
+    order = [*_IDS, "token"] if log.has_token else _IDS
+    found = log.collect(bad.sort(order).head(1))
+    row = first_row(found)
+    if row is None:  # every log-prob is sound: the sum overflowed, as the loss may
+        return []
+    count = log.collect(bad.select(pl.len())).item()
+    return [Problem("bad_logprob", int(count), {**row, "token": row.get("token")})]
+
+
+def token_counts(
+    log: StageLog, keys: Keys, chosen: pl.DataFrame, *, piece: Piece | None = None
+) -> pl.DataFrame:
+    """Long layout: ``stage, prompt, cand, tokens`` of the selected responses in
+    a partition's token rows (the per-response token pass, without its checks)."""
+    reduced = token_sums(log, keys, chosen, piece=piece, per_response=True, checks=False)
+    assert reduced.responses is not None
+    return reduced.responses.select(*_IDS, "tokens")
+
+
+# --- combine the partitions -----------------------------------------------------------------
+
+
+def stage_columns(sums: dict[str, pl.Expr], reduction: Reduction) -> list[pl.Expr]:
+    """The output columns of ``stage_losses`` from per-stage sums."""
+    selected = sums["selected"] > 0
+    if reduction == "token":
+        loss = sums["nll"] / sums["tokens"]
+    else:
+        loss = sums["seq_sum"] / sums["seq_n"]
+    best_mean = sums["reward_best_sum"] / sums["selected"]
+    reward_mean = sums["reward_sum"] / sums["candidates"]
+    return [
+        pl.when(selected).then(loss).cast(pl.Float64).alias("loss"),
+        *(
+            sums[name].cast(pl.Int64).alias(name)
+            for name in ("prompts", "candidates", "selected", "tokens")
+        ),
+        pl.when(selected).then(best_mean).cast(pl.Float64).alias("reward_best_mean"),
+        reward_mean.cast(pl.Float64).alias("reward_mean"),
+        pl.when(selected).then(best_mean - reward_mean).cast(pl.Float64).alias("reward_lift"),
+        *(sums[name].cast(pl.Int64).alias(name) for name in ("ties", "below_min")),
+    ]
+
+
+def finish(
+    log: StageLog,
+    stages: Sequence[pl.DataFrame],
+    responses: Sequence[pl.DataFrame | None],
+    problems: Sequence[Problem],
+    reduction: Reduction,
+) -> pl.DataFrame:
+    """The per-stage table from every partition's sums.
+
+    ``responses`` (long layout, per-response sums) are added up per response
+    first: a response may span partitions. Raises the first of ``problems`` and
+    of the stages whose selected responses hold no tokens.
+    """
+    raise_first(problems, origin=log.origin, token_origin=log.token_origin)
+    parts = list(stages)
+    found = [r for r in responses if r is not None]
+    if found:
+        per_response = (
+            pl.concat(found, how="vertical_relaxed")
+            .group_by(_IDS)
+            .agg(pl.col("nll").sum(), pl.col("tokens").sum())
+        )
+        parts.append(stage_frame(_response_sums(per_response)))
+    total = (
+        pl.concat([stage_frame(p) for p in parts], how="vertical")
+        .group_by("stage")
+        .agg(pl.col(name).sum() for name in STAGE_SUMS)
+    )
+    columns = {name: pl.col(name) for name in STAGE_SUMS}
+    table = total.select("stage", *stage_columns(columns, reduction)).sort("stage")
+    empty = table.filter((pl.col("selected") > 0) & (pl.col("tokens") == 0))
+    row = first_row(empty)
+    if row is not None:
+        stage_problem = Problem("no_tokens", empty.height, row)
+        raise_first([stage_problem], origin=log.origin, token_origin=log.token_origin)
+    return table

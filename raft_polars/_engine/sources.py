@@ -1,0 +1,365 @@
+"""Source resolution: one function turns any source into what is read.
+
+A source is a Parquet path, a glob, a list of paths, a directory (read
+recursively), a polars ``DataFrame`` / ``LazyFrame`` or a ``pyarrow.Table``.
+:func:`resolve` turns it into a :class:`Resolved`: the data files (each with the
+Hive ``key=value`` pairs of the directories between the source root and the
+file) and the schema they are read with, or the in-memory frame. Every executor
+reads through :meth:`Resolved.scan`: the in-process one the whole source, the
+Dask one a :class:`Piece` of it (some files, or a row range of one file).
+
+Rules, the same for every executor:
+
+- an existing path is a path, whatever characters it holds; only a path that
+  does not exist may be a glob pattern;
+- a directory is read recursively; files and directories whose name starts with
+  ``.`` or ``_`` (``.hidden/``, Spark's ``_temporary/`` and ``_SUCCESS``, ``.crc``)
+  are skipped; ``*.parquet`` and ``*.pq`` files count;
+- Hive keys come only from directories below the root the user gave (the
+  directory, or a glob's fixed part), never from the path above it; a Hive key
+  that is also a column of the file must agree with it.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+import polars as pl
+import pyarrow as pa
+
+from raft_polars.errors import RaftInputError
+
+__all__ = ["DataFile", "Piece", "Resolved", "Source", "reading", "resolve"]
+
+PathLike: TypeAlias = str | Path
+Source: TypeAlias = PathLike | Sequence[PathLike] | pl.DataFrame | pl.LazyFrame | pa.Table
+
+SUFFIXES = (".parquet", ".pq")
+_GLOB_CHARS = "*?["
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+# parts written by different tools may differ in integer / float width
+_UPCAST = pl.ScanCastOptions(
+    integer_cast=["upcast", "allow-float"], float_cast="upcast", categorical_to_string="allow"
+)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data file and the Hive ``key=value`` pairs of the directories between
+    the source root and it (values as written; None for Hive's null)."""
+
+    path: str
+    partitions: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A part of a source to read: some of its files, or ``rows = (offset,
+    count)`` of one file (a range of its row groups)."""
+
+    files: tuple[int, ...]
+    rows: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A source, resolved: files or an in-memory frame, and its schema.
+
+    Attributes
+    ----------
+    role
+        ``"source"`` or ``"rewards"``, for messages.
+    origin
+        A human-readable name (``source 'logs/'``, ``the source DataFrame``).
+    files
+        The data files, in reading order; empty for a frame.
+    schema
+        The columns as read: the files' columns (widths merged across files)
+        followed by the Hive columns.
+    hive
+        Hive key names and their types (columns that come from directory names).
+    frame
+        The in-memory source, or None.
+    """
+
+    role: str
+    origin: str
+    files: tuple[DataFile, ...]
+    schema: tuple[tuple[str, pl.DataType], ...]
+    hive: tuple[tuple[str, pl.DataType], ...] = ()
+    frame: pl.LazyFrame | None = None
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(f.path for f in self.files)
+
+    def scan(self, piece: Piece | None = None) -> pl.LazyFrame:
+        """The source (or one piece of it) as a lazy frame with :attr:`schema`."""
+        if self.frame is not None:
+            if piece is None or piece.rows is None:
+                return self.frame
+            return self.frame.slice(*piece.rows)
+        chosen = self.files if piece is None else tuple(self.files[i] for i in piece.files)
+        file_schema = {
+            name: dtype for name, dtype in self.schema if name not in dict(self.hive)
+        }
+        groups: dict[tuple[tuple[str, str | None], ...], list[str]] = {}
+        for f in chosen:
+            groups.setdefault(f.partitions, []).append(f.path)
+        frames = []
+        for partitions, paths in groups.items():
+            lf = pl.scan_parquet(
+                paths,
+                schema=file_schema,
+                cast_options=_UPCAST,
+                hive_partitioning=False,
+                glob=False,
+            )
+            if piece is not None and piece.rows is not None:
+                lf = lf.slice(*piece.rows)
+            values = dict(partitions)
+            frames.append(
+                lf.with_columns(
+                    pl.lit(values.get(name), pl.String).cast(dtype).alias(name)
+                    for name, dtype in self.hive
+                )
+            )
+        if not frames:
+            return pl.LazyFrame(schema=dict(self.schema))
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+
+def resolve(source: Source, role: str = "source") -> Resolved:
+    """Resolve ``source`` into what is read.
+
+    Raises
+    ------
+    RaftInputError
+        Not a source kind, a path that does not exist and matches nothing, a
+        directory without data files, an unreadable file, files whose columns
+        disagree.
+    """
+    if isinstance(source, pl.LazyFrame | pl.DataFrame | pa.Table):
+        return _resolve_frame(source, role)
+    if isinstance(source, str | Path):
+        paths = [source]
+    elif isinstance(source, Sequence) and all(isinstance(p, str | Path) for p in source):
+        paths = list(source)
+    else:
+        msg = (
+            f"{role} must be a path, a glob, a list of paths, a polars DataFrame or "
+            f"LazyFrame or a pyarrow Table; got {type(source).__name__}"
+        )
+        raise RaftInputError(msg)
+    if not paths:
+        msg = f"{role}: the list of paths is empty"
+        raise RaftInputError(msg)
+    files: list[DataFile] = []
+    for raw in paths:
+        files.extend(_expand(str(raw), role))
+    origin = repr(str(paths[0])) if len(paths) == 1 else f"{len(paths)} paths"
+    origin = f"{role} {origin}"
+    file_schema = _file_schema([f.path for f in files], origin)
+    hive = _hive_columns(files, file_schema, origin)
+    schema = tuple(file_schema.items()) + tuple(
+        (name, dtype) for name, dtype in hive if name not in file_schema
+    )
+    hive = tuple((name, dtype) for name, dtype in hive if name not in file_schema)
+    return Resolved(role, origin, tuple(files), schema, hive)
+
+
+def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) -> Resolved:
+    if isinstance(source, pl.LazyFrame):
+        lf, origin = source, f"the {role} LazyFrame"
+    elif isinstance(source, pl.DataFrame):
+        lf, origin = source.lazy(), f"the {role} DataFrame"
+    else:
+        frame = pl.from_arrow(source)
+        assert isinstance(frame, pl.DataFrame)
+        lf, origin = frame.lazy(), f"the {role} Arrow table"
+    try:
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        msg = f"cannot read the schema of {origin}: {_first_line(exc)}"
+        raise RaftInputError(msg) from exc
+    return Resolved(role, origin, (), tuple(schema.items()), (), lf)
+
+
+def _expand(text: str, role: str) -> list[DataFile]:
+    """The data files of one path: a file, a directory or (when no such path
+    exists) a glob pattern."""
+    path = Path(text)
+    if path.is_dir():
+        found = _data_files(path)
+        if not found:
+            msg = f"{role}: directory {text!r} holds no *.parquet or *.pq files"
+            raise RaftInputError(msg)
+        return [DataFile(str(f), _partitions(f, path)) for f in found]
+    if path.exists():
+        return [DataFile(text)]
+    if any(ch in text for ch in _GLOB_CHARS):
+        matches = sorted(p for p in map(Path, _glob.glob(text, recursive=True)) if p.is_file())
+        if not matches:
+            msg = f"{role}: no file {text!r}, and no files match it as a glob pattern"
+            raise RaftInputError(msg)
+        fixed = text[: min(text.find(ch) % (len(text) + 1) for ch in _GLOB_CHARS)]
+        root = Path(fixed) if fixed.endswith(("/", "\\")) else Path(fixed).parent
+        return [DataFile(str(f), _partitions(f, root)) for f in matches]
+    msg = f"{role}: file not found: {text!r}"
+    raise RaftInputError(msg)
+
+
+def _data_files(directory: Path) -> list[Path]:
+    """Data files below ``directory``, leaving out hidden and temporary ones."""
+    return sorted(
+        path
+        for path in directory.rglob("*")
+        if path.suffix in SUFFIXES
+        and path.is_file()
+        and not any(part[0] in "._" for part in path.relative_to(directory).parts)
+    )
+
+
+def _partitions(path: Path, root: Path) -> tuple[tuple[str, str | None], ...]:
+    """Hive ``key=value`` pairs of the directories between ``root`` and ``path``."""
+    try:
+        parts = path.relative_to(root).parts[:-1]
+    except ValueError:
+        return ()
+    pairs = []
+    for part in parts:
+        if "=" in part:
+            key, value = part.split("=", 1)
+            text = urllib.parse.unquote(value)
+            pairs.append((key, None if text == _HIVE_NULL else text))
+    return tuple(pairs)
+
+
+def _file_schema(paths: Sequence[str], origin: str) -> dict[str, pl.DataType]:
+    """The common schema of the files: types that differ only in width or
+    nullness (parts written by different tools) are merged to the widest."""
+    schemas = []
+    for path in paths:
+        try:
+            schemas.append(pl.read_parquet_schema(path))
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise parquet_error(path, exc) from exc
+    first = schemas[0]
+    if all(schema == first for schema in schemas[1:]):
+        return dict(first)
+    for path, schema in zip(paths, schemas, strict=True):
+        if set(schema) != set(first):
+            msg = (
+                f"{origin}: file {path!r} has columns {list(schema)}, but "
+                f"{paths[0]!r} has {list(first)}"
+            )
+            raise RaftInputError(msg)
+        for name, dtype in schema.items():
+            if _family(dtype) != _family(first[name]) and pl.Null not in (dtype, first[name]):
+                msg = (
+                    f"{origin}: column {name!r} is {dtype} in {path!r} but "
+                    f"{first[name]} in {paths[0]!r}"
+                )
+                raise RaftInputError(msg)
+    try:
+        merged = pl.concat([pl.DataFrame(schema=s) for s in schemas], how="vertical_relaxed")
+    except pl.exceptions.PolarsError as exc:
+        msg = f"{origin}: the files' column types cannot be read as one: {_first_line(exc)}"
+        raise RaftInputError(msg) from exc
+    return dict(merged.schema)
+
+
+def _family(dtype: pl.DataType) -> str:
+    """Types that files may mix and still be read as one column."""
+    if dtype.is_numeric():
+        return "number"
+    if isinstance(dtype, pl.String | pl.Categorical | pl.Enum):
+        return "string"
+    if isinstance(dtype, pl.List | pl.Array):
+        return "list of " + _family(dtype.inner)
+    return str(dtype)
+
+
+def _hive_columns(
+    files: Sequence[DataFile], file_schema: dict[str, pl.DataType], origin: str
+) -> tuple[tuple[str, pl.DataType], ...]:
+    """The Hive keys of the files and their types (Int64 when every value is a
+    whole number, String otherwise). Every file must have the same keys; a key
+    that is also a column of the files must agree with it in every file."""
+    keys = {tuple(k for k, _ in f.partitions) for f in files}
+    if len(keys) > 1:
+        msg = (
+            f"{origin}: the files sit under different Hive keys {sorted(keys)}; "
+            "every file needs the same key=value directories"
+        )
+        raise RaftInputError(msg)
+    names = keys.pop() if keys else ()
+    out = []
+    for name in names:
+        values = [dict(f.partitions)[name] for f in files]
+        dtype: pl.DataType = pl.String()
+        texts = pl.Series(values, dtype=pl.String)
+        if texts.drop_nulls().len() and texts.cast(pl.Int64, strict=False).null_count() == (
+            texts.null_count()
+        ):
+            dtype = pl.Int64()
+        if name in file_schema:
+            _check_agreement(files, name, origin)
+        out.append((name, dtype))
+    return tuple(out)
+
+
+def _check_agreement(files: Sequence[DataFile], name: str, origin: str) -> None:
+    """A Hive key that is also a column of the file must hold the same value."""
+    for f in files:
+        value = dict(f.partitions)[name]
+        try:
+            found = (
+                pl.scan_parquet(f.path, hive_partitioning=False, glob=False)
+                .select(pl.col(name).cast(pl.String).unique().sort())
+                .collect()[name]
+                .to_list()
+            )
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise parquet_error(f.path, exc) from exc
+        if found != [value]:
+            shown = ", ".join(map(repr, found[:5])) + (", ..." if len(found) > 5 else "")
+            msg = (
+                f"{origin}: file {f.path!r} sits in the Hive directory {name}={value} but "
+                f"its own column {name!r} holds {shown}; move the file or drop the column"
+            )
+            raise RaftInputError(msg)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def parquet_error(path: str, exc: BaseException) -> RaftInputError:
+    """The error for a data file that cannot be read."""
+    return RaftInputError(f"cannot read Parquet file {path!r}: {_first_line(exc)}")
+
+
+@contextmanager
+def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
+    """Turn a failure while reading ``paths`` into a RaftInputError naming the
+    file that cannot be read (checked footer by footer), else the source."""
+    try:
+        yield
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        import pyarrow.parquet as pq
+
+        for path in paths:
+            try:
+                pq.read_metadata(path)
+            except Exception as bad:  # any failure to read the footer names the culprit
+                raise parquet_error(path, bad) from exc
+        msg = f"cannot read stage log {origin}: {_first_line(exc)}"
+        raise RaftInputError(msg) from exc

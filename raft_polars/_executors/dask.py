@@ -1,0 +1,413 @@
+"""The Dask executor: the same kernels, as tasks over partitions of the log.
+
+What runs where:
+
+1. **Plan** (client, Parquet footers only): each source is cut into
+   :class:`Shard` s, a file or a range of one file's row groups (about
+   :data:`SHARD_BYTES` each), with the ``(stage, prompt)`` bounds of their rows
+   from the row-group statistics. A shard whose bounds overlap no other holds
+   whole prompts (whole stages, for the global ranking): it is *isolated*.
+2. **Rank** (:func:`~raft_polars._engine.rank.rank_keys`, the in-process
+   kernel): when every candidate shard is isolated, one task per shard ranks its
+   own keys; otherwise each shard's keys (``stage, prompt, cand, reward``: never
+   log-probs) are split by a hash of ``(stage, prompt)`` (of ``stage`` for the
+   global ranking) and each bucket is ranked whole by one task. The results
+   stay on the workers; only per-stage sums and problem records come back.
+3. **Reduce** (:func:`~raft_polars._engine.reduce.nested_sums` /
+   :func:`~raft_polars._engine.reduce.token_sums`, the in-process kernels): one
+   task per data shard, given the rank results whose bounds overlap it, returns
+   per-stage sums (per-response sums for ``reduction="sequence"`` in the long
+   layout, where a response may span shards) and problem records.
+4. **Combine** (client): :func:`~raft_polars._engine.reduce.finish`, as in
+   process.
+
+Moved between tasks: candidate keys (about 24 bytes a candidate) and per-stage
+or per-response sums; never token rows.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from raft_polars._engine.checks import Problem, merge, raise_first
+from raft_polars._engine.rank import Ranked, index_keys, rank_keys
+from raft_polars._engine.read import ID_COLUMNS, StageLog
+from raft_polars._engine.reduce import Reduced, finish, nested_sums, selected_rows, token_sums
+from raft_polars._engine.sources import Piece, Resolved, parquet_error
+from raft_polars.selection import Reduction, Selection
+
+if TYPE_CHECKING:
+    from raft_polars.dask import DaskEngine
+
+__all__ = ["SHARD_BYTES", "DaskExecutor", "Shard", "mark_isolated", "plan"]
+
+# uncompressed bytes per shard when a file is split by row groups
+SHARD_BYTES = 256 << 20
+_SEED = 0x5AF7  # bucket hash seed: the same in every process of one polars version
+_IDS = list(ID_COLUMNS)
+Bound = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of map work and the lexicographic bounds of its ids.
+
+    ``lo`` / ``hi`` bound its ``(stage, prompt)`` keys, or are None when the
+    statistics do not give them; ``isolated``: no other shard's bounds overlap.
+    """
+
+    piece: Piece
+    lo: Bound | None = None
+    hi: Bound | None = None
+    isolated: bool = False
+
+    def covers(self, other: Shard) -> bool:
+        """Whether the two shards' bounds may share a key."""
+        if self.lo is None or self.hi is None or other.lo is None or other.hi is None:
+            return True
+        width = min(len(self.lo), len(other.lo))  # bounds on stage alone, or on both
+        try:
+            return bool(self.lo[:width] <= other.hi[:width] and other.lo[:width] <= self.hi[:width])
+        except TypeError:
+            return True
+
+
+# --- plan: metadata only ------------------------------------------------------------------
+
+
+def plan(source: Resolved, names: Sequence[str], *, parts: int = 2,
+         shard_bytes: int | None = None) -> list[Shard]:
+    """The shards of a source, with bounds on the columns ``names`` (the
+    source's own names of ``stage`` and ``prompt``)."""
+    if source.frame is not None:
+        return _plan_frame(source, names, parts)
+    import pyarrow.parquet as pq
+
+    limit = SHARD_BYTES if shard_bytes is None else shard_bytes
+    hive = dict(source.hive)
+    shards: list[Shard] = []
+    for index, data in enumerate(source.files):
+        try:
+            meta = pq.read_metadata(data.path)
+        except Exception as bad:  # any failure to read the footer names the culprit
+            raise parquet_error(data.path, bad) from bad
+        groups: list[list[int]] = [[]]
+        size = 0
+        for rg in range(meta.num_row_groups):
+            if groups[-1] and size >= limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(rg)
+            size += meta.row_group(rg).total_byte_size
+        offset = 0
+        fixed = dict(data.partitions)
+        for group in groups:
+            blocks = [meta.row_group(rg) for rg in group]
+            rows = sum(block.num_rows for block in blocks)
+            ranges = [_range(blocks, name, fixed, hive) for name in names]
+            lo = hi = None
+            if rows and all(r is not None for r in ranges):
+                lo = tuple(r[0] for r in ranges)  # type: ignore[index]
+                hi = tuple(r[1] for r in ranges)  # type: ignore[index]
+            whole = len(groups) == 1
+            piece = Piece((index,), None if whole else (offset, rows))
+            shards.append(Shard(piece, lo, hi))
+            offset += rows
+    return mark_isolated(shards)
+
+
+def _range(blocks: Sequence[Any], name: str, fixed: dict[str, str | None],
+           hive: dict[str, pl.DataType]) -> tuple[Any, Any] | None:
+    """(min, max) of a column over row groups, from a Hive value or the statistics."""
+    if name in hive:
+        value = pl.Series([fixed.get(name)], dtype=pl.String).cast(hive[name], strict=False)[0]
+        return None if value is None else (value, value)
+    found = []
+    for block in blocks:
+        if not block.num_rows:
+            continue
+        where = [i for i in range(block.num_columns)
+                 if block.column(i).path_in_schema == name]
+        if not where:
+            return None
+        stats = block.column(where[0]).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        found.append((stats.min, stats.max))
+    if not found:
+        return None
+    try:
+        return min(f[0] for f in found), max(f[1] for f in found)
+    except TypeError:
+        return None
+
+
+def _plan_frame(source: Resolved, names: Sequence[str], parts: int) -> list[Shard]:
+    assert source.frame is not None
+    frame = source.frame.collect()
+    size = max(1, -(-frame.height // max(1, parts)))
+    shards = []
+    for offset in range(0, max(frame.height, 1), size):
+        part = frame.slice(offset, size)
+        bounds = part.select(
+            *(pl.col(n).min().alias(f"lo{i}") for i, n in enumerate(names)),
+            *(pl.col(n).max().alias(f"hi{i}") for i, n in enumerate(names)),
+        ).row(0)
+        lo, hi = bounds[: len(names)], bounds[len(names) :]
+        known = part.height and None not in bounds
+        shards.append(Shard(Piece((), (offset, size)), lo if known else None,
+                            hi if known else None))
+    return mark_isolated(shards)
+
+
+def mark_isolated(shards: Sequence[Shard]) -> list[Shard]:
+    """Flag the shards whose key bounds overlap no other shard's.
+
+    A shard with unknown bounds might overlap any other, and then no shard is
+    isolated.
+
+    Examples
+    --------
+    >>> s = [Shard(Piece((0,)), (0, 0), (0, 9)), Shard(Piece((1,)), (1, 0), (1, 9)),
+    ...      Shard(Piece((2,)), (1, 5), (2, 0))]
+    >>> [x.isolated for x in mark_isolated(s)]
+    [True, False, False]
+    """
+    if any(s.lo is None or s.hi is None for s in shards):
+        return list(shards)
+    if len(shards) == 1:
+        return [replace(shards[0], isolated=True)]
+    try:
+        order = sorted(range(len(shards)), key=lambda i: (shards[i].lo, shards[i].hi))
+    except TypeError:  # ids of different kinds in different files
+        return list(shards)
+    alone = [True] * len(shards)
+    reach: Any = None  # the largest hi so far
+    reach_at = -1
+    for i in order:
+        shard = shards[i]
+        if reach is not None and shard.lo <= reach:  # type: ignore[operator]
+            alone[i] = False
+            alone[reach_at] = False
+        if reach is None or shard.hi > reach:  # type: ignore[operator]
+            reach, reach_at = shard.hi, i
+    return [replace(s, isolated=flag) for s, flag in zip(shards, alone, strict=True)]
+
+
+def _slice(frame: pl.DataFrame, lo: Bound | None, hi: Bound | None) -> pl.DataFrame:
+    """The rows of ``frame`` whose ``(stage, prompt)`` lie between the bounds."""
+    if lo is None or hi is None:
+        return frame
+    if len(lo) == 1:
+        return frame.filter(pl.col("stage").is_between(lo[0], hi[0]))
+    stage, prompt = pl.col("stage"), pl.col("prompt")
+    above = (stage > lo[0]) | ((stage == lo[0]) & (prompt >= lo[1]))
+    below = (stage < hi[0]) | ((stage == hi[0]) & (prompt <= hi[1]))
+    return frame.filter(above & below)
+
+
+# --- tasks (module-level functions, so that workers import them by name) -----------------
+
+
+def _t_rank(log: StageLog, piece: Piece, selection: Selection) -> Ranked:
+    return rank_keys(log.collect(log.keys(piece)), selection)
+
+
+def _t_split(log: StageLog, piece: Piece, group: tuple[str, ...], buckets: int
+             ) -> list[pl.DataFrame]:
+    keys = log.collect(log.keys(piece))
+    index = (pl.struct(list(group)).hash(seed=_SEED) % buckets).alias("_bucket")
+    parts = keys.with_columns(index).partition_by("_bucket", as_dict=True, include_key=False)
+    return [parts.get((b,), keys.head(0)) for b in range(buckets)]
+
+
+def _t_rank_bucket(pieces: list[pl.DataFrame], selection: Selection) -> Ranked:
+    return rank_keys(pl.concat(pieces, how="vertical"), selection)
+
+
+def _t_small(ranked: Ranked) -> tuple[pl.DataFrame, list[Problem]]:
+    return ranked.stages, ranked.problems
+
+
+def _covering(parts: Sequence[tuple[Ranked, Bound | None, Bound | None]], shard: Shard,
+              attr: Callable[[Ranked], pl.DataFrame]) -> pl.DataFrame:
+    frames = [_slice(attr(r), shard.lo, shard.hi) for r, _, _ in parts]
+    return pl.concat(frames, how="vertical")
+
+
+def _chosen(ranked: Ranked) -> pl.DataFrame:
+    return ranked.chosen
+
+
+def _keys(ranked: Ranked) -> pl.DataFrame:
+    return ranked.keys.canonical()
+
+
+def _t_nested(log: StageLog, shard: Shard, *parts: tuple[Ranked, Any, Any]) -> Reduced:
+    return nested_sums(log, _covering(parts, shard, _chosen), piece=shard.piece)
+
+
+def _t_tokens(log: StageLog, shard: Shard, per_response: bool, checks: bool,
+              *parts: tuple[Ranked, Any, Any]) -> Reduced:
+    keys = index_keys(_covering(parts, shard, _keys), summarize=False)
+    chosen = _covering(parts, shard, _chosen)
+    return token_sums(log, keys, chosen, piece=shard.piece, per_response=per_response,
+                      checks=checks)
+
+
+def _t_rows(log: StageLog, shard: Shard, counts: pl.DataFrame | None,
+            *parts: tuple[Ranked, Any, Any]) -> pl.DataFrame:
+    chosen = _covering(parts, shard, _chosen)
+    if counts is not None:
+        counts = _slice(counts, shard.lo, shard.hi)
+    return log.collect(selected_rows(log, chosen, piece=shard.piece, counts=counts))
+
+
+def _pair(ranked: Ranked, lo: Bound | None, hi: Bound | None) -> tuple[Ranked, Any, Any]:
+    return ranked, lo, hi
+
+
+# --- the executor -------------------------------------------------------------------------
+
+
+class DaskExecutor:
+    """Runs the kernels as tasks on a ``distributed`` client."""
+
+    def __init__(self, engine: DaskEngine | None) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _client(self) -> Iterator[Any]:
+        from raft_polars.dask import DaskEngine
+
+        engine = self.engine if self.engine is not None else DaskEngine()
+        with engine.client() as client:
+            yield client
+
+    def losses(self, log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:
+        with self._client() as client:
+            job = _Job(client, log)
+            ranks = job.rank(selection)
+            reduced: list[Reduced]
+            if log.layout == "nested":
+                reduced = job.gather([
+                    job.submit(_t_nested, job.log, s, *job.covering(ranks, s))
+                    for s in job.cand_shards
+                ])
+            else:
+                per_response = reduction == "sequence"
+                reduced = job.gather([
+                    job.submit(_t_tokens, job.log, s, per_response, True,
+                               *job.covering(ranks, s))
+                    for s in job.token_shards()
+                ])
+            stages = job.stages
+        return finish(
+            log, [*stages, *(r.stages for r in reduced)], [r.responses for r in reduced],
+            merge(r.problems for r in reduced), reduction,
+        )
+
+    def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
+        with self._client() as client:
+            job = _Job(client, log)
+            ranks = job.rank(selection)
+            counts = None
+            if log.layout == "long":
+                parts = job.gather([
+                    job.submit(_t_tokens, job.log, s, True, False, *job.covering(ranks, s))
+                    for s in job.token_shards()
+                ])
+                found = [p.responses for p in parts if p.responses is not None]
+                counts = (pl.concat(found, how="vertical").group_by(_IDS)
+                          .agg(pl.col("tokens").sum()))
+                counts = client.scatter(counts, broadcast=True, hash=False)
+            rows = job.gather([
+                job.submit(_t_rows, job.log, s, counts, *job.covering(ranks, s))
+                for s in job.cand_shards
+            ])
+        frame: pl.DataFrame = pl.concat(rows, how="vertical")
+        return frame.sort(_IDS).lazy()
+
+
+class _Job:
+    """The tasks of one call, on one client."""
+
+    def __init__(self, client: Any, log: StageLog) -> None:
+        self.client = client
+        self.workers = max(1, len(client.scheduler_info()["workers"]))
+        self.stages: list[pl.DataFrame] = []
+        raw = {canon: theirs for theirs, canon in log.renames}
+        self.names = {c: raw.get(c, c) for c in ("stage", "prompt")}
+        self.plain = log
+        if log.main.frame is not None or (log.rewards is not None
+                                          and log.rewards.frame is not None):
+            # in-memory sources: collected once here, sent to each worker once
+            log = replace(log, main=_collected(log.main),
+                          rewards=None if log.rewards is None else _collected(log.rewards))
+            self.plain = log
+            self.log: Any = client.scatter(log, broadcast=True, hash=False)
+        else:
+            self.log = log
+        self.cand_shards = plan(self.plain.cand_source, list(self.names.values()),
+                                parts=2 * self.workers)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.client.submit(fn, *args, pure=False)
+
+    def gather(self, futures: Sequence[Any]) -> list[Any]:
+        return list(self.client.gather(list(futures)))
+
+    def token_shards(self) -> list[Shard]:
+        return plan(self.plain.main, list(self.names.values()), parts=2 * self.workers)
+
+    def rank(self, selection: Selection) -> list[tuple[Any, Bound | None, Bound | None]]:
+        """Rank futures with the bounds of the keys they hold; raises the first
+        candidate problem."""
+        group = selection.group
+        width = len(group)
+
+        def cut(bound: Bound | None) -> Bound | None:
+            return None if bound is None else bound[:width]
+
+        shards = self.cand_shards
+        if width == 1:  # the global ranking needs whole stages
+            shards = mark_isolated([replace(s, lo=cut(s.lo), hi=cut(s.hi)) for s in shards])
+        if all(s.isolated for s in shards):
+            ranks = [(self.submit(_t_rank, self.log, s.piece, selection), s.lo, s.hi)
+                     for s in shards]
+        else:
+            buckets = max(1, min(len(shards), 2 * self.workers))
+            maps = [self.submit(_t_split, self.log, s.piece, group, buckets) for s in shards]
+            ranks = []
+            for b in range(buckets):
+                pieces = [self.submit(operator.getitem, m, b) for m in maps]
+                ranks.append((self.submit(_t_rank_bucket, pieces, selection), None, None))
+        small = self.gather([self.submit(_t_small, r) for r, _, _ in ranks])
+        raise_first(merge(p for _, p in small), origin=self.plain.origin,
+                    token_origin=self.plain.token_origin)
+        self.stages = [s for s, _ in small]
+        return ranks
+
+    def covering(self, ranks: Sequence[tuple[Any, Bound | None, Bound | None]],
+                 shard: Shard) -> list[Any]:
+        """The rank results that may hold keys of ``shard``, as task arguments."""
+        return [self.submit(_pair, r, lo, hi) for r, lo, hi in ranks
+                if Shard(shard.piece, lo, hi).covers(shard)]
+
+
+def _collected(source: Resolved) -> Resolved:
+    if source.frame is None:
+        return source
+    return replace(source, frame=source.frame.collect().lazy())
+
+
+def cpu_threads(workers: int) -> str:
+    """Threads for Polars inside each of ``workers`` local worker processes."""
+    return str(max(1, (os.cpu_count() or 1) // max(1, workers)))

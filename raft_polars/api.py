@@ -1,0 +1,237 @@
+"""The Python API: every function that reads a stage log, one option set.
+
+Each function reads the log into its canonical form (step 1,
+:mod:`raft_polars._engine.read`), and hands it to an executor that ranks (step 2)
+and reduces (step 3) with the kernels of :mod:`raft_polars._engine`. The
+executor is the ``engine=`` keyword, as in Polars' ``collect(engine=...)``:
+
+- ``"polars"`` (default): in this process, on Polars' streaming engine;
+- ``"dask"``: on the current ``distributed`` client (the one a ``with
+  Client(...)`` block made current), or on a local cluster started for the call;
+- ``raft_polars.dask.DaskEngine(client=...)``: on an explicit client or cluster.
+
+Every engine gives the same answers, the same return types and the same error
+messages. The meaning of every number is in ``docs/semantics.md``.
+
+Examples
+--------
+>>> import polars as pl
+>>> from raft_polars import stage_losses
+>>> log = pl.DataFrame({
+...     "stage": [0, 0, 1, 1], "prompt": [0, 0, 0, 0], "cand": [0, 1, 0, 1],
+...     "reward": [0.2, 0.4, 0.75, 0.7],
+...     "logprobs": [[-2.0, -1.8], [-1.5, -1.6], [-0.6, -0.5], [-0.7, -0.8]],
+... })
+>>> stage_losses(log).select("stage", "loss", "tokens").rows()
+[(0, 1.55, 2), (1, 0.55, 2)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import polars as pl
+
+from raft_polars import _export
+from raft_polars._engine.read import read_log
+from raft_polars._engine.sources import Source
+from raft_polars._executors import Engine, executor
+from raft_polars.errors import RaftInputError
+from raft_polars.selection import Reduction, Selection, Strategy, check_reduction
+
+__all__ = ["select_best", "stage_losses", "write_selected"]
+
+
+def stage_losses(
+    source: Source,
+    *,
+    rewards: Source | None = None,
+    columns: Mapping[str, str] | None = None,
+    reduction: Reduction = "token",
+    strategy: Strategy = "best",
+    n: int = 1,
+    fraction: float | None = None,
+    min_reward: float | None = None,
+    engine: Engine = "polars",
+) -> pl.DataFrame:
+    """Per-stage SFT loss and statistics of a stage log.
+
+    Parameters
+    ----------
+    source
+        The stage log: Parquet path, glob, directory, list of paths, polars
+        ``DataFrame`` / ``LazyFrame`` or ``pyarrow.Table``; nested layout, or the
+        token rows of the long layout when ``rewards`` is given.
+    rewards
+        The candidate rows (``stage, prompt, cand, reward``) of the long layout.
+    columns
+        Canonical name to the source's own name, e.g. ``{"prompt": "prompt_id"}``.
+    reduction
+        ``"token"`` (pooled token mean, the default) or ``"sequence"``.
+    strategy, n, fraction, min_reward
+        The selection, see :class:`raft_polars.Selection`; the default is
+        best-of-K per prompt.
+    engine
+        ``"polars"`` (default), ``"dask"`` or a
+        :class:`raft_polars.dask.DaskEngine`; see the module docstring.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per stage, sorted by stage: ``stage``, ``loss`` (float64, not
+        rounded; null where ``min_reward`` left nothing selected), ``prompts``,
+        ``candidates``, ``selected`` (responses), ``tokens`` (in the selected
+        responses), ``reward_best_mean`` (mean selected reward), ``reward_mean``
+        (mean over all candidates), ``reward_lift`` (their difference), ``ties``
+        (prompts whose best reward is shared) and ``below_min`` (prompts left with
+        nothing selected by ``min_reward``).
+
+    Raises
+    ------
+    RaftInputError
+        For every bad input listed in ``docs/semantics.md``, naming where and what.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> tokens = pl.DataFrame({"stage": [0, 0, 0], "prompt": ["p", "p", "p"],
+    ...                        "cand": [0, 0, 1], "token": [0, 1, 0],
+    ...                        "logprob": [-1.0, -2.0, -0.5]})
+    >>> rewards = pl.DataFrame({"stage": [0, 0], "prompt": ["p", "p"],
+    ...                         "cand": [0, 1], "reward": [1.0, 0.0]})
+    >>> stage_losses(tokens, rewards=rewards)["loss"].to_list()
+    [1.5]
+    """
+    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    check_reduction(reduction)
+    run = executor(engine)
+    log = read_log(source, rewards=rewards, columns=columns)
+    return run.losses(log, selection, reduction)
+
+
+def select_best(
+    source: Source,
+    *,
+    rewards: Source | None = None,
+    columns: Mapping[str, str] | None = None,
+    strategy: Strategy = "best",
+    n: int = 1,
+    fraction: float | None = None,
+    min_reward: float | None = None,
+    engine: Engine = "polars",
+) -> pl.LazyFrame:
+    """The selected batch, ready to export for fine-tuning.
+
+    The ranking runs now, with its checks (and, in the long layout, the token
+    counts of the selected responses); the returned frame is lazy and reads the
+    payload when collected or sunk.
+
+    Parameters
+    ----------
+    source, rewards, columns, strategy, n, fraction, min_reward, engine
+        As in :func:`stage_losses`.
+
+    Returns
+    -------
+    polars.LazyFrame
+        One row per selected response (with best-of-K, one per ``(stage,
+        prompt)``), sorted by ``stage, prompt, cand``: ``stage``, ``prompt``,
+        ``cand``, ``reward``, ``tokens`` and every extra candidate-level column
+        (of the nested rows, or of the rewards table in the long layout).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> log = pl.DataFrame({"stage": [0, 0], "prompt": [7, 7], "cand": [0, 1],
+    ...                     "reward": [0.1, 0.3], "logprobs": [[-1.0], [-0.5, -0.2]],
+    ...                     "response": ["meh", "good"]})
+    >>> select_best(log).collect().rows()
+    [(0, 7, 1, 0.3, 2, 'good')]
+    """
+    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    run = executor(engine)
+    log = read_log(source, rewards=rewards, columns=columns)
+    if "tokens" in log.extras:
+        msg = (
+            f"{log.origin}: the extra column 'tokens' clashes with the token count that "
+            "the selected batch adds; rename or drop it first"
+        )
+        raise RaftInputError(msg)
+    return run.selected(log, selection)
+
+
+def write_selected(
+    source: Source,
+    output: str | Path,
+    *,
+    rewards: Source | None = None,
+    columns: Mapping[str, str] | None = None,
+    strategy: Strategy = "best",
+    n: int = 1,
+    fraction: float | None = None,
+    min_reward: float | None = None,
+    stage: _export.StagePick = None,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
+    force: bool = False,
+    engine: Engine = "polars",
+) -> int:
+    """Write the selected batch to ``output``, Parquet or JSON lines by extension.
+
+    The batch is streamed to a temporary file in ``output``'s directory and
+    renamed onto ``output`` at the end: a failed or interrupted write leaves
+    ``output`` as it was.
+
+    Parameters
+    ----------
+    source, rewards, columns, strategy, n, fraction, min_reward, engine
+        As in :func:`stage_losses`.
+    output
+        ``*.parquet`` / ``*.pq`` or ``*.jsonl`` / ``*.ndjson``.
+    stage
+        Export one stage only: its id, or ``"last"``.
+    prompt_column, response_column
+        Also write ``prompt`` / ``completion`` copies of these payload columns,
+        the keys of TRL's prompt-completion format (the prompt id column is then
+        ``prompt_id``).
+    force
+        Replace ``output`` if it exists.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, polars as pl
+    >>> log = pl.DataFrame({"stage": [0, 0], "prompt": [7, 7], "cand": [0, 1],
+    ...                     "reward": [0.1, 0.3], "logprobs": [[-1.0], [-0.5, -0.2]]})
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "batch.parquet"
+    >>> write_selected(log, out)
+    1
+    >>> pl.read_parquet(out).rows()
+    [(0, 7, 1, 0.3, 2)]
+    """
+    out = Path(output)
+    fmt = _export.output_format(out)
+    _export.check_target(out, force=force)
+    frame = select_best(
+        source, rewards=rewards, columns=columns, strategy=strategy, n=n, fraction=fraction,
+        min_reward=min_reward, engine=engine,
+    )  # fmt: skip
+    if stage is not None:
+        log = read_log(source, rewards=rewards, columns=columns)
+        stages = log.collect(log.keys().select(pl.col("stage").unique().sort()))["stage"]
+        frame = _export.pick_stage(frame, stages, stage, log.origin)
+    frame = _export.sft_columns(frame, prompt_column, response_column)
+
+    def write(tmp: Path) -> None:
+        if fmt == "parquet":
+            frame.sink_parquet(tmp, engine="streaming")
+        else:
+            frame.sink_ndjson(tmp, engine="streaming")
+
+    _export.write_atomically(out, write, force=force)
+    return _export.rows_written(out)

@@ -1,0 +1,106 @@
+"""How the batch is selected and reduced: the options every entry point takes.
+
+:class:`Selection` is the ranking (``strategy``, ``n``, ``fraction``,
+``min_reward``), checked once when it is built; :data:`Reduction` is how the
+selected tokens become a loss. The Python API and the CLI both build them; the
+exact meaning of each option is in ``docs/semantics.md``.
+
+Examples
+--------
+>>> from raft_polars import Selection
+>>> Selection(strategy="top_n", n=2).is_best_of_k
+False
+>>> Selection(strategy="global", fraction=1.5)
+Traceback (most recent call last):
+...
+raft_polars.errors.RaftInputError: strategy='global' needs 0 < fraction <= 1, got 1.5
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from raft_polars.errors import RaftInputError
+
+__all__ = ["Reduction", "Selection", "Strategy", "check_reduction"]
+
+Strategy: TypeAlias = Literal["best", "top_n", "global"]
+Reduction: TypeAlias = Literal["token", "sequence"]
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How the batch is selected from the ranked candidates.
+
+    Parameters
+    ----------
+    strategy
+        ``"best"`` (best-of-K, the default), ``"top_n"`` or ``"global"``.
+    n
+        Candidates kept per prompt with ``"top_n"``.
+    fraction
+        Share of a stage's candidates kept with ``"global"``, in ``(0, 1]``.
+    min_reward
+        Drop selected candidates whose reward is below this.
+    """
+
+    strategy: Strategy = "best"
+    n: int = 1
+    fraction: float | None = None
+    min_reward: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("best", "top_n", "global"):
+            msg = f"strategy must be 'best', 'top_n' or 'global', got {self.strategy!r}"
+            raise RaftInputError(msg)
+        for name in ("fraction", "min_reward"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Real)
+            ):
+                msg = f"{name} must be a number, got {value!r}"
+                raise RaftInputError(msg)
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            msg = f"n must be a whole number >= 1, got {self.n!r}"
+            raise RaftInputError(msg)
+        if self.strategy == "global":
+            if self.fraction is None or not 0.0 < self.fraction <= 1.0:
+                msg = f"strategy='global' needs 0 < fraction <= 1, got {self.fraction!r}"
+                raise RaftInputError(msg)
+        elif self.fraction is not None:
+            msg = f"fraction applies to strategy='global' only, not {self.strategy!r}"
+            raise RaftInputError(msg)
+        if self.strategy != "top_n" and self.n != 1:
+            msg = f"n applies to strategy='top_n' only, not {self.strategy!r}"
+            raise RaftInputError(msg)
+        if self.min_reward is not None and not _finite(self.min_reward):
+            msg = f"min_reward must be a finite number, got {self.min_reward!r}"
+            raise RaftInputError(msg)
+
+    @property
+    def is_best_of_k(self) -> bool:
+        """Plain best-of-K with no threshold: one selected candidate per prompt."""
+        return self.strategy == "best" or (self.strategy == "top_n" and self.n == 1)
+
+    @property
+    def group(self) -> tuple[str, ...]:
+        """The ids that a ranking needs whole: a prompt's candidates, or (global
+        ranking) a stage's."""
+        return ("stage",) if self.strategy == "global" else ("stage", "prompt")
+
+
+def check_reduction(reduction: object) -> None:
+    """Raise :class:`RaftInputError` unless ``reduction`` is ``"token"`` or ``"sequence"``."""
+    if reduction not in ("token", "sequence"):
+        msg = f"reduction must be 'token' or 'sequence', got {reduction!r}"
+        raise RaftInputError(msg)
