@@ -372,6 +372,8 @@ def rank_keys(frame: pl.DataFrame, selection: Selection) -> Ranked:
         ranked = summary.select(*_IDS, "reward")
     else:
         ranked = rank(keys.canonical().lazy(), selection).collect(engine="in-memory")
+    # canonical ids whatever the path (prompt codes decode to the source's type)
+    ranked = ranked.select(*canonical_ids(ranked.schema), pl.col("reward").cast(pl.Float64))
     chosen = apply_min_reward(ranked, selection)
     stages = (
         summary.group_by("stage")

@@ -295,7 +295,9 @@ FRAME_CASES = {
 BAD_ENTRIES = [e for e in FRAME_ENTRIES if e.name in (
     "nested-DataFrame", "nested-LazyFrame", "nested-Arrow", "nested-glob", "nested-hive",
     "long-DataFrame", "long-Arrow", "long-glob", "long-DataFrame-fallback",
-    "long-hive-fallback")]
+    "long-hive-fallback", "dask-nested-DataFrame", "dask-nested-LazyFrame", "dask-nested-Arrow",
+    "dask-nested-glob", "dask-nested-hive", "dask-long-DataFrame", "dask-long-Arrow",
+    "dask-long-glob", "dask-long-hive")]
 
 
 def _bad_kwargs(entry: Entry, bad: Bad, prompts: str, directory: Path) -> dict[str, Any]:
@@ -313,7 +315,8 @@ def _bad_kwargs(entry: Entry, bad: Bad, prompts: str, directory: Path) -> dict[s
 # path) through one entry of each layout and source family
 BAD_RUNS = [(e, "int") for e in BAD_ENTRIES] + [
     (e, "str") for e in BAD_ENTRIES if e.name in (
-        "nested-DataFrame", "nested-glob", "long-DataFrame", "long-glob")]
+        "nested-DataFrame", "nested-glob", "long-DataFrame", "long-glob",
+        "dask-nested-DataFrame", "dask-long-glob")]
 
 
 @pytest.mark.parametrize("bad", FRAME_CASES.values(), ids=FRAME_CASES.keys())
@@ -608,7 +611,7 @@ FRAME_DEFECTS: dict[str, Callable[[pl.DataFrame, int], pl.DataFrame]] = {
 }
 FUZZ_ENTRIES = [e for e in FRAME_ENTRIES if e.name in (
     "nested-DataFrame", "nested-glob", "long-DataFrame", "long-DataFrame-fallback",
-    "long-glob")]
+    "long-glob", "dask-nested-glob", "dask-long-DataFrame")]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -51,7 +51,7 @@ NESTED_VARIANTS: dict[str, tuple[Case, Callable[[pl.DataFrame], pl.DataFrame]]] 
 }
 VARIANT_ENTRIES = [e for e in FRAME_ENTRIES if e.name in (
     "nested-DataFrame", "nested-Arrow", "nested-file", "long-DataFrame", "long-glob",
-    "long-DataFrame-fallback")]
+    "long-DataFrame-fallback", "dask-nested-file", "dask-long-glob")]
 
 
 @pytest.mark.parametrize(("case", "change"), NESTED_VARIANTS.values(),

@@ -51,7 +51,8 @@ def test_random_logs(entry: Entry) -> None:
 
 
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.name in (
-    "lists_losses", "nested-DataFrame", "long-DataFrame", "long-hive-fallback")], ids=str)
+    "lists_losses", "nested-DataFrame", "long-DataFrame", "long-hive-fallback",
+    "dask-nested-DataFrame", "dask-long-glob")], ids=str)
 def test_random_logs_sequence_reduction(entry: Entry) -> None:
     @_settings(20)
     @given(case=cases())
@@ -64,7 +65,8 @@ def test_random_logs_sequence_reduction(entry: Entry) -> None:
 
 @pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.name in (
     "nested-DataFrame", "nested-Arrow", "nested-glob", "nested-hive", "long-DataFrame",
-    "long-LazyFrame", "long-paths", "long-hive-fallback")], ids=str)
+    "long-LazyFrame", "long-paths", "long-hive-fallback", "dask-nested-glob", "dask-long-paths",
+    "dask-long-hive")], ids=str)
 def test_random_selection(entry: Entry) -> None:
     @_settings(15)
     @given(case=cases())
