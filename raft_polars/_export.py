@@ -60,7 +60,7 @@ def check_target(out: Path, *, force: bool) -> None:
         msg = f"output directory does not exist: {str(out.parent)!r}"
         raise RaftInputError(msg)
     if out.exists() and not force:
-        msg = f"{str(out)!r} exists; pass --force (force=True) to replace it"
+        msg = f"{str(out)!r} exists; pass force=True to replace it"
         raise RaftInputError(msg)
 
 
@@ -81,7 +81,7 @@ def pick_stage(
         shown = stages.head(20).to_list()
         more = ", ..." if stages.len() > 20 else ""
         msg = (
-            f"--stage {stage}: no such stage in {origin}; stages present: "
+            f"option stage={stage}: no such stage in {origin}; stages present: "
             f"{str(shown)[:-1]}{more}]"
         )
         raise RaftInputError(msg)
@@ -101,10 +101,10 @@ def sft_columns(
     present = list(frame.collect_schema())
     wanted = {"prompt": prompt_col, "completion": response_col}
     added = {name: col for name, col in wanted.items() if col is not None}
-    for option, col in (("--prompt-column", prompt_col), ("--response-column", response_col)):
+    for option, col in (("option prompt_column=", prompt_col), ("option response_column=", response_col)):
         if col is not None and col not in present:
             msg = (
-                f"{option} {col!r}: no such column in the selected batch; columns "
+                f"{option}{col!r}: no such column in the selected batch; columns "
                 f"present: {present}"
             )
             raise RaftInputError(msg)
@@ -117,7 +117,7 @@ def sft_columns(
         if names[c] in added or (names[c] == "prompt_id" and c != "prompt"):
             msg = (
                 f"the selected batch already has a column {names[c]!r}, which the "
-                "--prompt-column/--response-column output needs; rename it with --column "
+                "prompt_column=/response_column= output needs; rename it with columns= "
                 "or in the log"
             )
             raise RaftInputError(msg)
@@ -166,7 +166,7 @@ def write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -
         write(tmp)
         if out.exists():
             if not force:
-                msg = f"{str(out)!r} appeared while writing; pass --force to replace it"
+                msg = f"{str(out)!r} appeared while writing; pass force=True to replace it"
                 raise RaftInputError(msg)
             if out.is_dir() and not tmp.is_dir():
                 msg = f"{str(out)!r} is a directory; not replacing it with a file"

@@ -132,6 +132,12 @@ _CLI_TERMS = (
     ("map your own names with columns={'canonical': 'yours'}",
      "map your own names with --column canonical=theirs"),
     ("is mapped onto the same name by columns=", "is mapped onto the same name by --column"),
+    ("pass force=True to replace it", "pass --force to replace it"),
+    ("option stage=", "--stage "),
+    ("option prompt_column=", "--prompt-column "),
+    ("option response_column=", "--response-column "),
+    ("prompt_column=/response_column= output", "--prompt-column/--response-column output"),
+    ("rename it with columns=", "rename it with --column"),
 )
 
 

@@ -1,5 +1,6 @@
-"""raft_polars.dask against the single-machine engine and the plain reference,
-on a module-scoped local cluster (2 worker processes, loopback only)."""
+"""engine="dask" against the default engine and the plain reference, on the
+shared local cluster of ``tests/dask_cluster.py`` (a scheduler and 2 worker
+processes, loopback only)."""
 
 from __future__ import annotations
 
@@ -18,33 +19,27 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from dask_cases import assert_same, layout_files, local_cluster, ragged_logs
+import dask_cluster
+from dask_cases import assert_same, layout_files, ragged_logs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import long_frames, nested_frame, reference_rounded, write_split
 
 import raft_polars as rp
+import raft_polars._executors.dask
 import raft_polars.dask as rd
-from raft_polars import Selection, _shards
+from raft_polars import Selection
 from raft_polars.errors import RaftInputError
 
-# the scheduler of the local cluster runs in this process and draws from the global
-# `random` module in its own thread; hypothesis notices the state change between its
-# draws and warns (harmless: hypothesis does not use that state)
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
-)
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    """This module's local cluster (2 worker processes on 127.0.0.1, no dashboard).
+    """The shared local cluster's client."""
+    yield dask_cluster.client()
 
-    Module-scoped, not session-scoped: its scheduler thread keeps drawing from the
-    global `random` module while it lives, which makes hypothesis fail tests in
-    other modules now and then (a FlakyStrategyDefinition).
-    """
-    yield from local_cluster()
+
+def _on(client: Any) -> rd.DaskEngine:
+    return rd.DaskEngine(client)
 
 
 # cluster calls take a fraction of a second: keep the example counts small
@@ -73,8 +68,8 @@ def _agree(client: Any, kwargs: dict[str, Any], selection: Selection | None = No
     selection = selection or Selection()
     expected = _outcome(lambda: rp.stage_losses(**kwargs, reduction=reduction,  # type: ignore[arg-type]
                                                 **_options(selection)))
-    got = _outcome(lambda: rd.stage_losses(**kwargs, reduction=reduction,  # type: ignore[arg-type]
-                                           selection=selection, client=client))
+    got = _outcome(lambda: rp.stage_losses(**kwargs, reduction=reduction,  # type: ignore[arg-type]
+                                           **_options(selection), engine=_on(client)))
     if isinstance(expected, str):
         assert got == expected
     else:
@@ -103,7 +98,8 @@ def test_property_files(client: Any, log: Any, parts: int, shuffle: int, strings
             losses = [round(x, 4) for x in got["loss"].to_list()]
             assert losses == reference_rounded(lps, rws)
         expected = rp.select_best(**kwargs, **_options(selection)).collect()
-        assert_same(expected, rd.select_best(**kwargs, selection=selection, client=client))
+        assert_same(expected, rp.select_best(**kwargs, **_options(selection),
+                                             engine=_on(client)).collect())
 
 
 @FEW
@@ -140,7 +136,7 @@ def test_in_memory_frames(client: Any, layout: str) -> None:
         tokens, rewards = long_frames(LPS, RWS, shuffle=2)
         kwargs = {"source": tokens.to_arrow(), "rewards": rewards.lazy()}
     _agree(client, kwargs)
-    assert_same(rp.select_best(**kwargs).collect(), rd.select_best(**kwargs, client=client))
+    assert_same(rp.select_best(**kwargs).collect(), rp.select_best(**kwargs, engine=_on(client)).collect())
 
 
 def test_row_group_shards_of_one_big_file(client: Any, tmp_path: Path,
@@ -148,7 +144,10 @@ def test_row_group_shards_of_one_big_file(client: Any, tmp_path: Path,
     frame = nested_frame(LPS, RWS, shuffle=4)
     path = tmp_path / "big.parquet"
     pq.write_table(frame.to_arrow(), path, row_group_size=3)
-    monkeypatch.setattr(_shards, "SHARD_BYTES", 1)
+    monkeypatch.setattr(raft_polars._executors.dask, "SHARD_BYTES", 1)
+    log = rp.read_log(str(path))
+    shards = raft_polars._executors.dask.plan(log.main, ["stage", "prompt"])
+    assert len(shards) == pq.ParquetFile(path).metadata.num_row_groups > 1
     _agree(client, {"source": str(path)})
 
 
@@ -159,14 +158,15 @@ def test_synthetic_files_are_isolated_shards(client: Any, tmp_path: Path) -> Non
              chunk_prompts=16, payload=True)
     generate(tmp_path / "l", layout="long", stages=2, prompts=40, k=3, seed=6,
              chunk_prompts=16)
-    with rd._measure() as metrics:
-        _agree(client, {"source": str(tmp_path / "n")})
-    assert metrics.bytes_read > 0
-    assert metrics.futures[0] < metrics.bytes_read
+    log = rp.read_log(str(tmp_path / "n"))
+    shards = raft_polars._executors.dask.plan(log.main, ["stage", "prompt"])
+    assert len(shards) > 1
+    assert all(s.isolated for s in shards)  # ranked where they are read: no shuffle
+    _agree(client, {"source": str(tmp_path / "n")})
     _agree(client, {"source": str(tmp_path / "l" / "tokens"),
                     "rewards": str(tmp_path / "l" / "rewards")})
     assert_same(rp.select_best(str(tmp_path / "n")).collect(),
-                rd.select_best(str(tmp_path / "n"), client=client))
+                rp.select_best(str(tmp_path / "n"), engine=_on(client)).collect())
 
 
 @pytest.mark.parametrize("layout", ["nested", "long"])
@@ -187,7 +187,7 @@ def test_candidate_ids_outside_the_bit_mask(client: Any, tmp_path: Path, layout:
         kwargs = {"source": str(tmp_path / "t"), "rewards": str(tmp_path / "r")}
     for selection in (Selection(), Selection(strategy="top_n", n=2)):
         _agree(client, kwargs, selection)
-    assert_same(rp.select_best(**kwargs).collect(), rd.select_best(**kwargs, client=client))
+    assert_same(rp.select_best(**kwargs).collect(), rp.select_best(**kwargs, engine=_on(client)).collect())
 
 
 def test_columns_mapping_and_hive(client: Any, tmp_path: Path) -> None:
@@ -207,35 +207,65 @@ def test_cluster_on_loopback_and_joined_by_address(client: Any) -> None:
     assert all(w["nthreads"] == 1 for w in info["workers"].values())
     with rd.connect(scheduler=info["address"]) as joined:
         assert_same(rp.stage_losses(nested_frame(LPS, RWS)),
-                    rd.stage_losses(nested_frame(LPS, RWS), client=joined))
+                    rp.stage_losses(nested_frame(LPS, RWS), engine=rd.DaskEngine(joined)))
+    assert_same(rp.stage_losses(nested_frame(LPS, RWS)),
+                rp.stage_losses(nested_frame(LPS, RWS),
+                                engine=rd.DaskEngine(scheduler=info["address"])))
 
 
-def test_default_client_is_used(client: Any) -> None:
-    from distributed import default_client
+def test_current_client_is_used(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine="dask" runs on the client a ``with`` block made current, and starts
+    no cluster of its own."""
+    from distributed import Client, default_client
 
-    assert default_client() is client
-    assert_same(rp.stage_losses(nested_frame(LPS, RWS)), rd.stage_losses(nested_frame(LPS, RWS)))
+    def no_new_cluster(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a local cluster was started")
+
+    monkeypatch.setattr(rd, "connect", no_new_cluster)
+    with Client(client.scheduler.address, set_as_default=False) as other, other.as_current():
+        assert default_client() is other
+        got = rp.stage_losses(nested_frame(LPS, RWS), engine="dask")
+    assert_same(rp.stage_losses(nested_frame(LPS, RWS)), got)
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+def test_spark_style_directory(client: Any, tmp_path: Path, engine: str) -> None:
+    """Hidden files, _temporary/ and _SUCCESS are skipped and .pq counts, on every
+    executor (the Dask plan once read .hidden/ and _temporary/ and dropped .pq)."""
+    frame = nested_frame(LPS, RWS)
+    root = tmp_path / "out"
+    (root / "_temporary" / "0").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    frame.filter(pl.col("stage") == 0).write_parquet(root / "a.parquet")
+    frame.filter(pl.col("stage") == 1).write_parquet(root / "b.pq")
+    frame.write_parquet(root / "_temporary" / "0" / "c.parquet")
+    frame.write_parquet(root / ".hidden" / "e.parquet")
+    (root / "_SUCCESS").write_bytes(b"")
+    on = _on(client) if engine == "dask" else "polars"
+    got = rp.stage_losses(str(root), engine=on)
+    assert [round(x, 4) for x in got["loss"].to_list()] == reference_rounded(LPS, RWS)
+    assert got["candidates"].to_list() == [6, 4]
 
 
 def test_write_selected(client: Any, tmp_path: Path) -> None:
     kwargs = layout_files(LPS, RWS, tmp_path / "in", layout="long", parts=3, reward_parts=2,
                           shuffle=5)
-    out = rd.write_selected(**kwargs, out_dir=tmp_path / "out", client=client)
-    assert out == tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    out = tmp_path / "out.parquet"
+    rows = rp.write_selected(**kwargs, output=out, engine=_on(client))
     expected = rp.select_best(**kwargs).collect()
-    assert_same(expected, pl.read_parquet(out).sort("stage", "prompt", "cand"))
-    with pytest.raises(RaftInputError, match="already exists"):
-        rd.write_selected(**kwargs, out_dir=out, client=client)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert rows == expected.height
+    assert_same(expected, pl.read_parquet(out))
+    with pytest.raises(RaftInputError, match="exists"):
+        rp.write_selected(**kwargs, output=out, engine=_on(client))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.parquet"]
 
 
-def test_write_selected_removes_temp_on_failure(client: Any, tmp_path: Path) -> None:
+def test_write_selected_leaves_nothing_on_failure(client: Any, tmp_path: Path) -> None:
     frame = nested_frame(LPS, RWS)
     write_split(frame, tmp_path / "in", 2)
     write_split(frame.head(1), tmp_path / "in" / "dup", 1)  # a duplicate candidate
     with pytest.raises(RaftInputError, match="duplicate candidate"):
-        rd.write_selected(str(tmp_path / "in"), tmp_path / "out", client=client)
+        rp.write_selected(str(tmp_path / "in"), tmp_path / "out.jsonl", engine=_on(client))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
@@ -320,7 +350,7 @@ def test_bad_input_same_error(client: Any, tmp_path: Path, name: str) -> None:
     with pytest.raises(RaftInputError) as single:
         rp.stage_losses(**kwargs)
     with pytest.raises(RaftInputError) as dask:
-        rd.stage_losses(**kwargs, client=client)
+        rp.stage_losses(**kwargs, engine=_on(client))
     assert fragment in str(dask.value)
     if name != "truncated-file":  # the engine names the file only when its footer is bad
         assert str(dask.value) == str(single.value)
@@ -334,18 +364,25 @@ def test_bad_input_other_strategy(client: Any, tmp_path: Path, name: str) -> Non
     with pytest.raises(RaftInputError) as single:
         rp.stage_losses(**kwargs, **_options(selection))
     with pytest.raises(RaftInputError) as dask:
-        rd.stage_losses(**kwargs, selection=selection, client=client)
+        rp.stage_losses(**kwargs, **_options(selection), engine=_on(client))
     assert str(dask.value) == str(single.value)
     assert fragment in str(dask.value)
 
 
 @pytest.mark.parametrize(("kwargs", "fragment"), [
     ({"reduction": "mean"}, "reduction must be"),
-    ({"selection": "best"}, "selection must be a raft_polars.Selection"),
+    ({"engine": "spark"}, "engine must be 'polars', 'dask' or a raft_polars.dask.DaskEngine"),
+    ({"strategy": "top_n", "n": 0}, "n must be a whole number"),
 ])
 def test_bad_options(client: Any, kwargs: dict[str, Any], fragment: str) -> None:
+    options = {"engine": _on(client), **kwargs}
     with pytest.raises(RaftInputError, match=fragment):
-        rd.stage_losses(nested_frame(LPS, RWS), client=client, **kwargs)
+        rp.stage_losses(nested_frame(LPS, RWS), **options)
+
+
+def test_engine_takes_a_client_or_a_cluster_size_not_both(client: Any) -> None:
+    with pytest.raises(RaftInputError, match="not both"):
+        rd.DaskEngine(client, workers=2)
 
 
 def test_missing_dask_says_how_to_install() -> None:
@@ -354,11 +391,13 @@ def test_missing_dask_says_how_to_install() -> None:
 import sys
 sys.modules["distributed"] = None
 import polars as pl
+import raft_polars as rp
 import raft_polars.dask as rd
 from raft_polars.errors import MissingDependencyError
 frame = pl.DataFrame({"stage": [0], "prompt": [0], "cand": [0], "reward": [1.0],
                       "logprobs": [[-1.0]]})
-for call in (lambda: rd.stage_losses(frame), lambda: rd.connect(workers=1).__enter__()):
+for call in (lambda: rp.stage_losses(frame, engine="dask"),
+             lambda: rd.connect(workers=1).__enter__()):
     try:
         call()
     except MissingDependencyError as exc:
@@ -374,7 +413,7 @@ for call in (lambda: rd.stage_losses(frame), lambda: rd.connect(workers=1).__ent
 
 def test_empty_log(client: Any) -> None:
     empty = nested_frame([], [])
-    assert_same(rp.stage_losses(empty), rd.stage_losses(empty, client=client))
+    assert_same(rp.stage_losses(empty), rp.stage_losses(empty, engine=_on(client)))
 
 
 def test_float32_arrays(client: Any) -> None:
@@ -382,14 +421,15 @@ def test_float32_arrays(client: Any) -> None:
     table = frame.to_arrow()
     assert isinstance(table, pa.Table)
     _agree(client, {"source": table})
-    assert np.isfinite(rd.stage_losses(table, client=client)["loss"].to_numpy()).all()
+    assert np.isfinite(rp.stage_losses(table, engine=_on(client))["loss"].to_numpy()).all()
 
 
 # --- the CLI ------------------------------------------------------------------------------
 
 
 def test_cli_losses_on_dask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cli = pytest.importorskip("raft_polars.cli", reason="raft_polars.cli is not there yet")
+    from raft_polars import cli
+
     write_split(nested_frame(LPS, RWS), tmp_path / "n", 2)
     code = cli.main(["losses", str(tmp_path / "n"), "--engine", "dask", "--workers", "2"])
     assert code in (0, None)
