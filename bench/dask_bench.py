@@ -57,8 +57,11 @@ def ensure_data(root: Path) -> dict[str, dict[str, str]]:
         if not (done.is_file() and json.loads(done.read_text()) == SHAPE):
             generate(folder, layout=layout, **SHAPE)  # type: ignore[arg-type]
             done.write_text(json.dumps(SHAPE))
-        out[layout] = ({"source": str(folder)} if layout == "nested" else
-                       {"source": str(folder / "tokens"), "rewards": str(folder / "rewards")})
+        out[layout] = (
+            {"source": str(folder)}
+            if layout == "nested"
+            else {"source": str(folder / "tokens"), "rewards": str(folder / "rewards")}
+        )
     return out
 
 
@@ -82,15 +85,21 @@ def one_thread(kwargs: dict[str, str], repeat: int) -> float:
         "print(best)\n"
     )
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(kwargs)], env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(kwargs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(done.stdout.strip())
 
 
 def transferred(client: Any) -> int:
     """Bytes received by all workers from other workers so far."""
-    logs = client.run(lambda dask_worker: sum(e["total"]
-                                              for e in dask_worker.transfer_incoming_log))
+    logs = client.run(
+        lambda dask_worker: sum(e["total"] for e in dask_worker.transfer_incoming_log)
+    )
     return int(sum(logs.values()))
 
 
@@ -104,8 +113,12 @@ def no_isolation() -> Iterator[None]:
 def tokens_of(kwargs: dict[str, str]) -> int:
     if "rewards" in kwargs:
         return int(pl.scan_parquet(kwargs["source"]).select(pl.len()).collect().item())
-    return int(pl.scan_parquet(kwargs["source"] + "/*.parquet")
-               .select(pl.col("logprobs").list.len().sum()).collect().item())
+    return int(
+        pl.scan_parquet(kwargs["source"] + "/*.parquet")
+        .select(pl.col("logprobs").list.len().sum())
+        .collect()
+        .item()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,22 +131,37 @@ def main(argv: list[str] | None = None) -> int:
     expected: dict[str, pl.DataFrame] = {}
     for layout, kwargs in data.items():
         tokens = tokens_of(kwargs)
+
         def single(kw: dict[str, str] = kwargs) -> pl.DataFrame:
             return rp.stage_losses(kw["source"], rewards=kw.get("rewards"))
 
         seconds, expected[layout] = best_of(args.repeat, single)
-        rows.append({"layout": layout, "engine": f"polars ({os.cpu_count()} threads)",
-                     "seconds": seconds, "tokens": tokens})
-        rows.append({"layout": layout, "engine": "polars (1 thread)",
-                     "seconds": one_thread(kwargs, args.repeat), "tokens": tokens})
+        rows.append(
+            {
+                "layout": layout,
+                "engine": f"polars ({os.cpu_count()} threads)",
+                "seconds": seconds,
+                "tokens": tokens,
+            }
+        )
+        rows.append(
+            {
+                "layout": layout,
+                "engine": "polars (1 thread)",
+                "seconds": one_thread(kwargs, args.repeat),
+                "tokens": tokens,
+            }
+        )
     for workers in (1, 2):
         with rd.connect(workers=workers) as client:
             for layout, kwargs in data.items():
                 tokens = rows[0 if layout == "nested" else 2]["tokens"]
-                variants = [("", False)] + ([(", no isolation", True)]
-                                            if layout == "nested" else [])
+                variants = [("", False)] + (
+                    [(", no isolation", True)] if layout == "nested" else []
+                )
                 for suffix, forced in variants:
                     with no_isolation() if forced else _nothing():
+
                         def call(kw: dict[str, str] = kwargs) -> pl.DataFrame:
                             return rd.stage_losses(**kw, client=client)  # type: ignore[arg-type]
 
@@ -144,14 +172,21 @@ def main(argv: list[str] | None = None) -> int:
                             call()
                         moved_workers = transferred(client) - before
                     assert table.select("stage", "tokens").equals(
-                        expected[layout].select("stage", "tokens"))
+                        expected[layout].select("stage", "tokens")
+                    )
                     assert (table["loss"] - expected[layout]["loss"]).abs().max() < 1e-9
-                    rows.append({
-                        "layout": layout, "engine": f"dask, {workers} worker(s){suffix}",
-                        "seconds": seconds, "tokens": tokens,
-                        "bytes_read": metrics.bytes_read, "results": metrics.futures[0],
-                        "between_workers": moved_workers, "tasks": metrics.tasks,
-                    })
+                    rows.append(
+                        {
+                            "layout": layout,
+                            "engine": f"dask, {workers} worker(s){suffix}",
+                            "seconds": seconds,
+                            "tokens": tokens,
+                            "bytes_read": metrics.bytes_read,
+                            "results": metrics.futures[0],
+                            "between_workers": moved_workers,
+                            "tasks": metrics.tasks,
+                        }
+                    )
     print_table(rows)
     return 0
 
@@ -162,18 +197,22 @@ def _nothing() -> Iterator[None]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'layout':<7} {'engine':<34} {'seconds':>8} {'Mtok/s':>7} {'tasks':>6} "
-            f"{'read MB':>8} {'results kB':>10} {'results/read':>12} {'between workers kB':>18}")
+    head = (
+        f"{'layout':<7} {'engine':<34} {'seconds':>8} {'Mtok/s':>7} {'tasks':>6} "
+        f"{'read MB':>8} {'results kB':>10} {'results/read':>12} {'between workers kB':>18}"
+    )
     print(head)
     print("-" * len(head))
     for row in rows:
         rate = row["tokens"] / row["seconds"] / 1e6
         line = f"{row['layout']:<7} {row['engine']:<34} {row['seconds']:>8.2f} {rate:>7.1f}"
         if "bytes_read" in row:
-            line += (f" {row['tasks']:>6} {row['bytes_read'] / 1e6:>8.1f} "
-                     f"{row['results'] / 1e3:>10.1f} "
-                     f"{row['results'] / row['bytes_read']:>12.4%} "
-                     f"{row['between_workers'] / 1e3:>18.1f}")
+            line += (
+                f" {row['tasks']:>6} {row['bytes_read'] / 1e6:>8.1f} "
+                f"{row['results'] / 1e3:>10.1f} "
+                f"{row['results'] / row['bytes_read']:>12.4%} "
+                f"{row['between_workers'] / 1e3:>18.1f}"
+            )
         print(line)
 
 

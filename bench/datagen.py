@@ -57,8 +57,13 @@ def _matches(root: Path, spec: dict[str, object]) -> bool:
 
 def _write_manifest(root: Path, spec: dict[str, object], seconds: float) -> None:
     files = _files(root)
-    body = {"spec": spec, "files": files, "bytes": sum(files.values()),
-            "generated_in_s": round(seconds, 1), "polars": pl.__version__}
+    body = {
+        "spec": spec,
+        "files": files,
+        "bytes": sum(files.values()),
+        "generated_in_s": round(seconds, 1),
+        "polars": pl.__version__,
+    }
     tmp = root / "manifest.json.tmp"
     tmp.write_text(json.dumps(body, indent=1) + "\n")
     tmp.replace(root / "manifest.json")
@@ -76,8 +81,13 @@ def ensure(data_root: Path, size: str, layout: str) -> Path:
     """
     shape = SIZES[size]
     root = data_root / size / layout
-    spec: dict[str, object] = {"format": _FORMAT, "layout": layout, "seed": SEED,
-                               "chunk_prompts": CHUNK_PROMPTS, **shape}
+    spec: dict[str, object] = {
+        "format": _FORMAT,
+        "layout": layout,
+        "seed": SEED,
+        "chunk_prompts": CHUNK_PROMPTS,
+        **shape,
+    }
     if _matches(root, spec):
         return root
     if layout == "long_str":
@@ -89,8 +99,11 @@ def ensure(data_root: Path, size: str, layout: str) -> Path:
         for part in sorted(source.rglob("*.parquet")):
             target = root / part.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
-            (pl.scan_parquet(part).with_columns(pl.col("prompt").cast(pl.String))
-             .sink_parquet(target, statistics=True))
+            (
+                pl.scan_parquet(part)
+                .with_columns(pl.col("prompt").cast(pl.String))
+                .sink_parquet(target, statistics=True)
+            )
         _write_manifest(root, spec, time.perf_counter() - start)
         return root
     _log(f"[data] generating {root}: {shape} seed={SEED} ...")
@@ -105,8 +118,14 @@ def ensure(data_root: Path, size: str, layout: str) -> Path:
             last[0] = now
             _log(f"[data]   {done / 1e6:,.0f}M / ~{total / 1e6:,.0f}M tokens")
 
-    generate(root, layout=layout, seed=SEED, chunk_prompts=CHUNK_PROMPTS,  # type: ignore[arg-type]
-             progress=progress, **shape)
+    generate(
+        root,
+        layout=layout,
+        seed=SEED,
+        chunk_prompts=CHUNK_PROMPTS,  # type: ignore[arg-type]
+        progress=progress,
+        **shape,
+    )
     seconds = time.perf_counter() - start
     _write_manifest(root, spec, seconds)
     _log(f"[data] {root} written in {seconds:.0f} s")
@@ -117,8 +136,10 @@ def paths(root: Path, layout: str) -> dict[str, str]:
     """Globs of a data set's files: ``tokens`` and ``rewards`` (long) or ``nested``."""
     if layout == "nested":
         return {"nested": str(root / "*.parquet")}
-    return {"tokens": str(root / "tokens" / "*.parquet"),
-            "rewards": str(root / "rewards" / "*.parquet")}
+    return {
+        "tokens": str(root / "tokens" / "*.parquet"),
+        "rewards": str(root / "rewards" / "*.parquet"),
+    }
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def data_set(data: Path, size: str) -> Path:
     """The long-layout directory: ``data`` itself, or ``data/size/long``."""
     root = data if (data / "tokens").is_dir() else data / size / "long"
     if not (root / "tokens").is_dir() or not (root / "rewards").is_dir():
-        sys.exit(f"no long-layout data set (tokens/ and rewards/) at {root}; "
-                 f"generate it with: python bench/datagen.py --size {size} --layout long")
+        sys.exit(
+            f"no long-layout data set (tokens/ and rewards/) at {root}; "
+            f"generate it with: python bench/datagen.py --size {size} --layout long"
+        )
     return root
 
 
@@ -70,8 +72,10 @@ def status_table(keys: pl.DataFrame) -> tuple[np.ndarray, list[int], list[int]]:
     if any(keys[name].has_nulls() for name in IDS):
         sys.exit("the rewards hold null ids; run `raft-polars validate` on the data set")
     lows = [int(keys[name].min()) for name in IDS]  # type: ignore[arg-type]
-    spans = [int(keys[name].max()) - low + 1  # type: ignore[arg-type]
-             for name, low in zip(IDS, lows, strict=True)]
+    spans = [
+        int(keys[name].max()) - low + 1  # type: ignore[arg-type]
+        for name, low in zip(IDS, lows, strict=True)
+    ]
     size = spans[0] * spans[1] * spans[2]
     if size > MAX_BOX:
         sys.exit(f"the ids span a box of {size:,} positions (more than {MAX_BOX:,})")
@@ -97,7 +101,8 @@ def position(schema: pl.Schema, lows: list[int], spans: list[int]) -> list[pl.Ex
     when the whole box fits it, as the engine does; Int64 otherwise."""
     narrow = spans[0] * spans[1] * spans[2] < 2**31 and all(
         schema[name] == pl.Int32 and low >= -(2**31) and low + span <= 2**31
-        for name, low, span in zip(IDS, lows, spans, strict=True))
+        for name, low, span in zip(IDS, lows, spans, strict=True)
+    )
     parts = []
     for name, low in zip(IDS, lows, strict=True):
         column = pl.col(name) if narrow or schema[name] == pl.Int64 else pl.col(name).cast(pl.Int64)
@@ -119,11 +124,16 @@ def variants(root: Path) -> tuple[dict[str, Callable[[], object]], Callable[[], 
     parts = position(scan.collect_schema(), lows, spans)
     flat = (parts[0] * spans[1] + parts[1]) * spans[2] + parts[2]
     inside = pl.all_horizontal(
-        *(part.reinterpret(signed=False) < span for part, span in zip(parts, spans, strict=True)))
+        *(part.reinterpret(signed=False) < span for part, span in zip(parts, spans, strict=True))
+    )
     checked = pl.when(inside).then(flat).otherwise(size)  # null ids: outside too
     lp = pl.col("logprob")
-    aggs = [(-lp.cast(pl.Float64).sum()).alias("nll"), pl.len().alias("tokens"),
-            lp.max().alias("lp_max"), lp.null_count().alias("lp_nulls")]
+    aggs = [
+        (-lp.cast(pl.Float64).sum()).alias("nll"),
+        pl.len().alias("tokens"),
+        lp.max().alias("lp_max"),
+        lp.null_count().alias("lp_nulls"),
+    ]
 
     def run(query: pl.LazyFrame) -> Callable[[], pl.DataFrame]:
         return lambda: query.collect(engine="streaming")
@@ -131,23 +141,29 @@ def variants(root: Path) -> tuple[dict[str, Callable[[], object]], Callable[[], 
     with_status = scan.with_columns(status.gather(flat).alias("status"))
     kept = with_status.filter(pl.col("status") != NOT_SELECTED)
     full = kept.group_by("stage", "status").agg(aggs)
-    checked_full = (scan.with_columns(status.gather(checked).alias("status"))
-                    .filter(pl.col("status") != NOT_SELECTED).group_by("stage", "status").agg(aggs))
+    checked_full = (
+        scan.with_columns(status.gather(checked).alias("status"))
+        .filter(pl.col("status") != NOT_SELECTED)
+        .group_by("stage", "status")
+        .agg(aggs)
+    )
     tokens_dir, rewards_dir = str(root / "tokens"), str(root / "rewards")
     timed: dict[str, Callable[[], object]] = {
         "floor: sum of the 4 token columns": run(scan.select(pl.col(*IDS, "logprob").sum())),
         "+ box position (summed)": run(scan.select(flat.sum(), lp.sum())),
         "+ gather from the status table (summed)": run(
-            with_status.select(pl.col("status").cast(pl.UInt32).sum(), lp.sum())),
+            with_status.select(pl.col("status").cast(pl.UInt32).sum(), lp.sum())
+        ),
         "+ filter out unselected rows (summed)": run(
-            kept.select(pl.col("status").cast(pl.UInt32).sum(), lp.sum())),
+            kept.select(pl.col("status").cast(pl.UInt32).sum(), lp.sum())
+        ),
         "+ group_by(stage, status): the full pass": run(full),
         "full pass, bounds checked per row": run(checked_full),
         "full pass, sum and count only": run(kept.group_by("stage", "status").agg(aggs[:2])),
         "filter, then group_by(stage)": run(
-            scan.filter(status.gather(flat) == SELECTED).group_by("stage").agg(aggs)),
-        "rp.stage_losses, the whole call": lambda: rp.stage_losses(
-            tokens_dir, rewards=rewards_dir),
+            scan.filter(status.gather(flat) == SELECTED).group_by("stage").agg(aggs)
+        ),
+        "rp.stage_losses, the whole call": lambda: rp.stage_losses(tokens_dir, rewards=rewards_dir),
     }
     return timed, run(checked_full)
 
@@ -156,27 +172,41 @@ def check(root: Path, rebuilt: pl.DataFrame) -> bool:
     """Whether the rebuilt pass gives the tokens and losses of ``stage_losses``."""
     engine = rp.stage_losses(str(root / "tokens"), rewards=str(root / "rewards"))
     if rebuilt.filter(pl.col("status") == 0).height:
-        print("token rows without a reward row (or outside the box of the rewards' ids); "
-              "run `raft-polars validate` on the data set")
+        print(
+            "token rows without a reward row (or outside the box of the rewards' ids); "
+            "run `raft-polars validate` on the data set"
+        )
         return False
     mine = rebuilt.filter(pl.col("status") == SELECTED).sort("stage")
     same_tokens = mine["tokens"].to_list() == engine["tokens"].to_list()
     loss = (mine["nll"] / mine["tokens"]).to_numpy()
     same_loss = len(loss) == engine.height and bool(
-        np.allclose(loss, engine["loss"].to_numpy(), rtol=1e-12, atol=0.0))
-    print(f"check against rp.stage_losses: tokens per stage equal: {same_tokens}, "
-          f"losses equal (rtol 1e-12): {same_loss}")
+        np.allclose(loss, engine["loss"].to_numpy(), rtol=1e-12, atol=0.0)
+    )
+    print(
+        f"check against rp.stage_losses: tokens per stage equal: {same_tokens}, "
+        f"losses equal (rtol 1e-12): {same_loss}"
+    )
     return same_tokens and same_loss
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="where the time goes in the long layout's token pass")
-    parser.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA,
-                        help=f"data root of bench/run.py or a long-layout directory "
-                             f"(default {DEFAULT_DATA})")
-    parser.add_argument("--size", choices=["small", "large"], default="small",
-                        help="data set under the data root (default small)")
+        description="where the time goes in the long layout's token pass"
+    )
+    parser.add_argument(
+        "data",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_DATA,
+        help=f"data root of bench/run.py or a long-layout directory (default {DEFAULT_DATA})",
+    )
+    parser.add_argument(
+        "--size",
+        choices=["small", "large"],
+        default="small",
+        help="data set under the data root (default small)",
+    )
     parser.add_argument("--reps", type=int, default=5, help="timed rounds (default 5)")
     args = parser.parse_args()
     root = data_set(args.data, args.size)
@@ -197,8 +227,9 @@ def main() -> None:
     print(f"\n{'':42s} {'wall med':>9s} {'x floor':>8s} {'cpu med':>8s}")
     for name in timed:
         median = statistics.median(wall[name])
-        print(f"{name:42s} {median:8.3f}s {median / floor:7.2f}x "
-              f"{statistics.median(cpu[name]):7.3f}s")
+        print(
+            f"{name:42s} {median:8.3f}s {median / floor:7.2f}x {statistics.median(cpu[name]):7.3f}s"
+        )
 
 
 if __name__ == "__main__":

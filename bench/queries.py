@@ -47,13 +47,18 @@ def floor(files: dict[str, str], layout: str) -> Query:
         return [total(name, schema) for name in ("stage", "prompt", "cand")]
 
     if layout == "nested":
-        plan = [pl.scan_parquet(files["nested"]).select(
-            *ids(files["nested"]), pl.col("reward").sum(), pl.col("logprobs").list.sum().sum())]
+        plan = [
+            pl.scan_parquet(files["nested"]).select(
+                *ids(files["nested"]), pl.col("reward").sum(), pl.col("logprobs").list.sum().sum()
+            )
+        ]
     else:
-        plan = [pl.scan_parquet(files["tokens"]).select(*ids(files["tokens"]),
-                                                        pl.col("logprob").sum()),
-                pl.scan_parquet(files["rewards"]).select(*ids(files["rewards"]),
-                                                         pl.col("reward").sum())]
+        plan = [
+            pl.scan_parquet(files["tokens"]).select(*ids(files["tokens"]), pl.col("logprob").sum()),
+            pl.scan_parquet(files["rewards"]).select(
+                *ids(files["rewards"]), pl.col("reward").sum()
+            ),
+        ]
 
     def query() -> Result:
         for lf in plan:
@@ -130,15 +135,20 @@ def pandas(files: dict[str, str], layout: str) -> Query:
         source = listing(files["nested"])
 
         def query() -> Result:
-            df = pd.read_parquet(source, columns=["stage", "prompt", "cand", "reward",
-                                                  "logprobs"])
+            df = pd.read_parquet(source, columns=["stage", "prompt", "cand", "reward", "logprobs"])
             keys = df[["stage", "prompt", "cand", "reward"]].sort_values(by, ascending=order)
             best = df.loc[keys.drop_duplicates(["stage", "prompt"]).index]
-            per = pd.DataFrame({
-                "stage": best["stage"].to_numpy(),
-                "nll": -best["logprobs"].map(lambda a: a.sum(dtype=np.float64)).to_numpy(),
-                "n": best["logprobs"].map(len).to_numpy(),
-            }).groupby("stage").sum()
+            per = (
+                pd.DataFrame(
+                    {
+                        "stage": best["stage"].to_numpy(),
+                        "nll": -best["logprobs"].map(lambda a: a.sum(dtype=np.float64)).to_numpy(),
+                        "n": best["logprobs"].map(len).to_numpy(),
+                    }
+                )
+                .groupby("stage")
+                .sum()
+            )
             return _rows(zip(per.index, per["nll"] / per["n"], per["n"], strict=True))
 
         return query
@@ -183,11 +193,11 @@ def polars(files: dict[str, str], layout: str) -> Query:
     else:
         best = pl.scan_parquet(files["rewards"]).group_by("stage", "prompt").agg(best_of)
         plan = (
-            pl.scan_parquet(files["tokens"]).select(*key, "logprob")
+            pl.scan_parquet(files["tokens"])
+            .select(*key, "logprob")
             .join(best, on=key, how="inner")
             .group_by("stage")
-            .agg((-pl.col("logprob").cast(pl.Float64).sum()).alias("nll"),
-                 pl.len().alias("tokens"))
+            .agg((-pl.col("logprob").cast(pl.Float64).sum()).alias("nll"), pl.len().alias("tokens"))
         )
     plan = plan.select("stage", pl.col("nll") / pl.col("tokens"), "tokens").sort("stage")
 
@@ -261,6 +271,6 @@ def list_case(shape: dict[str, int], seed: int) -> tuple[list[Any], list[Any]]:
     for chunk in iter_chunks(seed=seed, **shape):
         responses = [v.tolist() for v in np.split(chunk.logprob, chunk.offsets[1:-1])]
         rewards = chunk.reward.tolist()
-        lps[chunk.stage].extend(responses[i:i + k] for i in range(0, len(responses), k))
-        rws[chunk.stage].extend(rewards[i:i + k] for i in range(0, len(rewards), k))
+        lps[chunk.stage].extend(responses[i : i + k] for i in range(0, len(responses), k))
+        rws[chunk.stage].extend(rewards[i : i + k] for i in range(0, len(rewards), k))
     return lps, rws

@@ -65,15 +65,22 @@ def machine() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[dist] = "-"
     try:
-        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "-"
     return {
-        "cpu": cpu, "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "nproc": str(os.cpu_count()),
         "ram": f"{_meminfo_kib('MemTotal') / 2**20:.1f} GiB",
-        "python": platform.python_version(), "os": platform.platform(),
-        **versions, "commit": commit,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        **versions,
+        "commit": commit,
     }
 
 
@@ -132,8 +139,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     carries the parent's high-water mark into the child through fork + exec."""
     busy0, t0 = _cpu_busy()
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
-        proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"), json.dumps(spec)],
-                                stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "worker.py"), json.dumps(spec)], stdout=out, stderr=err
+        )
         sampler = _Sampler(proc.pid)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -148,7 +156,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if proc.returncode != 0 or not lines:
         tail = errors[-1] if errors else "no output"
         return {"method": spec["method"], "failed": f"exit {proc.returncode}: {tail}"}
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
     result["sampled_rss_kib"] = sampler.peak_rss
     result["sampled_anon_kib"] = sampler.peak_anon
     own = usage.ru_utime + usage.ru_stime
@@ -211,8 +219,9 @@ def _shape(root: Path, layout: str) -> dict[str, int]:
     if layout == "nested":
         import polars as pl
 
-        rows = int(pl.scan_parquet(glob).select(pl.col("logprobs").list.len().sum())
-                   .collect().item())
+        rows = int(
+            pl.scan_parquet(glob).select(pl.col("logprobs").list.len().sum()).collect().item()
+        )
     return {"tokens": rows, "candidates": candidates, "bytes": manifest["bytes"]}
 
 
@@ -221,9 +230,12 @@ def file_case(args: argparse.Namespace, size: str, layout: str) -> dict[str, Any
     files = datagen.paths(root, layout)
     shape = _shape(root, layout)
     warmed, seconds = _warm(root)
-    print(f"\n== {size} / {layout}: {shape['tokens']:,} tokens, {shape['candidates']:,} "
-          f"candidates, {warmed / 2**20:,.0f} MiB of Parquet ({root}); page cache warmed "
-          f"in {seconds:.1f} s", flush=True)
+    print(
+        f"\n== {size} / {layout}: {shape['tokens']:,} tokens, {shape['candidates']:,} "
+        f"candidates, {warmed / 2**20:,.0f} MiB of Parquet ({root}); page cache warmed "
+        f"in {seconds:.1f} s",
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     specs = []
     for method in args.methods:
@@ -233,10 +245,12 @@ def file_case(args: argparse.Namespace, size: str, layout: str) -> dict[str, Any
             need = PANDAS_BYTES_PER_TOKEN[layout] * shape["tokens"]
             budget = PANDAS_RAM_SHARE * _meminfo_kib("MemTotal") * 1024
             if need > budget:
-                reason = (f"skipped: estimated peak {need / 2**30:.0f} GiB "
-                          f"({PANDAS_BYTES_PER_TOKEN[layout]:.0f} B per token row, as "
-                          f"measured at the small size) > {PANDAS_RAM_SHARE:.0%} of RAM "
-                          f"({budget / 2**30:.0f} GiB)")
+                reason = (
+                    f"skipped: estimated peak {need / 2**30:.0f} GiB "
+                    f"({PANDAS_BYTES_PER_TOKEN[layout]:.0f} B per token row, as "
+                    f"measured at the small size) > {PANDAS_RAM_SHARE:.0%} of RAM "
+                    f"({budget / 2**30:.0f} GiB)"
+                )
                 print(f"   {method:<14} {reason}", flush=True)
                 rows.append({"method": method, "skipped": reason})
                 continue
@@ -246,8 +260,11 @@ def file_case(args: argparse.Namespace, size: str, layout: str) -> dict[str, Any
         if "failed" in res:
             print(f"   {res['method']:<14} FAILED {res['failed']}", flush=True)
         else:
-            print(f"   {res['method']:<14} median {_median(res['times']):8.3f} s  "
-                  f"peak RSS {res['peak_rss_kib'] / 1024:8.0f} MiB", flush=True)
+            print(
+                f"   {res['method']:<14} median {_median(res['times']):8.3f} s  "
+                f"peak RSS {res['peak_rss_kib'] / 1024:8.0f} MiB",
+                flush=True,
+            )
     order = [m for m in args.methods if m in FILE_METHODS]
     rows.sort(key=lambda r: order.index(r["method"]))
     return {"case": f"{size}/{layout}", "shape": shape, "rows": rows}
@@ -255,19 +272,38 @@ def file_case(args: argparse.Namespace, size: str, layout: str) -> dict[str, Any
 
 def list_case(args: argparse.Namespace) -> dict[str, Any]:
     shape = datagen.LIST_SHAPE
-    tokens = shape["stages"] * shape["prompts"] * shape["k"] * (
-        shape["min_tokens"] + shape["max_tokens"]) // 2
-    print(f"\n== list API: {shape} (~{tokens:,} tokens, nested Python lists), "
-          f"seed {datagen.SEED}", flush=True)
-    specs = [{"method": method, "layout": "list", "reps": args.reps, "shape": shape,
-              "seed": datagen.SEED} for method in args.methods if method in LIST_METHODS]
+    tokens = (
+        shape["stages"]
+        * shape["prompts"]
+        * shape["k"]
+        * (shape["min_tokens"] + shape["max_tokens"])
+        // 2
+    )
+    print(
+        f"\n== list API: {shape} (~{tokens:,} tokens, nested Python lists), seed {datagen.SEED}",
+        flush=True,
+    )
+    specs = [
+        {
+            "method": method,
+            "layout": "list",
+            "reps": args.reps,
+            "shape": shape,
+            "seed": datagen.SEED,
+        }
+        for method in args.methods
+        if method in LIST_METHODS
+    ]
     rows = run_rounds(args, specs)
     for res in rows:
         if "failed" in res:
             print(f"   {res['method']:<14} FAILED {res['failed']}", flush=True)
         else:
-            print(f"   {res['method']:<14} median {_median(res['times']):8.4f} s  seed example "
-                  f"{res['seed_call_s'] * 1e6:8.1f} us/call", flush=True)
+            print(
+                f"   {res['method']:<14} median {_median(res['times']):8.4f} s  seed example "
+                f"{res['seed_call_s'] * 1e6:8.1f} us/call",
+                flush=True,
+            )
     return {"case": "list", "shape": {"tokens": tokens}, "rows": rows}
 
 
@@ -306,15 +342,21 @@ def check(case: dict[str, Any]) -> list[str]:
     problems = []
     for row in answers:
         if row.get("result_changed"):
-            problems.append(f"MISMATCH {case['case']}: {row['method']} gave different "
-                            "answers (rounded to 4 decimals) in different runs")
+            problems.append(
+                f"MISMATCH {case['case']}: {row['method']} gave different "
+                "answers (rounded to 4 decimals) in different runs"
+            )
         if row.get("seed_mismatch"):
-            problems.append(f"MISMATCH {case['case']}: {row['method']} gives "
-                            f"{row['seed_mismatch']} on the seed example")
+            problems.append(
+                f"MISMATCH {case['case']}: {row['method']} gives "
+                f"{row['seed_mismatch']} on the seed example"
+            )
         if row is ref:
             continue
-        problems.extend(f"MISMATCH {case['case']}: {row['method']} vs {ref['method']}: {d}"
-                        for d in _differences(row["result"], ref["result"]))
+        problems.extend(
+            f"MISMATCH {case['case']}: {row['method']} vs {ref['method']}: {d}"
+            for d in _differences(row["result"], ref["result"])
+        )
     return problems
 
 
@@ -325,13 +367,14 @@ def table(case: dict[str, Any]) -> str:
     timed = {r["method"]: _median(r["times"]) for r in rows if "times" in r}
     base = timed.get(base_name)
     ours = timed.get("raft_alignment" if is_list else "raft_polars")
-    head = (f"{'method':<15}{'median s':>10}{'min s':>9}{'x ' + base_name:>13}"
-            f"{'peer / ours':>13}{'cpu s':>8}{'peak RSS MiB':>14}{'anon MiB':>10}"
-            f"{'after import':>14}")
+    head = (
+        f"{'method':<15}{'median s':>10}{'min s':>9}{'x ' + base_name:>13}"
+        f"{'peer / ours':>13}{'cpu s':>8}{'peak RSS MiB':>14}{'anon MiB':>10}"
+        f"{'after import':>14}"
+    )
     if is_list:
         head += f"{'seed us/call':>14}"
-    lines = [f"### {case['case']}  ({case['shape']['tokens']:,} tokens)", "", head,
-             "-" * len(head)]
+    lines = [f"### {case['case']}  ({case['shape']['tokens']:,} tokens)", "", head, "-" * len(head)]
     for r in rows:
         name = r["method"]
         if name not in timed:
@@ -339,12 +382,17 @@ def table(case: dict[str, Any]) -> str:
             continue
         med = timed[name]
         x_base = f"{med / base:.2f}x" if base else "-"
-        peer = f"{med / ours:.2f}x" if ours and name not in ("raft_polars", "raft_alignment",
-                                                             "floor") else "-"
-        line = (f"{name:<15}{med:>10.3f}{min(r['times']):>9.3f}{x_base:>13}{peer:>13}"
-                f"{_median(r['cpu']):>8.2f}"
-                f"{r['peak_rss_kib'] / 1024:>14,.0f}{r['sampled_anon_kib'] / 1024:>10,.0f}"
-                f"{r['rss_import_kib'] / 1024:>14,.0f}{r['foreign_cores']:>11.2f}c")
+        peer = (
+            f"{med / ours:.2f}x"
+            if ours and name not in ("raft_polars", "raft_alignment", "floor")
+            else "-"
+        )
+        line = (
+            f"{name:<15}{med:>10.3f}{min(r['times']):>9.3f}{x_base:>13}{peer:>13}"
+            f"{_median(r['cpu']):>8.2f}"
+            f"{r['peak_rss_kib'] / 1024:>14,.0f}{r['sampled_anon_kib'] / 1024:>10,.0f}"
+            f"{r['rss_import_kib'] / 1024:>14,.0f}{r['foreign_cores']:>11.2f}c"
+        )
         if is_list:
             line += f"{r['seed_call_s'] * 1e6:>14.1f}"
         lines.append(line)
@@ -353,30 +401,52 @@ def table(case: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["small", "large", "list", "all"], default="all",
-                        help="all = small, then list, then large")
+    parser.add_argument(
+        "--size",
+        choices=["small", "large", "list", "all"],
+        default="all",
+        help="all = small, then list, then large",
+    )
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per method")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="fresh processes per method, interleaved; times are pooled")
-    parser.add_argument("--quiet-wait", type=float, default=60.0,
-                        help="before each run, wait up to this many seconds for the "
-                             "other processes on the machine to go idle (0: never)")
-    parser.add_argument("--data", type=Path, default=Path("/work/bench_data"),
-                        help="where the generated data lives (outside the repository)")
-    parser.add_argument("--methods", default=",".join(FILE_METHODS + LIST_METHODS),
-                        help="comma-separated subset of: %(default)s")
-    parser.add_argument("--layouts", default=None,
-                        help="comma-separated subset of: long, nested, long_str")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="also write every measurement here")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="fresh processes per method, interleaved; times are pooled",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for the "
+        "other processes on the machine to go idle (0: never)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("/work/bench_data"),
+        help="where the generated data lives (outside the repository)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(FILE_METHODS + LIST_METHODS),
+        help="comma-separated subset of: %(default)s",
+    )
+    parser.add_argument(
+        "--layouts", default=None, help="comma-separated subset of: long, nested, long_str"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write every measurement here")
     args = parser.parse_args(argv)
     args.methods = args.methods.split(",")
     sizes = ["small", "list", "large"] if args.size == "all" else [args.size]
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
-    print(f"{args.rounds} rounds x {args.reps} reps per method (median of all reported), "
-          "each run a fresh process, rounds interleaved; peak RSS = VmHWM of the "
-          "child (its kernel high-water mark), anon = peak RssAnon sampled every 10 ms", flush=True)
+    print(
+        f"{args.rounds} rounds x {args.reps} reps per method (median of all reported), "
+        "each run a fresh process, rounds interleaved; peak RSS = VmHWM of the "
+        "child (its kernel high-water mark), anon = peak RssAnon sampled every 10 ms",
+        flush=True,
+    )
     cases = []
     for size in sizes:
         if size == "list":
@@ -387,8 +457,12 @@ def main(argv: list[str] | None = None) -> int:
             layouts = [lay for lay in layouts if lay in args.layouts.split(",")]
         cases.extend(file_case(args, size, layout) for layout in layouts)
     problems = [p for case in cases for p in check(case)]
-    failed = [f"FAILED {case['case']}: {r['method']}: {r['failed']}"
-              for case in cases for r in case["rows"] if "failed" in r]
+    failed = [
+        f"FAILED {case['case']}: {r['method']}: {r['failed']}"
+        for case in cases
+        for r in case["rows"]
+        if "failed" in r
+    ]
     print()
     for case in cases:
         print(table(case) + "\n")
@@ -397,8 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     if not problems and not failed:
         print("all methods agree to 4 decimals")
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "reps": args.reps,
-                                         "cases": cases}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"machine": info, "reps": args.reps, "cases": cases}, indent=1) + "\n"
+        )
     return 1 if problems or failed else 0
 
 

@@ -101,16 +101,16 @@ def sft_columns(
     present = list(frame.collect_schema())
     wanted = {"prompt": prompt_col, "completion": response_col}
     added = {name: col for name, col in wanted.items() if col is not None}
-    for option, col in (("option prompt_column=", prompt_col), ("option response_column=", response_col)):
+    for option, col in (
+        ("option prompt_column=", prompt_col),
+        ("option response_column=", response_col),
+    ):
         if col is not None and col not in present:
             msg = (
-                f"{option}{col!r}: no such column in the selected batch; columns "
-                f"present: {present}"
+                f"{option}{col!r}: no such column in the selected batch; columns present: {present}"
             )
             raise RaftInputError(msg)
-    names = {
-        c: ("prompt_id" if c == "prompt" and prompt_col is not None else c) for c in present
-    }
+    names = {c: ("prompt_id" if c == "prompt" and prompt_col is not None else c) for c in present}
     # a payload column already named like its copy is kept once, at the end
     kept = [c for c in present if not (names[c] in added and added[names[c]] == c)]
     for c in kept:

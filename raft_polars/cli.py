@@ -129,8 +129,10 @@ def _error(message: str) -> None:
 # the engine's hints name Python arguments; on the command line they are options
 _CLI_TERMS = (
     ("pass the rewards table with rewards=", "pass the rewards table with --rewards PATH"),
-    ("map your own names with columns={'canonical': 'yours'}",
-     "map your own names with --column canonical=theirs"),
+    (
+        "map your own names with columns={'canonical': 'yours'}",
+        "map your own names with --column canonical=theirs",
+    ),
     ("is mapped onto the same name by columns=", "is mapped onto the same name by --column"),
     ("pass force=True to replace it", "pass --force to replace it"),
     ("option stage=", "--stage "),
@@ -178,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     engine = _engine_options()
 
     p = commands.add_parser(
-        "losses", parents=[log, selection, engine],
+        "losses",
+        parents=[log, selection, engine],
         help="per-stage loss and reward table",
         description="Per-stage SFT loss (pooled token mean NLL of the selected responses, "
         "rounded to 4 decimals) with prompts, candidates, selected responses, their tokens, "
@@ -186,36 +189,55 @@ def _parser() -> argparse.ArgumentParser:
         "their difference (reward_lift), the prompts whose best reward is shared (ties) and "
         "the prompts left with nothing by --min-reward (below_min).",
     )
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                   help="output format (default: an aligned table)")
-    p.add_argument("--reduction", choices=("token", "sequence"), default="token",
-                   help="token: pooled token mean (default, as HF/TRL SFT); "
-                   "sequence: mean of per-response means")
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="output format (default: an aligned table)",
+    )
+    p.add_argument(
+        "--reduction",
+        choices=("token", "sequence"),
+        default="token",
+        help="token: pooled token mean (default, as HF/TRL SFT); "
+        "sequence: mean of per-response means",
+    )
     p.set_defaults(run=_cmd_losses)
 
     p = commands.add_parser(
-        "select", parents=[log, selection, engine],
+        "select",
+        parents=[log, selection, engine],
         help="write the selected batch for fine-tuning (Parquet or JSONL)",
         description="Write the selected responses: stage, prompt, cand, reward, tokens and "
         "every extra candidate-level column (the nested rows, or the rewards table of the "
         "long layout). The output is streamed to a temporary file next to OUT and renamed "
         "at the end, so a failed or interrupted run leaves no partial file.",
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file, Parquet (.parquet, .pq) or JSON lines (.jsonl, .ndjson)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file, Parquet (.parquet, .pq) or JSON lines (.jsonl, .ndjson)",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--stage", type=int, metavar="N", help="export stage N only")
     which.add_argument("--last-stage", action="store_true", help="export the last stage only")
-    p.add_argument("--prompt-column", metavar="COL",
-                   help="also emit a 'prompt' column copied from COL (for SFT trainers); "
-                   "the prompt id column is then named 'prompt_id'")
-    p.add_argument("--response-column", metavar="COL",
-                   help="also emit a 'completion' column copied from COL")
+    p.add_argument(
+        "--prompt-column",
+        metavar="COL",
+        help="also emit a 'prompt' column copied from COL (for SFT trainers); "
+        "the prompt id column is then named 'prompt_id'",
+    )
+    p.add_argument(
+        "--response-column", metavar="COL", help="also emit a 'completion' column copied from COL"
+    )
     p.set_defaults(run=_cmd_select)
 
     p = commands.add_parser(
-        "validate", parents=[log, selection],
+        "validate",
+        parents=[log, selection],
         help="check a whole log and report every problem (exit 1 if any)",
         description="Read the whole log and report every problem with its count and first "
         "locations: null ids, duplicate candidates, bad rewards, bad log-probs (null, NaN, "
@@ -225,44 +247,62 @@ def _parser() -> argparse.ArgumentParser:
         "(missing file, unreadable Parquet, missing column, wrong type).",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--limit", type=_count, default=5, metavar="N",
-                   help="locations shown per problem kind (default: 5)")
+    p.add_argument(
+        "--limit",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="locations shown per problem kind (default: 5)",
+    )
     p.set_defaults(run=_cmd_validate)
 
     p = commands.add_parser(
-        "report", parents=[log, selection],
+        "report",
+        parents=[log, selection],
         help="figure of loss and rewards per stage (needs raft-polars[plot])",
         description="Draw the loss per stage (stages where it rose are marked) and the "
         "selected vs mean reward per stage. Needs matplotlib: pip install 'raft-polars[plot]'. "
         "An existing OUT is replaced.",
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="figure file: .png, .svg or .pdf")
-    p.add_argument("--reduction", choices=("token", "sequence"), default="token",
-                   help="loss reduction (default: token)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="figure file: .png, .svg or .pdf"
+    )
+    p.add_argument(
+        "--reduction",
+        choices=("token", "sequence"),
+        default="token",
+        help="loss reduction (default: token)",
+    )
     p.add_argument("--title", help="figure title (default: the log's path)")
     p.set_defaults(run=_cmd_report)
 
     p = commands.add_parser(
-        "generate", help="write a deterministic synthetic stage log",
+        "generate",
+        help="write a deterministic synthetic stage log",
         description="Write a synthetic stage log into the new or empty directory OUT: nested "
         "layout OUT/part-*.parquet, or long layout OUT/tokens/ and OUT/rewards/. The same "
         "options give byte-identical files. A progress bar is drawn on stderr when it is a "
         "terminal.",
     )
     p.add_argument("out", metavar="OUT", help="output directory (new or empty)")
-    p.add_argument("--layout", choices=("nested", "long"), default="nested",
-                   help="nested: one row per candidate; long: token rows plus a rewards table")
+    p.add_argument(
+        "--layout",
+        choices=("nested", "long"),
+        default="nested",
+        help="nested: one row per candidate; long: token rows plus a rewards table",
+    )
     p.add_argument("--stages", type=int, default=4, help="stages (default: 4)")
     p.add_argument("--prompts", type=int, default=64, help="prompts per stage (default: 64)")
     p.add_argument("--k", type=int, default=4, help="candidates per prompt (default: 4)")
     p.add_argument("--min-tokens", type=int, default=1, help="shortest response (default: 1)")
     p.add_argument("--max-tokens", type=int, default=64, help="longest response (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--payload", action="store_true",
-                   help="also write prompt_text and response text columns")
-    p.add_argument("--chunk-prompts", type=int, default=4096,
-                   help="prompts per file (default: 4096)")
+    p.add_argument(
+        "--payload", action="store_true", help="also write prompt_text and response text columns"
+    )
+    p.add_argument(
+        "--chunk-prompts", type=int, default=4096, help="prompts per file (default: 4096)"
+    )
     p.set_defaults(run=_cmd_generate)
     return parser
 
@@ -270,15 +310,24 @@ def _parser() -> argparse.ArgumentParser:
 def _log_options() -> _Parser:
     group = _Parser(add_help=False)
     group.add_argument(
-        "path", nargs="+", metavar="PATH",
+        "path",
+        nargs="+",
+        metavar="PATH",
         help="the stage log: Parquet file(s), a directory (Hive partitions allowed) or a glob; "
         "the nested layout (a logprobs list per candidate), or the token rows of the long "
         "layout together with --rewards",
     )
-    group.add_argument("--rewards", metavar="PATH",
-                       help="long layout: the candidate rows (stage, prompt, cand, reward)")
     group.add_argument(
-        "--column", action="append", type=_column_pair, default=[], metavar="CANONICAL=THEIRS",
+        "--rewards",
+        metavar="PATH",
+        help="long layout: the candidate rows (stage, prompt, cand, reward)",
+    )
+    group.add_argument(
+        "--column",
+        action="append",
+        type=_column_pair,
+        default=[],
+        metavar="CANONICAL=THEIRS",
         help="the log names a canonical column differently, e.g. --column prompt=prompt_id "
         f"(repeatable; canonical names: {', '.join(CANONICAL_COLUMNS)})",
     )
@@ -288,27 +337,52 @@ def _log_options() -> _Parser:
 def _selection_options() -> _Parser:
     group = _Parser(add_help=False)
     opts = group.add_argument_group("selection (default: best-of-K per prompt)")
-    opts.add_argument("--strategy", choices=("best", "top_n", "global"), default="best",
-                      help="best: the best candidate of each prompt; top_n: the --n best of "
-                      "each prompt; global: the top --fraction of a stage's candidates")
-    opts.add_argument("--n", type=_count, default=1, metavar="N",
-                      help="candidates kept per prompt with --strategy top_n")
-    opts.add_argument("--fraction", type=_fraction, metavar="F",
-                      help="share of a stage's candidates kept with --strategy global, in (0, 1]")
-    opts.add_argument("--min-reward", type=_finite, metavar="R",
-                      help="drop selected candidates whose reward is below R (any strategy)")
+    opts.add_argument(
+        "--strategy",
+        choices=("best", "top_n", "global"),
+        default="best",
+        help="best: the best candidate of each prompt; top_n: the --n best of "
+        "each prompt; global: the top --fraction of a stage's candidates",
+    )
+    opts.add_argument(
+        "--n",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="candidates kept per prompt with --strategy top_n",
+    )
+    opts.add_argument(
+        "--fraction",
+        type=_fraction,
+        metavar="F",
+        help="share of a stage's candidates kept with --strategy global, in (0, 1]",
+    )
+    opts.add_argument(
+        "--min-reward",
+        type=_finite,
+        metavar="R",
+        help="drop selected candidates whose reward is below R (any strategy)",
+    )
     return group
 
 
 def _engine_options() -> _Parser:
     group = _Parser(add_help=False)
     opts = group.add_argument_group("engine")
-    opts.add_argument("--engine", choices=("polars", "dask"), default="polars",
-                      help="polars (default, this machine) or dask (needs raft-polars[dask])")
-    opts.add_argument("--scheduler", metavar="ADDRESS",
-                      help="dask: address of a running scheduler (default: a local cluster)")
-    opts.add_argument("--workers", type=_count, metavar="N",
-                      help="dask: workers of the local cluster")
+    opts.add_argument(
+        "--engine",
+        choices=("polars", "dask"),
+        default="polars",
+        help="polars (default, this machine) or dask (needs raft-polars[dask])",
+    )
+    opts.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="dask: address of a running scheduler (default: a local cluster)",
+    )
+    opts.add_argument(
+        "--workers", type=_count, metavar="N", help="dask: workers of the local cluster"
+    )
     return group
 
 
@@ -368,8 +442,7 @@ def _columns(args: argparse.Namespace) -> dict[str, str] | None:
     mapping: dict[str, str] = {}
     for canonical, theirs in pairs:
         if mapping.get(canonical, theirs) != theirs:
-            msg = (f"--column {canonical}= is given twice ({mapping[canonical]!r} and "
-                   f"{theirs!r})")
+            msg = f"--column {canonical}= is given twice ({mapping[canonical]!r} and {theirs!r})"
             raise UsageError(msg)
         mapping[canonical] = theirs
     return mapping or None
@@ -389,8 +462,12 @@ def _selection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.strategy != "top_n" and args.n != 1:
         msg = f"--n applies to --strategy top_n only, not {args.strategy}"
         raise UsageError(msg)
-    return {"strategy": args.strategy, "n": args.n, "fraction": args.fraction,
-            "min_reward": args.min_reward}
+    return {
+        "strategy": args.strategy,
+        "n": args.n,
+        "fraction": args.fraction,
+        "min_reward": args.min_reward,
+    }
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -405,19 +482,27 @@ def _engine(args: argparse.Namespace) -> Any:
     try:
         from raft_polars.dask import DaskEngine
     except ImportError as exc:
-        msg = (f"--engine dask needs the distributed engine ({exc}); install it with: "
-               "pip install 'raft-polars[dask]'")
+        msg = (
+            f"--engine dask needs the distributed engine ({exc}); install it with: "
+            "pip install 'raft-polars[dask]'"
+        )
         raise MissingDependencyError(msg) from exc
     return DaskEngine(scheduler=args.scheduler, workers=args.workers)
 
 
 # --- losses ------------------------------------------------------------------------
 
+
 def _cmd_losses(args: argparse.Namespace) -> None:
     from raft_polars.api import stage_losses
 
-    table = stage_losses(_source(args), **_log_kwargs(args), reduction=args.reduction,
-                         **_selection_kwargs(args), engine=_engine(args))
+    table = stage_losses(
+        _source(args),
+        **_log_kwargs(args),
+        reduction=args.reduction,
+        **_selection_kwargs(args),
+        engine=_engine(args),
+    )
     write_losses(table, sys.stdout, fmt=args.format)
 
 
@@ -451,8 +536,9 @@ def write_losses(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> 
     else:
         cells = [[_cell(row[c]) for c in LOSS_COLUMNS] for row in rows]
         widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(LOSS_COLUMNS)]
-        stream.write(" ".join(c.ljust(w) for c, w in zip(LOSS_COLUMNS, widths, strict=True))
-                     .rstrip() + "\n")
+        stream.write(
+            " ".join(c.ljust(w) for c, w in zip(LOSS_COLUMNS, widths, strict=True)).rstrip() + "\n"
+        )
         for r in cells:
             stream.write(" ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) + "\n")
 
@@ -479,10 +565,17 @@ def _cmd_select(args: argparse.Namespace) -> None:
 
     out = Path(args.output)
     stage = "last" if args.last_stage else args.stage
-    rows = write_selected(_source(args), out, **_log_kwargs(args), **_selection_kwargs(args),
-                          stage=stage, prompt_column=args.prompt_column,
-                          response_column=args.response_column, force=args.force,
-                          engine=_engine(args))
+    rows = write_selected(
+        _source(args),
+        out,
+        **_log_kwargs(args),
+        **_selection_kwargs(args),
+        stage=stage,
+        prompt_column=args.prompt_column,
+        response_column=args.response_column,
+        force=args.force,
+        engine=_engine(args),
+    )
     print(f"wrote {rows} selected response(s) to {out}")
 
 
@@ -492,8 +585,9 @@ def _cmd_select(args: argparse.Namespace) -> None:
 def _cmd_validate(args: argparse.Namespace) -> None:
     from raft_polars.validate import validate
 
-    report = validate(_source(args), **_log_kwargs(args), **_selection_kwargs(args),
-                      limit=args.limit)
+    report = validate(
+        _source(args), **_log_kwargs(args), **_selection_kwargs(args), limit=args.limit
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
@@ -518,8 +612,9 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from raft_polars.api import stage_losses
     from raft_polars.report import report_figure, save_figure
 
-    table = stage_losses(_source(args), **_log_kwargs(args), reduction=args.reduction,
-                         **_selection_kwargs(args))
+    table = stage_losses(
+        _source(args), **_log_kwargs(args), reduction=args.reduction, **_selection_kwargs(args)
+    )
     title = args.title if args.title is not None else " ".join(args.path)
     figure = report_figure(table, title=title)
 
@@ -546,10 +641,19 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     created = not out.exists()
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
-        paths = generate(out, layout=args.layout, stages=args.stages, prompts=args.prompts,
-                         k=args.k, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
-                         seed=args.seed, payload=args.payload,
-                         chunk_prompts=args.chunk_prompts, progress=bar)
+        paths = generate(
+            out,
+            layout=args.layout,
+            stages=args.stages,
+            prompts=args.prompts,
+            k=args.k,
+            min_tokens=args.min_tokens,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            payload=args.payload,
+            chunk_prompts=args.chunk_prompts,
+            progress=bar,
+        )
     except BaseException:
         if created:  # a failed run leaves no half-written log behind
             shutil.rmtree(out, ignore_errors=True)
@@ -557,8 +661,10 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     finally:
         if bar is not None:
             bar.close()
-    print(f"wrote {len(paths)} file(s) to {out} ({args.layout} layout: {args.stages} stage(s) "
-          f"x {args.prompts} prompt(s) x {args.k} candidate(s))")
+    print(
+        f"wrote {len(paths)} file(s) to {out} ({args.layout} layout: {args.stages} stage(s) "
+        f"x {args.prompts} prompt(s) x {args.k} candidate(s))"
+    )
 
 
 class _ProgressBar:

@@ -132,8 +132,9 @@ class DaskEngine:
     scheduler: str | None = None
     workers: int | None = None
 
-    def __init__(self, client: Any = None, *, scheduler: str | None = None,
-                 workers: int | None = None) -> None:
+    def __init__(
+        self, client: Any = None, *, scheduler: str | None = None, workers: int | None = None
+    ) -> None:
         object.__setattr__(self, "client_", client)
         object.__setattr__(self, "scheduler", scheduler)
         object.__setattr__(self, "workers", workers)

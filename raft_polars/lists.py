@@ -111,8 +111,14 @@ class _Keys:
     reward: pa.Array
 
     def frame(self) -> pl.DataFrame:
-        return pl.DataFrame({"stage": self.stage, "prompt": self.prompt, "cand": self.cand,
-                             "reward": pl.Series("reward", self.reward)})
+        return pl.DataFrame(
+            {
+                "stage": self.stage,
+                "prompt": self.prompt,
+                "cand": self.cand,
+                "reward": pl.Series("reward", self.reward),
+            }
+        )
 
 
 def _losses(lps: LogProbs, candidates: _Keys, reduction: Reduction) -> pl.DataFrame:
@@ -158,8 +164,12 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     rows = np.arange(len(reward))
     first = np.minimum.reduceat(np.where(reward == best, rows, len(reward)), starts)
     stage = keys.stage[first]
-    picks = [lps[t][i][j] for t, i, j in zip(stage.tolist(), keys.prompt[first].tolist(),
-                                            keys.cand[first].tolist(), strict=True)]
+    picks = [
+        lps[t][i][j]
+        for t, i, j in zip(
+            stage.tolist(), keys.prompt[first].tolist(), keys.cand[first].tolist(), strict=True
+        )
+    ]
     array = _float_lists(picks)
     if array is None or array.null_count or array.values.null_count:
         return None
@@ -174,8 +184,10 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     # the NLL added token by token from 0.0, as the plain loop does (cumsum is
     # sequential; a pairwise sum can round a loss sitting on a midpoint the other way)
     with np.errstate(over="ignore"):  # an overflowing sum is an infinite loss, as in the loop
-        return [float(np.cumsum(np.concatenate(([0.0], -values[a:b])))[-1] / (b - a))
-                for a, b in itertools.pairwise(bounds.tolist())]  # a loop over stages
+        return [
+            float(np.cumsum(np.concatenate(([0.0], -values[a:b])))[-1] / (b - a))
+            for a, b in itertools.pairwise(bounds.tolist())
+        ]  # a loop over stages
 
 
 def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
@@ -185,15 +197,18 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
             msg = f"{name} must be a list, found {type(nest).__name__}"
             raise RaftInputError(msg)
     if len(lps) != len(rws):
-        msg = (f"{_LP} has {len(lps)} stage(s) but {_RW} has {len(rws)}; "
-               "both need one entry per stage")
+        msg = (
+            f"{_LP} has {len(lps)} stage(s) but {_RW} has {len(rws)}; both need one entry per stage"
+        )
         raise RaftInputError(msg)
     prompts = _lengths(rws, _RW, "")
     if prompts != _lengths(lps, _LP, ""):
-        t = next(t for t, (a, b) in enumerate(zip(prompts, _lengths(lps, _LP, ""), strict=True))
-                 if a != b)
-        msg = (f"stage {t}: {_LP}[{t}] has {len(lps[t])} prompt(s) but {_RW}[{t}] has "
-               f"{len(rws[t])}")
+        t = next(
+            t
+            for t, (a, b) in enumerate(zip(prompts, _lengths(lps, _LP, ""), strict=True))
+            if a != b
+        )
+        msg = f"stage {t}: {_LP}[{t}] has {len(lps[t])} prompt(s) but {_RW}[{t}] has {len(rws[t])}"
         raise RaftInputError(msg)
     if 0 in prompts:
         msg = f"stage {prompts.index(0)} has no prompts"
@@ -209,8 +224,10 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
         if k_r[flat] == 0:
             msg = f"stage {t}, prompt {i} has no candidates"
         else:
-            msg = (f"stage {t}, prompt {i}: {_LP} has {k_l[flat]} candidate(s) but {_RW} "
-                   f"has {k_r[flat]}")
+            msg = (
+                f"stage {t}, prompt {i}: {_LP} has {k_l[flat]} candidate(s) but {_RW} "
+                f"has {k_r[flat]}"
+            )
         raise RaftInputError(msg)
     k = np.asarray(k_r, dtype=np.int64)
     stage_of_prompt = np.repeat(np.arange(len(prompts), dtype=np.int64), prompts)
@@ -223,8 +240,10 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
             for i, prompt in enumerate(stage):
                 for j, value in enumerate(prompt):
                     if not _is_number(value):
-                        msg = (f"reward at stage {t}, prompt {i}, candidate {j} is not a "
-                               f"number: {value!r}")
+                        msg = (
+                            f"reward at stage {t}, prompt {i}, candidate {j} is not a "
+                            f"number: {value!r}"
+                        )
                         raise RaftInputError(msg)
         msg = f"{_RW} holds values that are not numbers"
         raise RaftInputError(msg)
@@ -257,8 +276,14 @@ def _float_lists(lists: Sequence[object]) -> pa.LargeListArray | None:
 
 def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:
     """The selected responses' log-probs as a list column; only they are converted."""
-    ids = list(zip(chosen["stage"].to_list(), chosen["prompt"].to_list(),
-                   chosen["cand"].to_list(), strict=True))
+    ids = list(
+        zip(
+            chosen["stage"].to_list(),
+            chosen["prompt"].to_list(),
+            chosen["cand"].to_list(),
+            strict=True,
+        )
+    )
     picks = [lps[t][i][j] for t, i, j in ids]
     array = _float_lists(picks)
     if array is None:
@@ -268,8 +293,10 @@ def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:
                 raise RaftInputError(msg)
             for index, value in enumerate(pick):
                 if not _is_number(value) and value is not None:
-                    msg = (f"log-prob at stage {t}, prompt {i}, candidate {j}, token {index} "
-                           f"is not a number: {value!r}")
+                    msg = (
+                        f"log-prob at stage {t}, prompt {i}, candidate {j}, token {index} "
+                        f"is not a number: {value!r}"
+                    )
                     raise RaftInputError(msg)
         msg = f"{_LP} holds values that are not numbers"
         raise RaftInputError(msg)

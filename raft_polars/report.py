@@ -36,8 +36,9 @@ def _require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401 - only checks that it is there
     except ImportError as exc:
-        msg = ("the report needs matplotlib, which is not installed; install it with: "
-               f"{INSTALL_HINT}")
+        msg = (
+            f"the report needs matplotlib, which is not installed; install it with: {INSTALL_HINT}"
+        )
         raise MissingDependencyError(msg) from exc
 
 
@@ -132,18 +133,31 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
 
     ax_loss.plot(stages, loss, marker="o", color="tab:blue", label="loss")
     if rose.any():
-        ax_loss.scatter(stages[rose], loss[rose], marker="^", s=140, color="tab:red",
-                        zorder=3, label="loss rose")
+        ax_loss.scatter(
+            stages[rose],
+            loss[rose],
+            marker="^",
+            s=140,
+            color="tab:red",
+            zorder=3,
+            label="loss rose",
+        )
         for x, y, up in zip(stages[rose], loss[rose], rise[rose], strict=True):
-            ax_loss.annotate(f"+{up:.4f}", (x, y), textcoords="offset points",
-                             xytext=(0, 10), ha="center", color="tab:red", fontsize=8)
+            ax_loss.annotate(
+                f"+{up:.4f}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(0, 10),
+                ha="center",
+                color="tab:red",
+                fontsize=8,
+            )
     ax_loss.set_ylabel("loss (mean token NLL)")
     ax_loss.set_title("SFT loss of the selected responses per stage", fontsize=10)
 
     ax_reward.plot(stages, best, marker="o", color="tab:green", label="selected (mean)")
     ax_reward.plot(stages, mean, marker="s", color="tab:gray", label="all candidates (mean)")
-    ax_reward.fill_between(stages, mean, best, color="tab:green", alpha=0.12,
-                           label="reward lift")
+    ax_reward.fill_between(stages, mean, best, color="tab:green", alpha=0.12, label="reward lift")
     ax_reward.set_ylabel("reward")
     ax_reward.set_xlabel("stage")
     ax_reward.set_title("selected vs mean reward per stage", fontsize=10)
@@ -158,8 +172,9 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     return fig
 
 
-def save_figure(figure: Figure, path: str | Path, *, fmt: str | None = None,
-                dpi: int = 120) -> Path:
+def save_figure(
+    figure: Figure, path: str | Path, *, fmt: str | None = None, dpi: int = 120
+) -> Path:
     """Write ``figure`` to ``path`` (format from ``fmt`` or the file extension).
 
     Returns
@@ -176,8 +191,9 @@ def save_figure(figure: Figure, path: str | Path, *, fmt: str | None = None,
     return Path(path)
 
 
-def save_report(table: pl.DataFrame, path: str | Path, *, title: str | None = None,
-                dpi: int = 120) -> Path:
+def save_report(
+    table: pl.DataFrame, path: str | Path, *, title: str | None = None, dpi: int = 120
+) -> Path:
     """:func:`report_figure` then :func:`save_figure` (PNG, SVG or PDF by extension).
 
     Returns

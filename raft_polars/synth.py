@@ -43,8 +43,25 @@ __all__ = ["Layout", "SynthChunk", "generate", "iter_chunks"]
 Layout = Literal["nested", "long"]
 
 _RESPONSE_WORDS = np.array(
-    ["the", "model", "answers", "carefully", "with", "a", "short", "proof", "and",
-     "an", "example", "because", "reward", "ranking", "prefers", "clear", "text"]
+    [
+        "the",
+        "model",
+        "answers",
+        "carefully",
+        "with",
+        "a",
+        "short",
+        "proof",
+        "and",
+        "an",
+        "example",
+        "because",
+        "reward",
+        "ranking",
+        "prefers",
+        "clear",
+        "text",
+    ]
 )
 
 
@@ -82,8 +99,14 @@ def iter_chunks(
     Each chunk comes from its own random stream, derived from ``(seed, stage,
     chunk)``, so the result does not depend on how much is generated at once.
     """
-    _check_shape(stages=stages, prompts=prompts, k=k, min_tokens=min_tokens,
-                 max_tokens=max_tokens, chunk_prompts=chunk_prompts)
+    _check_shape(
+        stages=stages,
+        prompts=prompts,
+        k=k,
+        min_tokens=min_tokens,
+        max_tokens=max_tokens,
+        chunk_prompts=chunk_prompts,
+    )
     for stage in range(stages):
         # the model gets better: the mean NLL per token falls from ~1.6 to ~0.3
         quality = stage / max(stages - 1, 1)
@@ -98,10 +121,9 @@ def iter_chunks(
             # per-response quality shifts the token NLLs; rewards follow quality
             skill = rng.normal(0.0, 0.25, size=n)
             scale = np.repeat(np.clip(mean_nll * (1.0 + skill), 0.05, None), lengths)
-            logprob = (-rng.exponential(1.0, size=int(lengths.sum())) * scale)
+            logprob = -rng.exponential(1.0, size=int(lengths.sum())) * scale
             reward = np.round(1.0 * quality - 2.0 * skill + rng.normal(0.0, 0.5, n), 2)
-            yield SynthChunk(stage, prompt, cand, reward, lengths,
-                             logprob.astype(np.float32))
+            yield SynthChunk(stage, prompt, cand, reward, lengths, logprob.astype(np.float32))
 
 
 def generate(
@@ -149,8 +171,14 @@ def generate(
     if layout not in ("nested", "long"):
         msg = f"layout must be 'nested' or 'long', got {layout!r}"
         raise RaftInputError(msg)
-    _check_shape(stages=stages, prompts=prompts, k=k, min_tokens=min_tokens,
-                 max_tokens=max_tokens, chunk_prompts=chunk_prompts)
+    _check_shape(
+        stages=stages,
+        prompts=prompts,
+        k=k,
+        min_tokens=min_tokens,
+        max_tokens=max_tokens,
+        chunk_prompts=chunk_prompts,
+    )
     root = Path(out)
     token_dir = root / "tokens" if layout == "long" else root
     reward_dir = root / "rewards"
@@ -162,8 +190,15 @@ def generate(
     token_paths: list[Path] = []
     reward_paths: list[Path] = []
     chunk_no: dict[int, int] = {}
-    for chunk in iter_chunks(stages=stages, prompts=prompts, k=k, min_tokens=min_tokens,
-                             max_tokens=max_tokens, seed=seed, chunk_prompts=chunk_prompts):
+    for chunk in iter_chunks(
+        stages=stages,
+        prompts=prompts,
+        k=k,
+        min_tokens=min_tokens,
+        max_tokens=max_tokens,
+        seed=seed,
+        chunk_prompts=chunk_prompts,
+    ):
         c = chunk_no[chunk.stage] = chunk_no.get(chunk.stage, -1) + 1
         name = f"part-s{chunk.stage:04d}-c{c:04d}.parquet"
         candidates = pl.DataFrame(
@@ -213,10 +248,15 @@ def _payload(chunk: SynthChunk) -> list[pl.Expr]:
     first = words[(chunk.prompt.astype(np.int64) * 7 + chunk.cand) % len(words)]
     last = words[(chunk.prompt.astype(np.int64) * 3 + chunk.cand * 5 + chunk.stage) % len(words)]
     return [
-        pl.format("Question {}: explain step {} of the proof.", pl.col("prompt"), pl.col("stage"))
-        .alias("prompt_text"),
-        pl.format("{} {} ({} tokens)", pl.lit(pl.Series(first)), pl.lit(pl.Series(last)),
-                  pl.lit(pl.Series(chunk.lengths))).alias("response"),
+        pl.format(
+            "Question {}: explain step {} of the proof.", pl.col("prompt"), pl.col("stage")
+        ).alias("prompt_text"),
+        pl.format(
+            "{} {} ({} tokens)",
+            pl.lit(pl.Series(first)),
+            pl.lit(pl.Series(last)),
+            pl.lit(pl.Series(chunk.lengths)),
+        ).alias("response"),
     ]
 
 
@@ -227,6 +267,8 @@ def _check_shape(**sizes: int) -> None:
             msg = f"{name} must be at least {floor}, got {value!r}"
             raise RaftInputError(msg)
     if sizes["max_tokens"] < sizes["min_tokens"]:
-        msg = (f"max_tokens ({sizes['max_tokens']}) must be at least "
-               f"min_tokens ({sizes['min_tokens']})")
+        msg = (
+            f"max_tokens ({sizes['max_tokens']}) must be at least "
+            f"min_tokens ({sizes['min_tokens']})"
+        )
         raise RaftInputError(msg)

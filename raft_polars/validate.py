@@ -183,8 +183,9 @@ class ValidationReport:
                     "count": p.count,
                     "description": p.description,
                     "places": p.places,
-                    "locations": [{k: _json_value(v) for k, v in loc.items()}
-                                  for loc in p.locations],
+                    "locations": [
+                        {k: _json_value(v) for k, v in loc.items()} for loc in p.locations
+                    ],
                 }
                 for p in self.problems
             ],
@@ -260,8 +261,9 @@ def validate(
         token_total = _long_token_checks(found, log, cands, chosen, skipped)
     summary = {
         "stages": cands["stage"].drop_nulls().n_unique(),
-        "prompts": cands.drop_nulls(["stage", "prompt"]).select(["stage", "prompt"])
-        .n_unique() if cands.height else 0,
+        "prompts": cands.drop_nulls(["stage", "prompt"]).select(["stage", "prompt"]).n_unique()
+        if cands.height
+        else 0,
         "candidates": cands.height,
         "tokens": token_total,
     }
@@ -285,8 +287,7 @@ class _Found:
             return
         sort = [c for c in (*_IDS, "token") if c in where.columns]
         rows = where.sort(sort, nulls_last=True).head(self.limit).to_dicts() if sort else []
-        self.problems.append(Problem(kind, count, PROBLEM_KINDS[kind], tuple(rows),
-                                     where.height))
+        self.problems.append(Problem(kind, count, PROBLEM_KINDS[kind], tuple(rows), where.height))
 
 
 def _bad(value: pl.Expr) -> pl.Expr:
@@ -323,47 +324,60 @@ def _candidate_checks(found: _Found, cands: pl.DataFrame, selection: Selection) 
     nulls = cands.filter(null_id)
     found.add("null_id", nulls.height, nulls.select(_IDS))
 
-    dups = (cands.filter(~null_id).group_by(_IDS).agg(pl.len().alias("rows"))
-            .filter(pl.col("rows") > 1))
+    dups = (
+        cands.filter(~null_id).group_by(_IDS).agg(pl.len().alias("rows")).filter(pl.col("rows") > 1)
+    )
     found.add("duplicate_candidate", dups.height, dups)
 
     bad = cands.filter(_bad_reward()).select(*_IDS, "reward")
     found.add("bad_reward", bad.height, bad)
 
-    sound = (cands.lazy().filter(~null_id & ~_bad_reward())
-             .group_by(_IDS).agg(pl.col("reward").max()))
+    sound = (
+        cands.lazy().filter(~null_id & ~_bad_reward()).group_by(_IDS).agg(pl.col("reward").max())
+    )
     return select(sound, selection).select(_IDS).collect()
 
 
 def _with_selected(frame: pl.DataFrame | pl.LazyFrame, chosen: pl.DataFrame) -> pl.LazyFrame:
     marks = chosen.lazy().with_columns(pl.lit(True).alias("selected"))
-    return frame.lazy().join(marks, on=_IDS, how="left").with_columns(
-        pl.col("selected").fill_null(False)
+    return (
+        frame.lazy()
+        .join(marks, on=_IDS, how="left")
+        .with_columns(pl.col("selected").fill_null(False))
     )
 
 
 def _logprob_checks(found: _Found, per_response: pl.DataFrame) -> None:
     """``bad_logprob_*`` from per-response ``bad_lp`` counts and first locations."""
-    for kind, mask in (("bad_logprob_selected", pl.col("selected")),
-                       ("bad_logprob_unselected", ~pl.col("selected"))):
+    for kind, mask in (
+        ("bad_logprob_selected", pl.col("selected")),
+        ("bad_logprob_unselected", ~pl.col("selected")),
+    ):
         part = per_response.filter(mask & (pl.col("bad_lp") > 0))
-        where = part.select(*_IDS, pl.col("first_bad").alias("token"),
-                            pl.col("first_bad_value").alias("logprob"),
-                            pl.col("bad_lp").alias("bad_tokens"))
+        where = part.select(
+            *_IDS,
+            pl.col("first_bad").alias("token"),
+            pl.col("first_bad_value").alias("logprob"),
+            pl.col("bad_lp").alias("bad_tokens"),
+        )
         found.add(kind, int(part["bad_lp"].sum()), where)
 
 
 def _empty_stages(found: _Found, chosen_tokens: pl.DataFrame) -> None:
     """Stages whose selected responses (``stage, tokens`` rows) hold no tokens."""
-    stages = (chosen_tokens.group_by("stage")
-              .agg(pl.len().alias("selected"), pl.col("tokens").sum())
-              .filter(pl.col("tokens") == 0).select("stage", "selected"))
+    stages = (
+        chosen_tokens.group_by("stage")
+        .agg(pl.len().alias("selected"), pl.col("tokens").sum())
+        .filter(pl.col("tokens") == 0)
+        .select("stage", "selected")
+    )
     found.add("empty_stage", stages.height, stages)
 
 
 def _nested_token_checks(found: _Found, cands: pl.DataFrame, chosen: pl.DataFrame) -> None:
-    marked = _with_selected(cands.filter(~_bad_reward()).unique(_IDS, keep="first"),
-                            chosen).collect()
+    marked = _with_selected(
+        cands.filter(~_bad_reward()).unique(_IDS, keep="first"), chosen
+    ).collect()
     marked_all = _with_selected(cands, chosen).collect()
     null_lists = marked_all.filter(pl.col("null_list"))
     found.add("null_logprobs", null_lists.height, null_lists.select(*_IDS, "selected"))
@@ -371,8 +385,9 @@ def _nested_token_checks(found: _Found, cands: pl.DataFrame, chosen: pl.DataFram
     _empty_stages(found, marked.filter(pl.col("selected")).select("stage", "tokens"))
 
 
-def _long_token_checks(found: _Found, log: StageLog, cands: pl.DataFrame,
-                       chosen: pl.DataFrame, skipped: list[str]) -> int:
+def _long_token_checks(
+    found: _Found, log: StageLog, cands: pl.DataFrame, chosen: pl.DataFrame, skipped: list[str]
+) -> int:
     """All token-row checks of the long layout, from one group-by per response."""
     has_position = log.has_token
     lp = pl.col("logprob")
@@ -390,15 +405,19 @@ def _long_token_checks(found: _Found, log: StageLog, cands: pl.DataFrame,
             token.min().alias("first_pos"),
             token.max().alias("last_pos"),
             token.filter(bad).min().alias("first_bad"),
-            lp.cast(pl.Float64).filter(bad).sort_by(token.filter(bad)).first()
+            lp.cast(pl.Float64)
+            .filter(bad)
+            .sort_by(token.filter(bad))
+            .first()
             .alias("first_bad_value"),
             token.filter(token.is_duplicated()).min().alias("first_dup"),
         ]
     else:
-        skipped.append("token positions (duplicates, gaps): the token rows have no "
-                       "'token' column")
-        aggs += [pl.lit(None, pl.Int64).alias("first_bad"),
-                 lp.cast(pl.Float64).filter(bad).first().alias("first_bad_value")]
+        skipped.append("token positions (duplicates, gaps): the token rows have no 'token' column")
+        aggs += [
+            pl.lit(None, pl.Int64).alias("first_bad"),
+            lp.cast(pl.Float64).filter(bad).first().alias("first_bad_value"),
+        ]
     per_response = collect(log, log.tokens().group_by(_IDS).agg(aggs))
 
     known = cands.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in _IDS))
@@ -410,22 +429,28 @@ def _long_token_checks(found: _Found, log: StageLog, cands: pl.DataFrame,
 
     if has_position:
         nulls = per_response.filter(pl.col("null_pos") > 0)
-        found.add("null_token_position", int(nulls["null_pos"].sum()),
-                  nulls.select(*_IDS, pl.col("null_pos").alias("rows")))
+        found.add(
+            "null_token_position",
+            int(nulls["null_pos"].sum()),
+            nulls.select(*_IDS, pl.col("null_pos").alias("rows")),
+        )
         extra = pl.col("rows") - pl.col("null_pos") - pl.col("distinct")
         dups = per_response.filter(extra > 0).with_columns(extra.alias("extra"))
-        where = dups.select(*_IDS, pl.col("first_dup").alias("token"),
-                            (pl.col("extra") + 1).alias("rows"))
+        where = dups.select(
+            *_IDS, pl.col("first_dup").alias("token"), (pl.col("extra") + 1).alias("rows")
+        )
         found.add("duplicate_token", int(dups["extra"].sum()), where)
         gap = (pl.col("distinct") > 0) & (
             (pl.col("first_pos") != 0) | (pl.col("last_pos") != pl.col("distinct") - 1)
         )
         gaps = per_response.filter(gap).select(
-            *_IDS, "first_pos", "last_pos", pl.col("distinct").alias("positions"))
+            *_IDS, "first_pos", "last_pos", pl.col("distinct").alias("positions")
+        )
         found.add("token_gap", gaps.height, gaps)
 
-    chosen_tokens = chosen.join(per_response.select(*_IDS, pl.col("rows").alias("tokens")),
-                                on=_IDS, how="left").with_columns(pl.col("tokens").fill_null(0))
+    chosen_tokens = chosen.join(
+        per_response.select(*_IDS, pl.col("rows").alias("tokens")), on=_IDS, how="left"
+    ).with_columns(pl.col("tokens").fill_null(0))
     _empty_stages(found, chosen_tokens.select("stage", "tokens"))
     return int(per_response["rows"].sum())
 

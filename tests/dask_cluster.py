@@ -35,10 +35,23 @@ def client() -> Any:
     folder = Path(tempfile.mkdtemp(prefix="raft-dask-"))
     info = folder / "scheduler.json"
     env = {**os.environ, "POLARS_MAX_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    procs = [subprocess.Popen(
-        _dask("dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-              "--scheduler-file", str(info)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    procs = [
+        subprocess.Popen(
+            _dask(
+                "dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(info),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+    ]
     _STATE["procs"] = procs
     atexit.register(shutdown)
     deadline = time.monotonic() + 60
@@ -47,10 +60,26 @@ def client() -> Any:
             raise RuntimeError("the Dask scheduler did not start")
         time.sleep(0.1)
     address = json.loads(info.read_text())["address"]
-    procs.append(subprocess.Popen(
-        _dask("dask_worker", address, "--nworkers", "2", "--nthreads", "1", "--host",
-              "127.0.0.1", "--no-dashboard", "--local-directory", str(folder)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+    procs.append(
+        subprocess.Popen(
+            _dask(
+                "dask_worker",
+                address,
+                "--nworkers",
+                "2",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--local-directory",
+                str(folder),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+    )
     active = Client(address, set_as_default=False, timeout=60)
     active.wait_for_workers(2, timeout=60)
     _STATE["client"] = active

@@ -35,9 +35,7 @@ def best_index(rewards: Sequence[float]) -> int:
     return best
 
 
-def reference_losses(
-    lps: LogProbs, rws: Rewards, *, reduction: str = "token"
-) -> list[float]:
+def reference_losses(lps: LogProbs, rws: Rewards, *, reduction: str = "token") -> list[float]:
     """Unrounded per-stage loss: pooled token mean of the NLL of the best responses."""
     out = []
     for stage_lp, stage_rw in zip(lps, rws, strict=True):
@@ -68,13 +66,17 @@ def reference_stats(lps: LogProbs, rws: Rewards) -> list[dict[str, float]]:
     for stage_lp, stage_rw in zip(lps, rws, strict=True):
         best = [max(r) for r in stage_rw]
         every = [x for r in stage_rw for x in r]
-        out.append({
-            "prompts": len(stage_rw),
-            "tokens": sum(len(p[best_index(r)]) for p, r in zip(stage_lp, stage_rw, strict=True)),
-            "reward_best_mean": sum(best) / len(best),
-            "reward_mean": sum(every) / len(every),
-            "ties": sum(1 for r in stage_rw if r.count(max(r)) > 1),
-        })
+        out.append(
+            {
+                "prompts": len(stage_rw),
+                "tokens": sum(
+                    len(p[best_index(r)]) for p, r in zip(stage_lp, stage_rw, strict=True)
+                ),
+                "reward_best_mean": sum(best) / len(best),
+                "reward_mean": sum(every) / len(every),
+                "ties": sum(1 for r in stage_rw if r.count(max(r)) > 1),
+            }
+        )
     return out
 
 
@@ -101,25 +103,30 @@ def nested_frame(
     for t, (stage_lp, stage_rw) in enumerate(zip(lps, rws, strict=True)):
         for i, (prompt_lp, prompt_rw) in enumerate(zip(stage_lp, stage_rw, strict=True)):
             for j, (resp, reward) in enumerate(zip(prompt_lp, prompt_rw, strict=True)):
-                rows.append({
-                    "stage": stage_ids[t] if stage_ids else t,
-                    "prompt": prompt_ids[i] if prompt_ids else i,
-                    "cand": j,
-                    "reward": float(reward),
-                    "logprobs": [float(v) for v in resp],
-                })
+                rows.append(
+                    {
+                        "stage": stage_ids[t] if stage_ids else t,
+                        "prompt": prompt_ids[i] if prompt_ids else i,
+                        "cand": j,
+                        "reward": float(reward),
+                        "logprobs": [float(v) for v in resp],
+                    }
+                )
     if shuffle is not None:
         random.Random(shuffle).shuffle(rows)
     lp_type = pl.List(pl.Float32 if float32 else pl.Float64)
     prompt_type = pl.String if prompt_ids and isinstance(prompt_ids[0], str) else pl.Int64
-    schema = {"stage": pl.Int64, "prompt": prompt_type, "cand": pl.Int64,
-              "reward": pl.Float64, "logprobs": lp_type}
+    schema = {
+        "stage": pl.Int64,
+        "prompt": prompt_type,
+        "cand": pl.Int64,
+        "reward": pl.Float64,
+        "logprobs": lp_type,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
-def long_frames(
-    lps: LogProbs, rws: Rewards, **kwargs: Any
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def long_frames(lps: LogProbs, rws: Rewards, **kwargs: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(token rows, reward rows) of the long layout, built from :func:`nested_frame`."""
     nested = nested_frame(lps, rws, **kwargs)
     rewards = nested.select("stage", "prompt", "cand", "reward")

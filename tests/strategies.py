@@ -66,8 +66,9 @@ def logprob_values(
     """
     width = 32 if float32 else 64
     values: st.SearchStrategy[Any] = st.one_of(
-        st.floats(min_value=min_value, max_value=0.0, width=width,
-                  allow_nan=False, allow_infinity=False),
+        st.floats(
+            min_value=min_value, max_value=0.0, width=width, allow_nan=False, allow_infinity=False
+        ),
         st.sampled_from([0.0, -0.5, -1.0, -2.25]),
     )
     if ints:
@@ -96,8 +97,13 @@ def reward_values(
     low = -10.0 if negative else 0.0
     if ties:
         return st.sampled_from([r for r in TIE_REWARDS if r >= low])
-    return st.floats(min_value=low, max_value=10.0, width=32 if float32 else 64,
-                     allow_nan=False, allow_infinity=False)
+    return st.floats(
+        min_value=low,
+        max_value=10.0,
+        width=32 if float32 else 64,
+        allow_nan=False,
+        allow_infinity=False,
+    )
 
 
 @st.composite
@@ -161,8 +167,12 @@ def ragged_logs(
             k = draw(st.integers(min_k, max_k))
             rewards = tied if ties and draw(st.booleans()) else continuous
             stage_rw.append(draw(st.lists(rewards, min_size=k, max_size=k)))
-            stage_lp.append([draw(st.lists(lp, min_size=n, max_size=n))
-                             for n in draw(st.lists(lengths, min_size=k, max_size=k))])
+            stage_lp.append(
+                [
+                    draw(st.lists(lp, min_size=n, max_size=n))
+                    for n in draw(st.lists(lengths, min_size=k, max_size=k))
+                ]
+            )
         if not any(p[best_index(r)] for p, r in zip(stage_lp, stage_rw, strict=True)):
             # the stage's selected responses must hold a token: give one to prompt 0
             stage_lp[0][best_index(stage_rw[0])].append(draw(lp))

@@ -28,8 +28,9 @@ MAX_BOX = 1 << 26
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
 # the integer types numpy holds (not Int128 / UInt128)
-_NUMPY_INTS = frozenset({pl.Int8, pl.Int16, pl.Int32, pl.Int64,
-                         pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64})
+_NUMPY_INTS = frozenset(
+    {pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64}
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class Box:
         """
         kind: type[np.signedinteger[Any]] = np.int32 if self.size < 2**31 else np.int64
         flat: npt.NDArray[np.signedinteger[Any]] = _offsets(frame["stage"], self.lows[0]).astype(
-            kind)  # a copy, written in place
+            kind
+        )  # a copy, written in place
         for axis in range(1, axes):
             flat *= self.spans[axis]
             flat += _offsets(frame[ID_COLUMNS[axis]], self.lows[axis])
@@ -64,8 +66,10 @@ class Box:
 
     def ids(self, prompts: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[np.int64]]:
         """The ``stage`` and ``prompt`` ids of ``(stage, prompt)`` positions."""
-        return {"stage": prompts // self.spans[1] + self.lows[0],
-                "prompt": prompts % self.spans[1] + self.lows[1]}
+        return {
+            "stage": prompts // self.spans[1] + self.lows[0],
+            "prompt": prompts % self.spans[1] + self.lows[1],
+        }
 
 
 def _offsets(series: pl.Series, low: int) -> npt.NDArray[np.signedinteger[Any]]:
@@ -130,8 +134,10 @@ def gather(
     if checked:
         # one unsigned comparison checks both 0 <= part and part < span
         inside = pl.all_horizontal(
-            *(part.reinterpret(signed=False) < span
-              for part, span in zip(parts, box.spans, strict=True))
+            *(
+                part.reinterpret(signed=False) < span
+                for part, span in zip(parts, box.spans, strict=True)
+            )
         )
         flat = pl.when(inside).then(flat).otherwise(box.size)  # null ids: outside too
     return pl.lit(pl.Series("table", table)).gather(flat)
@@ -161,12 +167,20 @@ def footers_within(files: Sequence[Path], names: Sequence[str], box: Box) -> boo
                 continue
             for name, low, span in zip(names, box.lows, box.spans, strict=True):
                 stats = block.column(where[name]).statistics
-                if (stats is None or not stats.has_min_max or not stats.has_null_count
-                        or stats.null_count != 0):
+                if (
+                    stats is None
+                    or not stats.has_min_max
+                    or not stats.has_null_count
+                    or stats.null_count != 0
+                ):
                     return False
                 lo, hi = stats.min, stats.max
-                if not (isinstance(lo, int) and isinstance(hi, int)
-                        and low <= lo and hi <= low + span - 1):
+                if not (
+                    isinstance(lo, int)
+                    and isinstance(hi, int)
+                    and low <= lo
+                    and hi <= low + span - 1
+                ):
                     return False
     return True
 
@@ -192,13 +206,16 @@ class PromptCodes:
         if self.categories.dtype == pl.String:
             enum = pl.Enum(self.categories)
             return frame.with_columns(
-                pl.col("prompt").cast(enum, strict=False).to_physical().cast(pl.Int64).alias(name))
+                pl.col("prompt").cast(enum, strict=False).to_physical().cast(pl.Int64).alias(name)
+            )
         dtype = frame.collect_schema()["prompt"]
-        table = pl.DataFrame({
-            # a category that the frame's id type cannot hold cannot match either
-            "prompt": self.categories.cast(dtype, strict=False),
-            name: pl.int_range(len(self.categories), eager=True, dtype=pl.Int64),
-        })
+        table = pl.DataFrame(
+            {
+                # a category that the frame's id type cannot hold cannot match either
+                "prompt": self.categories.cast(dtype, strict=False),
+                name: pl.int_range(len(self.categories), eager=True, dtype=pl.Int64),
+            }
+        )
         other = table.lazy() if isinstance(frame, pl.LazyFrame) else table
         return frame.join(other, on="prompt", how="left", maintain_order="left")
 
@@ -216,7 +233,10 @@ def prompt_codes(keys: pl.DataFrame) -> PromptCodes | None:
     """Codes for the prompt ids of ``keys`` (strings, or integers too sparse for a
     box), or None: null prompt ids, or stage and cand ids that are not integers."""
     prompt = keys.schema["prompt"]
-    if (not (prompt == pl.String or prompt in _NUMPY_INTS) or keys["prompt"].has_nulls()
-            or not (keys.schema["stage"] in _NUMPY_INTS and keys.schema["cand"] in _NUMPY_INTS)):
+    if (
+        not (prompt == pl.String or prompt in _NUMPY_INTS)
+        or keys["prompt"].has_nulls()
+        or not (keys.schema["stage"] in _NUMPY_INTS and keys.schema["cand"] in _NUMPY_INTS)
+    ):
         return None
     return PromptCodes(keys["prompt"].unique(maintain_order=True))

@@ -72,10 +72,17 @@ ORDER_BY = ["reward", "cand"]
 ORDER_DESCENDING = [True, False]
 # the per-stage sums every partition returns and the executors add up
 STAGE_SUMS: dict[str, pl.DataType] = {
-    "prompts": pl.Int64(), "candidates": pl.Int64(), "reward_sum": pl.Float64(),
-    "ties": pl.Int64(), "selected": pl.Int64(), "reward_best_sum": pl.Float64(),
-    "below_min": pl.Int64(), "nll": pl.Float64(), "tokens": pl.Int64(),
-    "seq_sum": pl.Float64(), "seq_n": pl.Int64(),
+    "prompts": pl.Int64(),
+    "candidates": pl.Int64(),
+    "reward_sum": pl.Float64(),
+    "ties": pl.Int64(),
+    "selected": pl.Int64(),
+    "reward_best_sum": pl.Float64(),
+    "below_min": pl.Int64(),
+    "nll": pl.Float64(),
+    "tokens": pl.Int64(),
+    "seq_sum": pl.Float64(),
+    "seq_n": pl.Int64(),
 }
 
 
@@ -160,17 +167,19 @@ def dense_summary(keys: pl.DataFrame, box: Box | None = None) -> pl.DataFrame | 
     sums = np.bincount(group, weights=reward, minlength=box.prompts)[used]
     count = pl.get_index_type()
     zeros = pl.Series(np.zeros(len(used), dtype=np.uint32), dtype=count)
-    return pl.DataFrame({
-        **box.ids(used),
-        "cand": cand + box.lows[2],
-        "reward": best,
-        "candidates": pl.Series(counts[used], dtype=count),
-        "cand_unique": pl.Series(counts[used], dtype=count),
-        "null_cands": zeros,
-        "reward_sum": sums,
-        "ties": pl.Series(ties, dtype=count),
-        "bad_rewards": zeros,
-    }).cast({"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64, "reward": pl.Float64})
+    return pl.DataFrame(
+        {
+            **box.ids(used),
+            "cand": cand + box.lows[2],
+            "reward": best,
+            "candidates": pl.Series(counts[used], dtype=count),
+            "cand_unique": pl.Series(counts[used], dtype=count),
+            "null_cands": zeros,
+            "reward_sum": sums,
+            "ties": pl.Series(ties, dtype=count),
+            "bad_rewards": zeros,
+        }
+    ).cast({"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64, "reward": pl.Float64})
 
 
 def select(candidates: pl.LazyFrame, selection: Selection) -> pl.LazyFrame:
@@ -188,8 +197,9 @@ def rank(candidates: pl.LazyFrame, selection: Selection) -> pl.LazyFrame:
     keys = candidates.select(*ID_COLUMNS, "reward")
     if selection.strategy == "global":
         assert selection.fraction is not None
-        ranked = keys.sort(["stage", "reward", "cand", "prompt"],
-                           descending=[False, True, False, False])
+        ranked = keys.sort(
+            ["stage", "reward", "cand", "prompt"], descending=[False, True, False, False]
+        )
         position = pl.int_range(pl.len()).over("stage")
         # ceil(fraction * n), tolerant of binary rounding: 0.28 * 25 is 7.000000000000001
         keep = (pl.len().over("stage") * selection.fraction - _CEIL_TOLERANCE).ceil()

@@ -124,9 +124,7 @@ class StageLog:
         lf = self._scan(self.cand_source, piece)
         schema = lf.collect_schema()
         lists = [_as_list(schema["logprobs"])] if self.layout == "nested" else []
-        return lf.select(
-            *canonical_ids(schema), _REWARD, *lists, *(self.extras if extras else ())
-        )
+        return lf.select(*canonical_ids(schema), _REWARD, *lists, *(self.extras if extras else ()))
 
     def tokens(self, piece: Piece | None = None, *, raw: bool = False) -> pl.LazyFrame:
         """Long layout: token rows ``stage, prompt, cand, logprob`` (and ``token``
@@ -191,7 +189,11 @@ def read_log(
         _check_types(schema, main.origin, nested=True)
         extras = tuple(c for c in schema if c not in CANONICAL_COLUMNS)
         return StageLog(
-            "nested", main, None, _renames(mapping, main_schema), extras,
+            "nested",
+            main,
+            None,
+            _renames(mapping, main_schema),
+            extras,
             _prompt_type(schema),
         )
     cands = resolve(rewards, "rewards")
@@ -215,7 +217,12 @@ def read_log(
     extras = tuple(c for c in cschema if c not in CANONICAL_COLUMNS)
     renames = tuple(sorted(set(_renames(mapping, main_schema) + _renames(mapping, cand_schema))))
     return StageLog(
-        "long", main, cands, renames, extras, _prompt_type(cschema),
+        "long",
+        main,
+        cands,
+        renames,
+        extras,
+        _prompt_type(cschema),
         has_token="token" in tschema,
     )
 
@@ -276,8 +283,7 @@ def _check_mapped(
     )
     if absent:
         msg = (
-            f"columns= maps to {absent}, not found in {origin}; columns present: "
-            f"{sorted(present)}"
+            f"columns= maps to {absent}, not found in {origin}; columns present: {sorted(present)}"
         )
         raise RaftInputError(msg)
 

@@ -204,8 +204,9 @@ def _nested_problems(log: StageLog, rows: pl.LazyFrame, flagged: pl.DataFrame) -
 # --- long layout: one pass over the token rows -------------------------------------------
 
 
-def _status(log: StageLog, tokens: pl.LazyFrame, keys: Keys, chosen: pl.DataFrame,
-            piece: Piece | None) -> tuple[pl.LazyFrame, pl.Expr]:
+def _status(
+    log: StageLog, tokens: pl.LazyFrame, keys: Keys, chosen: pl.DataFrame, piece: Piece | None
+) -> tuple[pl.LazyFrame, pl.Expr]:
     """``tokens`` (raw ids) and each row's status: 0 (its candidate has no
     reward row), 1 (not selected) or 2 (selected).
 

@@ -106,9 +106,7 @@ class Resolved:
                 return self.frame
             return self.frame.slice(*piece.rows)
         chosen = self.files if piece is None else tuple(self.files[i] for i in piece.files)
-        file_schema = {
-            name: dtype for name, dtype in self.schema if name not in dict(self.hive)
-        }
+        file_schema = {name: dtype for name, dtype in self.schema if name not in dict(self.hive)}
         groups: dict[tuple[tuple[str, str | None], ...], list[str]] = {}
         for f in chosen:
             groups.setdefault(f.partitions, []).append(f.path)

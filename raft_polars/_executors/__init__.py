@@ -54,8 +54,5 @@ def executor(engine: object) -> Executor:
 
         if isinstance(engine, DaskEngine):
             return DaskExecutor(engine)
-    msg = (
-        "engine must be 'polars', 'dask' or a raft_polars.dask.DaskEngine, "
-        f"got {engine!r}"
-    )
+    msg = f"engine must be 'polars', 'dask' or a raft_polars.dask.DaskEngine, got {engine!r}"
     raise RaftInputError(msg)

@@ -82,8 +82,9 @@ class Shard:
 # --- plan: metadata only ------------------------------------------------------------------
 
 
-def plan(source: Resolved, names: Sequence[str], *, parts: int = 2,
-         shard_bytes: int | None = None) -> list[Shard]:
+def plan(
+    source: Resolved, names: Sequence[str], *, parts: int = 2, shard_bytes: int | None = None
+) -> list[Shard]:
     """The shards of a source, with bounds on the columns ``names`` (the
     source's own names of ``stage`` and ``prompt``)."""
     if source.frame is not None:
@@ -123,8 +124,9 @@ def plan(source: Resolved, names: Sequence[str], *, parts: int = 2,
     return mark_isolated(shards)
 
 
-def _range(blocks: Sequence[Any], name: str, fixed: dict[str, str | None],
-           hive: dict[str, pl.DataType]) -> tuple[Any, Any] | None:
+def _range(
+    blocks: Sequence[Any], name: str, fixed: dict[str, str | None], hive: dict[str, pl.DataType]
+) -> tuple[Any, Any] | None:
     """(min, max) of a column over row groups, from a Hive value or the statistics."""
     if name in hive:
         value = pl.Series([fixed.get(name)], dtype=pl.String).cast(hive[name], strict=False)[0]
@@ -133,8 +135,7 @@ def _range(blocks: Sequence[Any], name: str, fixed: dict[str, str | None],
     for block in blocks:
         if not block.num_rows:
             continue
-        where = [i for i in range(block.num_columns)
-                 if block.column(i).path_in_schema == name]
+        where = [i for i in range(block.num_columns) if block.column(i).path_in_schema == name]
         if not where:
             return None
         stats = block.column(where[0]).statistics
@@ -162,8 +163,9 @@ def _plan_frame(source: Resolved, names: Sequence[str], parts: int) -> list[Shar
         ).row(0)
         lo, hi = bounds[: len(names)], bounds[len(names) :]
         known = part.height and None not in bounds
-        shards.append(Shard(Piece((), (offset, size)), lo if known else None,
-                            hi if known else None))
+        shards.append(
+            Shard(Piece((), (offset, size)), lo if known else None, hi if known else None)
+        )
     return mark_isolated(shards)
 
 
@@ -220,8 +222,9 @@ def _t_rank(log: StageLog, piece: Piece, selection: Selection) -> Ranked:
     return rank_keys(log.collect(log.keys(piece)), selection)
 
 
-def _t_split(log: StageLog, piece: Piece, group: tuple[str, ...], buckets: int
-             ) -> list[pl.DataFrame]:
+def _t_split(
+    log: StageLog, piece: Piece, group: tuple[str, ...], buckets: int
+) -> list[pl.DataFrame]:
     keys = log.collect(log.keys(piece))
     index = (pl.struct(list(group)).hash(seed=_SEED) % buckets).alias("_bucket")
     parts = keys.with_columns(index).partition_by("_bucket", as_dict=True, include_key=False)
@@ -236,8 +239,11 @@ def _t_small(ranked: Ranked) -> tuple[pl.DataFrame, list[Problem]]:
     return ranked.stages, ranked.problems
 
 
-def _covering(parts: Sequence[tuple[Ranked, Bound | None, Bound | None]], shard: Shard,
-              attr: Callable[[Ranked], pl.DataFrame]) -> pl.DataFrame:
+def _covering(
+    parts: Sequence[tuple[Ranked, Bound | None, Bound | None]],
+    shard: Shard,
+    attr: Callable[[Ranked], pl.DataFrame],
+) -> pl.DataFrame:
     frames = [_slice(attr(r), shard.lo, shard.hi) for r, _, _ in parts]
     return pl.concat(frames, how="vertical")
 
@@ -254,16 +260,19 @@ def _t_nested(log: StageLog, shard: Shard, *parts: tuple[Ranked, Any, Any]) -> R
     return nested_sums(log, _covering(parts, shard, _chosen), piece=shard.piece)
 
 
-def _t_tokens(log: StageLog, shard: Shard, per_response: bool, checks: bool,
-              *parts: tuple[Ranked, Any, Any]) -> Reduced:
+def _t_tokens(
+    log: StageLog, shard: Shard, per_response: bool, checks: bool, *parts: tuple[Ranked, Any, Any]
+) -> Reduced:
     keys = index_keys(_covering(parts, shard, _keys), summarize=False)
     chosen = _covering(parts, shard, _chosen)
-    return token_sums(log, keys, chosen, piece=shard.piece, per_response=per_response,
-                      checks=checks)
+    return token_sums(
+        log, keys, chosen, piece=shard.piece, per_response=per_response, checks=checks
+    )
 
 
-def _t_rows(log: StageLog, shard: Shard, counts: pl.DataFrame | None,
-            *parts: tuple[Ranked, Any, Any]) -> pl.DataFrame:
+def _t_rows(
+    log: StageLog, shard: Shard, counts: pl.DataFrame | None, *parts: tuple[Ranked, Any, Any]
+) -> pl.DataFrame:
     chosen = _covering(parts, shard, _chosen)
     if counts is not None:
         counts = _slice(counts, shard.lo, shard.hi)
@@ -297,21 +306,29 @@ class DaskExecutor:
             ranks = job.rank(selection)
             reduced: list[Reduced]
             if log.layout == "nested":
-                reduced = job.gather([
-                    job.submit(_t_nested, job.log, s, *job.covering(ranks, s))
-                    for s in job.cand_shards
-                ])
+                reduced = job.gather(
+                    [
+                        job.submit(_t_nested, job.log, s, *job.covering(ranks, s))
+                        for s in job.cand_shards
+                    ]
+                )
             else:
                 per_response = reduction == "sequence"
-                reduced = job.gather([
-                    job.submit(_t_tokens, job.log, s, per_response, True,
-                               *job.covering(ranks, s))
-                    for s in job.token_shards()
-                ])
+                reduced = job.gather(
+                    [
+                        job.submit(
+                            _t_tokens, job.log, s, per_response, True, *job.covering(ranks, s)
+                        )
+                        for s in job.token_shards()
+                    ]
+                )
             stages = job.stages
         return finish(
-            log, [*stages, *(r.stages for r in reduced)], [r.responses for r in reduced],
-            merge(r.problems for r in reduced), reduction,
+            log,
+            [*stages, *(r.stages for r in reduced)],
+            [r.responses for r in reduced],
+            merge(r.problems for r in reduced),
+            reduction,
         )
 
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
@@ -320,18 +337,21 @@ class DaskExecutor:
             ranks = job.rank(selection)
             counts = None
             if log.layout == "long":
-                parts = job.gather([
-                    job.submit(_t_tokens, job.log, s, True, False, *job.covering(ranks, s))
-                    for s in job.token_shards()
-                ])
+                parts = job.gather(
+                    [
+                        job.submit(_t_tokens, job.log, s, True, False, *job.covering(ranks, s))
+                        for s in job.token_shards()
+                    ]
+                )
                 found = [p.responses for p in parts if p.responses is not None]
-                counts = (pl.concat(found, how="vertical").group_by(_IDS)
-                          .agg(pl.col("tokens").sum()))
+                counts = pl.concat(found, how="vertical").group_by(_IDS).agg(pl.col("tokens").sum())
                 counts = client.scatter(counts, broadcast=True, hash=False)
-            rows = job.gather([
-                job.submit(_t_rows, job.log, s, counts, *job.covering(ranks, s))
-                for s in job.cand_shards
-            ])
+            rows = job.gather(
+                [
+                    job.submit(_t_rows, job.log, s, counts, *job.covering(ranks, s))
+                    for s in job.cand_shards
+                ]
+            )
         frame: pl.DataFrame = pl.concat(rows, how="vertical")
         return frame.sort(_IDS).lazy()
 
@@ -346,17 +366,22 @@ class _Job:
         raw = {canon: theirs for theirs, canon in log.renames}
         self.names = {c: raw.get(c, c) for c in ("stage", "prompt")}
         self.plain = log
-        if log.main.frame is not None or (log.rewards is not None
-                                          and log.rewards.frame is not None):
+        if log.main.frame is not None or (
+            log.rewards is not None and log.rewards.frame is not None
+        ):
             # in-memory sources: collected once here, sent to each worker once
-            log = replace(log, main=_collected(log.main),
-                          rewards=None if log.rewards is None else _collected(log.rewards))
+            log = replace(
+                log,
+                main=_collected(log.main),
+                rewards=None if log.rewards is None else _collected(log.rewards),
+            )
             self.plain = log
             self.log: Any = client.scatter(log, broadcast=True, hash=False)
         else:
             self.log = log
-        self.cand_shards = plan(self.plain.cand_source, list(self.names.values()),
-                                parts=2 * self.workers)
+        self.cand_shards = plan(
+            self.plain.cand_source, list(self.names.values()), parts=2 * self.workers
+        )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.client.submit(fn, *args, pure=False)
@@ -380,8 +405,9 @@ class _Job:
         if width == 1:  # the global ranking needs whole stages
             shards = mark_isolated([replace(s, lo=cut(s.lo), hi=cut(s.hi)) for s in shards])
         if all(s.isolated for s in shards):
-            ranks = [(self.submit(_t_rank, self.log, s.piece, selection), s.lo, s.hi)
-                     for s in shards]
+            ranks = [
+                (self.submit(_t_rank, self.log, s.piece, selection), s.lo, s.hi) for s in shards
+            ]
         else:
             buckets = max(1, min(len(shards), 2 * self.workers))
             maps = [self.submit(_t_split, self.log, s.piece, group, buckets) for s in shards]
@@ -390,16 +416,23 @@ class _Job:
                 pieces = [self.submit(operator.getitem, m, b) for m in maps]
                 ranks.append((self.submit(_t_rank_bucket, pieces, selection), None, None))
         small = self.gather([self.submit(_t_small, r) for r, _, _ in ranks])
-        raise_first(merge(p for _, p in small), origin=self.plain.origin,
-                    token_origin=self.plain.token_origin)
+        raise_first(
+            merge(p for _, p in small),
+            origin=self.plain.origin,
+            token_origin=self.plain.token_origin,
+        )
         self.stages = [s for s, _ in small]
         return ranks
 
-    def covering(self, ranks: Sequence[tuple[Any, Bound | None, Bound | None]],
-                 shard: Shard) -> list[Any]:
+    def covering(
+        self, ranks: Sequence[tuple[Any, Bound | None, Bound | None]], shard: Shard
+    ) -> list[Any]:
         """The rank results that may hold keys of ``shard``, as task arguments."""
-        return [self.submit(_pair, r, lo, hi) for r, lo, hi in ranks
-                if Shard(shard.piece, lo, hi).covers(shard)]
+        return [
+            self.submit(_pair, r, lo, hi)
+            for r, lo, hi in ranks
+            if Shard(shard.piece, lo, hi).covers(shard)
+        ]
 
 
 def _collected(source: Resolved) -> Resolved:

@@ -49,8 +49,9 @@ def string_log_files(tmp_path_factory: pytest.TempPathFactory) -> LogFiles:
 
 
 @pytest.fixture(params=["int", "str"])
-def any_log_files(request: pytest.FixtureRequest, log_files: LogFiles,
-                  string_log_files: LogFiles) -> LogFiles:
+def any_log_files(
+    request: pytest.FixtureRequest, log_files: LogFiles, string_log_files: LogFiles
+) -> LogFiles:
     """Each of the logs above in turn: integer, then string prompt ids."""
     return log_files if request.param == "int" else string_log_files
 
@@ -107,13 +108,15 @@ class Log:
         return (self.stage_ids[t], self.prompt_ids[i], j)
 
     def nested(self) -> pl.DataFrame:
-        frame = nested_frame(self.lps, self.rws, stage_ids=self.stage_ids,
-                             prompt_ids=self.prompt_ids, shuffle=7)
+        frame = nested_frame(
+            self.lps, self.rws, stage_ids=self.stage_ids, prompt_ids=self.prompt_ids, shuffle=7
+        )
         return with_payload(frame)
 
     def long(self) -> tuple[pl.DataFrame, pl.DataFrame]:
-        tokens, rewards = long_frames(self.lps, self.rws, stage_ids=self.stage_ids,
-                                      prompt_ids=self.prompt_ids, shuffle=7)
+        tokens, rewards = long_frames(
+            self.lps, self.rws, stage_ids=self.stage_ids, prompt_ids=self.prompt_ids, shuffle=7
+        )
         return tokens, with_payload(rewards)
 
     def write(self, directory: Path) -> LogFiles:
@@ -128,9 +131,11 @@ class Log:
 
     def payload(self, key: tuple[int, Any, int]) -> dict[str, Any]:
         stage, prompt, cand = key
-        return {"prompt_text": f"question {prompt} at stage {stage}",
-                "response": f"answer {cand} to {prompt} at stage {stage}",
-                "uid": f"{stage}/{prompt}/{cand}"}
+        return {
+            "prompt_text": f"question {prompt} at stage {stage}",
+            "response": f"answer {cand} to {prompt} at stage {stage}",
+            "uid": f"{stage}/{prompt}/{cand}",
+        }
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,10 @@ def make_log(seed: int, *, stages: int = 4, string_ids: bool = False) -> Log:
         for _ in range(rng.randint(2, 6)):
             k = rng.randint(1, 4)
             rewards = [rng.choice([0.0, 0.25, 0.5, 1.0, rng.uniform(-1, 2)]) for _ in range(k)]
-            responses = [[-round(rng.uniform(0.01, 3.0) / (t + 1), 6)
-                          for _ in range(rng.randint(0, 7))] for _ in range(k)]
+            responses = [
+                [-round(rng.uniform(0.01, 3.0) / (t + 1), 6) for _ in range(rng.randint(0, 7))]
+                for _ in range(k)
+            ]
             best = best_index(rewards)
             if not responses[best]:
                 responses[best] = [-0.5]
@@ -175,8 +182,9 @@ def make_log(seed: int, *, stages: int = 4, string_ids: bool = False) -> Log:
         lps.append(stage_lp)
         rws.append(stage_rw)
     width = max(len(s) for s in rws)
-    prompt_ids: list[Any] = ([f"p{i:02d}" for i in range(width)] if string_ids
-                             else [100 + 3 * i for i in range(width)])
+    prompt_ids: list[Any] = (
+        [f"p{i:02d}" for i in range(width)] if string_ids else [100 + 3 * i for i in range(width)]
+    )
     stage_ids = [10 * t + 5 for t in range(stages)]
     return Log(lps, rws, stage_ids, prompt_ids)
 
@@ -204,7 +212,7 @@ def reference_strategy(
         if strategy == "global":
             assert fraction is not None
             ranked = sorted(cands, key=lambda c: (-c[0], c[2], log.prompt_ids[c[1]]))
-            picked = ranked[:math.ceil(fraction * len(cands))]
+            picked = ranked[: math.ceil(fraction * len(cands))]
         else:
             keep = n if strategy == "top_n" else 1
             picked = []
@@ -216,14 +224,18 @@ def reference_strategy(
             picked = [c for c in picked if c[0] >= min_reward]
         prompts_after = {i for _, i, _ in picked}
         tokens = [v for _, i, j in picked for v in log.lps[t][i][j]]
-        stats.append({
-            "stage": log.stage_ids[t],
-            "loss": -sum(tokens) / len(tokens) if tokens else None,
-            "selected": len(picked),
-            "tokens": len(tokens),
-            "reward_best_mean": (sum(r for r, _, _ in picked) / len(picked)) if picked else None,
-            "below_min": len(prompts_before - prompts_after),
-        })
+        stats.append(
+            {
+                "stage": log.stage_ids[t],
+                "loss": -sum(tokens) / len(tokens) if tokens else None,
+                "selected": len(picked),
+                "tokens": len(tokens),
+                "reward_best_mean": (sum(r for r, _, _ in picked) / len(picked))
+                if picked
+                else None,
+                "below_min": len(prompts_before - prompts_after),
+            }
+        )
         chosen += [log.key(t, i, j) for _, i, j in picked]
     return sorted(chosen), stats
 

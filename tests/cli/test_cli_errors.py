@@ -13,17 +13,24 @@ DATA_COMMANDS = ("losses", "select", "validate", "report")
 
 
 def _log() -> pl.DataFrame:
-    return pl.DataFrame({
-        "stage": [0, 0, 0, 1, 1], "prompt": [0, 0, 1, 0, 0], "cand": [0, 1, 0, 0, 1],
-        "reward": [0.1, 0.9, 0.3, 0.2, 0.4],
-        "logprobs": [[-1.0], [-0.5, -0.25], [-2.0], [-1.0, -1.0], [-0.1]],
-    })
+    return pl.DataFrame(
+        {
+            "stage": [0, 0, 0, 1, 1],
+            "prompt": [0, 0, 1, 0, 0],
+            "cand": [0, 1, 0, 0, 1],
+            "reward": [0.1, 0.9, 0.3, 0.2, 0.4],
+            "logprobs": [[-1.0], [-0.5, -0.25], [-2.0], [-1.0, -1.0], [-0.1]],
+        }
+    )
 
 
 def _long(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    tokens = (frame.select("stage", "prompt", "cand", pl.col("logprobs").alias("logprob"))
-              .explode("logprob").drop_nulls("logprob")
-              .with_columns(pl.int_range(pl.len()).over("stage", "prompt", "cand").alias("token")))
+    tokens = (
+        frame.select("stage", "prompt", "cand", pl.col("logprobs").alias("logprob"))
+        .explode("logprob")
+        .drop_nulls("logprob")
+        .with_columns(pl.int_range(pl.len()).over("stage", "prompt", "cand").alias("token"))
+    )
     return tokens, frame.drop("logprobs")
 
 
@@ -40,20 +47,24 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
     good.drop("reward").write_parquet(root / "no_reward.parquet")
     good.with_columns(pl.col("reward").cast(pl.String)).write_parquet(root / "str_reward.parquet")
     good.with_columns(reward=pl.Series([0.1, float("nan"), 0.3, 0.2, 0.4])).write_parquet(
-        root / "nan_reward.parquet")
-    good.with_columns(logprobs=pl.Series([[-1.0], [-0.5, 0.25], [-2.0], [-1.0], [-0.1]])
-                      ).write_parquet(root / "positive_logprob.parquet")
+        root / "nan_reward.parquet"
+    )
+    good.with_columns(
+        logprobs=pl.Series([[-1.0], [-0.5, 0.25], [-2.0], [-1.0], [-0.1]])
+    ).write_parquet(root / "positive_logprob.parquet")
     pl.concat([good, good.head(1)]).write_parquet(root / "dup_cand.parquet")
-    good.with_columns(logprobs=pl.Series([[-1.0], [-0.5], [-2.0], [-1.0], []],
-                                         dtype=pl.List(pl.Float64))
-                      ).write_parquet(root / "empty_stage.parquet")
+    good.with_columns(
+        logprobs=pl.Series([[-1.0], [-0.5], [-2.0], [-1.0], []], dtype=pl.List(pl.Float64))
+    ).write_parquet(root / "empty_stage.parquet")
     tokens, rewards = _long(good)
     tokens.write_parquet(root / "tokens.parquet")
     rewards.write_parquet(root / "rewards.parquet")
     pl.concat([tokens, tokens.head(1).with_columns(prompt=pl.lit(9, pl.Int64))]).write_parquet(
-        root / "orphan_tokens.parquet")
+        root / "orphan_tokens.parquet"
+    )
     rewards.with_columns(pl.col("prompt").cast(pl.String)).write_parquet(
-        root / "str_prompt_rewards.parquet")
+        root / "str_prompt_rewards.parquet"
+    )
     (root / "no_parquet_dir").mkdir()
     (root / "no_parquet_dir" / "notes.txt").write_text("nothing here")
     return root
@@ -68,13 +79,19 @@ INPUT_CASES = {
     "missing column": (["{d}/no_reward.parquet"], "missing column(s) ['reward']"),
     "wrong type": (["{d}/str_reward.parquet"], "column 'reward' must be numeric, found String"),
     "long without --rewards": (["{d}/tokens.parquet"], "pass the rewards table with --rewards"),
-    "missing rewards": (["{d}/tokens.parquet", "--rewards", "{d}/nope.parquet"],
-                        "rewards: file not found"),
+    "missing rewards": (
+        ["{d}/tokens.parquet", "--rewards", "{d}/nope.parquet"],
+        "rewards: file not found",
+    ),
     "directory without parquet": (["{d}/no_parquet_dir"], "holds no *.parquet or *.pq files"),
-    "id kinds differ": (["{d}/tokens.parquet", "--rewards", "{d}/str_prompt_rewards.parquet"],
-                        "ids must be of the same kind"),
-    "mapped column missing": (["{d}/no_reward.parquet", "--column", "reward=score"],
-                              "columns= maps to ['score'], not found"),
+    "id kinds differ": (
+        ["{d}/tokens.parquet", "--rewards", "{d}/str_prompt_rewards.parquet"],
+        "ids must be of the same kind",
+    ),
+    "mapped column missing": (
+        ["{d}/no_reward.parquet", "--column", "reward=score"],
+        "columns= maps to ['score'], not found",
+    ),
 }
 
 CONTENT_CASES = {  # bad values: errors for losses/select/report, problems for validate
@@ -83,40 +100,60 @@ CONTENT_CASES = {  # bad values: errors for losses/select/report, problems for v
 }
 
 LOSS_CASES = {  # checked on the loss path (losses, report)
-    "positive selected log-prob": (["{d}/positive_logprob.parquet"],
-                                   "log-prob of a selected response must be finite and <= 0, "
-                                   "found 0.25"),
-    "stage without tokens": (["{d}/empty_stage.parquet"], "stage 1: the 1 selected response(s) "
-                             "hold no tokens at all"),
-    "orphan tokens": (["{d}/orphan_tokens.parquet", "--rewards", "{d}/rewards.parquet"],
-                      "1 token row(s) have no reward row"),
+    "positive selected log-prob": (
+        ["{d}/positive_logprob.parquet"],
+        "log-prob of a selected response must be finite and <= 0, found 0.25",
+    ),
+    "stage without tokens": (
+        ["{d}/empty_stage.parquet"],
+        "stage 1: the 1 selected response(s) hold no tokens at all",
+    ),
+    "orphan tokens": (
+        ["{d}/orphan_tokens.parquet", "--rewards", "{d}/rewards.parquet"],
+        "1 token row(s) have no reward row",
+    ),
 }
 
 USAGE_CASES = {
     "column syntax": (["{d}/good.parquet", "--column", "prompt"], "expected CANONICAL=THEIRS"),
-    "column unknown": (["{d}/good.parquet", "--column", "text=body"],
-                       "unknown canonical column 'text'"),
-    "column twice": (["{d}/good.parquet", "--column", "prompt=a", "--column", "prompt=b"],
-                     "--column prompt= is given twice"),
-    "global without fraction": (["{d}/good.parquet", "--strategy", "global"],
-                                "--strategy global needs --fraction"),
-    "fraction without global": (["{d}/good.parquet", "--fraction", "0.5"],
-                                "--fraction applies to --strategy global only"),
+    "column unknown": (
+        ["{d}/good.parquet", "--column", "text=body"],
+        "unknown canonical column 'text'",
+    ),
+    "column twice": (
+        ["{d}/good.parquet", "--column", "prompt=a", "--column", "prompt=b"],
+        "--column prompt= is given twice",
+    ),
+    "global without fraction": (
+        ["{d}/good.parquet", "--strategy", "global"],
+        "--strategy global needs --fraction",
+    ),
+    "fraction without global": (
+        ["{d}/good.parquet", "--fraction", "0.5"],
+        "--fraction applies to --strategy global only",
+    ),
     "n without top_n": (["{d}/good.parquet", "--n", "3"], "--n applies to --strategy top_n only"),
-    "n zero": (["{d}/good.parquet", "--strategy", "top_n", "--n", "0"],
-               "argument --n: expected a whole number >= 1, got '0'"),
-    "fraction out of range": (["{d}/good.parquet", "--strategy", "global", "--fraction", "1.5"],
-                              "expected a share in (0, 1]"),
-    "min reward not finite": (["{d}/good.parquet", "--min-reward", "inf"],
-                              "expected a finite number, got 'inf'"),
+    "n zero": (
+        ["{d}/good.parquet", "--strategy", "top_n", "--n", "0"],
+        "argument --n: expected a whole number >= 1, got '0'",
+    ),
+    "fraction out of range": (
+        ["{d}/good.parquet", "--strategy", "global", "--fraction", "1.5"],
+        "expected a share in (0, 1]",
+    ),
+    "min reward not finite": (
+        ["{d}/good.parquet", "--min-reward", "inf"],
+        "expected a finite number, got 'inf'",
+    ),
     "unknown strategy": (["{d}/good.parquet", "--strategy", "worst"], "invalid choice: 'worst'"),
     "no path": ([], "the following arguments are required: PATH"),
     "unknown option": (["{d}/good.parquet", "--verbose"], "unrecognized arguments: --verbose"),
 }
 
 
-def _run(capsys: pytest.CaptureFixture[str], command: str, argv: list[str], d: Path,
-         tmp_path: Path) -> Result:
+def _run(
+    capsys: pytest.CaptureFixture[str], command: str, argv: list[str], d: Path, tmp_path: Path
+) -> Result:
     args = [a.format(d=d) for a in argv]
     if command == "select":
         args += ["-o", str(tmp_path / "out.parquet")]
@@ -132,31 +169,35 @@ def _check(result: Result, fragment: str, d: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", DATA_COMMANDS)
 @pytest.mark.parametrize("name", list(INPUT_CASES) + list(USAGE_CASES))
-def test_bad_input_and_usage(capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: Path,
-                             command: str, name: str) -> None:
+def test_bad_input_and_usage(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: Path, command: str, name: str
+) -> None:
     argv, fragment = {**INPUT_CASES, **USAGE_CASES}[name]
     _check(_run(capsys, command, argv, broken, tmp_path), fragment, broken, tmp_path)
 
 
 @pytest.mark.parametrize("command", ["losses", "select", "report"])
 @pytest.mark.parametrize("name", list(CONTENT_CASES))
-def test_bad_values(capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: Path,
-                   command: str, name: str) -> None:
+def test_bad_values(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: Path, command: str, name: str
+) -> None:
     argv, fragment = CONTENT_CASES[name]
     _check(_run(capsys, command, argv, broken, tmp_path), fragment, broken, tmp_path)
 
 
 @pytest.mark.parametrize("command", ["losses", "report"])
 @pytest.mark.parametrize("name", list(LOSS_CASES))
-def test_bad_values_on_the_loss_path(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                     broken: Path, command: str, name: str) -> None:
+def test_bad_values_on_the_loss_path(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: Path, command: str, name: str
+) -> None:
     argv, fragment = LOSS_CASES[name]
     _check(_run(capsys, command, argv, broken, tmp_path), fragment, broken, tmp_path)
 
 
 @pytest.mark.parametrize("name", list(CONTENT_CASES) + list(LOSS_CASES))
-def test_validate_reports_bad_values(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                     broken: Path, name: str) -> None:
+def test_validate_reports_bad_values(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: Path, name: str
+) -> None:
     """What the other commands refuse, validate reports (exit 1)."""
     argv, _ = {**CONTENT_CASES, **LOSS_CASES}[name]
     result = _run(capsys, "validate", argv, broken, tmp_path)
@@ -164,8 +205,9 @@ def test_validate_reports_bad_values(capsys: pytest.CaptureFixture[str], tmp_pat
     assert "kind(s) of problem found" in result.out
 
 
-def test_dask_options_need_the_dask_engine(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                           broken: Path) -> None:
+def test_dask_options_need_the_dask_engine(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: Path
+) -> None:
     for command in ("losses", "select"):
         result = _run(capsys, command, ["{d}/good.parquet", "--workers", "2"], broken, tmp_path)
         _check(result, "--scheduler and --workers need --engine dask", broken, tmp_path)
@@ -173,9 +215,11 @@ def test_dask_options_need_the_dask_engine(capsys: pytest.CaptureFixture[str], t
 
 @pytest.mark.parametrize(
     ("argv", "fragment"),
-    [([], "the following arguments are required: COMMAND"),
-     (["frobnicate"], "invalid choice: 'frobnicate'"),
-     (["--frobnicate"], "the following arguments are required: COMMAND")],
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["--frobnicate"], "the following arguments are required: COMMAND"),
+    ],
 )
 def test_bad_commands(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> None:
     assert_one_line_error(run(capsys, *argv), fragment)
@@ -188,8 +232,7 @@ def test_help(capsys: pytest.CaptureFixture[str], command: str | None) -> None:
     assert result.err == ""
     assert result.out.startswith(f"usage: raft-polars{' ' + command if command else ''} ")
     if command in DATA_COMMANDS:
-        for option in ("--rewards", "--column", "--strategy", "--n", "--fraction",
-                       "--min-reward"):
+        for option in ("--rewards", "--column", "--strategy", "--n", "--fraction", "--min-reward"):
             assert option in result.out
     if command in ("losses", "select"):
         for option in ("--engine", "--scheduler", "--workers"):
@@ -204,8 +247,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert result.out == f"raft-polars {raft_polars.__version__}\n"
 
 
-def test_a_bug_is_not_hidden(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                             broken: Path) -> None:
+def test_a_bug_is_not_hidden(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, broken: Path
+) -> None:
     """Only user errors become exit 2; a bug in raft_polars keeps its traceback."""
     import raft_polars.api
 
@@ -215,5 +259,3 @@ def test_a_bug_is_not_hidden(capsys: pytest.CaptureFixture[str], monkeypatch: py
     monkeypatch.setattr(raft_polars.api, "stage_losses", boom)
     with pytest.raises(ZeroDivisionError):
         run(capsys, "losses", broken / "good.parquet")
-
-

@@ -11,8 +11,20 @@ import polars as pl
 import pytest
 from cli_helpers import assert_one_line_error, run
 
-SHAPE = ["--stages", "3", "--prompts", "5", "--k", "3", "--min-tokens", "0", "--max-tokens", "6",
-         "--seed", "42"]
+SHAPE = [
+    "--stages",
+    "3",
+    "--prompts",
+    "5",
+    "--k",
+    "3",
+    "--min-tokens",
+    "0",
+    "--max-tokens",
+    "6",
+    "--seed",
+    "42",
+]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -22,8 +34,10 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_nested_is_deterministic(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     first = run(capsys, "generate", tmp_path / "a", *SHAPE, "--payload")
     assert first.code == 0, first.err
-    assert first.out == (f"wrote 3 file(s) to {tmp_path / 'a'} (nested layout: 3 stage(s) x "
-                         "5 prompt(s) x 3 candidate(s))\n")
+    assert first.out == (
+        f"wrote 3 file(s) to {tmp_path / 'a'} (nested layout: 3 stage(s) x "
+        "5 prompt(s) x 3 candidate(s))\n"
+    )
     assert first.err == ""  # stderr is not a terminal here: no progress bar
     assert run(capsys, "generate", tmp_path / "b", *SHAPE, "--payload").code == 0
     assert _files(tmp_path / "a") == _files(tmp_path / "b")  # byte-identical
@@ -42,12 +56,23 @@ def test_long_layout_is_the_same_log(capsys: pytest.CaptureFixture[str], tmp_pat
     assert result.code == 0, result.err
     assert sorted(p.name for p in (tmp_path / "l").iterdir()) == ["rewards", "tokens"]
     nested = run(capsys, "losses", tmp_path / "n", "--format", "json")
-    long = run(capsys, "losses", tmp_path / "l" / "tokens", "--rewards", tmp_path / "l" / "rewards",
-               "--format", "json")
+    long = run(
+        capsys,
+        "losses",
+        tmp_path / "l" / "tokens",
+        "--rewards",
+        tmp_path / "l" / "rewards",
+        "--format",
+        "json",
+    )
     assert nested.code == long.code == 0
     assert [r["loss"] for r in json.loads(long.out)] == [r["loss"] for r in json.loads(nested.out)]
-    assert run(capsys, "validate", tmp_path / "l" / "tokens", "--rewards",
-               tmp_path / "l" / "rewards").code == 0
+    assert (
+        run(
+            capsys, "validate", tmp_path / "l" / "tokens", "--rewards", tmp_path / "l" / "rewards"
+        ).code
+        == 0
+    )
 
 
 class _Terminal(io.StringIO):
@@ -79,12 +104,15 @@ def test_refuses_a_non_empty_directory(capsys: pytest.CaptureFixture[str], tmp_p
 
 @pytest.mark.parametrize(
     ("argv", "fragment"),
-    [(["--k", "0"], "k must be at least 1"),
-     (["--min-tokens", "5", "--max-tokens", "2"], "max_tokens (2) must be at least min_tokens"),
-     (["--layout", "wide"], "invalid choice: 'wide'"),
-     (["--stages", "two"], "invalid int value: 'two'")],
+    [
+        (["--k", "0"], "k must be at least 1"),
+        (["--min-tokens", "5", "--max-tokens", "2"], "max_tokens (2) must be at least min_tokens"),
+        (["--layout", "wide"], "invalid choice: 'wide'"),
+        (["--stages", "two"], "invalid int value: 'two'"),
+    ],
 )
-def test_bad_shapes(capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str],
-                    fragment: str) -> None:
+def test_bad_shapes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], fragment: str
+) -> None:
     assert_one_line_error(run(capsys, "generate", tmp_path / "g", *argv), fragment)
     assert not (tmp_path / "g").exists()

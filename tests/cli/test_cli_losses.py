@@ -25,14 +25,16 @@ LAYOUTS = ("nested", "long")
 def _expected(files: LogFiles) -> list[dict[str, float]]:
     log = files.log
     stats = reference_stats(log.lps, log.rws)
-    return [dict(s, stage=log.stage_ids[t], loss=loss, candidates=sum(map(len, log.rws[t])))
-            for t, (s, loss) in enumerate(zip(stats, reference_rounded(log.lps, log.rws),
-                                              strict=True))]
+    return [
+        dict(s, stage=log.stage_ids[t], loss=loss, candidates=sum(map(len, log.rws[t])))
+        for t, (s, loss) in enumerate(zip(stats, reference_rounded(log.lps, log.rws), strict=True))
+    ]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_table_matches_reference(capsys: pytest.CaptureFixture[str], any_log_files: LogFiles,
-                                 layout: str) -> None:
+def test_table_matches_reference(
+    capsys: pytest.CaptureFixture[str], any_log_files: LogFiles, layout: str
+) -> None:
     files = any_log_files
     result = run(capsys, "losses", *files.args(layout))
     assert result.code == 0, result.err
@@ -56,15 +58,18 @@ def test_table_matches_reference(capsys: pytest.CaptureFixture[str], any_log_fil
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_csv_and_json(capsys: pytest.CaptureFixture[str], log_files: LogFiles, fmt: str,
-                      layout: str) -> None:
+def test_csv_and_json(
+    capsys: pytest.CaptureFixture[str], log_files: LogFiles, fmt: str, layout: str
+) -> None:
     result = run(capsys, "losses", *log_files.args(layout), "--format", fmt)
     assert result.code == 0, result.err
     if fmt == "json":
         rows = json.loads(result.out)
     else:
-        rows = [{k: (float(v) if "." in v or "e" in v else int(v)) for k, v in r.items()}
-                for r in csv.DictReader(io.StringIO(result.out))]
+        rows = [
+            {k: (float(v) if "." in v or "e" in v else int(v)) for k, v in r.items()}
+            for r in csv.DictReader(io.StringIO(result.out))
+        ]
     expected = _expected(log_files)
     assert [r["stage"] for r in rows] == [e["stage"] for e in expected]
     for row, exp in zip(rows, expected, strict=True):
@@ -79,8 +84,10 @@ def test_csv_and_json(capsys: pytest.CaptureFixture[str], log_files: LogFiles, f
 
 def test_seed_example_in_data(capsys: pytest.CaptureFixture[str]) -> None:
     seed = DATA / "seed"
-    for args in ([seed / "nested.parquet"],
-                 [seed / "tokens.parquet", "--rewards", seed / "rewards.parquet"]):
+    for args in (
+        [seed / "nested.parquet"],
+        [seed / "tokens.parquet", "--rewards", seed / "rewards.parquet"],
+    ):
         result = run(capsys, "losses", *args, "--format", "json")
         assert result.code == 0, result.err
         assert [r["loss"] for r in json.loads(result.out)] == [1.55, 0.55, 0.15]
@@ -88,18 +95,27 @@ def test_seed_example_in_data(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_sequence_reduction(capsys: pytest.CaptureFixture[str], log_files: LogFiles) -> None:
     log = log_files.log
-    result = run(capsys, "losses", *log_files.args("long"), "--reduction", "sequence",
-                 "--format", "json")
+    result = run(
+        capsys, "losses", *log_files.args("long"), "--reduction", "sequence", "--format", "json"
+    )
     assert result.code == 0, result.err
     expected = [round(x, 4) for x in reference_losses(log.lps, log.rws, reduction="sequence")]
     assert [r["loss"] for r in json.loads(result.out)] == expected
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_own_column_names(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                          log_files: LogFiles, layout: str) -> None:
-    names = {"stage": "iteration", "prompt": "prompt_id", "cand": "sample", "reward": "score",
-             "logprobs": "token_logprobs", "logprob": "lp", "token": "position"}
+def test_own_column_names(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, log_files: LogFiles, layout: str
+) -> None:
+    names = {
+        "stage": "iteration",
+        "prompt": "prompt_id",
+        "cand": "sample",
+        "reward": "score",
+        "logprobs": "token_logprobs",
+        "logprob": "lp",
+        "token": "position",
+    }
     if layout == "nested":
         path = tmp_path / "theirs.parquet"
         pl.read_parquet(log_files.nested).rename(names, strict=False).write_parquet(path)
@@ -127,15 +143,19 @@ STRATEGIES = {
 
 def _strategy_kwargs(argv: list[str]) -> dict[str, object]:
     opts = dict(zip(argv[::2], argv[1::2], strict=True))
-    return {"strategy": opts.get("--strategy", "best"), "n": int(opts.get("--n", 1)),
-            "fraction": float(opts["--fraction"]) if "--fraction" in opts else None,
-            "min_reward": float(opts["--min-reward"]) if "--min-reward" in opts else None}
+    return {
+        "strategy": opts.get("--strategy", "best"),
+        "n": int(opts.get("--n", 1)),
+        "fraction": float(opts["--fraction"]) if "--fraction" in opts else None,
+        "min_reward": float(opts["--min-reward"]) if "--min-reward" in opts else None,
+    }
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_strategies(capsys: pytest.CaptureFixture[str], string_log_files: LogFiles, name: str,
-                    layout: str) -> None:
+def test_strategies(
+    capsys: pytest.CaptureFixture[str], string_log_files: LogFiles, name: str, layout: str
+) -> None:
     files = string_log_files
     result = run(capsys, "losses", *files.args(layout), *STRATEGIES[name], "--format", "json")
     assert result.code == 0, result.err
@@ -153,8 +173,9 @@ def test_strategies(capsys: pytest.CaptureFixture[str], string_log_files: LogFil
             assert math.isclose(row["reward_best_mean"], exp["reward_best_mean"], rel_tol=1e-12)
 
 
-def test_min_reward_leaves_a_stage_empty(capsys: pytest.CaptureFixture[str],
-                                         log_files: LogFiles) -> None:
+def test_min_reward_leaves_a_stage_empty(
+    capsys: pytest.CaptureFixture[str], log_files: LogFiles
+) -> None:
     """A stage with nothing selected has no loss: '-' in the table, null in JSON."""
     result = run(capsys, "losses", *log_files.args("nested"), "--min-reward", "1e9")
     assert result.code == 0, result.err
@@ -171,9 +192,19 @@ def test_no_stages(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert json.loads(result.out) == []
     table = run(capsys, "losses", path)
     assert table.code == 0
-    assert table.out.split() == ["stage", "loss", "prompts", "candidates", "selected", "tokens",
-                                 "reward_best_mean", "reward_mean", "reward_lift", "ties",
-                                 "below_min"]
+    assert table.out.split() == [
+        "stage",
+        "loss",
+        "prompts",
+        "candidates",
+        "selected",
+        "tokens",
+        "reward_best_mean",
+        "reward_mean",
+        "reward_lift",
+        "ties",
+        "below_min",
+    ]
 
 
 def test_several_paths_and_directories(capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,8 +212,15 @@ def test_several_paths_and_directories(capsys: pytest.CaptureFixture[str]) -> No
     whole = run(capsys, "losses", DATA / "synthetic", "--format", "csv")
     listed = run(capsys, "losses", *parts, "--format", "csv")
     globbed = run(capsys, "losses", str(DATA / "synthetic" / "*.parquet"), "--format", "csv")
-    long = run(capsys, "losses", DATA / "synthetic_long" / "tokens", "--rewards",
-               DATA / "synthetic_long" / "rewards", "--format", "csv")
+    long = run(
+        capsys,
+        "losses",
+        DATA / "synthetic_long" / "tokens",
+        "--rewards",
+        DATA / "synthetic_long" / "rewards",
+        "--format",
+        "csv",
+    )
     assert whole.code == listed.code == globbed.code == long.code == 0
     # the same log read four ways (the last in the long layout): the same table,
     # up to the order of float summation in the reward means

@@ -20,9 +20,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def rising_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Five stages whose loss falls, rises at stage 30, falls, rises at stage 50."""
     nll = {10: 1.6, 20: 1.1, 30: 1.3, 40: 0.7, 50: 0.9}
-    rows = [{"stage": s, "prompt": p, "cand": c, "reward": 0.1 * c + s / 50,
-             "logprobs": [-(nll[s] + 0.2 * (2 - c))] * 4}
-            for s in nll for p in range(3) for c in range(3)]
+    rows = [
+        {
+            "stage": s,
+            "prompt": p,
+            "cand": c,
+            "reward": 0.1 * c + s / 50,
+            "logprobs": [-(nll[s] + 0.2 * (2 - c))] * 4,
+        }
+        for s in nll
+        for p in range(3)
+        for c in range(3)
+    ]
     path = tmp_path_factory.mktemp("rising") / "log.parquet"
     pl.DataFrame(rows).write_parquet(path)
     return path
@@ -55,16 +64,21 @@ def test_long_layout_svg_and_pdf(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert (tmp_path / "r.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_bad_figure_name(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                         rising_log: Path) -> None:
-    assert_one_line_error(run(capsys, "report", rising_log, "-o", tmp_path / "r.gif"),
-                          "must be .png, .svg or .pdf")
+def test_bad_figure_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, rising_log: Path
+) -> None:
+    assert_one_line_error(
+        run(capsys, "report", rising_log, "-o", tmp_path / "r.gif"), "must be .png, .svg or .pdf"
+    )
     assert not any(tmp_path.iterdir())
 
 
-def test_without_matplotlib(capsys: pytest.CaptureFixture[str],
-                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                            rising_log: Path) -> None:
+def test_without_matplotlib(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    rising_log: Path,
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
     result = run(capsys, "report", rising_log, "-o", tmp_path / "r.png")
     assert_one_line_error(result, "pip install 'raft-polars[plot]'")

@@ -36,8 +36,12 @@ def _reference_keys(files: LogFiles) -> list[tuple[Any, ...]]:
 def _check_rows(files: LogFiles, frame: pl.DataFrame, prompt: str = "prompt") -> None:
     """Each row: the reward, token count and payload of that very candidate."""
     log = files.log
-    index = {log.key(t, i, j): (t, i, j)
-             for t, stage in enumerate(log.rws) for i, p in enumerate(stage) for j in range(len(p))}
+    index = {
+        log.key(t, i, j): (t, i, j)
+        for t, stage in enumerate(log.rws)
+        for i, p in enumerate(stage)
+        for j in range(len(p))
+    }
     for row in frame.iter_rows(named=True):
         key = (row["stage"], row[prompt], row["cand"])
         t, i, j = index[key]
@@ -49,8 +53,13 @@ def _check_rows(files: LogFiles, frame: pl.DataFrame, prompt: str = "prompt") ->
 
 @pytest.mark.parametrize("suffix", FORMATS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_best_of_k(capsys: pytest.CaptureFixture[str], out_dir: Path, any_log_files: LogFiles,
-                   suffix: str, layout: str) -> None:
+def test_best_of_k(
+    capsys: pytest.CaptureFixture[str],
+    out_dir: Path,
+    any_log_files: LogFiles,
+    suffix: str,
+    layout: str,
+) -> None:
     files = any_log_files
     out = out_dir / f"batch{suffix}"
     result = run(capsys, "select", *files.args(layout), "-o", out)
@@ -60,113 +69,172 @@ def test_best_of_k(capsys: pytest.CaptureFixture[str], out_dir: Path, any_log_fi
     expected = _reference_keys(files)
     assert keys_of(frame) == expected  # sorted by stage, prompt, cand
     assert frame.select("stage", "prompt").is_duplicated().sum() == 0  # one row per prompt
-    assert frame.columns == ["stage", "prompt", "cand", "reward", "tokens",
-                             "prompt_text", "response", "uid"]
+    assert frame.columns == [
+        "stage",
+        "prompt",
+        "cand",
+        "reward",
+        "tokens",
+        "prompt_text",
+        "response",
+        "uid",
+    ]
     _check_rows(files, frame)
     assert f"wrote {len(expected)} selected response(s)" in result.out
     assert sorted(p.name for p in out_dir.iterdir()) == [out.name]  # no temporary left
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_one_stage(capsys: pytest.CaptureFixture[str], out_dir: Path, log_files: LogFiles,
-                   layout: str) -> None:
+def test_one_stage(
+    capsys: pytest.CaptureFixture[str], out_dir: Path, log_files: LogFiles, layout: str
+) -> None:
     log = log_files.log
     expected = _reference_keys(log_files)
     stage = log.stage_ids[1]
-    result = run(capsys, "select", *log_files.args(layout), "-o", out_dir / "s.parquet",
-                 "--stage", stage)
+    result = run(
+        capsys, "select", *log_files.args(layout), "-o", out_dir / "s.parquet", "--stage", stage
+    )
     assert result.code == 0, result.err
     assert keys_of(read_output(out_dir / "s.parquet")) == [k for k in expected if k[0] == stage]
-    result = run(capsys, "select", *log_files.args(layout), "-o", out_dir / "last.jsonl",
-                 "--last-stage")
+    result = run(
+        capsys, "select", *log_files.args(layout), "-o", out_dir / "last.jsonl", "--last-stage"
+    )
     assert result.code == 0, result.err
     last = log.stage_ids[-1]
     assert keys_of(read_output(out_dir / "last.jsonl")) == [k for k in expected if k[0] == last]
 
 
-def test_unknown_stage(capsys: pytest.CaptureFixture[str], out_dir: Path,
-                       log_files: LogFiles) -> None:
-    result = run(capsys, "select", *log_files.args("nested"), "-o", out_dir / "s.parquet",
-                 "--stage", "6")
+def test_unknown_stage(
+    capsys: pytest.CaptureFixture[str], out_dir: Path, log_files: LogFiles
+) -> None:
+    result = run(
+        capsys, "select", *log_files.args("nested"), "-o", out_dir / "s.parquet", "--stage", "6"
+    )
     assert_one_line_error(result, "--stage 6: no such stage")
     assert "5, 15, 25, 35" in result.err
     assert not any(out_dir.iterdir())
-    both = run(capsys, "select", *log_files.args("nested"), "-o", out_dir / "s.parquet",
-               "--stage", "5", "--last-stage")
+    both = run(
+        capsys,
+        "select",
+        *log_files.args("nested"),
+        "-o",
+        out_dir / "s.parquet",
+        "--stage",
+        "5",
+        "--last-stage",
+    )
     assert_one_line_error(both, "not allowed with argument")
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_sft_columns(capsys: pytest.CaptureFixture[str], out_dir: Path, log_files: LogFiles,
-                     suffix: str, layout: str) -> None:
+def test_sft_columns(
+    capsys: pytest.CaptureFixture[str], out_dir: Path, log_files: LogFiles, suffix: str, layout: str
+) -> None:
     out = out_dir / f"sft{suffix}"
-    result = run(capsys, "select", *log_files.args(layout), "-o", out,
-                 "--prompt-column", "prompt_text", "--response-column", "response")
+    result = run(
+        capsys,
+        "select",
+        *log_files.args(layout),
+        "-o",
+        out,
+        "--prompt-column",
+        "prompt_text",
+        "--response-column",
+        "response",
+    )
     assert result.code == 0, result.err
     frame = read_output(out)
     # the prompt id moves to prompt_id, prompt and completion hold the text
-    assert frame.columns == ["stage", "prompt_id", "cand", "reward", "tokens", "prompt_text",
-                             "response", "uid", "prompt", "completion"]
+    assert frame.columns == [
+        "stage",
+        "prompt_id",
+        "cand",
+        "reward",
+        "tokens",
+        "prompt_text",
+        "response",
+        "uid",
+        "prompt",
+        "completion",
+    ]
     assert keys_of(frame, "prompt_id") == _reference_keys(log_files)
     assert frame["prompt"].to_list() == frame["prompt_text"].to_list()
     assert frame["completion"].to_list() == frame["response"].to_list()
     _check_rows(log_files, frame, prompt="prompt_id")
 
 
-def test_completion_only_keeps_prompt_ids(capsys: pytest.CaptureFixture[str], out_dir: Path,
-                                          log_files: LogFiles) -> None:
+def test_completion_only_keeps_prompt_ids(
+    capsys: pytest.CaptureFixture[str], out_dir: Path, log_files: LogFiles
+) -> None:
     out = out_dir / "c.parquet"
-    result = run(capsys, "select", *log_files.args("nested"), "-o", out,
-                 "--response-column", "response")
+    result = run(
+        capsys, "select", *log_files.args("nested"), "-o", out, "--response-column", "response"
+    )
     assert result.code == 0, result.err
     frame = read_output(out)
     assert frame.columns[:3] == ["stage", "prompt", "cand"]
     assert frame["completion"].to_list() == frame["response"].to_list()
 
 
-def test_sft_column_clashes(capsys: pytest.CaptureFixture[str], tmp_path: Path, out_dir: Path,
-                            log_files: LogFiles) -> None:
+def test_sft_column_clashes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, out_dir: Path, log_files: LogFiles
+) -> None:
     base = pl.read_parquet(log_files.nested)
     named = tmp_path / "named.parquet"
     base.rename({"response": "completion"}).write_parquet(named)
     # a payload column already called 'completion' is the completion: kept once
-    result = run(capsys, "select", named, "-o", out_dir / "a.parquet",
-                 "--response-column", "completion")
+    result = run(
+        capsys, "select", named, "-o", out_dir / "a.parquet", "--response-column", "completion"
+    )
     assert result.code == 0, result.err
     frame = read_output(out_dir / "a.parquet")
     assert frame.columns.count("completion") == 1
     assert frame.columns[-1] == "completion"
     # ... but a different column cannot be copied onto it
-    clash = run(capsys, "select", named, "-o", out_dir / "b.parquet",
-                "--response-column", "uid")
+    clash = run(capsys, "select", named, "-o", out_dir / "b.parquet", "--response-column", "uid")
     assert_one_line_error(clash, "already has a column 'completion'")
     ids = tmp_path / "ids.parquet"
     base.with_columns(pl.lit(1).alias("prompt_id")).write_parquet(ids)
-    clash = run(capsys, "select", ids, "-o", out_dir / "c.parquet",
-                "--prompt-column", "prompt_text")
+    clash = run(
+        capsys, "select", ids, "-o", out_dir / "c.parquet", "--prompt-column", "prompt_text"
+    )
     assert_one_line_error(clash, "already has a column 'prompt_id'")
-    missing = run(capsys, "select", log_files.nested, "-o", out_dir / "d.parquet",
-                  "--prompt-column", "question")
+    missing = run(
+        capsys,
+        "select",
+        log_files.nested,
+        "-o",
+        out_dir / "d.parquet",
+        "--prompt-column",
+        "question",
+    )
     assert_one_line_error(missing, "--prompt-column 'question': no such column")
-    assert not any(p.name.endswith((".parquet", ".jsonl")) and p.name != "a.parquet"
-                   for p in out_dir.iterdir())
+    assert not any(
+        p.name.endswith((".parquet", ".jsonl")) and p.name != "a.parquet" for p in out_dir.iterdir()
+    )
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--strategy", "top_n", "--n", "2"], ["--strategy", "global", "--fraction", "0.4"],
-     ["--min-reward", "0.5"]],
+    [
+        ["--strategy", "top_n", "--n", "2"],
+        ["--strategy", "global", "--fraction", "0.4"],
+        ["--min-reward", "0.5"],
+    ],
     ids=["top_n", "global", "min_reward"],
 )
-def test_strategies(capsys: pytest.CaptureFixture[str], out_dir: Path,
-                    string_log_files: LogFiles, argv: list[str]) -> None:
+def test_strategies(
+    capsys: pytest.CaptureFixture[str], out_dir: Path, string_log_files: LogFiles, argv: list[str]
+) -> None:
     opts = dict(zip(argv[::2], argv[1::2], strict=True))
     expected, _ = reference_strategy(
-        string_log_files.log, strategy=opts.get("--strategy", "best"),
+        string_log_files.log,
+        strategy=opts.get("--strategy", "best"),
         n=int(opts.get("--n", 1)),
         fraction=float(opts["--fraction"]) if "--fraction" in opts else None,
-        min_reward=float(opts["--min-reward"]) if "--min-reward" in opts else None)
+        min_reward=float(opts["--min-reward"]) if "--min-reward" in opts else None,
+    )
     for layout in LAYOUTS:
         out = out_dir / f"{layout}.parquet"
         result = run(capsys, "select", *string_log_files.args(layout), "-o", out, *argv)
@@ -176,8 +244,9 @@ def test_strategies(capsys: pytest.CaptureFixture[str], out_dir: Path,
         _check_rows(string_log_files, frame)
 
 
-def test_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], out_dir: Path,
-                              log_files: LogFiles) -> None:
+def test_refuses_to_overwrite(
+    capsys: pytest.CaptureFixture[str], out_dir: Path, log_files: LogFiles
+) -> None:
     out = out_dir / "batch.parquet"
     out.write_bytes(b"precious")
     result = run(capsys, "select", *log_files.args("nested"), "-o", out)
@@ -189,16 +258,21 @@ def test_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], out_dir: Path,
     assert sorted(p.name for p in out_dir.iterdir()) == ["batch.parquet"]
 
 
-def test_bad_output_paths(capsys: pytest.CaptureFixture[str], out_dir: Path,
-                          log_files: LogFiles) -> None:
+def test_bad_output_paths(
+    capsys: pytest.CaptureFixture[str], out_dir: Path, log_files: LogFiles
+) -> None:
     args = log_files.args("nested")
-    assert_one_line_error(run(capsys, "select", *args, "-o", out_dir / "b.csv"),
-                          "cannot tell the output format")
-    assert_one_line_error(run(capsys, "select", *args, "-o", out_dir / "no" / "b.parquet"),
-                          "output directory does not exist")
+    assert_one_line_error(
+        run(capsys, "select", *args, "-o", out_dir / "b.csv"), "cannot tell the output format"
+    )
+    assert_one_line_error(
+        run(capsys, "select", *args, "-o", out_dir / "no" / "b.parquet"),
+        "output directory does not exist",
+    )
     (out_dir / "d.parquet").mkdir()
-    assert_one_line_error(run(capsys, "select", *args, "-o", out_dir / "d.parquet", "--force"),
-                          "is a directory")
+    assert_one_line_error(
+        run(capsys, "select", *args, "-o", out_dir / "d.parquet", "--force"), "is a directory"
+    )
     assert sorted(p.name for p in out_dir.iterdir()) == ["d.parquet"]
     assert not any((out_dir / "d.parquet").iterdir())
 
@@ -215,19 +289,27 @@ def _failing_sink(exc: BaseException) -> Any:
     return sink
 
 
-@pytest.mark.parametrize("case", [(s, f) for s in FORMATS for f in (False, True)],
-                         ids=lambda c: f"{c[0][1:]}{'-force' if c[1] else ''}")
-def test_interrupted_leaves_nothing(capsys: pytest.CaptureFixture[str], monkeypatch:
-                                    pytest.MonkeyPatch, out_dir: Path, log_files: LogFiles,
-                                    case: tuple[str, bool]) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [(s, f) for s in FORMATS for f in (False, True)],
+    ids=lambda c: f"{c[0][1:]}{'-force' if c[1] else ''}",
+)
+def test_interrupted_leaves_nothing(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    out_dir: Path,
+    log_files: LogFiles,
+    case: tuple[str, bool],
+) -> None:
     suffix, force = case
     out = out_dir / f"batch{suffix}"
     if force:
         out.write_bytes(b"the previous batch")
     method = "sink_parquet" if suffix == ".parquet" else "sink_ndjson"
     monkeypatch.setattr(pl.LazyFrame, method, _failing_sink(KeyboardInterrupt()))
-    result = run(capsys, "select", *log_files.args("long"), "-o", out,
-                 *(["--force"] if force else []))
+    result = run(
+        capsys, "select", *log_files.args("long"), "-o", out, *(["--force"] if force else [])
+    )
     assert result.code == 130
     assert result.err == "raft-polars: error: interrupted\n"
     if force:
@@ -237,9 +319,12 @@ def test_interrupted_leaves_nothing(capsys: pytest.CaptureFixture[str], monkeypa
         assert not any(out_dir.iterdir())
 
 
-def test_failed_write_leaves_nothing(capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch, out_dir: Path,
-                                     log_files: LogFiles) -> None:
+def test_failed_write_leaves_nothing(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    out_dir: Path,
+    log_files: LogFiles,
+) -> None:
     full = OSError(errno.ENOSPC, "No space left on device", "batch.parquet")
     monkeypatch.setattr(pl.LazyFrame, "sink_parquet", _failing_sink(full))
     result = run(capsys, "select", *log_files.args("nested"), "-o", out_dir / "batch.parquet")

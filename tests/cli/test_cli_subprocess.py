@@ -30,13 +30,27 @@ def _script() -> Path:
 
 def _run(*argv: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "PYTHONWARNINGS")}
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=120, check=False)
+    return subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_module_losses() -> None:
-    done = _run(sys.executable, "-m", "raft_polars", "losses", "data/seed/nested.parquet",
-                "--format", "json")
+    done = _run(
+        sys.executable,
+        "-m",
+        "raft_polars",
+        "losses",
+        "data/seed/nested.parquet",
+        "--format",
+        "json",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert [r["loss"] for r in json.loads(done.stdout)] == [1.55, 0.55, 0.15]
@@ -44,8 +58,19 @@ def test_module_losses() -> None:
 
 def test_script_select(tmp_path: Path, log_files: LogFiles) -> None:
     out = tmp_path / "batch.jsonl"
-    done = _run(_script(), "select", log_files.tokens, "--rewards", log_files.rewards, "-o", out,
-                "--prompt-column", "prompt_text", "--response-column", "response")
+    done = _run(
+        _script(),
+        "select",
+        log_files.tokens,
+        "--rewards",
+        log_files.rewards,
+        "-o",
+        out,
+        "--prompt-column",
+        "prompt_text",
+        "--response-column",
+        "response",
+    )
     assert done.returncode == 0, done.stderr
     frame = pl.read_ndjson(out)
     log = log_files.log
@@ -68,7 +93,8 @@ def test_script_errors_and_exit_codes(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
     bad = tmp_path / "bad.parquet"
     pl.read_parquet(DATA / "seed" / "nested.parquet").with_columns(
-        reward=pl.lit(float("nan"))).write_parquet(bad)
+        reward=pl.lit(float("nan"))
+    ).write_parquet(bad)
     found = _run(_script(), "validate", bad, "--json")
     assert found.returncode == 1
     assert json.loads(found.stdout)["problems"][0]["count"] == 6
@@ -87,11 +113,20 @@ def test_script_report_and_generate(tmp_path: Path) -> None:
 def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     """``raft-polars losses ... | head -1``: no traceback when the reader goes away."""
     stages = 3000  # a table far larger than a pipe's buffer
-    pl.DataFrame({"stage": range(stages), "prompt": [0] * stages, "cand": [0] * stages,
-                  "reward": [1.0] * stages, "logprobs": [[-1.0]] * stages}
-                 ).write_parquet(tmp_path / "log.parquet")
-    with subprocess.Popen([str(_script()), "losses", str(tmp_path / "log.parquet")],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    pl.DataFrame(
+        {
+            "stage": range(stages),
+            "prompt": [0] * stages,
+            "cand": [0] * stages,
+            "reward": [1.0] * stages,
+            "logprobs": [[-1.0]] * stages,
+        }
+    ).write_parquet(tmp_path / "log.parquet")
+    with subprocess.Popen(
+        [str(_script()), "losses", str(tmp_path / "log.parquet")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         assert proc.stdout is not None
         assert proc.stderr is not None
         proc.stdout.readline()

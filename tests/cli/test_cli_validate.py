@@ -28,17 +28,33 @@ Row = dict[str, Any]
 
 
 def _rows() -> list[Row]:
-    return [{"stage": t, "prompt": i, "cand": j, "reward": [0.1, 0.9, 0.5][j],
-             "logprobs": [-0.1 * (j + 1), -0.2, -0.3], "response": f"r{t}{i}{j}"}
-            for t in range(2) for i in range(3) for j in range(3)]
+    return [
+        {
+            "stage": t,
+            "prompt": i,
+            "cand": j,
+            "reward": [0.1, 0.9, 0.5][j],
+            "logprobs": [-0.1 * (j + 1), -0.2, -0.3],
+            "response": f"r{t}{i}{j}",
+        }
+        for t in range(2)
+        for i in range(3)
+        for j in range(3)
+    ]
 
 
 def _find(rows: list[Row], stage: int, prompt: int, cand: int) -> Row:
     return next(r for r in rows if (r["stage"], r["prompt"], r["cand"]) == (stage, prompt, cand))
 
 
-_NESTED_SCHEMA = {"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64,
-                  "reward": pl.Float64, "logprobs": pl.List(pl.Float64), "response": pl.String}
+_NESTED_SCHEMA = {
+    "stage": pl.Int64,
+    "prompt": pl.Int64,
+    "cand": pl.Int64,
+    "reward": pl.Float64,
+    "logprobs": pl.List(pl.Float64),
+    "response": pl.String,
+}
 
 
 def _nested(rows: list[Row]) -> pl.DataFrame:
@@ -47,15 +63,23 @@ def _nested(rows: list[Row]) -> pl.DataFrame:
 
 def _long(rows: list[Row]) -> tuple[list[Row], list[Row]]:
     """(token rows, reward rows) of the hand-made log."""
-    tokens = [{"stage": r["stage"], "prompt": r["prompt"], "cand": r["cand"], "token": k,
-               "logprob": v} for r in rows for k, v in enumerate(r["logprobs"])]
+    tokens = [
+        {"stage": r["stage"], "prompt": r["prompt"], "cand": r["cand"], "token": k, "logprob": v}
+        for r in rows
+        for k, v in enumerate(r["logprobs"])
+    ]
     rewards = [{k: v for k, v in r.items() if k != "logprobs"} for r in rows]
     return tokens, rewards
 
 
 def _write_long(path: Path, tokens: list[Row], rewards: list[Row]) -> list[str]:
-    schema = {"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64, "token": pl.Int64,
-              "logprob": pl.Float64}
+    schema = {
+        "stage": pl.Int64,
+        "prompt": pl.Int64,
+        "cand": pl.Int64,
+        "token": pl.Int64,
+        "logprob": pl.Float64,
+    }
     pl.DataFrame(tokens, schema=schema, orient="row").write_parquet(path / "tokens.parquet")
     rschema = {k: v for k, v in _NESTED_SCHEMA.items() if k != "logprobs"}
     pl.DataFrame(rewards, schema=rschema, orient="row").write_parquet(path / "rewards.parquet")
@@ -99,18 +123,41 @@ def _empty_stage(rows: list[Row]) -> None:
 
 NESTED_CASES: dict[str, tuple[Callable[[list[Row]], None], str, int, Row, set[str]]] = {
     "null_id": (_null_id, "null_id", 1, {"stage": 0, "prompt": 2, "cand": None}, set()),
-    "duplicate_candidate": (_dup_candidate, "duplicate_candidate", 1,
-                            {"stage": 1, "prompt": 0, "cand": 2, "rows": 2}, set()),
-    "bad_reward": (_bad_reward, "bad_reward", 3,
-                   {"stage": 0, "prompt": 1, "cand": 0, "reward": "nan"}, set()),
-    "null_logprobs": (_null_logprobs, "null_logprobs", 1,
-                      {"stage": 1, "prompt": 1, "cand": 0, "selected": False}, set()),
-    "bad_logprob_selected": (_bad_selected, "bad_logprob_selected", 2,
-                             {"stage": 1, "prompt": 2, "cand": 1, "token": 1, "logprob": 0.5,
-                              "bad_tokens": 2}, set()),
-    "bad_logprob_unselected": (_bad_unselected, "bad_logprob_unselected", 2,
-                               {"stage": 0, "prompt": 0, "cand": 2, "token": 2,
-                                "logprob": "inf"}, set()),
+    "duplicate_candidate": (
+        _dup_candidate,
+        "duplicate_candidate",
+        1,
+        {"stage": 1, "prompt": 0, "cand": 2, "rows": 2},
+        set(),
+    ),
+    "bad_reward": (
+        _bad_reward,
+        "bad_reward",
+        3,
+        {"stage": 0, "prompt": 1, "cand": 0, "reward": "nan"},
+        set(),
+    ),
+    "null_logprobs": (
+        _null_logprobs,
+        "null_logprobs",
+        1,
+        {"stage": 1, "prompt": 1, "cand": 0, "selected": False},
+        set(),
+    ),
+    "bad_logprob_selected": (
+        _bad_selected,
+        "bad_logprob_selected",
+        2,
+        {"stage": 1, "prompt": 2, "cand": 1, "token": 1, "logprob": 0.5, "bad_tokens": 2},
+        set(),
+    ),
+    "bad_logprob_unselected": (
+        _bad_unselected,
+        "bad_logprob_unselected",
+        2,
+        {"stage": 0, "prompt": 0, "cand": 2, "token": 2, "logprob": "inf"},
+        set(),
+    ),
     "empty_stage": (_empty_stage, "empty_stage", 1, {"stage": 1, "selected": 3}, set()),
 }
 
@@ -165,26 +212,63 @@ def _long_dup_candidate(tokens: list[Row], rewards: list[Row]) -> None:
 
 
 LONG_CASES: dict[str, tuple[Callable[[list[Row], list[Row]], None], str, int, Row, set[str]]] = {
-    "orphan_tokens": (_orphans, "orphan_tokens", 2,
-                      {"stage": 0, "prompt": 7, "cand": 0, "rows": 2}, set()),
-    "null_token_position": (_null_position, "null_token_position", 1,
-                            {"stage": 0, "prompt": 1, "cand": 1, "rows": 1}, {"token_gap"}),
-    "duplicate_token": (_dup_token, "duplicate_token", 1,
-                        {"stage": 1, "prompt": 0, "cand": 1, "token": 2, "rows": 2}, set()),
-    "token_gap": (_gap, "token_gap", 1,
-                  {"stage": 0, "prompt": 2, "cand": 0, "first_pos": 0, "last_pos": 2,
-                   "positions": 2}, set()),
-    "bad_logprob_selected": (_long_bad_selected, "bad_logprob_selected", 1,
-                             {"stage": 0, "prompt": 0, "cand": 1, "token": 0, "logprob": 0.25},
-                             set()),
-    "bad_logprob_unselected": (_long_bad_unselected, "bad_logprob_unselected", 1,
-                               {"stage": 1, "prompt": 1, "cand": 2, "token": 1,
-                                "logprob": None}, set()),
+    "orphan_tokens": (
+        _orphans,
+        "orphan_tokens",
+        2,
+        {"stage": 0, "prompt": 7, "cand": 0, "rows": 2},
+        set(),
+    ),
+    "null_token_position": (
+        _null_position,
+        "null_token_position",
+        1,
+        {"stage": 0, "prompt": 1, "cand": 1, "rows": 1},
+        {"token_gap"},
+    ),
+    "duplicate_token": (
+        _dup_token,
+        "duplicate_token",
+        1,
+        {"stage": 1, "prompt": 0, "cand": 1, "token": 2, "rows": 2},
+        set(),
+    ),
+    "token_gap": (
+        _gap,
+        "token_gap",
+        1,
+        {"stage": 0, "prompt": 2, "cand": 0, "first_pos": 0, "last_pos": 2, "positions": 2},
+        set(),
+    ),
+    "bad_logprob_selected": (
+        _long_bad_selected,
+        "bad_logprob_selected",
+        1,
+        {"stage": 0, "prompt": 0, "cand": 1, "token": 0, "logprob": 0.25},
+        set(),
+    ),
+    "bad_logprob_unselected": (
+        _long_bad_unselected,
+        "bad_logprob_unselected",
+        1,
+        {"stage": 1, "prompt": 1, "cand": 2, "token": 1, "logprob": None},
+        set(),
+    ),
     "empty_stage": (_long_empty_stage, "empty_stage", 1, {"stage": 2, "selected": 3}, set()),
-    "bad_reward": (_long_bad_reward, "bad_reward", 1,
-                   {"stage": 1, "prompt": 0, "cand": 0, "reward": None}, set()),
-    "duplicate_candidate": (_long_dup_candidate, "duplicate_candidate", 1,
-                            {"stage": 0, "prompt": 2, "cand": 1, "rows": 2}, set()),
+    "bad_reward": (
+        _long_bad_reward,
+        "bad_reward",
+        1,
+        {"stage": 1, "prompt": 0, "cand": 0, "reward": None},
+        set(),
+    ),
+    "duplicate_candidate": (
+        _long_dup_candidate,
+        "duplicate_candidate",
+        1,
+        {"stage": 0, "prompt": 2, "cand": 1, "rows": 2},
+        set(),
+    ),
 }
 
 
@@ -193,8 +277,9 @@ def test_every_kind_is_planted() -> None:
     assert planted == set(PROBLEM_KINDS)
 
 
-def _check_found(capsys: pytest.CaptureFixture[str], args: list[str], case: tuple[Any, ...]
-                 ) -> None:
+def _check_found(
+    capsys: pytest.CaptureFixture[str], args: list[str], case: tuple[Any, ...]
+) -> None:
     _, kind, count, first, allowed = case
     result = run(capsys, "validate", *args, "--json")
     assert result.code == 1, result
@@ -237,22 +322,28 @@ def test_everything_at_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     lines = result.out.splitlines()
     kinds = [c[1] for c in LONG_CASES.values()]
     assert lines[1] == f"{len(set(kinds))} kind(s) of problem found:"
-    headlines = [line.split(":")[0].strip() for line in lines if line.startswith("  ") and
-                 not line.startswith("    ")]
+    headlines = [
+        line.split(":")[0].strip()
+        for line in lines
+        if line.startswith("  ") and not line.startswith("    ")
+    ]
     assert headlines == [k for k in PROBLEM_KINDS if k in kinds]  # in the documented order
 
 
 @pytest.mark.parametrize("layout", ["nested", "long"])
-def test_clean_logs_pass(capsys: pytest.CaptureFixture[str], any_log_files: LogFiles,
-                         layout: str) -> None:
+def test_clean_logs_pass(
+    capsys: pytest.CaptureFixture[str], any_log_files: LogFiles, layout: str
+) -> None:
     log_files = any_log_files
     result = run(capsys, "validate", *log_files.args(layout))
     assert result.code == 0, result
     assert result.out.splitlines()[-1] == "no problems found"
     log = log_files.log
-    summary = (f"{len(log.rws)} stage(s), {sum(map(len, log.rws))} prompt(s), "
-               f"{sum(len(p) for s in log.rws for p in s)} candidate row(s), "
-               f"{sum(len(r) for s in log.lps for p in s for r in p)} token(s)")
+    summary = (
+        f"{len(log.rws)} stage(s), {sum(map(len, log.rws))} prompt(s), "
+        f"{sum(len(p) for s in log.rws for p in s)} candidate row(s), "
+        f"{sum(len(r) for s in log.lps for p in s for r in p)} token(s)"
+    )
     assert summary in result.out
     as_json = json.loads(run(capsys, "validate", *log_files.args(layout), "--json").out)
     assert as_json["ok"] is True
@@ -275,8 +366,7 @@ def test_selection_decides_what_is_selected(tmp_path: Path) -> None:
     top2 = validate(path, strategy="top_n", n=2)
     assert [p.kind for p in top2.problems] == ["bad_logprob_selected"]
     # nothing is selected at all: every response counts as not selected
-    assert [p.kind for p in validate(path, min_reward=0.95).problems] == [
-        "bad_logprob_unselected"]
+    assert [p.kind for p in validate(path, min_reward=0.95).problems] == ["bad_logprob_unselected"]
 
 
 def test_locations_are_limited(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -305,8 +395,9 @@ def test_no_token_column(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("broken", ["truncated", "missing column", "wrong type", "missing"])
-def test_unreadable_log_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                     broken: str) -> None:
+def test_unreadable_log_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broken: str
+) -> None:
     """A log that cannot be read as a stage log at all: exit 2, not a report."""
     path = tmp_path / "log.parquet"
     frame = _nested(_rows())

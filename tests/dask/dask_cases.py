@@ -31,15 +31,24 @@ LogProbs = list[list[list[list[float]]]]
 Rewards = list[list[list[float]]]
 
 # few distinct rewards: ties are common
-_REWARDS = st.one_of(st.sampled_from([-1.0, 0.0, 0.5, 1.0]),
-                     st.floats(-5.0, 5.0, allow_nan=False, allow_infinity=False))
-_LOGPROBS = st.one_of(st.sampled_from([0.0, -0.5, -1.0]),
-                      st.floats(-20.0, 0.0, allow_nan=False, allow_infinity=False))
+_REWARDS = st.one_of(
+    st.sampled_from([-1.0, 0.0, 0.5, 1.0]),
+    st.floats(-5.0, 5.0, allow_nan=False, allow_infinity=False),
+)
+_LOGPROBS = st.one_of(
+    st.sampled_from([0.0, -0.5, -1.0]), st.floats(-20.0, 0.0, allow_nan=False, allow_infinity=False)
+)
 
 
 @st.composite
-def ragged_logs(draw: st.DrawFn, *, max_stages: int = 3, max_prompts: int = 4,
-                max_k: int = 4, max_tokens: int = 4) -> tuple[LogProbs, Rewards]:
+def ragged_logs(
+    draw: st.DrawFn,
+    *,
+    max_stages: int = 3,
+    max_prompts: int = 4,
+    max_k: int = 4,
+    max_tokens: int = 4,
+) -> tuple[LogProbs, Rewards]:
     """A ragged log ``(lps, rws)``; a response may hold no tokens (and then, rarely,
     a stage's selection has none: both engines must raise the same error)."""
     lps: LogProbs = []
@@ -49,15 +58,33 @@ def ragged_logs(draw: st.DrawFn, *, max_stages: int = 3, max_prompts: int = 4,
         for _ in range(draw(st.integers(1, max_prompts))):
             k = draw(st.integers(1, max_k))
             stage_rw.append(draw(st.lists(_REWARDS, min_size=k, max_size=k)))
-            stage_lp.append([draw(st.lists(_LOGPROBS, min_size=draw(st.sampled_from([1, 1, 0])),
-                                           max_size=max_tokens)) for _ in range(k)])
+            stage_lp.append(
+                [
+                    draw(
+                        st.lists(
+                            _LOGPROBS,
+                            min_size=draw(st.sampled_from([1, 1, 0])),
+                            max_size=max_tokens,
+                        )
+                    )
+                    for _ in range(k)
+                ]
+            )
         lps.append(stage_lp)
         rws.append(stage_rw)
     return lps, rws
 
 
-def layout_files(lps: LogProbs, rws: Rewards, root: Path, *, layout: str, parts: int,
-                 reward_parts: int = 1, **kwargs: Any) -> dict[str, Any]:
+def layout_files(
+    lps: LogProbs,
+    rws: Rewards,
+    root: Path,
+    *,
+    layout: str,
+    parts: int,
+    reward_parts: int = 1,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Write the log as Parquet files; the keyword arguments of the entry points."""
     if layout == "nested":
         write_split(nested_frame(lps, rws, **kwargs), root / "nested", parts)

@@ -43,17 +43,27 @@ def _on(client: Any) -> rd.DaskEngine:
 
 
 # cluster calls take a fraction of a second: keep the example counts small
-FEW = settings(max_examples=8, deadline=None,
-               suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                      HealthCheck.too_slow])
+FEW = settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-SELECTIONS = [Selection(), Selection(strategy="top_n", n=2),
-              Selection(strategy="global", fraction=0.5), Selection(min_reward=0.2)]
+SELECTIONS = [
+    Selection(),
+    Selection(strategy="top_n", n=2),
+    Selection(strategy="global", fraction=0.5),
+    Selection(min_reward=0.2),
+]
 
 
 def _options(selection: Selection) -> dict[str, Any]:
-    return {"strategy": selection.strategy, "n": selection.n,
-            "fraction": selection.fraction, "min_reward": selection.min_reward}
+    return {
+        "strategy": selection.strategy,
+        "n": selection.n,
+        "fraction": selection.fraction,
+        "min_reward": selection.min_reward,
+    }
 
 
 def _outcome(call: Callable[[], pl.DataFrame]) -> pl.DataFrame | str:
@@ -63,13 +73,28 @@ def _outcome(call: Callable[[], pl.DataFrame]) -> pl.DataFrame | str:
         return f"RaftInputError: {exc}"
 
 
-def _agree(client: Any, kwargs: dict[str, Any], selection: Selection | None = None,
-           reduction: str = "token") -> pl.DataFrame | str:
+def _agree(
+    client: Any,
+    kwargs: dict[str, Any],
+    selection: Selection | None = None,
+    reduction: str = "token",
+) -> pl.DataFrame | str:
     selection = selection or Selection()
-    expected = _outcome(lambda: rp.stage_losses(**kwargs, reduction=reduction,  # type: ignore[arg-type]
-                                                **_options(selection)))
-    got = _outcome(lambda: rp.stage_losses(**kwargs, reduction=reduction,  # type: ignore[arg-type]
-                                           **_options(selection), engine=_on(client)))
+    expected = _outcome(
+        lambda: rp.stage_losses(
+            **kwargs,
+            reduction=reduction,  # type: ignore[arg-type]
+            **_options(selection),
+        )
+    )
+    got = _outcome(
+        lambda: rp.stage_losses(
+            **kwargs,
+            reduction=reduction,  # type: ignore[arg-type]
+            **_options(selection),
+            engine=_on(client),
+        )
+    )
     if isinstance(expected, str):
         assert got == expected
     else:
@@ -82,24 +107,45 @@ def _agree(client: Any, kwargs: dict[str, Any], selection: Selection | None = No
 
 
 @FEW
-@given(log=ragged_logs(), parts=st.integers(1, 4), shuffle=st.integers(0, 9),
-       strings=st.booleans(), layout=st.sampled_from(["nested", "long"]),
-       selection=st.sampled_from(SELECTIONS))
-def test_property_files(client: Any, log: Any, parts: int, shuffle: int, strings: bool,  # noqa: PLR0917 - one argument per strategy
-                        layout: str, selection: Selection) -> None:
+@given(
+    log=ragged_logs(),
+    parts=st.integers(1, 4),
+    shuffle=st.integers(0, 9),
+    strings=st.booleans(),
+    layout=st.sampled_from(["nested", "long"]),
+    selection=st.sampled_from(SELECTIONS),
+)
+def test_property_files(
+    client: Any,
+    log: Any,
+    parts: int,
+    shuffle: int,
+    strings: bool,  # noqa: PLR0917 - one argument per strategy
+    layout: str,
+    selection: Selection,
+) -> None:
     lps, rws = log
     prompts = max(len(stage) for stage in rws)
     ids = [f"p{i:02d}" for i in range(prompts)] if strings else None
     with tempfile.TemporaryDirectory() as tmp:
-        kwargs = layout_files(lps, rws, Path(tmp), layout=layout, parts=parts,
-                              reward_parts=max(1, parts - 1), shuffle=shuffle, prompt_ids=ids)
+        kwargs = layout_files(
+            lps,
+            rws,
+            Path(tmp),
+            layout=layout,
+            parts=parts,
+            reward_parts=max(1, parts - 1),
+            shuffle=shuffle,
+            prompt_ids=ids,
+        )
         got = _agree(client, kwargs, selection)
         if isinstance(got, pl.DataFrame) and selection == Selection():
             losses = [round(x, 4) for x in got["loss"].to_list()]
             assert losses == reference_rounded(lps, rws)
         expected = rp.select_best(**kwargs, **_options(selection)).collect()
-        assert_same(expected, rp.select_best(**kwargs, **_options(selection),
-                                             engine=_on(client)).collect())
+        assert_same(
+            expected, rp.select_best(**kwargs, **_options(selection), engine=_on(client)).collect()
+        )
 
 
 @FEW
@@ -111,18 +157,30 @@ def test_property_sequence_reduction(client: Any, log: Any, layout: str) -> None
         _agree(client, kwargs, reduction="sequence")
 
 
-LPS = [[[[-2.0, -1.8], [-1.5, -1.6], [-0.25]], [[-1.0], [-3.0, -1.0], [-0.5]]],
-       [[[-0.6, -0.5], [-0.7, -0.8]], [[-2.0], [-1.0, -1.0]]]]
+LPS = [
+    [[[-2.0, -1.8], [-1.5, -1.6], [-0.25]], [[-1.0], [-3.0, -1.0], [-0.5]]],
+    [[[-0.6, -0.5], [-0.7, -0.8]], [[-2.0], [-1.0, -1.0]]],
+]
 RWS = [[[0.2, 0.4, 0.4], [1.0, 1.0, -1.0]], [[0.75, 0.7], [0.3, 0.3]]]
 
 
 @pytest.mark.parametrize("layout", ["nested", "long"])
 @pytest.mark.parametrize("selection", SELECTIONS, ids=lambda s: s.strategy + str(s.min_reward))
-def test_spread_shuffled_string_ids(client: Any, tmp_path: Path, layout: str,
-                                    selection: Selection) -> None:
+def test_spread_shuffled_string_ids(
+    client: Any, tmp_path: Path, layout: str, selection: Selection
+) -> None:
     # candidates of every prompt dealt over 5 files, rows shuffled, string prompt ids
-    kwargs = layout_files(LPS, RWS, tmp_path, layout=layout, parts=5, reward_parts=3,
-                          shuffle=7, prompt_ids=["b", "a"], stage_ids=[10, 4])
+    kwargs = layout_files(
+        LPS,
+        RWS,
+        tmp_path,
+        layout=layout,
+        parts=5,
+        reward_parts=3,
+        shuffle=7,
+        prompt_ids=["b", "a"],
+        stage_ids=[10, 4],
+    )
     got = _agree(client, kwargs, selection)
     assert isinstance(got, pl.DataFrame)
     assert got["stage"].to_list() == [4, 10]
@@ -136,11 +194,14 @@ def test_in_memory_frames(client: Any, layout: str) -> None:
         tokens, rewards = long_frames(LPS, RWS, shuffle=2)
         kwargs = {"source": tokens.to_arrow(), "rewards": rewards.lazy()}
     _agree(client, kwargs)
-    assert_same(rp.select_best(**kwargs).collect(), rp.select_best(**kwargs, engine=_on(client)).collect())
+    assert_same(
+        rp.select_best(**kwargs).collect(), rp.select_best(**kwargs, engine=_on(client)).collect()
+    )
 
 
-def test_row_group_shards_of_one_big_file(client: Any, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_row_group_shards_of_one_big_file(
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     frame = nested_frame(LPS, RWS, shuffle=4)
     path = tmp_path / "big.parquet"
     pq.write_table(frame.to_arrow(), path, row_group_size=3)
@@ -154,19 +215,30 @@ def test_row_group_shards_of_one_big_file(client: Any, tmp_path: Path,
 def test_synthetic_files_are_isolated_shards(client: Any, tmp_path: Path) -> None:
     from raft_polars.synth import generate
 
-    generate(tmp_path / "n", layout="nested", stages=3, prompts=40, k=3, seed=5,
-             chunk_prompts=16, payload=True)
-    generate(tmp_path / "l", layout="long", stages=2, prompts=40, k=3, seed=6,
-             chunk_prompts=16)
+    generate(
+        tmp_path / "n",
+        layout="nested",
+        stages=3,
+        prompts=40,
+        k=3,
+        seed=5,
+        chunk_prompts=16,
+        payload=True,
+    )
+    generate(tmp_path / "l", layout="long", stages=2, prompts=40, k=3, seed=6, chunk_prompts=16)
     log = rp.read_log(str(tmp_path / "n"))
     shards = raft_polars._executors.dask.plan(log.main, ["stage", "prompt"])
     assert len(shards) > 1
     assert all(s.isolated for s in shards)  # ranked where they are read: no shuffle
     _agree(client, {"source": str(tmp_path / "n")})
-    _agree(client, {"source": str(tmp_path / "l" / "tokens"),
-                    "rewards": str(tmp_path / "l" / "rewards")})
-    assert_same(rp.select_best(str(tmp_path / "n")).collect(),
-                rp.select_best(str(tmp_path / "n"), engine=_on(client)).collect())
+    _agree(
+        client,
+        {"source": str(tmp_path / "l" / "tokens"), "rewards": str(tmp_path / "l" / "rewards")},
+    )
+    assert_same(
+        rp.select_best(str(tmp_path / "n")).collect(),
+        rp.select_best(str(tmp_path / "n"), engine=_on(client)).collect(),
+    )
 
 
 @pytest.mark.parametrize("layout", ["nested", "long"])
@@ -187,7 +259,9 @@ def test_candidate_ids_outside_the_bit_mask(client: Any, tmp_path: Path, layout:
         kwargs = {"source": str(tmp_path / "t"), "rewards": str(tmp_path / "r")}
     for selection in (Selection(), Selection(strategy="top_n", n=2)):
         _agree(client, kwargs, selection)
-    assert_same(rp.select_best(**kwargs).collect(), rp.select_best(**kwargs, engine=_on(client)).collect())
+    assert_same(
+        rp.select_best(**kwargs).collect(), rp.select_best(**kwargs, engine=_on(client)).collect()
+    )
 
 
 def test_columns_mapping_and_hive(client: Any, tmp_path: Path) -> None:
@@ -206,11 +280,14 @@ def test_cluster_on_loopback_and_joined_by_address(client: Any) -> None:
     assert all(address.startswith("tcp://127.0.0.1:") for address in addresses)
     assert all(w["nthreads"] == 1 for w in info["workers"].values())
     with rd.connect(scheduler=info["address"]) as joined:
-        assert_same(rp.stage_losses(nested_frame(LPS, RWS)),
-                    rp.stage_losses(nested_frame(LPS, RWS), engine=rd.DaskEngine(joined)))
-    assert_same(rp.stage_losses(nested_frame(LPS, RWS)),
-                rp.stage_losses(nested_frame(LPS, RWS),
-                                engine=rd.DaskEngine(scheduler=info["address"])))
+        assert_same(
+            rp.stage_losses(nested_frame(LPS, RWS)),
+            rp.stage_losses(nested_frame(LPS, RWS), engine=rd.DaskEngine(joined)),
+        )
+    assert_same(
+        rp.stage_losses(nested_frame(LPS, RWS)),
+        rp.stage_losses(nested_frame(LPS, RWS), engine=rd.DaskEngine(scheduler=info["address"])),
+    )
 
 
 def test_current_client_is_used(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,8 +325,9 @@ def test_spark_style_directory(client: Any, tmp_path: Path, engine: str) -> None
 
 
 def test_write_selected(client: Any, tmp_path: Path) -> None:
-    kwargs = layout_files(LPS, RWS, tmp_path / "in", layout="long", parts=3, reward_parts=2,
-                          shuffle=5)
+    kwargs = layout_files(
+        LPS, RWS, tmp_path / "in", layout="long", parts=3, reward_parts=2, shuffle=5
+    )
     out = tmp_path / "out.parquet"
     rows = rp.write_selected(**kwargs, output=out, engine=_on(client))
     expected = rp.select_best(**kwargs).collect()
@@ -278,9 +356,11 @@ def _nested_case(tmp: Path, change: Callable[[pl.DataFrame], pl.DataFrame]) -> d
     return {"source": str(tmp / "n")}
 
 
-def _long_case(tmp: Path, tokens_change: Callable[[pl.DataFrame], pl.DataFrame],
-               rewards_change: Callable[[pl.DataFrame], pl.DataFrame] = lambda f: f,
-               ) -> dict[str, Any]:
+def _long_case(
+    tmp: Path,
+    tokens_change: Callable[[pl.DataFrame], pl.DataFrame],
+    rewards_change: Callable[[pl.DataFrame], pl.DataFrame] = lambda f: f,
+) -> dict[str, Any]:
     tokens, rewards = long_frames(LPS, RWS, prompt_ids=["x", "y"])
     write_split(tokens_change(tokens), tmp / "t", 3)
     write_split(rewards_change(rewards), tmp / "r", 2)
@@ -290,8 +370,10 @@ def _long_case(tmp: Path, tokens_change: Callable[[pl.DataFrame], pl.DataFrame],
 def _set(column: str, value: Any, where: pl.Expr) -> Callable[[pl.DataFrame], pl.DataFrame]:
     def change(frame: pl.DataFrame) -> pl.DataFrame:
         dtype = frame.schema[column]
-        return frame.with_columns(pl.when(where).then(pl.lit(value, dtype)).otherwise(column)
-                                  .alias(column))
+        return frame.with_columns(
+            pl.when(where).then(pl.lit(value, dtype)).otherwise(column).alias(column)
+        )
+
     return change
 
 
@@ -307,38 +389,66 @@ def _truncated(tmp: Path) -> dict[str, Any]:
 
 
 BAD: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
-    "nan-reward": (lambda t: _nested_case(t, _set("reward", float("nan"), BEST)),
-                   "reward must be a finite number"),
-    "inf-reward": (lambda t: _long_case(t, lambda f: f, _set("reward", float("inf"), BEST)),
-                   "reward must be a finite number"),
+    "nan-reward": (
+        lambda t: _nested_case(t, _set("reward", float("nan"), BEST)),
+        "reward must be a finite number",
+    ),
+    "inf-reward": (
+        lambda t: _long_case(t, lambda f: f, _set("reward", float("inf"), BEST)),
+        "reward must be a finite number",
+    ),
     "duplicate-across-files": (
         lambda t: _nested_case(t, lambda f: pl.concat([f, f.filter(BEST)])),
-        "duplicate candidate: stage 0, prompt 'y', candidate 0 has 2"),
+        "duplicate candidate: stage 0, prompt 'y', candidate 0 has 2",
+    ),
     "duplicate-reward-rows": (
         lambda t: _long_case(t, lambda f: f, lambda f: pl.concat([f, f.filter(BEST)])),
-        "duplicate candidate"),
+        "duplicate candidate",
+    ),
     "null-id": (lambda t: _nested_case(t, _set("cand", None, BEST)), "null id"),
     "positive-logprob": (
-        lambda t: _nested_case(t, lambda f: f.with_columns(
-            pl.when(BEST).then(pl.lit([-1.0, 0.5])).otherwise("logprobs").alias("logprobs"))),
-        "must be finite and <= 0, found 0.5 at stage 0, prompt 'y', candidate 0, token 1"),
-    "null-logprobs": (lambda t: _nested_case(t, _set("logprobs", None, BEST)),
-                      "logprobs is null"),
-    "nan-token": (lambda t: _long_case(t, _set("logprob", float("nan"),
-                                               BEST & (pl.col("token") == 0))),
-                  "found nan at stage 0, prompt 'y', candidate 0, token 0"),
-    "orphan-tokens": (lambda t: _long_case(t, lambda f: pl.concat(
-        [f, f.filter(BEST).with_columns(pl.lit(9, pl.Int64).alias("cand"))])),
-        "1 token row(s) have no reward row"),
+        lambda t: _nested_case(
+            t,
+            lambda f: f.with_columns(
+                pl.when(BEST).then(pl.lit([-1.0, 0.5])).otherwise("logprobs").alias("logprobs")
+            ),
+        ),
+        "must be finite and <= 0, found 0.5 at stage 0, prompt 'y', candidate 0, token 1",
+    ),
+    "null-logprobs": (lambda t: _nested_case(t, _set("logprobs", None, BEST)), "logprobs is null"),
+    "nan-token": (
+        lambda t: _long_case(t, _set("logprob", float("nan"), BEST & (pl.col("token") == 0))),
+        "found nan at stage 0, prompt 'y', candidate 0, token 0",
+    ),
+    "orphan-tokens": (
+        lambda t: _long_case(
+            t,
+            lambda f: pl.concat(
+                [f, f.filter(BEST).with_columns(pl.lit(9, pl.Int64).alias("cand"))]
+            ),
+        ),
+        "1 token row(s) have no reward row",
+    ),
     "no-tokens-in-stage": (
-        lambda t: _nested_case(t, lambda f: f.with_columns(
-            pl.when(pl.col("stage") == 1).then(pl.lit([], pl.List(pl.Float64)))
-            .otherwise("logprobs").alias("logprobs"))),
-        "stage 1: the 2 selected response(s) hold no tokens"),
-    "missing-column": (lambda t: _nested_case(t, lambda f: f.drop("reward")),
-                       "missing column(s) ['reward']"),
-    "wrong-type": (lambda t: _nested_case(t, lambda f: f.with_columns(
-        pl.col("reward").cast(pl.String))), "column 'reward' must be numeric"),
+        lambda t: _nested_case(
+            t,
+            lambda f: f.with_columns(
+                pl.when(pl.col("stage") == 1)
+                .then(pl.lit([], pl.List(pl.Float64)))
+                .otherwise("logprobs")
+                .alias("logprobs")
+            ),
+        ),
+        "stage 1: the 2 selected response(s) hold no tokens",
+    ),
+    "missing-column": (
+        lambda t: _nested_case(t, lambda f: f.drop("reward")),
+        "missing column(s) ['reward']",
+    ),
+    "wrong-type": (
+        lambda t: _nested_case(t, lambda f: f.with_columns(pl.col("reward").cast(pl.String))),
+        "column 'reward' must be numeric",
+    ),
     "truncated-file": (_truncated, "cannot read Parquet file"),
 }
 
@@ -369,11 +479,14 @@ def test_bad_input_other_strategy(client: Any, tmp_path: Path, name: str) -> Non
     assert fragment in str(dask.value)
 
 
-@pytest.mark.parametrize(("kwargs", "fragment"), [
-    ({"reduction": "mean"}, "reduction must be"),
-    ({"engine": "spark"}, "engine must be 'polars', 'dask' or a raft_polars.dask.DaskEngine"),
-    ({"strategy": "top_n", "n": 0}, "n must be a whole number"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"reduction": "mean"}, "reduction must be"),
+        ({"engine": "spark"}, "engine must be 'polars', 'dask' or a raft_polars.dask.DaskEngine"),
+        ({"strategy": "top_n", "n": 0}, "n must be a whole number"),
+    ],
+)
 def test_bad_options(client: Any, kwargs: dict[str, Any], fragment: str) -> None:
     options = {"engine": _on(client), **kwargs}
     with pytest.raises(RaftInputError, match=fragment):
@@ -404,8 +517,9 @@ for call in (lambda: rp.stage_losses(frame, engine="dask"),
         assert isinstance(exc, ImportError)
         print(exc)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          check=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
     lines = done.stdout.splitlines()
     assert len(lines) == 2
     assert all("pip install 'raft-polars[dask]'" in line for line in lines)

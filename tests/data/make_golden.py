@@ -20,8 +20,14 @@ NESTED = pl.DataFrame(
         "prompt": [0, 0, 0, 0, 0, 0],
         "cand": [0, 1, 0, 1, 0, 1],
         "reward": [0.2, 0.4, 0.75, 0.7, 0.95, 0.8],
-        "logprobs": [[-2.0, -1.8], [-1.5, -1.6], [-0.6, -0.5], [-0.7, -0.8],
-                     [-0.2, -0.1], [-0.3, -0.4]],
+        "logprobs": [
+            [-2.0, -1.8],
+            [-1.5, -1.6],
+            [-0.6, -0.5],
+            [-0.7, -0.8],
+            [-0.2, -0.1],
+            [-0.3, -0.4],
+        ],
         "response": ["a", "b", "c", "d", "e", "f"],
     }
 )
@@ -51,9 +57,11 @@ def main() -> None:
     (HERE / "empty_file.parquet").write_bytes(b"")
     nested.drop("reward").write_parquet(HERE / "missing_reward.parquet")
     nested.with_columns(pl.col("reward").cast(pl.String)).write_parquet(
-        HERE / "wrong_type_reward.parquet")
+        HERE / "wrong_type_reward.parquet"
+    )
     nested.with_columns(pl.col("logprobs").cast(pl.List(pl.String)).list.join(",")).write_parquet(
-        HERE / "wrong_type_logprobs.parquet")
+        HERE / "wrong_type_logprobs.parquet"
+    )
     tokens.drop("logprob").write_parquet(HERE / "tokens_missing_logprob.parquet")
 
 

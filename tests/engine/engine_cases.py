@@ -43,8 +43,19 @@ import raft_polars
 import raft_polars._engine.dense
 
 # the columns of stage_losses / lists_losses, in this order (issue 2, the lead's brief)
-LOSS_COLUMNS = ("stage", "loss", "prompts", "candidates", "selected", "tokens",
-                "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min")
+LOSS_COLUMNS = (
+    "stage",
+    "loss",
+    "prompts",
+    "candidates",
+    "selected",
+    "tokens",
+    "reward_best_mean",
+    "reward_mean",
+    "reward_lift",
+    "ties",
+    "below_min",
+)
 FRAME_KINDS = ("DataFrame", "LazyFrame", "Arrow")
 FILE_KINDS = ("file", "glob", "paths", "dir", "hive")
 
@@ -79,8 +90,10 @@ class Case:
         """The log-probs the engine should see (float32-rounded if ``float32``)."""
         if not self.float32:
             return list(self.lps)
-        return [[[[float(np.float32(v)) for v in resp] for resp in prompt] for prompt in stage]
-                for stage in self.lps]
+        return [
+            [[[float(np.float32(v)) for v in resp] for resp in prompt] for prompt in stage]
+            for stage in self.lps
+        ]
 
     def stage_id(self, t: int) -> int:
         return self.stage_ids[t] if self.stage_ids else t
@@ -121,8 +134,10 @@ class Case:
             for i, rewards in enumerate(stage):
                 j = best_index(rewards)
                 row = {
-                    "stage": self.stage_id(t), "prompt": self.prompt_id(i),
-                    "cand": self.cand_id(j), "reward": float(rewards[j]),
+                    "stage": self.stage_id(t),
+                    "prompt": self.prompt_id(i),
+                    "cand": self.cand_id(j),
+                    "reward": float(rewards[j]),
                     "tokens": len(self.lps[t][i][j]),
                 }
                 if self.payload:
@@ -133,8 +148,12 @@ class Case:
     # --- the frames ---------------------------------------------------------------
 
     def _layout_kwargs(self) -> dict[str, Any]:
-        return {"stage_ids": self.stage_ids, "prompt_ids": self.prompt_ids,
-                "shuffle": self.shuffle, "float32": self.float32}
+        return {
+            "stage_ids": self.stage_ids,
+            "prompt_ids": self.prompt_ids,
+            "shuffle": self.shuffle,
+            "float32": self.float32,
+        }
 
     def _cand(self, frame: pl.DataFrame) -> pl.DataFrame:
         return frame.with_columns(pl.col("cand") * self.cand_step + self.cand_offset)
@@ -162,8 +181,9 @@ class Case:
 
     def nested(self) -> pl.DataFrame:
         """Nested layout: one row per candidate (canonical column names)."""
-        return self._payload(self._cand(nested_frame(self.values(), self.rws,
-                                                     **self._layout_kwargs())))
+        return self._payload(
+            self._cand(nested_frame(self.values(), self.rws, **self._layout_kwargs()))
+        )
 
     def long(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Long layout: (token rows, reward rows) (canonical column names)."""
@@ -303,14 +323,19 @@ class Entry:
         stage_col = columns.get("stage", "stage")
         if self.layout == "nested":
             assert nested is not None
-            return {"source": _as_source(nested, self.kind, directory / "n", stage_col),
-                    "columns": columns or None}
+            return {
+                "source": _as_source(nested, self.kind, directory / "n", stage_col),
+                "columns": columns or None,
+            }
         if long is None:
             assert nested is not None
-            long = to_long(nested, ids=[columns.get(c, c) for c in ("stage", "prompt", "cand")],
-                           logprobs=columns.get("logprobs", "logprobs"),
-                           logprob=columns.get("logprob", "logprob"),
-                           token=columns.get("token", "token"))
+            long = to_long(
+                nested,
+                ids=[columns.get(c, c) for c in ("stage", "prompt", "cand")],
+                logprobs=columns.get("logprobs", "logprobs"),
+                logprob=columns.get("logprob", "logprob"),
+                token=columns.get("token", "token"),
+            )
         tokens, rewards = long
         return {
             "source": _as_source(tokens, self.kind, directory / "t", stage_col),
@@ -323,15 +348,17 @@ class Entry:
         if self.layout == "nested":
             return self.lay_out(directory, case.user(case.nested()), columns=case.columns)
         tokens, rewards = case.long()
-        return self.lay_out(directory, long=(case.user(tokens), case.user(rewards)),
-                            columns=case.columns)
+        return self.lay_out(
+            directory, long=(case.user(tokens), case.user(rewards)), columns=case.columns
+        )
 
     def stage_losses(self, kwargs: dict[str, Any], **options: Any) -> pl.DataFrame:
         """``stage_losses`` on laid-out sources (see :meth:`lay_out`)."""
         kwargs = dict(kwargs)
         with self.path():
-            return raft_polars.stage_losses(kwargs.pop("source"), **kwargs, **options,
-                                            **self.options())
+            return raft_polars.stage_losses(
+                kwargs.pop("source"), **kwargs, **options, **self.options()
+            )
 
     def select_best(self, kwargs: dict[str, Any]) -> pl.DataFrame:
         """``select_best`` on laid-out sources, collected."""

@@ -29,10 +29,11 @@ SEED = Case(SEED_LOG_PROBS, SEED_REWARDS)
 
 # prompt 0's best holds 1 token, prompt 1's best 4: pooled 13/5 = 2.6, per-sequence 2.0
 RAGGED = Case(
-    [[[[-1.0], [-9.0, -9.0]], [[-5.0], [-3.0, -3.0, -3.0, -3.0]]],
-     [[[-0.5, -0.25, -0.125]], [[-2.0]], [[-0.1, -0.2], [-0.3]]]],
-    [[[0.9, 0.1], [0.2, 0.8]],
-     [[1.0], [0.5], [0.1, 0.0]]],
+    [
+        [[[-1.0], [-9.0, -9.0]], [[-5.0], [-3.0, -3.0, -3.0, -3.0]]],
+        [[[-0.5, -0.25, -0.125]], [[-2.0]], [[-0.1, -0.2], [-0.3]]],
+    ],
+    [[[0.9, 0.1], [0.2, 0.8]], [[1.0], [0.5], [0.1, 0.0]]],
 )
 
 CASES = {
@@ -72,7 +73,8 @@ CASES = {
         [[[1, 2], [5, 3]], [[0, -1]]],
     ),
     "stage-ids-unsorted-sparse": Case(
-        [*SEED_LOG_PROBS, [[[-0.9], [-0.05, -0.05]]]], [*SEED_REWARDS, [[0.1, 0.2]]],
+        [*SEED_LOG_PROBS, [[[-0.9], [-0.05, -0.05]]]],
+        [*SEED_REWARDS, [[0.1, 0.2]]],
         stage_ids=[30, 7, 1_000_000, 12],
     ),
     "string-prompt-ids": Case(
@@ -83,20 +85,36 @@ CASES = {
     "huge-int-prompt-ids": Case(
         [[[[-1.0], [-2.0]], [[-0.5, -1.0], [-0.25]]]],
         [[[0.3, 0.2], [0.1, 0.4]]],
-        prompt_ids=[-(10**15), 10**15], stage_ids=[10**12],
+        prompt_ids=[-(10**15), 10**15],
+        stage_ids=[10**12],
     ),
     "shuffled-rows": Case(
-        RAGGED.lps, RAGGED.rws, stage_ids=[5, 2], prompt_ids=[11, 3, 7], shuffle=1234,
+        RAGGED.lps,
+        RAGGED.rws,
+        stage_ids=[5, 2],
+        prompt_ids=[11, 3, 7],
+        shuffle=1234,
     ),
     "cand-ids-not-positions": Case(
         [[[[-1.0], [-2.0], [-3.0]], [[-4.0, -4.0], [-0.5], [-6.0]]]],
         [[[0.5, 0.5, 0.1], [1.0, 0.3, 1.0]]],
-        cand_step=2, cand_offset=3, shuffle=7,
+        cand_step=2,
+        cand_offset=3,
+        shuffle=7,
     ),
     "column-mapping": Case(
-        RAGGED.lps, RAGGED.rws, shuffle=3,
-        rename={"prompt": "prompt_id", "logprobs": "token_logprobs", "logprob": "lp",
-                "stage": "round", "cand": "candidate", "reward": "score", "token": "pos"},
+        RAGGED.lps,
+        RAGGED.rws,
+        shuffle=3,
+        rename={
+            "prompt": "prompt_id",
+            "logprobs": "token_logprobs",
+            "logprob": "lp",
+            "stage": "round",
+            "cand": "candidate",
+            "reward": "score",
+            "token": "pos",
+        },
     ),
     "float32": Case(
         [[[[-0.1, -0.2, -0.3], [-0.7]], [[-1.1], [-1.3, -1.7]]], [[[-0.123456789] * 7]]],
@@ -124,10 +142,23 @@ def test_hand_made_cases(entry: Entry, case: Case, tmp_path: Path) -> None:
     check_losses(entry, case, tmp_path)
 
 
-SELECT_CASES = {name: CASES[name] for name in (
-    "seed", "ties-first-wins", "ties-everywhere", "k-1", "zero-token-responses",
-    "stage-ids-unsorted-sparse", "string-prompt-ids", "huge-int-prompt-ids", "shuffled-rows",
-    "cand-ids-not-positions", "column-mapping", "no-payload")}
+SELECT_CASES = {
+    name: CASES[name]
+    for name in (
+        "seed",
+        "ties-first-wins",
+        "ties-everywhere",
+        "k-1",
+        "zero-token-responses",
+        "stage-ids-unsorted-sparse",
+        "string-prompt-ids",
+        "huge-int-prompt-ids",
+        "shuffled-rows",
+        "cand-ids-not-positions",
+        "column-mapping",
+        "no-payload",
+    )
+}
 
 
 @pytest.mark.parametrize("case", SELECT_CASES.values(), ids=SELECT_CASES.keys())
@@ -136,8 +167,11 @@ def test_select_best_hand_made(entry: Entry, case: Case, tmp_path: Path) -> None
     check_selection(entry, case, tmp_path)
 
 
-@pytest.mark.parametrize("case", [RAGGED, CASES["zero-token-responses"], CASES["float32"]],
-                         ids=["ragged", "zero-token-responses", "float32"])
+@pytest.mark.parametrize(
+    "case",
+    [RAGGED, CASES["zero-token-responses"], CASES["float32"]],
+    ids=["ragged", "zero-token-responses", "float32"],
+)
 @pytest.mark.parametrize("entry", REDUCTION_ENTRIES, ids=str)
 def test_sequence_reduction(entry: Entry, case: Case, tmp_path: Path) -> None:
     check_losses(entry, case, tmp_path, reduction="sequence")
@@ -170,8 +204,11 @@ def test_raft_alignment_does_not_modify_its_input(seed_log: tuple[list, list]) -
 @pytest.mark.parametrize("entry", FRAME_ENTRIES, ids=str)
 def test_stage_losses_does_not_modify_its_input(entry: Entry, tmp_path: Path) -> None:
     case = CASES["shuffled-rows"]
-    kwargs = entry.lay_out(tmp_path, case.nested()) if entry.layout == "nested" else \
-        entry.lay_out(tmp_path, long=case.long())
+    kwargs = (
+        entry.lay_out(tmp_path, case.nested())
+        if entry.layout == "nested"
+        else entry.lay_out(tmp_path, long=case.long())
+    )
     before = {k: v.clone() if isinstance(v, pl.DataFrame) else v for k, v in kwargs.items()}
     entry.stage_losses(kwargs)
     for key, value in before.items():
@@ -190,8 +227,10 @@ def test_numpy_inputs() -> None:
 # ids: dense integers, string prompts and hashed (sparse integer) prompts take the
 # dense path (the last two as codes); sparse stage ids are too sparse for a box
 _IDS: dict[str, dict[str, Any]] = {
-    "int": {}, "str": {"prompt_ids": ["a", "b", "c"]},
-    "hashed": {"prompt_ids": [0, 2**40, 7]}, "sparse": {"stage_ids": [0, 2**40, 7]},
+    "int": {},
+    "str": {"prompt_ids": ["a", "b", "c"]},
+    "hashed": {"prompt_ids": [0, 2**40, 7]},
+    "sparse": {"stage_ids": [0, 2**40, 7]},
 }
 
 
@@ -202,6 +241,7 @@ def _spy(original: Any, seen: list[object]) -> Any:
     def call(*args: object, **kwargs: object) -> object:
         seen.append(original(*args, **kwargs))
         return seen[-1]
+
     return call
 
 
@@ -217,9 +257,11 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
     proofs: list[object] = []
     rank, reduce = raft_polars._engine.rank, raft_polars._engine.reduce
     case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
-    with (mock.patch.object(rank, "dense_summary", _spy(rank.dense_summary, summaries)),
-          mock.patch.object(rank, "gather", _spy(rank.gather, gathers)),
-          mock.patch.object(reduce, "footers_within", _spy(reduce.footers_within, proofs))):
+    with (
+        mock.patch.object(rank, "dense_summary", _spy(rank.dense_summary, summaries)),
+        mock.patch.object(rank, "gather", _spy(rank.gather, gathers)),
+        mock.patch.object(reduce, "footers_within", _spy(reduce.footers_within, proofs)),
+    ):
         check_losses(entry, case, tmp_path)
     dense = prompts != "sparse" and not entry.fallback
     assert bool(summaries and summaries[-1] is not None) == dense
@@ -231,8 +273,7 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
 
 @pytest.mark.parametrize("entry", [e for e in _LOCAL if e.layout == "nested"], ids=str)
 @pytest.mark.parametrize("prompts", list(_IDS))
-def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str,
-                                               tmp_path: Path) -> None:
+def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_path: Path) -> None:
     """The keys are ranked first; then only the selected lists are decoded, found
     by a gathered 1-byte flag when the ids fit a dense box (string or hashed
     prompt ids as codes), by a join for ids too sparse for one."""
@@ -262,7 +303,8 @@ def test_empty_log(entry: Entry, tmp_path: Path) -> None:
     assert table.height == 0
     assert table.schema["loss"] == pl.Float64
     assert {"stage", "loss", "prompts", "tokens", "reward_best_mean", "reward_mean"} <= set(
-        table.columns)
+        table.columns
+    )
     selected = entry.select(Case([], []), tmp_path / "select")
     assert selected.height == 0
     assert selected.columns[:5] == ["stage", "prompt", "cand", "reward", "tokens"]
@@ -288,8 +330,7 @@ def _tie_frame() -> pl.DataFrame:
 
 @pytest.mark.parametrize("entry", FRAME_ENTRIES, ids=str)
 @pytest.mark.parametrize("shuffle", [None, 1])
-def test_ties_go_to_the_smallest_cand_id(entry: Entry, shuffle: int | None,
-                                         tmp_path: Path) -> None:
+def test_ties_go_to_the_smallest_cand_id(entry: Entry, shuffle: int | None, tmp_path: Path) -> None:
     frame = _tie_frame()
     if shuffle is not None:
         frame = frame.sample(fraction=1.0, shuffle=True, seed=shuffle)
@@ -301,7 +342,9 @@ def test_ties_go_to_the_smallest_cand_id(entry: Entry, shuffle: int | None,
     assert table["tokens"].to_list() == [2, 3]
     selected = entry.select_best(entry.lay_out(tmp_path / "select", frame))
     assert selected.select("stage", "prompt", "cand", "reward", "tokens", "response").rows() == [
-        (4, "q", 3, 1.0, 2, "three"), (9, "q", 5, -2.0, 1, "five"), (9, "r", 2, 0.0, 2, "two"),
+        (4, "q", 3, 1.0, 2, "three"),
+        (9, "q", 5, -2.0, 1, "five"),
+        (9, "r", 2, 0.0, 2, "two"),
     ]
 
 
@@ -351,8 +394,9 @@ def test_golden_nested_file(data_dir: Path) -> None:
 
 
 def test_golden_long_files(data_dir: Path) -> None:
-    table = raft_polars.stage_losses(data_dir / "seed_tokens.parquet",
-                                     rewards=data_dir / "seed_rewards.parquet")
+    table = raft_polars.stage_losses(
+        data_dir / "seed_tokens.parquet", rewards=data_dir / "seed_rewards.parquet"
+    )
     assert [round(x, 4) for x in table["loss"]] == [1.55, 0.55, 0.15]
 
 
@@ -362,6 +406,7 @@ def test_golden_hive_directory(data_dir: Path) -> None:
     assert [round(x, 4) for x in table["loss"]] == [1.55, 0.55, 0.15]
     selected = raft_polars.select_best(data_dir / "hive").collect()
     assert selected.select("stage", "cand", "response").rows() == [
-        (3, 1, "b"), (5, 0, "c"), (8, 0, "e")]
-
-
+        (3, 1, "b"),
+        (5, 0, "c"),
+        (8, 0, "e"),
+    ]

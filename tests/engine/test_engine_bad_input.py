@@ -88,42 +88,74 @@ def _set(nest: Any, path: tuple[int, ...], value: Any) -> Any:
 LIST_CASES: dict[str, tuple[Any, Any, list[str]]] = {
     "stage-count": (LPS, RWS[:1], [r"\b2\b", r"\b1\b", r"stage"]),
     "stage-count-other-way": (LPS[:1], RWS, [r"\b2\b", r"\b1\b", r"stage"]),
-    "prompts-per-stage": (_set(LPS, (1,), [[[-0.1], [-0.2]], [[-0.3]]]), RWS,
-                          [*where(1), r"\b2\b", r"\b1\b", r"prompt"]),
-    "k-per-prompt": (_set(LPS, (0, 1), [[-2.0], [-3.0], [-4.0]]), RWS,
-                     [*where(0, 1), r"\b3\b", r"\b2\b"]),
-    "k-per-prompt-rewards-longer": (LPS, _set(RWS, (1, 0), [1.0, 0.0, 0.5]),
-                                    [*where(1, 0), r"\b3\b", r"\b2\b"]),
+    "prompts-per-stage": (
+        _set(LPS, (1,), [[[-0.1], [-0.2]], [[-0.3]]]),
+        RWS,
+        [*where(1), r"\b2\b", r"\b1\b", r"prompt"],
+    ),
+    "k-per-prompt": (
+        _set(LPS, (0, 1), [[-2.0], [-3.0], [-4.0]]),
+        RWS,
+        [*where(0, 1), r"\b3\b", r"\b2\b"],
+    ),
+    "k-per-prompt-rewards-longer": (
+        LPS,
+        _set(RWS, (1, 0), [1.0, 0.0, 0.5]),
+        [*where(1, 0), r"\b3\b", r"\b2\b"],
+    ),
     "stage-without-prompts": ([*LPS, []], [*RWS, []], [*where(2), r"no prompts"]),
-    "prompt-without-candidates": (_set(LPS, (1, 0), []), _set(RWS, (1, 0), []),
-                                  [*where(1, 0), r"no candidates"]),
+    "prompt-without-candidates": (
+        _set(LPS, (1, 0), []),
+        _set(RWS, (1, 0), []),
+        [*where(1, 0), r"no candidates"],
+    ),
     "nan-reward": (LPS, _set(RWS, (0, 0, 0), NAN), [r"reward", r"nan", *where(0, 0, 0)]),
     "inf-reward": (LPS, _set(RWS, (1, 0, 1), INF), [r"reward", r"inf", *where(1, 0, 1)]),
-    "minus-inf-reward": (LPS, _set(RWS, (0, 1, 1), -INF), [r"reward", r"-inf",
-                                                           *where(0, 1, 1)]),
-    "none-reward": (LPS, _set(RWS, (0, 1, 1), None), [r"reward", r"none|null",
-                                                      *where(0, 1, 1)]),
-    "string-reward": (LPS, _set(RWS, (0, 1, 1), "0.3"), [r"reward", r"'0\.3'",
-                                                         *where(0, 1, 1)]),
-    "nan-logprob-selected": (_set(LPS, (0, 0, 1, 1), NAN), RWS,
-                             [r"log-?prob", r"nan", *where(0, 0, 1)]),
-    "inf-logprob-selected": (_set(LPS, (0, 1, 0, 0), INF), RWS,
-                             [r"log-?prob", r"inf", *where(0, 1, 0)]),
-    "minus-inf-logprob-selected": (_set(LPS, (1, 0, 0, 0), -INF), RWS,
-                                   [r"log-?prob", r"-inf", *where(1, 0, 0)]),
-    "positive-logprob-selected": (_set(LPS, (0, 1, 0, 1), 0.5), RWS,
-                                  [r"log-?prob", r"0\.5", *where(0, 1, 0)]),
-    "none-logprob-selected": (_set(LPS, (0, 0, 1, 0), None), RWS,
-                              [r"log-?prob", r"none|null", *where(0, 0, 1)]),
-    "string-logprob-selected": (_set(LPS, (0, 0, 1, 0), "x"), RWS,
-                                [r"log-?prob", r"'x'", *where(0, 0, 1)]),
-    "numeric-string-logprob-selected": (_set(LPS, (0, 0, 1, 0), "-0.5"), RWS,
-                                        [r"log-?prob", r"'-0\.5'", *where(0, 0, 1)]),
-    "selected-responses-without-tokens": (_set(LPS, (1, 0, 0), []), RWS,
-                                          [*where(1), r"no tokens"]),
+    "minus-inf-reward": (LPS, _set(RWS, (0, 1, 1), -INF), [r"reward", r"-inf", *where(0, 1, 1)]),
+    "none-reward": (LPS, _set(RWS, (0, 1, 1), None), [r"reward", r"none|null", *where(0, 1, 1)]),
+    "string-reward": (LPS, _set(RWS, (0, 1, 1), "0.3"), [r"reward", r"'0\.3'", *where(0, 1, 1)]),
+    "nan-logprob-selected": (
+        _set(LPS, (0, 0, 1, 1), NAN),
+        RWS,
+        [r"log-?prob", r"nan", *where(0, 0, 1)],
+    ),
+    "inf-logprob-selected": (
+        _set(LPS, (0, 1, 0, 0), INF),
+        RWS,
+        [r"log-?prob", r"inf", *where(0, 1, 0)],
+    ),
+    "minus-inf-logprob-selected": (
+        _set(LPS, (1, 0, 0, 0), -INF),
+        RWS,
+        [r"log-?prob", r"-inf", *where(1, 0, 0)],
+    ),
+    "positive-logprob-selected": (
+        _set(LPS, (0, 1, 0, 1), 0.5),
+        RWS,
+        [r"log-?prob", r"0\.5", *where(0, 1, 0)],
+    ),
+    "none-logprob-selected": (
+        _set(LPS, (0, 0, 1, 0), None),
+        RWS,
+        [r"log-?prob", r"none|null", *where(0, 0, 1)],
+    ),
+    "string-logprob-selected": (
+        _set(LPS, (0, 0, 1, 0), "x"),
+        RWS,
+        [r"log-?prob", r"'x'", *where(0, 0, 1)],
+    ),
+    "numeric-string-logprob-selected": (
+        _set(LPS, (0, 0, 1, 0), "-0.5"),
+        RWS,
+        [r"log-?prob", r"'-0\.5'", *where(0, 0, 1)],
+    ),
+    "selected-responses-without-tokens": (_set(LPS, (1, 0, 0), []), RWS, [*where(1), r"no tokens"]),
     "not-lists": (5, RWS, [r"list", r"int"]),
-    "prompt-not-a-list": (_set(LPS, (1, 0), 3.0), RWS,
-                          [r"list", r"\[1\]\[0\]|stage 1\W+prompt 0", r"3\.0"]),
+    "prompt-not-a-list": (
+        _set(LPS, (1, 0), 3.0),
+        RWS,
+        [r"list", r"\[1\]\[0\]|stage 1\W+prompt 0", r"3\.0"],
+    ),
 }
 
 
@@ -144,19 +176,20 @@ UNSELECTED = {
 
 @pytest.mark.parametrize("case", UNSELECTED.values(), ids=UNSELECTED.keys())
 @pytest.mark.parametrize("entry", ENTRIES, ids=str)
-def test_bad_logprob_in_unselected_response_is_fine(entry: Entry, case: Case,
-                                                    tmp_path: Path) -> None:
+def test_bad_logprob_in_unselected_response_is_fine(
+    entry: Entry, case: Case, tmp_path: Path
+) -> None:
     check_losses(entry, case, tmp_path)
 
 
 @pytest.mark.parametrize("value", [None, "x"])
 def test_non_number_in_unselected_list_response_is_fine(value: Any) -> None:
     lps = _set(LPS, (0, 0, 0, 0), value)
-    assert raft_polars.raft_alignment(lps, RWS) == [round(x, 4) for x in (
-        (0.75 + 3.0) / 4, 0.1)]
+    assert raft_polars.raft_alignment(lps, RWS) == [round(x, 4) for x in ((0.75 + 3.0) / 4, 0.1)]
 
 
 # --- frames and files in both layouts ----------------------------------------------------
+
 
 # stage 20 selects (7, 1) and (8, 0); stage 30 selects (7, 1) and (8, 0)
 def base_frame(prompts: str) -> pl.DataFrame:
@@ -167,8 +200,16 @@ def base_frame(prompts: str) -> pl.DataFrame:
             "prompt": [p7, p7, p7, p8, p8, p7, p7, p8],
             "cand": [0, 1, 2, 0, 1, 0, 1, 0],
             "reward": [0.1, 0.9, 0.5, 0.3, 0.2, 0.0, 1.0, 2.0],
-            "logprobs": [[-1.0], [-0.5, -0.25, -0.125], [-2.0], [-0.75], [-3.0, -1.0],
-                         [-0.1], [-0.2, -0.3], [-0.4]],
+            "logprobs": [
+                [-1.0],
+                [-0.5, -0.25, -0.125],
+                [-2.0],
+                [-0.75],
+                [-3.0, -1.0],
+                [-0.1],
+                [-0.2, -0.3],
+                [-0.4],
+            ],
             "response": [f"r{i}" for i in range(8)],
         },
         schema_overrides={"logprobs": pl.List(pl.Float64)},
@@ -181,9 +222,11 @@ def _row(frame: pl.DataFrame, stage: int, prompt: Any, cand: int) -> pl.Expr:
     return (pl.col("stage") == stage) & (pl.col("prompt") == prompt) & (pl.col("cand") == cand)
 
 
-def set_value(column: str, stage: int, prompt: int, cand: int, value: Any, *,
-              token: int | None = None) -> Callable[[pl.DataFrame], pl.DataFrame]:
+def set_value(
+    column: str, stage: int, prompt: int, cand: int, value: Any, *, token: int | None = None
+) -> Callable[[pl.DataFrame], pl.DataFrame]:
     """A defect: one value (or one token of the log-probs) of one candidate row."""
+
     def apply(frame: pl.DataFrame) -> pl.DataFrame:
         rows = frame.to_dicts()
         mask = frame.select(_row(frame, stage, prompt, cand)).to_series().to_list()
@@ -192,18 +235,21 @@ def set_value(column: str, stage: int, prompt: int, cand: int, value: Any, *,
                 if token is None:
                     row[column] = value
                 else:
-                    row[column] = [*row[column][:token], value, *row[column][token + 1:]]
+                    row[column] = [*row[column][:token], value, *row[column][token + 1 :]]
         return pl.DataFrame(rows, schema=frame.schema)
+
     return apply
 
 
-def duplicate(stage: int, prompt: int, cand: int, reward: float | None = None
-              ) -> Callable[[pl.DataFrame], pl.DataFrame]:
+def duplicate(
+    stage: int, prompt: int, cand: int, reward: float | None = None
+) -> Callable[[pl.DataFrame], pl.DataFrame]:
     def apply(frame: pl.DataFrame) -> pl.DataFrame:
         extra = frame.filter(_row(frame, stage, prompt, cand))
         if reward is not None:
             extra = extra.with_columns(pl.lit(reward).alias("reward"))
         return pl.concat([frame, extra])
+
     return apply
 
 
@@ -213,15 +259,23 @@ def cast(column: str, dtype: pl.DataType) -> Callable[[pl.DataFrame], pl.DataFra
 
 def no_tokens(stage: int) -> Callable[[pl.DataFrame], pl.DataFrame]:
     """Every selected response of ``stage`` loses its tokens (the others keep theirs)."""
+
     def apply(frame: pl.DataFrame) -> pl.DataFrame:
-        best = frame.sort("reward", "cand", descending=[True, False]).group_by(
-            "stage", "prompt", maintain_order=True).first().select("stage", "prompt", "cand")
+        best = (
+            frame.sort("reward", "cand", descending=[True, False])
+            .group_by("stage", "prompt", maintain_order=True)
+            .first()
+            .select("stage", "prompt", "cand")
+        )
         chosen = frame.join(best, on=["stage", "prompt", "cand"], how="semi")
         chosen = chosen.filter(pl.col("stage") == stage).with_columns(
-            pl.lit([], pl.List(pl.Float64)).alias("logprobs"))
-        rest = frame.join(chosen.select("stage", "prompt", "cand"),
-                          on=["stage", "prompt", "cand"], how="anti")
+            pl.lit([], pl.List(pl.Float64)).alias("logprobs")
+        )
+        rest = frame.join(
+            chosen.select("stage", "prompt", "cand"), on=["stage", "prompt", "cand"], how="anti"
+        )
         return pl.concat([rest, chosen])
+
     return apply
 
 
@@ -242,71 +296,111 @@ P7 = r"prompt\W{0,3}p?7\b"
 P8 = r"prompt\W{0,3}p?8\b"
 
 FRAME_CASES = {
-    "nan-reward-unselected": Bad(set_value("reward", 20, 7, 2, NAN),
-                                 [r"reward", r"nan", *where(20), P7, *where(cand=2)],
-                                 ranking=True),
-    "inf-reward": Bad(set_value("reward", 30, 8, 0, INF),
-                      [r"reward", r"inf", *where(30), P8, *where(cand=0)], ranking=True),
-    "null-reward": Bad(set_value("reward", 20, 8, 1, None),
-                       [r"reward", r"none|null", *where(20), P8, *where(cand=1)], ranking=True),
-    "nan-logprob-selected": Bad(set_value("logprobs", 20, 7, 1, NAN, token=1),
-                                [r"log-?prob", r"nan", *where(20), P7, *where(cand=1)]),
-    "inf-logprob-selected": Bad(set_value("logprobs", 30, 7, 1, INF, token=0),
-                                [r"log-?prob", r"inf", *where(30), P7, *where(cand=1)]),
-    "minus-inf-logprob-selected": Bad(set_value("logprobs", 30, 7, 1, -INF, token=1),
-                                      [r"log-?prob", r"-inf", *where(30), P7,
-                                       *where(cand=1)]),
-    "positive-logprob-selected": Bad(set_value("logprobs", 20, 8, 0, 0.5, token=0),
-                                     [r"log-?prob", r"0\.5", *where(20), P8, *where(cand=0)]),
-    "null-logprob-selected": Bad(set_value("logprobs", 30, 8, 0, None, token=0),
-                                 [r"log-?prob", r"none|null", *where(30), P8,
-                                  *where(cand=0)]),
-    "null-logprobs-list-selected": Bad(set_value("logprobs", 20, 7, 1, None),
-                                       [r"log-?probs", r"null|none", *where(20), P7,
-                                        *where(cand=1)], layouts=("nested",)),
+    "nan-reward-unselected": Bad(
+        set_value("reward", 20, 7, 2, NAN),
+        [r"reward", r"nan", *where(20), P7, *where(cand=2)],
+        ranking=True,
+    ),
+    "inf-reward": Bad(
+        set_value("reward", 30, 8, 0, INF),
+        [r"reward", r"inf", *where(30), P8, *where(cand=0)],
+        ranking=True,
+    ),
+    "null-reward": Bad(
+        set_value("reward", 20, 8, 1, None),
+        [r"reward", r"none|null", *where(20), P8, *where(cand=1)],
+        ranking=True,
+    ),
+    "nan-logprob-selected": Bad(
+        set_value("logprobs", 20, 7, 1, NAN, token=1),
+        [r"log-?prob", r"nan", *where(20), P7, *where(cand=1)],
+    ),
+    "inf-logprob-selected": Bad(
+        set_value("logprobs", 30, 7, 1, INF, token=0),
+        [r"log-?prob", r"inf", *where(30), P7, *where(cand=1)],
+    ),
+    "minus-inf-logprob-selected": Bad(
+        set_value("logprobs", 30, 7, 1, -INF, token=1),
+        [r"log-?prob", r"-inf", *where(30), P7, *where(cand=1)],
+    ),
+    "positive-logprob-selected": Bad(
+        set_value("logprobs", 20, 8, 0, 0.5, token=0),
+        [r"log-?prob", r"0\.5", *where(20), P8, *where(cand=0)],
+    ),
+    "null-logprob-selected": Bad(
+        set_value("logprobs", 30, 8, 0, None, token=0),
+        [r"log-?prob", r"none|null", *where(30), P8, *where(cand=0)],
+    ),
+    "null-logprobs-list-selected": Bad(
+        set_value("logprobs", 20, 7, 1, None),
+        [r"log-?probs", r"null|none", *where(20), P7, *where(cand=1)],
+        layouts=("nested",),
+    ),
     "selected-responses-without-tokens": Bad(no_tokens(30), [*where(30), r"no tokens"]),
-    "duplicate-candidate": Bad(duplicate(20, 7, 1), [r"duplicate", *where(20), P7,
-                                                     *where(cand=1)], ranking=True),
-    "duplicate-candidate-other-reward": Bad(duplicate(30, 8, 0, reward=5.0),
-                                            [r"duplicate", *where(30), P8, *where(cand=0)],
-                                            ranking=True),
-    "null-stage": Bad(set_value("stage", 30, 7, 0, None), [r"null|none", r"stage"],
-                      ranking=True),
-    "null-prompt": Bad(set_value("prompt", 20, 8, 1, None), [r"null|none", r"prompt"],
-                       ranking=True),
-    "null-cand": Bad(set_value("cand", 20, 7, 2, None), [r"null|none", r"cand"],
-                     ranking=True),
-    "missing-reward-column": Bad(lambda f: f.drop("reward"),
-                                 [r"missing", r"reward", r"columns present", r"'cand'"],
-                                 ranking=True),
-    "missing-cand-column": Bad(lambda f: f.drop("cand"),
-                               [r"missing", r"cand", r"columns present", r"reward"],
-                               ranking=True),
+    "duplicate-candidate": Bad(
+        duplicate(20, 7, 1), [r"duplicate", *where(20), P7, *where(cand=1)], ranking=True
+    ),
+    "duplicate-candidate-other-reward": Bad(
+        duplicate(30, 8, 0, reward=5.0),
+        [r"duplicate", *where(30), P8, *where(cand=0)],
+        ranking=True,
+    ),
+    "null-stage": Bad(set_value("stage", 30, 7, 0, None), [r"null|none", r"stage"], ranking=True),
+    "null-prompt": Bad(
+        set_value("prompt", 20, 8, 1, None), [r"null|none", r"prompt"], ranking=True
+    ),
+    "null-cand": Bad(set_value("cand", 20, 7, 2, None), [r"null|none", r"cand"], ranking=True),
+    "missing-reward-column": Bad(
+        lambda f: f.drop("reward"),
+        [r"missing", r"reward", r"columns present", r"'cand'"],
+        ranking=True,
+    ),
+    "missing-cand-column": Bad(
+        lambda f: f.drop("cand"), [r"missing", r"cand", r"columns present", r"reward"], ranking=True
+    ),
     "reward-as-string": Bad(cast("reward", pl.String), [r"reward", r"str"], ranking=True),
     "stage-as-float": Bad(cast("stage", pl.Float64), [r"stage", r"float|f64"], ranking=True),
     "cand-as-string": Bad(cast("cand", pl.String), [r"cand", r"str"], ranking=True),
-    "prompt-as-float": Bad(cast("prompt", pl.Float64), [r"prompt", r"float|f64"],
-                           ranking=True, prompts=("int",)),
-    "logprobs-as-strings": Bad(cast("logprobs", pl.List(pl.String)),
-                               [r"log-?probs?", r"str"]),
+    "prompt-as-float": Bad(
+        cast("prompt", pl.Float64), [r"prompt", r"float|f64"], ranking=True, prompts=("int",)
+    ),
+    "logprobs-as-strings": Bad(cast("logprobs", pl.List(pl.String)), [r"log-?probs?", r"str"]),
 }
 
 # the entries the table runs through (every layout and long-layout path, frames and files)
-BAD_ENTRIES = [e for e in FRAME_ENTRIES if e.name in (
-    "nested-DataFrame", "nested-LazyFrame", "nested-Arrow", "nested-glob", "nested-hive",
-    "long-DataFrame", "long-Arrow", "long-glob", "long-DataFrame-fallback",
-    "long-hive-fallback", "dask-nested-DataFrame", "dask-nested-LazyFrame", "dask-nested-Arrow",
-    "dask-nested-glob", "dask-nested-hive", "dask-long-DataFrame", "dask-long-Arrow",
-    "dask-long-glob", "dask-long-hive")]
+BAD_ENTRIES = [
+    e
+    for e in FRAME_ENTRIES
+    if e.name
+    in (
+        "nested-DataFrame",
+        "nested-LazyFrame",
+        "nested-Arrow",
+        "nested-glob",
+        "nested-hive",
+        "long-DataFrame",
+        "long-Arrow",
+        "long-glob",
+        "long-DataFrame-fallback",
+        "long-hive-fallback",
+        "dask-nested-DataFrame",
+        "dask-nested-LazyFrame",
+        "dask-nested-Arrow",
+        "dask-nested-glob",
+        "dask-nested-hive",
+        "dask-long-DataFrame",
+        "dask-long-Arrow",
+        "dask-long-glob",
+        "dask-long-hive",
+    )
+]
 
 
 def _bad_kwargs(entry: Entry, bad: Bad, prompts: str, directory: Path) -> dict[str, Any]:
     frame = bad.defect(base_frame(prompts))
-    if entry.kind == "hive" and (frame.schema["stage"] != pl.Int64
-                                 or frame["stage"].null_count()):
+    if entry.kind == "hive" and (frame.schema["stage"] != pl.Int64 or frame["stage"].null_count()):
         pytest.skip("a Hive directory names its stages by path")
-    if entry.layout == "long" and not {"stage", "prompt", "cand", "logprobs"} <= set(
-            frame.columns):
+    if entry.layout == "long" and not {"stage", "prompt", "cand", "logprobs"} <= set(frame.columns):
         pytest.skip("the long-layout table covers missing token columns")
     return entry.lay_out(directory, frame)
 
@@ -314,9 +408,18 @@ def _bad_kwargs(entry: Entry, bad: Bad, prompts: str, directory: Path) -> dict[s
 # integer prompt ids through every entry; string prompt ids (always the hash-join
 # path) through one entry of each layout and source family
 BAD_RUNS = [(e, "int") for e in BAD_ENTRIES] + [
-    (e, "str") for e in BAD_ENTRIES if e.name in (
-        "nested-DataFrame", "nested-glob", "long-DataFrame", "long-glob",
-        "dask-nested-DataFrame", "dask-long-glob")]
+    (e, "str")
+    for e in BAD_ENTRIES
+    if e.name
+    in (
+        "nested-DataFrame",
+        "nested-glob",
+        "long-DataFrame",
+        "long-glob",
+        "dask-nested-DataFrame",
+        "dask-long-glob",
+    )
+]
 
 
 @pytest.mark.parametrize("bad", FRAME_CASES.values(), ids=FRAME_CASES.keys())
@@ -338,19 +441,18 @@ def test_base_frame_is_valid(entry: Entry, prompts: str, tmp_path: Path) -> None
     """The frame the defects start from is fine (so each defect is what fails)."""
     table = entry.stage_losses(entry.lay_out(tmp_path, base_frame(prompts)))
     assert table["stage"].to_list() == [20, 30]
-    assert table["loss"].to_list() == [pytest.approx((0.875 + 0.75) / 4),
-                                       pytest.approx(0.9 / 3)]
+    assert table["loss"].to_list() == [pytest.approx((0.875 + 0.75) / 4), pytest.approx(0.9 / 3)]
 
 
 @pytest.mark.parametrize("prompts", ["int", "str"])
 @pytest.mark.parametrize("entry", [e for e in BAD_ENTRIES if e.layout == "nested"], ids=str)
-def test_null_in_unselected_nested_response_is_fine(entry: Entry, prompts: str,
-                                                    tmp_path: Path) -> None:
+def test_null_in_unselected_nested_response_is_fine(
+    entry: Entry, prompts: str, tmp_path: Path
+) -> None:
     frame = set_value("logprobs", 20, 7, 0, None, token=0)(base_frame(prompts))
     frame = set_value("logprobs", 30, 7, 0, None)(frame)
     table = entry.stage_losses(entry.lay_out(tmp_path, frame))
-    assert table["loss"].to_list() == [pytest.approx((0.875 + 0.75) / 4),
-                                       pytest.approx(0.9 / 3)]
+    assert table["loss"].to_list() == [pytest.approx((0.875 + 0.75) / 4), pytest.approx(0.9 / 3)]
 
 
 # --- long layout only: token rows and reward rows disagree --------------------------------
@@ -371,8 +473,9 @@ def orphan_unselected(prompts: str) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def orphan_new_prompt(prompts: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     tokens, rewards = _long(prompts)
-    extra = pl.DataFrame({"stage": [30], "prompt": [_pid(prompts, 9)], "cand": [4],
-                          "logprob": [-1.0], "token": [0]}).select(tokens.columns)
+    extra = pl.DataFrame(
+        {"stage": [30], "prompt": [_pid(prompts, 9)], "cand": [4], "logprob": [-1.0], "token": [0]}
+    ).select(tokens.columns)
     return pl.concat([tokens, extra.cast(tokens.schema)]), rewards
 
 
@@ -401,34 +504,45 @@ def drop_column(which: int, column: str) -> Callable[[str], tuple[pl.DataFrame, 
         frames = list(_long(prompts))
         frames[which] = frames[which].drop(column)
         return frames[0], frames[1]
+
     return build
 
 
-def cast_column(which: int, column: str, dtype: pl.DataType
-                ) -> Callable[[str], tuple[pl.DataFrame, pl.DataFrame]]:
+def cast_column(
+    which: int, column: str, dtype: pl.DataType
+) -> Callable[[str], tuple[pl.DataFrame, pl.DataFrame]]:
     def build(prompts: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         frames = list(_long(prompts))
         frames[which] = frames[which].with_columns(pl.col(column).cast(dtype))
         return frames[0], frames[1]
+
     return build
 
 
 LONG_CASES: dict[str, tuple[Callable[[str], tuple[pl.DataFrame, pl.DataFrame]], list[str]]] = {
-    "tokens-without-reward-unselected": (orphan_unselected,
-                                         [r"no reward", *where(20), P7, *where(cand=2)]),
-    "tokens-without-reward-new-prompt": (orphan_new_prompt,
-                                         [r"no reward", *where(30), r"prompt\W{0,3}p?9\b",
-                                          *where(cand=4)]),
-    "tokens-without-reward-below-range": (orphan_below_range,
-                                          [r"no reward", *where(5), P7, *where(cand=0)]),
+    "tokens-without-reward-unselected": (
+        orphan_unselected,
+        [r"no reward", *where(20), P7, *where(cand=2)],
+    ),
+    "tokens-without-reward-new-prompt": (
+        orphan_new_prompt,
+        [r"no reward", *where(30), r"prompt\W{0,3}p?9\b", *where(cand=4)],
+    ),
+    "tokens-without-reward-below-range": (
+        orphan_below_range,
+        [r"no reward", *where(5), P7, *where(cand=0)],
+    ),
     "tokens-with-null-cand": (orphan_null_id, [r"no reward|null", r"cand"]),
-    "duplicate-reward-row": (duplicate_reward_row, [r"duplicate", *where(30), P7,
-                                                    *where(cand=1)]),
-    "tokens-missing-logprob": (drop_column(0, "logprob"),
-                               [r"missing", r"logprob", r"columns present", r"token"]),
+    "duplicate-reward-row": (duplicate_reward_row, [r"duplicate", *where(30), P7, *where(cand=1)]),
+    "tokens-missing-logprob": (
+        drop_column(0, "logprob"),
+        [r"missing", r"logprob", r"columns present", r"token"],
+    ),
     "tokens-missing-cand": (drop_column(0, "cand"), [r"missing", r"cand", r"columns present"]),
-    "rewards-missing-reward": (drop_column(1, "reward"),
-                               [r"missing", r"reward", r"columns present", r"response"]),
+    "rewards-missing-reward": (
+        drop_column(1, "reward"),
+        [r"missing", r"reward", r"columns present", r"response"],
+    ),
     "logprob-as-string": (cast_column(0, "logprob", pl.String), [r"logprob", r"str"]),
     "token-as-float": (cast_column(0, "token", pl.Float64), [r"token", r"float|f64"]),
     "prompt-kinds-differ": (cast_column(1, "prompt", pl.String), [r"prompt"]),
@@ -439,8 +553,9 @@ LONG_ENTRIES = [e for e in BAD_ENTRIES if e.layout == "long"]
 @pytest.mark.parametrize("prompts", ["int", "str"])
 @pytest.mark.parametrize(("build", "fragments"), LONG_CASES.values(), ids=LONG_CASES.keys())
 @pytest.mark.parametrize("entry", LONG_ENTRIES, ids=str)
-def test_bad_long_layout(entry: Entry, build: Callable[[str], Any], fragments: list[str],
-                         prompts: str, tmp_path: Path) -> None:
+def test_bad_long_layout(
+    entry: Entry, build: Callable[[str], Any], fragments: list[str], prompts: str, tmp_path: Path
+) -> None:
     if prompts == "str" and build is LONG_CASES["prompt-kinds-differ"][0]:
         pytest.skip("string prompts cast to string are not a defect")
     long = build(prompts)
@@ -462,62 +577,86 @@ def _copy(data_dir: Path, tmp_path: Path, *names: str) -> Path:
 
 
 FILE_CASES: dict[str, tuple[Callable[[Path, Path], dict[str, Any]], list[str]]] = {
-    "truncated": (lambda d, t: {"source": d / "truncated.parquet"},
-                  [r"truncated\.parquet"]),
-    "not-parquet": (lambda d, t: {"source": d / "not_parquet.parquet"},
-                    [r"not_parquet\.parquet"]),
-    "empty-file": (lambda d, t: {"source": d / "empty_file.parquet"},
-                   [r"empty_file\.parquet"]),
-    "missing-column": (lambda d, t: {"source": d / "missing_reward.parquet"},
-                       [r"missing_reward\.parquet", r"reward", r"columns present",
-                        r"logprobs"]),
-    "wrong-type-reward": (lambda d, t: {"source": d / "wrong_type_reward.parquet"},
-                          [r"wrong_type_reward\.parquet", r"reward", r"str"]),
-    "wrong-type-logprobs": (lambda d, t: {"source": d / "wrong_type_logprobs.parquet"},
-                            [r"wrong_type_logprobs\.parquet", r"logprobs", r"str"]),
-    "no-such-file": (lambda d, t: {"source": t / "nope.parquet"},
-                     [r"nope\.parquet", r"not found|no such|does not exist"]),
-    "no-such-file-in-list": (lambda d, t: {"source": [d / "seed_nested.parquet",
-                                                      t / "nope.parquet"]},
-                             [r"nope\.parquet", r"not found|no such|does not exist"]),
-    "glob-matches-nothing": (lambda d, t: {"source": str(t / "nothing-*.parquet")},
-                             [r"nothing-\*\.parquet", r"no files|match"]),
-    "empty-directory": (lambda d, t: {"source": (t / "empty").mkdir() or t / "empty"},
-                        [r"empty", r"no .*parquet|no files"]),
+    "truncated": (lambda d, t: {"source": d / "truncated.parquet"}, [r"truncated\.parquet"]),
+    "not-parquet": (lambda d, t: {"source": d / "not_parquet.parquet"}, [r"not_parquet\.parquet"]),
+    "empty-file": (lambda d, t: {"source": d / "empty_file.parquet"}, [r"empty_file\.parquet"]),
+    "missing-column": (
+        lambda d, t: {"source": d / "missing_reward.parquet"},
+        [r"missing_reward\.parquet", r"reward", r"columns present", r"logprobs"],
+    ),
+    "wrong-type-reward": (
+        lambda d, t: {"source": d / "wrong_type_reward.parquet"},
+        [r"wrong_type_reward\.parquet", r"reward", r"str"],
+    ),
+    "wrong-type-logprobs": (
+        lambda d, t: {"source": d / "wrong_type_logprobs.parquet"},
+        [r"wrong_type_logprobs\.parquet", r"logprobs", r"str"],
+    ),
+    "no-such-file": (
+        lambda d, t: {"source": t / "nope.parquet"},
+        [r"nope\.parquet", r"not found|no such|does not exist"],
+    ),
+    "no-such-file-in-list": (
+        lambda d, t: {"source": [d / "seed_nested.parquet", t / "nope.parquet"]},
+        [r"nope\.parquet", r"not found|no such|does not exist"],
+    ),
+    "glob-matches-nothing": (
+        lambda d, t: {"source": str(t / "nothing-*.parquet")},
+        [r"nothing-\*\.parquet", r"no files|match"],
+    ),
+    "empty-directory": (
+        lambda d, t: {"source": (t / "empty").mkdir() or t / "empty"},
+        [r"empty", r"no .*parquet|no files"],
+    ),
     "empty-list": (lambda d, t: {"source": []}, [r"empty|no path"]),
     "truncated-among-good-glob": (
-        lambda d, t: {"source": str(_copy(d, t, "seed_nested.parquet", "truncated.parquet")
-                                    / "*.parquet")},
-        [r"truncated\.parquet"]),
+        lambda d, t: {
+            "source": str(_copy(d, t, "seed_nested.parquet", "truncated.parquet") / "*.parquet")
+        },
+        [r"truncated\.parquet"],
+    ),
     "not-parquet-in-directory": (
         lambda d, t: {"source": _copy(d, t, "seed_nested.parquet", "not_parquet.parquet")},
-        [r"not_parquet\.parquet"]),
+        [r"not_parquet\.parquet"],
+    ),
     "truncated-in-hive": (
         lambda d, t: {"source": _hive_with(d, t, "truncated.parquet")},
-        [r"stage=5/part-1\.parquet"]),
+        [r"stage=5/part-1\.parquet"],
+    ),
     "hive-stage-not-an-integer": (
         lambda d, t: {"source": _hive_named(d, t, "stage=abc")},
-        [r"stage", r"integer", r"str"]),
+        [r"stage", r"integer", r"str"],
+    ),
     "long-truncated-rewards": (
         lambda d, t: {"source": d / "seed_tokens.parquet", "rewards": d / "truncated.parquet"},
-        [r"truncated\.parquet"]),
+        [r"truncated\.parquet"],
+    ),
     "long-truncated-tokens": (
         lambda d, t: {"source": d / "truncated.parquet", "rewards": d / "seed_rewards.parquet"},
-        [r"truncated\.parquet"]),
+        [r"truncated\.parquet"],
+    ),
     "long-rewards-not-found": (
         lambda d, t: {"source": d / "seed_tokens.parquet", "rewards": t / "nope.parquet"},
-        [r"nope\.parquet", r"not found|no such|does not exist"]),
+        [r"nope\.parquet", r"not found|no such|does not exist"],
+    ),
     "long-tokens-missing-logprob": (
-        lambda d, t: {"source": d / "tokens_missing_logprob.parquet",
-                      "rewards": d / "seed_rewards.parquet"},
-        [r"tokens_missing_logprob\.parquet", r"logprob", r"columns present"]),
+        lambda d, t: {
+            "source": d / "tokens_missing_logprob.parquet",
+            "rewards": d / "seed_rewards.parquet",
+        },
+        [r"tokens_missing_logprob\.parquet", r"logprob", r"columns present"],
+    ),
     "long-rewards-wrong-type": (
-        lambda d, t: {"source": d / "seed_tokens.parquet",
-                      "rewards": d / "wrong_type_reward.parquet"},
-        [r"wrong_type_reward\.parquet", r"reward", r"str"]),
+        lambda d, t: {
+            "source": d / "seed_tokens.parquet",
+            "rewards": d / "wrong_type_reward.parquet",
+        },
+        [r"wrong_type_reward\.parquet", r"reward", r"str"],
+    ),
     "long-tokens-without-rewards": (
         lambda d, t: {"source": d / "seed_tokens.parquet"},
-        [r"seed_tokens\.parquet", r"reward", r"columns present", r"rewards="]),
+        [r"seed_tokens\.parquet", r"reward", r"columns present", r"rewards="],
+    ),
 }
 
 
@@ -537,8 +676,13 @@ def _hive_with(data_dir: Path, tmp_path: Path, broken: str) -> Path:
 
 @pytest.mark.parametrize("function", ["stage_losses", "select_best"])
 @pytest.mark.parametrize(("make", "fragments"), FILE_CASES.values(), ids=FILE_CASES.keys())
-def test_bad_files(make: Callable[[Path, Path], dict[str, Any]], fragments: list[str],
-                   function: str, data_dir: Path, tmp_path: Path) -> None:
+def test_bad_files(
+    make: Callable[[Path, Path], dict[str, Any]],
+    fragments: list[str],
+    function: str,
+    data_dir: Path,
+    tmp_path: Path,
+) -> None:
     kwargs = make(data_dir, tmp_path)
     source = kwargs.pop("source")
     call = getattr(raft_polars, function)
@@ -551,15 +695,19 @@ def test_bad_files(make: Callable[[Path, Path], dict[str, Any]], fragments: list
     assert_input_error(run, fragments)
 
 
-@pytest.mark.parametrize(("option", "value", "fragments"), [
-    ("reduction", "mean", [r"reduction", r"'mean'"]),
-    ("columns", {"promptt": "prompt_id"}, [r"promptt"]),
-    ("strategy", "worst", [r"strategy", r"'worst'"]),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "fragments"),
+    [
+        ("reduction", "mean", [r"reduction", r"'mean'"]),
+        ("columns", {"promptt": "prompt_id"}, [r"promptt"]),
+        ("strategy", "worst", [r"strategy", r"'worst'"]),
+    ],
+)
 def test_bad_options(option: str, value: Any, fragments: list[str], data_dir: Path) -> None:
     assert_input_error(
         lambda: raft_polars.stage_losses(data_dir / "seed_nested.parquet", **{option: value}),
-        fragments)
+        fragments,
+    )
 
 
 def test_bad_source_type() -> None:
@@ -585,17 +733,17 @@ def _corrupt_values(draw: st.DrawFn, case: Case) -> tuple[Case, bool]:
 
 FRAME_DEFECTS: dict[str, Callable[[pl.DataFrame, int], pl.DataFrame]] = {
     "null-reward": lambda f, r: f.with_columns(
-        pl.when(pl.int_range(pl.len()) == r).then(None).otherwise(pl.col("reward"))
-        .alias("reward")),
+        pl.when(pl.int_range(pl.len()) == r).then(None).otherwise(pl.col("reward")).alias("reward")
+    ),
     "null-stage": lambda f, r: f.with_columns(
-        pl.when(pl.int_range(pl.len()) == r).then(None).otherwise(pl.col("stage"))
-        .alias("stage")),
+        pl.when(pl.int_range(pl.len()) == r).then(None).otherwise(pl.col("stage")).alias("stage")
+    ),
     "null-prompt": lambda f, r: f.with_columns(
-        pl.when(pl.int_range(pl.len()) == r).then(None).otherwise(pl.col("prompt"))
-        .alias("prompt")),
+        pl.when(pl.int_range(pl.len()) == r).then(None).otherwise(pl.col("prompt")).alias("prompt")
+    ),
     "null-cand": lambda f, r: f.with_columns(
-        pl.when(pl.int_range(pl.len()) == r).then(None).otherwise(pl.col("cand"))
-        .alias("cand")),
+        pl.when(pl.int_range(pl.len()) == r).then(None).otherwise(pl.col("cand")).alias("cand")
+    ),
     "duplicate-row": lambda f, r: pl.concat([f, f.slice(r, 1)]),
     "drop-reward": lambda f, r: f.drop("reward"),
     "drop-stage": lambda f, r: f.drop("stage"),
@@ -604,14 +752,25 @@ FRAME_DEFECTS: dict[str, Callable[[pl.DataFrame, int], pl.DataFrame]] = {
     "reward-to-string": lambda f, r: f.with_columns(pl.col("reward").cast(pl.String)),
     "stage-to-float": lambda f, r: f.with_columns(pl.col("stage").cast(pl.Float64)),
     "cand-to-string": lambda f, r: f.with_columns(pl.col("cand").cast(pl.String)),
-    "logprobs-to-strings": lambda f, r: f.with_columns(
-        pl.col("logprobs").cast(pl.List(pl.String))),
+    "logprobs-to-strings": lambda f, r: f.with_columns(pl.col("logprobs").cast(pl.List(pl.String))),
     "all-tokens-gone": lambda f, r: f.with_columns(
-        pl.lit([], pl.List(pl.Float64)).alias("logprobs")),
+        pl.lit([], pl.List(pl.Float64)).alias("logprobs")
+    ),
 }
-FUZZ_ENTRIES = [e for e in FRAME_ENTRIES if e.name in (
-    "nested-DataFrame", "nested-glob", "long-DataFrame", "long-DataFrame-fallback",
-    "long-glob", "dask-nested-glob", "dask-long-DataFrame")]
+FUZZ_ENTRIES = [
+    e
+    for e in FRAME_ENTRIES
+    if e.name
+    in (
+        "nested-DataFrame",
+        "nested-glob",
+        "long-DataFrame",
+        "long-DataFrame-fallback",
+        "long-glob",
+        "dask-nested-glob",
+        "dask-long-DataFrame",
+    )
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -644,8 +803,9 @@ def test_fuzzed_frames_raise_only_input_errors(data: st.DataObject) -> None:
     frame = FRAME_DEFECTS[name](frame, row)
     if entry.layout == "long" and not {"stage", "cand", "logprobs"} <= set(frame.columns):
         assume(False)
-    column = {"null": name[5:], "drop": name[5:], "duplicate": "duplicate",
-              "all": "token"}.get(name.split("-")[0], name.split("-")[0])
+    column = {"null": name[5:], "drop": name[5:], "duplicate": "duplicate", "all": "token"}.get(
+        name.split("-")[0], name.split("-")[0]
+    )
     with workdir() as where:
         kwargs = entry.lay_out(where, frame)
         message = assert_input_error(lambda: entry.stage_losses(kwargs), [])

@@ -15,50 +15,89 @@ import raft_polars
 
 # every response holds two tokens, so the log-probs also fit a fixed-size array
 UNIFORM = Case(
-    [[[[-1.0, -2.0], [-3.0, -0.5]], [[-0.25, -4.0], [-1.0, -1.0]]],
-     [[[-0.5, -0.5], [-2.0, -2.0], [-0.75, -1.25]]]],
+    [
+        [[[-1.0, -2.0], [-3.0, -0.5]], [[-0.25, -4.0], [-1.0, -1.0]]],
+        [[[-0.5, -0.5], [-2.0, -2.0], [-0.75, -1.25]]],
+    ],
     [[[0.5, 0.25], [0.0, 1.0]], [[3.0, 3.0, -1.0]]],
-    stage_ids=[3, 1], prompt_ids=[40, 7],
+    stage_ids=[3, 1],
+    prompt_ids=[40, 7],
 )
-INTS = Case([[[[-1, -2], [-3, 0]], [[-4, -4], [-1, -1]]], [[[0, -5], [-2, -2]]]],
-            [[[1, 2], [2, 2]], [[0, -1]]])
+INTS = Case(
+    [[[[-1, -2], [-3, 0]], [[-4, -4], [-1, -1]]], [[[0, -5], [-2, -2]]]],
+    [[[1, 2], [2, 2]], [[0, -1]]],
+)
 
 NESTED_VARIANTS: dict[str, tuple[Case, Callable[[pl.DataFrame], pl.DataFrame]]] = {
-    "logprobs-array-float64": (UNIFORM, lambda f: f.with_columns(
-        pl.col("logprobs").cast(pl.Array(pl.Float64, 2)))),
-    "logprobs-array-float32": (UNIFORM, lambda f: f.with_columns(
-        pl.col("logprobs").cast(pl.Array(pl.Float32, 2)))),
-    "logprobs-list-int64": (INTS, lambda f: f.with_columns(
-        pl.col("logprobs").cast(pl.List(pl.Int64)))),
-    "logprobs-list-int8": (INTS, lambda f: f.with_columns(
-        pl.col("logprobs").cast(pl.List(pl.Int8)))),
+    "logprobs-array-float64": (
+        UNIFORM,
+        lambda f: f.with_columns(pl.col("logprobs").cast(pl.Array(pl.Float64, 2))),
+    ),
+    "logprobs-array-float32": (
+        UNIFORM,
+        lambda f: f.with_columns(pl.col("logprobs").cast(pl.Array(pl.Float32, 2))),
+    ),
+    "logprobs-list-int64": (
+        INTS,
+        lambda f: f.with_columns(pl.col("logprobs").cast(pl.List(pl.Int64))),
+    ),
+    "logprobs-list-int8": (
+        INTS,
+        lambda f: f.with_columns(pl.col("logprobs").cast(pl.List(pl.Int8))),
+    ),
     "reward-float32": (UNIFORM, lambda f: f.with_columns(pl.col("reward").cast(pl.Float32))),
     "reward-int32": (INTS, lambda f: f.with_columns(pl.col("reward").cast(pl.Int32))),
-    "reward-decimal": (UNIFORM, lambda f: f.with_columns(
-        pl.col("reward").cast(pl.Decimal(12, 4)))),
-    "ids-narrow-unsigned": (UNIFORM, lambda f: f.with_columns(
-        pl.col("stage").cast(pl.UInt8), pl.col("prompt").cast(pl.UInt16),
-        pl.col("cand").cast(pl.UInt32))),
-    "ids-int32": (UNIFORM, lambda f: f.with_columns(pl.col("stage", "prompt", "cand")
-                                                   .cast(pl.Int32))),
-    "prompt-categorical": (UNIFORM, lambda f: f.with_columns(
-        pl.col("prompt").cast(pl.String).cast(pl.Categorical))),
-    "prompt-enum": (UNIFORM, lambda f: f.with_columns(
-        pl.col("prompt").cast(pl.String).cast(pl.Enum(["7", "40"])))),
-    "extra-struct-and-list-columns": (UNIFORM, lambda f: f.with_columns(
-        pl.struct(score=pl.col("reward"), text=pl.lit("t")).alias("meta"),
-        pl.concat_list(pl.lit("a"), pl.lit("b")).alias("tags"))),
+    "reward-decimal": (UNIFORM, lambda f: f.with_columns(pl.col("reward").cast(pl.Decimal(12, 4)))),
+    "ids-narrow-unsigned": (
+        UNIFORM,
+        lambda f: f.with_columns(
+            pl.col("stage").cast(pl.UInt8),
+            pl.col("prompt").cast(pl.UInt16),
+            pl.col("cand").cast(pl.UInt32),
+        ),
+    ),
+    "ids-int32": (
+        UNIFORM,
+        lambda f: f.with_columns(pl.col("stage", "prompt", "cand").cast(pl.Int32)),
+    ),
+    "prompt-categorical": (
+        UNIFORM,
+        lambda f: f.with_columns(pl.col("prompt").cast(pl.String).cast(pl.Categorical)),
+    ),
+    "prompt-enum": (
+        UNIFORM,
+        lambda f: f.with_columns(pl.col("prompt").cast(pl.String).cast(pl.Enum(["7", "40"]))),
+    ),
+    "extra-struct-and-list-columns": (
+        UNIFORM,
+        lambda f: f.with_columns(
+            pl.struct(score=pl.col("reward"), text=pl.lit("t")).alias("meta"),
+            pl.concat_list(pl.lit("a"), pl.lit("b")).alias("tags"),
+        ),
+    ),
 }
-VARIANT_ENTRIES = [e for e in FRAME_ENTRIES if e.name in (
-    "nested-DataFrame", "nested-Arrow", "nested-file", "long-DataFrame", "long-glob",
-    "long-DataFrame-fallback", "dask-nested-file", "dask-long-glob")]
+VARIANT_ENTRIES = [
+    e
+    for e in FRAME_ENTRIES
+    if e.name
+    in (
+        "nested-DataFrame",
+        "nested-Arrow",
+        "nested-file",
+        "long-DataFrame",
+        "long-glob",
+        "long-DataFrame-fallback",
+        "dask-nested-file",
+        "dask-long-glob",
+    )
+]
 
 
-@pytest.mark.parametrize(("case", "change"), NESTED_VARIANTS.values(),
-                         ids=NESTED_VARIANTS.keys())
+@pytest.mark.parametrize(("case", "change"), NESTED_VARIANTS.values(), ids=NESTED_VARIANTS.keys())
 @pytest.mark.parametrize("entry", VARIANT_ENTRIES, ids=str)
-def test_column_types(entry: Entry, case: Case, change: Callable[[pl.DataFrame], pl.DataFrame],
-                      tmp_path: Path) -> None:
+def test_column_types(
+    entry: Entry, case: Case, change: Callable[[pl.DataFrame], pl.DataFrame], tmp_path: Path
+) -> None:
     """Any integer width for ids, any numeric type for rewards and log-probs,
     string-like prompt ids: the same answer as the reference."""
     frame = change(case.nested())
@@ -67,10 +106,13 @@ def test_column_types(entry: Entry, case: Case, change: Callable[[pl.DataFrame],
     table = entry.stage_losses(entry.lay_out(tmp_path, frame))
     check_table(table, case, case.expected_losses())
     selected = entry.select_best(entry.lay_out(tmp_path / "select", frame))
-    got = {(s, str(p), c): n for s, p, c, n in
-           selected.select("stage", "prompt", "cand", "tokens").rows()}
-    assert got == {(r["stage"], str(r["prompt"]), r["cand"]): r["tokens"]
-                   for r in case.expected_selection()}
+    got = {
+        (s, str(p), c): n
+        for s, p, c, n in selected.select("stage", "prompt", "cand", "tokens").rows()
+    }
+    assert got == {
+        (r["stage"], str(r["prompt"]), r["cand"]): r["tokens"] for r in case.expected_selection()
+    }
 
 
 @pytest.mark.parametrize("layout", ["nested", "long"])
@@ -82,8 +124,10 @@ def test_files_from_different_writers(layout: str, tmp_path: Path) -> None:
     first, second = nested.head(3), nested.tail(nested.height - 3)
     narrow = {"stage": pl.Int32, "prompt": pl.Int32, "cand": pl.Int16, "reward": pl.Float32}
     if layout == "nested":
-        second = second.with_columns(pl.col("logprobs").cast(pl.List(pl.Float32)),
-                                     *(pl.col(c).cast(t) for c, t in narrow.items()))
+        second = second.with_columns(
+            pl.col("logprobs").cast(pl.List(pl.Float32)),
+            *(pl.col(c).cast(t) for c, t in narrow.items()),
+        )
         first.write_parquet(tmp_path / "a.parquet")
         second.write_parquet(tmp_path / "b.parquet")
         table = raft_polars.stage_losses(str(tmp_path / "*.parquet"))
@@ -93,10 +137,12 @@ def test_files_from_different_writers(layout: str, tmp_path: Path) -> None:
         for name, part, cast in (("a", first, False), ("b", second, True)):
             tokens, rewards = to_long(part)
             if cast:
-                tokens = tokens.with_columns(pl.col("logprob").cast(pl.Float32),
-                                             pl.col("stage").cast(pl.Int32))
-                rewards = rewards.with_columns(pl.col("reward").cast(pl.Float32),
-                                               pl.col("cand").cast(pl.Int16))
+                tokens = tokens.with_columns(
+                    pl.col("logprob").cast(pl.Float32), pl.col("stage").cast(pl.Int32)
+                )
+                rewards = rewards.with_columns(
+                    pl.col("reward").cast(pl.Float32), pl.col("cand").cast(pl.Int16)
+                )
             tokens.write_parquet(tmp_path / "t" / f"{name}.parquet")
             rewards.write_parquet(tmp_path / "r" / f"{name}.parquet")
         table = raft_polars.stage_losses(tmp_path / "t", rewards=tmp_path / "r")
@@ -142,6 +188,7 @@ def test_extra_column_named_like_an_output(layout: str, name: str) -> None:
     check_table(table, case, case.expected_losses())
     want = case.expected_selection()
     assert selected.select("stage", "prompt", "cand", "tokens").rows() == [
-        (r["stage"], r["prompt"], r["cand"], r["tokens"]) for r in want]
+        (r["stage"], r["prompt"], r["cand"], r["tokens"]) for r in want
+    ]
     if name != "tokens":
         assert selected[name].to_list() == [99] * len(want)

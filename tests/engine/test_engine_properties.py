@@ -35,8 +35,11 @@ def examples(entry: Entry) -> int:
 
 
 def _settings(n: int) -> settings:
-    return settings(max_examples=n, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=str)
@@ -50,9 +53,23 @@ def test_random_logs(entry: Entry) -> None:
     run()
 
 
-@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.name in (
-    "lists_losses", "nested-DataFrame", "long-DataFrame", "long-hive-fallback",
-    "dask-nested-DataFrame", "dask-long-glob")], ids=str)
+@pytest.mark.parametrize(
+    "entry",
+    [
+        e
+        for e in ENTRIES
+        if e.name
+        in (
+            "lists_losses",
+            "nested-DataFrame",
+            "long-DataFrame",
+            "long-hive-fallback",
+            "dask-nested-DataFrame",
+            "dask-long-glob",
+        )
+    ],
+    ids=str,
+)
 def test_random_logs_sequence_reduction(entry: Entry) -> None:
     @_settings(20)
     @given(case=cases())
@@ -63,10 +80,28 @@ def test_random_logs_sequence_reduction(entry: Entry) -> None:
     run()
 
 
-@pytest.mark.parametrize("entry", [e for e in FRAME_ENTRIES if e.name in (
-    "nested-DataFrame", "nested-Arrow", "nested-glob", "nested-hive", "long-DataFrame",
-    "long-LazyFrame", "long-paths", "long-hive-fallback", "dask-nested-glob", "dask-long-paths",
-    "dask-long-hive")], ids=str)
+@pytest.mark.parametrize(
+    "entry",
+    [
+        e
+        for e in FRAME_ENTRIES
+        if e.name
+        in (
+            "nested-DataFrame",
+            "nested-Arrow",
+            "nested-glob",
+            "nested-hive",
+            "long-DataFrame",
+            "long-LazyFrame",
+            "long-paths",
+            "long-hive-fallback",
+            "dask-nested-glob",
+            "dask-long-paths",
+            "dask-long-hive",
+        )
+    ],
+    ids=str,
+)
 def test_random_selection(entry: Entry) -> None:
     @_settings(15)
     @given(case=cases())
@@ -76,10 +111,14 @@ def test_random_selection(entry: Entry) -> None:
     run()
 
 
-@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.name in (
-    "raft_alignment", "nested-Arrow", "long-paths")], ids=str)
+@pytest.mark.parametrize(
+    "entry",
+    [e for e in ENTRIES if e.name in ("raft_alignment", "nested-Arrow", "long-paths")],
+    ids=str,
+)
 def test_random_float32_logs(entry: Entry) -> None:
     """float32 log-probs (and rewards), accumulated in float64."""
+
     @_settings(15)
     @given(case=cases(float32=True, max_tokens=12))
     def run(case: Case) -> None:
@@ -89,8 +128,11 @@ def test_random_float32_logs(entry: Entry) -> None:
     run()
 
 
-@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.name in (
-    "raft_alignment", "nested-file", "long-DataFrame")], ids=str)
+@pytest.mark.parametrize(
+    "entry",
+    [e for e in ENTRIES if e.name in ("raft_alignment", "nested-file", "long-DataFrame")],
+    ids=str,
+)
 def test_random_edge_shapes(entry: Entry) -> None:
     """K = 1, large magnitudes, Python ints, all-zero-token prompts, many prompts."""
     shapes = st.one_of(
@@ -110,20 +152,26 @@ def test_random_edge_shapes(entry: Entry) -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(case=cases(ties=True, max_k=5), seeds=st.lists(st.integers(0, 2**16), min_size=2,
-                                                      max_size=2, unique=True))
+@given(
+    case=cases(ties=True, max_k=5),
+    seeds=st.lists(st.integers(0, 2**16), min_size=2, max_size=2, unique=True),
+)
 def test_row_order_carries_no_meaning(case: Case, seeds: list[int]) -> None:
     """Two shuffles of the same log give the same table (losses to the last
     rounded digit, every count exactly) in both layouts."""
-    for entry in (Entry("nested", "DataFrame"), Entry("long", "DataFrame"),
-                  Entry("long", "DataFrame", fallback=True)):
+    for entry in (
+        Entry("nested", "DataFrame"),
+        Entry("long", "DataFrame"),
+        Entry("long", "DataFrame", fallback=True),
+    ):
         tables = []
         for seed in seeds:
             with workdir() as where:
                 tables.append(entry.losses(dataclasses.replace(case, shuffle=seed), where))
         a, b = tables
         assert a.drop("loss", "reward_best_mean", "reward_mean", "reward_lift").equals(
-            b.drop("loss", "reward_best_mean", "reward_mean", "reward_lift"))
+            b.drop("loss", "reward_best_mean", "reward_mean", "reward_lift")
+        )
         for x, y in zip(a["loss"], b["loss"], strict=True):
             assert math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-15)
             if not rounding_is_ambiguous(x):

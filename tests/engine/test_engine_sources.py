@@ -13,8 +13,7 @@ from reference import long_frames, nested_frame, reference_losses, reference_rou
 import raft_polars
 from raft_polars import RaftInputError
 
-LPS = [[[[-1.0, -2.0], [-0.5]], [[-3.0], [-0.25, -0.75, -1.0]]],
-       [[[-0.1], [-0.2, -0.3]]]]
+LPS = [[[[-1.0, -2.0], [-0.5]], [[-3.0], [-0.25, -0.75, -1.0]]], [[[-0.1], [-0.2, -0.3]]]]
 RWS = [[[0.1, 0.9], [0.4, 0.4]], [[2.0, 1.0]]]
 
 
@@ -27,23 +26,28 @@ def test_file_order_and_widths_do_not_matter(tmp_path: Path, narrow_first: bool)
     frame = nested_frame(LPS, RWS)
     wide = frame.filter(pl.col("stage") == 0)
     narrow = frame.filter(pl.col("stage") == 1).with_columns(
-        pl.col("prompt").cast(pl.Int32), pl.col("cand").cast(pl.Int16),
-        pl.col("reward").cast(pl.Float32), pl.col("logprobs").cast(pl.List(pl.Float32)),
+        pl.col("prompt").cast(pl.Int32),
+        pl.col("cand").cast(pl.Int16),
+        pl.col("reward").cast(pl.Float32),
+        pl.col("logprobs").cast(pl.List(pl.Float32)),
     )
     first, second = (narrow, wide) if narrow_first else (wide, narrow)
     first.write_parquet(tmp_path / "a.parquet")
     second.write_parquet(tmp_path / "b.parquet")
     expected = reference_rounded(LPS, RWS)
     assert _rounded(raft_polars.stage_losses(tmp_path)) == expected
-    assert _rounded(raft_polars.stage_losses(
-        [tmp_path / "b.parquet", tmp_path / "a.parquet"])) == expected
+    assert (
+        _rounded(raft_polars.stage_losses([tmp_path / "b.parquet", tmp_path / "a.parquet"]))
+        == expected
+    )
 
 
 def test_files_whose_columns_differ_name_the_file(tmp_path: Path) -> None:
     frame = nested_frame(LPS, RWS)
     frame.filter(pl.col("stage") == 0).write_parquet(tmp_path / "a.parquet")
-    frame.filter(pl.col("stage") == 1).with_columns(
-        pl.col("prompt").cast(pl.String)).write_parquet(tmp_path / "b.parquet")
+    frame.filter(pl.col("stage") == 1).with_columns(pl.col("prompt").cast(pl.String)).write_parquet(
+        tmp_path / "b.parquet"
+    )
     with pytest.raises(RaftInputError, match=r"column 'prompt' is String in .*b\.parquet"):
         raft_polars.stage_losses(tmp_path)
 
@@ -58,13 +62,19 @@ def test_pq_files_are_read_and_hidden_ones_skipped(tmp_path: Path) -> None:
     assert _rounded(raft_polars.stage_losses(tmp_path)) == reference_rounded(LPS, RWS)
 
 
-@pytest.mark.parametrize(("n", "fraction"), [(25, 0.28), (100, 0.07), (10, 0.3), (7, 1.0),
-                                             (9, 0.5), (3, 0.01)])
+@pytest.mark.parametrize(
+    ("n", "fraction"), [(25, 0.28), (100, 0.07), (10, 0.3), (7, 1.0), (9, 0.5), (3, 0.01)]
+)
 def test_global_keeps_ceil_of_fraction(n: int, fraction: float) -> None:
-    frame = pl.DataFrame({
-        "stage": [0] * n, "prompt": list(range(n)), "cand": [0] * n,
-        "reward": [float(i) for i in range(n)], "logprobs": [[-1.0]] * n,
-    })
+    frame = pl.DataFrame(
+        {
+            "stage": [0] * n,
+            "prompt": list(range(n)),
+            "cand": [0] * n,
+            "reward": [float(i) for i in range(n)],
+            "logprobs": [[-1.0]] * n,
+        }
+    )
     # the decimal product, not its binary rounding: 0.28 * 25 is exactly 7
     want = math.ceil(round(n * fraction, 9))
     table = raft_polars.stage_losses(frame, strategy="global", fraction=fraction)
@@ -73,15 +83,18 @@ def test_global_keeps_ceil_of_fraction(n: int, fraction: float) -> None:
     assert sorted(chosen["prompt"].to_list()) == list(range(n - want, n))
 
 
-@pytest.mark.parametrize(("options", "fragment"), [
-    ({"strategy": "global", "fraction": "0.5"}, "fraction must be a number"),
-    ({"strategy": "global", "fraction": True}, "fraction must be a number"),
-    ({"min_reward": "0.5"}, "min_reward must be a number"),
-    ({"min_reward": 10**400}, "min_reward must be a finite number"),
-    ({"columns": ["prompt"]}, "columns= must map"),
-    ({"columns": {"prompt": "x", "cand": "x"}}, "a different column name"),
-    ({"reduction": "mean"}, "reduction must be 'token' or 'sequence'"),
-])
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"strategy": "global", "fraction": "0.5"}, "fraction must be a number"),
+        ({"strategy": "global", "fraction": True}, "fraction must be a number"),
+        ({"min_reward": "0.5"}, "min_reward must be a number"),
+        ({"min_reward": 10**400}, "min_reward must be a finite number"),
+        ({"columns": ["prompt"]}, "columns= must map"),
+        ({"columns": {"prompt": "x", "cand": "x"}}, "a different column name"),
+        ({"reduction": "mean"}, "reduction must be 'token' or 'sequence'"),
+    ],
+)
 def test_bad_options(options: dict[str, object], fragment: str) -> None:
     frame = nested_frame(LPS, RWS)
     with pytest.raises(RaftInputError, match=fragment):
@@ -100,23 +113,34 @@ def test_ragged_nesting_in_lists_is_an_input_error() -> None:
 
 @pytest.mark.parametrize("dtype", [pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt16, pl.UInt64])
 def test_long_layout_in_narrow_id_types(dtype: pl.DataType) -> None:
-    tokens = pl.DataFrame({
-        "stage": [0, 0, 0, 1], "prompt": [3, 3, 3, 3], "cand": [0, 0, 1, 0],
-        "logprob": [-1.0, -2.0, -4.0, -0.5],
-    }).with_columns(pl.col("stage", "prompt", "cand").cast(dtype))
-    rewards = pl.DataFrame({"stage": [0, 0, 1], "prompt": [3, 3, 3], "cand": [0, 1, 0],
-                            "reward": [0.9, 0.1, 0.0]})
+    tokens = pl.DataFrame(
+        {
+            "stage": [0, 0, 0, 1],
+            "prompt": [3, 3, 3, 3],
+            "cand": [0, 0, 1, 0],
+            "logprob": [-1.0, -2.0, -4.0, -0.5],
+        }
+    ).with_columns(pl.col("stage", "prompt", "cand").cast(dtype))
+    rewards = pl.DataFrame(
+        {"stage": [0, 0, 1], "prompt": [3, 3, 3], "cand": [0, 1, 0], "reward": [0.9, 0.1, 0.0]}
+    )
     assert raft_polars.stage_losses(tokens, rewards=rewards)["loss"].to_list() == [1.5, 0.5]
 
 
 @pytest.mark.parametrize("orphan", [2**31 - 1, -(2**31), 4, -1])
 def test_orphan_ids_at_the_int32_limits(orphan: int) -> None:
-    tokens = pl.DataFrame({
-        "stage": [0, 0, 0], "prompt": [3, 3, orphan], "cand": [0, 1, 0],
-        "logprob": [-1.0, -2.0, -4.0],
-    }, schema_overrides={"stage": pl.Int32, "prompt": pl.Int32, "cand": pl.Int32})
-    rewards = pl.DataFrame({"stage": [0, 0], "prompt": [3, 3], "cand": [0, 1],
-                            "reward": [0.9, 0.1]})
+    tokens = pl.DataFrame(
+        {
+            "stage": [0, 0, 0],
+            "prompt": [3, 3, orphan],
+            "cand": [0, 1, 0],
+            "logprob": [-1.0, -2.0, -4.0],
+        },
+        schema_overrides={"stage": pl.Int32, "prompt": pl.Int32, "cand": pl.Int32},
+    )
+    rewards = pl.DataFrame(
+        {"stage": [0, 0], "prompt": [3, 3], "cand": [0, 1], "reward": [0.9, 0.1]}
+    )
     with pytest.raises(RaftInputError, match=f"no reward row.*prompt {orphan}"):
         raft_polars.stage_losses(tokens, rewards=rewards)
 
@@ -149,24 +173,34 @@ def test_overflowing_nll_is_not_an_input_error() -> None:
 @pytest.mark.parametrize("dtype", [pl.Int128, pl.UInt128])
 def test_128_bit_ids(dtype: pl.DataType, tmp_path: Path) -> None:
     """128-bit ids (Polars widens UInt64 + Int64 parts to Int128) take the general path."""
-    frame = pl.DataFrame({"stage": [0, 0, 1], "prompt": [5, 5, 6], "cand": [0, 1, 0],
-                          "reward": [0.1, 0.2, 0.3], "logprobs": [[-1.0], [-2.0], [-3.0]]})
-    assert raft_polars.stage_losses(frame.cast({"prompt": dtype}))["loss"].to_list() == [
-        2.0, 3.0]
+    frame = pl.DataFrame(
+        {
+            "stage": [0, 0, 1],
+            "prompt": [5, 5, 6],
+            "cand": [0, 1, 0],
+            "reward": [0.1, 0.2, 0.3],
+            "logprobs": [[-1.0], [-2.0], [-3.0]],
+        }
+    )
+    assert raft_polars.stage_losses(frame.cast({"prompt": dtype}))["loss"].to_list() == [2.0, 3.0]
     frame.head(2).cast({"prompt": pl.UInt64}).write_parquet(tmp_path / "a.parquet")
     frame.tail(1).write_parquet(tmp_path / "b.parquet")
     got = raft_polars.stage_losses([tmp_path / "a.parquet", tmp_path / "b.parquet"])
     assert got["loss"].to_list() == [2.0, 3.0]
 
 
-@pytest.mark.parametrize("strategy", [{}, {"strategy": "top_n", "n": 2},
-                                      {"strategy": "global", "fraction": 0.5}])
+@pytest.mark.parametrize(
+    "strategy", [{}, {"strategy": "top_n", "n": 2}, {"strategy": "global", "fraction": 0.5}]
+)
 def test_uint64_ids_beyond_int64_are_input_errors(strategy: dict[str, object]) -> None:
     big = {"stage": pl.UInt64}
-    rewards = pl.DataFrame({"stage": [2**63] * 2, "prompt": [0, 0], "cand": [0, 1],
-                            "reward": [0.1, 0.2]}, schema_overrides=big)
-    tokens = pl.DataFrame({"stage": [2**63], "prompt": [0], "cand": [1], "logprob": [-1.0]},
-                          schema_overrides=big)
+    rewards = pl.DataFrame(
+        {"stage": [2**63] * 2, "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.2]},
+        schema_overrides=big,
+    )
+    tokens = pl.DataFrame(
+        {"stage": [2**63], "prompt": [0], "cand": [1], "logprob": [-1.0]}, schema_overrides=big
+    )
     with pytest.raises(RaftInputError, match="u64"):
         raft_polars.stage_losses(tokens, rewards=rewards, **strategy)  # type: ignore[arg-type]
     with pytest.raises(RaftInputError, match="u64"):
@@ -175,10 +209,14 @@ def test_uint64_ids_beyond_int64_are_input_errors(strategy: dict[str, object]) -
 
 @pytest.mark.parametrize("reduction", ["token", "sequence"])
 def test_orphan_uint64_ids_beyond_int64_are_input_errors(reduction: str) -> None:
-    rewards = pl.DataFrame({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1],
-                            "reward": [0.1, 0.2]}, schema_overrides={"stage": pl.UInt64})
-    tokens = pl.DataFrame({"stage": [0, 2**63], "prompt": [0, 0], "cand": [1, 1],
-                           "logprob": [-1.0, -2.0]}, schema_overrides={"stage": pl.UInt64})
+    rewards = pl.DataFrame(
+        {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.2]},
+        schema_overrides={"stage": pl.UInt64},
+    )
+    tokens = pl.DataFrame(
+        {"stage": [0, 2**63], "prompt": [0, 0], "cand": [1, 1], "logprob": [-1.0, -2.0]},
+        schema_overrides={"stage": pl.UInt64},
+    )
     with pytest.raises(RaftInputError):
         raft_polars.stage_losses(tokens, rewards=rewards, reduction=reduction)  # type: ignore[arg-type]
 
@@ -195,36 +233,45 @@ def test_coded_prompts_find_orphans_and_reduce(prompts: list[object], reduction:
     want = reference_losses(lps, rws, reduction=reduction)
     assert got["loss"].to_list() == pytest.approx(want, rel=1e-12)
     stray = 12345 if isinstance(prompts[0], int) else "zz"
-    orphan = pl.concat([tokens, tokens.head(1).with_columns(pl.lit(stray).alias("prompt"))],
-                       how="vertical_relaxed")
+    orphan = pl.concat(
+        [tokens, tokens.head(1).with_columns(pl.lit(stray).alias("prompt"))], how="vertical_relaxed"
+    )
     with pytest.raises(RaftInputError, match="no reward row"):
         raft_polars.stage_losses(orphan, rewards=rewards, reduction=reduction)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("prompts", [[10**12, 10**12, 5, 5], ["a", "a", "b", "b"]],
-                         ids=["hashed", "str"])
+@pytest.mark.parametrize(
+    "prompts", [[10**12, 10**12, 5, 5], ["a", "a", "b", "b"]], ids=["hashed", "str"]
+)
 def test_a_source_column_named_like_the_codes_is_kept(prompts: list[object]) -> None:
     """An extra column with the name the engine gives the prompt's codes changes
     nothing: the same loss as the reference, and the column in the selected batch."""
-    frame = pl.DataFrame({"stage": [0] * 4, "prompt": prompts, "cand": [0, 1, 0, 1],
-                          "reward": [0.0, 1.0, 1.0, 0.0],
-                          "logprobs": [[-1.0], [-2.0], [-3.0], [-4.0]],
-                          "_raft_prompt_code": [7, 7, 7, 7],
-                          "_raft_prompt_code_": [8, 8, 8, 8]})
+    frame = pl.DataFrame(
+        {
+            "stage": [0] * 4,
+            "prompt": prompts,
+            "cand": [0, 1, 0, 1],
+            "reward": [0.0, 1.0, 1.0, 0.0],
+            "logprobs": [[-1.0], [-2.0], [-3.0], [-4.0]],
+            "_raft_prompt_code": [7, 7, 7, 7],
+            "_raft_prompt_code_": [8, 8, 8, 8],
+        }
+    )
     assert raft_polars.stage_losses(frame)["loss"].to_list() == [2.5]
     selected = raft_polars.select_best(frame).collect()
-    assert selected.select("prompt", "cand").rows() == sorted(
-        [(prompts[0], 1), (prompts[2], 0)])
+    assert selected.select("prompt", "cand").rows() == sorted([(prompts[0], 1), (prompts[2], 0)])
     assert selected["_raft_prompt_code"].to_list() == [7, 7]
     assert selected["_raft_prompt_code_"].to_list() == [8, 8]
 
 
 def test_uint64_prompt_ids_beyond_int64_fail_alike_on_every_path() -> None:
     ids = pl.Series([2**63, 2**63, 5, 5], dtype=pl.UInt64)
-    rewards = pl.DataFrame({"stage": [0] * 4, "prompt": ids, "cand": [0, 1, 0, 1],
-                            "reward": [0.0, 1.0, 1.0, 0.0]})
-    tokens = pl.DataFrame({"stage": [0] * 4, "prompt": ids, "cand": [0, 1, 0, 1],
-                           "logprob": [-1.0, -2.0, -3.0, -4.0]})
+    rewards = pl.DataFrame(
+        {"stage": [0] * 4, "prompt": ids, "cand": [0, 1, 0, 1], "reward": [0.0, 1.0, 1.0, 0.0]}
+    )
+    tokens = pl.DataFrame(
+        {"stage": [0] * 4, "prompt": ids, "cand": [0, 1, 0, 1], "logprob": [-1.0, -2.0, -3.0, -4.0]}
+    )
     with pytest.raises(RaftInputError, match="u64"):
         raft_polars.stage_losses(tokens, rewards=rewards)
     with pytest.raises(RaftInputError, match="u64"):
