@@ -36,7 +36,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, Literal, NoReturn, TextIO
 
 import polars as pl
 
@@ -564,7 +564,7 @@ def _cmd_select(args: argparse.Namespace) -> None:
     from raft_polars.api import write_selected
 
     out = Path(args.output)
-    stage = "last" if args.last_stage else args.stage
+    stage: int | Literal["last"] | None = "last" if args.last_stage else args.stage
     rows = write_selected(
         _source(args),
         out,

@@ -143,7 +143,7 @@ def gather(
     return pl.lit(pl.Series("table", table)).gather(flat)
 
 
-def footers_within(files: Sequence[Path], names: Sequence[str], box: Box) -> bool:
+def footers_within(files: Sequence[str | Path], names: Sequence[str], box: Box) -> bool:
     """Whether the Parquet footers prove that no row of ``files`` has a null id or
     an id outside ``box``: every row group's statistics of the id columns
     ``names`` (as the files call them) hold a null count of 0 and a min and max

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -267,7 +267,7 @@ class Keys:
         frame = self.frame if self.codes is None else self.codes.decode(self.frame)
         return canonical_keys(frame)
 
-    def index(self, box: Box, chosen: pl.DataFrame) -> npt.NDArray[np.signedinteger]:  # type: ignore[type-arg]
+    def index(self, box: Box, chosen: pl.DataFrame) -> npt.NDArray[np.signedinteger[Any]]:
         """Positions in ``box`` of the (canonical) ``chosen`` candidates."""
         return box.index(chosen if self.codes is None else self.codes.encode(chosen))
 

@@ -28,12 +28,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import polars as pl
 import pyarrow as pa
 
 from raft_polars.errors import RaftInputError
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 __all__ = ["DataFile", "Piece", "Resolved", "Source", "reading", "resolve"]
 
@@ -273,7 +276,7 @@ def _file_schema(paths: Sequence[str], origin: str) -> dict[str, pl.DataType]:
     return dict(merged.schema)
 
 
-def _family(dtype: pl.DataType) -> str:
+def _family(dtype: PolarsDataType) -> str:
     """Types that files may mix and still be read as one column."""
     if dtype.is_numeric():
         return "number"

@@ -195,10 +195,10 @@ def mark_isolated(shards: Sequence[Shard]) -> list[Shard]:
     reach_at = -1
     for i in order:
         shard = shards[i]
-        if reach is not None and shard.lo <= reach:  # type: ignore[operator]
+        if reach is not None and shard.lo <= reach:
             alone[i] = False
             alone[reach_at] = False
-        if reach is None or shard.hi > reach:  # type: ignore[operator]
+        if reach is None or shard.hi > reach:
             reach, reach_at = shard.hi, i
     return [replace(s, isolated=flag) for s, flag in zip(shards, alone, strict=True)]
 

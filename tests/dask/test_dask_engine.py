@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ from raft_polars.errors import RaftInputError
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
+def client() -> Any:
     """The shared local cluster's client."""
-    yield dask_cluster.client()
+    return dask_cluster.client()
 
 
 def _on(client: Any) -> rd.DaskEngine:
@@ -115,12 +115,12 @@ def _agree(
     layout=st.sampled_from(["nested", "long"]),
     selection=st.sampled_from(SELECTIONS),
 )
-def test_property_files(
+def test_property_files(  # noqa: PLR0917 - one argument per strategy
     client: Any,
     log: Any,
     parts: int,
     shuffle: int,
-    strings: bool,  # noqa: PLR0917 - one argument per strategy
+    strings: bool,
     layout: str,
     selection: Selection,
 ) -> None:

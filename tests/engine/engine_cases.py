@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import dask_cluster
 import numpy as np
 import polars as pl
 from hypothesis import strategies as st
@@ -36,8 +37,6 @@ from reference import (
     write_split,
 )
 from strategies import prompt_ids, ragged_logs, stage_ids
-
-import dask_cluster
 
 import raft_polars
 import raft_polars._engine.dense
