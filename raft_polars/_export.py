@@ -11,12 +11,13 @@ removed by the next write into the same directory.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import polars as pl
 
@@ -27,6 +28,7 @@ __all__ = [
     "PARQUET",
     "StagePick",
     "check_target",
+    "json_value",
     "output_format",
     "pick_stage",
     "rows_written",
@@ -177,6 +179,14 @@ def write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -
     except BaseException:
         _remove(tmp)
         raise
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as strict JSON allows: NaN and infinities as the strings
+    ``"nan"``, ``"inf"`` and ``"-inf"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def rows_written(out: Path) -> int:

@@ -35,7 +35,7 @@ import polars as pl
 
 from raft_polars import _export
 from raft_polars._engine.read import read_log
-from raft_polars._engine.sources import Source
+from raft_polars._engine.sources import Source, reading
 from raft_polars._executors import Engine, executor
 from raft_polars.errors import RaftInputError
 from raft_polars.selection import Reduction, Selection, Strategy, check_reduction
@@ -221,17 +221,19 @@ def write_selected(
         source, rewards=rewards, columns=columns, strategy=strategy, n=n, fraction=fraction,
         min_reward=min_reward, engine=engine,
     )  # fmt: skip
+    log = read_log(source, rewards=rewards, columns=columns)
+    paths, origin = log.paths, log.origin
     if stage is not None:
-        log = read_log(source, rewards=rewards, columns=columns)
         stages = log.collect(log.keys().select(pl.col("stage").unique().sort()))["stage"]
         frame = _export.pick_stage(frame, stages, stage, log.origin)
     frame = _export.sft_columns(frame, prompt_column, response_column)
 
     def write(tmp: Path) -> None:
-        if fmt == "parquet":
-            frame.sink_parquet(tmp, engine="streaming")
-        else:
-            frame.sink_ndjson(tmp, engine="streaming")
+        with reading(paths, origin):  # a read failure names the file, not the temp path
+            if fmt == "parquet":
+                frame.sink_parquet(tmp, engine="streaming")
+            else:
+                frame.sink_ndjson(tmp, engine="streaming")
 
     _export.write_atomically(out, write, force=force)
     return _export.rows_written(out)

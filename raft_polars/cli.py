@@ -44,6 +44,7 @@ from raft_polars import __version__
 from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source
+from raft_polars._export import json_value
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
@@ -511,6 +512,8 @@ def write_losses(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> 
 
     The loss is rounded with Python's ``round(x, 4)`` in every format; the aligned
     table shows every float with 4 decimals, CSV and JSON keep the rewards exact.
+    JSON, which has no NaN or infinity, gets the strings ``"nan"``, ``"inf"`` and
+    ``"-inf"`` for them (an overflowing NLL sum is an infinite loss).
 
     Examples
     --------
@@ -526,7 +529,8 @@ def write_losses(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> 
         1 0.5500       1          2        1      2           0.7500      0.7250      0.0250    0         0
     """  # noqa: E501 - the doctest shows the full-width table
     rows = [_rounded(row) for row in table.select(LOSS_COLUMNS).iter_rows(named=True)]
-    if fmt == "json":
+    if fmt == "json":  # NaN and infinities as the strings "nan", "inf", "-inf"
+        rows = [{k: json_value(v) for k, v in row.items()} for row in rows]
         json.dump(rows, stream, indent=2, allow_nan=False)
         stream.write("\n")
     elif fmt == "csv":

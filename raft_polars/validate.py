@@ -59,6 +59,7 @@ from raft_polars._engine.checks import bad_logprob, bad_reward
 from raft_polars._engine.rank import select
 from raft_polars._engine.read import ID_COLUMNS, Layout, StageLog, collect, read_log
 from raft_polars._engine.sources import Source
+from raft_polars._export import json_value
 from raft_polars.selection import Selection, Strategy
 
 __all__ = ["PROBLEM_KINDS", "Problem", "ValidationReport", "validate"]
@@ -184,7 +185,7 @@ class ValidationReport:
                     "description": p.description,
                     "places": p.places,
                     "locations": [
-                        {k: _json_value(v) for k, v in loc.items()} for loc in p.locations
+                        {k: json_value(v) for k, v in loc.items()} for loc in p.locations
                     ],
                 }
                 for p in self.problems
@@ -471,9 +472,3 @@ def _text(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else str(value)
     return repr(value) if isinstance(value, str) else str(value)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value

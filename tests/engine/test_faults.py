@@ -1,0 +1,206 @@
+"""Faults found from outside (issue 12), each as a class of cases on every executor:
+paths that look like globs, Hive directories above the source root or disagreeing
+with the file, temporary files of interrupted writes, non-finite JSON output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dask_cluster
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import nested_frame, reference_rounded
+
+import raft_polars as rp
+from raft_polars import RaftInputError
+from raft_polars._export import clean_stale
+
+LPS = [[[[-1.0], [-2.0, -4.0]], [[-0.5, -0.5], [-3.0]]], [[[-0.25], [-1.0]]]]
+RWS = [[[0.1, 0.9], [0.7, 0.2]], [[1.0, 0.0]]]
+EXPECTED = reference_rounded(LPS, RWS)
+
+
+def engines() -> list[Any]:
+    return ["polars", pytest.param("dask", id="dask")]
+
+
+def _engine(name: str) -> Any:
+    return dask_cluster.engine() if name == "dask" else "polars"
+
+
+def _losses(source: Any, engine: str) -> list[float]:
+    table = rp.stage_losses(source, engine=_engine(engine))
+    return [round(x, 4) for x in table["loss"].to_list()]
+
+
+# --- 1. an existing path is a path, whatever characters it holds ------------------------
+
+
+@pytest.mark.parametrize("engine", engines())
+@pytest.mark.parametrize("name", ["log[1].parquet", "log*.parquet", "log?.parquet", "[ab].parquet"])
+def test_existing_path_with_glob_characters_is_a_path(
+    tmp_path: Path, engine: str, name: str
+) -> None:
+    frame = nested_frame(LPS, RWS)
+    frame.write_parquet(tmp_path / name)
+    # a file the same name would match as a pattern, with other numbers in it
+    decoy = nested_frame([[[[-9.0], [-9.0]]]], [[[0.0, 1.0]]])
+    for other in ("log1.parquet", "logx.parquet", "a.parquet"):
+        decoy.write_parquet(tmp_path / other)
+    assert _losses(str(tmp_path / name), engine) == EXPECTED
+
+
+def test_missing_path_is_tried_as_a_pattern_and_says_so(tmp_path: Path) -> None:
+    with pytest.raises(RaftInputError, match=r"no file .*nope\[1\]\.parquet.*glob pattern"):
+        rp.stage_losses(str(tmp_path / "nope[1].parquet"))
+
+
+# --- 2. Hive keys only below the source root, and never against the file -----------------
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_directory_above_the_root_is_not_a_hive_key(tmp_path: Path, engine: str) -> None:
+    folder = tmp_path / "stage=7"
+    folder.mkdir()
+    nested_frame(LPS, RWS).write_parquet(folder / "log.parquet")
+    for source in (folder / "log.parquet", folder, str(folder / "*.parquet")):
+        table = rp.stage_losses(str(source), engine=_engine(engine))
+        assert table["stage"].to_list() == [0, 1]
+        assert [round(x, 4) for x in table["loss"].to_list()] == EXPECTED
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_hive_key_that_disagrees_with_the_file_is_an_error(tmp_path: Path, engine: str) -> None:
+    folder = tmp_path / "log" / "stage=7"
+    folder.mkdir(parents=True)
+    nested_frame(LPS, RWS).write_parquet(folder / "part.parquet")
+    with pytest.raises(RaftInputError, match=r"stage=7.*own column 'stage' holds '0', '1'"):
+        rp.stage_losses(str(tmp_path / "log"), engine=_engine(engine))
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_hive_key_that_agrees_with_the_file_is_fine(tmp_path: Path, engine: str) -> None:
+    frame = nested_frame(LPS, RWS)
+    for stage in (0, 1):
+        folder = tmp_path / "log" / f"stage={stage}"
+        folder.mkdir(parents=True)
+        frame.filter(pl.col("stage") == stage).write_parquet(folder / "part.parquet")
+    assert _losses(str(tmp_path / "log"), engine) == EXPECTED
+
+
+# --- 3. interrupted writes leave nothing a glob picks up -----------------------------------
+
+
+@settings(max_examples=10, deadline=None)
+@given(name=st.text(alphabet="abcxyz019._-[]", min_size=1, max_size=20))
+def test_temp_names_are_short_and_match_no_data_glob(name: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / (name.lstrip(".") + "x.parquet")
+        seen: list[Path] = []
+
+        def write(path: Path) -> None:
+            seen.append(path)
+            path.write_bytes(b"partial")
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            from raft_polars._export import write_atomically
+
+            write_atomically(out, write, force=False)
+        assert not seen[0].exists()
+        assert not out.exists()
+        assert seen[0].suffix not in (".parquet", ".pq", ".jsonl", ".ndjson", ".json")
+        assert len(seen[0].name) < 40
+
+
+def test_longest_legal_output_name_works(tmp_path: Path) -> None:
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    out = tmp_path / ("b" * (limit - len(".parquet")) + ".parquet")
+    assert rp.write_selected(nested_frame(LPS, RWS), out) == 3
+    assert pl.read_parquet(out).height == 3
+
+
+def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    stale = tmp_path / f".raft-tmp-{pid}-0123456789ab"
+    stale.write_bytes(b"PAR1 partial")
+    alive = tmp_path / f".raft-tmp-{os.getppid()}-0123456789ab"  # a live process's
+    alive.write_bytes(b"in progress")
+    assert clean_stale(tmp_path) == [stale]
+    assert not stale.exists()
+    assert alive.exists()
+
+
+_KILL_SCRIPT = """
+import sys, raft_polars as rp
+rp.write_selected(sys.argv[1], sys.argv[2], prompt_column="prompt_text",
+                  response_column="response", force=True)
+"""
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_kill_9_during_select_leaves_out_whole_or_absent(tmp_path: Path, suffix: str) -> None:
+    """``kill -9`` at moments spread over a write: OUT is absent or whole, and the
+    next write (and a user's glob over the directory) is not disturbed."""
+    source = tmp_path / "log"
+    from raft_polars.synth import generate
+
+    generate(
+        source, layout="nested", stages=4, prompts=2000, k=4, max_tokens=64, seed=3, payload=True
+    )
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    out = outdir / f"batch{suffix}"
+    expected = rp.select_best(str(source)).collect().height
+    for delay in (0.3, 0.6, 0.9, 1.2, 1.6):
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(source), str(out)])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        data = [p for p in outdir.iterdir() if p.suffix in (".parquet", ".jsonl")]
+        assert data in ([], [out])
+        if out.exists():  # whole: it reads back with every row
+            frame = pl.read_parquet(out) if suffix == ".parquet" else pl.read_ndjson(out)
+            assert frame.height == expected
+        glob = pl.scan_parquet if suffix == ".parquet" else pl.scan_ndjson
+        if data:
+            assert glob(str(outdir / f"*{suffix}")).select(pl.len()).collect().item() == expected
+    # the next write cleans up what the killed ones left and succeeds
+    assert rp.write_selected(str(source), out, force=True) == expected
+    assert [p.name for p in outdir.iterdir()] == [out.name]
+
+
+# --- 4. JSON never holds a bare NaN or infinity -----------------------------------------------
+
+
+def test_losses_json_with_an_infinite_loss(capsys: pytest.CaptureFixture[str]) -> None:
+    from raft_polars.cli import main
+
+    frame = nested_frame([[[[-1e308, -1e308]]]], [[[1.0]]])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.parquet"
+        frame.write_parquet(path)
+        assert rp.stage_losses(str(path))["loss"].to_list() == [float("inf")]
+        assert main(["losses", str(path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["loss"] == "inf"
