@@ -23,7 +23,7 @@ from reference import nested_frame, reference_rounded
 
 import raft_polars as rp
 from raft_polars import RaftInputError
-from raft_polars._export import clean_stale
+from raft_polars._export import clean_stale, write_atomically
 
 LPS = [[[[-1.0], [-2.0, -4.0]], [[-0.5, -0.5], [-3.0]]], [[[-0.25], [-1.0]]]]
 RWS = [[[0.1, 0.9], [0.7, 0.2]], [[1.0, 0.0]]]
@@ -116,8 +116,6 @@ def test_temp_names_are_short_and_match_no_data_glob(name: str) -> None:
             raise KeyboardInterrupt
 
         with pytest.raises(KeyboardInterrupt):
-            from raft_polars._export import write_atomically
-
             write_atomically(out, write, force=False)
         assert not seen[0].exists()
         assert not out.exists()
