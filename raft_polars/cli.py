@@ -238,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "validate",
-        parents=[log, selection],
+        parents=[log, selection, engine],
         help="check a whole log and report every problem (exit 1 if any)",
         description="Read the whole log and report every problem with its count and first "
         "locations: null ids, duplicate candidates, bad rewards, bad log-probs (null, NaN, "
@@ -590,7 +590,11 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     from raft_polars.validate import validate
 
     report = validate(
-        _source(args), **_log_kwargs(args), **_selection_kwargs(args), limit=args.limit
+        _source(args),
+        **_log_kwargs(args),
+        **_selection_kwargs(args),
+        limit=args.limit,
+        engine=_engine(args),
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, allow_nan=False))

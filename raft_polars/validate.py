@@ -53,12 +53,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
-
-from raft_polars._engine.checks import bad_logprob, bad_reward
-from raft_polars._engine.rank import select
-from raft_polars._engine.read import ID_COLUMNS, Layout, StageLog, collect, read_log
+from raft_polars._engine.read import Layout, read_log
 from raft_polars._engine.sources import Source
+from raft_polars._executors import Engine, executor
 from raft_polars._export import json_value
 from raft_polars.selection import Selection, Strategy
 
@@ -81,7 +78,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "token_gap": "response(s) whose token positions are not 0..n-1",
 }
 
-_IDS = list(ID_COLUMNS)
+_IDS = ("stage", "prompt", "cand")
 
 
 @dataclass(frozen=True)
@@ -203,6 +200,7 @@ def validate(
     fraction: float | None = None,
     min_reward: float | None = None,
     limit: int = 5,
+    engine: Engine = "polars",
 ) -> ValidationReport:
     """Check a whole stage log and report every problem found, without stopping.
 
@@ -215,6 +213,9 @@ def validate(
         default is best-of-K per prompt.
     limit
         How many locations to keep per problem kind.
+    engine
+        ``"polars"`` (default), ``"dask"`` or a :class:`raft_polars.dask.DaskEngine`,
+        as in :func:`raft_polars.stage_losses`.
 
     Returns
     -------
@@ -243,217 +244,21 @@ def validate(
     """
     selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
     limit = max(int(limit), 0)
+    run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns)
-    if log.layout == "nested":
-        cands = collect(log, _nested_candidates(log))
-        responses = cands.select(*_IDS, "tokens", "null_list", "bad_lp")
-    else:
-        cands = collect(log, log.candidates(extras=False).select(*_IDS, "reward"))
-        responses = None
-    problems: list[Problem] = []
-    found = _Found(problems, limit)
-    chosen = _candidate_checks(found, cands, selection)
-    skipped: list[str] = []
-    if log.layout == "nested":
-        assert responses is not None
-        _nested_token_checks(found, cands, chosen)
-        token_total = int(cands["tokens"].sum())
-    else:
-        token_total = _long_token_checks(found, log, cands, chosen, skipped)
-    summary = {
-        "stages": cands["stage"].drop_nulls().n_unique(),
-        "prompts": cands.drop_nulls(["stage", "prompt"]).select(["stage", "prompt"]).n_unique()
-        if cands.height
-        else 0,
-        "candidates": cands.height,
-        "tokens": token_total,
-    }
+    checked = run.validate(log, selection, limit)
     order = list(PROBLEM_KINDS)
-    problems.sort(key=lambda p: order.index(p.kind))
+    problems = tuple(
+        Problem(kind, count, PROBLEM_KINDS[kind], tuple(first.to_dicts()), places)
+        for kind, (count, places, first) in sorted(
+            checked.findings.found.items(), key=lambda item: order.index(item[0])
+        )
+    )
+    skipped: tuple[str, ...] = ()
+    if log.layout == "long" and not log.has_token:
+        skipped = ("token positions (duplicates, gaps): the token rows have no 'token' column",)
     origin = log.origin if log.layout == "nested" else f"{log.token_origin} with {log.origin}"
-    return ValidationReport(origin, log.layout, summary, tuple(problems), tuple(skipped))
-
-
-# --- the checks ------------------------------------------------------------------
-
-
-@dataclass
-class _Found:
-    problems: list[Problem]
-    limit: int
-
-    def add(self, kind: str, count: int, where: pl.DataFrame) -> None:
-        """Record ``count`` problems of ``kind``; ``where`` holds their locations."""
-        if count <= 0:
-            return
-        sort = [c for c in (*_IDS, "token") if c in where.columns]
-        rows = where.sort(sort, nulls_last=True).head(self.limit).to_dicts() if sort else []
-        self.problems.append(Problem(kind, count, PROBLEM_KINDS[kind], tuple(rows), where.height))
-
-
-def _bad(value: pl.Expr) -> pl.Expr:
-    return bad_logprob(value.cast(pl.Float64))
-
-
-def _bad_reward() -> pl.Expr:
-    return bad_reward(pl.col("reward"))
-
-
-def _nested_candidates(log: StageLog) -> pl.LazyFrame:
-    """One row per candidate with its token statistics (a single pass)."""
-    lp = pl.col("logprobs")
-    flags = lp.list.eval(_bad(pl.element()))
-    first = flags.list.arg_max()
-    return log.candidates(extras=False).select(
-        *_IDS,
-        "reward",
-        lp.list.len().fill_null(0).cast(pl.Int64).alias("tokens"),
-        lp.is_null().alias("null_list"),
-        flags.list.sum().fill_null(0).cast(pl.Int64).alias("bad_lp"),
-        first.alias("first_bad"),
-        lp.list.get(first, null_on_oob=True).cast(pl.Float64).alias("first_bad_value"),
-    )
-
-
-def _candidate_checks(found: _Found, cands: pl.DataFrame, selection: Selection) -> pl.DataFrame:
-    """Null ids, duplicate candidates, bad rewards; returns the selected keys.
-
-    The selection ranks the candidates whose ids and reward are sound (one row per
-    ``(stage, prompt, cand)``, the largest reward when duplicated).
-    """
-    null_id = pl.any_horizontal(pl.col(c).is_null() for c in _IDS)
-    nulls = cands.filter(null_id)
-    found.add("null_id", nulls.height, nulls.select(_IDS))
-
-    dups = (
-        cands.filter(~null_id).group_by(_IDS).agg(pl.len().alias("rows")).filter(pl.col("rows") > 1)
-    )
-    found.add("duplicate_candidate", dups.height, dups)
-
-    bad = cands.filter(_bad_reward()).select(*_IDS, "reward")
-    found.add("bad_reward", bad.height, bad)
-
-    sound = (
-        cands.lazy().filter(~null_id & ~_bad_reward()).group_by(_IDS).agg(pl.col("reward").max())
-    )
-    return select(sound, selection).select(_IDS).collect()
-
-
-def _with_selected(frame: pl.DataFrame | pl.LazyFrame, chosen: pl.DataFrame) -> pl.LazyFrame:
-    marks = chosen.lazy().with_columns(pl.lit(True).alias("selected"))
-    return (
-        frame.lazy()
-        .join(marks, on=_IDS, how="left")
-        .with_columns(pl.col("selected").fill_null(False))
-    )
-
-
-def _logprob_checks(found: _Found, per_response: pl.DataFrame) -> None:
-    """``bad_logprob_*`` from per-response ``bad_lp`` counts and first locations."""
-    for kind, mask in (
-        ("bad_logprob_selected", pl.col("selected")),
-        ("bad_logprob_unselected", ~pl.col("selected")),
-    ):
-        part = per_response.filter(mask & (pl.col("bad_lp") > 0))
-        where = part.select(
-            *_IDS,
-            pl.col("first_bad").alias("token"),
-            pl.col("first_bad_value").alias("logprob"),
-            pl.col("bad_lp").alias("bad_tokens"),
-        )
-        found.add(kind, int(part["bad_lp"].sum()), where)
-
-
-def _empty_stages(found: _Found, chosen_tokens: pl.DataFrame) -> None:
-    """Stages whose selected responses (``stage, tokens`` rows) hold no tokens."""
-    stages = (
-        chosen_tokens.group_by("stage")
-        .agg(pl.len().alias("selected"), pl.col("tokens").sum())
-        .filter(pl.col("tokens") == 0)
-        .select("stage", "selected")
-    )
-    found.add("empty_stage", stages.height, stages)
-
-
-def _nested_token_checks(found: _Found, cands: pl.DataFrame, chosen: pl.DataFrame) -> None:
-    marked = _with_selected(
-        cands.filter(~_bad_reward()).unique(_IDS, keep="first"), chosen
-    ).collect()
-    marked_all = _with_selected(cands, chosen).collect()
-    null_lists = marked_all.filter(pl.col("null_list"))
-    found.add("null_logprobs", null_lists.height, null_lists.select(*_IDS, "selected"))
-    _logprob_checks(found, marked_all)
-    _empty_stages(found, marked.filter(pl.col("selected")).select("stage", "tokens"))
-
-
-def _long_token_checks(
-    found: _Found, log: StageLog, cands: pl.DataFrame, chosen: pl.DataFrame, skipped: list[str]
-) -> int:
-    """All token-row checks of the long layout, from one group-by per response."""
-    has_position = log.has_token
-    lp = pl.col("logprob")
-    bad = _bad(lp)
-    aggs = [
-        pl.len().cast(pl.Int64).alias("rows"),
-        bad.sum().cast(pl.Int64).alias("bad_lp"),
-    ]
-    if has_position:
-        token = pl.col("token").cast(pl.Int64)
-        present = token.drop_nulls()
-        aggs += [
-            token.null_count().cast(pl.Int64).alias("null_pos"),
-            present.n_unique().cast(pl.Int64).alias("distinct"),
-            token.min().alias("first_pos"),
-            token.max().alias("last_pos"),
-            token.filter(bad).min().alias("first_bad"),
-            lp.cast(pl.Float64)
-            .filter(bad)
-            .sort_by(token.filter(bad))
-            .first()
-            .alias("first_bad_value"),
-            token.filter(token.is_duplicated()).min().alias("first_dup"),
-        ]
-    else:
-        skipped.append("token positions (duplicates, gaps): the token rows have no 'token' column")
-        aggs += [
-            pl.lit(None, pl.Int64).alias("first_bad"),
-            lp.cast(pl.Float64).filter(bad).first().alias("first_bad_value"),
-        ]
-    per_response = collect(log, log.tokens().group_by(_IDS).agg(aggs))
-
-    known = cands.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in _IDS))
-    orphans = per_response.join(known.select(_IDS).unique(), on=_IDS, how="anti")
-    found.add("orphan_tokens", int(orphans["rows"].sum()), orphans.select(*_IDS, "rows"))
-
-    marked = _with_selected(per_response, chosen).collect()
-    _logprob_checks(found, marked)
-
-    if has_position:
-        nulls = per_response.filter(pl.col("null_pos") > 0)
-        found.add(
-            "null_token_position",
-            int(nulls["null_pos"].sum()),
-            nulls.select(*_IDS, pl.col("null_pos").alias("rows")),
-        )
-        extra = pl.col("rows") - pl.col("null_pos") - pl.col("distinct")
-        dups = per_response.filter(extra > 0).with_columns(extra.alias("extra"))
-        where = dups.select(
-            *_IDS, pl.col("first_dup").alias("token"), (pl.col("extra") + 1).alias("rows")
-        )
-        found.add("duplicate_token", int(dups["extra"].sum()), where)
-        gap = (pl.col("distinct") > 0) & (
-            (pl.col("first_pos") != 0) | (pl.col("last_pos") != pl.col("distinct") - 1)
-        )
-        gaps = per_response.filter(gap).select(
-            *_IDS, "first_pos", "last_pos", pl.col("distinct").alias("positions")
-        )
-        found.add("token_gap", gaps.height, gaps)
-
-    chosen_tokens = chosen.join(
-        per_response.select(*_IDS, pl.col("rows").alias("tokens")), on=_IDS, how="left"
-    ).with_columns(pl.col("tokens").fill_null(0))
-    _empty_stages(found, chosen_tokens.select("stage", "tokens"))
-    return int(per_response["rows"].sum())
+    return ValidationReport(origin, log.layout, checked.summary, problems, skipped)
 
 
 # --- presentation ----------------------------------------------------------------

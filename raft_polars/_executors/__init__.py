@@ -16,6 +16,7 @@ from raft_polars.errors import RaftInputError
 
 if TYPE_CHECKING:
     from raft_polars._engine.read import StageLog
+    from raft_polars._engine.validate import Checked
     from raft_polars.dask import DaskEngine
     from raft_polars.selection import Reduction, Selection
 
@@ -33,6 +34,10 @@ class Executor(Protocol):
 
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
         """The selected batch of ``select_best``."""
+        ...
+
+    def validate(self, log: StageLog, selection: Selection, limit: int) -> Checked:
+        """The findings and sizes of ``validate``."""
         ...
 
 

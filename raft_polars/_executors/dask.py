@@ -41,6 +41,18 @@ from raft_polars._engine.rank import Ranked, index_keys, rank_keys
 from raft_polars._engine.read import ID_COLUMNS, StageLog
 from raft_polars._engine.reduce import Reduced, finish, nested_sums, selected_rows, token_sums
 from raft_polars._engine.sources import Piece, Resolved, parquet_error
+from raft_polars._engine.validate import (
+    CandidatePart,
+    Checked,
+    Findings,
+    check_candidates,
+    combine_aggregates,
+    empty_stages,
+    finish_long,
+    nested_columns,
+    summarize,
+    token_aggregates,
+)
 from raft_polars.selection import Reduction, Selection
 
 if TYPE_CHECKING:
@@ -53,6 +65,7 @@ SHARD_BYTES = 256 << 20
 _SEED = 0x5AF7  # bucket hash seed: the same in every process of one polars version
 _IDS = list(ID_COLUMNS)
 Bound = tuple[Any, ...]
+Reader = Callable[[StageLog, Piece], pl.LazyFrame]
 
 
 @dataclass(frozen=True)
@@ -218,21 +231,51 @@ def _slice(frame: pl.DataFrame, lo: Bound | None, hi: Bound | None) -> pl.DataFr
 # --- tasks (module-level functions, so that workers import them by name) -----------------
 
 
-def _t_rank(log: StageLog, piece: Piece, selection: Selection) -> Ranked:
-    return rank_keys(log.collect(log.keys(piece)), selection)
+def _read_keys(log: StageLog, piece: Piece) -> pl.LazyFrame:
+    """The ranking keys of a piece (ids in the source's types)."""
+    return log.keys(piece)
+
+
+def _read_checked(log: StageLog, piece: Piece) -> pl.LazyFrame:
+    """The candidate rows ``validate`` checks (with their token statistics when
+    nested)."""
+    rows = log.candidates(piece, extras=False)
+    return nested_columns(rows) if log.layout == "nested" else rows.select(*_IDS, "reward")
+
+
+def _check(frame: pl.DataFrame, selection: Selection, limit: int, nested: bool) -> CandidatePart:
+    return check_candidates(frame, selection, limit, nested=nested)
+
+
+def _t_part(
+    log: StageLog, piece: Piece, read: Reader, kernel: Callable[..., Any], *args: Any
+) -> Any:
+    """A kernel on the rows of one isolated piece."""
+    return kernel(log.collect(read(log, piece)), *args)
 
 
 def _t_split(
-    log: StageLog, piece: Piece, group: tuple[str, ...], buckets: int
+    log: StageLog, piece: Piece, read: Reader, group: tuple[str, ...], buckets: int
 ) -> list[pl.DataFrame]:
-    keys = log.collect(log.keys(piece))
+    """A piece's rows in ``buckets`` parts, by a hash of the ``group`` ids."""
+    rows = log.collect(read(log, piece))
     index = (pl.struct(list(group)).hash(seed=_SEED) % buckets).alias("_bucket")
-    parts = keys.with_columns(index).partition_by("_bucket", as_dict=True, include_key=False)
-    return [parts.get((b,), keys.head(0)) for b in range(buckets)]
+    parts = rows.with_columns(index).partition_by("_bucket", as_dict=True, include_key=False)
+    return [parts.get((b,), rows.head(0)) for b in range(buckets)]
 
 
-def _t_rank_bucket(pieces: list[pl.DataFrame], selection: Selection) -> Ranked:
-    return rank_keys(pl.concat(pieces, how="vertical"), selection)
+def _t_bucket(pieces: list[pl.DataFrame], kernel: Callable[..., Any], *args: Any) -> Any:
+    """A kernel on one bucket: whole prompts (whole stages) from every piece."""
+    return kernel(pl.concat(pieces, how="vertical"), *args)
+
+
+def _t_aggregates(log: StageLog, piece: Piece) -> pl.DataFrame:
+    return log.collect(token_aggregates(log.tokens(piece), has_position=log.has_token))
+
+
+def _t_fetch_tokens(log: StageLog, piece: Piece, keys: pl.DataFrame) -> pl.DataFrame:
+    picked = log.tokens(piece).join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)
+    return log.collect(picked)
 
 
 def _t_small(ranked: Ranked) -> tuple[pl.DataFrame, list[Problem]]:
@@ -331,6 +374,36 @@ class DaskExecutor:
             reduction,
         )
 
+    def validate(self, log: StageLog, selection: Selection, limit: int) -> Checked:
+        nested = log.layout == "nested"
+        with self._client() as client:
+            job = _Job(client, log)
+            futures = job.partitions(
+                selection.group, _read_checked, _check, selection, limit, nested
+            )
+            parts: list[CandidatePart] = job.gather([f for f, _, _ in futures])
+            found = Findings(limit)
+            if nested:
+                empty_stages(found, [p.stage_tokens for p in parts if p.stage_tokens is not None])
+                return summarize(found, parts)
+            shards = job.token_shards()
+            aggregates = job.gather([job.submit(_t_aggregates, job.log, s.piece) for s in shards])
+
+            def fetch(keys: pl.DataFrame) -> pl.DataFrame:
+                wanted = client.scatter(keys, broadcast=True, hash=False)
+                rows = job.gather(
+                    [job.submit(_t_fetch_tokens, job.log, s.piece, wanted) for s in shards]
+                )
+                frame: pl.DataFrame = pl.concat(rows, how="vertical")
+                return frame
+
+            per_response = combine_aggregates(aggregates, fetch, has_position=log.has_token)
+        known = pl.concat([p.known for p in parts if p.known is not None], how="vertical")
+        chosen = pl.concat([p.chosen for p in parts], how="vertical")
+        stage_tokens = finish_long(found, known, chosen, per_response, has_position=log.has_token)
+        empty_stages(found, [stage_tokens])
+        return summarize(found, parts, tokens=int(per_response["rows"].sum()))
+
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
         with self._client() as client:
             job = _Job(client, log)
@@ -395,7 +468,22 @@ class _Job:
     def rank(self, selection: Selection) -> list[tuple[Any, Bound | None, Bound | None]]:
         """Rank futures with the bounds of the keys they hold; raises the first
         candidate problem."""
-        group = selection.group
+        ranks = self.partitions(selection.group, _read_keys, rank_keys, selection)
+        small = self.gather([self.submit(_t_small, r) for r, _, _ in ranks])
+        raise_first(
+            merge(p for _, p in small),
+            origin=self.plain.origin,
+            token_origin=self.plain.token_origin,
+        )
+        self.stages = [s for s, _ in small]
+        return ranks
+
+    def partitions(
+        self, group: tuple[str, ...], read: Reader, kernel: Callable[..., Any], *args: Any
+    ) -> list[tuple[Any, Bound | None, Bound | None]]:
+        """``kernel(rows, *args)`` on partitions of the candidate rows that hold
+        whole ``group`` s (prompts, or stages): the isolated shards as they are,
+        else the buckets of a hash shuffle. Futures, with the bounds of their ids."""
         width = len(group)
 
         def cut(bound: Bound | None) -> Bound | None:
@@ -405,24 +493,17 @@ class _Job:
         if width == 1:  # the global ranking needs whole stages
             shards = mark_isolated([replace(s, lo=cut(s.lo), hi=cut(s.hi)) for s in shards])
         if all(s.isolated for s in shards):
-            ranks = [
-                (self.submit(_t_rank, self.log, s.piece, selection), s.lo, s.hi) for s in shards
+            return [
+                (self.submit(_t_part, self.log, s.piece, read, kernel, *args), s.lo, s.hi)
+                for s in shards
             ]
-        else:
-            buckets = max(1, min(len(shards), 2 * self.workers))
-            maps = [self.submit(_t_split, self.log, s.piece, group, buckets) for s in shards]
-            ranks = []
-            for b in range(buckets):
-                pieces = [self.submit(operator.getitem, m, b) for m in maps]
-                ranks.append((self.submit(_t_rank_bucket, pieces, selection), None, None))
-        small = self.gather([self.submit(_t_small, r) for r, _, _ in ranks])
-        raise_first(
-            merge(p for _, p in small),
-            origin=self.plain.origin,
-            token_origin=self.plain.token_origin,
-        )
-        self.stages = [s for s, _ in small]
-        return ranks
+        buckets = max(1, min(len(shards), 2 * self.workers))
+        maps = [self.submit(_t_split, self.log, s.piece, read, group, buckets) for s in shards]
+        out: list[tuple[Any, Bound | None, Bound | None]] = []
+        for b in range(buckets):
+            pieces = [self.submit(operator.getitem, m, b) for m in maps]
+            out.append((self.submit(_t_bucket, pieces, kernel, *args), None, None))
+        return out
 
     def covering(
         self, ranks: Sequence[tuple[Any, Bound | None, Bound | None]], shard: Shard

@@ -19,9 +19,22 @@ from raft_polars._engine.reduce import (
     token_counts,
     token_sums,
 )
+from raft_polars._engine.validate import (
+    Checked,
+    Findings,
+    check_candidates,
+    combine_aggregates,
+    empty_stages,
+    finish_long,
+    nested_columns,
+    summarize,
+    token_aggregates,
+)
 from raft_polars.selection import Reduction, Selection
 
 __all__ = ["LocalExecutor"]
+
+_IDS = ["stage", "prompt", "cand"]
 
 
 class LocalExecutor:
@@ -51,3 +64,27 @@ class LocalExecutor:
         if log.layout == "long":
             counts = token_counts(log, ranked.keys, ranked.chosen)
         return selected_rows(log, ranked.chosen, keys=ranked.keys, counts=counts)
+
+    def validate(self, log: StageLog, selection: Selection, limit: int) -> Checked:
+        nested = log.layout == "nested"
+        rows = log.candidates(extras=False)
+        cands = log.collect(nested_columns(rows) if nested else rows.select(*_IDS, "reward"))
+        part = check_candidates(cands, selection, limit, nested=nested)
+        found = Findings(limit)
+        if nested:
+            assert part.stage_tokens is not None
+            empty_stages(found, [part.stage_tokens])
+            return summarize(found, [part])
+        assert part.known is not None
+
+        def fetch(keys: pl.DataFrame) -> pl.DataFrame:
+            picked = log.tokens().join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)
+            return log.collect(picked)
+
+        aggregates = log.collect(token_aggregates(log.tokens(), has_position=log.has_token))
+        per_response = combine_aggregates([aggregates], fetch, has_position=log.has_token)
+        stage_tokens = finish_long(
+            found, part.known, part.chosen, per_response, has_position=log.has_token
+        )
+        empty_stages(found, [stage_tokens])
+        return summarize(found, [part], tokens=int(per_response["rows"].sum()))
