@@ -11,7 +11,14 @@ this process, ``"dask"`` on a cluster); the exact semantics are in
 from __future__ import annotations
 
 from raft_polars._engine.read import StageLog, read_log
-from raft_polars.api import select_best, stage_losses, write_selected
+from raft_polars.api import (
+    best_of_n,
+    prompt_stats,
+    select_best,
+    stage_losses,
+    stage_stats,
+    write_selected,
+)
 from raft_polars.errors import MissingDependencyError, RaftInputError, RaftPolarsError
 from raft_polars.lists import lists_losses, raft_alignment
 from raft_polars.selection import Selection
@@ -24,11 +31,14 @@ __all__ = [
     "Selection",
     "StageLog",
     "ValidationReport",
+    "best_of_n",
     "lists_losses",
+    "prompt_stats",
     "raft_alignment",
     "read_log",
     "select_best",
     "stage_losses",
+    "stage_stats",
     "validate",
     "write_selected",
 ]

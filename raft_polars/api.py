@@ -35,12 +35,21 @@ import polars as pl
 
 from raft_polars import _export
 from raft_polars._engine.read import read_log
+from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, reading
+from raft_polars._engine.stats import STATS_COLUMNS, best_of_n_table, stats_table
 from raft_polars._executors import Engine, executor
 from raft_polars.errors import RaftInputError
 from raft_polars.selection import Reduction, Selection, Strategy, check_reduction
 
-__all__ = ["select_best", "stage_losses", "write_selected"]
+__all__ = [
+    "best_of_n",
+    "prompt_stats",
+    "select_best",
+    "stage_losses",
+    "stage_stats",
+    "write_selected",
+]
 
 
 def stage_losses(
@@ -237,3 +246,168 @@ def write_selected(
 
     _export.write_atomically(out, write, force=force)
     return _export.rows_written(out)
+
+
+def stage_stats(
+    source: Source,
+    *,
+    rewards: Source | None = None,
+    columns: Mapping[str, str] | None = None,
+    reduction: Reduction = "token",
+    strategy: Strategy = "best",
+    n: int = 1,
+    fraction: float | None = None,
+    min_reward: float | None = None,
+    engine: Engine = "polars",
+) -> pl.DataFrame:
+    """Per-stage statistics: every column of :func:`stage_losses` and more.
+
+    Parameters
+    ----------
+    source, rewards, columns, reduction, strategy, n, fraction, min_reward, engine
+        As in :func:`stage_losses`.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per stage: the columns of :func:`stage_losses`, then
+        ``reward_std`` (population standard deviation of every candidate's
+        reward), ``reward_best_std`` (of the selected rewards), ``zero_variance``
+        (prompts with at least 2 candidates whose rewards are all equal),
+        ``win_rate`` (mean over selected responses of prompts with at least 2
+        candidates of ``(#others lower + 0.5 #others equal) / (K - 1)``),
+        ``length_mean`` (tokens over every candidate), ``length_selected_mean``,
+        ``longest_share`` (share of those selected responses whose token count
+        is the largest of their prompt, ties included) and ``length_reward_corr``
+        (mean over prompts with at least 3 candidates, rewards not all equal and
+        lengths not all equal, of Spearman's rho of reward and length). A mean
+        over nothing is null. Definitions: ``docs/semantics.md``.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> log = pl.DataFrame({"stage": [0, 0, 0], "prompt": [0, 0, 0], "cand": [0, 1, 2],
+    ...                     "reward": [0.0, 1.0, 0.0],
+    ...                     "logprobs": [[-1.0], [-0.5, -0.5, -1.0], [-2.0, -1.0]]})
+    >>> stage_stats(log).select("loss", "win_rate", "longest_share", "length_mean").rows()
+    [(0.6666666666666666, 1.0, 1.0, 2.0)]
+    """
+    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    check_reduction(reduction)
+    run = executor(engine)
+    log = read_log(source, rewards=rewards, columns=columns)
+    table, sums = run.stats(log, selection, reduction)
+    extra = stats_table(sums, lengths=True)
+    return table.join(extra, on="stage", how="left").select(*LOSS_COLUMNS, *STATS_COLUMNS)
+
+
+def best_of_n(
+    source: Source,
+    *,
+    rewards: Source | None = None,
+    columns: Mapping[str, str] | None = None,
+    engine: Engine = "polars",
+) -> pl.DataFrame:
+    """Best-of-n curves: the expected best and worst reward of ``n`` candidates.
+
+    For every stage and ``n = 1 .. K`` (the stage's largest K): ``prompts`` (those
+    with at least ``n`` candidates), ``expected_best`` (mean over them of the
+    expected maximum reward of ``n`` of the prompt's candidates drawn without
+    replacement) and ``expected_worst`` (the same, minimum), in closed form (no
+    sampling), exact for ragged K. With rewards in ``{0, 1}``, ``expected_best``
+    is pass@n.
+
+    Parameters
+    ----------
+    source, rewards, columns, engine
+        As in :func:`stage_losses` (log-probs are not read).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> log = pl.DataFrame({"stage": [0] * 4, "prompt": [0] * 4, "cand": [0, 1, 2, 3],
+    ...                     "reward": [0.0, 0.0, 1.0, 0.0], "logprobs": [[-1.0]] * 4})
+    >>> best_of_n(log).select("n", pl.col("expected_best").round(9)).rows()
+    [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]
+    """
+    run = executor(engine)
+    log = read_log(source, rewards=rewards, columns=columns)
+    return best_of_n_table(run.best_of_n(log))
+
+
+def prompt_stats(
+    source: Source,
+    *,
+    rewards: Source | None = None,
+    columns: Mapping[str, str] | None = None,
+    strategy: Strategy = "best",
+    n: int = 1,
+    fraction: float | None = None,
+    min_reward: float | None = None,
+    engine: Engine = "polars",
+) -> pl.DataFrame:
+    """One row per ``(stage, prompt)``: how hard the prompt is, and what was kept.
+
+    Returns
+    -------
+    polars.DataFrame
+        Sorted by ``stage, prompt``: ``candidates``, ``reward_mean``,
+        ``reward_min``, ``reward_max``, ``reward_std`` (ddof 0),
+        ``zero_variance``, ``selected`` (how many), the best selected ``cand``
+        and its ``tokens``; then, over every stage the prompt appears in,
+        ``stages`` (how many) and ``overall_mean`` (its mean reward), and
+        ``status``: ``"solved"`` (mean reward 1), ``"unsolved"`` (0) or
+        ``"learnable"`` (between), for rewards in ``[0, 1]``, else null.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> log = pl.DataFrame({"stage": [0, 0, 1, 1], "prompt": ["a", "a", "a", "a"],
+    ...                     "cand": [0, 1, 0, 1], "reward": [0.0, 1.0, 1.0, 1.0],
+    ...                     "logprobs": [[-1.0]] * 4})
+    >>> prompt_stats(log).select("stage", "reward_mean", "stages", "status").rows()
+    [(0, 0.5, 2, 'learnable'), (1, 1.0, 2, 'learnable')]
+    """
+    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    run = executor(engine)
+    log = read_log(source, rewards=rewards, columns=columns)
+    table = run.prompts(log, selection)
+    everywhere = pl.col("reward_mean") * pl.col("candidates")
+    overall = (everywhere.sum() / pl.col("candidates").sum()).over("prompt")
+    in_range = ((pl.col("reward_min").min() >= 0) & (pl.col("reward_max").max() <= 1)).over(
+        "prompt"
+    )
+    return (
+        table.with_columns(
+            pl.len().over("prompt").cast(pl.Int64).alias("stages"),
+            overall.alias("overall_mean"),
+            in_range.alias("_in_range"),
+        )
+        .with_columns(
+            pl.when(~pl.col("_in_range"))
+            .then(None)
+            .when(pl.col("overall_mean") == 1)
+            .then(pl.lit("solved"))
+            .when(pl.col("overall_mean") == 0)
+            .then(pl.lit("unsolved"))
+            .otherwise(pl.lit("learnable"))
+            .alias("status")
+        )
+        .select(
+            "stage",
+            "prompt",
+            "candidates",
+            "reward_mean",
+            "reward_min",
+            "reward_max",
+            "reward_std",
+            "zero_variance",
+            "selected",
+            "cand",
+            "tokens",
+            "stages",
+            "overall_mean",
+            "status",
+        )
+        .sort("stage", "prompt")
+    )

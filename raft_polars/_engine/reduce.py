@@ -39,6 +39,7 @@ __all__ = [
     "RESPONSE_STATS",
     "Reduced",
     "finish",
+    "list_lengths",
     "nested_sums",
     "response_stats",
     "selected_candidates",
@@ -70,11 +71,14 @@ class Reduced:
         ``stage, prompt, cand, nll, tokens`` of the selected responses, or None.
     problems
         Orphan token rows, null or bad log-probs of selected responses.
+    counts
+        ``stage, prompt, cand, tokens`` of every candidate (when asked for).
     """
 
     stages: pl.DataFrame
     responses: pl.DataFrame | None
     problems: list[Problem]
+    counts: pl.DataFrame | None = None
 
 
 @functools.cache
@@ -261,6 +265,7 @@ def token_sums(
     piece: Piece | None = None,
     per_response: bool = False,
     checks: bool = True,
+    every: bool = False,
 ) -> Reduced:
     """The reduce kernel of the long layout: one pass over the token rows.
 
@@ -269,17 +274,19 @@ def token_sums(
     counted in the same pass. ``keys`` are the candidate keys covering the
     partition's token rows, ``chosen`` the selected ones (canonical ids).
     ``per_response``: also return per-response sums (for ``"sequence"``);
-    ``checks=False``: leave out the search for the first orphan and bad row.
+    ``checks=False``: leave out the search for the first orphan and bad row;
+    ``every``: count the tokens of every candidate too (``Reduced.counts``, in the
+    same pass; the statistics of ``stage_stats`` need them).
     """
     raw = log.tokens(piece, raw=True)
-    group = _IDS if per_response else ["stage"]
+    group = _IDS if per_response or every else ["stage"]
     frame, status = _status(log, raw, keys, chosen, piece)
     lp = pl.col("logprob")
+    rows = frame.select(*group, status.alias("_status"), "logprob")
+    if not every:
+        rows = rows.filter(pl.col("_status") != _STATUS_OTHER)
     stats = log.collect(
-        frame.select(*group, status.alias("_status"), "logprob")
-        .filter(pl.col("_status") != _STATUS_OTHER)
-        .group_by([*group, "_status"])
-        .agg(
+        rows.group_by([*group, "_status"]).agg(
             (-lp.cast(pl.Float64).sum()).alias("nll"),
             pl.len().cast(pl.Int64).alias("tokens"),
             lp.max().cast(pl.Float64).alias("lp_max"),
@@ -302,10 +309,15 @@ def token_sums(
     selected = stats.filter(pl.col("_status") == _STATUS_SELECTED).drop("_status")
     if checks and selected.filter(_flagged(selected)).height:
         problems.extend(_token_problems(log, keys, chosen, piece))
+    counts = None
+    if every:
+        counts = stats.filter(pl.col("_status") != _STATUS_ORPHAN).select(*_IDS, "tokens")
     if per_response:
         responses = selected.select(*_IDS, "nll", "tokens")
-        return Reduced(stage_frame(responses.head(0).select("stage")), responses, problems)
-    return Reduced(stage_frame(selected.select("stage", "nll", "tokens")), None, problems)
+        return Reduced(stage_frame(responses.head(0).select("stage")), responses, problems, counts)
+    if every:
+        selected = selected.group_by("stage").agg(pl.col("nll", "tokens").sum())
+    return Reduced(stage_frame(selected.select("stage", "nll", "tokens")), None, problems, counts)
 
 
 def _token_problems(
@@ -396,3 +408,11 @@ def finish(
         stage_problem = Problem("no_tokens", empty.height, row)
         raise_first([stage_problem], origin=log.origin, token_origin=log.token_origin)
     return table
+
+
+def list_lengths(log: StageLog, piece: Piece | None = None) -> pl.DataFrame:
+    """Nested layout: ``stage, prompt, cand, tokens`` of every candidate (a pass
+    over the lists' lengths)."""
+    rows = log.candidates(piece, extras=False)
+    lengths = pl.col("logprobs").list.len().fill_null(0).cast(pl.Int64).alias("tokens")
+    return log.collect(rows.select(*_IDS, lengths))

@@ -40,6 +40,20 @@ class Executor(Protocol):
         """The findings and sizes of ``validate``."""
         ...
 
+    def stats(
+        self, log: StageLog, selection: Selection, reduction: Reduction
+    ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+        """The ``stage_losses`` table and the partitions' statistics sums."""
+        ...
+
+    def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
+        """The per-prompt table of ``prompt_stats``."""
+        ...
+
+    def best_of_n(self, log: StageLog) -> list[pl.DataFrame]:
+        """The partitions' best-of-n sums."""
+        ...
+
 
 def executor(engine: object) -> Executor:
     """The executor for an ``engine=`` value: ``"polars"`` (in this process),

@@ -39,8 +39,16 @@ import polars as pl
 from raft_polars._engine.checks import Problem, merge, raise_first
 from raft_polars._engine.rank import Ranked, index_keys, rank_keys
 from raft_polars._engine.read import ID_COLUMNS, StageLog
-from raft_polars._engine.reduce import Reduced, finish, nested_sums, selected_rows, token_sums
+from raft_polars._engine.reduce import (
+    Reduced,
+    finish,
+    list_lengths,
+    nested_sums,
+    selected_rows,
+    token_sums,
+)
 from raft_polars._engine.sources import Piece, Resolved, parquet_error
+from raft_polars._engine.stats import best_of_n_sums, candidate_table, prompt_table, stage_sums
 from raft_polars._engine.validate import (
     CandidatePart,
     Checked,
@@ -304,13 +312,31 @@ def _t_nested(log: StageLog, shard: Shard, *parts: tuple[Ranked, Any, Any]) -> R
 
 
 def _t_tokens(
-    log: StageLog, shard: Shard, per_response: bool, checks: bool, *parts: tuple[Ranked, Any, Any]
+    log: StageLog,
+    shard: Shard,
+    *parts: tuple[Ranked, Any, Any],
+    per_response: bool = False,
+    checks: bool = True,
+    every: bool = False,
 ) -> Reduced:
     keys = index_keys(_covering(parts, shard, _keys), summarize=False)
     chosen = _covering(parts, shard, _chosen)
     return token_sums(
-        log, keys, chosen, piece=shard.piece, per_response=per_response, checks=checks
-    )
+        log, keys, chosen, piece=shard.piece, per_response=per_response, checks=checks,
+        every=every,
+    )  # fmt: skip
+
+
+def _t_lengths(log: StageLog, shard: Shard) -> pl.DataFrame:
+    return list_lengths(log, shard.piece)
+
+
+def _t_keys_chosen(ranked: Ranked) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return ranked.keys.canonical(), ranked.chosen
+
+
+def _t_best_of_n(ranked: Ranked) -> pl.DataFrame:
+    return best_of_n_sums(ranked.keys.canonical())
 
 
 def _t_rows(
@@ -360,7 +386,11 @@ class DaskExecutor:
                 reduced = job.gather(
                     [
                         job.submit(
-                            _t_tokens, job.log, s, per_response, True, *job.covering(ranks, s)
+                            _t_tokens,
+                            job.log,
+                            s,
+                            *job.covering(ranks, s),
+                            per_response=per_response,
                         )
                         for s in job.token_shards()
                     ]
@@ -404,6 +434,78 @@ class DaskExecutor:
         empty_stages(found, [stage_tokens])
         return summarize(found, parts, tokens=int(per_response["rows"].sum()))
 
+    def _stats_parts(
+        self,
+        job: _Job,
+        ranks: list[tuple[Any, Any, Any]],
+        every_reduce: bool,
+        reduction: Reduction,
+    ) -> tuple[list[Reduced], pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        """The reduce results (when asked), the candidate keys, the selection and
+        every candidate's token count, gathered."""
+        log = job.plain
+        reduced: list[Reduced] = []
+        if log.layout == "nested":
+            if every_reduce:
+                reduced = job.gather(
+                    [
+                        job.submit(_t_nested, job.log, s, *job.covering(ranks, s))
+                        for s in job.cand_shards
+                    ]
+                )
+            counts = job.gather([job.submit(_t_lengths, job.log, s) for s in job.cand_shards])
+        else:
+            reduced = job.gather(
+                [
+                    job.submit(
+                        _t_tokens,
+                        job.log,
+                        s,
+                        *job.covering(ranks, s),
+                        per_response=reduction == "sequence",
+                        checks=every_reduce,
+                        every=True,
+                    )
+                    for s in job.token_shards()
+                ]
+            )
+            counts = [r.counts for r in reduced if r.counts is not None]
+        pairs = job.gather([job.submit(_t_keys_chosen, r) for r, _, _ in ranks])
+        keys = pl.concat([k for k, _ in pairs], how="vertical")
+        chosen = pl.concat([c for _, c in pairs], how="vertical")
+        return reduced, keys, chosen, pl.concat(counts, how="vertical")
+
+    def stats(
+        self, log: StageLog, selection: Selection, reduction: Reduction
+    ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+        with self._client() as client:
+            job = _Job(client, log)
+            ranks = job.rank(selection)
+            reduced, keys, chosen, counts = self._stats_parts(job, ranks, True, reduction)
+            stages = job.stages
+        table = finish(
+            log, [*stages, *(r.stages for r in reduced)], [r.responses for r in reduced],
+            merge(r.problems for r in reduced), reduction,
+        )  # fmt: skip
+        cands = candidate_table(keys, chosen, counts)
+        return table, [stage_sums(cands, prompt_table(cands))]
+
+    def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
+        with self._client() as client:
+            job = _Job(client, log)
+            ranks = job.rank(selection)
+            _, keys, chosen, counts = self._stats_parts(job, ranks, False, "token")
+        return prompt_table(candidate_table(keys, chosen, counts))
+
+    def best_of_n(self, log: StageLog) -> list[pl.DataFrame]:
+        with self._client() as client:
+            job = _Job(client, log)
+            ranks = job.rank(Selection())
+            parts: list[pl.DataFrame] = job.gather(
+                [job.submit(_t_best_of_n, r) for r, _, _ in ranks]
+            )
+        return parts
+
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
         with self._client() as client:
             job = _Job(client, log)
@@ -412,7 +514,14 @@ class DaskExecutor:
             if log.layout == "long":
                 parts = job.gather(
                     [
-                        job.submit(_t_tokens, job.log, s, True, False, *job.covering(ranks, s))
+                        job.submit(
+                            _t_tokens,
+                            job.log,
+                            s,
+                            *job.covering(ranks, s),
+                            per_response=True,
+                            checks=False,
+                        )
                         for s in job.token_shards()
                     ]
                 )
@@ -456,8 +565,8 @@ class _Job:
             self.plain.cand_source, list(self.names.values()), parts=2 * self.workers
         )
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.client.submit(fn, *args, pure=False)
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.client.submit(fn, *args, pure=False, **kwargs)
 
     def gather(self, futures: Sequence[Any]) -> list[Any]:
         return list(self.client.gather(list(futures)))

@@ -14,10 +14,17 @@ from raft_polars._engine.rank import Ranked, rank_keys
 from raft_polars._engine.read import StageLog
 from raft_polars._engine.reduce import (
     finish,
+    list_lengths,
     nested_sums,
     selected_rows,
     token_counts,
     token_sums,
+)
+from raft_polars._engine.stats import (
+    best_of_n_sums,
+    candidate_table,
+    prompt_table,
+    stage_sums,
 )
 from raft_polars._engine.validate import (
     Checked,
@@ -57,6 +64,39 @@ class LocalExecutor:
         return finish(
             log, [ranked.stages, reduced.stages], [reduced.responses], reduced.problems, reduction
         )
+
+    def stats(
+        self, log: StageLog, selection: Selection, reduction: Reduction
+    ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+        ranked = self.rank(log, selection)
+        if log.layout == "nested":
+            reduced = nested_sums(log, ranked.chosen, keys=ranked.keys)
+            counts = list_lengths(log)
+        else:
+            reduced = token_sums(
+                log, ranked.keys, ranked.chosen, per_response=reduction == "sequence", every=True
+            )
+            assert reduced.counts is not None
+            counts = reduced.counts
+        table = finish(
+            log, [ranked.stages, reduced.stages], [reduced.responses], reduced.problems, reduction
+        )
+        cands = candidate_table(ranked.keys.canonical(), ranked.chosen, counts)
+        return table, [stage_sums(cands, prompt_table(cands))]
+
+    def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
+        ranked = self.rank(log, selection)
+        if log.layout == "nested":
+            counts = list_lengths(log)
+        else:
+            reduced = token_sums(log, ranked.keys, ranked.chosen, every=True, checks=False)
+            assert reduced.counts is not None
+            counts = reduced.counts
+        return prompt_table(candidate_table(ranked.keys.canonical(), ranked.chosen, counts))
+
+    def best_of_n(self, log: StageLog) -> list[pl.DataFrame]:
+        ranked = self.rank(log, Selection())
+        return [best_of_n_sums(ranked.keys.canonical())]
 
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
         ranked = self.rank(log, selection)

@@ -1,0 +1,269 @@
+"""Statistics of best-of-K logs beyond the loss: best-of-n curves, reward spread,
+dead groups, win rates, length bias, per-prompt difficulty.
+
+Every statistic is a kernel over a *candidate table*, one row per candidate with
+``stage, prompt, cand, reward``, ``selected`` (chosen by the selection options)
+and ``tokens`` (null when the log has no log-probs), holding whole prompts. The
+kernels return per-stage sums that add up across partitions, so that any executor
+can run them; the definitions are in ``docs/semantics.md``.
+
+Best-of-n is computed in closed form: with a prompt's K rewards sorted,
+``r_(1) <= ... <= r_(K)``, the expected maximum of ``n`` of them drawn without
+replacement is ``sum_i r_(i) C(i-1, n-1) / C(K, n)`` and the expected minimum
+``sum_i r_(i) C(K-i, n-1) / C(K, n)`` (PKPO, arXiv 2505.15201, eq. 12). The
+weights come from a table of ``log(k!)``, so they neither overflow nor underflow
+for K in the thousands. For rewards in ``{0, 1}`` the expected maximum is pass@n,
+``1 - C(K-c, n) / C(K, n)`` with ``c`` correct answers.
+
+Examples
+--------
+>>> import polars as pl
+>>> from raft_polars._engine.stats import best_of_n_sums
+>>> cands = pl.DataFrame({"stage": [0] * 4, "prompt": [0] * 4, "cand": [0, 1, 2, 3],
+...                       "reward": [0.0, 0.0, 1.0, 0.0]})
+>>> best_of_n_sums(cands).select("n", "prompts", pl.col("best_sum").round(12)).rows()
+[(1, 1, 0.25), (2, 1, 0.5), (3, 1, 0.75), (4, 1, 1.0)]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+__all__ = [
+    "BEST_OF_N_COLUMNS",
+    "STATS_COLUMNS",
+    "best_of_n_sums",
+    "best_of_n_table",
+    "candidate_table",
+    "prompt_table",
+    "stage_sums",
+    "stats_table",
+]
+
+_PROMPT = ["stage", "prompt"]
+_IDS = ["stage", "prompt", "cand"]
+STATS_COLUMNS = (
+    "reward_std",
+    "reward_best_std",
+    "zero_variance",
+    "win_rate",
+    "length_mean",
+    "length_selected_mean",
+    "longest_share",
+    "length_reward_corr",
+)
+BEST_OF_N_COLUMNS = ("stage", "n", "prompts", "expected_best", "expected_worst")
+
+
+def candidate_table(
+    keys: pl.DataFrame, chosen: pl.DataFrame, tokens: pl.DataFrame | None
+) -> pl.DataFrame:
+    """``keys`` (canonical ``stage, prompt, cand, reward``) with ``selected`` and
+    ``tokens`` (from ``stage, prompt, cand, tokens`` rows; 0 for a candidate
+    without token rows, null for every candidate when ``tokens`` is None)."""
+    marks = chosen.select(_IDS).with_columns(pl.lit(True).alias("selected"))
+    table = keys.join(marks, on=_IDS, how="left").with_columns(pl.col("selected").fill_null(False))
+    if tokens is None:
+        return table.with_columns(pl.lit(None, pl.Int64).alias("tokens"))
+    counts = tokens.group_by(_IDS).agg(pl.col("tokens").sum().cast(pl.Int64))
+    return table.join(counts, on=_IDS, how="left").with_columns(pl.col("tokens").fill_null(0))
+
+
+def _in_prompt(expr: pl.Expr) -> pl.Expr:
+    return expr.over(_PROMPT)
+
+
+def prompt_table(cands: pl.DataFrame) -> pl.DataFrame:
+    """One row per ``(stage, prompt)``: ``candidates``, ``reward_mean``,
+    ``reward_min``, ``reward_max``, ``reward_std`` (ddof 0), ``zero_variance``,
+    ``selected`` (how many), the best selected ``cand`` and its ``tokens`` (null
+    when nothing is selected), and the per-prompt parts of the stage statistics."""
+    reward, tokens, chosen = pl.col("reward"), pl.col("tokens"), pl.col("selected")
+    k = _in_prompt(pl.len())
+    lower = _in_prompt(reward.rank("min")) - 1
+    equal = _in_prompt(reward.rank("max") - reward.rank("min"))
+    win = (lower + 0.5 * equal) / (k - 1)
+    longest = tokens == _in_prompt(tokens.max())
+    many = k >= 2
+    rho_ok = (k >= 3) & (_in_prompt(reward.n_unique()) > 1) & (_in_prompt(tokens.n_unique()) > 1)
+    marked = cands.with_columns(
+        win.alias("_win"),
+        longest.alias("_longest"),
+        many.alias("_many"),
+        rho_ok.alias("_rho_ok"),
+        reward.rank("average").over(_PROMPT).alias("_r_rank"),
+        tokens.rank("average").over(_PROMPT).alias("_t_rank"),
+    )
+    best = (
+        pl.col("cand", "tokens")
+        .filter(chosen)
+        .sort_by([reward.filter(chosen), pl.col("cand").filter(chosen)], descending=[True, False])
+    )
+    sel_many = chosen & pl.col("_many")
+    return marked.group_by(_PROMPT).agg(
+        pl.len().cast(pl.Int64).alias("candidates"),
+        reward.mean().alias("reward_mean"),
+        reward.min().alias("reward_min"),
+        reward.max().alias("reward_max"),
+        reward.std(ddof=0).alias("reward_std"),
+        ((pl.len() >= 2) & (reward.min() == reward.max())).alias("zero_variance"),
+        chosen.sum().cast(pl.Int64).alias("selected"),
+        best.first(),
+        pl.col("_win").filter(sel_many).sum().alias("win_sum"),
+        sel_many.sum().cast(pl.Int64).alias("win_n"),
+        pl.col("_longest").filter(sel_many).sum().cast(pl.Int64).alias("longest_n"),
+        pl.when(pl.col("_rho_ok").first())
+        .then(pl.corr(pl.col("_r_rank"), pl.col("_t_rank")))
+        .alias("rho"),
+    )
+
+
+def stage_sums(cands: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame:
+    """Per-stage sums of one partition, to be added across partitions
+    (:func:`stats_table` turns them into the statistics)."""
+    reward, tokens, chosen = pl.col("reward"), pl.col("tokens"), pl.col("selected")
+    picked = reward.filter(chosen)
+    per_cand = cands.group_by("stage").agg(
+        pl.len().cast(pl.Int64).alias("n_all"),
+        reward.mean().alias("r_mean"),
+        (reward.var(ddof=0) * pl.len()).alias("r_m2"),
+        chosen.sum().cast(pl.Int64).alias("n_sel"),
+        picked.mean().alias("rs_mean"),
+        (picked.var(ddof=0) * picked.len()).alias("rs_m2"),
+        tokens.sum().alias("len_sum"),
+        tokens.count().cast(pl.Int64).alias("len_n"),
+        tokens.filter(chosen).sum().alias("len_sel_sum"),
+        tokens.filter(chosen).count().cast(pl.Int64).alias("len_sel_n"),
+    )
+    per_prompt = prompts.group_by("stage").agg(
+        pl.col("zero_variance").sum().cast(pl.Int64),
+        pl.col("win_sum").sum(),
+        pl.col("win_n").sum(),
+        pl.col("longest_n").sum(),
+        pl.col("rho").sum().alias("rho_sum"),
+        pl.col("rho").count().cast(pl.Int64).alias("rho_n"),
+    )
+    return per_cand.join(per_prompt, on="stage", how="left")
+
+
+def _pooled(n: str, mean: str, m2: str) -> list[pl.Expr]:
+    """Population standard deviation of parts given as count, mean and sum of
+    squared deviations (Chan et al.'s pairwise combination, exact in real numbers
+    and without the cancellation of a sum of squares)."""
+    weight = pl.col(n).cast(pl.Float64)
+    total = weight.sum()
+    grand = (weight * pl.col(mean).fill_null(0.0)).sum() / total
+    spread = (pl.col(m2).fill_null(0.0) + weight * (pl.col(mean).fill_null(0.0) - grand) ** 2).sum()
+    return [pl.when(total > 0).then((spread / total).sqrt()).alias(f"{m2}_std")]
+
+
+def stats_table(parts: list[pl.DataFrame], *, lengths: bool) -> pl.DataFrame:
+    """The statistics of :data:`STATS_COLUMNS` per stage, from every partition's
+    :func:`stage_sums`. Length statistics are null without token counts."""
+    every = pl.concat(parts, how="vertical")
+    additive = [
+        c for c in every.columns if c not in ("stage", "r_mean", "r_m2", "rs_mean", "rs_m2")
+    ]
+    total = every.group_by("stage").agg(
+        pl.col(additive).sum(), *_pooled("n_all", "r_mean", "r_m2"),
+        *_pooled("n_sel", "rs_mean", "rs_m2"),
+    )  # fmt: skip
+
+    def mean(num: str, den: str) -> pl.Expr:
+        return pl.when(pl.col(den) > 0).then(pl.col(num) / pl.col(den))
+
+    columns = [
+        pl.col("r_m2_std").alias("reward_std"),
+        pl.col("rs_m2_std").alias("reward_best_std"),
+        pl.col("zero_variance"),
+        mean("win_sum", "win_n").alias("win_rate"),
+    ]
+    if lengths:
+        columns += [
+            mean("len_sum", "len_n").alias("length_mean"),
+            mean("len_sel_sum", "len_sel_n").alias("length_selected_mean"),
+            mean("longest_n", "win_n").alias("longest_share"),
+            mean("rho_sum", "rho_n").alias("length_reward_corr"),
+        ]
+    else:
+        columns += [
+            pl.lit(None, pl.Float64).alias(name)
+            for name in ("length_mean", "length_selected_mean", "longest_share")
+        ] + [pl.lit(None, pl.Float64).alias("length_reward_corr")]
+    return total.select("stage", *columns).with_columns(
+        pl.col(c).cast(pl.Float64) for c in STATS_COLUMNS if c != "zero_variance"
+    )
+
+
+# --- best-of-n ------------------------------------------------------------------------
+
+
+def _log_factorials(k: int) -> pl.Series:
+    """``log(i!)`` for ``i = 0 .. k``, summed in float64."""
+    logs = np.zeros(k + 1)
+    if k:
+        np.cumsum(np.log(np.arange(1, k + 1, dtype=np.float64)), out=logs[1:])
+    return pl.Series("lf", logs)
+
+
+def best_of_n_sums(cands: pl.DataFrame) -> pl.DataFrame:
+    """Per ``(stage, n)``: ``prompts`` with at least ``n`` candidates and the sums
+    over them of the expected best (``best_sum``) and worst (``worst_sum``)
+    reward of ``n`` candidates drawn without replacement."""
+    if cands.height == 0:
+        return pl.DataFrame(
+            schema={"stage": pl.Int64, "n": pl.Int64, "prompts": pl.Int64,
+                    "best_sum": pl.Float64, "worst_sum": pl.Float64}
+        )  # fmt: skip
+    largest = int(cands.group_by(_PROMPT).len()["len"].max())  # type: ignore[arg-type]
+    lf = pl.lit(_log_factorials(largest))
+
+    def log_choose(a: pl.Expr, b: pl.Expr) -> pl.Expr:
+        return lf.gather(a) - lf.gather(b) - lf.gather(a - b)
+
+    ranked = cands.select(
+        *_PROMPT,
+        pl.col("reward").cast(pl.Float64),
+        pl.col("reward").rank("ordinal").over(_PROMPT).cast(pl.Int64).alias("i"),
+        pl.len().over(_PROMPT).cast(pl.Int64).alias("k"),
+    )
+    # each candidate i contributes to the maximum for n <= i and the minimum for n <= k-i+1
+    pairs = ranked.with_columns(pl.int_ranges(1, pl.col("k") + 1).alias("n")).explode("n")
+    i, k, n = pl.col("i"), pl.col("k"), pl.col("n")
+    denominator = log_choose(k, n)
+    best_w = pl.when(i >= n).then((log_choose(i - 1, n - 1) - denominator).exp()).otherwise(0.0)
+    worst_w = (
+        pl.when(k - i + 1 >= n).then((log_choose(k - i, n - 1) - denominator).exp()).otherwise(0.0)
+    )
+    per_prompt = pairs.group_by([*_PROMPT, "n"]).agg(
+        (best_w * pl.col("reward")).sum().alias("best"),
+        (worst_w * pl.col("reward")).sum().alias("worst"),
+    )
+    return (
+        per_prompt.group_by(["stage", "n"])
+        .agg(
+            pl.len().cast(pl.Int64).alias("prompts"),
+            pl.col("best").sum().alias("best_sum"),
+            pl.col("worst").sum().alias("worst_sum"),
+        )
+        .with_columns(pl.col("n").cast(pl.Int64))
+        .sort("stage", "n")
+    )
+
+
+def best_of_n_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """``stage, n, prompts, expected_best, expected_worst`` from every partition's
+    :func:`best_of_n_sums`."""
+    total = (
+        pl.concat(parts, how="vertical")
+        .group_by(["stage", "n"])
+        .agg(pl.col("prompts", "best_sum", "worst_sum").sum())
+    )
+    return total.select(
+        "stage",
+        "n",
+        "prompts",
+        (pl.col("best_sum") / pl.col("prompts")).alias("expected_best"),
+        (pl.col("worst_sum") / pl.col("prompts")).alias("expected_worst"),
+    ).sort("stage", "n")
