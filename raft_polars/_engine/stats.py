@@ -236,9 +236,11 @@ def best_of_n_sums(cands: pl.DataFrame) -> pl.DataFrame:
     worst_w = (
         pl.when(k - i + 1 >= n).then((log_choose(k - i, n - 1) - denominator).exp()).otherwise(0.0)
     )
+    # the weights of one (prompt, n) add up to 1 in exact arithmetic; dividing by
+    # their float sum takes out the rounding of the log-factorials
     per_prompt = pairs.group_by([*_PROMPT, "n"]).agg(
-        (best_w * pl.col("reward")).sum().alias("best"),
-        (worst_w * pl.col("reward")).sum().alias("worst"),
+        ((best_w * pl.col("reward")).sum() / best_w.sum()).alias("best"),
+        ((worst_w * pl.col("reward")).sum() / worst_w.sum()).alias("worst"),
     )
     return (
         per_prompt.group_by(["stage", "n"])

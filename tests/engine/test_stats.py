@@ -1,0 +1,227 @@
+"""stage_stats, best_of_n and prompt_stats against plain references: brute force
+over every n-subset (itertools), loops over nested lists, the pass@k formula; on
+hand-made ties, constant groups and ragged K, and on random logs in both layouts
+and on both executors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dask_cluster
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from reference import best_index, long_frames, nested_frame, write_split
+from strategies import ragged_logs
+
+import raft_polars as rp
+
+Log = tuple[list[Any], list[Any]]
+
+
+# --- the references ------------------------------------------------------------------------
+
+
+def ref_best_of_n(rws: list[Any]) -> dict[tuple[int, int], tuple[int, float, float]]:
+    """(stage, n) -> (prompts, mean expected best, mean expected worst), by brute
+    force over every n-subset of each prompt's rewards."""
+    out = {}
+    for t, stage in enumerate(rws):
+        largest = max(len(p) for p in stage)
+        for n in range(1, largest + 1):
+            bests, worsts = [], []
+            for rewards in stage:
+                if len(rewards) < n:
+                    continue
+                subsets = list(itertools.combinations(rewards, n))
+                bests.append(sum(max(s) for s in subsets) / len(subsets))
+                worsts.append(sum(min(s) for s in subsets) / len(subsets))
+            out[(t, n)] = (len(bests), sum(bests) / len(bests), sum(worsts) / len(worsts))
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _avg_ranks(values: list[float]) -> list[float]:
+    return [
+        sum(1 for w in values if w < v) + (sum(1 for w in values if w == v) + 1) / 2 for v in values
+    ]
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    vx = sum((a - mx) ** 2 for a in x)
+    vy = sum((b - my) ** 2 for b in y)
+    return cov / math.sqrt(vx * vy)
+
+
+def ref_stage_stats(lps: list[Any], rws: list[Any]) -> list[dict[str, Any]]:
+    """The statistics of best-of-K selection, by loops over the nested lists."""
+    rows = []
+    for stage_lp, stage_rw in zip(lps, rws, strict=True):
+        every = [r for rewards in stage_rw for r in rewards]
+        picked, wins, longest, rhos, lengths, sel_lengths = [], [], [], [], [], []
+        zero = 0
+        for lp, rewards in zip(stage_lp, stage_rw, strict=True):
+            k = len(rewards)
+            j = best_index(rewards)
+            picked.append(rewards[j])
+            sizes = [len(x) for x in lp]
+            lengths += sizes
+            sel_lengths.append(sizes[j])
+            if k >= 2:
+                zero += len(set(rewards)) == 1
+                lower = sum(1 for i, r in enumerate(rewards) if i != j and r < rewards[j])
+                equal = sum(1 for i, r in enumerate(rewards) if i != j and r == rewards[j])
+                wins.append((lower + 0.5 * equal) / (k - 1))
+                longest.append(sizes[j] == max(sizes))
+            if k >= 3 and len(set(rewards)) > 1 and len(set(sizes)) > 1:
+                rhos.append(_pearson(_avg_ranks(rewards), _avg_ranks([float(s) for s in sizes])))
+        rows.append({
+            "reward_std": statistics.pstdev(every),
+            "reward_best_std": statistics.pstdev(picked),
+            "zero_variance": zero,
+            "win_rate": _mean(wins),
+            "length_mean": _mean([float(x) for x in lengths]),
+            "length_selected_mean": _mean([float(x) for x in sel_lengths]),
+            "longest_share": _mean([float(x) for x in longest]),
+            "length_reward_corr": _mean(rhos),
+        })  # fmt: skip
+    return rows
+
+
+def _close(a: Any, b: Any, tol: float = 1e-9) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+
+# --- the entries -------------------------------------------------------------------------
+
+
+def _sources(log: Log, layout: str, root: Path, shuffle: int = 0) -> dict[str, Any]:
+    lps, rws = log
+    if layout == "nested":
+        write_split(nested_frame(lps, rws, shuffle=shuffle), root / "n", 2)
+        return {"source": str(root / "n")}
+    tokens, rewards = long_frames(lps, rws, shuffle=shuffle)
+    write_split(tokens, root / "t", 3)
+    write_split(rewards, root / "r", 2)
+    return {"source": str(root / "t"), "rewards": str(root / "r")}
+
+
+def _engine(name: str) -> Any:
+    return dask_cluster.engine() if name == "dask" else "polars"
+
+
+def check_stats(log: Log, layout: str, engine: str, root: Path) -> None:
+    kwargs = _sources(log, layout, root, shuffle=3)
+    on = _engine(engine)
+    table = rp.stage_stats(**kwargs, engine=on)
+    assert table.columns[:11] == list(rp.stage_losses(**kwargs).columns)
+    for got, want in zip(table.iter_rows(named=True), ref_stage_stats(*log), strict=True):
+        for name, value in want.items():
+            assert _close(got[name], value), (name, got[name], value)
+    curves = rp.best_of_n(**kwargs, engine=on)
+    want_curves = ref_best_of_n(log[1])
+    assert curves.height == len(want_curves)
+    for row in curves.iter_rows(named=True):
+        prompts, best, worst = want_curves[(row["stage"], row["n"])]
+        assert row["prompts"] == prompts
+        assert _close(row["expected_best"], best)
+        assert _close(row["expected_worst"], worst)
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize("layout", ["nested", "long"])
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(log=ragged_logs(max_stages=3, max_prompts=4, max_k=5))
+def test_random_logs(log: Log, layout: str, engine: str) -> None:
+    lps, rws = log
+    if any(
+        sum(len(lp[best_index(r)]) for lp, r in zip(s_lp, s_rw, strict=True)) == 0
+        for s_lp, s_rw in zip(lps, rws, strict=True)
+    ):
+        return  # a stage with no selected tokens has no loss: an error, tested elsewhere
+    with tempfile.TemporaryDirectory() as tmp:
+        check_stats(log, layout, engine, Path(tmp))
+
+
+TIES: Log = (
+    [[[[-1.0], [-1.0, -1.0], [-2.0]], [[-1.0], [-1.0]], [[-0.5]]]],
+    [[[0.5, 0.5, 0.1], [0.3, 0.3], [0.9]]],
+)
+
+
+@pytest.mark.parametrize("layout", ["nested", "long"])
+def test_ties_constant_groups_and_k_of_one(tmp_path: Path, layout: str) -> None:
+    check_stats(TIES, layout, "polars", tmp_path)
+    table = rp.stage_stats(**_sources(TIES, layout, tmp_path / "again"))
+    row = table.row(0, named=True)
+    assert row["zero_variance"] == 1  # the [0.3, 0.3] prompt; K = 1 does not count
+    assert row["win_rate"] == pytest.approx((0.75 + 0.5) / 2)  # (1 + 0.5) / 2 and 0.5 / 1
+    # only the first prompt has 3 candidates: reward ranks 2.5, 2.5, 1; length ranks 1.5, 3, 1.5
+    assert row["length_reward_corr"] == pytest.approx(0.5)
+    assert row["longest_share"] == pytest.approx(0.5)  # 1 token of 2 at most; 1 of 1
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_zero_one_rewards_give_pass_at_k(k: int) -> None:
+    correct = [0, 1, k // 2, k]
+    rws = [[[1.0] * c + [0.0] * (k - c) for c in correct]]
+    lps = [[[[-1.0]] * k for _ in correct]]
+    curves = rp.best_of_n(nested_frame(lps, rws))
+    for row in curves.iter_rows(named=True):
+        n = row["n"]
+        want = sum(1 - math.comb(k - c, n) / math.comb(k, n) for c in correct) / len(correct)
+        assert _close(row["expected_best"], want, 1e-12)
+
+
+def test_one_correct_in_four_reads_one_at_n_four() -> None:
+    curves = rp.best_of_n(nested_frame([[[[-1.0]] * 4]], [[[0.0, 1.0, 0.0, 0.0]]]))
+    assert curves["expected_best"].round(12).to_list() == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_large_k_is_stable() -> None:
+    """K = 3000: the binomials overflow a float64 long before; the weights don't."""
+    k = 3000
+    rewards = [float(i % 7) for i in range(k)]
+    frame = pl.DataFrame({"stage": [0] * k, "prompt": [0] * k, "cand": list(range(k)),
+                          "reward": rewards, "logprobs": [[-1.0]] * k})  # fmt: skip
+    curves = rp.best_of_n(frame)
+    assert curves.height == k
+    values = curves["expected_best"].to_list()
+    assert all(math.isfinite(v) for v in values)
+    assert _close(values[0], sum(rewards) / k, 1e-9)
+    assert _close(values[-1], max(rewards), 1e-9)
+    # for n = 2, the brute force is still cheap: the mean max over all pairs
+    pair = sum(max(a, b) for a, b in itertools.combinations(rewards, 2)) / math.comb(k, 2)
+    assert _close(values[1], pair, 1e-9)
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(values))  # grows with n
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+def test_prompt_stats(tmp_path: Path, engine: str) -> None:
+    lps = [[[[-1.0]] * 2] * 3] * 2
+    rws = [[[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]], [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]]
+    kwargs = _sources((lps, rws), "nested", tmp_path)
+    table = rp.prompt_stats(**kwargs, engine=_engine(engine))
+    assert table.select("stage", "prompt", "status").rows() == [
+        (0, 0, "unsolved"), (0, 1, "solved"), (0, 2, "learnable"),
+        (1, 0, "unsolved"), (1, 1, "solved"), (1, 2, "learnable"),
+    ]  # fmt: skip
+    assert table["zero_variance"].to_list() == [True, True, False, True, True, True]
+    assert table["stages"].to_list() == [2] * 6
+    assert table.filter(stage=0, prompt=2)["cand"].item() == 1
