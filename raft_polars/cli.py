@@ -206,6 +206,45 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_losses)
 
     p = commands.add_parser(
+        "stats",
+        parents=[log, selection, engine],
+        help="per-stage statistics, best-of-n curves, per-prompt table",
+        description="The losses table plus reward spread (reward_std, reward_best_std), "
+        "zero-variance prompts, win rate of the selection, length bias (length_mean, "
+        "length_selected_mean, longest_share, length_reward_corr). --best-of-n prints the "
+        "expected best and worst reward of n candidates per stage; --per-prompt -o OUT "
+        "writes one row per (stage, prompt) with its difficulty and status "
+        "(solved / unsolved / learnable). JSON writes NaN and infinities as strings.",
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="output format (default: an aligned table)",
+    )
+    p.add_argument(
+        "--reduction",
+        choices=("token", "sequence"),
+        default="token",
+        help="loss reduction (default: token)",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--best-of-n", action="store_true", help="print the best-of-n curves")
+    which.add_argument(
+        "--per-prompt", action="store_true", help="write the per-prompt table to -o OUT"
+    )
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="with --per-prompt: .parquet or .jsonl file"
+    )
+    p.add_argument(
+        "--status",
+        choices=("solved", "unsolved", "learnable"),
+        help="with --per-prompt: keep the prompts of this status only",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(run=_cmd_stats)
+
+    p = commands.add_parser(
         "select",
         parents=[log, selection, engine],
         help="write the selected batch for fine-tuning (Parquet or JSONL)",
@@ -259,14 +298,22 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "report",
-        parents=[log, selection],
-        help="figure of loss and rewards per stage (needs raft-polars[plot])",
-        description="Draw the loss per stage (stages where it rose are marked) and the "
-        "selected vs mean reward per stage. Needs matplotlib: pip install 'raft-polars[plot]'. "
-        "An existing OUT is replaced.",
+        parents=[log, selection, engine],
+        help="HTML report or figure of a log (needs raft-polars[plot])",
+        description="OUT.html: one self-contained page (styles and SVG figures inline, "
+        "nothing loaded from outside) with the per-stage statistics table, loss and rewards "
+        "per stage, best-of-n curves with the n/(n+1) win-rate ceiling and the measured win "
+        "rate, length bias, zero-variance prompts and what --min-reward left out. "
+        "OUT.png/.svg/.pdf: the figure of the loss (stages where it rose are marked) and the "
+        "selected vs mean reward per stage. Needs matplotlib: pip install "
+        "'raft-polars[plot]'. An existing OUT is replaced.",
     )
     p.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="figure file: .png, .svg or .pdf"
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="report file: .html, or a figure: .png, .svg or .pdf",
     )
     p.add_argument(
         "--reduction",
@@ -528,27 +575,35 @@ def write_losses(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> 
         0 1.5500       1          2        1      2           0.4000      0.3000      0.1000    0         0
         1 0.5500       1          2        1      2           0.7500      0.7250      0.0250    0         0
     """  # noqa: E501 - the doctest shows the full-width table
-    rows = [_rounded(row) for row in table.select(LOSS_COLUMNS).iter_rows(named=True)]
-    if fmt == "json":  # NaN and infinities as the strings "nan", "inf", "-inf"
+    write_table(table.select(LOSS_COLUMNS), stream, fmt=fmt)
+
+
+def write_table(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> None:
+    """Print any per-stage table (losses, statistics, best-of-n) as the CLI does:
+    an aligned table (floats to 4 decimals), CSV or JSON; a ``loss`` column is
+    rounded with Python's ``round(x, 4)`` in every format; JSON writes NaN and
+    infinities as the strings ``"nan"``, ``"inf"`` and ``"-inf"``."""
+    names = table.columns
+    rows = [_rounded(row) for row in table.iter_rows(named=True)]
+    if fmt == "json":
         rows = [{k: json_value(v) for k, v in row.items()} for row in rows]
         json.dump(rows, stream, indent=2, allow_nan=False)
         stream.write("\n")
     elif fmt == "csv":
-        writer = csv.DictWriter(stream, fieldnames=LOSS_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(stream, fieldnames=names, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     else:
-        cells = [[_cell(row[c]) for c in LOSS_COLUMNS] for row in rows]
-        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(LOSS_COLUMNS)]
-        stream.write(
-            " ".join(c.ljust(w) for c, w in zip(LOSS_COLUMNS, widths, strict=True)).rstrip() + "\n"
-        )
+        cells = [[_cell(row[c]) for c in names] for row in rows]
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(names)]
+        stream.write(" ".join(c.ljust(w) for c, w in zip(names, widths, strict=True)).rstrip())
+        stream.write("\n")
         for r in cells:
             stream.write(" ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) + "\n")
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
-    if row["loss"] is not None:
+    if row.get("loss") is not None:
         row["loss"] = round(row["loss"], 4)
     return row
 
@@ -610,27 +665,79 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.output)
     fmt = out.suffix.lower()
-    if fmt not in _FIGURE:
-        msg = f"the figure must be .png, .svg or .pdf, got {str(out)!r}"
+    if fmt not in (*_FIGURE, ".html"):
+        msg = f"the figure must be .png, .svg or .pdf (the report .html), got {str(out)!r}"
         raise UsageError(msg)
     if not out.parent.is_dir():
         msg = f"output directory does not exist: {str(out.parent)!r}"
         raise UsageError(msg)
     from raft_polars._export import write_atomically
-    from raft_polars.api import stage_losses
-    from raft_polars.report import report_figure, save_figure
+    from raft_polars.api import best_of_n, stage_losses, stage_stats
+    from raft_polars.report import html_report, report_figure, save_figure
 
-    table = stage_losses(
-        _source(args), **_log_kwargs(args), reduction=args.reduction, **_selection_kwargs(args)
-    )
     title = args.title if args.title is not None else " ".join(args.path)
-    figure = report_figure(table, title=title)
+    options = {**_log_kwargs(args), "reduction": args.reduction, **_selection_kwargs(args)}
+    if fmt == ".html":
+        table = stage_stats(_source(args), **options, engine=_engine(args))
+        curves = best_of_n(_source(args), **_log_kwargs(args), engine=_engine(args))
+        page = html_report(table, curves, title=title, source=" ".join(args.path))
 
-    def write(tmp: Path) -> None:
-        save_figure(figure, tmp, fmt=fmt[1:])
+        def write(tmp: Path) -> None:
+            tmp.write_text(page, encoding="utf-8")
+    else:
+        table = stage_losses(_source(args), **options, engine=_engine(args))
+        figure = report_figure(table, title=title)
+
+        def write(tmp: Path) -> None:
+            save_figure(figure, tmp, fmt=fmt[1:])
 
     write_atomically(out, write, force=True)
     print(f"wrote {out} ({table.height} stage(s))")
+
+
+# --- stats -------------------------------------------------------------------------
+
+
+def _cmd_stats(args: argparse.Namespace) -> None:
+    from raft_polars._export import check_target, output_format, write_atomically
+    from raft_polars.api import best_of_n, prompt_stats, stage_stats
+
+    source, engine = _source(args), _engine(args)
+    if args.per_prompt:
+        if args.output is None:
+            msg = "--per-prompt writes a file: give -o OUT (.parquet or .jsonl)"
+            raise UsageError(msg)
+        out = Path(args.output)
+        fmt = output_format(out)
+        check_target(out, force=args.force)
+        table = prompt_stats(source, **_log_kwargs(args), **_selection_kwargs(args), engine=engine)
+        if args.status is not None:
+            table = table.filter(pl.col("status") == args.status)
+
+        def write(tmp: Path) -> None:
+            if fmt == "parquet":
+                table.write_parquet(tmp)
+            else:
+                table.write_ndjson(tmp)
+
+        write_atomically(out, write, force=args.force)
+        print(f"wrote {table.height} prompt row(s) to {out}")
+        return
+    if args.output is not None or args.status is not None:
+        msg = "-o and --status go with --per-prompt"
+        raise UsageError(msg)
+    if args.best_of_n:
+        curves = best_of_n(source, **_log_kwargs(args), engine=engine)
+        write_table(curves, sys.stdout, fmt=args.format)
+        return
+    table = stage_stats(
+        source,
+        **_log_kwargs(args),
+        reduction=args.reduction,
+        **_selection_kwargs(args),
+        engine=engine,
+    )
+    write_table(table, sys.stdout, fmt=args.format)
 
 
 # --- generate ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ Examples
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -27,7 +27,14 @@ from raft_polars.errors import MissingDependencyError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["INSTALL_HINT", "loss_rises", "report_figure", "save_figure", "save_report"]
+__all__ = [
+    "INSTALL_HINT",
+    "html_report",
+    "loss_rises",
+    "report_figure",
+    "save_figure",
+    "save_report",
+]
 
 INSTALL_HINT = "pip install 'raft-polars[plot]'"
 
@@ -202,3 +209,217 @@ def save_report(
         ``path``.
     """
     return save_figure(report_figure(table, title=title), path, dpi=dpi)
+
+
+# --- the HTML report ---------------------------------------------------------------
+
+
+def _svg(figure: Figure) -> str:
+    """``figure`` as inline SVG (text kept as text, no external references)."""
+    import io
+
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
+    """Spread, best-of-n, win rate, length bias and group statistics per stage."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 7.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    (ax_spread, ax_curves), (ax_length, ax_groups) = fig.subplots(2, 2)
+    stats = stats.sort("stage")
+    stages = stats["stage"].cast(pl.Float64).to_numpy()
+
+    def column(name: str) -> Any:
+        return stats[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+    best, mean = column("reward_best_mean"), column("reward_mean")
+    ax_spread.errorbar(
+        stages,
+        best,
+        yerr=column("reward_best_std"),
+        marker="o",
+        capsize=3,
+        color="tab:green",
+        label="selected: mean ± std",
+    )
+    ax_spread.errorbar(
+        stages + 0.05,
+        mean,
+        yerr=column("reward_std"),
+        marker="s",
+        capsize=3,
+        color="tab:gray",
+        label="all candidates: mean ± std",
+    )
+    ax_spread.set_title("reward per stage, with its spread", fontsize=10)
+    ax_spread.set_xlabel("stage")
+
+    for stage, part in curves.sort("stage", "n").group_by("stage", maintain_order=True):
+        n = part["n"].to_numpy()
+        ax_curves.plot(n, part["expected_best"].to_numpy(), marker=".", label=f"stage {stage[0]}")
+    if curves.height:
+        n = np.arange(1, int(curves["n"].max()) + 1)  # type: ignore[arg-type]
+        ceiling = n / (n + 1)
+        twin = ax_curves.twinx()
+        twin.plot(n, ceiling, ls="--", color="black", lw=1, label="win-rate ceiling n/(n+1)")
+        rates = stats.join(curves.group_by("stage").agg(pl.col("n").max()), on="stage")
+        twin.scatter(
+            rates["n"].to_numpy(),
+            rates["win_rate"].cast(pl.Float64).to_numpy(),
+            marker="*",
+            s=90,
+            color="tab:red",
+            label="measured win rate (n = K)",
+        )
+        twin.set_ylim(0, 1.05)
+        twin.set_ylabel("win rate")
+        twin.legend(loc="lower right", fontsize=7)
+    ax_curves.set_title("best-of-n: expected best reward of n candidates", fontsize=10)
+    ax_curves.set_xlabel("n")
+    ax_curves.set_ylabel("expected best reward")
+
+    ax_length.plot(
+        stages,
+        column("length_mean"),
+        marker="s",
+        color="tab:gray",
+        label="all candidates: mean tokens",
+    )
+    ax_length.plot(
+        stages,
+        column("length_selected_mean"),
+        marker="o",
+        color="tab:blue",
+        label="selected: mean tokens",
+    )
+    twin_l = ax_length.twinx()
+    twin_l.plot(
+        stages,
+        column("longest_share"),
+        ls=":",
+        marker="^",
+        color="tab:orange",
+        label="share selected = longest",
+    )
+    twin_l.plot(
+        stages,
+        column("length_reward_corr"),
+        ls="--",
+        marker="v",
+        color="tab:purple",
+        label="Spearman(reward, length)",
+    )
+    twin_l.set_ylim(-1.05, 1.05)
+    twin_l.legend(loc="lower right", fontsize=7)
+    ax_length.set_title("length bias per stage", fontsize=10)
+    ax_length.set_xlabel("stage")
+
+    prompts = column("prompts")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ax_groups.bar(
+            stages - 0.2,
+            column("zero_variance") / prompts,
+            width=0.4,
+            color="tab:gray",
+            label="zero-variance prompts (share)",
+        )
+        ax_groups.bar(
+            stages + 0.2,
+            column("below_min") / prompts,
+            width=0.4,
+            color="tab:red",
+            label="left out by min_reward (share)",
+        )
+    ax_groups.set_ylim(0, 1)
+    ax_groups.set_title("dead groups and min_reward per stage", fontsize=10)
+    ax_groups.set_xlabel("stage")
+    for ax in (ax_spread, ax_curves, ax_length, ax_groups):
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", fontsize=7)
+    return fig
+
+
+def _html_table(table: pl.DataFrame) -> str:
+    import html
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "&ndash;"
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in table.iter_rows()
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th { background: #f3f3f3; } tbody tr:nth-child(even) { background: #fafafa; }
+figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
+p.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def html_report(stats: pl.DataFrame, curves: pl.DataFrame, *, title: str, source: str = "") -> str:
+    """One self-contained HTML page: the per-stage table and the figures, inline.
+
+    Parameters
+    ----------
+    stats
+        A :func:`~raft_polars.stage_stats` table.
+    curves
+        A :func:`~raft_polars.best_of_n` table.
+    title, source
+        The page title and the log's name.
+
+    Returns
+    -------
+    str
+        The page; it loads nothing from outside itself (styles and figures are
+        inline, the figures as SVG).
+    """
+    import html
+
+    _require_matplotlib()
+    trend = _svg(report_figure(stats, title=None))
+    detail = _svg(_stats_figure(stats, curves))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="note">Log: {html.escape(source)}. Losses are the pooled token mean NLL of the
+selected responses; every column is defined in the project's docs/semantics.md.</p>
+<h2 id="stages">Per-stage statistics</h2>
+{_html_table(stats)}
+<h2 id="trend">Loss and rewards per stage</h2>
+<figure id="figure-trend">{trend}</figure>
+<h2 id="statistics">Spread, best-of-n, win rate, length bias, dead groups</h2>
+<figure id="figure-statistics">{detail}</figure>
+<p class="note">Best-of-n: the expected best reward of n of a prompt's candidates drawn
+without replacement, in closed form (for 0/1 rewards, pass@n); the dashed line is the
+win rate n/(n+1) that the best of n reaches against one more candidate when rewards
+have no ties, the stars the measured win rate of the selection.</p>
+<h2 id="best-of-n">Best-of-n table</h2>
+{_html_table(curves)}
+</body>
+</html>
+"""
