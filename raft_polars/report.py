@@ -339,9 +339,12 @@ def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
     ax_groups.set_ylim(0, 1)
     ax_groups.set_title("dead groups and min_reward per stage", fontsize=10)
     ax_groups.set_xlabel("stage")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_spread, ax_curves, ax_length, ax_groups):
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper left", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
@@ -362,6 +365,10 @@ def _html_table(table: pl.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
+_LOSS_COLUMNS = (
+    "stage", "loss", "prompts", "candidates", "selected", "tokens",
+    "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min",
+)  # fmt: skip
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; }
@@ -394,6 +401,8 @@ def html_report(stats: pl.DataFrame, curves: pl.DataFrame, *, title: str, source
     import html
 
     _require_matplotlib()
+    losses = [c for c in stats.columns if c in _LOSS_COLUMNS]
+    extra = [c for c in stats.columns if c not in _LOSS_COLUMNS]
     trend = _svg(report_figure(stats, title=None))
     detail = _svg(_stats_figure(stats, curves))
     return f"""<!DOCTYPE html>
@@ -409,7 +418,8 @@ def html_report(stats: pl.DataFrame, curves: pl.DataFrame, *, title: str, source
 <p class="note">Log: {html.escape(source)}. Losses are the pooled token mean NLL of the
 selected responses; every column is defined in the project's docs/semantics.md.</p>
 <h2 id="stages">Per-stage statistics</h2>
-{_html_table(stats)}
+{_html_table(stats.select(losses))}
+{_html_table(stats.select(["stage", *extra]))}
 <h2 id="trend">Loss and rewards per stage</h2>
 <figure id="figure-trend">{trend}</figure>
 <h2 id="statistics">Spread, best-of-n, win rate, length bias, dead groups</h2>
