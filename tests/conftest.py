@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from reference import SEED_LOG_PROBS, SEED_REWARDS
+from strategies import LogProbs, Rewards
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -19,6 +20,6 @@ def data_dir() -> Path:
 
 
 @pytest.fixture
-def seed_log() -> tuple[list, list]:
+def seed_log() -> tuple[LogProbs, Rewards]:
     """``(stages_log_probs, stages_rewards)`` of the task statement's example."""
     return copy.deepcopy(SEED_LOG_PROBS), copy.deepcopy(SEED_REWARDS)

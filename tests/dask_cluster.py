@@ -80,7 +80,8 @@ def client() -> Any:
             env=env,
         )
     )
-    active = Client(address, set_as_default=False, timeout=60)
+    # distributed's Client is not annotated
+    active = Client(address, set_as_default=False, timeout=60)  # type: ignore[no-untyped-call]
     active.wait_for_workers(2, timeout=60)
     _STATE["client"] = active
     return active

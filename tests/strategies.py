@@ -25,7 +25,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import strategies as st
 from reference import best_index
@@ -64,7 +64,7 @@ def logprob_values(
     min_value
         The most negative value; use ``-1e6`` for large magnitudes.
     """
-    width = 32 if float32 else 64
+    width: Literal[32, 64] = 32 if float32 else 64
     values: st.SearchStrategy[Any] = st.one_of(
         st.floats(
             min_value=min_value, max_value=0.0, width=width, allow_nan=False, allow_infinity=False

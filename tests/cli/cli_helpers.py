@@ -217,7 +217,7 @@ def reference_strategy(
             keep = n if strategy == "top_n" else 1
             picked = []
             for i, prompt in enumerate(stage):
-                order = sorted(range(len(prompt)), key=lambda j, p=prompt: (-p[j], j))
+                order = sorted(range(len(prompt)), key=lambda j: (-prompt[j], j))
                 picked += [(prompt[j], i, j) for j in order[:keep]]
         prompts_before = {i for _, i, _ in picked}
         if min_reward is not None:

@@ -7,6 +7,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import cli_helpers
 import polars as pl
@@ -119,7 +120,7 @@ def test_own_column_names(
     if layout == "nested":
         path = tmp_path / "theirs.parquet"
         pl.read_parquet(log_files.nested).rename(names, strict=False).write_parquet(path)
-        args = [path]
+        args: list[str | Path] = [path]
     else:
         tokens, rewards = tmp_path / "t.parquet", tmp_path / "r.parquet"
         pl.read_parquet(log_files.tokens).rename(names, strict=False).write_parquet(tokens)
@@ -141,7 +142,14 @@ STRATEGIES = {
 }
 
 
-def _strategy_kwargs(argv: list[str]) -> dict[str, object]:
+class _StrategyKwargs(TypedDict):
+    strategy: str
+    n: int
+    fraction: float | None
+    min_reward: float | None
+
+
+def _strategy_kwargs(argv: list[str]) -> _StrategyKwargs:
     opts = dict(zip(argv[::2], argv[1::2], strict=True))
     return {
         "strategy": opts.get("--strategy", "best"),

@@ -47,7 +47,7 @@ def _find(rows: list[Row], stage: int, prompt: int, cand: int) -> Row:
     return next(r for r in rows if (r["stage"], r["prompt"], r["cand"]) == (stage, prompt, cand))
 
 
-_NESTED_SCHEMA = {
+_NESTED_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "stage": pl.Int64,
     "prompt": pl.Int64,
     "cand": pl.Int64,

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -299,8 +299,12 @@ def test_current_client_is_used(client: Any, monkeypatch: pytest.MonkeyPatch) ->
         raise AssertionError("a local cluster was started")
 
     monkeypatch.setattr(rd, "connect", no_new_cluster)
-    with Client(client.scheduler.address, set_as_default=False) as other, other.as_current():
-        assert default_client() is other
+    # distributed's Client and default_client are not annotated
+    with (
+        Client(client.scheduler.address, set_as_default=False) as other,  # type: ignore[no-untyped-call]
+        other.as_current(),
+    ):
+        assert default_client() is other  # type: ignore[no-untyped-call]
         got = rp.stage_losses(nested_frame(LPS, RWS), engine="dask")
     assert_same(rp.stage_losses(nested_frame(LPS, RWS)), got)
 
@@ -318,7 +322,7 @@ def test_spark_style_directory(client: Any, tmp_path: Path, engine: str) -> None
     frame.write_parquet(root / "_temporary" / "0" / "c.parquet")
     frame.write_parquet(root / ".hidden" / "e.parquet")
     (root / "_SUCCESS").write_bytes(b"")
-    on = _on(client) if engine == "dask" else "polars"
+    on: rd.DaskEngine | Literal["polars"] = _on(client) if engine == "dask" else "polars"
     got = rp.stage_losses(str(root), engine=on)
     assert [round(x, 4) for x in got["loss"].to_list()] == reference_rounded(LPS, RWS)
     assert got["candidates"].to_list() == [6, 4]

@@ -483,7 +483,7 @@ def check_selection(entry: Entry, case: Case, directory: Path | None = None) -> 
 
 # --- random cases (hypothesis) ---------------------------------------------------------
 
-RENAMES = (
+RENAMES: tuple[Mapping[str, str], ...] = (
     {},
     {"prompt": "prompt_id", "logprobs": "token_logprobs", "logprob": "token_logprob"},
     {"stage": "round", "cand": "candidate", "reward": "score", "token": "position"},
@@ -491,7 +491,7 @@ RENAMES = (
 
 
 @st.composite
-def cases(draw: st.DrawFn, **log_options: object) -> Case:
+def cases(draw: st.DrawFn, /, **log_options: object) -> Case:
     """A random valid log with random ids, candidate numbering, row order and
     column names (``log_options`` go to :func:`strategies.ragged_logs`)."""
     lps, rws = draw(ragged_logs(**log_options))  # type: ignore[arg-type]

@@ -20,8 +20,10 @@ from engine_cases import (
     check_selection,
 )
 from reference import SEED_LOG_PROBS, SEED_REWARDS, reference_losses
+from strategies import LogProbs, Rewards
 
 import raft_polars
+import raft_polars._engine.dense
 import raft_polars._engine.rank
 import raft_polars._engine.reduce
 
@@ -195,7 +197,7 @@ def test_half_way_rounding_is_pythons_round() -> None:
     assert raft_polars.raft_alignment(case.lps, case.rws) == [0.0312, 0.1562, 1.2812]
 
 
-def test_raft_alignment_does_not_modify_its_input(seed_log: tuple[list, list]) -> None:
+def test_raft_alignment_does_not_modify_its_input(seed_log: tuple[LogProbs, Rewards]) -> None:
     lps, rws = seed_log
     raft_polars.raft_alignment(lps, rws)
     assert (lps, rws) == (SEED_LOG_PROBS, SEED_REWARDS)
@@ -220,7 +222,8 @@ def test_numpy_inputs() -> None:
     """numpy arrays (and numpy scalars) where lists are expected."""
     lps = [[np.array([-2.0, -1.8]), np.array([-1.5, -1.6], dtype=np.float32)]]
     rws = [np.array([[0.2, 0.4]])]
-    got = raft_polars.raft_alignment([lps], rws)
+    # the annotations say nested sequences; arrays are accepted all the same
+    got = raft_polars.raft_alignment([lps], rws)  # type: ignore[list-item, arg-type]
     assert got == [round(-(-1.5 + float(np.float32(-1.6))) / 2, 4)]
 
 
@@ -256,11 +259,13 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
     gathers: list[object] = []
     proofs: list[object] = []
     rank, reduce = raft_polars._engine.rank, raft_polars._engine.reduce
+    kernels = raft_polars._engine.dense
     case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
     with (
         mock.patch.object(rank, "dense_summary", _spy(rank.dense_summary, summaries)),
-        mock.patch.object(rank, "gather", _spy(rank.gather, gathers)),
-        mock.patch.object(reduce, "footers_within", _spy(reduce.footers_within, proofs)),
+        # patched where they are looked up; the originals come from where they are defined
+        mock.patch.object(rank, "gather", _spy(kernels.gather, gathers)),
+        mock.patch.object(reduce, "footers_within", _spy(kernels.footers_within, proofs)),
     ):
         check_losses(entry, case, tmp_path)
     dense = prompts != "sparse" and not entry.fallback
@@ -278,9 +283,9 @@ def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_p
     by a gathered 1-byte flag when the ids fit a dense box (string or hashed
     prompt ids as codes), by a join for ids too sparse for one."""
     gathers: list[object] = []
-    rank = raft_polars._engine.rank
+    rank, kernels = raft_polars._engine.rank, raft_polars._engine.dense
     case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
-    with mock.patch.object(rank, "gather", _spy(rank.gather, gathers)):
+    with mock.patch.object(rank, "gather", _spy(kernels.gather, gathers)):
         check_losses(entry, case, tmp_path)
         check_losses(entry, case, tmp_path / "again", reduction="sequence")
     assert len(gathers) == 2 * (prompts != "sparse")
@@ -351,7 +356,7 @@ def test_ties_go_to_the_smallest_cand_id(entry: Entry, shuffle: int | None, tmp_
 # --- float32 log-probs are accumulated in float64 ----------------------------------------
 
 
-def _float32_trap() -> tuple[list, list]:
+def _float32_trap() -> tuple[LogProbs, Rewards]:
     """One large log-prob and many tiny ones: summed in float32 the tiny ones
     vanish and the loss moves at the 4th decimal; in float64 they do not."""
     big, tiny, n = -16384.0, float(np.float32(-0.0001)), 4000

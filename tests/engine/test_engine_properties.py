@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 from engine_cases import (
     ENTRIES,
@@ -20,7 +21,7 @@ from engine_cases import (
 )
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from strategies import ragged_logs
+from strategies import LogProbs, Rewards, ragged_logs
 
 
 def unambiguous(case: Case, reduction: str = "token") -> None:
@@ -164,10 +165,12 @@ def test_row_order_carries_no_meaning(case: Case, seeds: list[int]) -> None:
         Entry("long", "DataFrame"),
         Entry("long", "DataFrame", fallback=True),
     ):
-        tables = []
+        tables: list[pl.DataFrame] = []
         for seed in seeds:
             with workdir() as where:
-                tables.append(entry.losses(dataclasses.replace(case, shuffle=seed), where))
+                table = entry.losses(dataclasses.replace(case, shuffle=seed), where)
+            assert isinstance(table, pl.DataFrame)
+            tables.append(table)
         a, b = tables
         assert a.drop("loss", "reward_best_mean", "reward_mean", "reward_lift").equals(
             b.drop("loss", "reward_best_mean", "reward_mean", "reward_lift")
@@ -185,7 +188,7 @@ def test_strategy_covers_the_edge_cases() -> None:
 
     @settings(max_examples=100, deadline=None, database=None)
     @given(log=ragged_logs())
-    def run(log: tuple[list, list]) -> None:
+    def run(log: tuple[LogProbs, Rewards]) -> None:
         lps, rws = log
         for stage_lp, stage_rw in zip(lps, rws, strict=True):
             for resp, r in zip(stage_lp, stage_rw, strict=True):
@@ -206,7 +209,7 @@ def test_strategy_covers_the_edge_cases() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(log=ragged_logs(float32=True))
-def test_float32_strategy_is_float32_representable(log: tuple[list, list]) -> None:
+def test_float32_strategy_is_float32_representable(log: tuple[LogProbs, Rewards]) -> None:
     lps, rws = log
     values = [v for stage in lps for p in stage for r in p for v in r]
     values += [v for stage in rws for p in stage for v in p]

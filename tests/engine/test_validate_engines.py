@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dask_cluster
 import polars as pl
@@ -17,13 +17,14 @@ from reference import long_frames, nested_frame, write_split
 from strategies import ragged_logs
 
 import raft_polars as rp
+import raft_polars.dask as rd
 
 LPS = [[[[-1.0, -2.0, -0.5], [-2.0, -4.0]], [[-0.5, -0.5], [-3.0]]], [[[-0.25], [-1.0]]]]
 RWS = [[[0.1, 0.9], [0.7, 0.2]], [[1.0, 0.0]]]
 
 
 def _report(engine: str, **kwargs: Any) -> dict[str, Any]:
-    on = dask_cluster.engine() if engine == "dask" else "polars"
+    on: rd.DaskEngine | Literal["polars"] = dask_cluster.engine() if engine == "dask" else "polars"
     return rp.validate(**kwargs, engine=on).to_dict()
 
 
