@@ -1,5 +1,12 @@
 """Writing the selected batch: the columns trainers read, written atomically.
 
+The formats (:data:`EXPORT_FORMATS`) are Polars expressions over the lazy
+selected batch of an executor (``rows``, ``sft``, ``chat``, ``openrlhf``) and,
+for ``dpo`` (the rejected response) and ``wide`` (every candidate's reward),
+over the log's lazy candidate rows joined to it: no loop over rows, the same
+on every executor. The prompt id is always written as ``prompt_id``: ``prompt``
+is the trainers' key for the prompt text.
+
 A write goes to a temporary file in OUT's directory, renamed onto OUT at the
 end: an interrupted run (an error, Ctrl-C, ``kill -9``) never leaves a partial
 OUT. The temporary name is ``.raft-tmp-<pid>-<random>`` (short whatever OUT's
@@ -16,6 +23,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -24,15 +32,22 @@ import polars as pl
 from raft_polars.errors import RaftInputError
 
 __all__ = [
+    "EXPORT_FORMATS",
     "JSONL",
     "PARQUET",
+    "Export",
+    "ExportFormat",
     "StagePick",
+    "Written",
+    "check_format",
     "check_target",
+    "export_frame",
     "json_value",
     "output_format",
     "pick_stage",
     "rows_written",
     "sft_columns",
+    "text_columns",
     "write_atomically",
 ]
 
@@ -93,13 +108,9 @@ def pick_stage(
 def sft_columns(
     frame: pl.LazyFrame, prompt_col: str | None, response_col: str | None
 ) -> pl.LazyFrame:
-    """Add ``prompt`` / ``completion`` copies of payload columns for SFT trainers.
-
-    With ``prompt_col`` the prompt id column is renamed ``prompt_id``, since
-    ``prompt`` then holds the text.
-    """
-    if prompt_col is None and response_col is None:
-        return frame
+    """The ``rows`` format: the selected batch with the prompt id column named
+    ``prompt_id`` (``prompt`` is the trainers' key for the prompt text), and
+    ``prompt`` / ``completion`` copies of payload columns when asked for."""
     present = list(frame.collect_schema())
     wanted = {"prompt": prompt_col, "completion": response_col}
     added = {name: col for name, col in wanted.items() if col is not None}
@@ -112,20 +123,307 @@ def sft_columns(
                 f"{option}{col!r}: no such column in the selected batch; columns present: {present}"
             )
             raise RaftInputError(msg)
-    names = {c: ("prompt_id" if c == "prompt" and prompt_col is not None else c) for c in present}
+    names = {c: ("prompt_id" if c == "prompt" else c) for c in present}
     # a payload column already named like its copy is kept once, at the end
     kept = [c for c in present if not (names[c] in added and added[names[c]] == c)]
     for c in kept:
         if names[c] in added or (names[c] == "prompt_id" and c != "prompt"):
+            what = "the prompt_column=/response_column= output" if names[c] in added else "export"
             msg = (
-                f"the selected batch already has a column {names[c]!r}, which the "
-                "prompt_column=/response_column= output needs; rename it with columns= "
-                "or in the log"
+                f"the selected batch already has a column {names[c]!r}, which the {what} "
+                "needs; rename it with columns= or in the log"
             )
             raise RaftInputError(msg)
     return frame.select(
         *(pl.col(c).alias(names[c]) for c in kept),
         *(pl.col(col).alias(name) for name, col in added.items()),
+    )
+
+
+# --- the formats of trainers -----------------------------------------------------------
+
+ExportFormat: TypeAlias = Literal["rows", "sft", "chat", "dpo", "openrlhf", "wide"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("rows", "sft", "chat", "dpo", "openrlhf", "wide")
+# the formats that hold text, and the payload columns they look for, in order
+TEXT_FORMATS = ("sft", "chat", "dpo", "openrlhf")
+PROMPT_TEXT = ("prompt_text", "prompt", "input", "question")
+RESPONSE_TEXT = ("response", "responses", "output", "completion", "text")
+_IDS = ["stage", "prompt", "cand"]
+_TEXT_TYPES = (pl.String, pl.Categorical, pl.Enum)
+
+
+class Written(int):
+    """The rows written by :func:`raft_polars.write_selected` (an ``int``), with
+    what the format left out.
+
+    Attributes
+    ----------
+    format
+        The export format.
+    skipped_equal
+        ``dpo``: prompts whose selected best and worst rewards are equal (no pair).
+    skipped_margin
+        ``dpo``: pairs whose reward margin is below ``min_margin``.
+    """
+
+    format: ExportFormat
+    skipped_equal: int
+    skipped_margin: int
+
+    def __new__(
+        cls,
+        rows: int,
+        *,
+        format: ExportFormat = "rows",
+        skipped_equal: int = 0,
+        skipped_margin: int = 0,
+    ) -> Written:
+        self = super().__new__(cls, rows)
+        self.format = format
+        self.skipped_equal = skipped_equal
+        self.skipped_margin = skipped_margin
+        return self
+
+    @property
+    def rows(self) -> int:
+        return int(self)
+
+
+@dataclass(frozen=True)
+class Export:
+    """A format's frame, lazy, and the counts of what it left out."""
+
+    frame: pl.LazyFrame
+    skipped_equal: int = 0
+    skipped_margin: int = 0
+
+
+def check_format(fmt: str, min_margin: float | None) -> ExportFormat:
+    """``fmt`` is a format; ``min_margin`` goes with ``dpo`` and is >= 0."""
+    for known in EXPORT_FORMATS:
+        if fmt == known:
+            if min_margin is not None:
+                if known != "dpo":
+                    msg = f"min_margin= applies to format='dpo' only, not {fmt!r}"
+                    raise RaftInputError(msg)
+                if not (math.isfinite(min_margin) and min_margin >= 0):
+                    msg = f"option min_margin={min_margin}: must be a finite number >= 0"
+                    raise RaftInputError(msg)
+            return known
+    msg = f"option format={fmt!r}: must be one of {', '.join(EXPORT_FORMATS)}"
+    raise RaftInputError(msg)
+
+
+def text_columns(
+    schema: pl.Schema, fmt: str, prompt_col: str | None, response_col: str | None
+) -> tuple[str, str]:
+    """The columns holding the prompt and the response text, in ``schema`` (the
+    selected batch's): those given, else the first payload column of
+    :data:`PROMPT_TEXT` (else the prompt id when it is a string) and of
+    :data:`RESPONSE_TEXT`."""
+    present = list(schema)
+    payload = [c for c in present if c not in (*_IDS, "reward", "tokens")]
+    found: list[str] = []
+    for role, given, names, option in (
+        ("prompt", prompt_col, PROMPT_TEXT, "prompt_column="),
+        ("response", response_col, RESPONSE_TEXT, "response_column="),
+    ):
+        if given is not None:
+            if given not in present:
+                msg = (
+                    f"option {option}{given!r}: no such column in the selected batch; "
+                    f"columns present: {present}"
+                )
+                raise RaftInputError(msg)
+            col = given
+        else:
+            hits = [c for c in names if c in payload]
+            if not hits and role == "prompt" and schema["prompt"] == pl.String:
+                hits = ["prompt"]  # the prompt id is the text
+            if not hits:
+                looked = ", ".join(names) + (" or a string prompt id" if role == "prompt" else "")
+                msg = (
+                    f"format {fmt!r} needs the {role} text, and no column of the selected "
+                    f"batch holds it (looked for {looked}); columns present: {present}; "
+                    f"name the column with {option}COL"
+                )
+                raise RaftInputError(msg)
+            col = hits[0]
+        dtype = schema[col]
+        if not isinstance(dtype, _TEXT_TYPES):
+            how = f"option {option}{col!r}" if given is not None else f"the {role} column {col!r}"
+            msg = (
+                f"format {fmt!r}: {how} is of type {dtype}, not text; name a string "
+                f"column with {option}COL"
+            )
+            raise RaftInputError(msg)
+        found.append(col)
+    return found[0], found[1]
+
+
+def export_frame(
+    fmt: ExportFormat,
+    selected: pl.LazyFrame,
+    candidates: pl.LazyFrame,
+    *,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
+    min_margin: float | None = None,
+    collect: Callable[[pl.LazyFrame], pl.DataFrame] | None = None,
+) -> Export:
+    """The frame of one export format.
+
+    ``selected`` is the selected batch (``stage, prompt, cand, reward, tokens``
+    and the payload, sorted by ``stage, prompt, cand``); ``candidates`` the
+    canonical candidate rows of the same stages (``dpo`` takes the rejected
+    response from them, ``wide`` every candidate's reward). Only ``dpo`` runs a
+    query now (``collect``), on one row per prompt, to count the pairs it skips;
+    every other frame stays lazy.
+    """
+    if fmt == "rows":
+        return Export(sft_columns(selected, prompt_column, response_column))
+    if fmt == "wide":
+        return Export(_wide(selected, candidates))
+    p, r = text_columns(selected.collect_schema(), fmt, prompt_column, response_column)
+    prompt_text = pl.col(p).cast(pl.String)
+    response_text = pl.col(r).cast(pl.String)
+    ids = (pl.col("stage"), pl.col("prompt").alias("prompt_id"), pl.col("cand"))
+    if fmt == "sft":
+        return Export(
+            selected.select(
+                prompt_text.alias("prompt"),
+                response_text.alias("completion"),
+                *ids,
+                pl.col("reward").alias("cand_reward"),
+                "tokens",
+            )
+        )
+    if fmt == "chat":
+        messages = pl.concat_list(
+            pl.struct(pl.lit("user").alias("role"), prompt_text.alias("content")),
+            pl.struct(pl.lit("assistant").alias("role"), response_text.alias("content")),
+        )
+        return Export(
+            selected.select(
+                messages.alias("messages"),
+                *ids,
+                pl.col("reward").alias("cand_reward"),
+                "tokens",
+            )
+        )
+    if fmt == "openrlhf":
+        return Export(
+            selected.select(
+                prompt_text.alias("input"),
+                response_text.alias("output"),
+                "reward",
+                *ids,
+                "tokens",
+            )
+        )
+    assert fmt == "dpo"
+    assert collect is not None
+    return _dpo(
+        selected,
+        candidates,
+        prompt_text=prompt_text,
+        response_text=response_text,
+        min_margin=min_margin,
+        collect=collect,
+    )
+
+
+def _dpo(
+    selected: pl.LazyFrame,
+    candidates: pl.LazyFrame,
+    *,
+    prompt_text: pl.Expr,
+    response_text: pl.Expr,
+    min_margin: float | None,
+    collect: Callable[[pl.LazyFrame], pl.DataFrame],
+) -> Export:
+    """Chosen: the best selected candidate of each prompt; rejected: the prompt's
+    lowest reward, ties to the smallest candidate id."""
+    key = ["stage", "prompt"]
+    best = selected.group_by(key).agg(
+        pl.col("cand")
+        .sort_by("reward", "cand", descending=[True, False])
+        .first()
+        .alias("chosen_cand"),
+        pl.col("reward").max().alias("chosen_reward"),
+    )
+    worst = candidates.group_by(key).agg(
+        pl.col("cand").sort_by("reward", "cand").first().alias("rejected_cand"),
+        pl.col("reward").min().alias("rejected_reward"),
+    )
+    pairs = collect(best.join(worst, on=key, how="inner", nulls_equal=True))
+    equal = pairs["chosen_reward"] == pairs["rejected_reward"]
+    margin = pairs["chosen_reward"] - pairs["rejected_reward"]
+    keep = ~equal
+    if min_margin is not None:
+        keep &= margin >= min_margin
+    skipped_equal = int(equal.sum())
+    skipped_margin = pairs.height - skipped_equal - int(keep.sum())
+    pairs = pairs.filter(keep)
+    text = candidates.select(*_IDS, prompt_text.alias("_prompt"), response_text.alias("_response"))
+    chosen = text.select(
+        *key, pl.col("cand").alias("chosen_cand"), "_prompt", pl.col("_response").alias("chosen")
+    )
+    rejected = text.select(
+        *key, pl.col("cand").alias("rejected_cand"), pl.col("_response").alias("rejected")
+    )
+    frame = (
+        pairs.lazy()
+        .join(chosen, on=[*key, "chosen_cand"], how="inner", nulls_equal=True)
+        .join(rejected, on=[*key, "rejected_cand"], how="inner", nulls_equal=True)
+        .select(
+            pl.col("_prompt").alias("prompt"),
+            "chosen",
+            "rejected",
+            "chosen_reward",
+            "rejected_reward",
+            "stage",
+            pl.col("prompt").alias("prompt_id"),
+            "chosen_cand",
+            "rejected_cand",
+        )
+        .sort("stage", "prompt_id")
+    )
+    return Export(frame, skipped_equal, skipped_margin)
+
+
+def _wide(selected: pl.LazyFrame, candidates: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per prompt: the selected candidates' ids, rewards and token counts,
+    and every candidate's id and reward, as lists in candidate order."""
+    key = ["stage", "prompt"]
+    every = (
+        candidates.select(*_IDS, "reward")
+        .sort(_IDS)
+        .group_by(key, maintain_order=True)
+        .agg(pl.col("cand").alias("cands"), pl.col("reward").alias("rewards"))
+    )
+    chosen = (
+        selected.select(*_IDS, "reward", "tokens")
+        .sort(_IDS)
+        .group_by(key, maintain_order=True)
+        .agg(
+            pl.col("cand").alias("selected_cands"),
+            pl.col("reward").alias("selected_rewards"),
+            pl.col("tokens").alias("selected_tokens"),
+        )
+    )
+    lists = ("selected_cands", "selected_rewards", "selected_tokens")
+    return (
+        every.join(chosen, on=key, how="left", nulls_equal=True)
+        .with_columns(pl.col(c).fill_null([]) for c in lists)  # nothing selected
+        .select(
+            "stage",
+            pl.col("prompt").alias("prompt_id"),
+            *lists,
+            "cands",
+            "rewards",
+        )
+        .sort("stage", "prompt_id")
     )
 
 

@@ -181,12 +181,15 @@ def write_selected(
     fraction: float | None = None,
     min_reward: float | None = None,
     stage: _export.StagePick = None,
+    format: _export.ExportFormat = "rows",
     prompt_column: str | None = None,
     response_column: str | None = None,
+    min_margin: float | None = None,
     force: bool = False,
     engine: Engine = "polars",
-) -> int:
-    """Write the selected batch to ``output``, Parquet or JSON lines by extension.
+) -> _export.Written:
+    """Write the selected batch to ``output``, Parquet or JSON lines by extension,
+    in the columns of a trainer.
 
     The batch is streamed to a temporary file in ``output``'s directory and
     renamed onto ``output`` at the end: a failed or interrupted write leaves
@@ -200,31 +203,68 @@ def write_selected(
         ``*.parquet`` / ``*.pq`` or ``*.jsonl`` / ``*.ndjson``.
     stage
         Export one stage only: its id, or ``"last"``.
+    format
+        The columns written, one row per selected response unless said:
+
+        - ``"rows"`` (default): ``stage``, ``prompt_id``, ``cand``, ``reward``,
+          ``tokens`` and every extra candidate-level column (the prompt id is
+          ``prompt_id``, since ``prompt`` is the trainers' key of the prompt text);
+        - ``"sft"``: ``prompt``, ``completion`` (TRL's prompt-completion format);
+        - ``"chat"``: ``messages``, ``[{"role": "user", "content": prompt},
+          {"role": "assistant", "content": response}]`` (TRL's conversational
+          format);
+        - ``"openrlhf"``: ``input``, ``output``, ``reward``;
+        - ``"dpo"``: one row per prompt, ``prompt``, ``chosen`` (the best selected
+          response), ``rejected`` (the prompt's lowest reward, ties to the smallest
+          candidate id), ``chosen_reward``, ``rejected_reward``; prompts whose
+          best and worst rewards are equal are skipped (and counted);
+        - ``"wide"``: one row per prompt, ``stage``, ``prompt_id``, the selected
+          candidates' ``selected_cands``, ``selected_rewards``,
+          ``selected_tokens`` and every candidate's ``cands``, ``rewards``, as
+          lists in candidate order (empty when nothing was selected).
+
+        ``sft``, ``chat`` and ``openrlhf`` then write ``stage``, ``prompt_id``,
+        ``cand``, the candidate's reward (``cand_reward``; ``reward`` in
+        ``openrlhf``) and ``tokens``; ``dpo`` writes ``stage``, ``prompt_id``,
+        ``chosen_cand`` and ``rejected_cand``: no name a trainer reads.
     prompt_column, response_column
-        Also write ``prompt`` / ``completion`` copies of these payload columns,
-        the keys of TRL's prompt-completion format (the prompt id column is then
-        ``prompt_id``).
+        The columns of the prompt and response text. By default the first
+        payload column named ``prompt_text``, ``input`` or ``question`` (else the
+        prompt id, when it is a string) and ``response``, ``responses``,
+        ``output``, ``completion`` or ``text``. With ``format="rows"`` they add
+        ``prompt`` / ``completion`` copies of these columns instead.
+    min_margin
+        ``dpo``: skip the pairs whose ``chosen_reward - rejected_reward`` is
+        below this.
     force
         Replace ``output`` if it exists.
 
     Returns
     -------
-    int
-        The number of rows written.
+    Written
+        The number of rows written (an ``int``); with ``dpo``, its
+        ``skipped_equal`` and ``skipped_margin`` count the prompts left out.
 
     Examples
     --------
     >>> import tempfile, pathlib, polars as pl
     >>> log = pl.DataFrame({"stage": [0, 0], "prompt": [7, 7], "cand": [0, 1],
-    ...                     "reward": [0.1, 0.3], "logprobs": [[-1.0], [-0.5, -0.2]]})
+    ...                     "reward": [0.1, 0.3], "logprobs": [[-1.0], [-0.5, -0.2]],
+    ...                     "question": ["2+2?", "2+2?"], "response": ["5", "4"]})
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "batch.parquet"
     >>> write_selected(log, out)
     1
     >>> pl.read_parquet(out).rows()
-    [(0, 7, 1, 0.3, 2)]
+    [(0, 7, 1, 0.3, 2, '2+2?', '4')]
+    >>> pairs = out.with_suffix(".jsonl")
+    >>> write_selected(log, pairs, format="dpo")
+    1
+    >>> pl.read_ndjson(pairs).select("prompt", "chosen", "rejected", "prompt_id").rows()
+    [('2+2?', '4', '5', 7)]
     """
     out = Path(output)
     fmt = _export.output_format(out)
+    kind = _export.check_format(format, min_margin)
     _export.check_target(out, force=force)
     frame = select_best(
         source, rewards=rewards, columns=columns, strategy=strategy, n=n, fraction=fraction,
@@ -232,20 +272,35 @@ def write_selected(
     )  # fmt: skip
     log = read_log(source, rewards=rewards, columns=columns)
     paths, origin = log.paths, log.origin
+    candidates = log.candidates(extras=kind == "dpo")
     if stage is not None:
         stages = log.collect(log.keys().select(pl.col("stage").unique().sort()))["stage"]
         frame = _export.pick_stage(frame, stages, stage, log.origin)
-    frame = _export.sft_columns(frame, prompt_column, response_column)
+        candidates = _export.pick_stage(candidates, stages, stage, log.origin)
+    built = _export.export_frame(
+        kind,
+        frame,
+        candidates,
+        prompt_column=prompt_column,
+        response_column=response_column,
+        min_margin=min_margin,
+        collect=log.collect,
+    )
 
     def write(tmp: Path) -> None:
         with reading(paths, origin):  # a read failure names the file, not the temp path
             if fmt == "parquet":
-                frame.sink_parquet(tmp, engine="streaming")
+                built.frame.sink_parquet(tmp, engine="streaming")
             else:
-                frame.sink_ndjson(tmp, engine="streaming")
+                built.frame.sink_ndjson(tmp, engine="streaming")
 
     _export.write_atomically(out, write, force=force)
-    return _export.rows_written(out)
+    return _export.Written(
+        _export.rows_written(out),
+        format=kind,
+        skipped_equal=built.skipped_equal,
+        skipped_margin=built.skipped_margin,
+    )
 
 
 def stage_stats(
@@ -297,7 +352,7 @@ def stage_stats(
     run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns)
     table, sums = run.stats(log, selection, reduction)
-    extra = stats_table(sums, lengths=True)
+    extra = stats_table(sums, lengths=log.has_logprobs)
     return table.join(extra, on="stage", how="left").select(*LOSS_COLUMNS, *STATS_COLUMNS)
 
 

@@ -44,7 +44,7 @@ from raft_polars import __version__
 from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source
-from raft_polars._export import json_value
+from raft_polars._export import EXPORT_FORMATS, json_value
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
@@ -139,6 +139,12 @@ _CLI_TERMS = (
     ("option stage=", "--stage "),
     ("option prompt_column=", "--prompt-column "),
     ("option response_column=", "--response-column "),
+    ("with prompt_column=COL", "with --prompt-column COL"),
+    ("with response_column=COL", "with --response-column COL"),
+    ("option min_margin=", "--min-margin "),
+    ("min_margin= applies", "--min-margin applies"),
+    ("format='dpo'", "--format dpo"),
+    ("option format=", "--format "),
     ("prompt_column=/response_column= output", "--prompt-column/--response-column output"),
     ("rename it with columns=", "rename it with --column"),
 )
@@ -248,31 +254,16 @@ def _parser() -> argparse.ArgumentParser:
         "select",
         parents=[log, selection, engine],
         help="write the selected batch for fine-tuning (Parquet or JSONL)",
-        description="Write the selected responses: stage, prompt, cand, reward, tokens and "
-        "every extra candidate-level column (the nested rows, or the rewards table of the "
-        "long layout). The output is streamed to a temporary file next to OUT and renamed "
-        "at the end, so a failed or interrupted run leaves no partial file.",
+        description="Write the selected responses in the columns of a trainer (--format): "
+        "rows (default: stage, prompt_id, cand, reward, tokens and every extra "
+        "candidate-level column), sft (prompt, completion), chat (messages), dpo (prompt, "
+        "chosen, rejected: the best selected and the worst candidate of each prompt), "
+        "openrlhf (input, output, reward) or wide (one row per prompt, rewards as lists). "
+        "The text formats also write stage, prompt_id and the candidate ids. The output "
+        "is streamed to a temporary file next to OUT and renamed at the end, so a failed "
+        "or interrupted run leaves no partial file.",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="OUT",
-        help="output file, Parquet (.parquet, .pq) or JSON lines (.jsonl, .ndjson)",
-    )
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--stage", type=int, metavar="N", help="export stage N only")
-    which.add_argument("--last-stage", action="store_true", help="export the last stage only")
-    p.add_argument(
-        "--prompt-column",
-        metavar="COL",
-        help="also emit a 'prompt' column copied from COL (for SFT trainers); "
-        "the prompt id column is then named 'prompt_id'",
-    )
-    p.add_argument(
-        "--response-column", metavar="COL", help="also emit a 'completion' column copied from COL"
-    )
+    _select_options(p)
     p.set_defaults(run=_cmd_select)
 
     p = commands.add_parser(
@@ -380,6 +371,46 @@ def _log_options() -> _Parser:
         f"(repeatable; canonical names: {', '.join(CANONICAL_COLUMNS)})",
     )
     return group
+
+
+def _select_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``select``."""
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file, Parquet (.parquet, .pq) or JSON lines (.jsonl, .ndjson)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--stage", type=int, metavar="N", help="export stage N only")
+    which.add_argument("--last-stage", action="store_true", help="export the last stage only")
+    p.add_argument(
+        "--format",
+        dest="export_format",
+        choices=EXPORT_FORMATS,
+        default="rows",
+        help="the columns written (default: rows)",
+    )
+    p.add_argument(
+        "--prompt-column",
+        metavar="COL",
+        help="the prompt text column (default: prompt_text, input or question, else a "
+        "string prompt id); with --format rows, also emit a 'prompt' copy of COL",
+    )
+    p.add_argument(
+        "--response-column",
+        metavar="COL",
+        help="the response text column (default: response, responses, output, completion "
+        "or text); with --format rows, also emit a 'completion' copy of COL",
+    )
+    p.add_argument(
+        "--min-margin",
+        type=float,
+        metavar="M",
+        help="--format dpo: skip the pairs whose chosen and rejected rewards differ by less than M",
+    )
 
 
 def _selection_options() -> _Parser:
@@ -630,12 +661,24 @@ def _cmd_select(args: argparse.Namespace) -> None:
         **_log_kwargs(args),
         **_selection_kwargs(args),
         stage=stage,
+        format=args.export_format,
         prompt_column=args.prompt_column,
         response_column=args.response_column,
+        min_margin=args.min_margin,
         force=args.force,
         engine=_engine(args),
     )
-    print(f"wrote {rows} selected response(s) to {out}")
+    if rows.format == "dpo":
+        print(f"wrote {rows} preference pair(s) to {out}")
+        print(f"skipped {rows.skipped_equal} prompt(s) whose best and worst rewards are equal")
+        if args.min_margin is not None:
+            print(
+                f"skipped {rows.skipped_margin} pair(s) closer than --min-margin {args.min_margin}"
+            )
+    elif rows.format == "wide":
+        print(f"wrote {rows} prompt(s) to {out}")
+    else:
+        print(f"wrote {rows} selected response(s) to {out}")
 
 
 # --- validate ----------------------------------------------------------------------

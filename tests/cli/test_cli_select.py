@@ -33,7 +33,7 @@ def _reference_keys(files: LogFiles) -> list[tuple[Any, ...]]:
     return [files.log.key(t, i, j) for t, i, j in reference_selection(files.log.rws)]
 
 
-def _check_rows(files: LogFiles, frame: pl.DataFrame, prompt: str = "prompt") -> None:
+def _check_rows(files: LogFiles, frame: pl.DataFrame, prompt: str = "prompt_id") -> None:
     """Each row: the reward, token count and payload of that very candidate."""
     log = files.log
     index = {
@@ -67,11 +67,12 @@ def test_best_of_k(
     assert result.err == ""
     frame = read_output(out)
     expected = _reference_keys(files)
-    assert keys_of(frame) == expected  # sorted by stage, prompt, cand
-    assert frame.select("stage", "prompt").is_duplicated().sum() == 0  # one row per prompt
+    assert keys_of(frame, "prompt_id") == expected  # sorted by stage, prompt, cand
+    assert frame.select("stage", "prompt_id").is_duplicated().sum() == 0  # one row per prompt
+    # the prompt id is written as prompt_id, never as prompt (TRL's key of the text)
     assert frame.columns == [
         "stage",
-        "prompt",
+        "prompt_id",
         "cand",
         "reward",
         "tokens",
@@ -95,13 +96,17 @@ def test_one_stage(
         capsys, "select", *log_files.args(layout), "-o", out_dir / "s.parquet", "--stage", stage
     )
     assert result.code == 0, result.err
-    assert keys_of(read_output(out_dir / "s.parquet")) == [k for k in expected if k[0] == stage]
+    assert keys_of(read_output(out_dir / "s.parquet"), "prompt_id") == [
+        k for k in expected if k[0] == stage
+    ]
     result = run(
         capsys, "select", *log_files.args(layout), "-o", out_dir / "last.jsonl", "--last-stage"
     )
     assert result.code == 0, result.err
     last = log.stage_ids[-1]
-    assert keys_of(read_output(out_dir / "last.jsonl")) == [k for k in expected if k[0] == last]
+    assert keys_of(read_output(out_dir / "last.jsonl"), "prompt_id") == [
+        k for k in expected if k[0] == last
+    ]
 
 
 def test_unknown_stage(
@@ -161,7 +166,7 @@ def test_sft_columns(
     assert keys_of(frame, "prompt_id") == _reference_keys(log_files)
     assert frame["prompt"].to_list() == frame["prompt_text"].to_list()
     assert frame["completion"].to_list() == frame["response"].to_list()
-    _check_rows(log_files, frame, prompt="prompt_id")
+    _check_rows(log_files, frame)
 
 
 def test_completion_only_keeps_prompt_ids(
@@ -173,7 +178,7 @@ def test_completion_only_keeps_prompt_ids(
     )
     assert result.code == 0, result.err
     frame = read_output(out)
-    assert frame.columns[:3] == ["stage", "prompt", "cand"]
+    assert frame.columns[:3] == ["stage", "prompt_id", "cand"]
     assert frame["completion"].to_list() == frame["response"].to_list()
 
 
@@ -240,7 +245,7 @@ def test_strategies(
         result = run(capsys, "select", *string_log_files.args(layout), "-o", out, *argv)
         assert result.code == 0, result.err
         frame = read_output(out)
-        assert keys_of(frame) == expected
+        assert keys_of(frame, "prompt_id") == expected
         _check_rows(string_log_files, frame)
 
 
@@ -254,7 +259,7 @@ def test_refuses_to_overwrite(
     assert out.read_bytes() == b"precious"
     result = run(capsys, "select", *log_files.args("nested"), "-o", out, "--force")
     assert result.code == 0, result.err
-    assert keys_of(read_output(out)) == _reference_keys(log_files)
+    assert keys_of(read_output(out), "prompt_id") == _reference_keys(log_files)
     assert sorted(p.name for p in out_dir.iterdir()) == ["batch.parquet"]
 
 
