@@ -352,7 +352,7 @@ def stage_stats(
     run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns)
     table, sums = run.stats(log, selection, reduction)
-    extra = stats_table(sums, lengths=True)
+    extra = stats_table(sums, lengths=log.has_logprobs)
     return table.join(extra, on="stage", how="left").select(*LOSS_COLUMNS, *STATS_COLUMNS)
 
 

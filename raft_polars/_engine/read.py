@@ -79,6 +79,16 @@ class StageLog:
         The canonical prompt id type, Int64 or String.
     has_token
         The token rows have a ``token`` position column.
+    has_logprobs
+        False for a rewards-only log (nested or wide rows without log-probs):
+        nothing to reduce to a loss.
+    wide
+        Wide rows (one per prompt): the list columns that hold one value per
+        candidate, exploded into candidate rows (``reward`` first).
+    numbered
+        The ids the rows do not carry: ``"stage"`` (one stage, 0), ``"cand"``
+        (candidates numbered from 0 within their ``(stage, prompt)`` in order of
+        appearance: file order, then row order).
     """
 
     layout: Layout
@@ -88,6 +98,9 @@ class StageLog:
     extras: tuple[str, ...]
     prompt_type: pl.DataType
     has_token: bool = False
+    has_logprobs: bool = True
+    wide: tuple[str, ...] = ()
+    numbered: tuple[str, ...] = ()
 
     @property
     def cand_source(self) -> Resolved:
@@ -111,7 +124,23 @@ class StageLog:
     def _scan(self, source: Resolved, piece: Piece | None) -> pl.LazyFrame:
         lf = source.scan(piece)
         renames = {theirs: canon for theirs, canon in self.renames if theirs in dict(source.schema)}
-        return lf.rename(renames) if renames else lf
+        lf = lf.rename(renames) if renames else lf
+        if "stage" in self.numbered:
+            lf = lf.with_columns(pl.lit(0, pl.Int64).alias("stage"))
+        if source is not self.cand_source:
+            return lf
+        if self.wide:
+            lf = lf.with_columns(
+                pl.int_ranges(pl.col("reward").list.len()).cast(pl.List(pl.Int64)).alias("cand")
+            ).explode(["cand", *self.wide])
+        elif "cand" in self.numbered:
+            position = pl.int_range(pl.len(), dtype=pl.Int64).over(["stage", "prompt"])
+            if piece is not None and piece.offsets is not None:
+                offsets = piece.offsets.lazy()
+                lf = lf.join(offsets, on=["stage", "prompt"], how="left", maintain_order="left")
+                position = position + pl.col("_offset").fill_null(0)
+            lf = lf.with_columns(position.alias("cand"))
+        return lf
 
     def keys(self, piece: Piece | None = None) -> pl.LazyFrame:
         """``stage, prompt, cand, reward`` of the candidate rows: ids in the
@@ -123,7 +152,8 @@ class StageLog:
         (nested layout), then the extra columns."""
         lf = self._scan(self.cand_source, piece)
         schema = lf.collect_schema()
-        lists = [_as_list(schema["logprobs"])] if self.layout == "nested" else []
+        nested = self.layout == "nested" and self.has_logprobs
+        lists = [_as_list(schema["logprobs"])] if nested else []
         return lf.select(*canonical_ids(schema), _REWARD, *lists, *(self.extras if extras else ()))
 
     def tokens(self, piece: Piece | None = None, *, raw: bool = False) -> pl.LazyFrame:
@@ -183,27 +213,19 @@ def read_log(
     main = resolve(source, "source")
     main_schema = dict(main.schema)
     if rewards is None:
-        _check_mapped(mapping, (*CANDIDATE_COLUMNS, "logprobs"), main_schema, main.origin)
-        schema = _renamed(main_schema, mapping, main.origin)
-        _require(schema, (*CANDIDATE_COLUMNS, "logprobs"), main.origin, hint_long="logprob")
-        _check_types(schema, main.origin, nested=True)
-        extras = tuple(c for c in schema if c not in CANONICAL_COLUMNS)
-        return StageLog(
-            "nested",
-            main,
-            None,
-            _renames(mapping, main_schema),
-            extras,
-            _prompt_type(schema),
-        )
+        return _candidate_rows(main, mapping)
     cands = resolve(rewards, "rewards")
     cand_schema = dict(cands.schema)
     _check_mapped(mapping, (*ID_COLUMNS, "token", "logprob"), main_schema, main.origin)
     _check_mapped(mapping, CANDIDATE_COLUMNS, cand_schema, cands.origin)
     cschema = _renamed(cand_schema, mapping, cands.origin)
+    tschema = _renamed(main_schema, mapping, main.origin)
+    numbered: tuple[str, ...] = ()
+    if "stage" not in cschema and "stage" not in tschema:  # one stage, 0
+        numbered = ("stage",)
+        cschema["stage"] = tschema["stage"] = pl.Int64()
     _require(cschema, CANDIDATE_COLUMNS, cands.origin)
     _check_types(cschema, cands.origin, nested=False)
-    tschema = _renamed(main_schema, mapping, main.origin)
     _require(tschema, (*ID_COLUMNS, "logprob"), main.origin)
     _check_types(tschema, main.origin, nested=False)
     for name in ID_COLUMNS:
@@ -224,7 +246,62 @@ def read_log(
         extras,
         _prompt_type(cschema),
         has_token="token" in tschema,
+        numbered=numbered,
     )
+
+
+def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
+    """A log of candidate rows (nested), or of prompt rows with a list of rewards
+    (wide), with or without log-probs, stage and candidate ids."""
+    raw_schema = dict(main.schema)
+    _check_mapped(mapping, (*CANDIDATE_COLUMNS, "logprobs"), raw_schema, main.origin)
+    renames = _renames(mapping, raw_schema)
+    schema = _renamed(raw_schema, mapping, main.origin)
+    if "reward" not in schema and isinstance(schema.get("rewards"), pl.List):
+        renames += (("rewards", "reward"),)  # the wide layout's usual name
+        schema = {("reward" if k == "rewards" else k): v for k, v in schema.items()}
+    wide: tuple[str, ...] = ()
+    if isinstance(schema.get("reward"), pl.List) and "cand" not in schema:
+        wide = _wide_columns(main, renames, schema)
+        schema = {k: _element(v) if k in wide else v for k, v in schema.items()}  # fmt: skip
+        schema["cand"] = pl.Int64()
+    numbered = tuple(name for name in ("stage", "cand") if name not in schema)
+    if "prompt" in schema and "reward" in schema:
+        for name in numbered:
+            schema[name] = pl.Int64()
+    _require(schema, CANDIDATE_COLUMNS, main.origin, hint_long="logprob")
+    has_logprobs = "logprobs" in schema
+    _check_types(schema, main.origin, nested=has_logprobs)
+    extras = tuple(c for c in schema if c not in CANONICAL_COLUMNS)
+    return StageLog(
+        "nested", main, None, renames, extras, _prompt_type(schema),
+        has_logprobs=has_logprobs, wide=wide, numbered=numbered,
+    )  # fmt: skip
+
+
+def _element(dtype: pl.DataType) -> pl.DataType:
+    """The element type of a list column."""
+    inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+    return inner() if isinstance(inner, type) else inner
+
+
+def _wide_columns(
+    main: Resolved, renames: tuple[tuple[str, str], ...], schema: dict[str, pl.DataType]
+) -> tuple[str, ...]:
+    """The list columns of wide rows that hold one value per candidate: ``reward``,
+    ``logprobs`` (a list of lists) and every other list column as long as the
+    rewards in the first rows (read here, 1,000 at most)."""
+    lists = [n for n, t in schema.items() if isinstance(t, pl.List) and n != "reward"]
+    if not lists:
+        return ("reward",)
+    sample = main.scan().rename(dict(renames)).head(1000)
+    try:
+        lengths = sample.select(
+            *((pl.col(n).list.len() == pl.col("reward").list.len()).all().alias(n) for n in lists)
+        ).collect()
+    except (pl.exceptions.PolarsError, OSError):
+        return ("reward", *(n for n in lists if n == "logprobs"))
+    return ("reward", *(n for n in lists if lengths[n][0] is not False))
 
 
 def _prompt_type(schema: Mapping[str, pl.DataType]) -> pl.DataType:

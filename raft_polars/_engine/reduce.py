@@ -154,7 +154,9 @@ def selected_rows(
     :func:`token_counts`).
     """
     rows = selected_candidates(log.candidates(piece), chosen, keys)
-    if log.layout == "nested":
+    if not log.has_logprobs:
+        rows = rows.with_columns(pl.lit(None, pl.Int64).alias("tokens"))
+    elif log.layout == "nested":
         rows = rows.with_columns(pl.col("logprobs").list.len().cast(pl.Int64).alias("tokens"))
     else:
         assert counts is not None
@@ -379,7 +381,8 @@ def finish(
     problems: Sequence[Problem],
     reduction: Reduction,
 ) -> pl.DataFrame:
-    """The per-stage table from every partition's sums.
+    """The per-stage table from every partition's sums (a rewards-only log, one
+    without log-probs, has no loss and no token count: both are null).
 
     ``responses`` (long layout, per-response sums) are added up per response
     first: a response may span partitions. Raises the first of ``problems`` and
@@ -402,6 +405,10 @@ def finish(
     )
     columns = {name: pl.col(name) for name in STAGE_SUMS}
     table = total.select("stage", *stage_columns(columns, reduction)).sort("stage")
+    if not log.has_logprobs:
+        return table.with_columns(
+            pl.lit(None, pl.Float64).alias("loss"), pl.lit(None, pl.Int64).alias("tokens")
+        )
     empty = table.filter((pl.col("selected") > 0) & (pl.col("tokens") == 0))
     row = first_row(empty)
     if row is not None:
@@ -410,9 +417,11 @@ def finish(
     return table
 
 
-def list_lengths(log: StageLog, piece: Piece | None = None) -> pl.DataFrame:
+def list_lengths(log: StageLog, piece: Piece | None = None) -> pl.DataFrame | None:
     """Nested layout: ``stage, prompt, cand, tokens`` of every candidate (a pass
-    over the lists' lengths)."""
+    over the lists' lengths); None for a rewards-only log."""
+    if not log.has_logprobs:
+        return None
     rows = log.candidates(piece, extras=False)
     lengths = pl.col("logprobs").list.len().fill_null(0).cast(pl.Int64).alias("tokens")
     return log.collect(rows.select(*_IDS, lengths))

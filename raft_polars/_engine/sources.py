@@ -38,12 +38,18 @@ from raft_polars.errors import RaftInputError
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType
 
-__all__ = ["DataFile", "Piece", "Resolved", "Source", "reading", "resolve"]
+__all__ = ["DataFile", "Piece", "Resolved", "Source", "file_kind", "reading", "resolve"]
 
 PathLike: TypeAlias = str | Path
 Source: TypeAlias = PathLike | Sequence[PathLike] | pl.DataFrame | pl.LazyFrame | pa.Table
 
-SUFFIXES = (".parquet", ".pq")
+PARQUET = (".parquet", ".pq")
+JSON_LINES = (".jsonl", ".ndjson", ".json")
+COMPRESSED = (".gz", ".zst", ".zstd")
+SUFFIXES = (*PARQUET, *JSON_LINES)
+_KINDS_READ = (
+    "Parquet (.parquet, .pq) and JSON lines (.jsonl, .ndjson, .json; compressed .gz or .zst)"
+)
 _GLOB_CHARS = "*?["
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # parts written by different tools may differ in integer / float width
@@ -61,13 +67,14 @@ class DataFile:
     partitions: tuple[tuple[str, str | None], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Piece:
     """A part of a source to read: some of its files, or ``rows = (offset,
     count)`` of one file (a range of its row groups)."""
 
     files: tuple[int, ...]
     rows: tuple[int, int] | None = None
+    offsets: pl.DataFrame | None = None  # numbered candidates: each prompt's first id here
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class Resolved:
     schema: tuple[tuple[str, pl.DataType], ...]
     hive: tuple[tuple[str, pl.DataType], ...] = ()
     frame: pl.LazyFrame | None = None
+    kind: str = "parquet"
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -115,13 +123,16 @@ class Resolved:
             groups.setdefault(f.partitions, []).append(f.path)
         frames = []
         for partitions, paths in groups.items():
-            lf = pl.scan_parquet(
-                paths,
-                schema=file_schema,
-                cast_options=_UPCAST,
-                hive_partitioning=False,
-                glob=False,
-            )
+            if self.kind == "ndjson":
+                lf = pl.scan_ndjson(paths, schema=file_schema)
+            else:
+                lf = pl.scan_parquet(
+                    paths,
+                    schema=file_schema,
+                    cast_options=_UPCAST,
+                    hive_partitioning=False,
+                    glob=False,
+                )
             if piece is not None and piece.rows is not None:
                 lf = lf.slice(*piece.rows)
             values = dict(partitions)
@@ -166,13 +177,23 @@ def resolve(source: Source, role: str = "source") -> Resolved:
         files.extend(_expand(str(raw), role))
     origin = repr(str(paths[0])) if len(paths) == 1 else f"{len(paths)} paths"
     origin = f"{role} {origin}"
-    file_schema = _file_schema([f.path for f in files], origin)
+    kinds = {f.path: file_kind(f.path) for f in files}
+    if len(set(kinds.values())) > 1:
+        parquet = next(p for p, k in kinds.items() if k == "parquet")
+        other = next(p for p, k in kinds.items() if k != "parquet")
+        msg = (
+            f"{origin} mixes Parquet ({parquet!r}) and JSON lines ({other!r}); "
+            "give one kind of file per source"
+        )
+        raise RaftInputError(msg)
+    kind = next(iter(kinds.values()))
+    file_schema = _file_schema([f.path for f in files], origin, kind)
     hive = _hive_columns(files, file_schema, origin)
     schema = tuple(file_schema.items()) + tuple(
         (name, dtype) for name, dtype in hive if name not in file_schema
     )
     hive = tuple((name, dtype) for name, dtype in hive if name not in file_schema)
-    return Resolved(role, origin, tuple(files), schema, hive)
+    return Resolved(role, origin, tuple(files), schema, hive, kind=kind)
 
 
 def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) -> Resolved:
@@ -199,7 +220,7 @@ def _expand(text: str, role: str) -> list[DataFile]:
     if path.is_dir():
         found = _data_files(path)
         if not found:
-            msg = f"{role}: directory {text!r} holds no *.parquet or *.pq files"
+            msg = f"{role}: directory {text!r} holds no *.parquet or *.pq files (nor JSON lines)"
             raise RaftInputError(msg)
         return [DataFile(str(f), _partitions(f, path)) for f in found]
     if path.exists():
@@ -221,7 +242,7 @@ def _data_files(directory: Path) -> list[Path]:
     return sorted(
         path
         for path in directory.rglob("*")
-        if path.suffix in SUFFIXES
+        if path.name.lower().removesuffix(".gz").removesuffix(".zst").endswith(SUFFIXES)
         and path.is_file()
         and not any(part[0] in "._" for part in path.relative_to(directory).parts)
     )
@@ -242,15 +263,59 @@ def _partitions(path: Path, root: Path) -> tuple[tuple[str, str | None], ...]:
     return tuple(pairs)
 
 
-def _file_schema(paths: Sequence[str], origin: str) -> dict[str, pl.DataType]:
-    """The common schema of the files: types that differ only in width or
-    nullness (parts written by different tools) are merged to the widest."""
-    schemas = []
-    for path in paths:
+def file_kind(path: str) -> str:
+    """``"parquet"`` or ``"ndjson"`` by the file's extension (a compression
+    suffix aside); a file of another known kind is an error that says which
+    kinds are read; an unknown extension is taken as Parquet."""
+    name = path.lower()
+    for suffix in COMPRESSED:
+        name = name.removesuffix(suffix)
+    if name.endswith(JSON_LINES):
+        return "ndjson"
+    if name.endswith((".csv", ".tsv", ".txt", ".arrow", ".feather", ".ipc", ".avro", ".orc")):
+        msg = f"cannot read {path!r}: raft_polars reads {_KINDS_READ}"
+        raise RaftInputError(msg)
+    return "parquet"
+
+
+def _schema_of(path: str, kind: str) -> pl.Schema:
+    if kind == "parquet":
         try:
-            schemas.append(pl.read_parquet_schema(path))
+            return pl.Schema(pl.read_parquet_schema(path))
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise parquet_error(path, exc) from exc
+    try:
+        schema = pl.scan_ndjson(path, infer_schema_length=1000).collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        if "empty" in str(exc):  # a part with no rows: its columns come from the others
+            return pl.Schema()
+        hint = ""
+        if _starts_with_bracket(path):
+            hint = "; it holds one JSON array, not JSON lines (one object per line)"
+        msg = f"cannot read JSON lines file {path!r}: {_first_line(exc)}{hint}"
+        raise RaftInputError(msg) from exc
+    return schema
+
+
+def _starts_with_bracket(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(64).lstrip().startswith(b"[")
+    except OSError:
+        return False
+
+
+def _file_schema(paths: Sequence[str], origin: str, kind: str) -> dict[str, pl.DataType]:
+    """The common schema of the files: types that differ only in width or
+    nullness (parts written by different tools) are merged to the widest."""
+    found = [(path, _schema_of(path, kind)) for path in paths]
+    if kind == "ndjson":  # parts without rows say nothing of the columns
+        found = [(path, schema) for path, schema in found if schema] or found[:1]
+        if not found[0][1]:
+            msg = f"{origin}: the JSON lines files hold no JSON objects"
+            raise RaftInputError(msg)
+    paths = [path for path, _ in found]
+    schemas = [schema for _, schema in found]
     first = schemas[0]
     if all(schema == first for schema in schemas[1:]):
         return dict(first)
@@ -262,7 +327,7 @@ def _file_schema(paths: Sequence[str], origin: str) -> dict[str, pl.DataType]:
             )
             raise RaftInputError(msg)
         for name, dtype in schema.items():
-            if _family(dtype) != _family(first[name]) and pl.Null not in (dtype, first[name]):
+            if not _compatible(dtype, first[name]):
                 msg = (
                     f"{origin}: column {name!r} is {dtype} in {path!r} but "
                     f"{first[name]} in {paths[0]!r}"
@@ -274,6 +339,16 @@ def _file_schema(paths: Sequence[str], origin: str) -> dict[str, pl.DataType]:
         msg = f"{origin}: the files' column types cannot be read as one: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
     return dict(merged.schema)
+
+
+def _compatible(a: PolarsDataType, b: PolarsDataType) -> bool:
+    """Whether two files' types of a column can be read as one (nulls, as JSON
+    gives an empty list or a missing value, go with anything)."""
+    if pl.Null in (a, b):
+        return True
+    if isinstance(a, pl.List | pl.Array) and isinstance(b, pl.List | pl.Array):
+        return _compatible(a.inner, b.inner)
+    return _family(a) == _family(b)
 
 
 def _family(dtype: PolarsDataType) -> str:
@@ -322,7 +397,11 @@ def _check_agreement(files: Sequence[DataFile], name: str, origin: str) -> None:
         value = dict(f.partitions)[name]
         try:
             found = (
-                pl.scan_parquet(f.path, hive_partitioning=False, glob=False)
+                (
+                    pl.scan_ndjson(f.path)
+                    if file_kind(f.path) == "ndjson"
+                    else pl.scan_parquet(f.path, hive_partitioning=False, glob=False)
+                )
                 .select(pl.col(name).cast(pl.String).unique().sort())
                 .collect()[name]
                 .to_list()
@@ -358,6 +437,8 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
         import pyarrow.parquet as pq
 
         for path in paths:
+            if file_kind(path) != "parquet":
+                continue
             try:
                 pq.read_metadata(path)
             except Exception as bad:  # any failure to read the footer names the culprit

@@ -76,8 +76,19 @@ def _bad_reward() -> pl.Expr:
     return bad_reward(pl.col("reward"))
 
 
-def nested_columns(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """Nested layout: one row per candidate with its token statistics."""
+def nested_columns(rows: pl.LazyFrame, *, has_logprobs: bool = True) -> pl.LazyFrame:
+    """Nested layout: one row per candidate with its token statistics (none for a
+    rewards-only log)."""
+    if not has_logprobs:
+        return rows.select(
+            *_IDS,
+            "reward",
+            pl.lit(0, pl.Int64).alias("tokens"),
+            pl.lit(False).alias("null_list"),
+            pl.lit(0, pl.Int64).alias("bad_lp"),
+            pl.lit(None, pl.Int64).alias("first_bad"),
+            pl.lit(None, pl.Float64).alias("first_bad_value"),
+        )
     lp = pl.col("logprobs")
     flags = lp.list.eval(_bad(pl.element()))
     first = flags.list.arg_max()

@@ -112,6 +112,8 @@ def plan(
         return _plan_frame(source, names, parts)
     import pyarrow.parquet as pq
 
+    if source.kind != "parquet":  # no footers: a shard per file, bounds unknown
+        return [Shard(Piece((i,))) for i in range(len(source.files))]
     limit = SHARD_BYTES if shard_bytes is None else shard_bytes
     hive = dict(source.hive)
     shards: list[Shard] = []
@@ -248,7 +250,9 @@ def _read_checked(log: StageLog, piece: Piece) -> pl.LazyFrame:
     """The candidate rows ``validate`` checks (with their token statistics when
     nested)."""
     rows = log.candidates(piece, extras=False)
-    return nested_columns(rows) if log.layout == "nested" else rows.select(*_IDS, "reward")
+    if log.layout == "nested":
+        return nested_columns(rows, has_logprobs=log.has_logprobs)
+    return rows.select(*_IDS, "reward")
 
 
 def _check(frame: pl.DataFrame, selection: Selection, limit: int, nested: bool) -> CandidatePart:
@@ -275,6 +279,16 @@ def _t_split(
 def _t_bucket(pieces: list[pl.DataFrame], kernel: Callable[..., Any], *args: Any) -> Any:
     """A kernel on one bucket: whole prompts (whole stages) from every piece."""
     return kernel(pl.concat(pieces, how="vertical"), *args)
+
+
+def _t_prompt_rows(log: StageLog, piece: Piece) -> pl.DataFrame:
+    """Rows per ``(stage, prompt)`` of a piece (ids as the source has them)."""
+    rows = log.main.scan(piece).rename({a: b for a, b in log.renames if a in dict(log.main.schema)})
+    if "stage" in log.numbered:
+        rows = rows.with_columns(pl.lit(0, pl.Int64).alias("stage"))
+    return log.collect(
+        rows.group_by(["stage", "prompt"]).agg(pl.len().cast(pl.Int64).alias("_rows"))
+    )
 
 
 def _t_aggregates(log: StageLog, piece: Piece) -> pl.DataFrame:
@@ -327,7 +341,7 @@ def _t_tokens(
     )  # fmt: skip
 
 
-def _t_lengths(log: StageLog, shard: Shard) -> pl.DataFrame:
+def _t_lengths(log: StageLog, shard: Shard) -> pl.DataFrame | None:
     return list_lengths(log, shard.piece)
 
 
@@ -373,8 +387,10 @@ class DaskExecutor:
         with self._client() as client:
             job = _Job(client, log)
             ranks = job.rank(selection)
-            reduced: list[Reduced]
-            if log.layout == "nested":
+            reduced: list[Reduced] = []
+            if not log.has_logprobs:
+                pass  # rewards only: nothing to reduce
+            elif log.layout == "nested":
                 reduced = job.gather(
                     [
                         job.submit(_t_nested, job.log, s, *job.covering(ranks, s))
@@ -414,7 +430,10 @@ class DaskExecutor:
             parts: list[CandidatePart] = job.gather([f for f, _, _ in futures])
             found = Findings(limit)
             if nested:
-                empty_stages(found, [p.stage_tokens for p in parts if p.stage_tokens is not None])
+                if log.has_logprobs:
+                    empty_stages(
+                        found, [p.stage_tokens for p in parts if p.stage_tokens is not None]
+                    )
                 return summarize(found, parts)
             shards = job.token_shards()
             aggregates = job.gather([job.submit(_t_aggregates, job.log, s.piece) for s in shards])
@@ -440,12 +459,15 @@ class DaskExecutor:
         ranks: list[tuple[Any, Any, Any]],
         every_reduce: bool,
         reduction: Reduction,
-    ) -> tuple[list[Reduced], pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    ) -> tuple[list[Reduced], pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
         """The reduce results (when asked), the candidate keys, the selection and
         every candidate's token count, gathered."""
         log = job.plain
         reduced: list[Reduced] = []
-        if log.layout == "nested":
+        counts: list[pl.DataFrame | None] = []
+        if not log.has_logprobs:
+            pass  # rewards only: no token counts
+        elif log.layout == "nested":
             if every_reduce:
                 reduced = job.gather(
                     [
@@ -469,11 +491,12 @@ class DaskExecutor:
                     for s in job.token_shards()
                 ]
             )
-            counts = [r.counts for r in reduced if r.counts is not None]
+            counts = [r.counts for r in reduced]
         pairs = job.gather([job.submit(_t_keys_chosen, r) for r, _, _ in ranks])
         keys = pl.concat([k for k, _ in pairs], how="vertical")
         chosen = pl.concat([c for _, c in pairs], how="vertical")
-        return reduced, keys, chosen, pl.concat(counts, how="vertical")
+        found = [c for c in counts if c is not None]
+        return reduced, keys, chosen, pl.concat(found, how="vertical") if found else None
 
     def stats(
         self, log: StageLog, selection: Selection, reduction: Reduction
@@ -564,6 +587,25 @@ class _Job:
         self.cand_shards = plan(
             self.plain.cand_source, list(self.names.values()), parts=2 * self.workers
         )
+        if "cand" in log.numbered and not log.wide and len(self.cand_shards) > 1:
+            self.cand_shards = self._numbered(self.cand_shards)
+
+    def _numbered(self, shards: list[Shard]) -> list[Shard]:
+        """Shards of a log without candidate ids, each with the number of rows
+        every prompt has in the shards before it: the ids continue across shards
+        in file order, then row order, as in process."""
+        counts = self.gather([self.submit(_t_prompt_rows, self.log, s.piece) for s in shards])
+        out = []
+        seen = counts[0].head(0).rename({"_rows": "_offset"})
+        for shard, count in zip(shards, counts, strict=True):
+            piece = replace(shard.piece, offsets=seen)
+            out.append(replace(shard, piece=piece))
+            seen = (
+                pl.concat([seen, count.rename({"_rows": "_offset"})], how="vertical")
+                .group_by(["stage", "prompt"])
+                .agg(pl.col("_offset").sum())
+            )
+        return out
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.client.submit(fn, *args, pure=False, **kwargs)

@@ -55,6 +55,8 @@ class LocalExecutor:
 
     def losses(self, log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:
         ranked = self.rank(log, selection)
+        if not log.has_logprobs:
+            return finish(log, [ranked.stages], [], [], reduction)
         if log.layout == "nested":
             reduced = nested_sums(log, ranked.chosen, keys=ranked.keys)
         else:
@@ -69,6 +71,11 @@ class LocalExecutor:
         self, log: StageLog, selection: Selection, reduction: Reduction
     ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
         ranked = self.rank(log, selection)
+        counts: pl.DataFrame | None
+        if not log.has_logprobs:
+            table = finish(log, [ranked.stages], [], [], reduction)
+            cands = candidate_table(ranked.keys.canonical(), ranked.chosen, None)
+            return table, [stage_sums(cands, prompt_table(cands))]
         if log.layout == "nested":
             reduced = nested_sums(log, ranked.chosen, keys=ranked.keys)
             counts = list_lengths(log)
@@ -86,6 +93,7 @@ class LocalExecutor:
 
     def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
         ranked = self.rank(log, selection)
+        counts: pl.DataFrame | None
         if log.layout == "nested":
             counts = list_lengths(log)
         else:
@@ -108,12 +116,14 @@ class LocalExecutor:
     def validate(self, log: StageLog, selection: Selection, limit: int) -> Checked:
         nested = log.layout == "nested"
         rows = log.candidates(extras=False)
-        cands = log.collect(nested_columns(rows) if nested else rows.select(*_IDS, "reward"))
+        checked = nested_columns(rows, has_logprobs=log.has_logprobs)
+        cands = log.collect(checked if nested else rows.select(*_IDS, "reward"))
         part = check_candidates(cands, selection, limit, nested=nested)
         found = Findings(limit)
         if nested:
             assert part.stage_tokens is not None
-            empty_stages(found, [part.stage_tokens])
+            if log.has_logprobs:
+                empty_stages(found, [part.stage_tokens])
             return summarize(found, [part])
         assert part.known is not None
 

@@ -95,7 +95,7 @@ def test_html_report_is_whole_and_self_contained(
     assert {"stages", "trend", "statistics", "best-of-n"} <= page.ids
     assert {"figure-trend", "figure-statistics"} <= page.ids
     assert page.tags.count("svg") == 2
-    assert page.tags.count("table") == 2
+    assert page.tags.count("table") == 3  # losses, statistics, best-of-n
     assert "script" not in page.tags
     assert "link" not in page.tags  # styles are inline
     # nothing but in-page references (#...) and data: URIs

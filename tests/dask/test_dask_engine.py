@@ -336,7 +336,7 @@ def test_write_selected(client: Any, tmp_path: Path) -> None:
     rows = rp.write_selected(**kwargs, output=out, engine=_on(client))
     expected = rp.select_best(**kwargs).collect()
     assert rows == expected.height
-    assert_same(expected, pl.read_parquet(out))
+    assert_same(expected.rename({"prompt": "prompt_id"}), pl.read_parquet(out))
     with pytest.raises(RaftInputError, match="exists"):
         rp.write_selected(**kwargs, output=out, engine=_on(client))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.parquet"]
