@@ -304,37 +304,49 @@ def _t_small(ranked: Ranked) -> tuple[pl.DataFrame, list[Problem]]:
     return ranked.stages, ranked.problems
 
 
-def _covering(
-    parts: Sequence[tuple[Ranked, Bound | None, Bound | None]],
-    shard: Shard,
-    attr: Callable[[Ranked], pl.DataFrame],
-) -> pl.DataFrame:
-    frames = [_slice(attr(r), shard.lo, shard.hi) for r, _, _ in parts]
-    return pl.concat(frames, how="vertical")
+@dataclass(frozen=True)
+class _Cut:
+    """The part of one rank result that a data shard needs: the selected keys
+    (and, for the token pass, every candidate key) within the shard's bounds."""
+
+    chosen: pl.DataFrame
+    keys: pl.DataFrame | None
 
 
-def _chosen(ranked: Ranked) -> pl.DataFrame:
-    return ranked.chosen
+def _t_cut(
+    ranked: Ranked, lo: Bound | None, hi: Bound | None, with_keys: bool, empty: bool = False
+) -> _Cut:
+    """Cut where the rank result lives, so that only the slice moves (``empty``:
+    no rows, the types only)."""
+
+    def cut(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.head(0) if empty else _slice(frame, lo, hi)
+
+    return _Cut(cut(ranked.chosen), cut(ranked.keys.canonical()) if with_keys else None)
 
 
-def _keys(ranked: Ranked) -> pl.DataFrame:
-    return ranked.keys.canonical()
+def _chosen_of(cuts: Sequence[_Cut]) -> pl.DataFrame:
+    return pl.concat([c.chosen for c in cuts], how="vertical")
 
 
-def _t_nested(log: StageLog, shard: Shard, *parts: tuple[Ranked, Any, Any]) -> Reduced:
-    return nested_sums(log, _covering(parts, shard, _chosen), piece=shard.piece)
+def _keys_of(cuts: Sequence[_Cut]) -> pl.DataFrame:
+    return pl.concat([c.keys for c in cuts if c.keys is not None], how="vertical")
+
+
+def _t_nested(log: StageLog, shard: Shard, *cuts: _Cut) -> Reduced:
+    return nested_sums(log, _chosen_of(cuts), piece=shard.piece)
 
 
 def _t_tokens(
     log: StageLog,
     shard: Shard,
-    *parts: tuple[Ranked, Any, Any],
+    *cuts: _Cut,
     per_response: bool = False,
     checks: bool = True,
     every: bool = False,
 ) -> Reduced:
-    keys = index_keys(_covering(parts, shard, _keys), summarize=False)
-    chosen = _covering(parts, shard, _chosen)
+    keys = index_keys(_keys_of(cuts), summarize=False)
+    chosen = _chosen_of(cuts)
     return token_sums(
         log, keys, chosen, piece=shard.piece, per_response=per_response, checks=checks,
         every=every,
@@ -353,17 +365,11 @@ def _t_best_of_n(ranked: Ranked) -> pl.DataFrame:
     return best_of_n_sums(ranked.keys.canonical())
 
 
-def _t_rows(
-    log: StageLog, shard: Shard, counts: pl.DataFrame | None, *parts: tuple[Ranked, Any, Any]
-) -> pl.DataFrame:
-    chosen = _covering(parts, shard, _chosen)
+def _t_rows(log: StageLog, shard: Shard, counts: pl.DataFrame | None, *cuts: _Cut) -> pl.DataFrame:
+    chosen = _chosen_of(cuts)
     if counts is not None:
         counts = _slice(counts, shard.lo, shard.hi)
     return log.collect(selected_rows(log, chosen, piece=shard.piece, counts=counts))
-
-
-def _pair(ranked: Ranked, lo: Bound | None, hi: Bound | None) -> tuple[Ranked, Any, Any]:
-    return ranked, lo, hi
 
 
 # --- the executor -------------------------------------------------------------------------
@@ -405,7 +411,7 @@ class DaskExecutor:
                             _t_tokens,
                             job.log,
                             s,
-                            *job.covering(ranks, s),
+                            *job.covering(ranks, s, keys=True),
                             per_response=per_response,
                         )
                         for s in job.token_shards()
@@ -483,7 +489,7 @@ class DaskExecutor:
                         _t_tokens,
                         job.log,
                         s,
-                        *job.covering(ranks, s),
+                        *job.covering(ranks, s, keys=True),
                         per_response=reduction == "sequence",
                         checks=every_reduce,
                         every=True,
@@ -541,7 +547,7 @@ class DaskExecutor:
                             _t_tokens,
                             job.log,
                             s,
-                            *job.covering(ranks, s),
+                            *job.covering(ranks, s, keys=True),
                             per_response=True,
                             checks=False,
                         )
@@ -657,14 +663,23 @@ class _Job:
         return out
 
     def covering(
-        self, ranks: Sequence[tuple[Any, Bound | None, Bound | None]], shard: Shard
+        self,
+        ranks: Sequence[tuple[Any, Bound | None, Bound | None]],
+        shard: Shard,
+        *,
+        keys: bool = False,
     ) -> list[Any]:
-        """The rank results that may hold keys of ``shard``, as task arguments."""
-        return [
-            self.submit(_pair, r, lo, hi)
+        """The parts of the rank results that may hold keys of ``shard`` (cut to
+        its bounds where they live), as task arguments; at least one, so that a
+        shard none covers still gets empty frames of the right types."""
+        found = [
+            self.submit(_t_cut, r, shard.lo, shard.hi, keys)
             for r, lo, hi in ranks
             if Shard(shard.piece, lo, hi).covers(shard)
         ]
+        if not found and ranks:
+            found = [self.submit(_t_cut, ranks[0][0], None, None, keys, True)]
+        return found
 
 
 def _collected(source: Resolved) -> Resolved:
