@@ -185,10 +185,12 @@ def _parser() -> argparse.ArgumentParser:
     log = _log_options()
     selection = _selection_options()
     engine = _engine_options()
+    table = _table_options()
+    reduction = _reduction_options()
 
     p = commands.add_parser(
         "losses",
-        parents=[log, selection, engine],
+        parents=[log, selection, reduction, table, engine],
         help="per-stage loss and reward table",
         description="Per-stage SFT loss (pooled token mean NLL of the selected responses, "
         "rounded to 4 decimals) with prompts, candidates, selected responses, their tokens, "
@@ -196,24 +198,11 @@ def _parser() -> argparse.ArgumentParser:
         "their difference (reward_lift), the prompts whose best reward is shared (ties) and "
         "the prompts left with nothing by --min-reward (below_min).",
     )
-    p.add_argument(
-        "--format",
-        choices=("table", "csv", "json"),
-        default="table",
-        help="output format (default: an aligned table)",
-    )
-    p.add_argument(
-        "--reduction",
-        choices=("token", "sequence"),
-        default="token",
-        help="token: pooled token mean (default, as HF/TRL SFT); "
-        "sequence: mean of per-response means",
-    )
     p.set_defaults(run=_cmd_losses)
 
     p = commands.add_parser(
         "stats",
-        parents=[log, selection, engine],
+        parents=[log, selection, reduction, table, engine],
         help="per-stage statistics, best-of-n curves, per-prompt table",
         description="The losses table plus reward spread (reward_std, reward_best_std), "
         "zero-variance prompts, win rate of the selection, length bias (length_mean, "
@@ -221,18 +210,6 @@ def _parser() -> argparse.ArgumentParser:
         "expected best and worst reward of n candidates per stage; --per-prompt -o OUT "
         "writes one row per (stage, prompt) with its difficulty and status "
         "(solved / unsolved / learnable). JSON writes NaN and infinities as strings.",
-    )
-    p.add_argument(
-        "--format",
-        choices=("table", "csv", "json"),
-        default="table",
-        help="output format (default: an aligned table)",
-    )
-    p.add_argument(
-        "--reduction",
-        choices=("token", "sequence"),
-        default="token",
-        help="loss reduction (default: token)",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--best-of-n", action="store_true", help="print the best-of-n curves")
@@ -289,7 +266,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "report",
-        parents=[log, selection, engine],
+        parents=[log, selection, reduction, engine],
         help="HTML report or figure of a log (needs raft-polars[plot])",
         description="OUT.html: one self-contained page (styles and SVG figures inline, "
         "nothing loaded from outside) with the per-stage statistics table, loss and rewards "
@@ -305,12 +282,6 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         metavar="OUT",
         help="report file: .html, or a figure: .png, .svg or .pdf",
-    )
-    p.add_argument(
-        "--reduction",
-        choices=("token", "sequence"),
-        default="token",
-        help="loss reduction (default: token)",
     )
     p.add_argument("--title", help="figure title (default: the log's path)")
     p.set_defaults(run=_cmd_report)
@@ -441,6 +412,29 @@ def _selection_options() -> _Parser:
         type=_finite,
         metavar="R",
         help="drop selected candidates whose reward is below R (any strategy)",
+    )
+    return group
+
+
+def _table_options() -> _Parser:
+    group = _Parser(add_help=False)
+    group.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="output format (default: an aligned table)",
+    )
+    return group
+
+
+def _reduction_options() -> _Parser:
+    group = _Parser(add_help=False)
+    group.add_argument(
+        "--reduction",
+        choices=("token", "sequence"),
+        default="token",
+        help="token: pooled token mean (default, as HF/TRL SFT); "
+        "sequence: mean of per-response means",
     )
     return group
 
