@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from raft_polars._engine import validate as vk
 from raft_polars._engine.checks import Problem, merge, raise_first
 from raft_polars._engine.rank import Ranked, index_keys, rank_keys
 from raft_polars._engine.read import ID_COLUMNS, StageLog
@@ -49,18 +50,6 @@ from raft_polars._engine.reduce import (
 )
 from raft_polars._engine.sources import Piece, Resolved, parquet_error
 from raft_polars._engine.stats import best_of_n_sums, candidate_table, prompt_table, stage_sums
-from raft_polars._engine.validate import (
-    CandidatePart,
-    Checked,
-    Findings,
-    check_candidates,
-    combine_aggregates,
-    empty_stages,
-    finish_long,
-    nested_columns,
-    summarize,
-    token_aggregates,
-)
 from raft_polars.selection import Reduction, Selection
 
 if TYPE_CHECKING:
@@ -251,12 +240,12 @@ def _read_checked(log: StageLog, piece: Piece) -> pl.LazyFrame:
     nested)."""
     rows = log.candidates(piece, extras=False)
     if log.layout == "nested":
-        return nested_columns(rows, has_logprobs=log.has_logprobs)
+        return vk.nested_columns(rows, has_logprobs=log.has_logprobs)
     return rows.select(*_IDS, "reward")
 
 
-def _check(frame: pl.DataFrame, selection: Selection, limit: int, nested: bool) -> CandidatePart:
-    return check_candidates(frame, selection, limit, nested=nested)
+def _check(frame: pl.DataFrame, selection: Selection, limit: int, nested: bool) -> vk.CandidatePart:
+    return vk.check_candidates(frame, selection, limit, nested=nested)
 
 
 def _t_part(
@@ -292,7 +281,7 @@ def _t_prompt_rows(log: StageLog, piece: Piece) -> pl.DataFrame:
 
 
 def _t_aggregates(log: StageLog, piece: Piece) -> pl.DataFrame:
-    return log.collect(token_aggregates(log.tokens(piece), has_position=log.has_token))
+    return log.collect(vk.token_aggregates(log.tokens(piece), has_position=log.has_token))
 
 
 def _t_fetch_tokens(log: StageLog, piece: Piece, keys: pl.DataFrame) -> pl.DataFrame:
@@ -426,21 +415,21 @@ class DaskExecutor:
             reduction,
         )
 
-    def validate(self, log: StageLog, selection: Selection, limit: int) -> Checked:
+    def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
         nested = log.layout == "nested"
         with self._client() as client:
             job = _Job(client, log)
             futures = job.partitions(
                 selection.group, _read_checked, _check, selection, limit, nested
             )
-            parts: list[CandidatePart] = job.gather([f for f, _, _ in futures])
-            found = Findings(limit)
+            parts: list[vk.CandidatePart] = job.gather([f for f, _, _ in futures])
+            found = vk.Findings(limit)
             if nested:
                 if log.has_logprobs:
-                    empty_stages(
+                    vk.empty_stages(
                         found, [p.stage_tokens for p in parts if p.stage_tokens is not None]
                     )
-                return summarize(found, parts)
+                return vk.summarize(found, parts)
             shards = job.token_shards()
             aggregates = job.gather([job.submit(_t_aggregates, job.log, s.piece) for s in shards])
 
@@ -452,12 +441,14 @@ class DaskExecutor:
                 frame: pl.DataFrame = pl.concat(rows, how="vertical")
                 return frame
 
-            per_response = combine_aggregates(aggregates, fetch, has_position=log.has_token)
+            per_response = vk.combine_aggregates(aggregates, fetch, has_position=log.has_token)
         known = pl.concat([p.known for p in parts if p.known is not None], how="vertical")
         chosen = pl.concat([p.chosen for p in parts], how="vertical")
-        stage_tokens = finish_long(found, known, chosen, per_response, has_position=log.has_token)
-        empty_stages(found, [stage_tokens])
-        return summarize(found, parts, tokens=int(per_response["rows"].sum()))
+        stage_tokens = vk.finish_long(
+            found, known, chosen, per_response, has_position=log.has_token
+        )
+        vk.empty_stages(found, [stage_tokens])
+        return vk.summarize(found, parts, tokens=int(per_response["rows"].sum()))
 
     def _stats_parts(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from raft_polars._engine import validate as vk
 from raft_polars._engine.checks import raise_first
 from raft_polars._engine.rank import Ranked, rank_keys
 from raft_polars._engine.read import StageLog
@@ -25,17 +26,6 @@ from raft_polars._engine.stats import (
     candidate_table,
     prompt_table,
     stage_sums,
-)
-from raft_polars._engine.validate import (
-    Checked,
-    Findings,
-    check_candidates,
-    combine_aggregates,
-    empty_stages,
-    finish_long,
-    nested_columns,
-    summarize,
-    token_aggregates,
 )
 from raft_polars.selection import Reduction, Selection
 
@@ -113,28 +103,28 @@ class LocalExecutor:
             counts = token_counts(log, ranked.keys, ranked.chosen)
         return selected_rows(log, ranked.chosen, keys=ranked.keys, counts=counts)
 
-    def validate(self, log: StageLog, selection: Selection, limit: int) -> Checked:
+    def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
         nested = log.layout == "nested"
         rows = log.candidates(extras=False)
-        checked = nested_columns(rows, has_logprobs=log.has_logprobs)
+        checked = vk.nested_columns(rows, has_logprobs=log.has_logprobs)
         cands = log.collect(checked if nested else rows.select(*_IDS, "reward"))
-        part = check_candidates(cands, selection, limit, nested=nested)
-        found = Findings(limit)
+        part = vk.check_candidates(cands, selection, limit, nested=nested)
+        found = vk.Findings(limit)
         if nested:
             assert part.stage_tokens is not None
             if log.has_logprobs:
-                empty_stages(found, [part.stage_tokens])
-            return summarize(found, [part])
+                vk.empty_stages(found, [part.stage_tokens])
+            return vk.summarize(found, [part])
         assert part.known is not None
 
         def fetch(keys: pl.DataFrame) -> pl.DataFrame:
             picked = log.tokens().join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)
             return log.collect(picked)
 
-        aggregates = log.collect(token_aggregates(log.tokens(), has_position=log.has_token))
-        per_response = combine_aggregates([aggregates], fetch, has_position=log.has_token)
-        stage_tokens = finish_long(
+        aggregates = log.collect(vk.token_aggregates(log.tokens(), has_position=log.has_token))
+        per_response = vk.combine_aggregates([aggregates], fetch, has_position=log.has_token)
+        stage_tokens = vk.finish_long(
             found, part.known, part.chosen, per_response, has_position=log.has_token
         )
-        empty_stages(found, [stage_tokens])
-        return summarize(found, [part], tokens=int(per_response["rows"].sum()))
+        vk.empty_stages(found, [stage_tokens])
+        return vk.summarize(found, [part], tokens=int(per_response["rows"].sum()))
