@@ -34,7 +34,7 @@ from pathlib import Path
 import polars as pl
 
 from raft_polars import _export
-from raft_polars._engine.read import read_log
+from raft_polars._engine.read import Preset, read_log
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, reading
 from raft_polars._engine.stats import STATS_COLUMNS, best_of_n_table, stats_table
@@ -57,6 +57,7 @@ def stage_losses(
     *,
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
+    preset: Preset | None = None,
     reduction: Reduction = "token",
     strategy: Strategy = "best",
     n: int = 1,
@@ -115,7 +116,7 @@ def stage_losses(
     selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
     check_reduction(reduction)
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns)
+    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     return run.losses(log, selection, reduction)
 
 
@@ -124,6 +125,7 @@ def select_best(
     *,
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
+    preset: Preset | None = None,
     strategy: Strategy = "best",
     n: int = 1,
     fraction: float | None = None,
@@ -160,7 +162,7 @@ def select_best(
     """
     selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns)
+    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     if "tokens" in log.extras:
         msg = (
             f"{log.origin}: the extra column 'tokens' clashes with the token count that "
@@ -176,6 +178,7 @@ def write_selected(
     *,
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
+    preset: Preset | None = None,
     strategy: Strategy = "best",
     n: int = 1,
     fraction: float | None = None,
@@ -267,10 +270,17 @@ def write_selected(
     kind = _export.check_format(format, min_margin)
     _export.check_target(out, force=force)
     frame = select_best(
-        source, rewards=rewards, columns=columns, strategy=strategy, n=n, fraction=fraction,
-        min_reward=min_reward, engine=engine,
-    )  # fmt: skip
-    log = read_log(source, rewards=rewards, columns=columns)
+        source,
+        rewards=rewards,
+        columns=columns,
+        preset=preset,
+        strategy=strategy,
+        n=n,
+        fraction=fraction,
+        min_reward=min_reward,
+        engine=engine,
+    )
+    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     paths, origin = log.paths, log.origin
     candidates = log.candidates(extras=kind == "dpo")
     if stage is not None:
@@ -308,6 +318,7 @@ def stage_stats(
     *,
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
+    preset: Preset | None = None,
     reduction: Reduction = "token",
     strategy: Strategy = "best",
     n: int = 1,
@@ -350,7 +361,7 @@ def stage_stats(
     selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
     check_reduction(reduction)
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns)
+    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     table, sums = run.stats(log, selection, reduction)
     extra = stats_table(sums, lengths=log.has_logprobs)
     return table.join(extra, on="stage", how="left").select(*LOSS_COLUMNS, *STATS_COLUMNS)
@@ -361,6 +372,7 @@ def best_of_n(
     *,
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
+    preset: Preset | None = None,
     engine: Engine = "polars",
 ) -> pl.DataFrame:
     """Best-of-n curves: the expected best and worst reward of ``n`` candidates.
@@ -386,7 +398,7 @@ def best_of_n(
     [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]
     """
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns)
+    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     return best_of_n_table(run.best_of_n(log))
 
 
@@ -395,6 +407,7 @@ def prompt_stats(
     *,
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
+    preset: Preset | None = None,
     strategy: Strategy = "best",
     n: int = 1,
     fraction: float | None = None,
@@ -425,7 +438,7 @@ def prompt_stats(
     """
     selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns)
+    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     table = run.prompts(log, selection)
     everywhere = pl.col("reward_mean") * pl.col("candidates")
     overall = (everywhere.sum() / pl.col("candidates").sum()).over("prompt")

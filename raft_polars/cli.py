@@ -341,6 +341,11 @@ def _log_options() -> _Parser:
         help="the log names a canonical column differently, e.g. --column prompt=prompt_id "
         f"(repeatable; canonical names: {', '.join(CANONICAL_COLUMNS)})",
     )
+    group.add_argument(
+        "--preset",
+        choices=("verl", "trl", "openrlhf", "rlhflow"),
+        help="the column names of that pipeline's dumps (see docs/cli.md); --column wins",
+    )
     return group
 
 
@@ -522,7 +527,7 @@ def _columns(args: argparse.Namespace) -> dict[str, str] | None:
 
 
 def _log_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"rewards": args.rewards, "columns": _columns(args)}
+    return {"rewards": args.rewards, "columns": _columns(args), "preset": args.preset}
 
 
 def _selection_kwargs(args: argparse.Namespace) -> dict[str, Any]:

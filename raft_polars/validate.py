@@ -53,7 +53,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from raft_polars._engine.read import Layout, read_log
+from raft_polars._engine.read import Layout, Preset, read_log
 from raft_polars._engine.sources import Source
 from raft_polars._executors import Engine, executor
 from raft_polars._export import json_value
@@ -195,6 +195,7 @@ def validate(
     *,
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
+    preset: Preset | None = None,
     strategy: Strategy = "best",
     n: int = 1,
     fraction: float | None = None,
@@ -245,7 +246,7 @@ def validate(
     selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
     limit = max(int(limit), 0)
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns)
+    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     checked = run.validate(log, selection, limit)
     order = list(PROBLEM_KINDS)
     problems = tuple(

@@ -30,7 +30,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
 import polars as pl
@@ -50,6 +50,22 @@ __all__ = [
 ]
 
 Layout: TypeAlias = Literal["nested", "long"]
+Preset: TypeAlias = Literal["verl", "trl", "openrlhf", "rlhflow"]
+
+#: Ready-made ``columns=`` for the dumps of common pipelines (names that a log
+#: does not have are left out); ``"trl"`` also sums its reward columns.
+PRESETS: dict[str, dict[str, str]] = {
+    # verl rollout dumps, {step}.jsonl: input, output, score, step
+    "verl": {"prompt": "input", "reward": "score", "stage": "step"},
+    # TRL completions_{step:05d}.parquet: step, prompt, completion, one column per
+    # reward function (and advantage): the reward is their sum
+    "trl": {"stage": "step"},
+    # OpenRLHF: input, output, reward
+    "openrlhf": {"prompt": "input"},
+    # RLHFlow: one row per prompt, prompt, responses, rewards (the wide layout)
+    "rlhflow": {},
+}
+_TRL_NOT_REWARDS = ("step", "advantage", "prompt", "completion")
 
 ID_COLUMNS = ("stage", "prompt", "cand")
 CANDIDATE_COLUMNS = (*ID_COLUMNS, "reward")
@@ -182,6 +198,7 @@ def read_log(
     *,
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
+    preset: Preset | None = None,
 ) -> StageLog:
     """Read a stage log, in either layout, into a canonical :class:`StageLog`.
 
@@ -198,7 +215,12 @@ def read_log(
         of the source kinds above.
     columns
         Maps canonical names to the user's own, e.g.
-        ``{"prompt": "prompt_id", "logprobs": "token_logprobs"}``.
+        ``{"prompt": "prompt_id", "logprobs": "token_logprobs"}``. A column that
+        already has a canonical name another column is mapped onto is kept, moved
+        aside: ``prompt`` to ``prompt_text`` (text), others to ``<name>_original``.
+    preset
+        ``"verl"``, ``"trl"``, ``"openrlhf"`` or ``"rlhflow"``: the column names of
+        that pipeline's dumps (:data:`PRESETS`), under ``columns=``.
 
     Returns
     -------
@@ -212,6 +234,24 @@ def read_log(
     mapping = _check_mapping(columns)
     main = resolve(source, "source")
     main_schema = dict(main.schema)
+    summed: tuple[str, ...] = ()
+    if preset is not None:
+        if preset not in PRESETS:
+            msg = f"preset must be one of {sorted(PRESETS)}, got {preset!r}"
+            raise RaftInputError(msg)
+        mapping = {
+            **{k: v for k, v in PRESETS[preset].items() if v in main_schema},
+            **mapping,
+        }
+        if preset == "trl" and "reward" not in mapping and "reward" not in main_schema:
+            summed = tuple(
+                n for n, t in main_schema.items() if t.is_numeric() and n not in _TRL_NOT_REWARDS
+            )
+            if not summed:
+                msg = f"{main.origin}: preset 'trl' found no reward columns in {list(main_schema)}"
+                raise RaftInputError(msg)
+            main = _summed_reward(main, summed)
+            main_schema = dict(main.schema)
     if rewards is None:
         return _candidate_rows(main, mapping)
     cands = resolve(rewards, "rewards")
@@ -248,6 +288,18 @@ def read_log(
         has_token="token" in tschema,
         numbered=numbered,
     )
+
+
+def _summed_reward(source: Resolved, columns: tuple[str, ...]) -> Resolved:
+    """``source`` with a ``reward`` column, the sum of ``columns`` (TRL logs one
+    column per reward function), read as the source is."""
+    frame = source.frame
+    if frame is None:
+        from raft_polars._engine.sources import summing
+
+        return summing(source, columns)
+    added = frame.with_columns(pl.sum_horizontal(columns).alias("reward"))
+    return replace(source, frame=added, schema=(*source.schema, ("reward", pl.Float64())))
 
 
 def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
@@ -366,24 +418,31 @@ def _check_mapped(
 
 
 def _renames(mapping: dict[str, str], schema: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
-    return tuple(
+    """The source's names to canonical ones, and the columns already called by a
+    canonical name that another column is mapped onto, moved aside: a text column
+    to ``<name>_text`` (``prompt`` beside ``prompt_id``: the prompt text), any
+    other to ``<name>_original`` (a trailing ``_`` more while the name is taken)."""
+    renames = [
         (theirs, canon)
         for canon, theirs in sorted(mapping.items())
         if theirs in schema and theirs != canon
-    )
+    ]
+    moved = {theirs for theirs, _ in renames}
+    taken = set(schema) | {canon for _, canon in renames}
+    for _, canon in list(renames):
+        if canon in schema and canon not in moved:
+            aside = f"{canon}_text" if schema[canon] == pl.String else f"{canon}_original"
+            while aside in taken:
+                aside += "_"
+            taken.add(aside)
+            renames.append((canon, aside))
+    return tuple(renames)
 
 
 def _renamed(
     schema: dict[str, pl.DataType], mapping: dict[str, str], origin: str
 ) -> dict[str, pl.DataType]:
     renames = dict(_renames(mapping, schema))
-    clash = sorted(c for c in renames.values() if c in schema and c not in renames)
-    if clash:
-        msg = (
-            f"{origin}: column(s) {clash} exist and another column is mapped onto "
-            "the same name by columns=; rename one of them first"
-        )
-        raise RaftInputError(msg)
     return {renames.get(name, name): dtype for name, dtype in schema.items()}
 
 

@@ -38,7 +38,16 @@ from raft_polars.errors import RaftInputError
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType
 
-__all__ = ["DataFile", "Piece", "Resolved", "Source", "file_kind", "reading", "resolve"]
+__all__ = [
+    "DataFile",
+    "Piece",
+    "Resolved",
+    "Source",
+    "file_kind",
+    "reading",
+    "resolve",
+    "summing",
+]
 
 PathLike: TypeAlias = str | Path
 Source: TypeAlias = PathLike | Sequence[PathLike] | pl.DataFrame | pl.LazyFrame | pa.Table
@@ -105,6 +114,7 @@ class Resolved:
     hive: tuple[tuple[str, pl.DataType], ...] = ()
     frame: pl.LazyFrame | None = None
     kind: str = "parquet"
+    summed: tuple[str, ...] = ()  # a ``reward`` column added as the sum of these
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -117,7 +127,8 @@ class Resolved:
                 return self.frame
             return self.frame.slice(*piece.rows)
         chosen = self.files if piece is None else tuple(self.files[i] for i in piece.files)
-        file_schema = {name: dtype for name, dtype in self.schema if name not in dict(self.hive)}
+        added = {*dict(self.hive), *(["reward"] if self.summed else [])}
+        file_schema = {name: dtype for name, dtype in self.schema if name not in added}
         groups: dict[tuple[tuple[str, str | None], ...], list[str]] = {}
         for f in chosen:
             groups.setdefault(f.partitions, []).append(f.path)
@@ -144,7 +155,10 @@ class Resolved:
             )
         if not frames:
             return pl.LazyFrame(schema=dict(self.schema))
-        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+        lf = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+        if self.summed:
+            lf = lf.with_columns(pl.sum_horizontal(self.summed).alias("reward"))
+        return lf
 
 
 def resolve(source: Source, role: str = "source") -> Resolved:
@@ -445,3 +459,11 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
                 raise parquet_error(path, bad) from exc
         msg = f"cannot read stage log {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
+
+
+def summing(source: Resolved, columns: tuple[str, ...]) -> Resolved:
+    """``source`` read with a ``reward`` column, the sum of ``columns``."""
+    from dataclasses import replace
+
+    schema = (*source.schema, ("reward", pl.Float64()))
+    return replace(source, schema=schema, summed=columns)

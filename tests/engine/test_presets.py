@@ -1,0 +1,100 @@
+"""Presets for the dumps of common pipelines, and columns moved aside when another
+is mapped onto their name (issue 10 item 5), on both executors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dask_cluster
+import polars as pl
+import pytest
+
+import raft_polars as rp
+from raft_polars import RaftInputError
+
+ENGINES = ["polars", "dask"]
+
+
+def _engine(name: str) -> Any:
+    return dask_cluster.engine() if name == "dask" else "polars"
+
+
+def _picks(frame: pl.LazyFrame, *columns: str) -> list[tuple[Any, ...]]:
+    return frame.collect().select(*columns).rows()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_verl(tmp_path: Path, engine: str) -> None:
+    for step in (0, 1):
+        pl.DataFrame({
+            "input": ["q1", "q1", "q2", "q2"], "output": [f"a{step}", "b", "c", f"d{step}"],
+            "score": [0.2, 0.1, 0.0, 0.5 + step], "step": [step] * 4,
+        }).write_ndjson(tmp_path / f"{step}.jsonl")  # fmt: skip
+    on = _engine(engine)
+    table = rp.stage_losses(str(tmp_path), preset="verl", engine=on)
+    assert table.select("stage", "prompts", "candidates").rows() == [(0, 2, 4), (1, 2, 4)]
+    assert table["loss"].to_list() == [None, None]  # no log-probs in a verl dump
+    picked = rp.select_best(str(tmp_path), preset="verl", engine=on)
+    assert _picks(picked, "stage", "prompt", "cand", "output") == [
+        (0, "q1", 0, "a0"), (0, "q2", 1, "d0"), (1, "q1", 0, "a1"), (1, "q2", 1, "d1"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_trl_sums_its_reward_columns(tmp_path: Path, engine: str) -> None:
+    path = tmp_path / "completions_00003.parquet"
+    pl.DataFrame({
+        "step": [3, 3, 3], "prompt": ["p", "p", "p"], "completion": ["x", "y", "z"],
+        "accuracy_reward": [0.0, 1.0, 0.0], "format_reward": [0.9, 0.5, 0.2],
+        "advantage": [9.0, -9.0, 0.0],
+    }).write_parquet(path)  # fmt: skip
+    picked = rp.select_best(str(path), preset="trl", engine=_engine(engine))
+    assert _picks(picked, "stage", "cand", "reward", "completion") == [(3, 1, 1.5, "y")]
+
+
+def test_trl_without_reward_columns(tmp_path: Path) -> None:
+    path = tmp_path / "c.parquet"
+    pl.DataFrame({"step": [0], "prompt": ["p"], "completion": ["x"]}).write_parquet(path)
+    with pytest.raises(RaftInputError, match="no reward columns"):
+        rp.stage_losses(str(path), preset="trl")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_openrlhf_and_rlhflow(tmp_path: Path, engine: str) -> None:
+    on = _engine(engine)
+    pl.DataFrame({"input": ["q", "q"], "output": ["a", "b"], "reward": [0.0, 1.0]}).write_ndjson(
+        tmp_path / "o.jsonl"
+    )
+    picked = rp.select_best(str(tmp_path / "o.jsonl"), preset="openrlhf", engine=on)
+    assert _picks(picked, "prompt", "cand", "output") == [("q", 1, "b")]
+    pl.DataFrame({"prompt": ["q"], "responses": [["a", "b", "c"]], "rewards": [[0.1, 0.7, 0.7]]}
+                 ).write_ndjson(tmp_path / "w.jsonl")  # fmt: skip
+    picked = rp.select_best(str(tmp_path / "w.jsonl"), preset="rlhflow", engine=on)
+    assert _picks(picked, "prompt", "cand", "responses") == [("q", 1, "b")]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_mapped_column_moves_the_old_one_aside(tmp_path: Path, engine: str) -> None:
+    """``prompt`` holds the text and ``prompt_id`` the id: mapping prompt=prompt_id
+    keeps the text as ``prompt_text`` (once an error)."""
+    pl.DataFrame({
+        "stage": [0, 0], "prompt": ["the text", "the text"], "prompt_id": [7, 7],
+        "cand": [0, 1], "reward": [0.1, 0.9], "logprobs": [[-1.0], [-2.0, -4.0]],
+        "cand_original": [1, 2],
+    }).write_parquet(tmp_path / "log.parquet")  # fmt: skip
+    on = _engine(engine)
+    kwargs: dict[str, Any] = {"columns": {"prompt": "prompt_id", "cand": "cand_original"},
+                              "engine": on}  # fmt: skip
+    table = rp.stage_losses(str(tmp_path / "log.parquet"), **kwargs)
+    assert table.select("loss", "tokens").rows() == [(3.0, 2)]
+    picked = rp.select_best(str(tmp_path / "log.parquet"), **kwargs).collect()
+    assert picked.select("prompt", "cand", "prompt_text", "cand_original_").rows() == [
+        (7, 2, "the text", 1)
+    ]
+
+
+def test_unknown_preset() -> None:
+    frame = pl.DataFrame({"prompt": ["q"], "reward": [1.0]})
+    with pytest.raises(RaftInputError, match="preset must be one of"):
+        rp.stage_losses(frame, preset="nemo")  # type: ignore[arg-type]
