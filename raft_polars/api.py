@@ -35,12 +35,11 @@ import polars as pl
 
 from raft_polars import _export
 from raft_polars._engine.read import Preset, read_log
-from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, reading
 from raft_polars._engine.stats import STATS_COLUMNS, best_of_n_table, stats_table
 from raft_polars._executors import Engine, executor
 from raft_polars.errors import RaftInputError
-from raft_polars.selection import Reduction, Selection, Strategy, check_reduction
+from raft_polars.selection import BadRewards, Reduction, Selection, Strategy, check_reduction
 
 __all__ = [
     "best_of_n",
@@ -63,6 +62,7 @@ def stage_losses(
     n: int = 1,
     fraction: float | None = None,
     min_reward: float | None = None,
+    bad_rewards: BadRewards = "error",
     engine: Engine = "polars",
 ) -> pl.DataFrame:
     """Per-stage SFT loss and statistics of a stage log.
@@ -79,9 +79,11 @@ def stage_losses(
         Canonical name to the source's own name, e.g. ``{"prompt": "prompt_id"}``.
     reduction
         ``"token"`` (pooled token mean, the default) or ``"sequence"``.
-    strategy, n, fraction, min_reward
+    strategy, n, fraction, min_reward, bad_rewards
         The selection, see :class:`raft_polars.Selection`; the default is
-        best-of-K per prompt.
+        best-of-K per prompt, and a bad reward is an error (``bad_rewards="skip"``
+        leaves such candidates out and adds the ``skipped`` and
+        ``skipped_prompts`` columns).
     engine
         ``"polars"`` (default), ``"dask"`` or a
         :class:`raft_polars.dask.DaskEngine`; see the module docstring.
@@ -113,7 +115,9 @@ def stage_losses(
     >>> stage_losses(tokens, rewards=rewards)["loss"].to_list()
     [1.5]
     """
-    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    selection = Selection(
+        strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
+    )
     check_reduction(reduction)
     run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns, preset=preset)
@@ -130,6 +134,7 @@ def select_best(
     n: int = 1,
     fraction: float | None = None,
     min_reward: float | None = None,
+    bad_rewards: BadRewards = "error",
     engine: Engine = "polars",
 ) -> pl.LazyFrame:
     """The selected batch, ready to export for fine-tuning.
@@ -160,7 +165,9 @@ def select_best(
     >>> select_best(log).collect().rows()
     [(0, 7, 1, 0.3, 2, 'good')]
     """
-    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    selection = Selection(
+        strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
+    )
     run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     if "tokens" in log.extras:
@@ -183,6 +190,7 @@ def write_selected(
     n: int = 1,
     fraction: float | None = None,
     min_reward: float | None = None,
+    bad_rewards: BadRewards = "error",
     stage: _export.StagePick = None,
     format: _export.ExportFormat = "rows",
     prompt_column: str | None = None,
@@ -278,6 +286,7 @@ def write_selected(
         n=n,
         fraction=fraction,
         min_reward=min_reward,
+        bad_rewards=bad_rewards,
         engine=engine,
     )
     log = read_log(source, rewards=rewards, columns=columns, preset=preset)
@@ -324,6 +333,7 @@ def stage_stats(
     n: int = 1,
     fraction: float | None = None,
     min_reward: float | None = None,
+    bad_rewards: BadRewards = "error",
     engine: Engine = "polars",
 ) -> pl.DataFrame:
     """Per-stage statistics: every column of :func:`stage_losses` and more.
@@ -358,13 +368,15 @@ def stage_stats(
     >>> stage_stats(log).select("loss", "win_rate", "longest_share", "length_mean").rows()
     [(0.6666666666666666, 1.0, 1.0, 2.0)]
     """
-    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    selection = Selection(
+        strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
+    )
     check_reduction(reduction)
     run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     table, sums = run.stats(log, selection, reduction)
     extra = stats_table(sums, lengths=log.has_logprobs)
-    return table.join(extra, on="stage", how="left").select(*LOSS_COLUMNS, *STATS_COLUMNS)
+    return table.join(extra, on="stage", how="left").select(*table.columns, *STATS_COLUMNS)
 
 
 def best_of_n(
@@ -373,6 +385,7 @@ def best_of_n(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    bad_rewards: BadRewards = "error",
     engine: Engine = "polars",
 ) -> pl.DataFrame:
     """Best-of-n curves: the expected best and worst reward of ``n`` candidates.
@@ -399,7 +412,7 @@ def best_of_n(
     """
     run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns, preset=preset)
-    return best_of_n_table(run.best_of_n(log))
+    return best_of_n_table(run.best_of_n(log, Selection(bad_rewards=bad_rewards)))
 
 
 def prompt_stats(
@@ -412,6 +425,7 @@ def prompt_stats(
     n: int = 1,
     fraction: float | None = None,
     min_reward: float | None = None,
+    bad_rewards: BadRewards = "error",
     engine: Engine = "polars",
 ) -> pl.DataFrame:
     """One row per ``(stage, prompt)``: how hard the prompt is, and what was kept.
@@ -436,7 +450,9 @@ def prompt_stats(
     >>> prompt_stats(log).select("stage", "reward_mean", "stages", "status").rows()
     [(0, 0.5, 2, 'learnable'), (1, 1.0, 2, 'learnable')]
     """
-    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    selection = Selection(
+        strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
+    )
     run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns, preset=preset)
     table = run.prompts(log, selection)

@@ -418,6 +418,13 @@ def _selection_options() -> _Parser:
         metavar="R",
         help="drop selected candidates whose reward is below R (any strategy)",
     )
+    opts.add_argument(
+        "--bad-rewards",
+        choices=("error", "skip"),
+        default="error",
+        help="error (default): a null, NaN or infinite reward is bad input; skip: leave such "
+        "candidates out, counted per stage (skipped, skipped_prompts)",
+    )
     return group
 
 
@@ -545,6 +552,7 @@ def _selection_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "n": args.n,
         "fraction": args.fraction,
         "min_reward": args.min_reward,
+        "bad_rewards": args.bad_rewards,
     }
 
 
@@ -605,7 +613,8 @@ def write_losses(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> 
         0 1.5500       1          2        1      2           0.4000      0.3000      0.1000    0         0
         1 0.5500       1          2        1      2           0.7500      0.7250      0.0250    0         0
     """  # noqa: E501 - the doctest shows the full-width table
-    write_table(table.select(LOSS_COLUMNS), stream, fmt=fmt)
+    extra = [c for c in ("skipped", "skipped_prompts") if c in table.columns]
+    write_table(table.select(*LOSS_COLUMNS, *extra), stream, fmt=fmt)
 
 
 def write_table(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> None:
@@ -721,7 +730,9 @@ def _cmd_report(args: argparse.Namespace) -> None:
     options = {**_log_kwargs(args), "reduction": args.reduction, **_selection_kwargs(args)}
     if fmt == ".html":
         table = stage_stats(_source(args), **options, engine=_engine(args))
-        curves = best_of_n(_source(args), **_log_kwargs(args), engine=_engine(args))
+        curves = best_of_n(
+            _source(args), **_log_kwargs(args), bad_rewards=args.bad_rewards, engine=_engine(args)
+        )
         page = html_report(table, curves, title=title, source=" ".join(args.path))
 
         def write(tmp: Path) -> None:
@@ -769,7 +780,7 @@ def _cmd_stats(args: argparse.Namespace) -> None:
         msg = "-o and --status go with --per-prompt"
         raise UsageError(msg)
     if args.best_of_n:
-        curves = best_of_n(source, **_log_kwargs(args), engine=engine)
+        curves = best_of_n(source, **_log_kwargs(args), bad_rewards=args.bad_rewards, engine=engine)
         write_table(curves, sys.stdout, fmt=args.format)
         return
     table = stage_stats(

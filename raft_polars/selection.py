@@ -25,10 +25,11 @@ from typing import Literal, TypeAlias
 
 from raft_polars.errors import RaftInputError
 
-__all__ = ["Reduction", "Selection", "Strategy", "check_reduction"]
+__all__ = ["BadRewards", "Reduction", "Selection", "Strategy", "check_reduction"]
 
 Strategy: TypeAlias = Literal["best", "top_n", "global"]
 Reduction: TypeAlias = Literal["token", "sequence"]
+BadRewards: TypeAlias = Literal["error", "skip"]
 
 
 def _finite(value: float) -> bool:
@@ -52,12 +53,18 @@ class Selection:
         Share of a stage's candidates kept with ``"global"``, in ``(0, 1]``.
     min_reward
         Drop selected candidates whose reward is below this.
+    bad_rewards
+        ``"error"`` (default): a null, NaN or infinite reward is an input error;
+        ``"skip"``: such a candidate is left out of the ranking and the
+        statistics, counted per stage in ``skipped`` (and a prompt left with no
+        candidate in ``skipped_prompts``).
     """
 
     strategy: Strategy = "best"
     n: int = 1
     fraction: float | None = None
     min_reward: float | None = None
+    bad_rewards: BadRewards = "error"
 
     def __post_init__(self) -> None:
         if self.strategy not in ("best", "top_n", "global"):
@@ -82,6 +89,9 @@ class Selection:
             raise RaftInputError(msg)
         if self.strategy != "top_n" and self.n != 1:
             msg = f"n applies to strategy='top_n' only, not {self.strategy!r}"
+            raise RaftInputError(msg)
+        if self.bad_rewards not in ("error", "skip"):
+            msg = f"bad_rewards must be 'error' or 'skip', got {self.bad_rewards!r}"
             raise RaftInputError(msg)
         if self.min_reward is not None and not _finite(self.min_reward):
             msg = f"min_reward must be a finite number, got {self.min_reward!r}"

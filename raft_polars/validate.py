@@ -57,7 +57,7 @@ from raft_polars._engine.read import Layout, Preset, read_log
 from raft_polars._engine.sources import Source
 from raft_polars._executors import Engine, executor
 from raft_polars._export import json_value
-from raft_polars.selection import Selection, Strategy
+from raft_polars.selection import BadRewards, Selection, Strategy
 
 __all__ = ["PROBLEM_KINDS", "Problem", "ValidationReport", "validate"]
 
@@ -200,6 +200,7 @@ def validate(
     n: int = 1,
     fraction: float | None = None,
     min_reward: float | None = None,
+    bad_rewards: BadRewards = "error",
     limit: int = 5,
     engine: Engine = "polars",
 ) -> ValidationReport:
@@ -243,7 +244,9 @@ def validate(
     >>> report.problems[1].locations
     ({'stage': 0, 'prompt': 0, 'cand': 0, 'token': 0, 'rows': 2},)
     """
-    selection = Selection(strategy=strategy, n=n, fraction=fraction, min_reward=min_reward)
+    selection = Selection(
+        strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
+    )
     limit = max(int(limit), 0)
     run = executor(engine)
     log = read_log(source, rewards=rewards, columns=columns, preset=preset)

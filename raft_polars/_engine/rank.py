@@ -83,6 +83,8 @@ STAGE_SUMS: dict[str, pl.DataType] = {
     "tokens": pl.Int64(),
     "seq_sum": pl.Float64(),
     "seq_n": pl.Int64(),
+    "skipped": pl.Int64(),
+    "skipped_prompts": pl.Int64(),
 }
 
 
@@ -363,6 +365,13 @@ class Ranked:
     chosen: pl.DataFrame
     stages: pl.DataFrame
     problems: list[Problem]
+    every: Keys | None = None
+
+    @property
+    def token_keys(self) -> Keys:
+        """The keys of every candidate, skipped ones included: their token rows
+        are not orphans."""
+        return self.keys if self.every is None else self.every
 
 
 def rank_keys(frame: pl.DataFrame, selection: Selection) -> Ranked:
@@ -370,7 +379,23 @@ def rank_keys(frame: pl.DataFrame, selection: Selection) -> Ranked:
 
     ``frame`` holds ``stage, prompt, cand, reward`` (ids in the source's types,
     the reward Float64) of whole prompts (whole stages for ``"global"``).
+    ``selection.bad_rewards == "skip"``: candidates with a bad reward are left
+    out, counted per stage.
     """
+    every = skipped = None
+    if selection.bad_rewards == "skip":
+        bad = bad_reward(pl.col("reward"))
+        if frame.select(bad.any()).item():
+            every = index_keys(frame.with_columns(pl.lit(0.0).alias("reward")), summarize=False)
+            lost = (
+                frame.select("stage", "prompt", bad.alias("_bad"))
+                .group_by("stage", "prompt")
+                .agg(pl.col("_bad").sum().alias("skipped"), pl.col("_bad").all().alias("_gone"))
+            )
+            skipped = lost.group_by("stage").agg(
+                pl.col("skipped").sum(), pl.col("_gone").sum().alias("skipped_prompts")
+            )
+            frame = frame.filter(~bad)
     keys = index_keys(frame)
     summary = keys.summary
     if summary is None:  # the general path
@@ -404,7 +429,10 @@ def rank_keys(frame: pl.DataFrame, selection: Selection) -> Ranked:
     below = below_min(ranked, chosen)
     if below is not None:
         stages = stages.join(below, on="stage", how="left")
-    return Ranked(keys, chosen, stage_frame(stages), [])
+    if skipped is not None:
+        skipped = skipped.with_columns(pl.col("stage").cast(stages.schema["stage"]))
+        stages = stages.join(skipped, on="stage", how="full", coalesce=True)
+    return Ranked(keys, chosen, stage_frame(stages), [], every)
 
 
 def stage_frame(frame: pl.DataFrame) -> pl.DataFrame:

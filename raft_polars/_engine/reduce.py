@@ -380,8 +380,11 @@ def finish(
     responses: Sequence[pl.DataFrame | None],
     problems: Sequence[Problem],
     reduction: Reduction,
+    *,
+    skipped: bool = False,
 ) -> pl.DataFrame:
-    """The per-stage table from every partition's sums (a rewards-only log, one
+    """The per-stage table from every partition's sums (``skipped``: with the
+    ``skipped`` and ``skipped_prompts`` counts of ``bad_rewards="skip"``) (a rewards-only log, one
     without log-probs, has no loss and no token count: both are null).
 
     ``responses`` (long layout, per-response sums) are added up per response
@@ -404,7 +407,8 @@ def finish(
         .agg(pl.col(name).sum() for name in STAGE_SUMS)
     )
     columns = {name: pl.col(name) for name in STAGE_SUMS}
-    table = total.select("stage", *stage_columns(columns, reduction)).sort("stage")
+    counts = [pl.col(c).cast(pl.Int64) for c in ("skipped", "skipped_prompts")] if skipped else []
+    table = total.select("stage", *stage_columns(columns, reduction), *counts).sort("stage")
     if not log.has_logprobs:
         return table.with_columns(
             pl.lit(None, pl.Float64).alias("loss"), pl.lit(None, pl.Int64).alias("tokens")

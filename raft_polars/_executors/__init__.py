@@ -50,7 +50,7 @@ class Executor(Protocol):
         """The per-prompt table of ``prompt_stats``."""
         ...
 
-    def best_of_n(self, log: StageLog) -> list[pl.DataFrame]:
+    def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
         """The partitions' best-of-n sums."""
         ...
 

@@ -311,7 +311,8 @@ def _t_cut(
     def cut(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.head(0) if empty else _slice(frame, lo, hi)
 
-    return _Cut(cut(ranked.chosen), cut(ranked.keys.canonical()) if with_keys else None)
+    keys = cut(ranked.token_keys.canonical()) if with_keys else None
+    return _Cut(cut(ranked.chosen), keys)
 
 
 def _chosen_of(cuts: Sequence[_Cut]) -> pl.DataFrame:
@@ -413,6 +414,7 @@ class DaskExecutor:
             [r.responses for r in reduced],
             merge(r.problems for r in reduced),
             reduction,
+            skipped=_skips(selection),
         )
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
@@ -505,7 +507,7 @@ class DaskExecutor:
             stages = job.stages
         table = finish(
             log, [*stages, *(r.stages for r in reduced)], [r.responses for r in reduced],
-            merge(r.problems for r in reduced), reduction,
+            merge(r.problems for r in reduced), reduction, skipped=_skips(selection),
         )  # fmt: skip
         cands = candidate_table(keys, chosen, counts)
         return table, [stage_sums(cands, prompt_table(cands))]
@@ -517,10 +519,10 @@ class DaskExecutor:
             _, keys, chosen, counts = self._stats_parts(job, ranks, False, "token")
         return prompt_table(candidate_table(keys, chosen, counts))
 
-    def best_of_n(self, log: StageLog) -> list[pl.DataFrame]:
+    def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
         with self._client() as client:
             job = _Job(client, log)
-            ranks = job.rank(Selection())
+            ranks = job.rank(selection)
             parts: list[pl.DataFrame] = job.gather(
                 [job.submit(_t_best_of_n, r) for r, _, _ in ranks]
             )
@@ -682,3 +684,8 @@ def _collected(source: Resolved) -> Resolved:
 def cpu_threads(workers: int) -> str:
     """Threads for Polars inside each of ``workers`` local worker processes."""
     return str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+
+
+def _skips(selection: Selection) -> bool:
+    """Whether the table shows the counts of skipped bad rewards."""
+    return selection.bad_rewards == "skip"

@@ -46,15 +46,20 @@ class LocalExecutor:
     def losses(self, log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:
         ranked = self.rank(log, selection)
         if not log.has_logprobs:
-            return finish(log, [ranked.stages], [], [], reduction)
+            return finish(log, [ranked.stages], [], [], reduction, skipped=_skips(selection))
         if log.layout == "nested":
-            reduced = nested_sums(log, ranked.chosen, keys=ranked.keys)
+            reduced = nested_sums(log, ranked.chosen, keys=ranked.token_keys)
         else:
             reduced = token_sums(
-                log, ranked.keys, ranked.chosen, per_response=reduction == "sequence"
+                log, ranked.token_keys, ranked.chosen, per_response=reduction == "sequence"
             )
         return finish(
-            log, [ranked.stages, reduced.stages], [reduced.responses], reduced.problems, reduction
+            log,
+            [ranked.stages, reduced.stages],
+            [reduced.responses],
+            reduced.problems,
+            reduction,
+            skipped=_skips(selection),
         )
 
     def stats(
@@ -63,20 +68,29 @@ class LocalExecutor:
         ranked = self.rank(log, selection)
         counts: pl.DataFrame | None
         if not log.has_logprobs:
-            table = finish(log, [ranked.stages], [], [], reduction)
+            table = finish(log, [ranked.stages], [], [], reduction, skipped=_skips(selection))
             cands = candidate_table(ranked.keys.canonical(), ranked.chosen, None)
             return table, [stage_sums(cands, prompt_table(cands))]
         if log.layout == "nested":
-            reduced = nested_sums(log, ranked.chosen, keys=ranked.keys)
+            reduced = nested_sums(log, ranked.chosen, keys=ranked.token_keys)
             counts = list_lengths(log)
         else:
             reduced = token_sums(
-                log, ranked.keys, ranked.chosen, per_response=reduction == "sequence", every=True
+                log,
+                ranked.token_keys,
+                ranked.chosen,
+                per_response=reduction == "sequence",
+                every=True,
             )
             assert reduced.counts is not None
             counts = reduced.counts
         table = finish(
-            log, [ranked.stages, reduced.stages], [reduced.responses], reduced.problems, reduction
+            log,
+            [ranked.stages, reduced.stages],
+            [reduced.responses],
+            reduced.problems,
+            reduction,
+            skipped=_skips(selection),
         )
         cands = candidate_table(ranked.keys.canonical(), ranked.chosen, counts)
         return table, [stage_sums(cands, prompt_table(cands))]
@@ -87,21 +101,21 @@ class LocalExecutor:
         if log.layout == "nested":
             counts = list_lengths(log)
         else:
-            reduced = token_sums(log, ranked.keys, ranked.chosen, every=True, checks=False)
+            reduced = token_sums(log, ranked.token_keys, ranked.chosen, every=True, checks=False)
             assert reduced.counts is not None
             counts = reduced.counts
         return prompt_table(candidate_table(ranked.keys.canonical(), ranked.chosen, counts))
 
-    def best_of_n(self, log: StageLog) -> list[pl.DataFrame]:
-        ranked = self.rank(log, Selection())
+    def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
+        ranked = self.rank(log, selection)
         return [best_of_n_sums(ranked.keys.canonical())]
 
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
         ranked = self.rank(log, selection)
         counts = None
         if log.layout == "long":
-            counts = token_counts(log, ranked.keys, ranked.chosen)
-        return selected_rows(log, ranked.chosen, keys=ranked.keys, counts=counts)
+            counts = token_counts(log, ranked.token_keys, ranked.chosen)
+        return selected_rows(log, ranked.chosen, keys=ranked.token_keys, counts=counts)
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
         nested = log.layout == "nested"
@@ -128,3 +142,8 @@ class LocalExecutor:
         )
         vk.empty_stages(found, [stage_tokens])
         return vk.summarize(found, [part], tokens=int(per_response["rows"].sum()))
+
+
+def _skips(selection: Selection) -> bool:
+    """Whether the table shows the counts of skipped bad rewards."""
+    return selection.bad_rewards == "skip"
