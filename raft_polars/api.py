@@ -57,6 +57,7 @@ def stage_losses(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    storage_options: Mapping[str, str] | None = None,
     reduction: Reduction = "token",
     strategy: Strategy = "best",
     n: int = 1,
@@ -120,7 +121,9 @@ def stage_losses(
     )
     check_reduction(reduction)
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
+    log = read_log(
+        source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
+    )
     return run.losses(log, selection, reduction)
 
 
@@ -130,6 +133,7 @@ def select_best(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    storage_options: Mapping[str, str] | None = None,
     strategy: Strategy = "best",
     n: int = 1,
     fraction: float | None = None,
@@ -169,7 +173,9 @@ def select_best(
         strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
     )
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
+    log = read_log(
+        source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
+    )
     if "tokens" in log.extras:
         msg = (
             f"{log.origin}: the extra column 'tokens' clashes with the token count that "
@@ -186,6 +192,7 @@ def write_selected(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    storage_options: Mapping[str, str] | None = None,
     strategy: Strategy = "best",
     n: int = 1,
     fraction: float | None = None,
@@ -282,6 +289,7 @@ def write_selected(
         rewards=rewards,
         columns=columns,
         preset=preset,
+        storage_options=storage_options,
         strategy=strategy,
         n=n,
         fraction=fraction,
@@ -289,7 +297,9 @@ def write_selected(
         bad_rewards=bad_rewards,
         engine=engine,
     )
-    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
+    log = read_log(
+        source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
+    )
     paths, origin = log.paths, log.origin
     candidates = log.candidates(extras=kind == "dpo")
     if stage is not None:
@@ -328,6 +338,7 @@ def stage_stats(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    storage_options: Mapping[str, str] | None = None,
     reduction: Reduction = "token",
     strategy: Strategy = "best",
     n: int = 1,
@@ -373,7 +384,9 @@ def stage_stats(
     )
     check_reduction(reduction)
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
+    log = read_log(
+        source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
+    )
     table, sums = run.stats(log, selection, reduction)
     extra = stats_table(sums, lengths=log.has_logprobs)
     return table.join(extra, on="stage", how="left").select(*table.columns, *STATS_COLUMNS)
@@ -385,6 +398,7 @@ def best_of_n(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    storage_options: Mapping[str, str] | None = None,
     bad_rewards: BadRewards = "error",
     engine: Engine = "polars",
 ) -> pl.DataFrame:
@@ -411,7 +425,9 @@ def best_of_n(
     [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]
     """
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
+    log = read_log(
+        source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
+    )
     return best_of_n_table(run.best_of_n(log, Selection(bad_rewards=bad_rewards)))
 
 
@@ -421,6 +437,7 @@ def prompt_stats(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    storage_options: Mapping[str, str] | None = None,
     strategy: Strategy = "best",
     n: int = 1,
     fraction: float | None = None,
@@ -454,7 +471,9 @@ def prompt_stats(
         strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
     )
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
+    log = read_log(
+        source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
+    )
     table = run.prompts(log, selection)
     everywhere = pl.col("reward_mean") * pl.col("candidates")
     overall = (everywhere.sum() / pl.col("candidates").sum()).over("prompt")

@@ -196,6 +196,7 @@ def validate(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    storage_options: Mapping[str, str] | None = None,
     strategy: Strategy = "best",
     n: int = 1,
     fraction: float | None = None,
@@ -249,7 +250,9 @@ def validate(
     )
     limit = max(int(limit), 0)
     run = executor(engine)
-    log = read_log(source, rewards=rewards, columns=columns, preset=preset)
+    log = read_log(
+        source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
+    )
     checked = run.validate(log, selection, limit)
     order = list(PROBLEM_KINDS)
     problems = tuple(

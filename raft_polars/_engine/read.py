@@ -199,6 +199,7 @@ def read_log(
     rewards: Source | None = None,
     columns: Mapping[str, str] | None = None,
     preset: Preset | None = None,
+    storage_options: Mapping[str, str] | None = None,
 ) -> StageLog:
     """Read a stage log, in either layout, into a canonical :class:`StageLog`.
 
@@ -221,6 +222,9 @@ def read_log(
     preset
         ``"verl"``, ``"trl"``, ``"openrlhf"`` or ``"rlhflow"``: the column names of
         that pipeline's dumps (:data:`PRESETS`), under ``columns=``.
+    storage_options
+        For object store paths (``s3://``, ``gs://``, ``az://``, ``hf://``): passed
+        to Polars' cloud readers (else the usual environment variables apply).
 
     Returns
     -------
@@ -232,7 +236,7 @@ def read_log(
         A file is missing or unreadable, a column is missing or of the wrong type.
     """
     mapping = _check_mapping(columns)
-    main = resolve(source, "source")
+    main = resolve(source, "source", storage_options)
     main_schema = dict(main.schema)
     summed: tuple[str, ...] = ()
     if preset is not None:
@@ -254,7 +258,7 @@ def read_log(
             main_schema = dict(main.schema)
     if rewards is None:
         return _candidate_rows(main, mapping)
-    cands = resolve(rewards, "rewards")
+    cands = resolve(rewards, "rewards", storage_options)
     cand_schema = dict(cands.schema)
     _check_mapped(mapping, (*ID_COLUMNS, "token", "logprob"), main_schema, main.origin)
     _check_mapped(mapping, CANDIDATE_COLUMNS, cand_schema, cands.origin)

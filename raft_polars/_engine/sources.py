@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import glob as _glob
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +115,12 @@ class Resolved:
     frame: pl.LazyFrame | None = None
     kind: str = "parquet"
     summed: tuple[str, ...] = ()  # a ``reward`` column added as the sum of these
+    # object store paths (s3://, gs://, az://, hf://): read by Polars' cloud readers
+    storage_options: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.storage_options is not None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -134,7 +140,16 @@ class Resolved:
             groups.setdefault(f.partitions, []).append(f.path)
         frames = []
         for partitions, paths in groups.items():
-            if self.kind == "ndjson":
+            if self.remote:  # globs and prefixes expand in the store
+                options = dict(self.storage_options or ())
+                lf = (
+                    pl.scan_ndjson(paths, storage_options=options or None)
+                    if self.kind == "ndjson"
+                    else pl.scan_parquet(
+                        paths, storage_options=options or None, cast_options=_UPCAST
+                    )
+                )
+            elif self.kind == "ndjson":
                 lf = pl.scan_ndjson(paths, schema=file_schema)
             else:
                 lf = pl.scan_parquet(
@@ -161,7 +176,18 @@ class Resolved:
         return lf
 
 
-def resolve(source: Source, role: str = "source") -> Resolved:
+REMOTE = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "hf://")
+
+
+def is_remote(path: str) -> bool:
+    """Whether ``path`` names an object in a store Polars reads (S3, GCS, Azure,
+    Hugging Face)."""
+    return path.lower().startswith(REMOTE)
+
+
+def resolve(
+    source: Source, role: str = "source", storage_options: Mapping[str, str] | None = None
+) -> Resolved:
     """Resolve ``source`` into what is read.
 
     Raises
@@ -186,6 +212,8 @@ def resolve(source: Source, role: str = "source") -> Resolved:
     if not paths:
         msg = f"{role}: the list of paths is empty"
         raise RaftInputError(msg)
+    if any(is_remote(str(p)) for p in paths):
+        return _resolve_remote([str(p) for p in paths], role, storage_options)
     files: list[DataFile] = []
     for raw in paths:
         files.extend(_expand(str(raw), role))
@@ -208,6 +236,39 @@ def resolve(source: Source, role: str = "source") -> Resolved:
     )
     hive = tuple((name, dtype) for name, dtype in hive if name not in file_schema)
     return Resolved(role, origin, tuple(files), schema, hive, kind=kind)
+
+
+def _resolve_remote(
+    paths: list[str], role: str, storage_options: Mapping[str, str] | None
+) -> Resolved:
+    """Object store paths, globs or prefixes: listed and read by Polars' cloud
+    readers (credentials from ``storage_options`` or the usual environment
+    variables, e.g. ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``)."""
+    local = [p for p in paths if not is_remote(p)]
+    if local:
+        msg = f"{role}: mixes object store paths and local ones ({local[0]!r}); give one kind"
+        raise RaftInputError(msg)
+    kinds = {file_kind(p) for p in paths}
+    if len(kinds) > 1:
+        msg = f"{role}: mixes Parquet and JSON lines; give one kind of file per source"
+        raise RaftInputError(msg)
+    kind = kinds.pop()
+    options = dict(storage_options or {})
+    origin = f"{role} {paths[0]!r}" if len(paths) == 1 else f"{role} {len(paths)} paths"
+    try:
+        if kind == "ndjson":
+            lf = pl.scan_ndjson(paths, storage_options=options or None)
+        else:
+            lf = pl.scan_parquet(paths, storage_options=options or None)
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        msg = f"cannot read {origin}: {_first_line(exc)}"
+        raise RaftInputError(msg) from exc
+    files = tuple(DataFile(p) for p in paths)
+    return Resolved(
+        role, origin, files, tuple(schema.items()), (), kind=kind,
+        storage_options=tuple(sorted(options.items())),
+    )  # fmt: skip
 
 
 def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) -> Resolved:
@@ -451,7 +512,7 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
         import pyarrow.parquet as pq
 
         for path in paths:
-            if file_kind(path) != "parquet":
+            if file_kind(path) != "parquet" or is_remote(path):
                 continue
             try:
                 pq.read_metadata(path)

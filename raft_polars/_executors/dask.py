@@ -101,7 +101,7 @@ def plan(
         return _plan_frame(source, names, parts)
     import pyarrow.parquet as pq
 
-    if source.kind != "parquet":  # no footers: a shard per file, bounds unknown
+    if source.kind != "parquet" or source.remote:  # no footers: a shard a path, no bounds
         return [Shard(Piece((i,))) for i in range(len(source.files))]
     limit = SHARD_BYTES if shard_bytes is None else shard_bytes
     hive = dict(source.hive)
