@@ -319,7 +319,7 @@ def write_selected(
     def write(tmp: Path) -> None:
         with reading(paths, origin):  # a read failure names the file, not the temp path
             if fmt == "parquet":
-                built.frame.sink_parquet(tmp, engine="streaming")
+                _export.sink_parquet(built.frame, tmp)
             else:
                 built.frame.sink_ndjson(tmp, engine="streaming")
 

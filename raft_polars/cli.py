@@ -752,7 +752,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> None:
-    from raft_polars._export import check_target, output_format, write_atomically
+    from raft_polars._export import check_target, output_format, sink_parquet, write_atomically
     from raft_polars.api import best_of_n, prompt_stats, stage_stats
 
     source, engine = _source(args), _engine(args)
@@ -769,7 +769,7 @@ def _cmd_stats(args: argparse.Namespace) -> None:
 
         def write(tmp: Path) -> None:
             if fmt == "parquet":
-                table.write_parquet(tmp)
+                sink_parquet(table, tmp)
             else:
                 table.write_ndjson(tmp)
 

@@ -17,7 +17,7 @@ import polars as pl
 
 from raft_polars._engine.checks import bad_logprob, bad_reward
 from raft_polars._engine.rank import select
-from raft_polars._engine.read import ID_COLUMNS
+from raft_polars._engine.read import ID_COLUMNS, StageLog
 from raft_polars.selection import Selection
 
 __all__ = [
@@ -29,6 +29,9 @@ __all__ = [
     "empty_stages",
     "finish_long",
     "nested_columns",
+    "strict_findings",
+    "strict_paths",
+    "strict_read",
     "summarize",
     "token_aggregates",
 ]
@@ -48,16 +51,16 @@ class Findings:
         """Record ``count`` problems of ``kind``; ``where`` holds their places."""
         if count <= 0:
             return
-        sort = [c for c in _ORDER if c in where.columns]
-        first = where.sort(sort, nulls_last=True).head(self.limit) if sort else where.head(0)
+        sort = [c for c in _ORDER if c in where.columns] or where.columns[:1]
+        first = where.sort(sort, nulls_last=True).head(self.limit)
         self.merge_one(kind, count, where.height, first)
 
     def merge_one(self, kind: str, count: int, places: int, first: pl.DataFrame) -> None:
         if kind in self.found:
             old_count, old_places, old_first = self.found[kind]
             both = pl.concat([old_first, first], how="diagonal_relaxed")
-            sort = [c for c in _ORDER if c in both.columns]
-            first = both.sort(sort, nulls_last=True).head(self.limit) if sort else both
+            sort = [c for c in _ORDER if c in both.columns] or both.columns[:1]
+            first = both.sort(sort, nulls_last=True).head(self.limit)
             count, places = count + old_count, places + old_places
         self.found[kind] = (count, places, first)
 
@@ -346,3 +349,47 @@ def summarize(
         "tokens": sum(p.tokens for p in parts) if tokens is None else tokens,
     }
     return Checked(found.merge(p.findings for p in parts), summary)
+
+
+def strict_read(path: str) -> str | None:
+    """Decode every page of a Parquet file with pyarrow's reader, verifying the
+    page checksums where the writer stored them: the first error, or None.
+
+    The default path decodes with Polars alone; a corrupted page that Polars still
+    decodes (to different values) is caught here, where a strict reader rejects
+    it. Streams row group by row group.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path, page_checksum_verification=True) as handle:
+            for _ in handle.iter_batches(batch_size=1 << 16):
+                pass
+    except Exception as exc:  # any failure of the strict reader is the finding
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+    return None
+
+
+def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -> None:
+    """Record the files a strict reader rejected."""
+    bad = [(path, error) for path, error in errors if error is not None]
+    found.add(
+        "corrupt_file",
+        len(bad),
+        pl.DataFrame(
+            {"file": [p for p, _ in bad], "error": [e for _, e in bad]},
+            schema={"file": pl.String, "error": pl.String},
+        ),
+    )
+
+
+def strict_paths(log: StageLog) -> list[str]:
+    """The local Parquet files of a log, for :func:`strict_read`."""
+    sources = [log.main] + ([] if log.rewards is None else [log.rewards])
+    return [
+        path
+        for source in sources
+        if source.kind == "parquet" and not source.remote
+        for path in source.paths
+    ]

@@ -426,6 +426,9 @@ class DaskExecutor:
             )
             parts: list[vk.CandidatePart] = job.gather([f for f, _, _ in futures])
             found = vk.Findings(limit)
+            paths = vk.strict_paths(log)
+            errors = job.gather([job.submit(vk.strict_read, p) for p in paths])
+            vk.strict_findings(found, zip(paths, errors, strict=True))
             if nested:
                 if log.has_logprobs:
                     vk.empty_stages(

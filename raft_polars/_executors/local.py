@@ -124,6 +124,7 @@ class LocalExecutor:
         cands = log.collect(checked if nested else rows.select(*_IDS, "reward"))
         part = vk.check_candidates(cands, selection, limit, nested=nested)
         found = vk.Findings(limit)
+        vk.strict_findings(found, ((p, vk.strict_read(p)) for p in vk.strict_paths(log)))
         if nested:
             assert part.stage_tokens is not None
             if log.has_logprobs:

@@ -202,3 +202,93 @@ def test_losses_json_with_an_infinite_loss(capsys: pytest.CaptureFixture[str]) -
         assert main(["losses", str(path), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["loss"] == "inf"
+
+
+# --- 6. a corrupted page: the answer is right, or validate says what is wrong ----------------
+
+_FLIP_SCRIPT = """
+import json, sys
+import raft_polars as rp
+path, expected = sys.argv[1], json.loads(sys.argv[2])
+out = {}
+try:
+    losses = rp.stage_losses(path)["loss"].to_list()
+    out["same"] = [round(x, 4) for x in losses] == expected
+except rp.RaftPolarsError as exc:
+    out["error"] = type(exc).__name__
+try:
+    out["validate_ok"] = rp.validate(path).ok
+except rp.RaftPolarsError as exc:
+    out["validate_error"] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def checksummed(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, list[float]]:
+    """A nested log written by the package (page checksums on) and its losses."""
+    from raft_polars._export import sink_parquet
+
+    lps = [[[[-0.5 - 0.01 * (i + j + k) for k in range(20)] for j in range(4)]
+            for i in range(30)] for _ in range(2)]  # fmt: skip
+    rws = [[[float((i * 7 + j * 3) % 5) for j in range(4)] for i in range(30)] for _ in range(2)]
+    path = tmp_path_factory.mktemp("flip") / "log.parquet"
+    sink_parquet(nested_frame(lps, rws), path)
+    return path.read_bytes(), reference_rounded(lps, rws)
+
+
+@settings(max_examples=12, deadline=None)
+@given(position=st.floats(0.0, 1.0), bits=st.integers(1, 255), truncate=st.booleans())
+def test_flipped_or_truncated_bytes(
+    checksummed: tuple[bytes, list[float]], position: float, bits: int, truncate: bool
+) -> None:
+    """Every outcome is a RaftPolarsError or the reference's answer; where the
+    default path answers differently, validate reports a problem. Each case runs
+    in a subprocess with a timeout: no crash, no hang."""
+    import json
+    import tempfile
+
+    raw, expected = checksummed
+    at = int(position * (len(raw) - 1))
+    if truncate:
+        broken = raw[:at]
+    else:
+        flipped = bytearray(raw)
+        flipped[at] ^= bits
+        broken = bytes(flipped)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "log.parquet"
+        path.write_bytes(broken)
+        done = subprocess.run(
+            [sys.executable, "-c", _FLIP_SCRIPT, str(path), json.dumps(expected)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    if out.get("same") is False:  # a silently different answer: validate must see it
+        assert out.get("validate_ok") is False or "validate_error" in out, out
+    assert "same" in out or "error" in out
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_validate_catches_a_page_that_polars_decodes(tmp_path: Path, engine: str) -> None:
+    """A flipped byte among the log-prob values of an uncompressed page: Polars
+    decodes the file (to other values); validate's strict read rejects it by its
+    page checksum."""
+    import pyarrow.parquet as pq
+
+    lps = [[[[-0.5 - 0.001 * k for k in range(400)] for _ in range(2)] for _ in range(3)]]
+    rws = [[[0.0, 1.0] for _ in range(3)]]
+    path = tmp_path / "log.parquet"
+    pq.write_table(nested_frame(lps, rws).to_arrow(), path, compression="none",
+                   write_page_checksum=True)  # fmt: skip
+    raw = bytearray(path.read_bytes())
+    at = raw.index(bytes(pl.Series([-0.5 - 0.001 * 200]).to_numpy().tobytes()))
+    raw[at + 3] ^= 0x01  # a low mantissa byte of one log-prob
+    path.write_bytes(bytes(raw))
+    rp.stage_losses(str(path))  # the default path decodes it
+    report = rp.validate(str(path), engine=_engine(engine))
+    corrupt = [p for p in report.problems if p.kind == "corrupt_file"]
+    assert corrupt, report.format()
+    assert corrupt[0].locations[0]["file"] == str(path)
+    assert "checksum" in corrupt[0].locations[0]["error"].lower()
