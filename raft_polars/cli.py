@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 
@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     """
     args = _parser().parse_args(argv)
     try:
-        args.run(args)
+        with _progress(args):
+            args.run(args)
     except ProblemsFound:
         return EXIT_PROBLEMS
     except KeyboardInterrupt:
@@ -102,6 +103,32 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         _error(_os_message(exc))
         return EXIT_USAGE
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[None]:
+    """Progress on stderr, one redrawn line, when it is a terminal and not
+    ``--quiet``; nothing otherwise."""
+    if getattr(args, "quiet", True) or not sys.stderr.isatty():
+        yield
+        return
+    from raft_polars._progress import Clock, reporting
+
+    clock = Clock()
+    drawn = [False]
+
+    def draw(message: str) -> None:
+        sys.stderr.write(f"\r\x1b[K{PROG}: {message} [{clock.elapsed():.1f} s]")
+        sys.stderr.flush()
+        drawn[0] = True
+
+    try:
+        with reporting(draw):
+            yield
+    finally:
+        if drawn[0]:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
 
 
 def entrypoint() -> NoReturn:
@@ -340,6 +367,11 @@ def _log_options() -> _Parser:
         metavar="CANONICAL=THEIRS",
         help="the log names a canonical column differently, e.g. --column prompt=prompt_id "
         f"(repeatable; canonical names: {', '.join(CANONICAL_COLUMNS)})",
+    )
+    group.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (shown only when stderr is a terminal)",
     )
     group.add_argument(
         "--preset",

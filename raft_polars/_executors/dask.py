@@ -50,6 +50,7 @@ from raft_polars._engine.reduce import (
 )
 from raft_polars._engine.sources import Piece, Resolved, parquet_error
 from raft_polars._engine.stats import best_of_n_sums, candidate_table, prompt_table, stage_sums
+from raft_polars._progress import Clock, active, report
 from raft_polars.selection import Reduction, Selection
 
 if TYPE_CHECKING:
@@ -613,6 +614,15 @@ class _Job:
         return self.client.submit(fn, *args, pure=False, **kwargs)
 
     def gather(self, futures: Sequence[Any]) -> list[Any]:
+        """The results of ``futures``; with a progress receiver, the count of
+        finished tasks as they finish."""
+        if active() and len(futures) > 1:
+            from distributed import as_completed
+
+            clock = Clock()
+            finished = as_completed(list(futures))  # type: ignore[no-untyped-call]
+            for done, _ in enumerate(finished, start=1):
+                report(f"{done}/{len(futures)} tasks done ({clock.elapsed():.1f} s)")
         return list(self.client.gather(list(futures)))
 
     def token_shards(self) -> list[Shard]:

@@ -27,6 +27,7 @@ from raft_polars._engine.stats import (
     prompt_table,
     stage_sums,
 )
+from raft_polars._progress import Clock, report
 from raft_polars.selection import Reduction, Selection
 
 __all__ = ["LocalExecutor"]
@@ -39,8 +40,11 @@ class LocalExecutor:
 
     def rank(self, log: StageLog, selection: Selection) -> Ranked:
         """Read the candidate keys, rank them, raise their first problem."""
-        ranked = rank_keys(log.collect(log.keys()), selection)
+        clock = Clock()
+        keys = log.collect(log.keys())
+        ranked = rank_keys(keys, selection)
         raise_first(ranked.problems, origin=log.origin, token_origin=log.token_origin)
+        report(f"ranked {keys.height:,} candidates in {clock.lap():.1f} s; reducing ...")
         return ranked
 
     def losses(self, log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:

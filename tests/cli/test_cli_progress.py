@@ -1,0 +1,64 @@
+"""Progress (issue 12 item 8): long commands redraw a line on stderr when it is a
+terminal (checked on a real pseudo-terminal), and print nothing when it is not or
+with --quiet; the library itself prints nothing and reports to a receiver."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+import pytest
+from cli_helpers import DATA, run
+
+import raft_polars as rp
+from raft_polars._progress import reporting
+
+LONG = ["losses", str(DATA / "synthetic_long" / "tokens"),
+        "--rewards", str(DATA / "synthetic_long" / "rewards")]  # fmt: skip
+
+
+def _on_terminal(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal; what the terminal saw."""
+    main, follower = pty.openpty()
+    done = subprocess.run(
+        [sys.executable, "-m", "raft_polars", *argv],
+        stdout=subprocess.PIPE, stderr=follower, timeout=120, check=False,
+    )  # fmt: skip
+    os.close(follower)
+    seen = b""
+    try:
+        while chunk := os.read(main, 65536):
+            seen += chunk
+    except OSError:  # the follower is closed: everything was read
+        pass
+    os.close(main)
+    return done.returncode, seen.decode(errors="replace")
+
+
+def test_progress_on_a_terminal() -> None:
+    code, seen = _on_terminal(LONG)
+    assert code == 0
+    assert "raft-polars: ranked 8,192 candidates" in seen
+    assert seen.endswith("\r\x1b[K")  # the line is cleared at the end
+
+
+def test_quiet_on_a_terminal() -> None:
+    code, seen = _on_terminal([*LONG, "--quiet"])
+    assert code == 0
+    assert seen == ""
+
+
+def test_nothing_when_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run(capsys, *LONG)
+    assert result.code == 0
+    assert result.err == ""
+
+
+def test_the_library_reports_to_a_receiver() -> None:
+    heard: list[str] = []
+    with reporting(heard.append):
+        rp.stage_losses(str(DATA / "synthetic"))
+    assert heard
+    assert heard[0].startswith("ranked 8,192 candidates")
