@@ -13,6 +13,7 @@ from __future__ import annotations
 from raft_polars._engine.read import StageLog, read_log
 from raft_polars.api import (
     best_of_n,
+    collect,
     prompt_stats,
     select_best,
     stage_losses,
@@ -32,6 +33,7 @@ __all__ = [
     "StageLog",
     "ValidationReport",
     "best_of_n",
+    "collect",
     "lists_losses",
     "prompt_stats",
     "raft_alignment",

@@ -28,8 +28,10 @@ Examples
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -43,6 +45,7 @@ from raft_polars.selection import BadRewards, Reduction, Selection, Strategy, ch
 
 __all__ = [
     "best_of_n",
+    "collect",
     "prompt_stats",
     "select_best",
     "stage_losses",
@@ -145,7 +148,8 @@ def select_best(
 
     The ranking runs now, with its checks (and, in the long layout, the token
     counts of the selected responses); the returned frame is lazy and reads the
-    payload when collected or sunk.
+    payload when collected or sunk: collect it with :func:`collect` to get a
+    :class:`RaftInputError` naming the file if the payload cannot be read.
 
     Parameters
     ----------
@@ -182,7 +186,7 @@ def select_best(
             "the selected batch adds; rename or drop it first"
         )
         raise RaftInputError(msg)
-    return run.selected(log, selection)
+    return _remember(run.selected(log, selection), log.paths, log.origin)
 
 
 def write_selected(
@@ -514,3 +518,43 @@ def prompt_stats(
         )
         .sort("stage", "prompt")
     )
+
+
+# the lazy frames select_best returned, with the files they read (for collect)
+_SOURCES: dict[int, tuple[weakref.ref[pl.LazyFrame], tuple[str, ...], str]] = {}
+
+
+def _remember(frame: pl.LazyFrame, paths: tuple[str, ...], origin: str) -> pl.LazyFrame:
+    key = id(frame)
+    _SOURCES[key] = (weakref.ref(frame, lambda _: _SOURCES.pop(key, None)), paths, origin)
+    return frame
+
+
+def collect(
+    frame: pl.LazyFrame, *, engine: Literal["streaming", "in-memory"] = "streaming"
+) -> pl.DataFrame:
+    """Collect a lazy frame of :func:`select_best` (or any lazy frame) and turn a
+    failure to read the log into :class:`RaftInputError`.
+
+    A frame returned by :func:`select_best` reads the payload only when collected;
+    a page that cannot be decoded then surfaces as Polars' own error from
+    ``frame.collect()``. ``raft_polars.collect(frame)`` raises
+    :class:`RaftInputError` instead, naming the file whose footer cannot be read
+    (for a frame :func:`select_best` returned) or the source.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import raft_polars as rp
+    >>> log = pl.DataFrame({"stage": [0, 0], "prompt": [7, 7], "cand": [0, 1],
+    ...                     "reward": [0.1, 0.3], "logprobs": [[-1.0], [-0.5, -0.2]]})
+    >>> rp.collect(rp.select_best(log)).rows()
+    [(0, 7, 1, 0.3, 2)]
+    """
+    entry = _SOURCES.get(id(frame))
+    paths: tuple[str, ...] = ()
+    origin = "the lazy frame"
+    if entry is not None and entry[0]() is frame:
+        paths, origin = entry[1], entry[2]
+    with reading(paths, origin):
+        return frame.collect(engine=engine)

@@ -360,7 +360,8 @@ def stage_columns(sums: dict[str, pl.Expr], reduction: Reduction) -> list[pl.Exp
     else:
         loss = sums["seq_sum"] / sums["seq_n"]
     best_mean = sums["reward_best_sum"] / sums["selected"]
-    reward_mean = sums["reward_sum"] / sums["candidates"]
+    # a stage whose every candidate was skipped (bad_rewards="skip") has no mean
+    reward_mean = pl.when(sums["candidates"] > 0).then(sums["reward_sum"] / sums["candidates"])
     return [
         pl.when(selected).then(loss).cast(pl.Float64).alias("loss"),
         *(

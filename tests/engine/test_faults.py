@@ -292,3 +292,21 @@ def test_validate_catches_a_page_that_polars_decodes(tmp_path: Path, engine: str
     assert corrupt, report.format()
     assert corrupt[0].locations[0]["file"] == str(path)
     assert "checksum" in corrupt[0].locations[0]["error"].lower()
+
+
+# --- 5. read errors of the lazy batch: RaftInputError through rp.collect ---------------------
+
+
+def test_collect_names_the_file_a_lazy_batch_cannot_read(tmp_path: Path) -> None:
+    """The selected batch is lazy: the payload is read at collect. A payload page
+    that cannot be decoded then raises RaftInputError naming the file through
+    rp.collect, and the written export names it too."""
+    frame = nested_frame(LPS, RWS).with_columns(pl.lit("x" * 50).alias("response"))
+    path = tmp_path / "log.parquet"
+    frame.write_parquet(path)
+    lazy = rp.select_best(str(path))
+    path.write_bytes(path.read_bytes()[:100])  # truncated after select_best ranked it
+    with pytest.raises(RaftInputError, match=r"log\.parquet"):
+        rp.collect(lazy)
+    with pytest.raises(RaftInputError):
+        rp.collect(lazy.filter(pl.col("stage") == 0))  # derived frames: the source
