@@ -93,8 +93,15 @@ def test_cli_skip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_a_stage_with_every_reward_bad() -> None:
     """Its means are null (a mean over nothing), its counts say why."""
-    frame = pl.DataFrame({"stage": [0, 0, 1], "prompt": [0, 0, 0], "cand": [0, 1, 0],
-                          "reward": [0.1, 0.2, NAN], "logprobs": [[-1.0], [-2.0], [-1.0]]})  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "stage": [0, 0, 1],
+            "prompt": [0, 0, 0],
+            "cand": [0, 1, 0],
+            "reward": [0.1, 0.2, NAN],
+            "logprobs": [[-1.0], [-2.0], [-1.0]],
+        }
+    )
     table = rp.stage_losses(frame, bad_rewards="skip")
     cols = ("stage", "loss", "candidates", "reward_mean", "reward_lift", "skipped_prompts")
     assert table.select(cols).row(1) == (1, None, 0, None, None, 1)
