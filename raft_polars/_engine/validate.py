@@ -206,10 +206,10 @@ def _stage_tokens(selected: pl.DataFrame) -> pl.DataFrame:
 
 def token_aggregates(tokens: pl.LazyFrame, *, has_position: bool) -> pl.LazyFrame:
     """Per response: rows, bad log-probs, and (with a ``token`` column) null
-    positions, distinct positions, the first and last position and the first bad
-    one. Every aggregation streams; what needs a response's rows in order (the
-    first bad value, the first duplicate) comes later, for flagged responses only.
-    """
+    positions, the first and last position and the first bad one: aggregations
+    that stream in O(responses) memory. Positions ``0 .. n-1`` of ``n`` rows hold
+    neither a duplicate nor a gap (a duplicate among n values in [0, n-1] leaves a
+    gap); only the other responses are looked at row by row, later."""
     lp = pl.col("logprob")
     bad = _bad(lp)
     aggs = [pl.len().cast(pl.Int64).alias("rows"), bad.sum().cast(pl.Int64).alias("bad_lp")]
@@ -217,10 +217,9 @@ def token_aggregates(tokens: pl.LazyFrame, *, has_position: bool) -> pl.LazyFram
         token = pl.col("token").cast(pl.Int64)
         aggs += [
             token.null_count().cast(pl.Int64).alias("null_pos"),
-            token.drop_nulls().n_unique().cast(pl.Int64).alias("distinct"),
             token.min().alias("first_pos"),
             token.max().alias("last_pos"),
-            token.filter(bad).min().alias("first_bad"),
+            pl.when(bad).then(token).min().alias("first_bad"),
         ]
     return tokens.group_by(_IDS).agg(aggs)
 
@@ -235,6 +234,7 @@ def _details(rows: pl.DataFrame, *, has_position: bool) -> pl.DataFrame:
     return rows.group_by(_IDS).agg(
         lp.filter(bad).sort_by(token.filter(bad)).first().alias("first_bad_value"),
         token.filter(token.is_duplicated()).min().alias("first_dup"),
+        token.drop_nulls().n_unique().cast(pl.Int64).alias("distinct"),
     )
 
 
@@ -261,7 +261,11 @@ def combine_aggregates(
         whole = pl.concat([whole, again], how="vertical")
     flagged = pl.col("bad_lp") > 0
     if has_position:
-        flagged = flagged | (pl.col("rows") - pl.col("null_pos") - pl.col("distinct") > 0)
+        present = pl.col("rows") - pl.col("null_pos")
+        in_order = (pl.col("first_pos") == 0) & (pl.col("last_pos") == present - 1)
+        flagged = flagged | ~in_order.fill_null(value=False)
+        # responses in order: every position once; the others get theirs counted below
+        whole = whole.with_columns(present.alias("distinct"))
     need = whole.filter(flagged).select(_IDS)
     detail = _details(fetch(need), has_position=has_position) if need.height else None
     if detail is None:
@@ -269,7 +273,11 @@ def combine_aggregates(
         if has_position:
             extra.append(pl.lit(None, pl.Int64).alias("first_dup"))
         return whole.with_columns(extra)
-    return whole.join(detail, on=_IDS, how="left", nulls_equal=True)
+    out = whole.join(detail, on=_IDS, how="left", nulls_equal=True)
+    if has_position:  # the flagged responses' distinct positions, counted from their rows
+        counted = pl.coalesce("distinct_right", "distinct").alias("distinct")
+        out = out.with_columns(counted).drop("distinct_right")
+    return out
 
 
 def finish_long(
