@@ -35,7 +35,7 @@ from typing import Literal, TypeAlias
 
 import polars as pl
 
-from raft_polars._engine.sources import Piece, Resolved, Source, reading, resolve
+from raft_polars._engine.sources import READ_ERRORS, Piece, Resolved, Source, reading, resolve
 from raft_polars.errors import RaftInputError
 
 __all__ = [
@@ -355,7 +355,7 @@ def _wide_columns(
         lengths = sample.select(
             *((pl.col(n).list.len() == pl.col("reward").list.len()).all().alias(n) for n in lists)
         ).collect()
-    except (pl.exceptions.PolarsError, OSError):
+    except READ_ERRORS:
         return ("reward", *(n for n in lists if n == "logprobs"))
     return ("reward", *(n for n in lists if lengths[n][0] is not False))
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from polars._typing import PolarsDataType
 
 __all__ = [
+    "READ_ERRORS",
     "DataFile",
     "Piece",
     "Resolved",
@@ -56,6 +57,13 @@ PARQUET = (".parquet", ".pq")
 JSON_LINES = (".jsonl", ".ndjson", ".json")
 COMPRESSED = (".gz", ".zst", ".zstd")
 SUFFIXES = (*PARQUET, *JSON_LINES)
+# what a read of a bad file raises: Polars' errors, the OS's, and the panics of
+# Polars' Rust code on some malformed files (a BaseException, not an Exception)
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    pl.exceptions.PolarsError,
+    pl.exceptions.PanicException,
+    OSError,
+)
 _KINDS_READ = (
     "Parquet (.parquet, .pq) and JSON lines (.jsonl, .ndjson, .json; compressed .gz or .zst)"
 )
@@ -261,7 +269,7 @@ def _resolve_remote(
         else:
             lf = pl.scan_parquet(paths, storage_options=options or None)
         schema = lf.collect_schema()
-    except (pl.exceptions.PolarsError, OSError) as exc:
+    except READ_ERRORS as exc:
         msg = f"cannot read {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
     files = tuple(DataFile(p) for p in paths)
@@ -282,7 +290,7 @@ def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) ->
         lf, origin = frame.lazy(), f"the {role} Arrow table"
     try:
         schema = lf.collect_schema()
-    except (pl.exceptions.PolarsError, OSError) as exc:
+    except READ_ERRORS as exc:
         msg = f"cannot read the schema of {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
     return Resolved(role, origin, (), tuple(schema.items()), (), lf)
@@ -357,11 +365,11 @@ def _schema_of(path: str, kind: str) -> pl.Schema:
     if kind == "parquet":
         try:
             return pl.Schema(pl.read_parquet_schema(path))
-        except (pl.exceptions.PolarsError, OSError) as exc:
+        except READ_ERRORS as exc:
             raise parquet_error(path, exc) from exc
     try:
         schema = pl.scan_ndjson(path, infer_schema_length=1000).collect_schema()
-    except (pl.exceptions.PolarsError, OSError) as exc:
+    except READ_ERRORS as exc:
         if "empty" in str(exc):  # a part with no rows: its columns come from the others
             return pl.Schema()
         hint = ""
@@ -481,7 +489,7 @@ def _check_agreement(files: Sequence[DataFile], name: str, origin: str) -> None:
                 .collect()[name]
                 .to_list()
             )
-        except (pl.exceptions.PolarsError, OSError) as exc:
+        except READ_ERRORS as exc:
             raise parquet_error(f.path, exc) from exc
         if found != [value]:
             shown = ", ".join(map(repr, found[:5])) + (", ..." if len(found) > 5 else "")
@@ -508,7 +516,7 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
     file that cannot be read (checked footer by footer), else the source."""
     try:
         yield
-    except (pl.exceptions.PolarsError, OSError) as exc:
+    except READ_ERRORS as exc:
         import pyarrow.parquet as pq
 
         for path in paths:

@@ -19,6 +19,8 @@ from cli_helpers import (
 )
 from reference import reference_selection
 
+import raft_polars._export
+
 # the fixtures shared by the CLI tests (see cli_helpers)
 any_log_files = cli_helpers.any_log_files
 log_files = cli_helpers.log_files
@@ -286,8 +288,8 @@ def test_bad_output_paths(
 
 
 def _failing_sink(exc: BaseException) -> Any:
-    def sink(self: pl.LazyFrame, path: Any, **kwargs: Any) -> None:
-        del self, kwargs
+    def sink(frame: Any, path: Any, **kwargs: Any) -> None:
+        del frame, kwargs
         Path(path).write_bytes(b"PAR1 half a file")  # something was written already
         raise exc
 
@@ -310,8 +312,10 @@ def test_interrupted_leaves_nothing(
     out = out_dir / f"batch{suffix}"
     if force:
         out.write_bytes(b"the previous batch")
+    # Parquet goes through the package's checksummed writer, JSON lines through Polars
+    owner: Any = raft_polars._export if suffix == ".parquet" else pl.LazyFrame
     method = "sink_parquet" if suffix == ".parquet" else "sink_ndjson"
-    monkeypatch.setattr(pl.LazyFrame, method, _failing_sink(KeyboardInterrupt()))
+    monkeypatch.setattr(owner, method, _failing_sink(KeyboardInterrupt()))
     result = run(
         capsys, "select", *log_files.args("long"), "-o", out, *(["--force"] if force else [])
     )
@@ -331,12 +335,12 @@ def test_failed_write_leaves_nothing(
     log_files: LogFiles,
 ) -> None:
     full = OSError(errno.ENOSPC, "No space left on device", "batch.parquet")
-    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", _failing_sink(full))
+    monkeypatch.setattr(raft_polars._export, "sink_parquet", _failing_sink(full))
     result = run(capsys, "select", *log_files.args("nested"), "-o", out_dir / "batch.parquet")
     assert_one_line_error(result, "No space left on device")
     assert not any(out_dir.iterdir())
     # an unexpected error is a bug: it propagates, and still leaves nothing behind
-    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", _failing_sink(RuntimeError("bug")))
+    monkeypatch.setattr(raft_polars._export, "sink_parquet", _failing_sink(RuntimeError("bug")))
     with pytest.raises(RuntimeError, match="bug"):
         run(capsys, "select", *log_files.args("nested"), "-o", out_dir / "batch.parquet")
     assert not any(out_dir.iterdir())
