@@ -36,10 +36,10 @@ from typing import Literal
 import polars as pl
 
 from raft_polars import _export
-from raft_polars._engine.read import Preset, read_log
+from raft_polars._engine.read import Preset, StageLog, read_log
 from raft_polars._engine.sources import Source, reading
 from raft_polars._engine.stats import STATS_COLUMNS, best_of_n_table, stats_table
-from raft_polars._executors import Engine, executor
+from raft_polars._executors import Engine, Executor, executor
 from raft_polars.errors import RaftInputError
 from raft_polars.selection import BadRewards, Reduction, Selection, Strategy, check_reduction
 
@@ -180,6 +180,11 @@ def select_best(
     log = read_log(
         source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
     )
+    return _selected(run, log, selection)
+
+
+def _selected(run: Executor, log: StageLog, selection: Selection) -> pl.LazyFrame:
+    """:func:`select_best` on a log already read."""
     if "tokens" in log.extras:
         msg = (
             f"{log.origin}: the extra column 'tokens' clashes with the token count that "
@@ -288,22 +293,14 @@ def write_selected(
     fmt = _export.output_format(out)
     kind = _export.check_format(format, min_margin)
     _export.check_target(out, force=force)
-    frame = select_best(
-        source,
-        rewards=rewards,
-        columns=columns,
-        preset=preset,
-        storage_options=storage_options,
-        strategy=strategy,
-        n=n,
-        fraction=fraction,
-        min_reward=min_reward,
-        bad_rewards=bad_rewards,
-        engine=engine,
+    selection = Selection(
+        strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
     )
-    log = read_log(
+    run = executor(engine)
+    log = read_log(  # read once: the selection and the export use the same log
         source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
     )
+    frame = _selected(run, log, selection)
     paths, origin = log.paths, log.origin
     candidates = log.candidates(extras=kind == "dpo")
     if stage is not None:
