@@ -31,8 +31,6 @@ Examples
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,7 +58,6 @@ __all__ = [
     "rank",
     "rank_keys",
     "select",
-    "summary_aggregations",
 ]
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
@@ -88,23 +85,18 @@ STAGE_SUMS: dict[str, pl.DataType] = {
 }
 
 
-def prompt_summary(candidates: pl.LazyFrame, *, carry: Sequence[str] = ()) -> pl.LazyFrame:
-    """One row per ``(stage, prompt)``: candidate counts, reward statistics, the
-    best candidate (``cand``, ``reward``) and the ``carry`` columns of that row.
+def prompt_summary(candidates: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per ``(stage, prompt)``: candidate counts, reward statistics and
+    the best candidate (``cand``, ``reward``).
 
-    Columns: ``stage, prompt, cand, reward, *carry, candidates, cand_unique,
+    Columns: ``stage, prompt, cand, reward, candidates, cand_unique, null_cands,
     reward_sum, ties, bad_rewards``. ``ties`` is the number of candidates that
     share the best reward; ``bad_rewards`` counts null, NaN and infinite rewards;
     ``null_cands`` counts null candidate ids.
     """
-    return candidates.group_by(_PROMPT).agg(summary_aggregations(tuple(carry)))
-
-
-@functools.cache
-def summary_aggregations(carry: tuple[str, ...]) -> tuple[pl.Expr, ...]:
     reward = pl.col("reward")
-    return (
-        pl.col("cand", "reward", *carry).sort_by(ORDER_BY, descending=ORDER_DESCENDING).first(),
+    return candidates.group_by(_PROMPT).agg(
+        pl.col("cand", "reward").sort_by(ORDER_BY, descending=ORDER_DESCENDING).first(),
         pl.len().alias("candidates"),
         pl.col("cand").n_unique().alias("cand_unique"),
         pl.col("cand").null_count().alias("null_cands"),

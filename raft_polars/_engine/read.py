@@ -45,7 +45,6 @@ __all__ = [
     "Layout",
     "StageLog",
     "canonical_ids",
-    "collect",
     "read_log",
 ]
 
@@ -182,15 +181,10 @@ class StageLog:
         token = ["token"] if self.has_token else []
         return lf.select(*canonical_ids(lf.collect_schema()), "logprob", *token)
 
-    def collect(self, query: pl.LazyFrame, *, streaming: bool = True) -> pl.DataFrame:
-        """Run ``query`` on this log; report unreadable input clearly."""
+    def collect(self, query: pl.LazyFrame) -> pl.DataFrame:
+        """Run ``query`` on the streaming engine; report unreadable input clearly."""
         with reading(self.paths, self.origin):
-            return query.collect(engine="streaming" if streaming else "in-memory")
-
-
-def collect(log: StageLog, query: pl.LazyFrame) -> pl.DataFrame:
-    """Run ``query`` on the streaming engine; report unreadable input clearly."""
-    return log.collect(query)
+            return query.collect(engine="streaming")
 
 
 def read_log(

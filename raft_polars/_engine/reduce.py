@@ -36,7 +36,6 @@ from raft_polars.selection import Reduction
 
 __all__ = [
     "LOSS_COLUMNS",
-    "RESPONSE_STATS",
     "Reduced",
     "finish",
     "list_lengths",
@@ -53,7 +52,6 @@ LOSS_COLUMNS = (
     "stage", "loss", "prompts", "candidates", "selected", "tokens",
     "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min",
 )  # fmt: skip
-RESPONSE_STATS = ("nll", "tokens", "lp_max", "lp_nulls")
 _IDS = list(ID_COLUMNS)
 _STATUS_ORPHAN, _STATUS_OTHER, _STATUS_SELECTED = 0, 1, 2
 
