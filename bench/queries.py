@@ -5,9 +5,12 @@ Every method has the same shape: ``build(files) -> query`` does the untimed setu
 ``{stage: (loss, tokens)}`` with the unrounded float64 loss and the number of tokens
 in the selected responses (``tokens`` is None where a method does not count them).
 
-``files`` is the dict of :func:`datagen.paths`: ``{"tokens", "rewards"}`` globs for
-the long layout, ``{"nested"}`` for the nested one. Heavy libraries are imported
-inside the builders, so a worker process only imports what its method needs.
+``files`` is the dict of :func:`datagen.paths` or :func:`writers.paths`:
+``{"tokens", "rewards"}`` globs for the long layout, ``{"nested"}`` for the nested
+one, ``{"wide"}`` for wide rows (one per prompt: ``stage, prompt``, a ``rewards``
+list and a ``logprobs`` list of lists). A glob ending in ``.jsonl`` is read as JSON
+lines, any other as Parquet. Heavy libraries are imported inside the builders, so a
+worker process only imports what its method needs.
 
 The tie rule everywhere: the largest reward wins, ties to the smallest ``cand``.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-Result = dict[int, tuple[float, int | None]]
+Result = dict[Any, tuple[Any, ...]]
 Query = Callable[[], Result]
 
 
@@ -25,43 +28,87 @@ def _rows(rows: Any) -> Result:
     return {int(s): (float(loss), None if n is None else int(n)) for s, loss, n in rows}
 
 
+def layout_of(files: dict[str, str]) -> str:
+    """``long``, ``nested`` or ``wide``, from the keys of ``files``."""
+    return "long" if "tokens" in files else next(iter(files))
+
+
+def scan(glob: str) -> Any:
+    """A Polars LazyFrame of the files: JSON lines or Parquet, by the extension."""
+    import polars as pl
+
+    return pl.scan_ndjson(glob) if glob.endswith(".jsonl") else pl.scan_parquet(glob)
+
+
+def duck_read(glob: str) -> str:
+    """The DuckDB table function reading the files."""
+    if glob.endswith(".jsonl"):
+        return f"read_json('{glob}', format = 'newline_delimited')"
+    return f"read_parquet('{glob}')"
+
+
+def duck_candidates(files: dict[str, str], *, logprobs: bool = True) -> str:
+    """DuckDB rows ``stage, prompt, cand, reward`` (and ``logprobs``, a list) of every
+    candidate: the rewards table, the nested rows, or the wide rows unnested."""
+    layout = layout_of(files)
+    if layout == "long":
+        return f"SELECT stage, prompt, cand, reward FROM {duck_read(files['rewards'])}"
+    lists = ", logprobs" if logprobs else ""
+    if layout == "nested":
+        return f"SELECT stage, prompt, cand, reward{lists} FROM {duck_read(files['nested'])}"
+    lists = ", unnest(logprobs) AS logprobs" if logprobs else ""
+    return (
+        "SELECT stage, prompt, unnest(range(len(rewards))) AS cand, "
+        f"unnest(rewards) AS reward{lists} FROM {duck_read(files['wide'])}"
+    )
+
+
 # --- (a) the read floor: Polars scans the same columns with a trivial sum ----------
 
 
-def floor(files: dict[str, str], layout: str) -> Query:
+def floor(files: dict[str, str], layout: str, *, columns: str = "losses") -> Query:
     """Polars reads every column the query needs and sums each one; no answer.
 
     Long: ``stage, prompt, cand, logprob`` of the tokens plus ``stage, prompt, cand,
     reward`` of the rewards. Nested: ``stage, prompt, cand, reward, logprobs``
-    (``logprobs`` summed per list, then over rows).
+    (``logprobs`` summed per list, then over rows). Wide: ``stage, prompt, rewards,
+    logprobs`` (every list flattened and summed). ``columns="keys"`` reads the
+    candidate rows' ids and rewards only (long: the rewards table; nested, wide: no
+    log-probs); ``columns="all"`` every column of every file.
     """
     import polars as pl
 
-    def total(name: str, schema: pl.Schema) -> pl.Expr:
-        # string ids (the long_str case) are summed by their byte lengths
+    def total(name: str, dtype: pl.DataType) -> pl.Expr:
+        # string ids are summed by their byte lengths, a list per row then over rows
+        # (a list of lists exploded into its inner lists first, as the wide rows
+        # become candidate rows)
         col = pl.col(name)
-        return col.str.len_bytes().sum() if schema[name] == pl.String else col.sum()
+        if dtype == pl.String:
+            return col.str.len_bytes().sum()
+        if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.List):
+            col, dtype = col.explode(), dtype.inner
+        return col.list.sum().sum() if isinstance(dtype, pl.List) else col.sum()
 
-    def ids(glob: str) -> list[pl.Expr]:
-        schema = pl.scan_parquet(glob).collect_schema()
-        return [total(name, schema) for name in ("stage", "prompt", "cand")]
+    def plan(glob: str, names: tuple[str, ...] | None) -> pl.LazyFrame:
+        lf = scan(glob)
+        schema = lf.collect_schema()
+        return lf.select(total(n, schema[n]) for n in (names or schema.names()))
 
-    if layout == "nested":
-        plan = [
-            pl.scan_parquet(files["nested"]).select(
-                *ids(files["nested"]), pl.col("reward").sum(), pl.col("logprobs").list.sum().sum()
-            )
-        ]
+    layout = layout_of(files)
+    every = columns == "all"
+    if layout == "long":
+        plans = [plan(files["rewards"], None if every else ("stage", "prompt", "cand", "reward"))]
+        if columns != "keys":
+            names = None if every else ("stage", "prompt", "cand", "logprob")
+            plans.insert(0, plan(files["tokens"], names))
     else:
-        plan = [
-            pl.scan_parquet(files["tokens"]).select(*ids(files["tokens"]), pl.col("logprob").sum()),
-            pl.scan_parquet(files["rewards"]).select(
-                *ids(files["rewards"]), pl.col("reward").sum()
-            ),
-        ]
+        names = ("stage", "prompt") + (("cand", "reward") if layout == "nested" else ("rewards",))
+        if columns != "keys":
+            names += ("logprobs",)
+        plans = [plan(files[layout], None if every else names)]
 
     def query() -> Result:
-        for lf in plan:
+        for lf in plans:
             lf.collect(engine="streaming")
         return {}
 
@@ -76,10 +123,10 @@ def floor(files: dict[str, str], layout: str) -> Query:
 _DUCKDB_LONG = """
 WITH best AS (
     SELECT stage, prompt, arg_max(cand, (reward, -cand)) AS cand
-    FROM read_parquet('{rewards}') GROUP BY stage, prompt
+    FROM {rewards} GROUP BY stage, prompt
 )
 SELECT t.stage, -sum(t.logprob::DOUBLE) / count(*) AS loss, count(*) AS tokens
-FROM read_parquet('{tokens}') AS t
+FROM {tokens} AS t
 SEMI JOIN best AS b ON t.stage = b.stage AND t.prompt = b.prompt AND t.cand = b.cand
 GROUP BY t.stage ORDER BY t.stage
 """
@@ -87,7 +134,7 @@ _DUCKDB_NESTED = """
 WITH rows AS (
     SELECT stage, prompt, cand, reward,
            list_sum(logprobs::DOUBLE[]) AS lp, len(logprobs) AS n
-    FROM read_parquet('{nested}')
+    FROM {nested}
 ), best AS (
     SELECT stage, arg_max(lp, (reward, -cand)) AS lp, arg_max(n, (reward, -cand)) AS n
     FROM rows GROUP BY stage, prompt
@@ -95,13 +142,21 @@ WITH rows AS (
 SELECT stage, -sum(lp) / sum(n) AS loss, sum(n) AS tokens
 FROM best GROUP BY stage ORDER BY stage
 """
+# wide rows: the first largest reward is the best (ties to the smallest cand, the
+# list index); its list of log-probs is taken by position, no group-by per prompt
+_DUCKDB_WIDE = """
+WITH best AS (
+    SELECT stage, logprobs[list_position(rewards, list_max(rewards))] AS lp FROM {wide}
+)
+SELECT stage, -sum(list_sum(lp::DOUBLE[])) / sum(len(lp)) AS loss, sum(len(lp)) AS tokens
+FROM best GROUP BY stage ORDER BY stage
+"""
 
 
-def duckdb(files: dict[str, str], layout: str) -> Query:
-    """DuckDB's best SQL; a fresh in-memory connection per call, opened untimed."""
+def duckdb_query(sql: str, convert: Callable[[list[Any]], Result] = _rows) -> Query:
+    """Run ``sql`` on a fresh in-memory connection per call, opened untimed."""
     import duckdb as ddb
 
-    sql = (_DUCKDB_NESTED if layout == "nested" else _DUCKDB_LONG).format(**files)
     pending: list[Any] = [ddb.connect()]
 
     def query() -> Result:
@@ -111,9 +166,15 @@ def duckdb(files: dict[str, str], layout: str) -> Query:
         finally:
             con.close()
         pending.append(ddb.connect())  # the next call's connection, outside its timing
-        return _rows(rows)
+        return convert(rows)
 
     return query
+
+
+def duckdb(files: dict[str, str], layout: str) -> Query:
+    """DuckDB's best SQL; a fresh in-memory connection per call, opened untimed."""
+    sql = {"long": _DUCKDB_LONG, "nested": _DUCKDB_NESTED, "wide": _DUCKDB_WIDE}[layout_of(files)]
+    return duckdb_query(sql.format(**{k: duck_read(v) for k, v in files.items()}))
 
 
 # --- (c) pandas --------------------------------------------------------------------
@@ -179,8 +240,20 @@ def polars(files: dict[str, str], layout: str) -> Query:
 
     key = ["stage", "prompt", "cand"]
     best_of = pl.col("cand").sort_by(["reward", "cand"], descending=[True, False]).first()
-    if layout == "nested":
-        log = pl.scan_parquet(files["nested"])
+    layout = layout_of(files)
+    if layout == "wide":  # the first largest reward's list, by position
+        lp = pl.col("logprobs").list.get(pl.col("rewards").list.arg_max()).alias("lp")
+        plan = (
+            scan(files["wide"])
+            .select("stage", lp)
+            .group_by("stage")
+            .agg(
+                (-pl.col("lp").cast(pl.List(pl.Float64)).list.sum()).sum().alias("nll"),
+                pl.col("lp").list.len().sum().alias("tokens"),
+            )
+        )
+    elif layout == "nested":
+        log = scan(files["nested"])
         best = log.select(*key, "reward").group_by("stage", "prompt").agg(best_of)
         plan = (
             log.join(best, on=key, how="inner")
@@ -191,9 +264,9 @@ def polars(files: dict[str, str], layout: str) -> Query:
             )
         )
     else:
-        best = pl.scan_parquet(files["rewards"]).group_by("stage", "prompt").agg(best_of)
+        best = scan(files["rewards"]).group_by("stage", "prompt").agg(best_of)
         plan = (
-            pl.scan_parquet(files["tokens"])
+            scan(files["tokens"])
             .select(*key, "logprob")
             .join(best, on=key, how="inner")
             .group_by("stage")
@@ -215,10 +288,10 @@ def raft_polars(files: dict[str, str], layout: str) -> Query:
     from raft_polars import stage_losses
 
     def query() -> Result:
-        if layout == "nested":
-            out = stage_losses(files["nested"])
-        else:
+        if "tokens" in files:
             out = stage_losses(files["tokens"], rewards=files["rewards"])
+        else:
+            out = stage_losses(next(iter(files.values())))
         return _rows(out.select("stage", "loss", "tokens").iter_rows())
 
     return query
