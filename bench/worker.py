@@ -5,6 +5,8 @@ Usage (run.py does this; by hand only to debug one method)::
     python bench/worker.py '{"method": "raft_polars", "layout": "long", "reps": 5,
                              "files": {"tokens": "...", "rewards": "..."}}'
 
+(with ``"op": "stage_stats"`` and the like, a method of ``bench/ops.py``.)
+
 Imports and setup happen before the clock starts; each repetition times the query
 only (``time.perf_counter`` around the call, plus the process's CPU seconds from
 ``getrusage``). The JSON line holds every repetition's seconds, the answer, the
@@ -81,7 +83,12 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
             out["seed_mismatch"] = seed
         out["seed_call_s"] = _per_call(func, queries.SEED_LOGPROBS, queries.SEED_REWARDS)
     else:
-        query = queries.FILE_METHODS[method](spec["files"], layout)
+        if spec.get("op"):  # another operation than stage_losses (bench/ops.py)
+            import ops
+
+            query = ops.OPS[spec["op"]][method](spec["files"], layout)
+        else:
+            query = queries.FILE_METHODS[method](spec["files"], layout)
         out["rss_import_kib"] = _rss_kib()
         times, cpus, result = _time(query, reps)
         out["result"] = {str(k): list(v) for k, v in result.items()}
