@@ -1,17 +1,27 @@
 """The raft_polars benchmark (issue 3): one command, see bench/README.md.
 
     /work/venv/bin/python bench/run.py --size all
+    /work/venv/bin/python bench/run.py --size small --writers all
+    /work/venv/bin/python bench/run.py --size small --ops all
 
 Generates (or reuses) deterministic data with ``raft_polars.synth.generate``, runs
 every method in its own fresh process (``bench/worker.py``), checks that all
 answers agree to 4 decimals, and prints one table per case. Exits 1 on a
 mismatch or a failed method.
+
+``--writers`` runs the writer cases of ``bench/writers.py`` instead (the same log
+written by pyarrow, DuckDB, as wide rows, as JSON lines, ...): ``stage_losses``
+against the floor, DuckDB and hand-written Polars per case, then one summary
+table of every case side by side. ``--ops`` runs ``read``, ``stage_stats``,
+``best_of_n`` and ``validate`` (``bench/ops.py``) on writer cases, each against its
+floor and the nearest DuckDB query.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -26,10 +36,16 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import datagen  # noqa: E402 - a sibling module of this script
+import datagen  # noqa: E402 - sibling modules of this script
+import ops  # noqa: E402
+import writers  # noqa: E402
 
 FILE_METHODS = ["floor", "duckdb", "pandas", "polars", "raft_polars"]
 LIST_METHODS = ["numpy_loop", "raft_alignment"]
+WRITER_METHODS = ["floor", "raft_polars", "duckdb", "polars"]
+OPS_METHODS = ["floor", "raft_polars", "duckdb"]
+# the cases --ops runs on unless --writers names others
+OPS_WRITERS = "long_polars,nested_polars,wide_snappy,jsonl_nested"
 CASES = {  # size -> layouts run at that size
     "small": ["long", "nested", "long_str"],
     "large": ["long", "nested"],
@@ -200,7 +216,7 @@ def run_rounds(args: argparse.Namespace, specs: list[dict[str, Any]]) -> list[di
 def _warm(root: Path) -> tuple[int, float]:
     """Read every file of a data set once so that all methods see a warm page cache."""
     start, total = time.perf_counter(), 0
-    for path in sorted(root.rglob("*.parquet")):
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".parquet", ".jsonl")):
         with open(path, "rb") as handle:
             while block := handle.read(1 << 24):
                 total += len(block)
@@ -236,8 +252,8 @@ def file_case(args: argparse.Namespace, size: str, layout: str) -> dict[str, Any
         f"in {seconds:.1f} s",
         flush=True,
     )
-    rows: list[dict[str, Any]] = []
-    specs = []
+    skipped: list[dict[str, Any]] = []
+    methods = []
     for method in args.methods:
         if method not in FILE_METHODS:
             continue
@@ -252,9 +268,42 @@ def file_case(args: argparse.Namespace, size: str, layout: str) -> dict[str, Any
                     f"({budget / 2**30:.0f} GiB)"
                 )
                 print(f"   {method:<14} {reason}", flush=True)
-                rows.append({"method": method, "skipped": reason})
+                skipped.append({"method": method, "skipped": reason})
                 continue
-        specs.append({"method": method, "layout": layout, "reps": args.reps, "files": files})
+        methods.append(method)
+    order = [m for m in args.methods if m in FILE_METHODS]
+    return _measure(
+        args,
+        f"{size}/{layout}",
+        shape=shape,
+        files=files,
+        layout=layout,
+        methods=methods,
+        order=order,
+        skipped=skipped,
+    )
+
+
+def _measure(
+    args: argparse.Namespace,
+    label: str,
+    *,
+    shape: dict[str, int],
+    files: dict[str, str],
+    layout: str,
+    methods: list[str],
+    order: list[str],
+    skipped: list[dict[str, Any]],
+    op: str | None = None,
+) -> dict[str, Any]:
+    """Run ``methods`` on ``files`` (rounds interleaved) and print each one's median."""
+    rows = list(skipped)
+    specs = []
+    for method in methods:
+        spec = {"method": method, "layout": layout, "reps": args.reps, "files": files}
+        if op is not None:
+            spec["op"] = op
+        specs.append(spec)
     for res in run_rounds(args, specs):
         rows.append(res)
         if "failed" in res:
@@ -265,9 +314,58 @@ def file_case(args: argparse.Namespace, size: str, layout: str) -> dict[str, Any
                 f"peak RSS {res['peak_rss_kib'] / 1024:8.0f} MiB",
                 flush=True,
             )
-    order = [m for m in args.methods if m in FILE_METHODS]
     rows.sort(key=lambda r: order.index(r["method"]))
-    return {"case": f"{size}/{layout}", "shape": shape, "rows": rows}
+    return {"case": label, "shape": shape, "rows": rows}
+
+
+def writer_cases(args: argparse.Namespace, size: str) -> list[dict[str, Any]]:
+    """Each writer case of ``--writers`` (converted now if need be): stage_losses by
+    every method, or (``--ops``) each op by the floor, raft_polars and DuckDB."""
+    default = OPS_WRITERS if args.ops and args.writers is None else "all"
+    cases = []
+    for writer in writers.select(args.writers or default, size):
+        root = writers.ensure(args.data, size, writer)
+        files = writers.paths(root, writer)
+        source = "long" if writer.layout == "long" else "nested"
+        shape = _shape(datagen.ensure(args.data, size, source), source)
+        shape["bytes"] = sum(writers._files(root).values())
+        warmed, seconds = _warm(root)
+        for op in args.ops or [None]:
+            label = f"{size}/{writer.name}" + (f"/{op}" if op else "")
+            print(
+                f"\n== {label}: {shape['tokens']:,} tokens, {shape['candidates']:,} "
+                f"candidates, {warmed / 2**20:,.0f} MiB ({root}; {writer.note}); page "
+                f"cache warmed in {seconds:.1f} s",
+                flush=True,
+            )
+            known = list(ops.OPS[op]) if op else [*WRITER_METHODS, "pandas"]
+            pandas_ok = writer.fmt == "parquet" and writer.layout != "wide"
+            skipped, methods = [], []
+            for method in args.methods:
+                if method not in known:
+                    continue
+                if method == "pandas" and not pandas_ok:
+                    reason = "skipped: the pandas method reads Parquet in the long or nested layout"
+                    skipped.append({"method": method, "skipped": reason})
+                else:
+                    methods.append(method)
+            order = [m for m in args.methods if m in known]
+            cases.append(
+                _measure(
+                    args,
+                    label,
+                    shape=shape,
+                    files=files,
+                    layout=writer.layout,
+                    methods=methods,
+                    order=order,
+                    skipped=skipped,
+                    op=op,
+                )
+            )
+        if args.drop_data:
+            writers.drop(args.data, size, writer)
+    return cases
 
 
 def list_case(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,19 +414,32 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
 def _differences(got: dict[str, Any], ref: dict[str, Any]) -> list[str]:
-    """How two answers ``{stage: [loss, tokens]}`` differ: losses rounded to 4
-    decimals (equal within 1e-9 also passes, for values on a rounding edge) and
-    token counts where both have them. Empty when they agree."""
+    """How two answers ``{key: [value, ...]}`` differ (``stage_losses``: ``{stage:
+    [loss, tokens]}``): floats rounded to 4 decimals (equal within 1e-9 also passes,
+    for values on a rounding edge), integers exactly, where both have a value (a
+    method that does not count tokens gives None). Empty when they agree."""
     if sorted(got) != sorted(ref):
-        return [f"stages {sorted(got)} vs {sorted(ref)}"]
+        return [f"keys {sorted(got)} vs {sorted(ref)}"]
     out = []
-    for stage, (loss, tokens) in ref.items():
-        got_loss, got_tokens = got[stage]
-        if round(got_loss, 4) != round(loss, 4) and abs(got_loss - loss) > 1e-9:
-            out.append(f"stage {stage}: loss {got_loss!r} vs {loss!r}")
-        if tokens is not None and got_tokens is not None and tokens != got_tokens:
-            out.append(f"stage {stage}: {got_tokens} tokens vs {tokens}")
+    for key, values in ref.items():
+        other = got[key]
+        if len(other) != len(values):
+            out.append(f"{key}: {other!r} vs {values!r}")
+            continue
+        for i, (mine, theirs) in enumerate(zip(other, values, strict=True)):
+            if mine is None or theirs is None or (_nan(mine) and _nan(theirs)):
+                continue  # not counted by one of them, or NaN on both sides
+            if isinstance(mine, float) or isinstance(theirs, float):
+                same = round(mine, 4) == round(theirs, 4) or abs(mine - theirs) <= 1e-9
+            else:
+                same = mine == theirs
+            if not same:
+                out.append(f"{key}, value {i}: {mine!r} vs {theirs!r}")
     return out
 
 
@@ -370,7 +481,7 @@ def table(case: dict[str, Any]) -> str:
     head = (
         f"{'method':<15}{'median s':>10}{'min s':>9}{'x ' + base_name:>13}"
         f"{'peer / ours':>13}{'cpu s':>8}{'peak RSS MiB':>14}{'anon MiB':>10}"
-        f"{'after import':>14}"
+        f"{'after import':>14}{'other load':>12}"
     )
     if is_list:
         head += f"{'seed us/call':>14}"
@@ -399,7 +510,40 @@ def table(case: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def summary(cases: list[dict[str, Any]]) -> str:
+    """Every case in one Markdown table: each method's median seconds, its ratio to
+    the floor, raft_polars against its peers, and the peak RSS of each."""
+    names = [m for m in WRITER_METHODS if any(r["method"] == m for c in cases for r in c["rows"])]
+    head = ["case", "tokens", "MiB"] + [
+        f"{m} s" + (" (x floor)" if m != "floor" else "") for m in names
+    ]
+    head += [f"{m} / ours" for m in names if m not in ("floor", "raft_polars")]
+    head += ["peak RSS MiB " + " / ".join(names)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for case in cases:
+        by = {r["method"]: r for r in case["rows"] if "times" in r}
+        med = {m: _median(r["times"]) for m, r in by.items()}
+        floor, ours = med.get("floor"), med.get("raft_polars")
+        cells = [case["case"], f"{case['shape']['tokens'] / 1e6:,.0f} M"]
+        cells.append(f"{case['shape']['bytes'] / 2**20:,.0f}")
+        for m in names:
+            if m not in med:
+                cells.append("-")
+                continue
+            ratio = f" ({med[m] / floor:.2f}x)" if floor and m != "floor" else ""
+            bold = "**" if m == "raft_polars" else ""
+            cells.append(f"{bold}{med[m]:.3f}{bold}{ratio}")
+        for m in names:
+            if m not in ("floor", "raft_polars"):
+                cells.append(f"{med[m] / ours:.2f}x" if m in med and ours else "-")
+        cells.append(
+            " / ".join(f"{by[m]['peak_rss_kib'] / 1024:,.0f}" if m in by else "-" for m in names)
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--size",
@@ -429,16 +573,55 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--methods",
-        default=",".join(FILE_METHODS + LIST_METHODS),
-        help="comma-separated subset of: %(default)s",
+        default=None,
+        help="comma-separated subset of: "
+        + ",".join(FILE_METHODS + LIST_METHODS)
+        + f" (default: all of them; with --writers {','.join(WRITER_METHODS)}, "
+        f"with --ops {','.join(OPS_METHODS)})",
     )
     parser.add_argument(
         "--layouts", default=None, help="comma-separated subset of: long, nested, long_str"
     )
+    parser.add_argument(
+        "--writers",
+        default=None,
+        help="run the writer cases of bench/writers.py instead: 'all', or names or "
+        "globs, comma-separated (long_*,nested_snappy); JSON lines only at --size small",
+    )
+    parser.add_argument(
+        "--ops",
+        default=None,
+        help="time these operations instead of stage_losses: 'all' or a subset of "
+        f"{','.join(ops.OPS)}, on the writer cases of --writers (default: {OPS_WRITERS})",
+    )
+    parser.add_argument(
+        "--drop-data",
+        action="store_true",
+        help="remove each converted writer case once measured (bounds the disk used)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    args.methods = args.methods.split(",")
+    if args.ops is not None:
+        args.ops = list(ops.OPS) if args.ops == "all" else args.ops.split(",")
+        unknown = sorted(set(args.ops) - set(ops.OPS))
+        if unknown:
+            parser.error(f"unknown --ops {unknown}; known: {', '.join(ops.OPS)}")
+    by_writer = args.writers is not None or args.ops is not None
+    if args.methods is None:
+        default = OPS_METHODS if args.ops else WRITER_METHODS if by_writer else None
+        args.methods = default or FILE_METHODS + LIST_METHODS
+    else:
+        args.methods = args.methods.split(",")
+    if by_writer and args.size == "list":
+        parser.error("--writers and --ops run at --size small, large or all")
     sizes = ["small", "list", "large"] if args.size == "all" else [args.size]
+    if by_writer:
+        sizes = [size for size in sizes if size != "list"]
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     print(
@@ -449,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     cases = []
     for size in sizes:
+        if by_writer:
+            cases.extend(writer_cases(args, size))
+            continue
         if size == "list":
             cases.append(list_case(args))
             continue
@@ -466,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for case in cases:
         print(table(case) + "\n")
+    if by_writer:
+        print(summary(cases) + "\n")
     for line in problems + failed:
         print(line)
     if not problems and not failed:
