@@ -21,7 +21,16 @@ import polars as pl
 
 from raft_polars._engine.read import ID_COLUMNS
 
-__all__ = ["MAX_BOX", "Box", "PromptCodes", "box_of", "footers_within", "gather", "prompt_codes"]
+__all__ = [
+    "MAX_BOX",
+    "Box",
+    "PromptCodes",
+    "box_of",
+    "footers_within",
+    "gather",
+    "position",
+    "prompt_codes",
+]
 
 # the largest box: a 1-byte table of 64 MiB
 MAX_BOX = 1 << 26
@@ -101,19 +110,18 @@ def box_of(frame: pl.DataFrame) -> Box | None:
     return box if box.size <= MAX_BOX else None
 
 
-def gather(
-    table: npt.NDArray[np.uint8],
+def position(
     box: Box,
     schema: pl.Schema,
     *,
     checked: bool = True,
     names: Sequence[str] = ID_COLUMNS,
 ) -> pl.Expr:
-    """Each row's entry of ``table`` (one per box position, then one for "outside").
+    """Each row's position in ``box``, or ``box.size`` ("outside").
 
     The position is computed in the id columns' own integer type where the box's
     bounds fit it (Int32 arithmetic is cheaper than Int64 on hundreds of millions
-    of rows). A row outside the box, or with a null id, gets the last entry.
+    of rows). A row outside the box, or with a null id, gets ``box.size``.
     ``checked=False`` leaves out those bounds checks: only for rows known to lie
     inside the box (:func:`footers_within`). ``names``: the frame's columns of
     ``stage, prompt, cand`` (the prompt's codes, say).
@@ -131,15 +139,29 @@ def gather(
             column, kind = pl.col(name).cast(pl.Int64, strict=False), pl.Int64()
         parts.append(column if low == 0 else column - pl.lit(low, kind))
     flat = (parts[0] * box.spans[1] + parts[1]) * box.spans[2] + parts[2]  # < size inside
-    if checked:
-        # one unsigned comparison checks both 0 <= part and part < span
-        inside = pl.all_horizontal(
-            *(
-                part.reinterpret(signed=False) < span
-                for part, span in zip(parts, box.spans, strict=True)
-            )
+    if not checked:
+        return flat
+    # one unsigned comparison checks both 0 <= part and part < span
+    inside = pl.all_horizontal(
+        *(
+            part.reinterpret(signed=False) < span
+            for part, span in zip(parts, box.spans, strict=True)
         )
-        flat = pl.when(inside).then(flat).otherwise(box.size)  # null ids: outside too
+    )
+    return pl.when(inside).then(flat).otherwise(box.size)  # null ids: outside too
+
+
+def gather(
+    table: npt.NDArray[np.uint8],
+    box: Box,
+    schema: pl.Schema,
+    *,
+    checked: bool = True,
+    names: Sequence[str] = ID_COLUMNS,
+) -> pl.Expr:
+    """Each row's entry of ``table`` (one per box position, then one for
+    "outside") at its :func:`position`."""
+    flat = position(box, schema, checked=checked, names=names)
     return pl.lit(pl.Series("table", table)).gather(flat)
 
 

@@ -39,7 +39,7 @@ import numpy.typing as npt
 import polars as pl
 
 from raft_polars._engine.checks import Problem, bad_reward, first_row
-from raft_polars._engine.dense import Box, PromptCodes, box_of, gather, prompt_codes
+from raft_polars._engine.dense import Box, PromptCodes, box_of, position, prompt_codes
 from raft_polars._engine.read import ID_COLUMNS, canonical_ids
 from raft_polars.errors import RaftInputError
 from raft_polars.selection import Selection
@@ -269,14 +269,22 @@ class Keys:
         self, frame: pl.LazyFrame, box: Box, table: npt.NDArray[np.uint8], *, checked: bool
     ) -> tuple[pl.LazyFrame, pl.Expr]:
         """``frame`` and the expression of each row's entry of ``table`` at its box
-        position. With prompt codes, ``frame`` gets them as one more column (under
-        a name none of its columns has), which the caller drops."""
+        position (:meth:`position`)."""
+        frame, flat = self.position(frame, box, checked=checked)
+        return frame, pl.lit(pl.Series("table", table)).gather(flat)
+
+    def position(
+        self, frame: pl.LazyFrame, box: Box, *, checked: bool
+    ) -> tuple[pl.LazyFrame, pl.Expr]:
+        """``frame`` and the expression of each row's position in ``box``
+        (``box.size``: outside). With prompt codes, ``frame`` gets them as one more
+        column (under a name none of its columns has), which the caller drops."""
         if self.codes is None:
-            return frame, gather(table, box, frame.collect_schema(), checked=checked)
+            return frame, position(box, frame.collect_schema(), checked=checked)
         code = _code_name(frame.collect_schema())
         frame = self.codes.attach(frame, code)
         names = ("stage", code, "cand")
-        return frame, gather(table, box, frame.collect_schema(), checked=checked, names=names)
+        return frame, position(box, frame.collect_schema(), checked=checked, names=names)
 
 
 def _code_name(schema: pl.Schema) -> str:

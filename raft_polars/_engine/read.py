@@ -29,7 +29,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
@@ -185,6 +185,12 @@ class StageLog:
         """Run ``query`` on the streaming engine; report unreadable input clearly."""
         with reading(self.paths, self.origin):
             return query.collect(engine="streaming")
+
+    def batches(self, query: pl.LazyFrame) -> Iterator[pl.DataFrame]:
+        """Run ``query`` on the streaming engine batch by batch (bounded memory);
+        report unreadable input clearly."""
+        with reading(self.paths, self.origin):
+            yield from query.collect_batches(engine="streaming")
 
 
 def read_log(

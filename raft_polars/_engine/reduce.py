@@ -21,10 +21,12 @@ output columns.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from raft_polars._engine.checks import Problem, bad_logprob, first_row, raise_first
@@ -32,6 +34,7 @@ from raft_polars._engine.dense import footers_within
 from raft_polars._engine.rank import STAGE_SUMS, Keys, stage_frame
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
 from raft_polars._engine.sources import Piece
+from raft_polars.errors import RaftPolarsError
 from raft_polars.selection import Reduction
 
 __all__ = [
@@ -53,7 +56,6 @@ LOSS_COLUMNS = (
     "reward_best_mean", "reward_mean", "reward_lift", "ties", "below_min",
 )  # fmt: skip
 _IDS = list(ID_COLUMNS)
-_STATUS_ORPHAN, _STATUS_OTHER, _STATUS_SELECTED = 0, 1, 2
 
 
 @dataclass
@@ -208,39 +210,45 @@ def _nested_problems(log: StageLog, rows: pl.LazyFrame, flagged: pl.DataFrame) -
 # --- long layout: one pass over the token rows -------------------------------------------
 
 
-def _status(
-    log: StageLog, tokens: pl.LazyFrame, keys: Keys, chosen: pl.DataFrame, piece: Piece | None
-) -> tuple[pl.LazyFrame, pl.Expr]:
-    """``tokens`` (raw ids) and each row's status: 0 (its candidate has no
-    reward row), 1 (not selected) or 2 (selected).
+@dataclass
+class _Located:
+    """The token rows with each row's position (``_index``), and how to find the
+    positions of candidates: ``size`` positions, then one for "no candidate"."""
 
-    From a 1-byte table gathered at each row's box position when the keys fit a
-    dense box (on the raw ids, or on the prompt's codes), else from a hash join
-    with a status table on canonical ids.
-    """
+    rows: pl.LazyFrame
+    index: pl.Expr
+    size: int
+    positions: Callable[[pl.DataFrame], npt.NDArray[np.signedinteger[Any]]]
+    candidates: npt.NDArray[np.signedinteger[Any]]  # the positions of every key
+
+
+def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
+    """Each token row's position: in the dense box of the keys (on the raw ids,
+    or on the prompt's codes), or, when they do not fit one, the candidate's row
+    in the keys from a hash join on canonical ids."""
     box = keys.box
     if box is not None:
-        table = np.zeros(box.size + 1, dtype=np.uint8)  # the last entry: outside the box
-        table[box.index(keys.frame)] = _STATUS_OTHER
-        table[keys.index(box, chosen)] = _STATUS_SELECTED
         # raw ids that the footers prove inside the box need no bounds checks per
         # row (prompt codes always do: a prompt without a reward row has a null code)
         checked = keys.codes is not None or not footers_within(
             _piece_paths(log, piece), _file_names(log), box
         )
-        return keys.lookup(tokens, box, table, checked=checked)
-    schema = tokens.collect_schema()
-    statuses = (
-        keys.canonical()
-        .select(_IDS)
-        .with_columns(pl.lit(_STATUS_OTHER, pl.UInt8).alias("_status"))
-        .update(
-            chosen.select(_IDS).with_columns(pl.lit(_STATUS_SELECTED, pl.UInt8).alias("_status")),
-            on=_IDS,
-        )
+        rows, index = keys.position(log.tokens(piece, raw=True), box, checked=checked)
+        where = functools.partial(keys.index, box)
+        return _Located(rows, index, box.size, where, box.index(keys.frame))
+    known = keys.canonical().select(_IDS).with_row_index("_index")
+    tokens = log.tokens(piece, raw=True)
+    rows = tokens.with_columns(canonical_ids(tokens.collect_schema())).join(
+        known.lazy(), on=_IDS, how="left"
     )
-    joined = tokens.with_columns(canonical_ids(schema)).join(statuses.lazy(), on=_IDS, how="left")
-    return joined, pl.col("_status").fill_null(_STATUS_ORPHAN)
+
+    def positions(frame: pl.DataFrame) -> npt.NDArray[np.signedinteger[Any]]:
+        found = frame.select(_IDS).join(known, on=_IDS, how="left", maintain_order="left")
+        return found["_index"].cast(pl.Int64).to_numpy()
+
+    index = pl.col("_index").cast(pl.Int64).fill_null(known.height)
+    every = np.arange(known.height, dtype=np.int64)
+    return _Located(rows, index, known.height, positions, every)
 
 
 def _piece_paths(log: StageLog, piece: Piece | None) -> list[str]:
@@ -257,6 +265,39 @@ def _file_names(log: StageLog) -> tuple[str, ...]:
     return tuple(theirs.get(name, name) for name in ID_COLUMNS)
 
 
+def _scatter(
+    log: StageLog, located: _Located, table: npt.NDArray[np.int32], slots: int
+) -> dict[str, npt.NDArray[Any]]:
+    """Per-slot ``nll, tokens, lp_max, lp_nulls`` of the token rows, in one pass:
+    Polars decodes the rows and computes their positions, batch by batch; the
+    compiled loop adds each row into the slot ``table[position]``."""
+    try:
+        from raft_polars._engine._compiled import scatter
+    except ImportError as exc:  # a dependency: only a broken install lacks it
+        msg = f"the token pass needs numba ({exc}); install it with: pip install numba"
+        raise RaftPolarsError(msg) from exc
+    sums: dict[str, npt.NDArray[Any]] = {
+        "nll": np.zeros(slots),
+        "tokens": np.zeros(slots, dtype=np.int64),
+        "lp_max": np.full(slots, -np.inf),
+        "lp_nulls": np.zeros(slots, dtype=np.int64),
+    }
+    dtype = located.rows.collect_schema()["logprob"]
+    lp = pl.col("logprob")
+    plan = located.rows.select(
+        located.index.alias("_index"),
+        lp if dtype in (pl.Float32, pl.Float64) else lp.cast(pl.Float64),
+    )
+    for batch in log.batches(plan):
+        values = batch["logprob"]
+        valid = values.is_not_null().to_numpy() if values.has_nulls() else _NO_MASK
+        scatter(batch["_index"].to_numpy(), values.to_numpy(), valid, table, *sums.values())
+    return sums
+
+
+_NO_MASK = np.zeros(0, dtype=np.bool_)
+
+
 def token_sums(
     log: StageLog,
     keys: Keys,
@@ -269,55 +310,47 @@ def token_sums(
 ) -> Reduced:
     """The reduce kernel of the long layout: one pass over the token rows.
 
-    Rows of unselected candidates are dropped before the group-by, so the pass
-    costs about one read of the token columns; orphan rows (no reward row) are
-    counted in the same pass. ``keys`` are the candidate keys covering the
-    partition's token rows, ``chosen`` the selected ones (canonical ids).
-    ``per_response``: also return per-response sums (for ``"sequence"``);
-    ``checks=False``: leave out the search for the first orphan and bad row;
-    ``every``: count the tokens of every candidate too (``Reduced.counts``, in the
-    same pass; the statistics of ``stage_stats`` need them).
+    Each row finds its candidate's slot from a table at its position; the rows
+    of unselected candidates have none and are skipped, orphan rows (no reward
+    row) share slot 0 and are counted in the same pass. ``keys`` are the
+    candidate keys covering the partition's token rows, ``chosen`` the selected
+    ones (canonical ids). ``per_response``: also return per-response sums (for
+    ``"sequence"``); ``checks=False``: leave out the search for the first orphan
+    and bad row; ``every``: count the tokens of every candidate too
+    (``Reduced.counts``, in the same pass; the statistics of ``stage_stats``
+    need them).
     """
-    raw = log.tokens(piece, raw=True)
-    group = _IDS if per_response or every else ["stage"]
-    frame, status = _status(log, raw, keys, chosen, piece)
-    lp = pl.col("logprob")
-    rows = frame.select(*group, status.alias("_status"), "logprob")
-    if not every:
-        rows = rows.filter(pl.col("_status") != _STATUS_OTHER)
-    stats = log.collect(
-        rows.group_by([*group, "_status"]).agg(
-            (-lp.cast(pl.Float64).sum()).alias("nll"),
-            pl.len().cast(pl.Int64).alias("tokens"),
-            lp.max().cast(pl.Float64).alias("lp_max"),
-            lp.null_count().cast(pl.Int64).alias("lp_nulls"),
-        )
-    ).cast(  # the raw ids back to canonical; an orphan's id beyond Int64 becomes null
-        {name: chosen.schema[name] for name in group}, strict=False
-    )
+    located = _locate(log, keys, piece)
+    tracked = keys.canonical().select(_IDS) if every else chosen.select(_IDS)
+    table = np.zeros(located.size + 1, dtype=np.int32)  # slot 0: no candidate
+    table[located.candidates] = -1  # a candidate not tracked: its rows are skipped
+    table[located.positions(tracked)] = np.arange(1, tracked.height + 1, dtype=np.int32)
+    sums = _scatter(log, located, table, tracked.height + 1)
+    stats = tracked.with_columns(
+        pl.Series(name, values[1:]) for name, values in sums.items()
+    ).filter(pl.col("tokens") > 0)
     problems: list[Problem] = []
-    orphans = stats.filter(pl.col("_status") == _STATUS_ORPHAN)
-    if orphans.height and checks:
+    orphans = int(sums["tokens"][0])
+    if orphans and checks:
+        orphan = pl.lit(pl.Series("orphan", table == 0)).gather(located.index)
         first = log.collect(
-            frame.filter(status == _STATUS_ORPHAN)
+            located.rows.filter(orphan)
             .select(pl.col(c).cast(chosen.schema[c], strict=False) for c in _IDS)
             .sort(_IDS, nulls_last=True)
             .head(1)
         )  # ids beyond the canonical types show as null
-        total = int(orphans["tokens"].sum())
-        problems.append(Problem("orphan_tokens", total, first.row(0, named=True)))
-    selected = stats.filter(pl.col("_status") == _STATUS_SELECTED).drop("_status")
+        problems.append(Problem("orphan_tokens", orphans, first.row(0, named=True)))
+    selected = stats
+    if every:
+        selected = stats.join(chosen.select(_IDS), on=_IDS, how="semi")
     if checks and selected.filter(_flagged(selected)).height:
         problems.extend(_token_problems(log, keys, chosen, piece))
-    counts = None
-    if every:
-        counts = stats.filter(pl.col("_status") != _STATUS_ORPHAN).select(*_IDS, "tokens")
+    counts = stats.select(*_IDS, "tokens") if every else None
     if per_response:
         responses = selected.select(*_IDS, "nll", "tokens")
         return Reduced(stage_frame(responses.head(0).select("stage")), responses, problems, counts)
-    if every:
-        selected = selected.group_by("stage").agg(pl.col("nll", "tokens").sum())
-    return Reduced(stage_frame(selected.select("stage", "nll", "tokens")), None, problems, counts)
+    totals = selected.group_by("stage").agg(pl.col("nll", "tokens").sum())
+    return Reduced(stage_frame(totals), None, problems, counts)
 
 
 def _token_problems(

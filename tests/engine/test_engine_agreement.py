@@ -251,7 +251,7 @@ def _spy(original: Any, seen: list[object]) -> Any:
 @pytest.mark.parametrize("entry", [e for e in _LOCAL if e.layout == "long"], ids=str)
 @pytest.mark.parametrize("prompts", list(_IDS))
 def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_path: Path) -> None:
-    """The dense fast path (numpy summary, status gathered from a table) runs for
+    """The dense fast path (numpy summary, slots found at box positions) runs for
     integer ids and for string or hashed prompt ids (as codes); the Polars group-by
     and the hash-join fallback for ids too sparse for a box, or when forced (so
     both are covered by the entry points)."""
@@ -264,13 +264,13 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
     with (
         mock.patch.object(rank, "dense_summary", _spy(rank.dense_summary, summaries)),
         # patched where they are looked up; the originals come from where they are defined
-        mock.patch.object(rank, "gather", _spy(kernels.gather, gathers)),
+        mock.patch.object(rank, "position", _spy(kernels.position, gathers)),
         mock.patch.object(reduce, "footers_within", _spy(kernels.footers_within, proofs)),
     ):
         check_losses(entry, case, tmp_path)
     dense = prompts != "sparse" and not entry.fallback
     assert bool(summaries and summaries[-1] is not None) == dense
-    assert len(gathers) == dense  # the token pass gathers its status from a table
+    assert len(gathers) == dense  # the token pass finds each row's box position
     # plain Parquet files prove their integer ids' bounds: no per-row bounds checks
     proven = entry.writes_files and entry.kind != "hive"
     assert proofs == ([proven] if dense and prompts == "int" else [])
@@ -285,7 +285,7 @@ def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_p
     gathers: list[object] = []
     rank, kernels = raft_polars._engine.rank, raft_polars._engine.dense
     case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
-    with mock.patch.object(rank, "gather", _spy(kernels.gather, gathers)):
+    with mock.patch.object(rank, "position", _spy(kernels.position, gathers)):
         check_losses(entry, case, tmp_path)
         check_losses(entry, case, tmp_path / "again", reduction="sequence")
     assert len(gathers) == 2 * (prompts != "sparse")
