@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ import numpy.typing as npt
 import polars as pl
 
 from raft_polars._engine.checks import Problem, bad_logprob, first_row, raise_first
-from raft_polars._engine.dense import footers_within
+from raft_polars._engine.dense import footers_within, position
 from raft_polars._engine.rank import STAGE_SUMS, Keys, stage_frame
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
 from raft_polars._engine.sources import Piece
@@ -212,14 +212,24 @@ def _nested_problems(log: StageLog, rows: pl.LazyFrame, flagged: pl.DataFrame) -
 
 @dataclass
 class _Located:
-    """The token rows with each row's position (``_index``), and how to find the
-    positions of candidates: ``size`` positions, then one for "no candidate"."""
+    """The token rows with each row's position (``index``): ``size`` positions,
+    then one for "no candidate"; how to find the positions of candidates; and,
+    for string prompt ids, the two hashes of each row's prompt (``hashes``) whose
+    code adds ``stride`` positions each (see :func:`_compiled.scatter`)."""
 
     rows: pl.LazyFrame
     index: pl.Expr
     size: int
     positions: Callable[[pl.DataFrame], npt.NDArray[np.signedinteger[Any]]]
     candidates: npt.NDArray[np.signedinteger[Any]]  # the positions of every key
+    exact: Callable[[], tuple[pl.LazyFrame, pl.Expr]]  # rows and positions, for messages
+    hashes: tuple[pl.Expr, pl.Expr] | None = None
+    categories: pl.Series | None = None
+    stride: int = 0
+
+
+# two independent 64-bit hashes of a string prompt id: 128 bits to tell prompts apart
+_SEEDS = (0x243F6A8885A308D3, 0x13198A2E03707344)
 
 
 def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
@@ -227,17 +237,31 @@ def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
     or on the prompt's codes), or, when they do not fit one, the candidate's row
     in the keys from a hash join on canonical ids."""
     box = keys.box
+    tokens = log.tokens(piece, raw=True)
     if box is not None:
+        where = functools.partial(keys.index, box)
+        every = box.index(keys.frame)
         # raw ids that the footers prove inside the box need no bounds checks per
         # row (prompt codes always do: a prompt without a reward row has a null code)
         checked = keys.codes is not None or not footers_within(
             _piece_paths(log, piece), _file_names(log), box
         )
-        rows, index = keys.position(log.tokens(piece, raw=True), box, checked=checked)
-        where = functools.partial(keys.index, box)
-        return _Located(rows, index, box.size, where, box.index(keys.frame))
+
+        def exact() -> tuple[pl.LazyFrame, pl.Expr]:
+            return keys.position(tokens, box, checked=checked)
+
+        codes = keys.codes
+        schema = tokens.collect_schema()
+        if codes is None or not (codes.categories.dtype == schema["prompt"] == pl.String):
+            rows, index = exact()
+            return _Located(rows, index, box.size, where, every, lambda: (rows, index))
+        # string prompts: the rows' hashes, their codes found in the compiled loop
+        partial = position(box, schema, names=("stage", None, "cand"))
+        hashes = (pl.col("prompt").hash(_SEEDS[0]), pl.col("prompt").hash(_SEEDS[1]))
+        return _Located(
+            tokens, partial, box.size, where, every, exact, hashes, codes.categories, box.spans[2]
+        )
     known = keys.canonical().select(_IDS).with_row_index("_index")
-    tokens = log.tokens(piece, raw=True)
     rows = tokens.with_columns(canonical_ids(tokens.collect_schema())).join(
         known.lazy(), on=_IDS, how="left"
     )
@@ -248,7 +272,7 @@ def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
 
     index = pl.col("_index").cast(pl.Int64).fill_null(known.height)
     every = np.arange(known.height, dtype=np.int64)
-    return _Located(rows, index, known.height, positions, every)
+    return _Located(rows, index, known.height, positions, every, lambda: (rows, index))
 
 
 def _piece_paths(log: StageLog, piece: Piece | None) -> list[str]:
@@ -267,12 +291,13 @@ def _file_names(log: StageLog) -> tuple[str, ...]:
 
 def _scatter(
     log: StageLog, located: _Located, table: npt.NDArray[np.int32], slots: int
-) -> dict[str, npt.NDArray[Any]]:
+) -> dict[str, npt.NDArray[Any]] | None:
     """Per-slot ``nll, tokens, lp_max, lp_nulls`` of the token rows, in one pass:
     Polars decodes the rows and computes their positions, batch by batch; the
-    compiled loop adds each row into the slot ``table[position]``."""
+    compiled loop adds each row into the slot ``table[position]``. None when two
+    string prompts share both hashes (then the exact positions are used)."""
     try:
-        from raft_polars._engine._compiled import scatter
+        from raft_polars._engine import _compiled
     except ImportError as exc:  # a dependency: only a broken install lacks it
         msg = f"the token pass needs numba ({exc}); install it with: pip install numba"
         raise RaftPolarsError(msg) from exc
@@ -284,14 +309,37 @@ def _scatter(
     }
     dtype = located.rows.collect_schema()["logprob"]
     lp = pl.col("logprob")
-    plan = located.rows.select(
+    columns = [
         located.index.alias("_index"),
         lp if dtype in (pl.Float32, pl.Float64) else lp.cast(pl.Float64),
-    )
+    ]
+    empty = np.zeros(0, dtype=np.uint64)
+    prompts = (empty, empty, np.zeros(0, dtype=np.int64))
+    if located.hashes is not None:
+        assert located.categories is not None
+        names = pl.DataFrame({"prompt": located.categories})
+        first, second = (names.select(h)["prompt"].to_numpy() for h in located.hashes)
+        prompts = _compiled.hash_table(first, second)
+        if len(prompts[2]) == 0:
+            return None
+        columns += [h.alias(f"_hash{i}") for i, h in enumerate(located.hashes)]
+    plan = located.rows.select(columns)
     for batch in log.batches(plan):
         values = batch["logprob"]
         valid = values.is_not_null().to_numpy() if values.has_nulls() else _NO_MASK
-        scatter(batch["_index"].to_numpy(), values.to_numpy(), valid, table, *sums.values())
+        hashes = [empty, empty]
+        if located.hashes is not None:
+            hashes = [batch["_hash0"].to_numpy(), batch["_hash1"].to_numpy()]
+        _compiled.scatter(
+            batch["_index"].to_numpy(),
+            *hashes,
+            prompts,
+            located.stride,
+            values.to_numpy(),
+            valid,
+            table,
+            *sums.values(),
+        )
     return sums
 
 
@@ -326,15 +374,21 @@ def token_sums(
     table[located.candidates] = -1  # a candidate not tracked: its rows are skipped
     table[located.positions(tracked)] = np.arange(1, tracked.height + 1, dtype=np.int32)
     sums = _scatter(log, located, table, tracked.height + 1)
+    if sums is None:  # two prompts share both hashes: the exact positions
+        rows, index = located.exact()
+        located = replace(located, rows=rows, index=index, hashes=None)
+        sums = _scatter(log, located, table, tracked.height + 1)
+        assert sums is not None
     stats = tracked.with_columns(
         pl.Series(name, values[1:]) for name, values in sums.items()
     ).filter(pl.col("tokens") > 0)
     problems: list[Problem] = []
     orphans = int(sums["tokens"][0])
     if orphans and checks:
-        orphan = pl.lit(pl.Series("orphan", table == 0)).gather(located.index)
+        rows, index = located.exact()
+        orphan = pl.lit(pl.Series("orphan", table == 0)).gather(index)
         first = log.collect(
-            located.rows.filter(orphan)
+            rows.filter(orphan)
             .select(pl.col(c).cast(chosen.schema[c], strict=False) for c in _IDS)
             .sort(_IDS, nulls_last=True)
             .head(1)

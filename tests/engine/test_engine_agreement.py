@@ -265,6 +265,7 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
         mock.patch.object(rank, "dense_summary", _spy(rank.dense_summary, summaries)),
         # patched where they are looked up; the originals come from where they are defined
         mock.patch.object(rank, "position", _spy(kernels.position, gathers)),
+        mock.patch.object(reduce, "position", _spy(kernels.position, gathers)),  # string prompts
         mock.patch.object(reduce, "footers_within", _spy(kernels.footers_within, proofs)),
     ):
         check_losses(entry, case, tmp_path)
