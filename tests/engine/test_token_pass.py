@@ -17,11 +17,11 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import long_frames, reference_losses
+from strategies import ragged_logs
 
 import raft_polars
 import raft_polars._engine._compiled as compiled
-from tests.reference import long_frames, reference_losses
-from tests.strategies import ragged_logs
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
 _NO_PROMPTS = (_EMPTY, _EMPTY, np.zeros(0, dtype=np.int64))
