@@ -327,12 +327,13 @@ def _scatter(
     for batch in log.batches(plan):
         values = batch["logprob"]
         valid = values.is_not_null().to_numpy() if values.has_nulls() else _NO_MASK
-        hashes = [empty, empty]
+        hash0 = hash1 = empty
         if located.hashes is not None:
-            hashes = [batch["_hash0"].to_numpy(), batch["_hash1"].to_numpy()]
+            hash0, hash1 = batch["_hash0"].to_numpy(), batch["_hash1"].to_numpy()
         _compiled.scatter(
             batch["_index"].to_numpy(),
-            *hashes,
+            hash0,
+            hash1,
             prompts,
             located.stride,
             values.to_numpy(),
