@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import polars as pl
 import pyarrow as pa
@@ -44,6 +44,7 @@ __all__ = [
     "Piece",
     "Resolved",
     "Source",
+    "StrictReader",
     "file_kind",
     "reading",
     "resolve",
@@ -94,6 +95,17 @@ class Piece:
     offsets: pl.DataFrame | None = None  # numbered candidates: each prompt's first id here
 
 
+class StrictReader(Protocol):
+    """Reads local Parquet files in place of Polars' reader (``validate``'s strict
+    read, :class:`raft_polars._engine.validate.StrictParquet`)."""
+
+    def scan(
+        self, path: str, schema: Mapping[str, pl.DataType], rows: tuple[int, int] | None
+    ) -> pl.LazyFrame:
+        """The rows ``(offset, count)`` of one file (all when None) with ``schema``."""
+        ...
+
+
 @dataclass(frozen=True)
 class Resolved:
     """A source, resolved: files or an in-memory frame, and its schema.
@@ -113,6 +125,8 @@ class Resolved:
         Hive key names and their types (columns that come from directory names).
     frame
         The in-memory source, or None.
+    strict
+        A reader of the local Parquet files in place of Polars' (``validate``).
     """
 
     role: str
@@ -125,6 +139,7 @@ class Resolved:
     summed: tuple[str, ...] = ()  # a ``reward`` column added as the sum of these
     # object store paths (s3://, gs://, az://, hf://): read by Polars' cloud readers
     storage_options: tuple[tuple[str, str], ...] | None = None
+    strict: StrictReader | None = None
 
     @property
     def remote(self) -> bool:
@@ -146,6 +161,7 @@ class Resolved:
         groups: dict[tuple[tuple[str, str | None], ...], list[str]] = {}
         for f in chosen:
             groups.setdefault(f.partitions, []).append(f.path)
+        strict = self.strict if self.kind == "parquet" and not self.remote else None
         frames = []
         for partitions, paths in groups.items():
             if self.remote:  # globs and prefixes expand in the store
@@ -159,6 +175,10 @@ class Resolved:
                 )
             elif self.kind == "ndjson":
                 lf = pl.scan_ndjson(paths, schema=file_schema)
+            elif strict is not None:  # a row range is the reader's to cut
+                rows = None if piece is None else piece.rows
+                parts = [strict.scan(path, file_schema, rows) for path in paths]
+                lf = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
             else:
                 lf = pl.scan_parquet(
                     paths,
@@ -167,7 +187,7 @@ class Resolved:
                     hive_partitioning=False,
                     glob=False,
                 )
-            if piece is not None and piece.rows is not None:
+            if piece is not None and piece.rows is not None and strict is None:
                 lf = lf.slice(*piece.rows)
             values = dict(partitions)
             frames.append(

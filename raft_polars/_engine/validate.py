@@ -2,38 +2,50 @@
 
 Like the loss kernels they run on one partition and return small partials that
 add up: :func:`check_candidates` on whole prompts (whole stages for the global
-ranking), :func:`token_aggregates` on any piece of the long layout's token rows,
-:func:`finish_long` and :func:`empty_stages` once, on the combined partials. Each
-finding keeps its count, how many places hold it and its first ``limit``
-locations in ``stage, prompt, cand`` order.
+ranking), :func:`token_part` on any piece of the long layout's token rows,
+:func:`combine_runs`, :func:`finish_long` and :func:`empty_stages` once, on the
+combined partials. Each finding keeps its count, how many places hold it and its
+first ``limit`` locations in ``stage, prompt, cand`` order.
+
+Every local Parquet file is decoded once, by pyarrow with page checksums verified
+(:class:`StrictParquet`, a Polars source): the strict read that names a corrupt
+file and the checks of its rows are one pass, in memory bounded by a record batch
+and the per-response partials.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import accumulate
+from typing import Any
 
 import polars as pl
 
 from raft_polars._engine.checks import bad_logprob, bad_reward
 from raft_polars._engine.rank import select
-from raft_polars._engine.read import ID_COLUMNS, StageLog
+from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
+from raft_polars._engine.sources import _UPCAST, Piece, Resolved
 from raft_polars.selection import Selection
 
 __all__ = [
     "CandidatePart",
     "Checked",
     "Findings",
+    "StrictParquet",
+    "TokenPart",
     "check_candidates",
-    "combine_aggregates",
+    "combine_runs",
     "empty_stages",
     "finish_long",
     "nested_columns",
     "strict_findings",
     "strict_paths",
     "strict_read",
+    "strictly",
     "summarize",
-    "token_aggregates",
+    "token_part",
+    "token_runs",
 ]
 
 _IDS = list(ID_COLUMNS)
@@ -204,28 +216,90 @@ def _stage_tokens(selected: pl.DataFrame) -> pl.DataFrame:
 # --- long layout: the token rows ------------------------------------------------------------
 
 
-def token_aggregates(tokens: pl.LazyFrame, *, has_position: bool) -> pl.LazyFrame:
-    """Per response: rows, bad log-probs, and (with a ``token`` column) null
-    positions, the first and last position and the first bad one: aggregations
-    that stream in O(responses) memory. Positions ``0 .. n-1`` of ``n`` rows hold
-    neither a duplicate nor a gap (a duplicate among n values in [0, n-1] leaves a
-    gap); only the other responses are looked at row by row, later."""
-    lp = pl.col("logprob")
-    bad = _bad(lp)
-    aggs = [pl.len().cast(pl.Int64).alias("rows"), bad.sum().cast(pl.Int64).alias("bad_lp")]
+def token_runs(tokens: pl.LazyFrame, *, has_position: bool) -> pl.LazyFrame:
+    """Per response of a piece of token rows: its rows, runs and bad log-probs,
+    and (with a ``token`` column) its position jumps and the first and last
+    position of its runs.
+
+    A *run* is a stretch of consecutive rows of one response; a *jump*, a row of
+    a run whose position is not the one before plus one (or is null). Only the
+    rows that start or end a run, or hold a bad log-prob or a jump, go to the
+    aggregation (about two a response in a log written in order), so the pass
+    costs little more than a read and streams in O(responses) memory. A
+    response of one run without a jump holds the positions ``first_pos ..
+    first_pos + rows - 1``, each once: the proof of order of :func:`combine_runs`.
+    """
+    ids = [pl.col(c) for c in _IDS]
+    index = pl.col("_row")
+    row = index.cast(pl.Int64)
+    start, end, bad, jump = pl.col("_start"), pl.col("_end"), pl.col("_bad"), pl.col("_jump")
+    marks = [
+        (pl.any_horizontal(c.ne_missing(c.shift(1)) for c in ids) | (index == 0)).alias("_start"),
+        bad_logprob(pl.col("logprob")).alias("_bad"),
+    ]
+    after = [start.shift(-1).fill_null(value=True).alias("_end")]  # the next row starts a run
+    keep = start | end | bad
+    aggs = [
+        start.sum().cast(pl.Int64).alias("runs"),
+        (pl.when(end).then(row).sum() - pl.when(start).then(row).sum() + start.sum())
+        .cast(pl.Int64)
+        .alias("rows"),
+        bad.sum().cast(pl.Int64).alias("bad_lp"),
+    ]
     if has_position:
-        token = pl.col("token").cast(pl.Int64)
+        token = pl.col("token")
+        after.append((~start & token.ne_missing(token.shift(1) + 1)).alias("_jump"))
+        keep = keep | jump
         aggs += [
-            token.null_count().cast(pl.Int64).alias("null_pos"),
-            token.min().alias("first_pos"),
-            token.max().alias("last_pos"),
-            pl.when(bad).then(token).min().alias("first_bad"),
+            jump.sum().cast(pl.Int64).alias("jumps"),
+            token.min().cast(pl.Int64).alias("first_pos"),
+            token.max().cast(pl.Int64).alias("last_pos"),
         ]
-    return tokens.group_by(_IDS).agg(aggs)
+    return (
+        tokens.with_row_index("_row")
+        .with_columns(marks)
+        .with_columns(after)
+        .filter(keep)
+        .group_by(_IDS)
+        .agg(aggs)
+    )
+
+
+@dataclass
+class TokenPart:
+    """What :func:`token_part` returns for one piece of the token rows: the
+    :func:`token_runs` aggregates and the files the strict read rejected."""
+
+    runs: pl.DataFrame
+    errors: dict[str, str]
+
+
+def token_part(log: StageLog, piece: Piece | None = None) -> TokenPart:
+    """The token-row kernel of the long layout: :func:`token_runs` over the rows
+    of ``piece`` (all when None), each local Parquet file decoded once, strictly
+    (:class:`StrictParquet`).
+
+    Integer and text ids are compared in the source's own types (cheaper than
+    the canonical Int64 on hundreds of millions of rows) and made canonical
+    after the aggregation, one row per response.
+    """
+    reader = StrictParquet()
+    strict = strictly(log, reader)
+    rows = strict._scan(strict.main, piece)  # the rows of tokens(), before the casts
+    kinds = rows.collect_schema()
+    if all(kinds[c].is_integer() or kinds[c] == pl.String for c in _IDS):
+        token = ["token"] if log.has_token else []
+        query = token_runs(rows.select(*_IDS, "logprob", *token), has_position=log.has_token)
+        query = query.with_columns(canonical_ids(kinds))
+    else:
+        query = token_runs(strict.tokens(piece), has_position=log.has_token)
+    return TokenPart(strict.collect(query), reader.errors)
 
 
 def _details(rows: pl.DataFrame, *, has_position: bool) -> pl.DataFrame:
-    """The first bad value and the first duplicate position of a few responses."""
+    """What the runs do not prove, from the rows of a few responses: their first
+    bad log-prob and, with positions, its position, the null, first, last,
+    first duplicate and distinct positions."""
     lp = pl.col("logprob").cast(pl.Float64)
     bad = _bad(pl.col("logprob"))
     if not has_position:
@@ -233,51 +307,83 @@ def _details(rows: pl.DataFrame, *, has_position: bool) -> pl.DataFrame:
     token = pl.col("token").cast(pl.Int64)
     return rows.group_by(_IDS).agg(
         lp.filter(bad).sort_by(token.filter(bad)).first().alias("first_bad_value"),
+        token.filter(bad).min().alias("first_bad"),
+        token.null_count().cast(pl.Int64).alias("null_pos"),
+        token.min().alias("first_pos"),
+        token.max().alias("last_pos"),
         token.filter(token.is_duplicated()).min().alias("first_dup"),
         token.drop_nulls().n_unique().cast(pl.Int64).alias("distinct"),
     )
 
 
-def combine_aggregates(
+def combine_runs(
     parts: Sequence[pl.DataFrame],
     fetch: Callable[[pl.DataFrame], pl.DataFrame],
     *,
     has_position: bool,
 ) -> pl.DataFrame:
-    """Per-response aggregates of every piece, as one row per response.
+    """The :func:`token_runs` aggregates of every piece, as one row per response.
 
-    A response whose rows sit in more than one piece is aggregated again from
-    its rows (``fetch(keys)`` returns the token rows of those responses), so that
-    distinct and duplicate positions stay exact. The responses with a bad
-    log-prob or a duplicate position get their details from their rows too.
+    A response is in order when each piece holds it as one run without a jump
+    and these runs, sorted by their first position, start at 0 and each begins
+    where the one before ended: it then holds the positions ``0 .. rows - 1``,
+    each once. The other responses, and those with a bad log-prob, get what the
+    runs do not prove from their rows (``fetch(keys)`` returns the token rows of
+    those responses, :func:`_details`).
     """
     frames = [p for p in parts if p.height] or list(parts[:1])
     every = pl.concat(frames, how="vertical")
-    pieces = every.group_by(_IDS).agg(pl.len().alias("_pieces"))
-    split = pieces.filter(pl.col("_pieces") > 1).select(_IDS)
-    whole = every.join(split, on=_IDS, how="anti", nulls_equal=True)
-    if split.height:
-        again = token_aggregates(fetch(split).lazy(), has_position=has_position).collect()
-        whole = pl.concat([whole, again], how="vertical")
     flagged = pl.col("bad_lp") > 0
     if has_position:
-        present = pl.col("rows") - pl.col("null_pos")
-        in_order = (pl.col("first_pos") == 0) & (pl.col("last_pos") == present - 1)
-        flagged = flagged | ~in_order.fill_null(value=False)
-        # responses in order: every position once; the others get theirs counted below
-        whole = whole.with_columns(present.alias("distinct"))
+        one_run = (pl.col("runs") == 1) & (pl.col("jumps") == 0) & pl.col("first_pos").is_not_null()
+        every = every.with_columns(one_run.alias("_ordered"))
+        if len(frames) > 1:  # a response may sit in several pieces: do its runs tile?
+            every = _merged(every)
+        else:
+            every = every.with_columns(pl.col("_ordered") & (pl.col("first_pos") == 0))
+        flagged = flagged | ~pl.col("_ordered")
+        every = every.with_columns(  # responses in order: every position once
+            pl.lit(0, pl.Int64).alias("null_pos"),
+            pl.lit(None, pl.Int64).alias("first_bad"),
+            pl.col("rows").alias("distinct"),
+            pl.lit(None, pl.Int64).alias("first_dup"),
+        )
+    elif len(frames) > 1:
+        every = every.group_by(_IDS).agg(pl.col("rows", "bad_lp").sum())
+    whole = every.with_columns(pl.lit(None, pl.Float64).alias("first_bad_value"))
     need = whole.filter(flagged).select(_IDS)
-    detail = _details(fetch(need), has_position=has_position) if need.height else None
-    if detail is None:
-        extra = [pl.lit(None, pl.Float64).alias("first_bad_value")]
-        if has_position:
-            extra.append(pl.lit(None, pl.Int64).alias("first_dup"))
-        return whole.with_columns(extra)
-    out = whole.join(detail, on=_IDS, how="left", nulls_equal=True)
-    if has_position:  # the flagged responses' distinct positions, counted from their rows
-        counted = pl.coalesce("distinct_right", "distinct").alias("distinct")
-        out = out.with_columns(counted).drop("distinct_right")
-    return out
+    if need.height:
+        detail = _details(fetch(need), has_position=has_position)
+        whole = whole.join(detail, on=_IDS, how="left", nulls_equal=True, suffix="_rows")
+        found = [c for c in detail.columns if c not in _IDS]
+        whole = whole.with_columns(
+            pl.when(flagged).then(pl.col(f"{c}_rows")).otherwise(pl.col(c)).alias(c) for c in found
+        )
+    keep = ["rows", "bad_lp"]
+    if has_position:
+        keep += ["null_pos", "first_pos", "last_pos", "first_bad", "distinct", "first_dup"]
+    return whole.select(*_IDS, *keep, "first_bad_value")
+
+
+def _merged(every: pl.DataFrame) -> pl.DataFrame:
+    """The runs of responses held by several pieces, added up; ``_ordered``: each
+    piece holds one run without a jump and, by first position, they tile
+    ``0 .. rows - 1``."""
+    ids = [pl.col(c) for c in _IDS]
+    ranked = every.sort([*_IDS, "first_pos"], nulls_last=True)
+    same = pl.all_horizontal(c.eq_missing(c.shift(1)) for c in ids)
+    follows = pl.when(same).then(pl.col("first_pos") == pl.col("last_pos").shift(1) + 1)
+    tiles = follows.otherwise(pl.col("first_pos") == 0).fill_null(value=False)
+    return (
+        ranked.with_columns((pl.col("_ordered") & tiles).alias("_ordered"))
+        .group_by(_IDS)
+        .agg(
+            pl.col("runs", "rows", "bad_lp", "jumps").sum(),
+            pl.col("first_pos").min(),
+            pl.col("last_pos").max(),
+            pl.col("_ordered").all(),
+        )
+    )
 
 
 def finish_long(
@@ -359,42 +465,207 @@ def summarize(
     return Checked(found.merge(p.findings for p in parts), summary)
 
 
+# --- the strict read: pyarrow decodes every page, checksums verified -------------------------
+
+# rows per record batch of the strict read: memory bounded by a batch, not a file
+_BATCH_ROWS = 1 << 17
+
+
+def _row_groups(meta: Any, rows: tuple[int, int] | None) -> tuple[list[int], int, int | None]:
+    """The row groups that hold the rows ``(offset, count)`` of a file (all when
+    None), the rows to skip in the first of them and the rows to keep."""
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    if rows is None:
+        return list(range(len(sizes))), 0, None
+    offset, count = rows
+    starts = list(accumulate(sizes, initial=0))
+    end = offset + count
+    groups = [i for i, n in enumerate(sizes) if starts[i] < end and starts[i] + n > offset]
+    return groups, offset - starts[groups[0]] if groups else 0, count
+
+
+def _strict_batches(path: str, rows: tuple[int, int] | None = None) -> Iterator[Any]:
+    """The rows ``(offset, count)`` of a Parquet file (all when None), every column,
+    as pyarrow record batches: pyarrow decodes every page and verifies the page
+    checksums where the writer stored them, and raises at the first bad page."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path, page_checksum_verification=True) as handle:
+        groups, skip, count = _row_groups(handle.metadata, rows)
+        if not groups:
+            return
+        for decoded in handle.iter_batches(batch_size=_BATCH_ROWS, row_groups=groups):
+            batch = decoded.slice(min(skip, decoded.num_rows))
+            skip = max(0, skip - decoded.num_rows)
+            if count is not None:
+                batch, count = batch.slice(0, count), max(0, count - batch.num_rows)
+            if batch.num_rows:
+                yield batch
+            if count == 0:
+                return
+
+
+def _ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items`` made up to ``depth`` ahead in a thread of their own, so that
+    pyarrow decodes the next batch (without the GIL) while Polars works on this
+    one; an error of ``items`` is raised where it occurs in the sequence."""
+    import queue
+    import threading
+
+    made: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                made.put(entry, timeout=0.05)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except Exception as exc:  # raised to the reader, in its place
+            put((False, exc))
+
+    thread = threading.Thread(target=make, daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = made.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def strict_read(path: str) -> str | None:
     """Decode every page of a Parquet file with pyarrow's reader, verifying the
     page checksums where the writer stored them: the first error, or None.
 
     The default path decodes with Polars alone; a corrupted page that Polars still
     decodes (to different values) is caught here, where a strict reader rejects
-    it. Streams row group by row group.
+    it. Streams record batch by record batch. :class:`StrictParquet` is the same
+    read as a Polars source, for the passes that check the rows too.
     """
-    import pyarrow.parquet as pq
-
     try:
-        with pq.ParquetFile(path, page_checksum_verification=True) as handle:
-            for _ in handle.iter_batches(batch_size=1 << 16):
-                pass
+        for _ in _strict_batches(path):
+            pass
     except Exception as exc:  # any failure of the strict reader is the finding
-        text = str(exc).strip()
-        return text.splitlines()[0] if text else type(exc).__name__
+        return _error_text(exc)
     return None
+
+
+class StrictParquet:
+    """Reads local Parquet files for ``validate``: pyarrow decodes every column
+    (:func:`strict_read`), Polars gets the batches as a lazy source, so that the
+    checks of the rows and the strict read are one decode.
+
+    A file pyarrow rejects is recorded in :attr:`errors` (path -> first error) and
+    read on by Polars from where pyarrow stopped, as the default path reads it.
+    """
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def scan(
+        self, path: str, schema: Mapping[str, pl.DataType], rows: tuple[int, int] | None
+    ) -> pl.LazyFrame:
+        """The rows ``(offset, count)`` of one file (all when None) with ``schema``."""
+        from polars.io.plugins import register_io_source
+
+        types = dict(schema)
+
+        def source(
+            columns: list[str] | None, where: pl.Expr | None, limit: int | None, _: int | None
+        ) -> Iterator[pl.DataFrame]:
+            frames = self._frames(path, types, rows, columns or list(types), limit)
+            return frames if where is None else (f.filter(where) for f in frames)
+
+        return register_io_source(source, schema=types)
+
+    def _frames(
+        self,
+        path: str,
+        types: dict[str, pl.DataType],
+        rows: tuple[int, int] | None,
+        names: list[str],
+        limit: int | None,
+    ) -> Iterator[pl.DataFrame]:
+        done = 0
+        batches = _ahead(_strict_batches(path, rows))
+        while limit is None or done < limit:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:  # any failure of the strict reader is the finding
+                self.errors.setdefault(path, _error_text(exc))
+                break
+            if batch is None:
+                return
+            frame = pl.from_arrow(batch.select(names))
+            assert isinstance(frame, pl.DataFrame)
+            frame = frame.cast({n: types[n] for n in names if frame.schema[n] != types[n]})
+            frame = frame if limit is None else frame.head(limit - done)
+            done += frame.height
+            yield frame
+        else:
+            return
+        offset, count = rows if rows is not None else (0, None)
+        left = None if count is None else count - done
+        if limit is not None:
+            left = limit - done if left is None else min(left, limit - done)
+        rest = pl.scan_parquet(
+            path, schema=types, cast_options=_UPCAST, hive_partitioning=False, glob=False
+        )
+        yield rest.slice(offset + done, left).select(names).collect()
+
+
+def strictly(log: StageLog, reader: StrictParquet) -> StageLog:
+    """``log`` with its local Parquet files read by ``reader``."""
+
+    def strict(source: Resolved) -> Resolved:
+        local = source.kind == "parquet" and not source.remote and source.frame is None
+        return replace(source, strict=reader) if local else source
+
+    rewards = None if log.rewards is None else strict(log.rewards)
+    return replace(log, main=strict(log.main), rewards=rewards)
 
 
 def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -> None:
     """Record the files a strict reader rejected."""
-    bad = [(path, error) for path, error in errors if error is not None]
+    bad: dict[str, str] = {}
+    for path, error in errors:  # a file read in several pieces: its first error
+        if error is not None:
+            bad.setdefault(path, error)
     found.add(
         "corrupt_file",
         len(bad),
         pl.DataFrame(
-            {"file": [p for p, _ in bad], "error": [e for _, e in bad]},
+            {"file": list(bad), "error": list(bad.values())},
             schema={"file": pl.String, "error": pl.String},
         ),
     )
 
 
-def strict_paths(log: StageLog) -> list[str]:
-    """The local Parquet files of a log, for :func:`strict_read`."""
-    sources = [log.main] + ([] if log.rewards is None else [log.rewards])
+def strict_paths(log: StageLog, *, tokens: bool = True) -> list[str]:
+    """The local Parquet files of a log, for :func:`strict_read` (without the
+    long layout's token files when not ``tokens``)."""
+    sources = [log.main] if tokens or log.layout == "nested" else []
+    sources += [] if log.rewards is None else [log.rewards]
     return [
         path
         for source in sources

@@ -281,8 +281,8 @@ def _t_prompt_rows(log: StageLog, piece: Piece) -> pl.DataFrame:
     )
 
 
-def _t_aggregates(log: StageLog, piece: Piece) -> pl.DataFrame:
-    return log.collect(vk.token_aggregates(log.tokens(piece), has_position=log.has_token))
+def _t_token_part(log: StageLog, piece: Piece) -> vk.TokenPart:
+    return vk.token_part(log, piece)
 
 
 def _t_fetch_tokens(log: StageLog, piece: Piece, keys: pl.DataFrame) -> pl.DataFrame:
@@ -427,17 +427,21 @@ class DaskExecutor:
             )
             parts: list[vk.CandidatePart] = job.gather([f for f, _, _ in futures])
             found = vk.Findings(limit)
-            paths = vk.strict_paths(log)
-            errors = job.gather([job.submit(vk.strict_read, p) for p in paths])
-            vk.strict_findings(found, zip(paths, errors, strict=True))
+            paths = vk.strict_paths(log, tokens=False)  # the token pass reads its own strictly
+            read = job.gather([job.submit(vk.strict_read, p) for p in paths])
+            errors = list(zip(paths, read, strict=True))
             if nested:
+                vk.strict_findings(found, errors)
                 if log.has_logprobs:
                     vk.empty_stages(
                         found, [p.stage_tokens for p in parts if p.stage_tokens is not None]
                     )
                 return vk.summarize(found, parts)
             shards = job.token_shards()
-            aggregates = job.gather([job.submit(_t_aggregates, job.log, s.piece) for s in shards])
+            tokens: list[vk.TokenPart] = job.gather(
+                [job.submit(_t_token_part, job.log, s.piece) for s in shards]
+            )
+            vk.strict_findings(found, [*errors, *(e for t in tokens for e in t.errors.items())])
 
             def fetch(keys: pl.DataFrame) -> pl.DataFrame:
                 wanted = client.scatter(keys, broadcast=True, hash=False)
@@ -447,7 +451,8 @@ class DaskExecutor:
                 frame: pl.DataFrame = pl.concat(rows, how="vertical")
                 return frame
 
-            per_response = vk.combine_aggregates(aggregates, fetch, has_position=log.has_token)
+            runs = [t.runs for t in tokens]
+            per_response = vk.combine_runs(runs, fetch, has_position=log.has_token)
         known = pl.concat([p.known for p in parts if p.known is not None], how="vertical")
         chosen = pl.concat([p.chosen for p in parts], how="vertical")
         stage_tokens = vk.finish_long(

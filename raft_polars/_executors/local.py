@@ -123,25 +123,28 @@ class LocalExecutor:
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
         nested = log.layout == "nested"
-        rows = log.candidates(extras=False)
+        reader = vk.StrictParquet()  # the candidate rows: one strict decode
+        strict = vk.strictly(log, reader)
+        rows = strict.candidates(extras=False)
         checked = vk.nested_columns(rows, has_logprobs=log.has_logprobs)
-        cands = log.collect(checked if nested else rows.select(*_IDS, "reward"))
+        cands = strict.collect(checked if nested else rows.select(*_IDS, "reward"))
         part = vk.check_candidates(cands, selection, limit, nested=nested)
         found = vk.Findings(limit)
-        vk.strict_findings(found, ((p, vk.strict_read(p)) for p in vk.strict_paths(log)))
         if nested:
+            vk.strict_findings(found, reader.errors.items())
             assert part.stage_tokens is not None
             if log.has_logprobs:
                 vk.empty_stages(found, [part.stage_tokens])
             return vk.summarize(found, [part])
         assert part.known is not None
+        tokens = vk.token_part(log)
+        vk.strict_findings(found, [*reader.errors.items(), *tokens.errors.items()])
 
         def fetch(keys: pl.DataFrame) -> pl.DataFrame:
             picked = log.tokens().join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)
             return log.collect(picked)
 
-        aggregates = log.collect(vk.token_aggregates(log.tokens(), has_position=log.has_token))
-        per_response = vk.combine_aggregates([aggregates], fetch, has_position=log.has_token)
+        per_response = vk.combine_runs([tokens.runs], fetch, has_position=log.has_token)
         stage_tokens = vk.finish_long(
             found, part.known, part.chosen, per_response, has_position=log.has_token
         )

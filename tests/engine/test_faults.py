@@ -283,6 +283,13 @@ def test_flipped_or_truncated_bytes(
     assert "same" in out or "error" in out
 
 
+def _flip_one_logprob(path: Path, value: float) -> None:
+    raw = bytearray(path.read_bytes())
+    at = raw.index(bytes(pl.Series([value]).to_numpy().tobytes()))
+    raw[at + 3] ^= 0x01  # a low mantissa byte of one log-prob
+    path.write_bytes(bytes(raw))
+
+
 @pytest.mark.parametrize("engine", engines())
 def test_validate_catches_a_page_that_polars_decodes(tmp_path: Path, engine: str) -> None:
     """A flipped byte among the log-prob values of an uncompressed page: Polars
@@ -295,16 +302,73 @@ def test_validate_catches_a_page_that_polars_decodes(tmp_path: Path, engine: str
     path = tmp_path / "log.parquet"
     pq.write_table(nested_frame(lps, rws).to_arrow(), path, compression="none",
                    write_page_checksum=True)  # fmt: skip
-    raw = bytearray(path.read_bytes())
-    at = raw.index(bytes(pl.Series([-0.5 - 0.001 * 200]).to_numpy().tobytes()))
-    raw[at + 3] ^= 0x01  # a low mantissa byte of one log-prob
-    path.write_bytes(bytes(raw))
+    _flip_one_logprob(path, -0.5 - 0.001 * 200)
     rp.stage_losses(str(path))  # the default path decodes it
     report = rp.validate(str(path), engine=_engine(engine))
     corrupt = [p for p in report.problems if p.kind == "corrupt_file"]
     assert corrupt, report.format()
     assert corrupt[0].locations[0]["file"] == str(path)
     assert "checksum" in corrupt[0].locations[0]["error"].lower()
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_validate_reads_on_after_a_corrupt_token_page(tmp_path: Path, engine: str) -> None:
+    """The long layout's token rows are checked and strictly decoded in one read: a
+    page that pyarrow rejects (in the second of three row groups) names the file,
+    and Polars reads the file on from there, so every row is still counted."""
+    import pyarrow.parquet as pq
+
+    n = 3000
+    tokens = pl.DataFrame(
+        {
+            "stage": [0] * n,
+            "prompt": [i // 1000 for i in range(n)],
+            "cand": [0] * n,
+            "token": [i % 1000 for i in range(n)],
+            "logprob": [-0.5 - 0.001 * (i % 1000) - (i // 1000) for i in range(n)],
+        }
+    )
+    rewards = pl.DataFrame({"stage": [0] * 3, "prompt": [0, 1, 2], "cand": [0] * 3})
+    path = tmp_path / "tokens.parquet"
+    pq.write_table(tokens.to_arrow(), path, compression="none", write_page_checksum=True,
+                   row_group_size=1000)  # fmt: skip
+    rewards.with_columns(pl.lit(1.0).alias("reward")).write_parquet(tmp_path / "rewards.parquet")
+    _flip_one_logprob(path, -0.5 - 0.001 * 200 - 1)
+    report = rp.validate(
+        str(path), rewards=str(tmp_path / "rewards.parquet"), engine=_engine(engine)
+    )
+    assert [p.kind for p in report.problems] == ["corrupt_file"]
+    assert report.problems[0].locations[0]["file"] == str(path)
+    assert "checksum" in report.problems[0].locations[0]["error"].lower()
+    assert report.summary["tokens"] == n
+
+
+def test_strict_reader_row_ranges_and_polars_after_an_error(tmp_path: Path) -> None:
+    """StrictParquet gives the rows of a range of row groups as Polars reads them;
+    after a page pyarrow rejects, the rest comes from Polars and the file is named."""
+    import pyarrow.parquet as pq
+
+    from raft_polars._engine.validate import StrictParquet
+
+    frame = pl.DataFrame({"a": range(50), "x": [-0.5 - 0.01 * i for i in range(50)]})
+    path = tmp_path / "f.parquet"
+    pq.write_table(frame.to_arrow(), path, compression="none", write_page_checksum=True,
+                   row_group_size=10)  # fmt: skip
+    schema = dict(frame.schema)
+    for rows in [None, (0, 10), (10, 20), (40, 10), (20, 0)]:
+        reader = StrictParquet()
+        got = reader.scan(str(path), schema, rows).collect()
+        want = frame if rows is None else frame.slice(*rows)
+        assert got.equals(want), rows
+        assert reader.errors == {}
+    _flip_one_logprob(path, -0.5 - 0.01 * 25)
+    for rows in [None, (20, 30)]:
+        reader = StrictParquet()
+        got = reader.scan(str(path), schema, rows).collect()
+        polars = pl.read_parquet(path)
+        assert got.equals(polars if rows is None else polars.slice(*rows))
+        assert list(reader.errors) == [str(path)]
+        assert "checksum" in reader.errors[str(path)].lower()
 
 
 # --- 5. read errors of the lazy batch: RaftInputError through rp.collect ---------------------

@@ -124,3 +124,102 @@ def test_random_faults_same_report(
             write_split(rewards, root / "r", 1)
             kwargs = {"source": str(root / "t"), "rewards": str(root / "r")}
         _both(**kwargs)
+
+
+# --- token positions: the proof of order and its exceptions ---------------------------------
+
+
+def _reference_positions(tokens: pl.DataFrame) -> dict[str, int]:
+    """Duplicate, gap and null-position counts of token rows, response by response."""
+    found = {"duplicate_token": 0, "token_gap": 0, "null_token_position": 0}
+    positions: dict[tuple[Any, ...], list[int | None]] = {}
+    for stage, prompt, cand, token in tokens.select("stage", "prompt", "cand", "token").rows():
+        positions.setdefault((stage, prompt, cand), []).append(token)
+    for every in positions.values():
+        present = [t for t in every if t is not None]
+        distinct = set(present)
+        found["null_token_position"] += len(every) - len(present)
+        found["duplicate_token"] += len(present) - len(distinct)
+        if distinct and (min(distinct) != 0 or max(distinct) != len(distinct) - 1):
+            found["token_gap"] += 1
+    return {kind: count for kind, count in found.items() if count}
+
+
+def _long_log(root: Path, positions: list[list[int | None]], files: int, group: int) -> None:
+    """One prompt, a response per position list (each with a reward row), its token
+    rows cut into ``files`` files in order, ``group`` rows a row group."""
+    rows = [(0, 0, cand, token, -1.0) for cand, tokens in enumerate(positions) for token in tokens]
+    ids = {name: pl.Int64 for name in ("stage", "prompt", "cand", "token")}
+    tokens = pl.DataFrame(rows, schema={**ids, "logprob": pl.Float64}, orient="row")
+    (root / "t").mkdir(parents=True)
+    size = -(-tokens.height // files)
+    for part in range(files):
+        chunk = tokens.slice(part * size, size)
+        chunk.write_parquet(root / "t" / f"part-{part}.parquet", row_group_size=group)
+    rewards = pl.DataFrame(
+        {"stage": 0, "prompt": 0, "cand": range(len(positions)), "reward": 1.0}
+    ).with_columns(pl.col("cand").cast(pl.Int64))
+    rewards.write_parquet(root / "rewards.parquet")
+
+
+@pytest.mark.parametrize(
+    ("positions", "expected"),
+    [
+        ([[0, 1, 2], [0, 1]], {}),
+        ([[2, 0, 1]], {}),  # out of order, each once
+        ([[3, 4, 0, 1, 2]], {}),  # two runs that tile 0..4
+        ([[0, 0, 2]], {"duplicate_token": 1, "token_gap": 1}),  # n rows, min 0, max n - 1
+        ([[0, 1, 0, 1]], {"duplicate_token": 2}),
+        ([[0, 2, 1, 2, 4]], {"duplicate_token": 1, "token_gap": 1}),
+        ([[1, 2, 3]], {"token_gap": 1}),
+        ([[0, None, 1]], {"null_token_position": 1}),
+        ([[None]], {"null_token_position": 1}),
+    ],
+)
+def test_token_positions(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    positions: list[list[int | None]],
+    expected: dict[str, int],
+) -> None:
+    """Positions that only a count, a minimum and a maximum would take for
+    ``0 .. n-1``, runs that tile it, and each response cut over files and row-group
+    shards: the counts of a plain reference, on both executors."""
+    import raft_polars._executors.dask
+
+    monkeypatch.setattr(raft_polars._executors.dask, "SHARD_BYTES", 1)  # a row group a shard
+    _long_log(tmp_path, positions, files=2, group=2)
+    report = _both(source=str(tmp_path / "t"), rewards=str(tmp_path / "rewards.parquet"))
+    tokens = pl.read_parquet(tmp_path / "t")
+    assert _counts(report) == expected == _reference_positions(tokens)
+    assert report["summary"]["tokens"] == tokens.height
+
+
+_POSITIONS = st.lists(st.one_of(st.none(), st.integers(0, 6)), max_size=7)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lists=st.lists(
+        st.one_of(_POSITIONS, st.integers(0, 7).map(lambda n: list(range(n)))), max_size=4
+    ),
+    files=st.integers(1, 3),
+    group=st.integers(1, 4),
+)
+def test_token_positions_against_a_reference(
+    lists: list[list[int | None]], files: int, group: int
+) -> None:
+    """Random positions (in order, shuffled, repeated, missing, null) cut over files
+    and row groups: duplicate, gap and null counts of a plain reference, on both
+    executors."""
+    import raft_polars._executors.dask
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(raft_polars._executors.dask, "SHARD_BYTES", 1)
+        root = Path(tmp)
+        _long_log(root, lists or [[]], files, group)
+        report = _both(source=str(root / "t"), rewards=str(root / "rewards.parquet"))
+        tokens = pl.read_parquet(root / "t")
+        got = {k: v for k, v in _counts(report).items() if k in _reference_positions(tokens)}
+        assert got == _reference_positions(tokens)
+        assert report["summary"]["tokens"] == tokens.height
