@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["hash_table", "scatter"]
+__all__ = ["best_of_groups", "hash_table", "scatter"]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -95,3 +95,35 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
         nll[slot] -= value
         if value > lp_max[slot]:  # noqa: PLR1730 - NaN never replaces the maximum
             lp_max[slot] = value
+
+
+@numba.njit(nogil=True, cache=True)
+def best_of_groups(
+    group: npt.NDArray[Any], cand: npt.NDArray[Any], reward: npt.NDArray[np.float64], groups: int
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+]:  # pragma: no cover - compiled; its callers are tested
+    """Best-of-K over candidates in any order: per group (a ``(stage, prompt)``),
+    the candidate with the largest (finite) reward, ties to the smallest
+    ``cand``, with its own reward (-0.0 stays -0.0); the number of candidates
+    sharing the best reward, the number of candidates and the reward sum."""
+    first = np.zeros(groups, dtype=np.int64)
+    best = np.full(groups, -np.inf)
+    ties = np.zeros(groups, dtype=np.int64)
+    counts = np.zeros(groups, dtype=np.int64)
+    sums = np.zeros(groups)
+    for i in range(group.shape[0]):
+        g, value = group[i], reward[i]
+        counts[g] += 1
+        sums[g] += value
+        if counts[g] == 1 or value > best[g]:
+            best[g], first[g], ties[g] = value, cand[i], 1
+        elif value == best[g]:
+            ties[g] += 1
+            if cand[i] < first[g]:
+                best[g], first[g] = value, cand[i]
+    return first, best, ties, counts, sums

@@ -113,7 +113,9 @@ def dense_summary(keys: pl.DataFrame, box: Box | None = None) -> pl.DataFrame | 
     when the ids do not fit a box or something is off (a null id, a duplicate
     candidate, a reward that is not finite): :func:`prompt_summary` then runs, and
     the checks name the problem. Time and memory are O(candidates) when the box
-    is at most 4 positions per candidate; it gives up otherwise.
+    is at most 4 positions per candidate; it gives up otherwise. The ranking is
+    the compiled :func:`~raft_polars._engine._compiled.best_of_groups`, which the
+    nested lists of ``raft_alignment`` use too.
     """
     box = box_of(keys) if box is None else box
     if box is None or not dense_enough(box, keys.height):
@@ -126,51 +128,24 @@ def dense_summary(keys: pl.DataFrame, box: Box | None = None) -> pl.DataFrame | 
     present[index] = True
     if int(np.count_nonzero(present)) != len(index):  # a duplicate candidate
         return None
-    k = box.spans[2]
-    if box.size <= 4 * keys.height:  # a (prompt x K) reward matrix, row by row
-        matrix = np.full(box.size, -np.inf)
-        matrix[index] = reward
-        group = index
-        group //= k  # in place: the positions are not needed any more
-        counts = np.count_nonzero(present.reshape(box.prompts, k), axis=1)
-        used = np.flatnonzero(counts)
-        rows = matrix.reshape(box.prompts, k)
-        if len(used) < box.prompts:  # a copy only when some positions hold no prompt
-            rows = rows[used]
-        del matrix
-        cand = rows.argmax(axis=1)  # the first maximum: ties go to the smallest cand
-        best = rows[np.arange(len(used)), cand]  # its own reward: -0.0 stays -0.0
-        ties = np.count_nonzero(rows == best[:, None], axis=1)
-        del rows
-    else:  # scattered: O(candidates) with unbuffered ufunc.at
-        group = index // k
-        counts = np.bincount(group, minlength=box.prompts)
-        used = np.flatnonzero(counts)
-        top = np.full(box.prompts, -np.inf)
-        np.maximum.at(top, group, reward)
-        at_top = reward == top[group]
-        offset = index - group * k
-        del index
-        first = np.full(box.prompts, k)
-        np.minimum.at(first, group[at_top], offset[at_top])
-        cand = first[used]
-        ties = np.bincount(group[at_top], minlength=box.prompts)[used]
-        picked = at_top & (offset == first[group])  # one row per prompt
-        top[group[picked]] = reward[picked]  # its own reward: -0.0 stays -0.0
-        best = top[used]
-    sums = np.bincount(group, weights=reward, minlength=box.prompts)[used]
+    from raft_polars._engine._compiled import best_of_groups
+
+    group, offset = np.divmod(index, box.spans[2])
+    del index
+    cand, best, ties, counts, sums = best_of_groups(group, offset, reward, box.prompts)
+    used = np.flatnonzero(counts)
     count = pl.get_index_type()
     zeros = pl.Series(np.zeros(len(used), dtype=np.uint32), dtype=count)
     return pl.DataFrame(
         {
             **box.ids(used),
-            "cand": cand + box.lows[2],
-            "reward": best,
+            "cand": cand[used] + box.lows[2],
+            "reward": best[used],
             "candidates": pl.Series(counts[used], dtype=count),
             "cand_unique": pl.Series(counts[used], dtype=count),
             "null_cands": zeros,
-            "reward_sum": sums,
-            "ties": pl.Series(ties, dtype=count),
+            "reward_sum": sums[used],
+            "ties": pl.Series(ties[used], dtype=count),
             "bad_rewards": zeros,
         }
     ).cast({"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64, "reward": pl.Float64})

@@ -34,7 +34,6 @@ from raft_polars._engine.dense import footers_within, position
 from raft_polars._engine.rank import STAGE_SUMS, Keys, stage_frame
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
 from raft_polars._engine.sources import Piece
-from raft_polars.errors import RaftPolarsError
 from raft_polars.selection import Reduction
 
 __all__ = [
@@ -296,11 +295,8 @@ def _scatter(
     Polars decodes the rows and computes their positions, batch by batch; the
     compiled loop adds each row into the slot ``table[position]``. None when two
     string prompts share both hashes (then the exact positions are used)."""
-    try:
-        from raft_polars._engine import _compiled
-    except ImportError as exc:  # a dependency: only a broken install lacks it
-        msg = f"the token pass needs numba ({exc}); install it with: pip install numba"
-        raise RaftPolarsError(msg) from exc
+    from raft_polars._engine import _compiled
+
     sums: dict[str, npt.NDArray[Any]] = {
         "nll": np.zeros(slots),
         "tokens": np.zeros(slots, dtype=np.int64),
