@@ -104,14 +104,20 @@ def lists_losses(
 class _Keys:
     """The candidate rows of nested lists: ids by position, rewards (None: null)."""
 
-    stage: npt.NDArray[np.int64]
-    prompt: npt.NDArray[np.int64]
     cand: npt.NDArray[np.int64]
     reward: pa.Array
     # each candidate's (stage, prompt) group, and each group's stage and prompt
     group: npt.NDArray[np.int64]
     group_stage: npt.NDArray[np.int64]
     group_prompt: npt.NDArray[np.int64]
+
+    @property
+    def stage(self) -> npt.NDArray[np.int64]:
+        return self.group_stage[self.group]
+
+    @property
+    def prompt(self) -> npt.NDArray[np.int64]:
+        return self.group_prompt[self.group]
 
     def frame(self) -> pl.DataFrame:
         return pl.DataFrame(
@@ -158,7 +164,7 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     log-prob that is null, not finite or not a number, a log-prob > 0, a stage
     whose selected responses hold no tokens.
     """
-    from raft_polars._engine._compiled import best_of_groups, scatter
+    from raft_polars._engine._compiled import best_of_groups, groups_of, scatter
 
     if len(keys.cand) == 0:
         return []
@@ -166,7 +172,8 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     if not np.isfinite(reward).all():
         return None
     groups = keys.group_stage
-    cand, _, _, _, _ = best_of_groups(keys.group, keys.cand, reward, len(groups))
+    cand, *rest = groups_of(len(groups))
+    best_of_groups(keys.group, keys.cand, reward, cand, *rest)
     picks = [
         lps[t][i][j]
         for t, i, j in zip(groups.tolist(), keys.group_prompt.tolist(), cand.tolist(), strict=True)
@@ -206,6 +213,9 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
 
 def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
     """Check the shapes of both nests and return the candidate rows."""
+    keys = _shaped_rewards(lps, rws)
+    if keys is not None:
+        return keys
     for nest, name in ((lps, _LP), (rws, _RW)):
         if isinstance(nest, str | bytes) or not hasattr(nest, "__len__"):
             msg = f"{name} must be a list, found {type(nest).__name__}"
@@ -243,11 +253,6 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
                 f"has {k_r[flat]}"
             )
         raise RaftInputError(msg)
-    k = np.asarray(k_r, dtype=np.int64)
-    stage_of_prompt = np.repeat(np.arange(len(prompts), dtype=np.int64), prompts)
-    prompt_in_stage = np.arange(len(k), dtype=np.int64) - np.repeat(starts[:-1], prompts)
-    cand_start = np.zeros(len(k), dtype=np.int64)
-    np.cumsum(k[:-1], out=cand_start[1:])
     rewards = _float_lists(list(chain.from_iterable(rws)))
     if rewards is None:
         for t, stage in enumerate(rws):
@@ -261,12 +266,40 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
                         raise RaftInputError(msg)
         msg = f"{_RW} holds values that are not numbers"
         raise RaftInputError(msg)
+    k = np.asarray(k_r, dtype=np.int64)
+    return _keys(np.asarray(prompts, dtype=np.int64), k, rewards.values)
+
+
+def _shaped_rewards(lps: LogProbs, rws: Rewards) -> _Keys | None:
+    """The candidate rows of well-shaped nests, the rewards converted by Arrow in
+    one call; None when anything needs a message (the checks then find it)."""
+    try:
+        nest = pa.array(rws, type=pa.large_list(pa.large_list(pa.float64())))
+        shape = [len(stage) for stage in lps]
+        ks = [len(prompt) for stage in lps for prompt in stage]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return None
+    if nest.null_count or nest.values.null_count:
+        return None
+    prompts = np.diff(nest.offsets.to_numpy())
+    k = np.diff(nest.values.offsets.to_numpy())
+    if prompts.tolist() != shape or k.tolist() != ks or not (prompts.all() and k.all()):
+        return None
+    return _keys(prompts, k, nest.values.values)
+
+
+def _keys(prompts: npt.NDArray[np.int64], k: npt.NDArray[np.int64], rewards: pa.Array) -> _Keys:
+    """The candidate rows from the prompts per stage and candidates per prompt."""
+    starts = np.zeros(len(prompts) + 1, dtype=np.int64)
+    np.cumsum(prompts, out=starts[1:])
+    stage_of_prompt = np.repeat(np.arange(len(prompts), dtype=np.int64), prompts)
+    prompt_in_stage = np.arange(len(k), dtype=np.int64) - starts[:-1][stage_of_prompt]
+    cand_start = np.zeros(len(k), dtype=np.int64)
+    np.cumsum(k[:-1], out=cand_start[1:])
     group = np.repeat(np.arange(len(k), dtype=np.int64), k)
     return _Keys(
-        stage=stage_of_prompt[group],
-        prompt=prompt_in_stage[group],
         cand=np.arange(int(k.sum()), dtype=np.int64) - cand_start[group],
-        reward=rewards.values,  # None became null: a bad reward
+        reward=rewards,  # None became null: a bad reward
         group=group,
         group_stage=stage_of_prompt,
         group_prompt=prompt_in_stage,

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["best_of_groups", "hash_table", "scatter"]
+__all__ = ["best_of_groups", "groups_of", "hash_table", "scatter"]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -98,24 +98,21 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
 
 
 @numba.njit(nogil=True, cache=True)
-def best_of_groups(
-    group: npt.NDArray[Any], cand: npt.NDArray[Any], reward: npt.NDArray[np.float64], groups: int
-) -> tuple[
-    npt.NDArray[np.int64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.float64],
-]:  # pragma: no cover - compiled; its callers are tested
-    """Best-of-K over candidates in any order: per group (a ``(stage, prompt)``),
-    the candidate with the largest (finite) reward, ties to the smallest
-    ``cand``, with its own reward (-0.0 stays -0.0); the number of candidates
-    sharing the best reward, the number of candidates and the reward sum."""
-    first = np.zeros(groups, dtype=np.int64)
-    best = np.full(groups, -np.inf)
-    ties = np.zeros(groups, dtype=np.int64)
-    counts = np.zeros(groups, dtype=np.int64)
-    sums = np.zeros(groups)
+def best_of_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
+    group: npt.NDArray[Any],
+    cand: npt.NDArray[Any],
+    reward: npt.NDArray[np.float64],
+    first: npt.NDArray[np.int64],
+    best: npt.NDArray[np.float64],
+    ties: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+    sums: npt.NDArray[np.float64],
+) -> None:  # pragma: no cover - compiled; its callers are tested
+    """Best-of-K over candidates in any order, into arrays of one entry per group
+    (a ``(stage, prompt)``; ``counts`` and ``sums`` start at 0): the candidate
+    with the largest (finite) reward, ties to the smallest ``cand``, with its own
+    reward (-0.0 stays -0.0); the number of candidates sharing the best reward,
+    the number of candidates and the reward sum."""
     for i in range(group.shape[0]):
         g, value = group[i], reward[i]
         counts[g] += 1
@@ -126,4 +123,14 @@ def best_of_groups(
             ties[g] += 1
             if cand[i] < first[g]:
                 best[g], first[g] = value, cand[i]
-    return first, best, ties, counts, sums
+
+
+def groups_of(size: int) -> tuple[npt.NDArray[Any], ...]:
+    """The output arrays of :func:`best_of_groups` for ``size`` groups."""
+    return (
+        np.zeros(size, dtype=np.int64),
+        np.zeros(size),
+        np.zeros(size, dtype=np.int64),
+        np.zeros(size, dtype=np.int64),
+        np.zeros(size),
+    )

@@ -128,11 +128,12 @@ def dense_summary(keys: pl.DataFrame, box: Box | None = None) -> pl.DataFrame | 
     present[index] = True
     if int(np.count_nonzero(present)) != len(index):  # a duplicate candidate
         return None
-    from raft_polars._engine._compiled import best_of_groups
+    from raft_polars._engine._compiled import best_of_groups, groups_of
 
     group, offset = np.divmod(index, box.spans[2])
     del index
-    cand, best, ties, counts, sums = best_of_groups(group, offset, reward, box.prompts)
+    cand, best, ties, counts, sums = groups_of(box.prompts)
+    best_of_groups(group, offset, reward, cand, best, ties, counts, sums)
     used = np.flatnonzero(counts)
     count = pl.get_index_type()
     zeros = pl.Series(np.zeros(len(used), dtype=np.uint32), dtype=count)
