@@ -20,6 +20,7 @@ floor and the nearest DuckDB query.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -89,6 +90,8 @@ def machine() -> dict[str, str]:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "-"
+    found = importlib.util.find_spec("raft_polars")
+    origin = str(Path(found.origin).parent) if found and found.origin else "-"
     return {
         "cpu": cpu,
         "nproc": str(os.cpu_count()),
@@ -97,6 +100,7 @@ def machine() -> dict[str, str]:
         "os": platform.platform(),
         **versions,
         "commit": commit,
+        "raft_polars from": origin,
     }
 
 
