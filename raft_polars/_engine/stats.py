@@ -238,9 +238,13 @@ def best_of_n_sums(cands: pl.DataFrame) -> pl.DataFrame:
     )
     # the weights of one (prompt, n) add up to 1 in exact arithmetic; dividing by
     # their float sum takes out the rounding of the log-factorials
-    per_prompt = pairs.group_by([*_PROMPT, "n"]).agg(
-        ((best_w * pl.col("reward")).sum() / best_w.sum()).alias("best"),
-        ((worst_w * pl.col("reward")).sum() / worst_w.sum()).alias("worst"),
+    # the weights as columns first: inside the aggregation they were evaluated per
+    # group, with a literal table each time (7x slower)
+    weighted = pairs.with_columns(best_w.alias("_bw"), worst_w.alias("_ww"))
+    bw, ww = pl.col("_bw"), pl.col("_ww")
+    per_prompt = weighted.group_by([*_PROMPT, "n"]).agg(
+        ((bw * pl.col("reward")).sum() / bw.sum()).alias("best"),
+        ((ww * pl.col("reward")).sum() / ww.sum()).alias("worst"),
     )
     return (
         per_prompt.group_by(["stage", "n"])
