@@ -7,6 +7,9 @@ the keys, then decode only the selected lists).
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import polars as pl
 
 from raft_polars._engine import validate as vk
@@ -41,6 +44,7 @@ class LocalExecutor:
     def rank(self, log: StageLog, selection: Selection) -> Ranked:
         """Read the candidate keys, rank them, raise their first problem."""
         clock = Clock()
+        _preload()  # numba's import and first load (~0.5 s) overlap the read of the keys
         keys = log.collect(log.keys())
         ranked = rank_keys(keys, selection)
         raise_first(ranked.problems, origin=log.origin, token_origin=log.token_origin)
@@ -150,6 +154,19 @@ class LocalExecutor:
         )
         vk.empty_stages(found, [stage_tokens])
         return vk.summarize(found, [part], tokens=int(per_response["rows"].sum()))
+
+
+def _preload() -> None:
+    """Load the compiled loops in a background thread, once per process."""
+    if "raft_polars._engine._compiled" in sys.modules:
+        return
+
+    def load() -> None:
+        from raft_polars._engine import _compiled
+
+        _compiled.touch()
+
+    threading.Thread(target=load, name="raft-polars-preload", daemon=True).start()
 
 
 def _skips(selection: Selection) -> bool:
