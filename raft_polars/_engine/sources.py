@@ -100,9 +100,10 @@ class StrictReader(Protocol):
     read, :class:`raft_polars._engine.validate.StrictParquet`)."""
 
     def scan(
-        self, path: str, schema: Mapping[str, pl.DataType], rows: tuple[int, int] | None
+        self, paths: Sequence[str], schema: Mapping[str, pl.DataType], rows: tuple[int, int] | None
     ) -> pl.LazyFrame:
-        """The rows ``(offset, count)`` of one file (all when None) with ``schema``."""
+        """The rows of ``paths`` in order, with ``schema``; ``rows = (offset, count)``
+        of a single file, when given."""
         ...
 
 
@@ -176,9 +177,7 @@ class Resolved:
             elif self.kind == "ndjson":
                 lf = pl.scan_ndjson(paths, schema=file_schema)
             elif strict is not None:  # a row range is the reader's to cut
-                rows = None if piece is None else piece.rows
-                parts = [strict.scan(path, file_schema, rows) for path in paths]
-                lf = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+                lf = strict.scan(paths, file_schema, None if piece is None else piece.rows)
             else:
                 lf = pl.scan_parquet(
                     paths,

@@ -15,7 +15,7 @@ and the per-response partials.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "CandidatePart",
     "Checked",
     "Findings",
+    "Responses",
     "StrictParquet",
     "TokenPart",
     "check_candidates",
@@ -149,36 +150,33 @@ def check_candidates(
     null_id = pl.any_horizontal(pl.col(c).is_null() for c in _IDS)
     nulls = cands.filter(null_id)
     found.add("null_id", nulls.height, nulls.select(_IDS))
-    dups = (
-        cands.filter(~null_id).group_by(_IDS).agg(pl.len().alias("rows")).filter(pl.col("rows") > 1)
-    )
+    ids = _per_candidate(cands)
+    dups = ids.filter(pl.col("rows") > 1).select(*_IDS, "rows")
     found.add("duplicate_candidate", dups.height, dups)
     bad = cands.filter(_bad_reward()).select(*_IDS, "reward")
     found.add("bad_reward", bad.height, bad)
-    sound = (
-        cands.lazy().filter(~null_id & ~_bad_reward()).group_by(_IDS).agg(pl.col("reward").max())
-    )
+    sound = ids.lazy().filter(pl.col("reward").is_not_null()).select(*_IDS, "reward")
     chosen = select(sound, selection).select(_IDS).collect()
-    prompts = (
-        cands.drop_nulls(["stage", "prompt"]).select(["stage", "prompt"]).n_unique()
-        if cands.height
-        else 0
-    )
+    prompts = _distinct(cands.drop_nulls(["stage", "prompt"]), ("stage", "prompt"))
     stages = cands["stage"].drop_nulls().unique()
     stage_tokens = known = None
     tokens = 0
-    if nested:
-        marked = _with_selected(cands, chosen).collect()
+    if nested:  # the few responses with a null list or a bad log-prob, then the selected
+        marked = _with_selected(
+            cands.filter(pl.col("null_list") | (pl.col("bad_lp") > 0)), chosen
+        ).collect()
         null_lists = marked.filter(pl.col("null_list"))
         found.add("null_logprobs", null_lists.height, null_lists.select(*_IDS, "selected"))
         _logprob_checks(found, marked)
-        sound_rows = _with_selected(
-            cands.filter(~_bad_reward()).unique(_IDS, keep="first"), chosen
-        ).collect()
-        stage_tokens = _stage_tokens(sound_rows.filter(pl.col("selected")))
+        selected = (
+            cands.filter(~_bad_reward())
+            .join(chosen, on=_IDS, how="semi", maintain_order="left")
+            .unique(_IDS, keep="first", maintain_order=True)
+        )
+        stage_tokens = _stage_tokens(selected)
         tokens = int(cands["tokens"].sum())
     else:
-        known = cands.filter(~null_id).select(_IDS).unique()
+        known = ids.select(_IDS)
     return CandidatePart(found, chosen, stages, prompts, cands.height, tokens, stage_tokens, known)
 
 
@@ -298,22 +296,37 @@ def token_part(log: StageLog, piece: Piece | None = None) -> TokenPart:
 
 def _details(rows: pl.DataFrame, *, has_position: bool) -> pl.DataFrame:
     """What the runs do not prove, from the rows of a few responses: their first
-    bad log-prob and, with positions, its position, the null, first, last,
-    first duplicate and distinct positions."""
+    bad log-prob and, with positions, its position, the null, first, last, first
+    duplicate and distinct positions."""
     lp = pl.col("logprob").cast(pl.Float64)
     bad = _bad(pl.col("logprob"))
     if not has_position:
-        return rows.group_by(_IDS).agg(lp.filter(bad).first().alias("first_bad_value"))
+        return rows.group_by(_IDS).agg(
+            pl.lit(None, pl.Int64).alias("first_bad"),
+            lp.filter(bad).first().alias("first_bad_value"),
+        )
     token = pl.col("token").cast(pl.Int64)
     return rows.group_by(_IDS).agg(
-        lp.filter(bad).sort_by(token.filter(bad)).first().alias("first_bad_value"),
-        token.filter(bad).min().alias("first_bad"),
         token.null_count().cast(pl.Int64).alias("null_pos"),
         token.min().alias("first_pos"),
         token.max().alias("last_pos"),
-        token.filter(token.is_duplicated()).min().alias("first_dup"),
+        token.filter(bad).min().alias("first_bad"),
         token.drop_nulls().n_unique().cast(pl.Int64).alias("distinct"),
+        token.filter(token.is_duplicated()).min().alias("first_dup"),
+        lp.filter(bad).sort_by(token.filter(bad)).first().alias("first_bad_value"),
     )
+
+
+@dataclass
+class Responses:
+    """What :func:`combine_runs` returns: every response's token rows (``rows``:
+    ids and ``rows``) and, for the few whose order the runs do not prove or that
+    hold a bad log-prob, what their rows say (``flagged``: ``rows, bad_lp`` and,
+    with positions, ``null_pos, first_pos, last_pos, first_bad, distinct,
+    first_dup``, then ``first_bad_value``)."""
+
+    rows: pl.DataFrame
+    flagged: pl.DataFrame
 
 
 def combine_runs(
@@ -321,7 +334,7 @@ def combine_runs(
     fetch: Callable[[pl.DataFrame], pl.DataFrame],
     *,
     has_position: bool,
-) -> pl.DataFrame:
+) -> Responses:
     """The :func:`token_runs` aggregates of every piece, as one row per response.
 
     A response is in order when each piece holds it as one run without a jump
@@ -342,27 +355,18 @@ def combine_runs(
         else:
             every = every.with_columns(pl.col("_ordered") & (pl.col("first_pos") == 0))
         flagged = flagged | ~pl.col("_ordered")
-        every = every.with_columns(  # responses in order: every position once
-            pl.lit(0, pl.Int64).alias("null_pos"),
-            pl.lit(None, pl.Int64).alias("first_bad"),
-            pl.col("rows").alias("distinct"),
-            pl.lit(None, pl.Int64).alias("first_dup"),
-        )
     elif len(frames) > 1:
         every = every.group_by(_IDS).agg(pl.col("rows", "bad_lp").sum())
-    whole = every.with_columns(pl.lit(None, pl.Float64).alias("first_bad_value"))
-    need = whole.filter(flagged).select(_IDS)
+    need = every.filter(flagged).select(*_IDS, "rows", "bad_lp")
     if need.height:
-        detail = _details(fetch(need), has_position=has_position)
-        whole = whole.join(detail, on=_IDS, how="left", nulls_equal=True, suffix="_rows")
-        found = [c for c in detail.columns if c not in _IDS]
-        whole = whole.with_columns(
-            pl.when(flagged).then(pl.col(f"{c}_rows")).otherwise(pl.col(c)).alias(c) for c in found
-        )
-    keep = ["rows", "bad_lp"]
-    if has_position:
-        keep += ["null_pos", "first_pos", "last_pos", "first_bad", "distinct", "first_dup"]
-    return whole.select(*_IDS, *keep, "first_bad_value")
+        rows = fetch(need.select(_IDS))
+    else:  # no row to look at: the columns only
+        token = [pl.lit(None, pl.Int64).alias("token")] if has_position else []
+        rows = need.select(*_IDS, pl.lit(None, pl.Float64).alias("logprob"), *token)
+    need = need.join(
+        _details(rows, has_position=has_position), on=_IDS, how="left", nulls_equal=True
+    )
+    return Responses(every.select(*_IDS, "rows"), need)
 
 
 def _merged(every: pl.DataFrame) -> pl.DataFrame:
@@ -390,27 +394,28 @@ def finish_long(
     found: Findings,
     known: pl.DataFrame,
     chosen: pl.DataFrame,
-    per_response: pl.DataFrame,
+    responses: Responses,
     *,
     has_position: bool,
 ) -> pl.DataFrame:
     """The token-row checks of the long layout, from the combined per-response
     aggregates; returns the selected responses' token counts per stage."""
-    orphans = per_response.join(known, on=_IDS, how="anti")
-    found.add("orphan_tokens", int(orphans["rows"].sum()), orphans.select(*_IDS, "rows"))
-    if not has_position:
-        per_response = per_response.with_columns(pl.lit(None, pl.Int64).alias("first_bad"))
-    marked = _with_selected(per_response, chosen).collect()
+    rows, flagged = _keyed(responses.rows, known, chosen)
+    orphans = rows[0].join(rows[1], on=flagged, how="anti").select(*_IDS, "rows")
+    found.add("orphan_tokens", int(orphans["rows"].sum()), orphans)
+    chosen_rows = rows[0].join(rows[2], on=flagged, how="semi")
+    responses_of = responses.flagged
+    marked = _with_selected(responses_of.filter(pl.col("bad_lp") > 0), chosen).collect()
     _logprob_checks(found, marked)
     if has_position:
-        nulls = per_response.filter(pl.col("null_pos") > 0)
+        nulls = responses_of.filter(pl.col("null_pos") > 0)
         found.add(
             "null_token_position",
             int(nulls["null_pos"].sum()),
             nulls.select(*_IDS, pl.col("null_pos").alias("rows")),
         )
         extra = pl.col("rows") - pl.col("null_pos") - pl.col("distinct")
-        dups = per_response.filter(extra > 0).with_columns(extra.alias("extra"))
+        dups = responses_of.filter(extra > 0).with_columns(extra.alias("extra"))
         where = dups.select(
             *_IDS, pl.col("first_dup").alias("token"), (pl.col("extra") + 1).alias("rows")
         )
@@ -418,14 +423,97 @@ def finish_long(
         gap = (pl.col("distinct") > 0) & (
             (pl.col("first_pos") != 0) | (pl.col("last_pos") != pl.col("distinct") - 1)
         )
-        gaps = per_response.filter(gap).select(
+        gaps = responses_of.filter(gap).select(
             *_IDS, "first_pos", "last_pos", pl.col("distinct").alias("positions")
         )
         found.add("token_gap", gaps.height, gaps)
-    chosen_tokens = chosen.join(
-        per_response.select(*_IDS, pl.col("rows").alias("tokens")), on=_IDS, how="left"
-    ).with_columns(pl.col("tokens").fill_null(0))
-    return _stage_tokens(chosen_tokens)
+    selected = chosen.group_by("stage").agg(pl.len().cast(pl.Int64).alias("selected"))
+    tokens = chosen_rows.group_by("stage").agg(pl.col("rows").sum().cast(pl.Int64).alias("tokens"))
+    return selected.join(tokens, on="stage", how="left").with_columns(pl.col("tokens").fill_null(0))
+
+
+@dataclass(frozen=True)
+class _Box:
+    """Integer ids packed into one Int64 (mixed radix over their ranges, in the
+    order of ``names``, so that the key sorts as the ids do): the group-bys and
+    joins of millions of candidates then work on one integer."""
+
+    names: tuple[str, ...]
+    bounds: tuple[tuple[int, int], ...]  # (lowest, span) of each id
+
+    @classmethod
+    def of(cls, *frames: pl.DataFrame, names: Sequence[str] = _IDS) -> _Box | None:
+        """The box of the ids ``names`` of ``frames``; None when an id is not an
+        integer or the box does not fit."""
+        if not all(f.schema[c].is_integer() for f in frames for c in names):
+            return None
+        bounds: list[tuple[int, int]] = []
+        for c in names:
+            ends = [
+                f.select(pl.col(c).min().alias("lo"), pl.col(c).max().alias("hi")) for f in frames
+            ]
+            lo, hi = (
+                pl.concat(ends).cast(pl.Int64).select(pl.col("lo").min(), pl.col("hi").max()).row(0)
+            )
+            bounds.append((0, 1) if lo is None or hi is None else (lo, hi - lo + 1))
+        size = 1
+        for _, span in bounds:
+            size *= span
+        return cls(tuple(names), tuple(bounds)) if size < 1 << 62 else None
+
+    def key(self) -> pl.Expr:
+        """The key of a row's ids (null when an id is)."""
+        key = pl.lit(0, pl.Int64)
+        for c, (lo, span) in zip(self.names, self.bounds, strict=True):
+            key = key * span + (pl.col(c).cast(pl.Int64) - lo)
+        return key.alias("_key")
+
+    def ids(self) -> list[pl.Expr]:
+        """The ids of a ``_key`` (Int64)."""
+        out, after = [], 1
+        for c, (lo, span) in reversed(list(zip(self.names, self.bounds, strict=True))):
+            out.append((pl.col("_key") // after % span + lo).alias(c))
+            after *= span
+        return out[::-1]
+
+
+def _keyed(*frames: pl.DataFrame) -> tuple[list[pl.DataFrame], list[str]]:
+    """The frames with their ids' ``_key`` (:class:`_Box`) and the columns to join
+    them on: the key, or the ids themselves when they do not pack."""
+    box = _Box.of(*frames)
+    if box is None:
+        return list(frames), _IDS
+    return [f.with_columns(box.key()) for f in frames], ["_key"]
+
+
+def _distinct(rows: pl.DataFrame, names: tuple[str, ...]) -> int:
+    """How many distinct ``names`` the rows hold (no nulls among them)."""
+    if not rows.height:
+        return 0
+    box = _Box.of(rows, names=names)
+    if box is None:
+        return rows.select(names).n_unique()
+    key = rows.select(box.key())["_key"]
+    if key.is_sorted():
+        return int(key.ne(key.shift(1)).fill_null(value=True).sum())
+    return key.n_unique()
+
+
+def _per_candidate(cands: pl.DataFrame) -> pl.DataFrame:
+    """One row per candidate id (rows with a null id left out): its ``rows`` and
+    its largest sound ``reward`` (None when none is). Integer ids are grouped by
+    their packed key, without a hash table when the rows come sorted by id."""
+    sound = pl.when(~_bad_reward()).then(pl.col("reward")).alias("reward")
+    rows = cands.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in _IDS))
+    aggs = [pl.len().alias("rows"), pl.col("reward").max()]
+    box = _Box.of(rows)
+    if box is None:
+        return rows.lazy().select(*_IDS, sound).group_by(_IDS).agg(aggs).collect()
+    keyed = rows.select(box.key(), sound)
+    if keyed["_key"].is_sorted():
+        keyed = keyed.with_columns(pl.col("_key").set_sorted())
+    grouped = keyed.lazy().group_by("_key").agg(aggs)
+    return grouped.select(*box.ids(), "rows", "reward").collect()
 
 
 def empty_stages(found: Findings, stage_tokens: Sequence[pl.DataFrame]) -> None:
@@ -467,85 +555,128 @@ def summarize(
 
 # --- the strict read: pyarrow decodes every page, checksums verified -------------------------
 
-# rows per record batch of the strict read: memory bounded by a batch, not a file
-_BATCH_ROWS = 1 << 17
+# a unit of the strict read: about this many bytes of a file's columns (as stored;
+# decoded they are about as large), row groups decoded together, record batches of
+# at most that size within these rows; units decoded at once, ahead of the reader
+_UNIT_BYTES = 8 << 20
+_BATCH_ROWS = (1 << 10, 1 << 17)
+_THREADS, _AHEAD = 2, 4
 
 
-def _row_groups(meta: Any, rows: tuple[int, int] | None) -> tuple[list[int], int, int | None]:
-    """The row groups that hold the rows ``(offset, count)`` of a file (all when
-    None), the rows to skip in the first of them and the rows to keep."""
-    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    if rows is None:
-        return list(range(len(sizes))), 0, None
-    offset, count = rows
-    starts = list(accumulate(sizes, initial=0))
-    end = offset + count
-    groups = [i for i, n in enumerate(sizes) if starts[i] < end and starts[i] + n > offset]
-    return groups, offset - starts[groups[0]] if groups else 0, count
+@dataclass(frozen=True)
+class _Unit:
+    """Row groups of one file that one thread decodes, the rows of them to keep
+    (``skip``, ``take``) and the rows of a record batch."""
+
+    path: str
+    groups: tuple[int, ...]
+    skip: int
+    take: int
+    size: int
 
 
-def _strict_batches(path: str, rows: tuple[int, int] | None = None) -> Iterator[Any]:
-    """The rows ``(offset, count)`` of a Parquet file (all when None), every column,
-    as pyarrow record batches: pyarrow decodes every page and verifies the page
-    checksums where the writer stored them, and raises at the first bad page."""
+def _units(path: str, rows: tuple[int, int] | None) -> list[_Unit]:
+    """The units that hold the rows ``(offset, count)`` of a file (all when None)."""
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(path, page_checksum_verification=True) as handle:
-        groups, skip, count = _row_groups(handle.metadata, rows)
-        if not groups:
-            return
-        for decoded in handle.iter_batches(batch_size=_BATCH_ROWS, row_groups=groups):
-            batch = decoded.slice(min(skip, decoded.num_rows))
-            skip = max(0, skip - decoded.num_rows)
-            if count is not None:
-                batch, count = batch.slice(0, count), max(0, count - batch.num_rows)
-            if batch.num_rows:
-                yield batch
-            if count == 0:
-                return
+    meta = pq.read_metadata(path)
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    stored = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
+    starts = list(accumulate(sizes, initial=0))
+    offset, count = rows if rows is not None else (0, meta.num_rows)
+    end = offset + count
+    size = _UNIT_BYTES * max(meta.num_rows, 1) // max(sum(stored), 1)
+    size = min(max(size, _BATCH_ROWS[0]), _BATCH_ROWS[1])
+    units: list[_Unit] = []
+    groups: list[int] = []
+    for i in range(len(sizes)):
+        if starts[i] < end and starts[i + 1] > offset:
+            groups.append(i)
+        last = i == len(sizes) - 1 or sum(stored[g] for g in groups) >= _UNIT_BYTES
+        if groups and last:
+            first, after = starts[groups[0]], starts[groups[-1] + 1]
+            skip = max(offset - first, 0)
+            units.append(_Unit(path, tuple(groups), skip, min(after, end) - first - skip, size))
+            groups = []
+    return units
 
 
-def _ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """``items`` made up to ``depth`` ahead in a thread of their own, so that
-    pyarrow decodes the next batch (without the GIL) while Polars works on this
-    one; an error of ``items`` is raised where it occurs in the sequence."""
-    import queue
-    import threading
+def _decode(unit: _Unit) -> list[Any]:
+    """The rows of a unit, every column, as pyarrow record batches: pyarrow decodes
+    every page and verifies the page checksums where the writer stored them, and
+    raises at the first bad page."""
+    import pyarrow.parquet as pq
 
-    made: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
-    stop = threading.Event()
+    with pq.ParquetFile(unit.path, page_checksum_verification=True) as handle:
+        batches = handle.iter_batches(
+            batch_size=unit.size, row_groups=unit.groups, use_threads=False
+        )
+        skip, take, kept = unit.skip, unit.take, []
+        for batch in batches:
+            cut = batch.slice(min(skip, batch.num_rows), take)
+            skip, take = max(skip - batch.num_rows, 0), take - cut.num_rows
+            if cut.num_rows:
+                kept.append(cut)
+        return kept
 
-    def put(entry: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
+
+def _decoded(
+    paths: Sequence[str], rows: tuple[int, int] | None
+) -> Generator[tuple[str, Any], None, None]:
+    """``(path, record batch)`` for the rows of each file in turn, strictly decoded
+    (:func:`_decode`) by a few threads ahead of the reader; ``(path, error)`` where
+    pyarrow rejects a file, and nothing more of that file."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def planned() -> Iterator[tuple[str, _Unit | Exception]]:
+        for path in paths:
             try:
-                made.put(entry, timeout=0.05)
-            except queue.Full:
-                continue
-            return True
-        return False
+                units: list[_Unit | Exception] = [*_units(path, rows)]
+            except Exception as exc:  # any failure of the strict reader is the finding
+                units = [exc]
+            yield from ((path, unit) for unit in units)
 
-    def make() -> None:
+    def result(work: Future[list[Any]] | Exception) -> list[Any] | Exception:
+        if isinstance(work, Exception):
+            return work
         try:
-            for item in items:
-                if not put((True, item)):
-                    return
-            put((False, None))
-        except Exception as exc:  # raised to the reader, in its place
-            put((False, exc))
+            return work.result()
+        except Exception as exc:  # any failure of the strict reader is the finding
+            return exc
 
-    thread = threading.Thread(target=make, daemon=True)
-    thread.start()
+    pool = ThreadPoolExecutor(_THREADS)
+    window: deque[tuple[str, Future[list[Any]] | Exception]] = deque()
+    failed: set[str] = set()
     try:
+        plan = planned()
         while True:
-            more, item = made.get()
-            if not more:
-                if item is not None:
-                    raise item
+            while len(window) < _AHEAD and (step := next(plan, None)) is not None:
+                path, unit = step
+                work = unit if isinstance(unit, Exception) else pool.submit(_decode, unit)
+                window.append((path, work))
+            if not window:
                 return
-            yield item
+            path, work = window.popleft()
+            got = result(work)
+            if path in failed:
+                continue
+            if isinstance(got, Exception):
+                failed.add(path)
+                yield path, got
+            else:
+                yield from ((path, batch) for batch in got)
     finally:
-        stop.set()
-        thread.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _release()
+
+
+def _release() -> None:
+    """Hand the memory pyarrow's pool keeps for reuse back to the system (once a
+    read is done: after every file, it costs more than the read saves)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def _error_text(exc: BaseException) -> str:
@@ -559,14 +690,12 @@ def strict_read(path: str) -> str | None:
 
     The default path decodes with Polars alone; a corrupted page that Polars still
     decodes (to different values) is caught here, where a strict reader rejects
-    it. Streams record batch by record batch. :class:`StrictParquet` is the same
+    it. Streams a few row groups at a time. :class:`StrictParquet` is the same
     read as a Polars source, for the passes that check the rows too.
     """
-    try:
-        for _ in _strict_batches(path):
-            pass
-    except Exception as exc:  # any failure of the strict reader is the finding
-        return _error_text(exc)
+    for _, item in _decoded([path], None):
+        if isinstance(item, Exception):
+            return _error_text(item)
     return None
 
 
@@ -583,55 +712,70 @@ class StrictParquet:
         self.errors: dict[str, str] = {}
 
     def scan(
-        self, path: str, schema: Mapping[str, pl.DataType], rows: tuple[int, int] | None
+        self, paths: Sequence[str], schema: Mapping[str, pl.DataType], rows: tuple[int, int] | None
     ) -> pl.LazyFrame:
-        """The rows ``(offset, count)`` of one file (all when None) with ``schema``."""
+        """The rows of ``paths`` in order, with ``schema`` (``rows = (offset,
+        count)`` of a single file, when given): one Polars source, whose next
+        batch pyarrow decodes while Polars works on this one."""
         from polars.io.plugins import register_io_source
 
         types = dict(schema)
+        files = list(paths)
 
         def source(
             columns: list[str] | None, where: pl.Expr | None, limit: int | None, _: int | None
         ) -> Iterator[pl.DataFrame]:
-            frames = self._frames(path, types, rows, columns or list(types), limit)
+            frames = self._frames(files, types, rows, columns or list(types), limit)
             return frames if where is None else (f.filter(where) for f in frames)
 
         return register_io_source(source, schema=types)
 
     def _frames(
         self,
-        path: str,
+        paths: list[str],
         types: dict[str, pl.DataType],
         rows: tuple[int, int] | None,
         names: list[str],
         limit: int | None,
     ) -> Iterator[pl.DataFrame]:
-        done = 0
-        batches = _ahead(_strict_batches(path, rows))
-        while limit is None or done < limit:
-            try:
-                batch = next(batches, None)
-            except Exception as exc:  # any failure of the strict reader is the finding
-                self.errors.setdefault(path, _error_text(exc))
-                break
-            if batch is None:
-                return
-            frame = pl.from_arrow(batch.select(names))
-            assert isinstance(frame, pl.DataFrame)
-            frame = frame.cast({n: types[n] for n in names if frame.schema[n] != types[n]})
-            frame = frame if limit is None else frame.head(limit - done)
-            done += frame.height
-            yield frame
-        else:
-            return
-        offset, count = rows if rows is not None else (0, None)
-        left = None if count is None else count - done
-        if limit is not None:
-            left = limit - done if left is None else min(left, limit - done)
-        rest = pl.scan_parquet(
-            path, schema=types, cast_options=_UPCAST, hive_partitioning=False, glob=False
-        )
-        yield rest.slice(offset + done, left).select(names).collect()
+        given = done = 0  # rows given in all, rows of the current file
+        current = None
+        decoded = _decoded(paths, rows)
+        try:
+            for path, item in decoded:
+                if limit is not None and given >= limit:
+                    return
+                if path != current:
+                    current, done = path, 0
+                if isinstance(item, Exception):  # the file's finding; Polars reads on
+                    self.errors.setdefault(path, _error_text(item))
+                    frame = _rest(path, types, rows, names, done)
+                else:
+                    got = pl.from_arrow(item.select(names))
+                    assert isinstance(got, pl.DataFrame)
+                    frame = got.cast({n: types[n] for n in names if got.schema[n] != types[n]})
+                frame = frame if limit is None else frame.head(limit - given)
+                done += frame.height
+                given += frame.height
+                yield frame
+        finally:
+            decoded.close()
+
+
+def _rest(
+    path: str,
+    types: dict[str, pl.DataType],
+    rows: tuple[int, int] | None,
+    names: list[str],
+    done: int,
+) -> pl.DataFrame:
+    """Polars' read of the rows of a file (of ``rows``) after the first ``done``."""
+    offset, count = rows if rows is not None else (0, None)
+    left = None if count is None else count - done
+    rest = pl.scan_parquet(
+        path, schema=types, cast_options=_UPCAST, hive_partitioning=False, glob=False
+    )
+    return rest.slice(offset + done, left).select(names).collect()
 
 
 def strictly(log: StageLog, reader: StrictParquet) -> StageLog:

@@ -459,7 +459,7 @@ class DaskExecutor:
             found, known, chosen, per_response, has_position=log.has_token
         )
         vk.empty_stages(found, [stage_tokens])
-        return vk.summarize(found, parts, tokens=int(per_response["rows"].sum()))
+        return vk.summarize(found, parts, tokens=int(per_response.rows["rows"].sum()))
 
     def _stats_parts(
         self,

@@ -153,7 +153,7 @@ class LocalExecutor:
             found, part.known, part.chosen, per_response, has_position=log.has_token
         )
         vk.empty_stages(found, [stage_tokens])
-        return vk.summarize(found, [part], tokens=int(per_response["rows"].sum()))
+        return vk.summarize(found, [part], tokens=int(per_response.rows["rows"].sum()))
 
 
 def _preload() -> None:

@@ -357,14 +357,14 @@ def test_strict_reader_row_ranges_and_polars_after_an_error(tmp_path: Path) -> N
     schema = dict(frame.schema)
     for rows in [None, (0, 10), (10, 20), (40, 10), (20, 0)]:
         reader = StrictParquet()
-        got = reader.scan(str(path), schema, rows).collect()
+        got = reader.scan([str(path)], schema, rows).collect()
         want = frame if rows is None else frame.slice(*rows)
         assert got.equals(want), rows
         assert reader.errors == {}
     _flip_one_logprob(path, -0.5 - 0.01 * 25)
     for rows in [None, (20, 30)]:
         reader = StrictParquet()
-        got = reader.scan(str(path), schema, rows).collect()
+        got = reader.scan([str(path)], schema, rows).collect()
         polars = pl.read_parquet(path)
         assert got.equals(polars if rows is None else polars.slice(*rows))
         assert list(reader.errors) == [str(path)]
