@@ -25,7 +25,7 @@ import polars as pl
 from raft_polars._engine.checks import bad_logprob, bad_reward
 from raft_polars._engine.rank import select
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
-from raft_polars._engine.sources import _UPCAST, Piece, Resolved
+from raft_polars._engine.sources import _UPCAST, Piece, Resolved, reading
 from raft_polars.selection import Selection
 
 __all__ = [
@@ -214,61 +214,189 @@ def _stage_tokens(selected: pl.DataFrame) -> pl.DataFrame:
 # --- long layout: the token rows ------------------------------------------------------------
 
 
-def token_runs(tokens: pl.LazyFrame, *, has_position: bool) -> pl.LazyFrame:
-    """Per response of a piece of token rows: its rows, runs and bad log-probs,
-    and (with a ``token`` column) its position jumps and the first and last
-    position of its runs.
+def token_runs(batches: Iterable[pl.DataFrame], *, has_position: bool) -> Runs:
+    """The runs of a piece of token rows, given in order batch by batch.
 
-    A *run* is a stretch of consecutive rows of one response; a *jump*, a row of
-    a run whose position is not the one before plus one (or is null). Only the
-    rows that start or end a run, or hold a bad log-prob or a jump, go to the
-    aggregation (about two a response in a log written in order), so the pass
-    costs little more than a read and streams in O(responses) memory. A
-    response of one run without a jump holds the positions ``first_pos ..
-    first_pos + rows - 1``, each once: the proof of order of :func:`combine_runs`.
+    A *run* is a stretch of consecutive rows of one response; a *jump*, a row
+    whose position is not the one before plus one (or is null). A run without a
+    jump holds the positions ``first_pos .. last_pos``, each once: the proof of
+    order of :func:`combine_runs`. One compiled pass (:func:`_runs.cut`) over the
+    batches; where runs are short (rows not grouped by response), those so far
+    are added up per response (``runs`` counts them), so that the result stays
+    O(responses).
     """
-    ids = [pl.col(c) for c in _IDS]
-    index = pl.col("_row")
-    row = index.cast(pl.Int64)
-    start, end, bad, jump = pl.col("_start"), pl.col("_end"), pl.col("_bad"), pl.col("_jump")
-    marks = [
-        (pl.any_horizontal(c.ne_missing(c.shift(1)) for c in ids) | (index == 0)).alias("_start"),
-        bad_logprob(pl.col("logprob")).alias("_bad"),
-    ]
-    after = [start.shift(-1).fill_null(value=True).alias("_end")]  # the next row starts a run
-    keep = start | end | bad
-    aggs = [
-        start.sum().cast(pl.Int64).alias("runs"),
-        (pl.when(end).then(row).sum() - pl.when(start).then(row).sum() + start.sum())
-        .cast(pl.Int64)
-        .alias("rows"),
-        bad.sum().cast(pl.Int64).alias("bad_lp"),
-    ]
-    if has_position:
-        token = pl.col("token")
-        after.append((~start & token.ne_missing(token.shift(1) + 1)).alias("_jump"))
-        keep = keep | jump
-        aggs += [
-            jump.sum().cast(pl.Int64).alias("jumps"),
-            token.min().cast(pl.Int64).alias("first_pos"),
-            token.max().cast(pl.Int64).alias("last_pos"),
-        ]
-    return (
-        tokens.with_row_index("_row")
-        .with_columns(marks)
-        .with_columns(after)
-        .filter(keep)
-        .group_by(_IDS)
-        .agg(aggs)
-    )
+    import numpy as np
+
+    from raft_polars._engine import _runs
+
+    names = ["rows", "bad_lp", "jumps", "first_pos", "last_pos"]
+    names = names if has_position else names[:2]
+    state = np.zeros(_runs.STATE, dtype=np.int64)
+    runs = _Runs(names)
+    before: tuple[Any, ...] | None = None
+    no_flags, no_values = np.zeros(0, dtype=np.bool_), np.zeros(0, dtype=np.int64)
+    starts, done = no_values, np.zeros((5, 0), dtype=np.int64)
+    for batch in batches:
+        n = batch.height
+        if not n:
+            continue
+        keys = [batch.get_column(c) for c in _IDS]
+        stage = prompt = cand = no_values
+        start = no_flags
+        plain = all(k.dtype.is_integer() and not k.null_count() for k in keys)
+        if plain:
+            stage, prompt, cand = (k.to_numpy() for k in keys)
+        else:  # text or null ids: Polars compares them
+            changed = pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in _IDS)
+            start = batch.select(changed).to_series().to_numpy()
+        token, valid = no_values, no_flags
+        if has_position:
+            position = batch.get_column("token")
+            if position.null_count():
+                valid = position.is_not_null().to_numpy()
+                position = position.fill_null(0)
+            token = position.to_numpy()
+        logprob = batch.get_column("logprob")
+        logprob = logprob.fill_null(float("nan")) if logprob.null_count() else logprob
+        if len(starts) < n:  # room for a run a row, kept from batch to batch
+            starts, done = np.empty(n, dtype=np.int64), np.empty((5, n), dtype=np.int64)
+        first = tuple(k[0] for k in keys)
+        found, ended = _runs.cut(
+            stage, prompt, cand, start, before is None or first != before, token, valid,
+            logprob.to_numpy(), state, starts, done,
+        )  # fmt: skip
+        at = starts[:found]
+        if plain:
+            taken = zip(_IDS, (stage[at], prompt[at], cand[at]), strict=True)
+            ids = pl.DataFrame([pl.Series(c, a) for c, a in taken])
+        else:
+            ids = batch.select(_IDS)[at]
+        runs.add(ids, [done[k, :ended] for k in range(len(names))])
+        before = tuple(k[n - 1] for k in keys)
+    if state[_runs.OPEN]:
+        runs.add(None, [state[_runs.ROWS + k : _runs.ROWS + k + 1] for k in range(len(names))])
+    return runs.frame()
+
+
+@dataclass
+class Runs:
+    """The runs of a piece of token rows (:func:`token_runs`). ``every``: ids,
+    ``rows`` and ``clean`` (one run of the positions ``0 .. rows - 1`` without a
+    bad log-prob, all that matters of most); ``other``: those that are not
+    clean, with ``runs`` (added up per response: more than one), ``rows``,
+    ``bad_lp`` and, with positions, ``jumps``, ``first_pos``, ``last_pos``."""
+
+    every: pl.DataFrame
+    other: pl.DataFrame
+
+
+class _Runs:
+    """The runs found so far: the ids of each (the last run may still be open),
+    the rows of those that ended and, for the few that are not clean, their
+    ordinals and sums (a list of arrays a sum). Added up per response when they
+    grow faster than the responses do."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = ["runs", *names]  # the sums of a run that is not clean
+        self.kept = 0  # runs held after the last adding up
+        self._empty()
+
+    def _empty(self) -> None:
+        self.ids: list[pl.DataFrame] = []
+        self.rows: list[Any] = []
+        self.at: list[Any] = []  # ordinals of the runs that are not clean
+        self.sums: list[list[Any]] = [[] for _ in self.names]
+        self.ended = self.begun = 0  # runs ended, begun
+
+    def add(self, ids: pl.DataFrame | None, sums: list[Any], runs: Any = None) -> None:
+        """The ids of the runs that began, the sums (``rows, bad_lp`` and maybe
+        ``jumps, first_pos, last_pos``) of those that ended, and how many runs
+        each adds up (one when None)."""
+        import numpy as np
+
+        if ids is not None and ids.height:
+            self.ids.append(ids)
+            self.begun += ids.height
+        count = len(sums[0])
+        if count:
+            runs = np.ones(count, dtype=np.int64) if runs is None else runs
+            other = (runs != 1) | (sums[1] != 0)
+            if len(sums) > 2:  # a jump, or not from position 0
+                other |= (sums[2] != 0) | (sums[3] != 0)
+            at = np.flatnonzero(other)
+            self.rows.append(np.array(sums[0], dtype=np.int64))  # a copy: the buffer is reused
+            self.at.append(at + self.ended)
+            for held, values in zip(self.sums, [runs, *sums], strict=True):
+                held.append(np.asarray(values, dtype=np.int64)[at])
+            self.ended += count
+        if self.begun - self.kept > max(4 * self.kept, _ADD_UP):
+            self._add_up()
+
+    def _held(self) -> tuple[Runs, pl.DataFrame | None]:
+        """The runs that ended, and the ids of the open one (None: none is)."""
+        import numpy as np
+
+        def joined(parts: list[Any]) -> Any:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+        ids = pl.concat(self.ids, how="vertical")
+        at = joined(self.at)
+        clean = np.ones(self.ended, dtype=np.bool_)
+        clean[at] = False
+        every = ids.head(self.ended).with_columns(
+            pl.Series("rows", joined(self.rows)), pl.Series("clean", clean)
+        )
+        other = ids[at].hstack(
+            [pl.Series(n, joined(h)) for n, h in zip(self.names, self.sums, strict=True)]
+        )
+        opened = ids.tail(ids.height - self.ended) if ids.height > self.ended else None
+        return Runs(every, other), opened
+
+    def _add_up(self) -> None:
+        held, opened = self._held()
+        counts = [n for n in self.names if n not in ("first_pos", "last_pos")]
+        ends = [pl.col("first_pos").min(), pl.col("last_pos").max()][: len(self.names) - 3]
+        added = _whole(held, self.names).group_by(_IDS).agg(pl.col(counts).sum(), *ends)
+        names = self.names[1:]
+        self._empty()
+        self.kept = added.height + (0 if opened is None else opened.height)
+        self.add(added.select(_IDS), [added[n].to_numpy() for n in names], added["runs"].to_numpy())
+        if opened is not None:
+            self.add(opened, [[] for _ in names])
+
+    def frame(self) -> Runs:
+        """Every run (all ended now)."""
+        if not self.ids:
+            ids = dict.fromkeys(_IDS, pl.Int64)
+            every = pl.DataFrame(schema={**ids, "rows": pl.Int64, "clean": pl.Boolean})
+            return Runs(every, pl.DataFrame(schema={**ids, **dict.fromkeys(self.names, pl.Int64)}))
+        return self._held()[0]
+
+
+def _whole(runs: Runs, names: Sequence[str]) -> pl.DataFrame:
+    """Every run with the sums ``names``: the clean ones made from their rows."""
+    made = {
+        "runs": pl.lit(1, pl.Int64),
+        "rows": pl.col("rows"),
+        "bad_lp": pl.lit(0, pl.Int64),
+        "jumps": pl.lit(0, pl.Int64),
+        "first_pos": pl.lit(0, pl.Int64),
+        "last_pos": pl.col("rows") - 1,
+    }
+    clean = runs.every.filter("clean").select(*_IDS, *(made[n].alias(n) for n in names))
+    return pl.concat([clean, runs.other.select(*_IDS, *names)], how="vertical_relaxed")
+
+
+# runs held before they are added up per response (then four times as many as after)
+_ADD_UP = 1 << 20
 
 
 @dataclass
 class TokenPart:
-    """What :func:`token_part` returns for one piece of the token rows: the
-    :func:`token_runs` aggregates and the files the strict read rejected."""
+    """What :func:`token_part` returns for one piece of the token rows: its runs
+    (:func:`token_runs`) and the files the strict read rejected."""
 
-    runs: pl.DataFrame
+    runs: Runs
     errors: dict[str, str]
 
 
@@ -279,19 +407,46 @@ def token_part(log: StageLog, piece: Piece | None = None) -> TokenPart:
 
     Integer and text ids are compared in the source's own types (cheaper than
     the canonical Int64 on hundreds of millions of rows) and made canonical
-    after the aggregation, one row per response.
+    after, one row per run.
     """
     reader = StrictParquet()
     strict = strictly(log, reader)
     rows = strict._scan(strict.main, piece)  # the rows of tokens(), before the casts
     kinds = rows.collect_schema()
     if all(kinds[c].is_integer() or kinds[c] == pl.String for c in _IDS):
-        token = ["token"] if log.has_token else []
-        query = token_runs(rows.select(*_IDS, "logprob", *token), has_position=log.has_token)
-        query = query.with_columns(canonical_ids(kinds))
+        names = [*_IDS, "logprob", *(["token"] if log.has_token else [])]
+        batches = _token_batches(strict, reader, piece, names)
+        if batches is None:
+            batches = strict.batches(rows.select(names))
+        runs = token_runs(batches, has_position=log.has_token)
+        runs = Runs(*(f.with_columns(canonical_ids(kinds)) for f in (runs.every, runs.other)))
     else:
-        query = token_runs(strict.tokens(piece), has_position=log.has_token)
-    return TokenPart(strict.collect(query), reader.errors)
+        runs = token_runs(strict.batches(strict.tokens(piece)), has_position=log.has_token)
+    return TokenPart(runs, reader.errors)
+
+
+def _token_batches(
+    strict: StageLog, reader: StrictParquet, piece: Piece | None, names: list[str]
+) -> Iterator[pl.DataFrame] | None:
+    """The columns ``names`` of the token rows of a piece, batch by batch, straight
+    from the strict reader (no Polars query between: a quarter of the reader's
+    time) when they are the files' own columns, renamed: local Parquet files
+    without a Hive key or a numbered stage. None otherwise."""
+    main = strict.main
+    if main.strict is None or main.hive or main.summed or "stage" in strict.numbered:
+        return None
+    theirs = {canon: their for their, canon in strict.renames if their in dict(main.schema)}
+    columns = [theirs.get(name, name) for name in names]
+    paths = list(main.paths) if piece is None else [main.paths[i] for i in piece.files]
+    rows = None if piece is None else piece.rows
+    frames = reader._frames(paths, dict(main.schema), rows, columns, None)
+
+    def renamed() -> Iterator[pl.DataFrame]:
+        with reading(strict.paths, strict.origin):
+            for frame in frames:
+                yield frame.rename(dict(zip(columns, names, strict=True)))
+
+    return renamed()
 
 
 def _details(rows: pl.DataFrame, *, has_position: bool) -> pl.DataFrame:
@@ -330,34 +485,45 @@ class Responses:
 
 
 def combine_runs(
-    parts: Sequence[pl.DataFrame],
+    parts: Sequence[Runs],
     fetch: Callable[[pl.DataFrame], pl.DataFrame],
     *,
     has_position: bool,
 ) -> Responses:
-    """The :func:`token_runs` aggregates of every piece, as one row per response.
+    """The :func:`token_runs` of every piece, as one row per response.
 
-    A response is in order when each piece holds it as one run without a jump
-    and these runs, sorted by their first position, start at 0 and each begins
-    where the one before ended: it then holds the positions ``0 .. rows - 1``,
-    each once. The other responses, and those with a bad log-prob, get what the
+    A response is in order when its runs are without a jump and, sorted by their
+    first position, start at 0 and each begins where the one before ended: it
+    then holds the positions ``0 .. rows - 1``, each once (a clean run alone, most
+    often). The other responses, and those with a bad log-prob, get what the
     runs do not prove from their rows (``fetch(keys)`` returns the token rows of
     those responses, :func:`_details`).
     """
-    frames = [p for p in parts if p.height] or list(parts[:1])
-    every = pl.concat(frames, how="vertical")
+    every = pl.concat([p.every for p in parts], how="vertical")
+    other = pl.concat([p.other for p in parts], how="vertical")
+    names = other.columns[len(_IDS) :]
+    if has_position:  # one run of 0 .. rows - 1 (only a bad log-prob flags it)
+        other = other.with_columns(
+            ((pl.col("runs") == 1) & (pl.col("jumps") == 0) & (pl.col("first_pos") == 0)).alias(
+                "_ordered"
+            )
+        )
+    repeated = _repeated(every)  # responses of several runs: added up
+    if repeated is not None:
+        several = every.filter(repeated).select(_IDS).unique()
+        held = Runs(
+            every.filter(repeated), other.join(several, on=_IDS, how="semi", nulls_equal=True)
+        )
+        merged = _merged(_whole(held, names), has_position=has_position)
+        every = pl.concat(
+            [every.filter(~repeated).select(*_IDS, "rows"), merged.select(*_IDS, "rows")]
+        )
+        alone = other.join(several, on=_IDS, how="anti", nulls_equal=True)
+        other = pl.concat([alone, merged.select(alone.columns)], how="vertical_relaxed")
     flagged = pl.col("bad_lp") > 0
     if has_position:
-        one_run = (pl.col("runs") == 1) & (pl.col("jumps") == 0) & pl.col("first_pos").is_not_null()
-        every = every.with_columns(one_run.alias("_ordered"))
-        if len(frames) > 1:  # a response may sit in several pieces: do its runs tile?
-            every = _merged(every)
-        else:
-            every = every.with_columns(pl.col("_ordered") & (pl.col("first_pos") == 0))
         flagged = flagged | ~pl.col("_ordered")
-    elif len(frames) > 1:
-        every = every.group_by(_IDS).agg(pl.col("rows", "bad_lp").sum())
-    need = every.filter(flagged).select(*_IDS, "rows", "bad_lp")
+    need = other.filter(flagged).select(*_IDS, "rows", "bad_lp")
     if need.height:
         rows = fetch(need.select(_IDS))
     else:  # no row to look at: the columns only
@@ -369,17 +535,36 @@ def combine_runs(
     return Responses(every.select(*_IDS, "rows"), need)
 
 
-def _merged(every: pl.DataFrame) -> pl.DataFrame:
-    """The runs of responses held by several pieces, added up; ``_ordered``: each
-    piece holds one run without a jump and, by first position, they tile
-    ``0 .. rows - 1``."""
+def _repeated(runs: pl.DataFrame) -> pl.Series | None:
+    """Which runs belong to a response of several (or have a null id, added up
+    with the runs of the same ids); None when none does. Integer ids by their
+    packed key: without a hash table when the runs come sorted by id."""
+    box = _Box.of(runs)
+    if box is None:
+        nulls = runs.select(pl.any_horizontal(pl.col(c).is_null() for c in _IDS)).to_series()
+        repeated = runs.select(pl.struct(_IDS).is_duplicated()).to_series() | nulls
+    else:
+        key = runs.select(box.key()).to_series()
+        if not key.null_count() and key.is_sorted() and not (key.diff() == 0).any():
+            return None
+        repeated = key.is_duplicated() | key.is_null()
+    return repeated if repeated.any() else None
+
+
+def _merged(runs: pl.DataFrame, *, has_position: bool) -> pl.DataFrame:
+    """The runs of responses of several runs (in one piece or more), added up;
+    with positions, ``_ordered``: each is without a jump and, by first position,
+    they tile ``0 .. rows - 1``."""
+    if not has_position:
+        return runs.group_by(_IDS).agg(pl.col("runs", "rows", "bad_lp").sum())
     ids = [pl.col(c) for c in _IDS]
-    ranked = every.sort([*_IDS, "first_pos"], nulls_last=True)
+    ranked = runs.sort([*_IDS, "first_pos"], nulls_last=True)
     same = pl.all_horizontal(c.eq_missing(c.shift(1)) for c in ids)
     follows = pl.when(same).then(pl.col("first_pos") == pl.col("last_pos").shift(1) + 1)
     tiles = follows.otherwise(pl.col("first_pos") == 0).fill_null(value=False)
+    whole = (pl.col("runs") == 1) & (pl.col("jumps") == 0) & tiles
     return (
-        ranked.with_columns((pl.col("_ordered") & tiles).alias("_ordered"))
+        ranked.with_columns(whole.alias("_ordered"))
         .group_by(_IDS)
         .agg(
             pl.col("runs", "rows", "bad_lp", "jumps").sum(),
@@ -555,24 +740,28 @@ def summarize(
 
 # --- the strict read: pyarrow decodes every page, checksums verified -------------------------
 
-# a unit of the strict read: about this many bytes of a file's columns (as stored;
-# decoded they are about as large), row groups decoded together, record batches of
-# at most that size within these rows; units decoded at once, ahead of the reader
-_UNIT_BYTES = 8 << 20
+# a unit of the strict read: row groups one thread decodes together, up to about
+# this many bytes of the file's columns as stored, or rows; record batches of at
+# most the rows of that many bytes; units decoded ahead of the reader, up to that
+# many bytes in all (two units at least, one a thread)
+_UNIT_BYTES, _UNIT_ROWS = 4 << 20, 1 << 18
 _BATCH_ROWS = (1 << 10, 1 << 17)
-_THREADS, _AHEAD = 2, 4
+_THREADS, _AHEAD_BYTES = 2, 16 << 20
 
 
 @dataclass(frozen=True)
 class _Unit:
     """Row groups of one file that one thread decodes, the rows of them to keep
-    (``skip``, ``take``) and the rows of a record batch."""
+    (``skip``, ``take``), the rows of a record batch, the bytes stored and the
+    file's footer (read once)."""
 
     path: str
     groups: tuple[int, ...]
     skip: int
     take: int
     size: int
+    stored: int
+    meta: Any
 
 
 def _units(path: str, rows: tuple[int, int] | None) -> list[_Unit]:
@@ -592,11 +781,12 @@ def _units(path: str, rows: tuple[int, int] | None) -> list[_Unit]:
     for i in range(len(sizes)):
         if starts[i] < end and starts[i + 1] > offset:
             groups.append(i)
-        last = i == len(sizes) - 1 or sum(stored[g] for g in groups) >= _UNIT_BYTES
-        if groups and last:
+        held = sum(stored[g] for g in groups), sum(sizes[g] for g in groups)
+        if groups and (i == len(sizes) - 1 or held[0] >= _UNIT_BYTES or held[1] >= _UNIT_ROWS):
             first, after = starts[groups[0]], starts[groups[-1] + 1]
             skip = max(offset - first, 0)
-            units.append(_Unit(path, tuple(groups), skip, min(after, end) - first - skip, size))
+            take = min(after, end) - first - skip
+            units.append(_Unit(path, tuple(groups), skip, take, size, held[0], meta))
             groups = []
     return units
 
@@ -607,10 +797,8 @@ def _decode(unit: _Unit) -> list[Any]:
     raises at the first bad page."""
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(unit.path, page_checksum_verification=True) as handle:
-        batches = handle.iter_batches(
-            batch_size=unit.size, row_groups=unit.groups, use_threads=False
-        )
+    with pq.ParquetFile(unit.path, metadata=unit.meta, page_checksum_verification=True) as file:
+        batches = file.iter_batches(batch_size=unit.size, row_groups=unit.groups, use_threads=False)
         skip, take, kept = unit.skip, unit.take, []
         for batch in batches:
             cut = batch.slice(min(skip, batch.num_rows), take)
@@ -646,18 +834,26 @@ def _decoded(
             return exc
 
     pool = ThreadPoolExecutor(_THREADS)
-    window: deque[tuple[str, Future[list[Any]] | Exception]] = deque()
+    window: deque[tuple[str, Future[list[Any]] | Exception, int]] = deque()
     failed: set[str] = set()
+    ahead = 0  # bytes stored of the units in the window
     try:
         plan = planned()
         while True:
-            while len(window) < _AHEAD and (step := next(plan, None)) is not None:
+            while len(window) < _THREADS or ahead < _AHEAD_BYTES:
+                step = next(plan, None)
+                if step is None:
+                    break
                 path, unit = step
-                work = unit if isinstance(unit, Exception) else pool.submit(_decode, unit)
-                window.append((path, work))
+                if isinstance(unit, Exception):
+                    window.append((path, unit, 0))
+                else:
+                    window.append((path, pool.submit(_decode, unit), unit.stored))
+                    ahead += unit.stored
             if not window:
                 return
-            path, work = window.popleft()
+            path, work, stored = window.popleft()
+            ahead -= stored
             got = result(work)
             if path in failed:
                 continue

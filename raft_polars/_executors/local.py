@@ -133,6 +133,7 @@ class LocalExecutor:
         checked = vk.nested_columns(rows, has_logprobs=log.has_logprobs)
         cands = strict.collect(checked if nested else rows.select(*_IDS, "reward"))
         part = vk.check_candidates(cands, selection, limit, nested=nested)
+        del cands  # the token pass needs the memory more
         found = vk.Findings(limit)
         if nested:
             vk.strict_findings(found, reader.errors.items())

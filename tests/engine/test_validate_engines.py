@@ -223,3 +223,56 @@ def test_token_positions_against_a_reference(
         got = {k: v for k, v in _counts(report).items() if k in _reference_positions(tokens)}
         assert got == _reference_positions(tokens)
         assert report["summary"]["tokens"] == tokens.height
+
+
+def test_short_runs_are_added_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Token rows not grouped by response (every row its own run) are added up per
+    response as they come: the same report as when they are kept apart."""
+    import raft_polars._engine.validate as kernels
+
+    tokens, rewards = long_frames(LPS, RWS, shuffle=5)
+    dup = tokens.head(1)
+    write_split(pl.concat([tokens, dup, tokens.head(0)]), tmp_path / "t", 2)
+    rewards.write_parquet(tmp_path / "rewards.parquet")
+    kwargs = {"source": str(tmp_path / "t"), "rewards": str(tmp_path / "rewards.parquet")}
+    apart = _both(**kwargs)
+    monkeypatch.setattr(kernels, "_ADD_UP", 1)
+    assert _report("polars", **kwargs) == apart
+    assert _counts(apart) == {"duplicate_token": 1}
+
+
+@pytest.mark.parametrize("variant", ["renamed", "hive", "one_stage"])
+def test_token_rows_read_as_the_source_says(tmp_path: Path, variant: str) -> None:
+    """Token rows under other column names, under Hive directories or without a
+    stage column: the same problems as the canonical files hold, on both executors
+    (the strict reader feeds the token pass straight, or through Polars)."""
+    lps, rws = (LPS[:1], RWS[:1]) if variant == "one_stage" else (LPS, RWS)
+    tokens, rewards = long_frames(lps, rws)
+    tokens = pl.concat([tokens, tokens.slice(2, 1)])  # a repeated position
+    kwargs: dict[str, Any] = {}
+    (tmp_path / "plain").mkdir()
+    tokens.write_parquet(tmp_path / "plain" / "t.parquet")
+    rewards.write_parquet(tmp_path / "plain" / "r.parquet")
+    want = _both(
+        source=str(tmp_path / "plain" / "t.parquet"), rewards=str(tmp_path / "plain" / "r.parquet")
+    )
+    root = tmp_path / variant
+    root.mkdir()
+    if variant == "renamed":
+        names = {"prompt": "prompt_id", "cand": "sample", "token": "pos", "logprob": "lp"}
+        tokens, rewards = tokens.rename(names, strict=False), rewards.rename(names, strict=False)
+        kwargs["columns"] = names
+    elif variant == "hive":
+        for (stage,), part in tokens.partition_by("stage", as_dict=True).items():
+            (root / "t" / f"stage={stage}").mkdir(parents=True)
+            part.drop("stage").write_parquet(root / "t" / f"stage={stage}" / "part.parquet")
+    else:
+        tokens, rewards = tokens.drop("stage"), rewards.drop("stage")
+    if variant != "hive":
+        (root / "t").mkdir()
+        tokens.write_parquet(root / "t" / "part.parquet")
+    rewards.write_parquet(root / "r.parquet")
+    got = _both(source=str(root / "t"), rewards=str(root / "r.parquet"), **kwargs)
+    assert got["problems"] == want["problems"]
+    assert got["summary"] == want["summary"]
+    assert _counts(got) == {"duplicate_token": 1}

@@ -1,0 +1,98 @@
+"""The compiled loop of ``validate``'s token pass (numba), imported only when it runs.
+
+Polars hands over the token rows batch by batch, in order; the loop cuts them into
+*runs* (stretches of consecutive rows of one response) and adds up each run's rows,
+bad log-probs and position jumps, with its first and last position: one pass over
+a few arrays, where the same in Polars expressions (shifts, a row index, a filter
+and a group-by of the runs' first and last rows) costs several times more. Which
+runs prove their response in order, and everything else, stays columnar
+(:mod:`raft_polars._engine.validate`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["OPEN", "STATE", "cut"]
+
+# the state carried from batch to batch: whether a run is open, then its sums
+OPEN, ROWS, BAD, JUMPS, FIRST, LAST = range(6)
+STATE = 6
+
+
+@numba.njit(nogil=True, cache=True)
+def cut(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
+    stage: npt.NDArray[Any],
+    prompt: npt.NDArray[Any],
+    cand: npt.NDArray[Any],
+    start: npt.NDArray[np.bool_],
+    first_starts: bool,
+    token: npt.NDArray[Any],
+    valid: npt.NDArray[np.bool_],
+    logprob: npt.NDArray[Any],
+    state: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    done: npt.NDArray[np.int64],
+) -> tuple[int, int]:  # pragma: no cover - compiled; its callers are tested
+    """Cut one batch into runs.
+
+    A row begins a run when its ids differ from the row before: ``stage, prompt,
+    cand`` compared here, or, when they are empty, ``start`` says so (Polars
+    compares ids that are text or null); the batch's first row begins one when
+    ``first_starts`` (the caller compares it with the last row of the batch
+    before). ``token`` holds the positions (empty: the rows have none), ``valid``
+    which are not null (empty: none is); ``logprob`` is null as NaN.
+
+    ``state`` carries the open run from batch to batch (:data:`OPEN` ... ); the
+    rows where runs begin go to ``starts`` and the sums of the runs that end in
+    this batch to the columns of ``done`` (rows of it: rows, bad log-probs,
+    jumps, first and last position): their counts are returned. A jump is a row whose position is
+    not the one before plus one, or a null position (the first row of a run too).
+    """
+    n = logprob.shape[0]
+    compare = stage.shape[0] > 0
+    positions = token.shape[0] > 0
+    checked = valid.shape[0] > 0
+    found = 0
+    ended = 0
+    for i in range(n):
+        if i == 0:
+            new = first_starts
+        elif compare:
+            new = stage[i] != stage[i - 1] or prompt[i] != prompt[i - 1] or cand[i] != cand[i - 1]
+        else:
+            new = start[i]
+        if new or state[OPEN] == 0:
+            if state[OPEN] == 1:
+                done[0, ended] = state[ROWS]
+                done[1, ended] = state[BAD]
+                done[2, ended] = state[JUMPS]
+                done[3, ended] = state[FIRST]
+                done[4, ended] = state[LAST]
+                ended += 1
+            state[OPEN] = 1
+            state[ROWS] = 0
+            state[BAD] = 0
+            state[JUMPS] = 0
+            starts[found] = i
+            found += 1
+        value = logprob[i]
+        if not (value <= 0.0 and value > -np.inf):
+            state[BAD] += 1
+        if positions:
+            if checked and not valid[i]:
+                state[JUMPS] += 1
+                position = np.int64(0)
+            else:
+                position = np.int64(token[i])
+                if state[ROWS] > 0 and position != state[LAST] + 1:
+                    state[JUMPS] += 1
+            if state[ROWS] == 0:
+                state[FIRST] = position
+            state[LAST] = position
+        state[ROWS] += 1
+    return found, ended
