@@ -50,49 +50,51 @@ def cut(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     ``state`` carries the open run from batch to batch (:data:`OPEN` ... ); the
     rows where runs begin go to ``starts`` and the sums of the runs that end in
     this batch to the columns of ``done`` (rows of it: rows, bad log-probs,
-    jumps, first and last position): their counts are returned. A jump is a row whose position is
-    not the one before plus one, or a null position (the first row of a run too).
+    jumps, first and last position): their counts are returned. A jump is a row
+    whose position is not the one before plus one, or a null position (the first
+    row of a run too).
     """
     n = logprob.shape[0]
     compare = stage.shape[0] > 0
     positions = token.shape[0] > 0
     checked = valid.shape[0] > 0
+    opened = state[OPEN] == 1
+    rows, bad, jumps, first, last = state[ROWS], state[BAD], state[JUMPS], state[FIRST], state[LAST]
     found = 0
     ended = 0
     for i in range(n):
         if i == 0:
-            new = first_starts
+            new = first_starts or not opened
         elif compare:
             new = stage[i] != stage[i - 1] or prompt[i] != prompt[i - 1] or cand[i] != cand[i - 1]
         else:
             new = start[i]
-        if new or state[OPEN] == 0:
-            if state[OPEN] == 1:
-                done[0, ended] = state[ROWS]
-                done[1, ended] = state[BAD]
-                done[2, ended] = state[JUMPS]
-                done[3, ended] = state[FIRST]
-                done[4, ended] = state[LAST]
+        if new:
+            if opened:
+                done[0, ended] = rows
+                done[1, ended] = bad
+                done[2, ended] = jumps
+                done[3, ended] = first
+                done[4, ended] = last
                 ended += 1
-            state[OPEN] = 1
-            state[ROWS] = 0
-            state[BAD] = 0
-            state[JUMPS] = 0
+            opened = True
+            rows = bad = jumps = 0
             starts[found] = i
             found += 1
         value = logprob[i]
         if not (value <= 0.0 and value > -np.inf):
-            state[BAD] += 1
+            bad += 1
         if positions:
+            position = np.int64(token[i])
             if checked and not valid[i]:
-                state[JUMPS] += 1
+                jumps += 1
                 position = np.int64(0)
-            else:
-                position = np.int64(token[i])
-                if state[ROWS] > 0 and position != state[LAST] + 1:
-                    state[JUMPS] += 1
-            if state[ROWS] == 0:
-                state[FIRST] = position
-            state[LAST] = position
-        state[ROWS] += 1
+            elif rows > 0 and position != last + 1:
+                jumps += 1
+            if rows == 0:
+                first = position
+            last = position
+        rows += 1
+    state[OPEN] = 1 if opened else 0
+    state[ROWS], state[BAD], state[JUMPS], state[FIRST], state[LAST] = rows, bad, jumps, first, last
     return found, ended

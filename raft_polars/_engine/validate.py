@@ -214,70 +214,6 @@ def _stage_tokens(selected: pl.DataFrame) -> pl.DataFrame:
 # --- long layout: the token rows ------------------------------------------------------------
 
 
-def token_runs(batches: Iterable[pl.DataFrame], *, has_position: bool) -> Runs:
-    """The runs of a piece of token rows, given in order batch by batch.
-
-    A *run* is a stretch of consecutive rows of one response; a *jump*, a row
-    whose position is not the one before plus one (or is null). A run without a
-    jump holds the positions ``first_pos .. last_pos``, each once: the proof of
-    order of :func:`combine_runs`. One compiled pass (:func:`_runs.cut`) over the
-    batches; where runs are short (rows not grouped by response), those so far
-    are added up per response (``runs`` counts them), so that the result stays
-    O(responses).
-    """
-    import numpy as np
-
-    from raft_polars._engine import _runs
-
-    names = ["rows", "bad_lp", "jumps", "first_pos", "last_pos"]
-    names = names if has_position else names[:2]
-    state = np.zeros(_runs.STATE, dtype=np.int64)
-    runs = _Runs(names)
-    before: tuple[Any, ...] | None = None
-    no_flags, no_values = np.zeros(0, dtype=np.bool_), np.zeros(0, dtype=np.int64)
-    starts, done = no_values, np.zeros((5, 0), dtype=np.int64)
-    for batch in batches:
-        n = batch.height
-        if not n:
-            continue
-        keys = [batch.get_column(c) for c in _IDS]
-        stage = prompt = cand = no_values
-        start = no_flags
-        plain = all(k.dtype.is_integer() and not k.null_count() for k in keys)
-        if plain:
-            stage, prompt, cand = (k.to_numpy() for k in keys)
-        else:  # text or null ids: Polars compares them
-            changed = pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in _IDS)
-            start = batch.select(changed).to_series().to_numpy()
-        token, valid = no_values, no_flags
-        if has_position:
-            position = batch.get_column("token")
-            if position.null_count():
-                valid = position.is_not_null().to_numpy()
-                position = position.fill_null(0)
-            token = position.to_numpy()
-        logprob = batch.get_column("logprob")
-        logprob = logprob.fill_null(float("nan")) if logprob.null_count() else logprob
-        if len(starts) < n:  # room for a run a row, kept from batch to batch
-            starts, done = np.empty(n, dtype=np.int64), np.empty((5, n), dtype=np.int64)
-        first = tuple(k[0] for k in keys)
-        found, ended = _runs.cut(
-            stage, prompt, cand, start, before is None or first != before, token, valid,
-            logprob.to_numpy(), state, starts, done,
-        )  # fmt: skip
-        at = starts[:found]
-        if plain:
-            taken = zip(_IDS, (stage[at], prompt[at], cand[at]), strict=True)
-            ids = pl.DataFrame([pl.Series(c, a) for c, a in taken])
-        else:
-            ids = batch.select(_IDS)[at]
-        runs.add(ids, [done[k, :ended] for k in range(len(names))])
-        before = tuple(k[n - 1] for k in keys)
-    if state[_runs.OPEN]:
-        runs.add(None, [state[_runs.ROWS + k : _runs.ROWS + k + 1] for k in range(len(names))])
-    return runs.frame()
-
-
 @dataclass
 class Runs:
     """The runs of a piece of token rows (:func:`token_runs`). ``every``: ids,
@@ -290,11 +226,113 @@ class Runs:
     other: pl.DataFrame
 
 
+@dataclass
+class _Cut:
+    """The runs of some consecutive token rows, the last one perhaps going on in
+    the rows after: the ids where each begins and their sums (``rows, bad_lp``
+    and maybe ``jumps, first_pos, last_pos``: one array of them a sum)."""
+
+    ids: pl.DataFrame
+    sums: Any
+
+
+def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
+    """The runs of consecutive token rows (``frames``, in order): one compiled
+    pass (:func:`_runs.cut`) that compares the ids row by row (Polars compares
+    text or null ids) and adds up each run's rows, bad log-probs and, with
+    positions, jumps, first and last position."""
+    import numpy as np
+
+    from raft_polars._engine import _runs
+
+    state = np.zeros(_runs.STATE, dtype=np.int64)
+    width = 5 if has_position else 2
+    no_flags, no_values = np.zeros(0, dtype=np.bool_), np.zeros(0, dtype=np.int64)
+    ids: list[pl.DataFrame] = []
+    sums: list[Any] = []
+    before: tuple[Any, ...] | None = None
+    for frame in frames:
+        n = frame.height
+        if not n:
+            continue
+        keys = [frame.get_column(c) for c in _IDS]
+        stage = prompt = cand = no_values
+        start = no_flags
+        plain = all(k.dtype.is_integer() and not k.null_count() for k in keys)
+        if plain:
+            stage, prompt, cand = (k.to_numpy() for k in keys)
+        else:  # text or null ids: Polars compares them
+            changed = pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in _IDS)
+            start = frame.select(changed).to_series().to_numpy()
+        token, valid = no_values, no_flags
+        if has_position:
+            position = frame.get_column("token")
+            if position.null_count():
+                valid = position.is_not_null().to_numpy()
+                position = position.fill_null(0)
+            token = position.to_numpy()
+        logprob = frame.get_column("logprob")
+        logprob = logprob.fill_null(float("nan")) if logprob.null_count() else logprob
+        starts, done = np.empty(n, dtype=np.int64), np.empty((5, n), dtype=np.int64)
+        first = tuple(k[0] for k in keys)
+        found, ended = _runs.cut(
+            stage, prompt, cand, start, before is None or first != before, token, valid,
+            logprob.to_numpy(), state, starts, done,
+        )  # fmt: skip
+        at = starts[:found]
+        if plain:
+            taken = zip(_IDS, (stage[at], prompt[at], cand[at]), strict=True)
+            ids.append(pl.DataFrame([pl.Series(c, a) for c, a in taken]))
+        else:
+            ids.append(frame.select(_IDS)[at])
+        sums.append(done[:width, :ended])
+        before = tuple(k[n - 1] for k in keys)
+    if state[_runs.OPEN]:
+        sums.append(state[_runs.ROWS : _runs.ROWS + width].reshape(width, 1).copy())
+    if not ids:
+        return _Cut(pl.DataFrame(), np.zeros((width, 0), dtype=np.int64))
+    return _Cut(pl.concat(ids, how="vertical"), np.concatenate(sums, axis=1))
+
+
+def token_runs(cuts: Iterable[_Cut], *, has_position: bool) -> Runs:
+    """The runs of a piece of token rows, from the :func:`_cut` of its rows in
+    order: a run that goes on from one to the next is joined up.
+
+    A *run* is a stretch of consecutive rows of one response; a *jump*, a row
+    whose position is not the one before plus one (or is null). A run without a
+    jump holds the positions ``first_pos .. last_pos``, each once: the proof of
+    order of :func:`combine_runs`. Where runs are short (rows not grouped by
+    response), those so far are added up per response (``runs`` counts them),
+    so that the result stays O(responses).
+    """
+    names = ["rows", "bad_lp", "jumps", "first_pos", "last_pos"]
+    runs = _Runs(names if has_position else names[:2])
+    held: _Cut | None = None  # the last run so far, which may go on
+    for cut in cuts:
+        if not cut.ids.height:
+            continue
+        sums = cut.sums
+        if held is not None and held.ids.row(0) == cut.ids.row(0):  # the run goes on
+            sums = sums.copy()
+            sums[:2, 0] += held.sums[:2, 0]
+            if has_position:
+                gap = sums[3, 0] != held.sums[4, 0] + 1
+                sums[2, 0] += held.sums[2, 0] + gap
+                sums[3, 0] = held.sums[3, 0]
+        elif held is not None:
+            runs.add(held.ids, held.sums)
+        k = cut.ids.height - 1
+        runs.add(cut.ids.head(k), sums[:, :k])
+        held = _Cut(cut.ids.tail(1), sums[:, k:])
+    if held is not None:
+        runs.add(held.ids, held.sums)
+    return runs.frame()
+
+
 class _Runs:
-    """The runs found so far: the ids of each (the last run may still be open),
-    the rows of those that ended and, for the few that are not clean, their
-    ordinals and sums (a list of arrays a sum). Added up per response when they
-    grow faster than the responses do."""
+    """The runs found so far: the ids and rows of each and, for the few that are
+    not clean, their ordinals and sums (a list of arrays a sum). Added up per
+    response when they grow faster than the responses do."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = ["runs", *names]  # the sums of a run that is not clean
@@ -306,71 +344,60 @@ class _Runs:
         self.rows: list[Any] = []
         self.at: list[Any] = []  # ordinals of the runs that are not clean
         self.sums: list[list[Any]] = [[] for _ in self.names]
-        self.ended = self.begun = 0  # runs ended, begun
+        self.count = 0
 
-    def add(self, ids: pl.DataFrame | None, sums: list[Any], runs: Any = None) -> None:
-        """The ids of the runs that began, the sums (``rows, bad_lp`` and maybe
-        ``jumps, first_pos, last_pos``) of those that ended, and how many runs
-        each adds up (one when None)."""
+    def add(self, ids: pl.DataFrame, sums: Any, runs: Any = None) -> None:
+        """Runs: their ids, their sums (``rows, bad_lp`` and maybe ``jumps,
+        first_pos, last_pos``, a row of ``sums`` each) and how many runs each
+        adds up (one when None)."""
         import numpy as np
 
-        if ids is not None and ids.height:
-            self.ids.append(ids)
-            self.begun += ids.height
-        count = len(sums[0])
-        if count:
-            runs = np.ones(count, dtype=np.int64) if runs is None else runs
-            other = (runs != 1) | (sums[1] != 0)
-            if len(sums) > 2:  # a jump, or not from position 0
-                other |= (sums[2] != 0) | (sums[3] != 0)
-            at = np.flatnonzero(other)
-            self.rows.append(np.array(sums[0], dtype=np.int64))  # a copy: the buffer is reused
-            self.at.append(at + self.ended)
-            for held, values in zip(self.sums, [runs, *sums], strict=True):
-                held.append(np.asarray(values, dtype=np.int64)[at])
-            self.ended += count
-        if self.begun - self.kept > max(4 * self.kept, _ADD_UP):
+        count = ids.height
+        if not count:
+            return
+        runs = np.ones(count, dtype=np.int64) if runs is None else runs
+        other = (runs != 1) | (sums[1] != 0)
+        if len(sums) > 2:  # a jump, or not from position 0
+            other |= (sums[2] != 0) | (sums[3] != 0)
+        at = np.flatnonzero(other)
+        self.ids.append(ids)
+        self.rows.append(np.array(sums[0], dtype=np.int64))
+        self.at.append(at + self.count)
+        for held, values in zip(self.sums, [runs, *sums], strict=True):
+            held.append(np.asarray(values, dtype=np.int64)[at])
+        self.count += count
+        if self.count - self.kept > max(4 * self.kept, _ADD_UP):
             self._add_up()
 
-    def _held(self) -> tuple[Runs, pl.DataFrame | None]:
-        """The runs that ended, and the ids of the open one (None: none is)."""
+    def _add_up(self) -> None:
+        counts = [n for n in self.names if n not in ("first_pos", "last_pos")]
+        ends = [pl.col("first_pos").min(), pl.col("last_pos").max()][: len(self.names) - 3]
+        added = _whole(self.frame(), self.names).group_by(_IDS).agg(pl.col(counts).sum(), *ends)
+        self._empty()
+        self.kept = added.height
+        sums = added.select(self.names[1:]).to_numpy().T
+        self.add(added.select(_IDS), sums, added["runs"].to_numpy())
+
+    def frame(self) -> Runs:
+        """Every run."""
         import numpy as np
 
         def joined(parts: list[Any]) -> Any:
             return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+        if not self.ids:
+            kinds = dict.fromkeys(_IDS, pl.Int64)
+            every = pl.DataFrame(schema={**kinds, "rows": pl.Int64, "clean": pl.Boolean})
+            return Runs(
+                every, pl.DataFrame(schema={**kinds, **dict.fromkeys(self.names, pl.Int64)})
+            )
         ids = pl.concat(self.ids, how="vertical")
         at = joined(self.at)
-        clean = np.ones(self.ended, dtype=np.bool_)
+        clean = np.ones(self.count, dtype=np.bool_)
         clean[at] = False
-        every = ids.head(self.ended).with_columns(
-            pl.Series("rows", joined(self.rows)), pl.Series("clean", clean)
-        )
-        other = ids[at].hstack(
-            [pl.Series(n, joined(h)) for n, h in zip(self.names, self.sums, strict=True)]
-        )
-        opened = ids.tail(ids.height - self.ended) if ids.height > self.ended else None
-        return Runs(every, other), opened
-
-    def _add_up(self) -> None:
-        held, opened = self._held()
-        counts = [n for n in self.names if n not in ("first_pos", "last_pos")]
-        ends = [pl.col("first_pos").min(), pl.col("last_pos").max()][: len(self.names) - 3]
-        added = _whole(held, self.names).group_by(_IDS).agg(pl.col(counts).sum(), *ends)
-        names = self.names[1:]
-        self._empty()
-        self.kept = added.height + (0 if opened is None else opened.height)
-        self.add(added.select(_IDS), [added[n].to_numpy() for n in names], added["runs"].to_numpy())
-        if opened is not None:
-            self.add(opened, [[] for _ in names])
-
-    def frame(self) -> Runs:
-        """Every run (all ended now)."""
-        if not self.ids:
-            ids = dict.fromkeys(_IDS, pl.Int64)
-            every = pl.DataFrame(schema={**ids, "rows": pl.Int64, "clean": pl.Boolean})
-            return Runs(every, pl.DataFrame(schema={**ids, **dict.fromkeys(self.names, pl.Int64)}))
-        return self._held()[0]
+        every = ids.with_columns(pl.Series("rows", joined(self.rows)), pl.Series("clean", clean))
+        sums = [pl.Series(n, joined(h)) for n, h in zip(self.names, self.sums, strict=True)]
+        return Runs(every, ids[at].hstack(sums))
 
 
 def _whole(runs: Runs, names: Sequence[str]) -> pl.DataFrame:
@@ -407,46 +434,54 @@ def token_part(log: StageLog, piece: Piece | None = None) -> TokenPart:
 
     Integer and text ids are compared in the source's own types (cheaper than
     the canonical Int64 on hundreds of millions of rows) and made canonical
-    after, one row per run.
+    after, one row per run. Where the token rows are the files' own columns
+    (renamed), the decoding threads cut them into runs too.
     """
     reader = StrictParquet()
     strict = strictly(log, reader)
     rows = strict._scan(strict.main, piece)  # the rows of tokens(), before the casts
     kinds = rows.collect_schema()
+    position = log.has_token
     if all(kinds[c].is_integer() or kinds[c] == pl.String for c in _IDS):
-        names = [*_IDS, "logprob", *(["token"] if log.has_token else [])]
-        batches = _token_batches(strict, reader, piece, names)
-        if batches is None:
-            batches = strict.batches(rows.select(names))
-        runs = token_runs(batches, has_position=log.has_token)
+        names = [*_IDS, "logprob", *(["token"] if position else [])]
+        cuts = _token_cuts(strict, reader, piece, names)
+        if cuts is None:
+            cuts = (_cut([f], has_position=position) for f in strict.batches(rows.select(names)))
+        runs = token_runs(cuts, has_position=position)
         runs = Runs(*(f.with_columns(canonical_ids(kinds)) for f in (runs.every, runs.other)))
     else:
-        runs = token_runs(strict.batches(strict.tokens(piece)), has_position=log.has_token)
+        batches = strict.batches(strict.tokens(piece))
+        runs = token_runs(
+            (_cut([f], has_position=position) for f in batches), has_position=position
+        )
     return TokenPart(runs, reader.errors)
 
 
-def _token_batches(
+def _token_cuts(
     strict: StageLog, reader: StrictParquet, piece: Piece | None, names: list[str]
-) -> Iterator[pl.DataFrame] | None:
-    """The columns ``names`` of the token rows of a piece, batch by batch, straight
-    from the strict reader (no Polars query between: a quarter of the reader's
-    time) when they are the files' own columns, renamed: local Parquet files
-    without a Hive key or a numbered stage. None otherwise."""
+) -> Iterator[_Cut] | None:
+    """The runs (:func:`_cut`) of the columns ``names`` of the token rows of a
+    piece, in order, cut by the threads that decode them when they are the
+    files' own columns, renamed: local Parquet files without a Hive key or a
+    numbered stage. None otherwise (then Polars' query gives the rows)."""
     main = strict.main
     if main.strict is None or main.hive or main.summed or "stage" in strict.numbered:
         return None
     theirs = {canon: their for their, canon in strict.renames if their in dict(main.schema)}
     columns = [theirs.get(name, name) for name in names]
+    renames = {c: n for c, n in zip(columns, names, strict=True) if c != n}
     paths = list(main.paths) if piece is None else [main.paths[i] for i in piece.files]
-    rows = None if piece is None else piece.rows
-    frames = reader._frames(paths, dict(main.schema), rows, columns, None)
+    position = "token" in names
 
-    def renamed() -> Iterator[pl.DataFrame]:
+    def cut(frames: list[pl.DataFrame]) -> _Cut:
+        return _cut([f.rename(renames) if renames else f for f in frames], has_position=position)
+
+    def cuts() -> Iterator[_Cut]:
         with reading(strict.paths, strict.origin):
-            for frame in frames:
-                yield frame.rename(dict(zip(columns, names, strict=True)))
+            rows = None if piece is None else piece.rows
+            yield from reader.items(paths, dict(main.schema), rows, columns, cut)
 
-    return renamed()
+    return cuts()
 
 
 def _details(rows: pl.DataFrame, *, has_position: bool) -> pl.DataFrame:
@@ -744,8 +779,8 @@ def summarize(
 # this many bytes of the file's columns as stored, or rows; record batches of at
 # most the rows of that many bytes; units decoded ahead of the reader, up to that
 # many bytes in all (two units at least, one a thread)
-_UNIT_BYTES, _UNIT_ROWS = 4 << 20, 1 << 18
-_BATCH_ROWS = (1 << 10, 1 << 17)
+_UNIT_BYTES, _UNIT_ROWS = 4 << 20, 1 << 19
+_BATCH_ROWS = (1 << 10, 1 << 19)
 _THREADS, _AHEAD_BYTES = 2, 16 << 20
 
 
@@ -809,11 +844,12 @@ def _decode(unit: _Unit) -> list[Any]:
 
 
 def _decoded(
-    paths: Sequence[str], rows: tuple[int, int] | None
+    paths: Sequence[str], rows: tuple[int, int] | None, then: Callable[[list[Any]], Any]
 ) -> Generator[tuple[str, Any], None, None]:
-    """``(path, record batch)`` for the rows of each file in turn, strictly decoded
-    (:func:`_decode`) by a few threads ahead of the reader; ``(path, error)`` where
-    pyarrow rejects a file, and nothing more of that file."""
+    """``(path, then(record batches))`` for the rows of each file in turn, unit by
+    unit, strictly decoded (:func:`_decode`), and ``then`` applied, by a few
+    threads ahead of the reader; ``(path, error)`` where pyarrow rejects a file,
+    and nothing more of that file."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -825,16 +861,15 @@ def _decoded(
                 units = [exc]
             yield from ((path, unit) for unit in units)
 
-    def result(work: Future[list[Any]] | Exception) -> list[Any] | Exception:
-        if isinstance(work, Exception):
-            return work
+    def work(unit: _Unit) -> Any:
         try:
-            return work.result()
+            batches = _decode(unit)
         except Exception as exc:  # any failure of the strict reader is the finding
             return exc
+        return then(batches)
 
     pool = ThreadPoolExecutor(_THREADS)
-    window: deque[tuple[str, Future[list[Any]] | Exception, int]] = deque()
+    window: deque[tuple[str, Future[Any] | Exception, int]] = deque()
     failed: set[str] = set()
     ahead = 0  # bytes stored of the units in the window
     try:
@@ -848,20 +883,18 @@ def _decoded(
                 if isinstance(unit, Exception):
                     window.append((path, unit, 0))
                 else:
-                    window.append((path, pool.submit(_decode, unit), unit.stored))
+                    window.append((path, pool.submit(work, unit), unit.stored))
                     ahead += unit.stored
             if not window:
                 return
-            path, work, stored = window.popleft()
+            path, done, stored = window.popleft()
             ahead -= stored
-            got = result(work)
+            got = done if isinstance(done, Exception) else done.result()
             if path in failed:
                 continue
             if isinstance(got, Exception):
                 failed.add(path)
-                yield path, got
-            else:
-                yield from ((path, batch) for batch in got)
+            yield path, got
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _release()
@@ -889,7 +922,7 @@ def strict_read(path: str) -> str | None:
     it. Streams a few row groups at a time. :class:`StrictParquet` is the same
     read as a Polars source, for the passes that check the rows too.
     """
-    for _, item in _decoded([path], None):
+    for _, item in _decoded([path], None, len):
         if isinstance(item, Exception):
             return _error_text(item)
     return None
@@ -934,28 +967,50 @@ class StrictParquet:
         names: list[str],
         limit: int | None,
     ) -> Iterator[pl.DataFrame]:
-        given = done = 0  # rows given in all, rows of the current file
-        current = None
-        decoded = _decoded(paths, rows)
-        try:
-            for path, item in decoded:
+        given = 0
+        for frames in self.items(paths, types, rows, names, list):
+            for frame in frames:
                 if limit is not None and given >= limit:
                     return
-                if path != current:
-                    current, done = path, 0
-                if isinstance(item, Exception):  # the file's finding; Polars reads on
-                    self.errors.setdefault(path, _error_text(item))
-                    frame = _rest(path, types, rows, names, done)
-                else:
-                    got = pl.from_arrow(item.select(names))
-                    assert isinstance(got, pl.DataFrame)
-                    frame = got.cast({n: types[n] for n in names if got.schema[n] != types[n]})
-                frame = frame if limit is None else frame.head(limit - given)
-                done += frame.height
-                given += frame.height
-                yield frame
-        finally:
-            decoded.close()
+                got = frame if limit is None else frame.head(limit - given)
+                given += got.height
+                yield got
+
+    def items(
+        self,
+        paths: list[str],
+        types: dict[str, pl.DataType],
+        rows: tuple[int, int] | None,
+        names: list[str],
+        then: Callable[[list[pl.DataFrame]], Any],
+    ) -> Iterator[Any]:
+        """``then`` of the columns ``names`` of the rows of ``paths`` (the rows
+        ``(offset, count)`` of a single file, when given), one result a unit of
+        the strict read, in order: applied in the threads that decode them, and
+        to what Polars reads of a file pyarrow rejects."""
+
+        def frames(batches: list[Any]) -> tuple[Any, int]:
+            got = []
+            for batch in batches:
+                frame = pl.from_arrow(batch.select(names))
+                assert isinstance(frame, pl.DataFrame)
+                cast = {n: types[n] for n in names if frame.schema[n] != types[n]}
+                got.append(frame.cast(cast) if cast else frame)  # type: ignore[arg-type]
+            return then(got), sum(b.num_rows for b in batches)
+
+        done = 0  # rows of the current file
+        current = None
+        for path, item in _decoded(paths, rows, frames):
+            if path != current:
+                current, done = path, 0
+            if isinstance(item, Exception):  # the file's finding; Polars reads on
+                self.errors.setdefault(path, _error_text(item))
+                rest = _rest(path, types, rows, names, done)
+                result, count = then([rest]), rest.height
+            else:
+                result, count = item
+            done += count
+            yield result
 
 
 def _rest(

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -34,6 +37,8 @@ from raft_polars._progress import Clock, report
 from raft_polars.selection import Reduction, Selection
 
 __all__ = ["LocalExecutor"]
+
+T = TypeVar("T")
 
 _IDS = ["stage", "prompt", "cand"]
 
@@ -127,6 +132,8 @@ class LocalExecutor:
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
         nested = log.layout == "nested"
+        # the token pass decodes in threads of its own while the candidates are checked
+        token_pass = None if nested else _started(vk.token_part, log)
         reader = vk.StrictParquet()  # the candidate rows: one strict decode
         strict = vk.strictly(log, reader)
         rows = strict.candidates(extras=False)
@@ -142,7 +149,8 @@ class LocalExecutor:
                 vk.empty_stages(found, [part.stage_tokens])
             return vk.summarize(found, [part])
         assert part.known is not None
-        tokens = vk.token_part(log)
+        assert token_pass is not None
+        tokens = token_pass.result()
         vk.strict_findings(found, [*reader.errors.items(), *tokens.errors.items()])
 
         def fetch(keys: pl.DataFrame) -> pl.DataFrame:
@@ -168,6 +176,21 @@ def _preload() -> None:
         _compiled.touch()
 
     threading.Thread(target=load, name="raft-polars-preload", daemon=True).start()
+
+
+def _started(call: Callable[..., T], *args: Any) -> Future[T]:
+    """``call(*args)`` started in a thread of its own (a daemon: an error elsewhere
+    does not wait for it)."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(call(*args))
+        except BaseException as exc:  # raised where the result is asked for
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="raft-polars-validate", daemon=True).start()
+    return done
 
 
 def _skips(selection: Selection) -> bool:

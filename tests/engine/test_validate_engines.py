@@ -211,11 +211,14 @@ def test_token_positions_against_a_reference(
 ) -> None:
     """Random positions (in order, shuffled, repeated, missing, null) cut over files
     and row groups: duplicate, gap and null counts of a plain reference, on both
-    executors."""
+    executors (in process, a row group a unit of the strict read: runs go on from
+    one unit to the next)."""
+    import raft_polars._engine.validate
     import raft_polars._executors.dask
 
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
         patch.setattr(raft_polars._executors.dask, "SHARD_BYTES", 1)
+        patch.setattr(raft_polars._engine.validate, "_UNIT_ROWS", 1)
         root = Path(tmp)
         _long_log(root, lists or [[]], files, group)
         report = _both(source=str(root / "t"), rewards=str(root / "rewards.parquet"))
