@@ -391,11 +391,7 @@ def _schema_of(path: str, kind: str) -> pl.Schema:
     except READ_ERRORS as exc:
         if "empty" in str(exc):  # a part with no rows: its columns come from the others
             return pl.Schema()
-        hint = ""
-        if _starts_with_bracket(path):
-            hint = "; it holds one JSON array, not JSON lines (one object per line)"
-        msg = f"cannot read JSON lines file {path!r}: {_first_line(exc)}{hint}"
-        raise RaftInputError(msg) from exc
+        raise json_lines_error(path, exc) from exc
     return schema
 
 
@@ -529,22 +525,41 @@ def parquet_error(path: str, exc: BaseException) -> RaftInputError:
     return RaftInputError(f"cannot read Parquet file {path!r}: {_first_line(exc)}")
 
 
+def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
+    """The error for a JSON lines file that cannot be read."""
+    hint = ""
+    if _starts_with_bracket(path):
+        hint = "; it holds one JSON array, not JSON lines (one object per line)"
+    return RaftInputError(f"cannot read JSON lines file {path!r}: {_first_line(exc)}{hint}")
+
+
 @contextmanager
 def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
     """Turn a failure while reading ``paths`` into a RaftInputError naming the
-    file that cannot be read (checked footer by footer), else the source."""
+    file that cannot be read, else the source. A Parquet file is checked by its
+    footer, a JSON lines file by parsing every line: its schema came from its
+    first lines, so a line further on may be the one that fails, and the error of
+    a read over several files (parts, or token rows beside rewards) must say
+    which."""
     try:
         yield
     except READ_ERRORS as exc:
         import pyarrow.parquet as pq
 
         for path in paths:
-            if file_kind(path) != "parquet" or is_remote(path):
+            if is_remote(path):
+                continue
+            if file_kind(path) == "parquet":
+                try:
+                    pq.read_metadata(path)
+                except Exception as bad:  # any failure to read the footer names the culprit
+                    raise parquet_error(path, bad) from exc
                 continue
             try:
-                pq.read_metadata(path)
-            except Exception as bad:  # any failure to read the footer names the culprit
-                raise parquet_error(path, bad) from exc
+                pl.scan_ndjson(path, infer_schema_length=None).collect_schema()
+            except READ_ERRORS as bad:
+                if "empty" not in str(bad):  # a part with no rows reads as none
+                    raise json_lines_error(path, bad) from exc
         msg = f"cannot read stage log {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
 
