@@ -164,7 +164,13 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     log-prob that is null, not finite or not a number, a log-prob > 0, a stage
     whose selected responses hold no tokens.
     """
-    from raft_polars._engine._compiled import best_of_groups, groups_of, scatter
+    from raft_polars._engine._compiled import (
+        NO_LOOKUP,
+        NO_STRINGS,
+        best_of_groups,
+        groups_of,
+        scatter,
+    )
 
     if len(keys.cand) == 0:
         return []
@@ -186,15 +192,14 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     nll, tokens = np.zeros(stages), np.zeros(stages, dtype=np.int64)
     top, nulls = np.full(stages, -np.inf), np.zeros(stages, dtype=np.int64)
     table = np.arange(stages + 1, dtype=np.int32)
-    empty = np.zeros(0, dtype=np.uint64)
     if array.values.null_count:
         return None
     values = array.values.to_numpy()
     scatter(
         index,
-        empty,
-        empty,
-        (empty, empty, np.zeros(0, dtype=np.int64)),
+        NO_STRINGS,
+        NO_STRINGS,
+        NO_LOOKUP,
         0,
         values,
         np.zeros(0, dtype=np.bool_),

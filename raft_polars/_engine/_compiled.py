@@ -3,52 +3,216 @@
 Polars decodes the token rows and computes each row's position; the loop here
 does what Polars cannot do in one pass: a gather from a small table (the row's
 candidate slot) fused with a scatter-add into per-slot sums. String prompt ids
-reach it as two 64-bit hashes (Polars hashes strings at about the cost of
-reading them), which the loop turns into the prompt's code with a small
-open-addressing table. Everything around it (reading, positions, the slots, the
-checks) stays columnar.
+reach it as Arrow string views (zero copy from Polars): the loop finds a row's
+prompt code by comparing its view, then its bytes, with the previous row's (a
+response's rows share one prompt), and only on a change looks the string up,
+exactly, in an open-addressing table of the candidates' prompts. Everything
+around it (reading, positions, the slots, the checks) stays columnar.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import ctypes
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 
-__all__ = ["best_of_groups", "groups_of", "hash_table", "scatter", "touch"]
+__all__ = [
+    "NO_LOOKUP",
+    "NO_STRINGS",
+    "Strings",
+    "best_of_groups",
+    "groups_of",
+    "name_table",
+    "scatter",
+    "strings",
+    "touch",
+]
+
+
+class Strings(NamedTuple):
+    """Strings as the loops read them (an Arrow string view array, zero copy):
+    each one's 16-byte view as two words (its length, then its bytes when at
+    most 12, zero-padded, else a prefix, a buffer and an offset into it); the
+    data buffers one after the other (``bases``: where each starts), as bytes
+    and as the 8-byte words starting at every byte; whether each string is not
+    null (empty: none is)."""
+
+    views: npt.NDArray[np.uint64]  # (n, 2)
+    data: npt.NDArray[np.uint8]
+    words: npt.NDArray[np.uint64]
+    bases: npt.NDArray[np.int64]
+    present: npt.NDArray[np.bool_]
+
+
+_INLINE = 12  # strings this long or shorter are held whole in their views
+_LOW = np.uint64(0xFFFFFFFF)
+
+
+def _frozen(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``array`` read-only, as the buffers Arrow lends are (one compiled type)."""
+    array.setflags(write=False)
+    return array
+
+
+def _strings(
+    views: npt.NDArray[np.uint64], buffers: list[Any], present: npt.NDArray[np.bool_]
+) -> Strings:
+    """:class:`Strings` of ``views`` into the Arrow data ``buffers``: ``data``
+    is a view of the memory from the first buffer's start to the last one's end
+    (no copy; only the bytes the views point at are ever read)."""
+    if not buffers:
+        data = np.zeros(0, dtype=np.uint8)
+        bases = np.zeros(1, dtype=np.int64)
+    else:
+        low = min(b.address for b in buffers)
+        high = max(b.address + b.size for b in buffers)
+        data = np.frombuffer((ctypes.c_uint8 * (high - low)).from_address(low), dtype=np.uint8)
+        bases = np.array([b.address - low for b in buffers], dtype=np.int64)
+    # the words starting at each byte, overlapping (no copy)
+    count = max(data.shape[0] - 7, 0)
+    words = np.ndarray((count,), dtype=np.uint64, buffer=data, strides=(1,))
+    return Strings(views, _frozen(data), _frozen(words), _frozen(bases), _frozen(present))
+
+
+def strings(series: pl.Series) -> Strings:
+    """The strings of a Polars string column, for the compiled loops (valid
+    while the column is)."""
+    import pyarrow as pa
+
+    array = series.to_arrow(compat_level=pl.CompatLevel.newest())
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not (pa.types.is_string_view(array.type) or pa.types.is_binary_view(array.type)):
+        array = array.cast(pa.string_view())
+    n, offset = len(array), array.offset
+    buffers = array.buffers()
+    words = np.frombuffer(buffers[1], dtype=np.uint64)[2 * offset : 2 * (offset + n)]
+    held = [b for b in buffers[2:] if b is not None]
+    present = np.zeros(0, dtype=np.bool_)
+    if array.null_count:
+        present = array.is_valid().to_numpy(zero_copy_only=False)
+    return _strings(_frozen(words.reshape(n, 2)), held, present)
+
+
+NO_STRINGS = _strings(_frozen(np.zeros((0, 2), dtype=np.uint64)), [], np.zeros(0, dtype=np.bool_))
+NO_LOOKUP = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))  # no string prompts
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _start(bases: Any, second: np.uint64) -> int:  # pragma: no cover - compiled
+    """Where a long string's bytes start in the data, from its view's second word."""
+    return int(bases[np.int64(second & _LOW)] + np.int64(second >> np.uint64(32)))
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _equal(  # noqa: PLR0917 - compiled
+    words: Any, data: Any, i: int, other_words: Any, other_data: Any, j: int, length: int
+) -> bool:  # pragma: no cover - compiled
+    """Whether ``length`` bytes at ``i`` and at ``j`` are the same: word by
+    word, then byte by byte."""
+    k = 0
+    while k + 8 <= length:
+        if words[i + k] != other_words[j + k]:
+            return False
+        k += 8
+    while k < length:
+        if data[i + k] != other_data[j + k]:
+            return False
+        k += 1
+    return True
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _mix(h: np.uint64, word: np.uint64) -> np.uint64:  # pragma: no cover - compiled
+    h = (h ^ word) * np.uint64(0xBF58476D1CE4E5B9)
+    return h ^ (h >> np.uint64(31))
 
 
 @numba.njit(nogil=True, cache=True)
-def hash_table(
-    first: npt.NDArray[np.uint64], second: npt.NDArray[np.uint64]
-) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
-    """An open-addressing table of ``(first[i], second[i]) -> i`` (load at most
-    1/2); its code array is empty when two entries share both hashes."""
+def _hash(text: Strings, i: int) -> np.uint64:  # pragma: no cover - compiled
+    """A hash of string ``i`` of ``text``: of its view when it is held there,
+    else of its length, words and last bytes."""
+    first, second = text.views[i, 0], text.views[i, 1]
+    length = np.int64(first & _LOW)
+    if length <= _INLINE:
+        return _mix(_mix(np.uint64(0), first), second)
+    start, h = _start(text.bases, second), np.uint64(length)
+    k = 0
+    while k + 8 <= length:
+        h = _mix(h, text.words[start + k])
+        k += 8
+    if k < length:
+        word = np.uint64(0)
+        for m in range(length - k):
+            word |= np.uint64(text.data[start + k + m]) << np.uint64(8 * m)
+        h = _mix(h, word)
+    return h
+
+
+@numba.njit(nogil=True, cache=True)
+def _same(a: Strings, i: int, b: Strings, j: int) -> bool:  # pragma: no cover - compiled
+    """Whether string ``i`` of ``a`` and string ``j`` of ``b`` are equal."""
+    if a.views[i, 0] != b.views[j, 0]:  # length or first bytes differ
+        return False
+    length = int(a.views[i, 0] & _LOW)
+    if length <= _INLINE:
+        return bool(a.views[i, 1] == b.views[j, 1])
+    return _equal(
+        a.words, a.data, _start(a.bases, a.views[i, 1]),
+        b.words, b.data, _start(b.bases, b.views[j, 1]), length,
+    )  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True)
+def name_table(names: Strings) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """An open-addressing table (load at most 1/2) of the distinct strings
+    ``names`` (no null) to their index: each slot's hash and index (-1: empty)."""
+    n = names.views.shape[0]
     size = 2
-    while size < 2 * first.shape[0]:
+    while size < 2 * n:
         size *= 2
     mask = np.uint64(size - 1)
-    keys1 = np.zeros(size, dtype=np.uint64)
-    keys2 = np.zeros(size, dtype=np.uint64)
+    hashes = np.zeros(size, dtype=np.uint64)
     codes = np.full(size, -1, dtype=np.int64)
-    for i in range(first.shape[0]):
-        at = first[i] & mask
+    for i in range(n):
+        h = _hash(names, i)
+        at = h & mask
         while codes[at] >= 0:
-            if keys1[at] == first[i] and keys2[at] == second[i]:
-                return keys1, keys2, np.zeros(0, dtype=np.int64)
             at = (at + np.uint64(1)) & mask
-        keys1[at], keys2[at], codes[at] = first[i], second[i], i
-    return keys1, keys2, codes
+        hashes[at], codes[at] = h, i
+    return hashes, codes
+
+
+@numba.njit(nogil=True, cache=True)
+def _code(
+    rows: Strings,
+    i: int,
+    names: Strings,
+    lookup: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]],
+) -> int:  # pragma: no cover - compiled; its callers are tested
+    """The index in ``names`` of row ``i``'s string, found in ``lookup`` (-1:
+    not there)."""
+    hashes, codes = lookup
+    mask = np.uint64(hashes.shape[0] - 1)
+    h = _hash(rows, i)
+    probe = h & mask
+    while codes[probe] >= 0:
+        if hashes[probe] == h and _same(rows, i, names, codes[probe]):
+            return int(codes[probe])
+        probe = (probe + np.uint64(1)) & mask
+    return -1
 
 
 @numba.njit(nogil=True, cache=True)
 def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     index: npt.NDArray[Any],
-    first: npt.NDArray[np.uint64],
-    second: npt.NDArray[np.uint64],
-    prompts: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.int64]],
+    rows: Strings,
+    names: Strings,
+    lookup: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]],
     stride: int,
     logprob: npt.NDArray[Any],
     valid: npt.NDArray[np.bool_],
@@ -62,28 +226,47 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     is negative are skipped): the NLL (float64, in row order), the row count,
     the largest log-prob and the null count.
 
-    ``position`` is ``index[i]``; with hashes (``first`` not empty) it is
-    ``index[i] + code * stride``, the code of the row's prompt from ``prompts``
-    (:func:`hash_table`), and a prompt not in it, or an ``index[i]`` that is
-    already "outside" (the last position of ``table``), is outside. ``valid`` is
-    empty when no log-prob is null, else one flag per row.
+    ``position`` is ``index[i]``; with string prompts (``rows`` not empty) it is
+    ``index[i] + code * stride``, the code being the index of the row's prompt
+    in ``names`` (``lookup``: their :func:`name_table`). A null prompt, one not
+    in ``names``, or an ``index[i]`` already "outside" (the last position of
+    ``table``) is outside. A row whose view or bytes are the previous row's has
+    its code (a response's rows share one prompt); only a change is looked up.
+    ``valid`` is empty when no log-prob is null, else one flag per row.
     """
     masked = valid.shape[0] > 0
-    hashed = first.shape[0] > 0
-    keys1, keys2, codes = prompts
-    mask = np.uint64(max(keys1.shape[0], 1) - 1)
+    views, present, bases, words, data = rows.views, rows.present, rows.bases, rows.words, rows.data
+    hashed = views.shape[0] > 0
+    nulls = present.shape[0] > 0
     outside = table.shape[0] - 1
+    # the previous string looked at: its view and code
+    seen, code = False, -1
+    last0, last1 = np.uint64(0), np.uint64(0)
     for i in range(index.shape[0]):
         at = index[i]
         if hashed and at != outside:
-            probe = first[i] & mask
-            code = -1
-            while codes[probe] >= 0:
-                if keys1[probe] == first[i] and keys2[probe] == second[i]:
-                    code = codes[probe]
-                    break
-                probe = (probe + np.uint64(1)) & mask
-            at = outside if code < 0 else at + code * stride
+            if nulls and not present[i]:
+                at = outside
+            else:
+                first, second = views[i, 0], views[i, 1]
+                if not (seen and first == last0 and second == last1):
+                    length = np.int64(first & _LOW)
+                    same = False
+                    if seen and length > _INLINE and first == last0:
+                        start, before = _start(bases, second), _start(bases, last1)
+                        # the bytes, written out here: a helper taking the arrays
+                        # costs reference counting on every row
+                        same, k = True, 0
+                        while same and k + 8 <= length:
+                            same = words[start + k] == words[before + k]
+                            k += 8
+                        while same and k < length:
+                            same = data[start + k] == data[before + k]
+                            k += 1
+                    if not same:
+                        code = _code(rows, i, names, lookup)
+                    seen, last0, last1 = True, first, second
+                at = outside if code < 0 else at + code * stride
         slot = table[at]
         if slot < 0:
             continue
@@ -139,15 +322,15 @@ def groups_of(size: int) -> tuple[npt.NDArray[Any], ...]:
 def touch() -> None:
     """Load the loops' machine code from numba's cache (the first load of a
     process initialises LLVM: ~0.3 s), on empty arrays of the common types."""
-    empty = np.zeros(0, dtype=np.uint64)
     codes = np.zeros(0, dtype=np.int64)
     best_of_groups(codes, codes, np.zeros(0), *groups_of(0))
+    name_table(NO_STRINGS)
     for index, values in ((np.int32, np.float32), (np.int64, np.float64)):
         scatter(
             np.zeros(0, dtype=index),
-            empty,
-            empty,
-            (empty, empty, codes),
+            NO_STRINGS,
+            NO_STRINGS,
+            NO_LOOKUP,
             0,
             np.zeros(0, dtype=values),
             np.zeros(0, dtype=np.bool_),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -213,8 +213,9 @@ def _nested_problems(log: StageLog, rows: pl.LazyFrame, flagged: pl.DataFrame) -
 class _Located:
     """The token rows with each row's position (``index``): ``size`` positions,
     then one for "no candidate"; how to find the positions of candidates; and,
-    for string prompt ids, the two hashes of each row's prompt (``hashes``) whose
-    code adds ``stride`` positions each (see :func:`_compiled.scatter`)."""
+    for string prompt ids, the candidates' prompts (``categories``), whose code
+    adds ``stride`` positions each to a row's position (see
+    :func:`_compiled.scatter`)."""
 
     rows: pl.LazyFrame
     index: pl.Expr
@@ -222,13 +223,8 @@ class _Located:
     positions: Callable[[pl.DataFrame], npt.NDArray[np.signedinteger[Any]]]
     candidates: npt.NDArray[np.signedinteger[Any]]  # the positions of every key
     exact: Callable[[], tuple[pl.LazyFrame, pl.Expr]]  # rows and positions, for messages
-    hashes: tuple[pl.Expr, pl.Expr] | None = None
     categories: pl.Series | None = None
     stride: int = 0
-
-
-# two independent 64-bit hashes of a string prompt id: 128 bits to tell prompts apart
-_SEEDS = (0x243F6A8885A308D3, 0x13198A2E03707344)
 
 
 def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
@@ -254,11 +250,10 @@ def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
         if codes is None or not (codes.categories.dtype == schema["prompt"] == pl.String):
             rows, index = exact()
             return _Located(rows, index, box.size, where, every, lambda: (rows, index))
-        # string prompts: the rows' hashes, their codes found in the compiled loop
+        # string prompts: their codes are found in the compiled loop
         partial = position(box, schema, names=("stage", None, "cand"))
-        hashes = (pl.col("prompt").hash(_SEEDS[0]), pl.col("prompt").hash(_SEEDS[1]))
         return _Located(
-            tokens, partial, box.size, where, every, exact, hashes, codes.categories, box.spans[2]
+            tokens, partial, box.size, where, every, exact, codes.categories, box.spans[2]
         )
     known = keys.canonical().select(_IDS).with_row_index("_index")
     rows = tokens.with_columns(canonical_ids(tokens.collect_schema())).join(
@@ -290,11 +285,10 @@ def _file_names(log: StageLog) -> tuple[str, ...]:
 
 def _scatter(
     log: StageLog, located: _Located, table: npt.NDArray[np.int32], slots: int
-) -> dict[str, npt.NDArray[Any]] | None:
+) -> dict[str, npt.NDArray[Any]]:
     """Per-slot ``nll, tokens, lp_max, lp_nulls`` of the token rows, in one pass:
     Polars decodes the rows and computes their positions, batch by batch; the
-    compiled loop adds each row into the slot ``table[position]``. None when two
-    string prompts share both hashes (then the exact positions are used)."""
+    compiled loop adds each row into the slot ``table[position]``."""
     from raft_polars._engine import _compiled
 
     sums: dict[str, npt.NDArray[Any]] = {
@@ -309,28 +303,22 @@ def _scatter(
         located.index.alias("_index"),
         lp if dtype in (pl.Float32, pl.Float64) else lp.cast(pl.Float64),
     ]
-    empty = np.zeros(0, dtype=np.uint64)
-    prompts = (empty, empty, np.zeros(0, dtype=np.int64))
-    if located.hashes is not None:
-        assert located.categories is not None
-        names = pl.DataFrame({"prompt": located.categories})
-        first, second = (names.select(h)["prompt"].to_numpy() for h in located.hashes)
-        prompts = _compiled.hash_table(first, second)
-        if len(prompts[2]) == 0:
-            return None
-        columns += [h.alias(f"_hash{i}") for i, h in enumerate(located.hashes)]
-    plan = located.rows.select(columns)
-    for batch in log.batches(plan):
+    names = _compiled.NO_STRINGS
+    if located.categories is not None:
+        names = _compiled.strings(located.categories)
+        columns.append(pl.col("prompt").alias("_prompt"))
+    lookup = _compiled.name_table(names)
+    for batch in log.batches(located.rows.select(columns)):
         values = batch["logprob"]
         valid = values.is_not_null().to_numpy() if values.has_nulls() else _NO_MASK
-        hash0 = hash1 = empty
-        if located.hashes is not None:
-            hash0, hash1 = batch["_hash0"].to_numpy(), batch["_hash1"].to_numpy()
+        rows = _compiled.NO_STRINGS
+        if located.categories is not None:
+            rows = _compiled.strings(batch["_prompt"])
         _compiled.scatter(
             batch["_index"].to_numpy(),
-            hash0,
-            hash1,
-            prompts,
+            rows,
+            names,
+            lookup,
             located.stride,
             values.to_numpy(),
             valid,
@@ -371,11 +359,6 @@ def token_sums(
     table[located.candidates] = -1  # a candidate not tracked: its rows are skipped
     table[located.positions(tracked)] = np.arange(1, tracked.height + 1, dtype=np.int32)
     sums = _scatter(log, located, table, tracked.height + 1)
-    if sums is None:  # two prompts share both hashes: the exact positions
-        rows, index = located.exact()
-        located = replace(located, rows=rows, index=index, hashes=None)
-        sums = _scatter(log, located, table, tracked.height + 1)
-        assert sums is not None
     stats = tracked.with_columns(
         pl.Series(name, values[1:]) for name, values in sums.items()
     ).filter(pl.col("tokens") > 0)

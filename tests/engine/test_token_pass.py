@@ -1,16 +1,17 @@
-"""The token pass's compiled loop against plain Python loops, and the exact
-fallback of string prompt ids when two prompts share both hashes.
+"""The token pass's compiled loop against plain Python loops.
 
-``scatter`` adds each token row into the slot of its candidate; with hashes, a
-row's position is completed by its prompt's code, found in an open-addressing
-table. The references here are dictionaries and loops over rows.
+``scatter`` adds each token row into the slot of its candidate; with string
+prompt ids, a row's position is completed by its prompt's code, found from the
+row's Arrow string view (the previous row's code when the view or the bytes are
+the same, else an exact lookup). The references here are dictionaries and loops
+over rows, on strings in every representation Polars hands over: one view per
+row, views shared by a dictionary page, sliced columns, several chunks.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import polars as pl
@@ -22,9 +23,6 @@ from strategies import ragged_logs
 
 import raft_polars
 import raft_polars._engine._compiled as compiled
-
-_EMPTY = np.zeros(0, dtype=np.uint64)
-_NO_PROMPTS = (_EMPTY, _EMPTY, np.zeros(0, dtype=np.int64))
 
 
 def _sums(slots: int) -> list[Any]:
@@ -78,9 +76,9 @@ def test_scatter_adds_each_row_into_its_slot(
     got = _sums(slots)
     compiled.scatter(
         np.array(positions, dtype=index),
-        _EMPTY,
-        _EMPTY,
-        _NO_PROMPTS,
+        compiled.NO_STRINGS,
+        compiled.NO_STRINGS,
+        compiled.NO_LOOKUP,
         0,
         array,
         valid,
@@ -94,32 +92,63 @@ def test_scatter_adds_each_row_into_its_slot(
         assert mine.tolist() == theirs  # the same additions in the same order: exact
 
 
-@settings(max_examples=100, deadline=None)
+# prompt ids that share lengths and first bytes, on both sides of the 12 bytes a
+# view holds whole (a 12-byte and a 13-byte id differ in where their bytes are)
+_PROMPT = st.text(alphabet="ab\u00e9", max_size=16) | st.sampled_from(
+    ["", "a" * 12, "a" * 13, "a" * 12 + "b", "aaaa" + "b" * 20, "aaaa" + "b" * 19 + "c"]
+)
+
+
+def _shaped(rows: list[str | None], how: str) -> pl.Series:
+    """``rows`` as a Polars string column made one of the ways the token pass
+    meets them."""
+    import io
+
+    series = pl.Series("prompt", rows, dtype=pl.String)
+    if how == "dictionary":  # decoded from a dictionary page: rows share views
+        buffer = io.BytesIO()
+        pl.DataFrame([series]).write_parquet(buffer, use_pyarrow=True)
+        buffer.seek(0)
+        return pl.read_parquet(buffer)["prompt"]
+    if how == "sliced":  # an offset into a longer column
+        padded = pl.Series("prompt", ["x" * 20, None, *rows, "y"], dtype=pl.String)
+        return padded.slice(2, len(rows))
+    if how == "chunks":  # several chunks, each with its own buffers
+        half = len(rows) // 2
+        parts = [pl.Series("prompt", part, dtype=pl.String) for part in (rows[:half], rows[half:])]
+        return pl.concat(parts, rechunk=False)
+    return series
+
+
+@settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.text(max_size=4), min_size=1, max_size=8, unique=True),
-    st.lists(st.text(max_size=4), max_size=30),
+    st.lists(_PROMPT, min_size=1, max_size=8, unique=True),
+    st.lists(st.none() | _PROMPT, max_size=30),
+    st.sampled_from(["plain", "dictionary", "sliced", "chunks"]),
     st.data(),
 )
-def test_hashed_prompts_find_their_codes(
-    names: list[str], rows: list[str], data: st.DataObject
+def test_string_prompts_find_their_codes(
+    names: list[str], extra: list[str | None], how: str, data: st.DataObject
 ) -> None:
-    """A row's position is ``index + code * stride``; a prompt not in the table,
-    or an index already outside, lands outside."""
+    """A row's position is ``index + code * stride``, ``code`` its prompt's
+    index in ``names``; a null prompt, a prompt not in ``names``, or an index
+    already outside lands outside. Rows come in runs (a response's rows share a
+    prompt) and singly."""
     stride, size = 3, 3 * len(names)
-    first, second = (pl.Series(names).hash(seed).to_numpy() for seed in (11, 29))
-    prompts = compiled.hash_table(first, second)
-    rows = rows + data.draw(st.lists(st.sampled_from(names), max_size=30))
+    drawn = data.draw(st.lists(st.sampled_from(names), max_size=12))
+    runs = [name for name in drawn for _ in range(data.draw(st.integers(1, 4)))]
+    rows: list[str | None] = [*data.draw(st.permutations([*extra, *drawn])), *runs]
     partial = data.draw(
         st.lists(st.integers(0, stride - 1) | st.just(size), min_size=len(rows), max_size=len(rows))
     )
     table = np.arange(size + 1, dtype=np.int32)  # slot = position: the count says where
     got = _sums(size + 1)
-    series = pl.Series(rows, dtype=pl.String)
+    known = compiled.strings(_shaped(list(names), data.draw(st.sampled_from(["plain", "sliced"]))))
     compiled.scatter(
         np.array(partial, dtype=np.int64),
-        series.hash(11).to_numpy(),
-        series.hash(29).to_numpy(),
-        prompts,
+        compiled.strings(_shaped(rows, how)),
+        known,
+        compiled.name_table(known),
         stride,
         np.full(len(rows), -1.0),
         np.zeros(0, dtype=bool),
@@ -129,41 +158,26 @@ def test_hashed_prompts_find_their_codes(
     code = {name: i for i, name in enumerate(names)}
     want = [0] * (size + 1)
     for row, at in zip(rows, partial, strict=True):
-        want[size if at == size or row not in code else at + code[row] * stride] += 1
+        found = None if row is None else code.get(row)
+        want[size if at == size or found is None else at + found * stride] += 1
     assert got[1].tolist() == want
 
 
-def test_a_hash_table_with_a_repeated_key_says_so() -> None:
-    keys = np.array([5, 7, 5], dtype=np.uint64)
-    assert len(compiled.hash_table(keys, keys)[2]) == 0
-    assert len(compiled.hash_table(keys[:2], keys[:2])[2]) >= 2
-
-
 @settings(max_examples=25, deadline=None)
-@given(ragged_logs(zero_tokens=False), st.booleans())
-def test_string_prompts_without_usable_hashes_take_the_exact_path(
-    log: tuple[Any, Any], orphan: bool
-) -> None:
-    """When two prompts share both hashes (forced here), the token pass finds
-    positions from the prompts' codes instead, with the same answer."""
+@given(ragged_logs(zero_tokens=False), st.booleans(), st.integers(0, 40))
+def test_string_prompt_ids_of_any_length(log: tuple[Any, Any], orphan: bool, width: int) -> None:
+    """Long-layout logs whose prompt ids are strings (of ``width`` characters
+    and more, sharing their first bytes) give the reference's losses; an orphan
+    token row is named."""
     lps, rws = log
-    prompts = [f"p{i}" for i in range(max(len(stage) for stage in rws))]
+    prompts = [f"{'p' * width}{i}" for i in range(max(len(stage) for stage in rws))]
     tokens, rewards = long_frames(lps, rws, prompt_ids=prompts)
-    calls: list[int] = []
-    build = compiled.hash_table
-
-    def collided(first: Any, second: Any) -> Any:
-        calls.append(len(first))
-        return (*build(first, second)[:2], np.zeros(0, dtype=np.int64))
-
-    with mock.patch.object(compiled, "hash_table", collided):
-        if orphan:
-            extra = tokens.head(1).with_columns(pl.lit("nobody").alias("prompt"))
-            with pytest.raises(raft_polars.RaftInputError, match="nobody"):
-                raft_polars.stage_losses(pl.concat([tokens, extra]), rewards=rewards)
-            return
-        got = raft_polars.stage_losses(tokens, rewards=rewards)["loss"].to_list()
-    assert calls  # the hashed path was tried first
+    if orphan:
+        extra = tokens.head(1).with_columns(pl.lit("p" * width + "x").alias("prompt"))
+        with pytest.raises(raft_polars.RaftInputError, match="p" * width + "x"):
+            raft_polars.stage_losses(pl.concat([tokens, extra]), rewards=rewards)
+        return
+    got = raft_polars.stage_losses(tokens, rewards=rewards)["loss"].to_list()
     want = reference_losses(lps, rws)
     assert all(
         math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12) for a, b in zip(got, want, strict=True)
