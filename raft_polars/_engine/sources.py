@@ -17,7 +17,10 @@ Rules, the same for every executor:
   are skipped; ``*.parquet`` and ``*.pq`` files count;
 - Hive keys come only from directories below the root the user gave (the
   directory, or a glob's fixed part), never from the path above it; a Hive key
-  that is also a column of the file must agree with it.
+  that is also a column of the file must agree with it;
+- Parquet parts must have the same columns (their widths may differ); the parts
+  of a JSON lines source may differ in their keys: a key that a part lacks is
+  null there, as it is in a line of a single file.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import polars as pl
 import pyarrow as pa
@@ -417,22 +420,27 @@ def _file_schema(paths: Sequence[str], origin: str, kind: str) -> dict[str, pl.D
     first = schemas[0]
     if all(schema == first for schema in schemas[1:]):
         return dict(first)
+    # JSON lines hold no schema but their lines': a key that no line of a part holds
+    # is null there, as it is in a line of a single file. Parquet parts must agree.
+    union = kind == "ndjson"
+    seen: dict[str, tuple[str, PolarsDataType]] = {}  # column -> first file, its type
     for path, schema in zip(paths, schemas, strict=True):
-        if set(schema) != set(first):
+        if not union and set(schema) != set(first):
             msg = (
                 f"{origin}: file {path!r} has columns {list(schema)}, but "
                 f"{paths[0]!r} has {list(first)}"
             )
             raise RaftInputError(msg)
         for name, dtype in schema.items():
-            if not _compatible(dtype, first[name]):
-                msg = (
-                    f"{origin}: column {name!r} is {dtype} in {path!r} but "
-                    f"{first[name]} in {paths[0]!r}"
-                )
+            where, known = seen.setdefault(name, (path, dtype))
+            if not _compatible(dtype, known):
+                msg = f"{origin}: column {name!r} is {dtype} in {path!r} but {known} in {where!r}"
                 raise RaftInputError(msg)
+    how: Literal["diagonal_relaxed", "vertical_relaxed"] = (
+        "diagonal_relaxed" if union else "vertical_relaxed"
+    )
     try:
-        merged = pl.concat([pl.DataFrame(schema=s) for s in schemas], how="vertical_relaxed")
+        merged = pl.concat([pl.DataFrame(schema=s) for s in schemas], how=how)
     except pl.exceptions.PolarsError as exc:
         msg = f"{origin}: the files' column types cannot be read as one: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
