@@ -188,7 +188,7 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     if array is None or array.null_count:
         return None
     stages = int(groups[-1]) + 1
-    index = np.repeat(groups, np.diff(array.offsets))
+    index = np.repeat(groups, np.diff(array.offsets.to_numpy()))
     nll, tokens = np.zeros(stages), np.zeros(stages, dtype=np.int64)
     top, nulls = np.full(stages, -np.inf), np.zeros(stages, dtype=np.int64)
     table = np.arange(stages + 1, dtype=np.int32)
@@ -295,20 +295,11 @@ def _shaped_rewards(lps: LogProbs, rws: Rewards) -> _Keys | None:
 
 def _keys(prompts: npt.NDArray[np.int64], k: npt.NDArray[np.int64], rewards: pa.Array) -> _Keys:
     """The candidate rows from the prompts per stage and candidates per prompt."""
-    starts = np.zeros(len(prompts) + 1, dtype=np.int64)
-    np.cumsum(prompts, out=starts[1:])
-    stage_of_prompt = np.repeat(np.arange(len(prompts), dtype=np.int64), prompts)
-    prompt_in_stage = np.arange(len(k), dtype=np.int64) - starts[:-1][stage_of_prompt]
-    cand_start = np.zeros(len(k), dtype=np.int64)
-    np.cumsum(k[:-1], out=cand_start[1:])
-    group = np.repeat(np.arange(len(k), dtype=np.int64), k)
-    return _Keys(
-        cand=np.arange(int(k.sum()), dtype=np.int64) - cand_start[group],
-        reward=rewards,  # None became null: a bad reward
-        group=group,
-        group_stage=stage_of_prompt,
-        group_prompt=prompt_in_stage,
-    )
+    from raft_polars._engine._compiled import nest_ids
+
+    group, cand, group_stage, group_prompt = nest_ids(prompts, k)
+    # None became null: a bad reward
+    return _Keys(cand, rewards, group, group_stage, group_prompt)
 
 
 def _is_number(value: object) -> bool:

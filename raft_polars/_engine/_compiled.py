@@ -27,6 +27,7 @@ __all__ = [
     "best_of_groups",
     "groups_of",
     "name_table",
+    "nest_ids",
     "scatter",
     "strings",
     "touch",
@@ -308,6 +309,30 @@ def best_of_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positi
                 best[g], first[g] = value, cand[i]
 
 
+@numba.njit(nogil=True, cache=True)
+def nest_ids(
+    prompts: npt.NDArray[np.int64], ks: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], ...]:  # pragma: no cover - compiled; its callers are tested
+    """The ids of nested lists by position, from the prompts of each stage and
+    the candidates of each prompt: each candidate's group (its ``(stage,
+    prompt)``, numbered in order) and ``cand``; each group's stage and prompt."""
+    group_stage = np.empty(ks.shape[0], dtype=np.int64)
+    group_prompt = np.empty(ks.shape[0], dtype=np.int64)
+    g = 0
+    for t in range(prompts.shape[0]):
+        for i in range(prompts[t]):
+            group_stage[g], group_prompt[g] = t, i
+            g += 1
+    group = np.empty(ks.sum(), dtype=np.int64)
+    cand = np.empty(ks.sum(), dtype=np.int64)
+    c = 0
+    for g in range(ks.shape[0]):
+        for j in range(ks[g]):
+            group[c], cand[c] = g, j
+            c += 1
+    return group, cand, group_stage, group_prompt
+
+
 def groups_of(size: int) -> tuple[npt.NDArray[Any], ...]:
     """The output arrays of :func:`best_of_groups` for ``size`` groups."""
     return (
@@ -324,6 +349,7 @@ def touch() -> None:
     process initialises LLVM: ~0.3 s), on empty arrays of the common types."""
     codes = np.zeros(0, dtype=np.int64)
     best_of_groups(codes, codes, np.zeros(0), *groups_of(0))
+    nest_ids(codes, codes)
     name_table(NO_STRINGS)
     for index, values in ((np.int32, np.float32), (np.int64, np.float64)):
         scatter(
