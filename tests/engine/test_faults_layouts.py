@@ -1,0 +1,636 @@
+"""Fault injection in every layout (issue 12): byte flips and truncations of small
+Parquet and JSON lines logs, nested, long and wide, each case run in a subprocess
+with a timeout, so that a crash or a hang fails the case rather than the suite.
+
+Parquet files carry their own integrity (page checksums, when the writer stored
+them), so the answer is checked against the log as written: the outcome is a
+``RaftPolarsError`` or the reference's losses, and where the default path answers
+otherwise ``validate`` reports a problem. One exception: a file written without
+page checksums that pyarrow decodes, without complaint, into another valid log may
+give that log's losses (no reader can tell those bytes from a log written so); and
+whatever pyarrow decodes, ``validate`` (which reads through pyarrow) must report a
+problem where the decoded rows are invalid.
+
+JSON lines have no checksum: the reference is computed from the corrupted file
+itself, each line parsed by Python's json module, by a plain loop over the rows
+(:func:`rows_losses`, which ends in ``reference.reference_losses``). A line that
+Python cannot parse: the package raises ``RaftInputError`` naming the file. Rows
+that parse: the package's answer is the reference's, or ``RaftInputError`` where
+docs/semantics.md calls the rows invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from reference import best_index, long_frames, nested_frame, reference_losses
+
+# 2 stages, 150 prompts, 4 candidates of 1 to 6 tokens; rewards with ties. Every
+# JSON lines file the token rows are cut into holds more than 1,000 lines, past the
+# rows Polars infers a JSON schema from.
+LPS = [
+    [
+        [[-0.05 - 0.01 * ((t + i + 3 * j + k) % 37) for k in range(1 + (i + j) % 6)]
+         for j in range(4)]
+        for i in range(150)
+    ]
+    for t in range(2)
+]  # fmt: skip
+RWS = [[[0.5 * ((i + j * j + t) % 3) for j in range(4)] for i in range(150)] for t in range(2)]
+EXPECTED = dict(enumerate(reference_losses(LPS, RWS)))
+TIMEOUT = 120
+
+
+# --- the logs, in every layout and format ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Log:
+    """A log as files: ``kwargs`` of ``stage_losses`` (paths relative to the log's
+    directory), ``files`` (relative path -> bytes) and how the rows are laid out
+    (``"nested"``, ``"long"``: ``source`` holds the token rows, ``"wide"``)."""
+
+    layout: str
+    kind: str  # "parquet" or "jsonl"
+    kwargs: dict[str, str]
+    files: dict[str, bytes]
+
+
+def _texts(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.format("response {} of {}", "cand", "prompt").alias("response"))
+
+
+def _frames(layout: str) -> dict[str, pl.DataFrame]:
+    """The log's tables: ``source`` (and ``rewards``) as a pipeline writes them."""
+    if layout == "nested":
+        return {"source": _texts(nested_frame(LPS, RWS))}
+    if layout == "long":
+        tokens, rewards = long_frames(LPS, RWS)
+        return {"source": tokens, "rewards": _texts(rewards)}
+    wide = (
+        _texts(nested_frame(LPS, RWS))
+        .group_by("stage", "prompt", maintain_order=True)
+        .agg(pl.col("reward").alias("rewards"), "logprobs", pl.col("response").alias("responses"))
+        .with_columns(pl.format("prompt {}", "prompt").alias("prompt"))
+    )
+    return {"source": wide}
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path, writer: str) -> None:
+    import pyarrow.parquet as pq
+
+    from raft_polars._export import sink_parquet
+
+    if writer == "package":  # zstd, page checksums
+        sink_parquet(frame, path)
+    elif writer == "pyarrow":  # snappy, dictionary pages, no checksums
+        pq.write_table(frame.to_arrow(), path)
+    else:  # "plain": no compression, no dictionary, no checksums
+        pq.write_table(frame.to_arrow(), path, compression="none", use_dictionary=False)
+
+
+def _build(layout: str, kind: str, writer: str, root: Path) -> Log:
+    kwargs: dict[str, str] = {}
+    for role, frame in _frames(layout).items():
+        if kind == "parquet":
+            kwargs[role] = f"{role}.parquet"
+            _write_parquet(frame, root / kwargs[role], writer)
+        elif role == "source" and layout != "wide":  # two parts, the second > 1,000 lines
+            kwargs[role] = role
+            (root / role).mkdir()
+            cut = 100 if layout == "nested" else 2000
+            frame.head(cut).write_ndjson(root / role / "part-0.jsonl")
+            frame.slice(cut).write_ndjson(root / role / "part-1.jsonl")
+        else:
+            kwargs[role] = f"{role}.jsonl"
+            frame.write_ndjson(root / kwargs[role])
+    files = {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+    return Log(layout, kind, kwargs, files)
+
+
+class Logs(dict[str, Log]):
+    """The logs by name, shown by their names (hypothesis prints a failing case's
+    arguments, a dataclass field by field, and the files are large)."""
+
+    def __repr__(self) -> str:
+        return f"Logs({sorted(self)})"
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Logs:
+    """Every log to corrupt, by ``layout-kind[-writer]``."""
+    out = Logs()
+    for layout in ("nested", "long", "wide"):
+        for writer in ("package", "pyarrow", "plain"):
+            root = tmp_path_factory.mktemp(f"{layout}-{writer}")
+            out[f"{layout}-parquet-{writer}"] = _build(layout, "parquet", writer, root)
+        root = tmp_path_factory.mktemp(f"{layout}-jsonl")
+        out[f"{layout}-jsonl"] = _build(layout, "jsonl", "", root)
+    return out
+
+
+# --- corruptions ------------------------------------------------------------------------
+
+
+def _footer(raw: bytes) -> int:
+    """Where a Parquet file's footer starts (its length is stored before the
+    closing magic), or a JSON lines file's last line."""
+    if raw[:4] == b"PAR1" and len(raw) >= 12:
+        return max(0, len(raw) - 8 - int.from_bytes(raw[-8:-4], "little"))
+    return raw.rstrip(b"\n").rfind(b"\n") + 1
+
+
+def corrupt(raw: bytes, *, end: bool, position: float, bits: int, truncate: bool) -> bytes:
+    """``raw`` with one byte flipped (xor ``bits``) or cut there; the position is
+    a fraction of the whole file, or (``end``) of the footer / the last line."""
+    start = _footer(raw) if end else 0
+    at = start + int(position * (len(raw) - 1 - start))
+    if truncate:
+        return raw[:at]
+    flipped = bytearray(raw)
+    flipped[at] ^= bits
+    return bytes(flipped)
+
+
+def cut(raw: bytes, where: str) -> bytes:
+    """``raw`` cut to nothing, to its header (Parquet's magic; a JSON lines file's
+    first line) or in the middle of its footer (a JSON lines file's last line)."""
+    if where == "empty":
+        return b""
+    if where == "header":
+        return raw[:4] if raw[:4] == b"PAR1" else raw[: raw.index(b"\n") + 1]
+    start = _footer(raw)
+    return raw[: start + (len(raw) - start) // 2]
+
+
+# --- the run, in a subprocess -------------------------------------------------------------
+
+_SCRIPT = """
+import json, sys
+import raft_polars as rp
+kwargs, parquet = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+out = {}
+if parquet:  # pyarrow's strict read first: Polars may abort on some corrupted pages
+    from raft_polars._engine.validate import strict_read
+    out["strict"] = {path: strict_read(path) for path in parquet}
+    print(json.dumps(out), flush=True)
+    if not any(out["strict"].values()):  # what pyarrow decodes, for a reference
+        import pyarrow.parquet as pq
+        try:
+            rows = {}
+            for path in parquet:
+                names = pq.read_schema(path).names
+                keep = [n for n in names if not n.startswith("response")]
+                rows[path] = pq.read_table(path, columns=keep).to_pylist()
+            out["rows"] = rows
+            print(json.dumps(out), flush=True)
+        except Exception:  # no rows, no reference of what pyarrow decodes
+            pass
+try:
+    table = rp.stage_losses(**kwargs)
+    out["losses"] = dict(zip(table["stage"].to_list(), table["loss"].to_list()))
+except rp.RaftPolarsError as exc:
+    out["error"] = [type(exc).__name__, isinstance(exc, rp.RaftInputError), str(exc)]
+print(json.dumps(out), flush=True)
+try:
+    out["validate_ok"] = rp.validate(**kwargs).ok
+except rp.RaftPolarsError as exc:
+    out["validate_error"] = [type(exc).__name__, isinstance(exc, rp.RaftInputError), str(exc)]
+out.pop("rows", None)
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stderr: str
+    lines: list[dict[str, Any]]
+    paths: dict[str, str]  # relative -> absolute
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.lines[-1] if self.lines else {}
+
+    def show(self) -> str:
+        shown = {k: v for k, v in self.last.items() if k != "rows"}
+        return f"{shown}\n{self.stderr[-2000:]}"
+
+
+def run(log: Log, changed: dict[str, bytes]) -> Outcome:
+    """``stage_losses`` and ``validate`` on ``log`` with ``changed`` files in a
+    subprocess (and, for Parquet, pyarrow's strict read of every file first)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths = {}
+        for rel, raw in log.files.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(changed.get(rel, raw))
+            paths[rel] = str(path)
+        kwargs = {role: str(root / rel) for role, rel in log.kwargs.items()}
+        parquet = list(paths.values()) if log.kind == "parquet" else []
+        done = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", _SCRIPT, json.dumps(kwargs),
+             json.dumps(parquet)],
+            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return Outcome(done.returncode, done.stderr, lines, paths)
+
+
+# --- a plain reference over rows ------------------------------------------------------
+
+
+class InvalidRows(Exception):
+    """Rows that docs/semantics.md calls invalid input (a RaftInputError)."""
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(value: object) -> bool:
+    return isinstance(value, list) and all(v is None or _number(v) for v in value)
+
+
+def _check_columns(rows: list[dict[str, Any]], checks: dict[str, Callable[[Any], bool]]) -> None:
+    """Semantics, *Bad input*: a missing column, a column of the wrong type."""
+    for name, check in checks.items():
+        if not any(name in row for row in rows):
+            raise InvalidRows(f"missing column {name!r}")
+        for row in rows:
+            if row.get(name) is not None and not check(row[name]):
+                raise InvalidRows(f"column {name!r} holds {row[name]!r}")
+
+
+def _id_kind(rows: list[dict[str, Any]]) -> set[bool]:
+    return {_integer(row["prompt"]) for row in rows if row.get("prompt") is not None}
+
+
+def _unwide(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Wide rows (one per prompt, lists of candidates) as candidate rows, the
+    candidate id its list position."""
+    out = []
+    for row in rows:
+        rewards, lps = row.get("rewards"), row.get("logprobs")
+        if not isinstance(rewards, list) or not rewards:  # a prompt without candidates
+            raise InvalidRows(f"rewards {rewards!r}")
+        if not isinstance(lps, list) or len(lps) != len(rewards):
+            raise InvalidRows(f"{len(rewards)} rewards, log-probs {lps!r}")
+        for j, (reward, lp) in enumerate(zip(rewards, lps, strict=True)):
+            ids = {"stage": row.get("stage"), "prompt": row.get("prompt"), "cand": j}
+            out.append({**ids, "reward": reward, "logprobs": lp})
+    return out
+
+
+def rows_losses(
+    cands: list[dict[str, Any]], tokens: list[dict[str, Any]] | None = None, *, wide: bool = False
+) -> dict[int, float]:
+    """Per-stage losses of a log given as rows (``cands``: nested or wide rows, or
+    the long layout's rewards with its ``tokens``), by a plain loop after
+    docs/semantics.md, ending in ``reference_losses``. Raises InvalidRows where
+    the default path must raise RaftInputError: a missing column or one of the
+    wrong type, a null id, the same candidate twice, a bad reward, a token row of
+    no candidate, a selected response with a null, non-finite or positive
+    log-prob (or no list), a stage whose selected responses hold no tokens. What
+    only ``validate`` checks (token positions, unselected log-probs) is not."""
+    if wide:
+        _check_columns(cands, {"rewards": _numbers, "logprobs": lambda v: isinstance(v, list)})
+        cands = _unwide(cands)
+    ids: dict[str, Callable[[Any], bool]] = {
+        "stage": _integer,
+        "prompt": lambda v: _integer(v) or isinstance(v, str),
+        "cand": _integer,
+    }
+    _check_columns(cands, {**ids, "reward": _number})
+    if tokens is None:
+        _check_columns(cands, {"logprobs": _numbers})
+    else:
+        _check_columns(tokens, {**ids, "logprob": _number, "token": _integer})
+    kinds = _id_kind(cands) | _id_kind(tokens or [])
+    if len(kinds) > 1:  # integer prompt ids beside string ones
+        raise InvalidRows("prompt ids of two kinds")
+    table: dict[tuple[Any, ...], tuple[float, list[Any] | None]] = {}
+    for row in cands:
+        key = (row.get("stage"), row.get("prompt"), row.get("cand"))
+        reward = row.get("reward")
+        if None in key or key in table:
+            raise InvalidRows(f"null or duplicate id {key}")
+        if reward is None or not math.isfinite(reward):
+            raise InvalidRows(f"reward {reward!r} at {key}")
+        table[key] = (float(reward), row.get("logprobs") if tokens is None else [])
+    for row in tokens or []:
+        key = (row.get("stage"), row.get("prompt"), row.get("cand"))
+        if key not in table:
+            raise InvalidRows(f"token row of no candidate {key}")
+        found = table[key][1]
+        assert found is not None
+        found.append(row.get("logprob"))
+    stages: dict[Any, dict[Any, list[tuple[Any, float, list[Any] | None]]]] = {}
+    for (stage, prompt, cand), (reward, lps) in table.items():
+        stages.setdefault(stage, {}).setdefault(prompt, []).append((cand, reward, lps))
+    all_lps, all_rws = [], []
+    for stage in sorted(stages):
+        stage_lps, stage_rws = [], []
+        for prompt in sorted(stages[stage]):
+            group = sorted(stages[stage][prompt])
+            rewards = [reward for _, reward, _ in group]
+            chosen = group[best_index(rewards)][2]
+            if chosen is None or not all(
+                v is not None and math.isfinite(v) and v <= 0 for v in chosen
+            ):
+                raise InvalidRows(f"selected log-probs {chosen!r} at {stage}, {prompt}")
+            stage_lps.append([lps or [] for _, _, lps in group])
+            stage_rws.append(rewards)
+        if not sum(len(p[best_index(r)]) for p, r in zip(stage_lps, stage_rws, strict=True)):
+            raise InvalidRows(f"no selected tokens in stage {stage}")
+        all_lps.append(stage_lps)
+        all_rws.append(stage_rws)
+    return dict(zip(sorted(stages), reference_losses(all_lps, all_rws), strict=True))
+
+
+def parse_jsonl(raw: bytes) -> list[dict[str, Any]] | None:
+    """The objects of a JSON lines file, one a line (blank lines skipped), or None
+    when a line is not a JSON object Python's json module reads."""
+    rows = []
+    for line in raw.split(b"\n"):
+        if not line.strip(b" \t\r"):
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError among them
+            return None
+        if not isinstance(row, dict):
+            return None
+        rows.append(row)
+    return rows
+
+
+def _log_rows(log: Log, rows: dict[str, list[dict[str, Any]]]) -> dict[int, float]:
+    """``rows_losses`` of a log's files' rows (relative path -> rows)."""
+
+    def of(role: str) -> list[dict[str, Any]]:
+        root = log.kwargs[role]
+        return [r for rel in sorted(rows) if rel == root or rel.startswith(root + "/")
+                for r in rows[rel]]  # fmt: skip
+
+    if log.layout == "long":
+        return rows_losses(of("rewards"), of("source"))
+    return rows_losses(of("source"), wide=log.layout == "wide")
+
+
+def reference(log: Log, rows: dict[str, list[dict[str, Any]]]) -> dict[int, float] | str:
+    """:func:`_log_rows`, or why the rows are invalid."""
+    try:
+        return _log_rows(log, rows)
+    except InvalidRows as why:
+        return str(why)
+
+
+def same(got: dict[str, float | None], want: dict[int, float]) -> bool:
+    """The package's losses (JSON keys are strings) against a reference's."""
+    return sorted(map(int, got)) == sorted(want) and all(
+        value is not None and math.isclose(value, want[int(stage)], rel_tol=1e-9, abs_tol=1e-12)
+        for stage, value in got.items()
+    )
+
+
+def _flagged(out: dict[str, Any]) -> bool:
+    """validate reported a problem or raised a RaftPolarsError."""
+    return out.get("validate_ok") is False or "validate_error" in out
+
+
+# --- the checks -------------------------------------------------------------------------
+
+
+def check_parquet(log: Log, changed: dict[str, bytes]) -> None:
+    """A RaftPolarsError, or the reference's losses; a different answer is
+    flagged by validate (or, without checksums, is what pyarrow decodes)."""
+    outcome = run(log, changed)
+    strict = outcome.lines[0].get("strict") if outcome.lines else None
+    rows = next((line["rows"] for line in outcome.lines if "rows" in line), None)
+    if outcome.returncode == -11 and _known_segfault(log, outcome, rows):
+        return  # test_token_id_beyond_the_footer_statistics, a strict xfail, says it
+    if outcome.returncode != 0:
+        # a known limit of Polars 2.1: some corrupted page headers make its decoder
+        # try an impossible allocation, and Rust aborts the process; the strict
+        # read that validate runs first names the file as corrupt
+        assert outcome.returncode == -6, outcome.show()
+        assert "memory allocation of" in outcome.stderr, outcome.show()
+        assert strict is not None, outcome.show()
+        assert any(strict.values()), "Polars aborted on a file pyarrow reads"
+        return
+    out = outcome.last
+    assert "losses" in out or "error" in out, outcome.show()
+    decoded: dict[int, float] | str | None = None
+    if rows is not None:  # pyarrow decoded every file without complaint
+        decoded = reference(log, {rel: rows[path] for rel, path in outcome.paths.items()})
+        # validate reads through pyarrow: rows it decodes as invalid are reported
+        if isinstance(decoded, str):
+            assert _flagged(out), f"validate misses {decoded} in pyarrow's rows: {outcome.show()}"
+    if "losses" in out and not same(out["losses"], EXPECTED):
+        quiet = isinstance(decoded, dict) and same(out["losses"], decoded)
+        assert quiet or _flagged(out), f"a different answer validate misses: {outcome.show()}"
+
+
+def _known_segfault(log: Log, outcome: Outcome, rows: dict[str, Any] | None) -> bool:
+    """The open defect of :func:`test_token_id_beyond_the_footer_statistics`: the
+    compiled token loop (``_compiled.scatter``, from ``reduce._scatter``) crashes on
+    a token id outside the candidates' ids that the footer statistics do not show,
+    a corrupted id that pyarrow decodes without complaint."""
+    if log.layout != "long" or rows is None or "in _scatter" not in outcome.stderr:
+        return False
+    by_role = {role: rows[outcome.paths[rel]] for role, rel in log.kwargs.items()}
+    ids = ("stage", "prompt", "cand")
+    low = {c: min(r[c] for r in by_role["rewards"]) for c in ids}
+    high = {c: max(r[c] for r in by_role["rewards"]) for c in ids}
+    return any(
+        isinstance(r[c], int) and not low[c] <= r[c] <= high[c]
+        for r in by_role["source"]
+        for c in ids
+    )
+
+
+def check_jsonl(log: Log, changed: dict[str, bytes]) -> None:
+    """The reference of the corrupted files themselves, or RaftInputError naming
+    the file Python's json cannot parse, or RaftInputError for invalid rows."""
+    outcome = run(log, changed)
+    assert outcome.returncode == 0, outcome.show()
+    out = outcome.last
+    rows = {rel: parse_jsonl(changed.get(rel, raw)) for rel, raw in log.files.items()}
+    unparsed = [rel for rel, parsed in rows.items() if parsed is None]
+    if unparsed:
+        path = outcome.paths[unparsed[0]]
+        assert "error" in out, outcome.show()
+        assert out["error"][1], outcome.show()  # a RaftInputError
+        assert path in out["error"][2], f"the message does not name {path}: {outcome.show()}"
+        assert out.get("validate_ok") is not True, outcome.show()
+        return
+    want = reference(log, {rel: parsed or [] for rel, parsed in rows.items()})
+    if isinstance(want, str):
+        # semantics, *Bad input*: every such case raises RaftInputError; a file cut
+        # to nothing (no JSON object in any part) leaves no columns, missing ones
+        assert "error" in out, f"{want}: {outcome.show()}"
+        assert out["error"][1], f"{want}: {outcome.show()}"  # a RaftInputError
+        assert _flagged(out), f"{want}: {outcome.show()}"
+        return
+    assert "losses" in out, f"the reference gives {want}: {outcome.show()}"
+    assert same(out["losses"], want), f"the reference gives {want}: {outcome.show()}"
+
+
+def check(log: Log, changed: dict[str, bytes]) -> None:
+    (check_parquet if log.kind == "parquet" else check_jsonl)(log, changed)
+
+
+# --- the cases ---------------------------------------------------------------------------
+
+corruptions = {
+    "end": st.booleans(),
+    "position": st.floats(0.0, 1.0),
+    "bits": st.integers(1, 255),
+    "truncate": st.booleans(),
+}
+
+
+def _case(logs: Logs, name: str, which: int, **corruption: Any) -> None:
+    log = logs[name]
+    rel = sorted(log.files)[which % len(log.files)]
+    check(log, {rel: corrupt(log.files[rel], **corruption)})
+
+
+def test_the_logs_as_written(logs: Logs, tmp_path: Path) -> None:
+    """Unchanged, every log gives the reference (and so does the rows reference of
+    its JSON lines); in this process, the faults below each in its own."""
+    import raft_polars as rp
+
+    for name, log in logs.items():
+        for rel, raw in log.files.items():
+            (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / rel).write_bytes(raw)
+        kwargs: dict[str, Any] = {r: str(tmp_path / name / rel) for r, rel in log.kwargs.items()}
+        table = rp.stage_losses(**kwargs)
+        losses = dict(zip(map(str, table["stage"]), table["loss"], strict=True))
+        assert same(losses, EXPECTED), name
+        assert rp.validate(**kwargs).ok, name
+        if log.kind == "jsonl":
+            parsed = {rel: parse_jsonl(raw) or [] for rel, raw in log.files.items()}
+            assert reference(log, parsed) == pytest.approx(EXPECTED, rel=1e-9), name
+
+
+@settings(max_examples=15, deadline=None)
+@given(writer=st.sampled_from(["package", "pyarrow", "plain"]), which=st.integers(0, 1),
+       **corruptions)  # fmt: skip
+def test_long_parquet(logs: Logs, writer: str, which: int, **corruption: Any) -> None:
+    """Token rows and rewards as two Parquet files; either one corrupted."""
+    _case(logs, f"long-parquet-{writer}", which, **corruption)
+
+
+@settings(max_examples=12, deadline=None)
+@given(writer=st.sampled_from(["package", "pyarrow", "plain"]), **corruptions)
+def test_wide_parquet(logs: Logs, writer: str, **corruption: Any) -> None:
+    """One row per prompt, list columns of candidates, as Parquet."""
+    _case(logs, f"wide-parquet-{writer}", 0, **corruption)
+
+
+@pytest.mark.parametrize("layout", ["nested", "long", "wide"])
+@settings(max_examples=10, deadline=None)
+@given(which=st.integers(0, 2), **corruptions)
+# the last file cut in its last line: for a part past the first (or the token rows
+# beside the rewards) the message named the source (or the rewards), not the file
+@example(which=-1, end=True, position=0.5, bits=1, truncate=True)
+# long: the key "token" of a line of the second part flipped to "tokdn": that part
+# has a column the first lacks, which JSON lines allow (null where a line lacks a
+# key); the parts' columns had to match, as Parquet files' must
+@example(which=2, end=False, position=0.25, bits=1, truncate=False)
+def test_jsonl(logs: Logs, layout: str, which: int, **corruption: Any) -> None:
+    """JSON lines in every layout (nested and long token rows in two parts, the
+    second past the rows Polars infers the schema from)."""
+    _case(logs, f"{layout}-jsonl", which, **corruption)
+
+
+def test_jsonl_parts_whose_keys_differ(logs: Logs, tmp_path: Path) -> None:
+    """A key that one line of one part holds (a flipped key name, say) is a column
+    the other parts lack: null there, as in a line of a single file; types must
+    still agree between the parts."""
+    import raft_polars as rp
+    from raft_polars import RaftInputError
+
+    log = logs["nested-jsonl"]
+    for rel, raw in log.files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(raw)
+    second = tmp_path / "source" / "part-1.jsonl"
+    second.write_bytes(second.read_bytes().replace(b'"response"', b'"responsf"', 1))
+    table = rp.stage_losses(str(tmp_path / "source"))
+    assert same(dict(zip(map(str, table["stage"]), table["loss"], strict=True)), EXPECTED)
+    second.write_bytes(b'{"stage":0,"prompt":0,"cand":"x"}\n')
+    with pytest.raises(RaftInputError, match=r"column 'cand' is String in .*part-1\.jsonl"):
+        rp.stage_losses(str(tmp_path / "source"))
+
+
+CUTS = [
+    ("nested-parquet-package", "source.parquet"),
+    ("long-parquet-package", "source.parquet"),
+    ("long-parquet-plain", "rewards.parquet"),
+    ("wide-parquet-pyarrow", "source.parquet"),
+    ("nested-jsonl", "source/part-1.jsonl"),
+    ("long-jsonl", "source/part-1.jsonl"),
+    ("long-jsonl", "rewards.jsonl"),
+    ("wide-jsonl", "source.jsonl"),
+]
+
+
+@pytest.mark.parametrize("where", ["empty", "header", "footer"])
+@pytest.mark.parametrize(("name", "rel"), CUTS)
+def test_cut(logs: Logs, name: str, rel: str, where: str) -> None:
+    """Cut to nothing, to the header, in the middle of the footer."""
+    log = logs[name]
+    check(log, {rel: cut(log.files[rel], where)})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open defect: a token id outside the candidates' ids that the Parquet "
+    "footer statistics do not show (a corrupted data page) crashes the compiled token "
+    "loop (SIGSEGV in reduce._scatter / _compiled.scatter, which trusts "
+    "dense.footers_within and indexes its table unchecked)",
+)
+def test_token_id_beyond_the_footer_statistics(logs: Logs) -> None:
+    """A prompt id of the token rows (plain, uncompressed, no checksums) raised by
+    2**40 in its data page: the footer still says 0..149. A RaftPolarsError or the
+    answer, and validate names the orphan row, never a crash. The check of the
+    hypothesis cases lets this crash pass (``_known_segfault``) while it is open."""
+    import pyarrow.parquet as pq
+
+    log = logs["long-parquet-plain"]
+    raw = bytearray(log.files["source.parquet"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "source.parquet"
+        path.write_bytes(raw)
+        chunk = pq.read_metadata(path).row_group(0).column(1)
+    assert chunk.path_in_schema == "prompt"
+    assert chunk.statistics.max == 149
+    end = chunk.data_page_offset + chunk.total_compressed_size  # plain values end the page
+    raw[end - 8 * 10 + 5] ^= 0x01  # the 10th last prompt id, + 2**40
+    outcome = run(log, {"source.parquet": bytes(raw)})
+    assert outcome.returncode == 0, outcome.show()
+    check_parquet(log, {"source.parquet": bytes(raw)})
