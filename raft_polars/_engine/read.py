@@ -145,8 +145,17 @@ class StageLog:
         if source is not self.cand_source:
             return lf
         if self.wide:
+            count = pl.col("reward").list.len()
+            schema = lf.collect_schema()
+            # a candidate-level list that a row lacks (null) is null for each of the
+            # row's candidates, as a key a candidate row lacks is
             lf = lf.with_columns(
-                pl.int_ranges(pl.col("reward").list.len()).cast(pl.List(pl.Int64)).alias("cand")
+                pl.int_ranges(count).cast(pl.List(pl.Int64)).alias("cand"),
+                *(
+                    pl.col(name).fill_null(pl.lit(None, _element(schema[name])).repeat_by(count))
+                    for name in self.wide
+                    if name != "reward"
+                ),
             ).explode(["cand", *self.wide])
         elif "cand" in self.numbered:
             position = pl.int_range(pl.len(), dtype=pl.Int64).over(["stage", "prompt"])
