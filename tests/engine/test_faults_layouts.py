@@ -561,6 +561,9 @@ def test_wide_parquet(logs: Logs, writer: str, **corruption: Any) -> None:
 # has a column the first lacks, which JSON lines allow (null where a line lacks a
 # key); the parts' columns had to match, as Parquet files' must
 @example(which=2, end=False, position=0.25, bits=1, truncate=False)
+# wide: the key "responses" of a line flipped to "resplnses": a null list in a
+# candidate-level column, which the explode of the wide rows refused (a read error)
+@example(which=0, end=False, position=0.3414589220728672, bits=3, truncate=False)
 def test_jsonl(logs: Logs, layout: str, which: int, **corruption: Any) -> None:
     """JSON lines in every layout (nested and long token rows in two parts, the
     second past the rows Polars infers the schema from)."""
@@ -585,6 +588,28 @@ def test_jsonl_parts_whose_keys_differ(logs: Logs, tmp_path: Path) -> None:
     second.write_bytes(b'{"stage":0,"prompt":0,"cand":"x"}\n')
     with pytest.raises(RaftInputError, match=r"column 'cand' is String in .*part-1\.jsonl"):
         rp.stage_losses(str(tmp_path / "source"))
+
+
+def test_wide_row_without_a_list() -> None:
+    """A wide row whose candidate-level list is null: null for each of its
+    candidates (a payload, then a log-probs list, which is bad when selected)."""
+    import raft_polars as rp
+    from raft_polars import RaftInputError
+
+    frame = pl.DataFrame(
+        {
+            "prompt": ["a", "b"],
+            "rewards": [[0.1, 0.9], [0.5, 0.2]],
+            "logprobs": [[[-1.0], [-2.0, -2.0]], [[-0.5], [-3.0]]],
+            "responses": [["x", "y"], None],
+        }
+    )
+    assert rp.stage_losses(frame)["loss"].to_list() == [1.5]
+    assert rp.select_best(frame).collect()["responses"].to_list() == ["y", None]
+    lacking = frame.with_columns(pl.Series("logprobs", [[[-1.0], [-2.0, -2.0]], None]))
+    with pytest.raises(RaftInputError, match=r"logprobs is null .* prompt 'b', candidate 0"):
+        rp.stage_losses(lacking)
+    assert [p.kind for p in rp.validate(lacking).problems] == ["null_logprobs"]
 
 
 CUTS = [
