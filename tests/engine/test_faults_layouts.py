@@ -21,11 +21,13 @@ docs/semantics.md calls the rows invalid.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +113,11 @@ def _build(layout: str, kind: str, writer: str, root: Path) -> Log:
             kwargs[role] = role
             (root / role).mkdir()
             cut = 100 if layout == "nested" else 2000
-            frame.head(cut).write_ndjson(root / role / "part-0.jsonl")
+            first = frame.head(cut).write_ndjson().encode()
+            if layout == "nested":  # gzip-compressed (its CRC is checked)
+                (root / role / "part-0.jsonl.gz").write_bytes(gzip.compress(first, mtime=0))
+            else:
+                (root / role / "part-0.jsonl").write_bytes(first)
             frame.slice(cut).write_ndjson(root / role / "part-1.jsonl")
         else:
             kwargs[role] = f"{role}.jsonl"
@@ -368,9 +374,15 @@ def rows_losses(
     return dict(zip(sorted(stages), reference_losses(all_lps, all_rws), strict=True))
 
 
-def parse_jsonl(raw: bytes) -> list[dict[str, Any]] | None:
+def parse_jsonl(raw: bytes, *, gz: bool = False) -> list[dict[str, Any]] | None:
     """The objects of a JSON lines file, one a line (blank lines skipped), or None
-    when a line is not a JSON object Python's json module reads."""
+    when a line is not a JSON object Python's json module reads (or, ``gz``, when
+    Python's gzip cannot decompress the file)."""
+    if gz:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error):  # a bad CRC, a cut or corrupt stream
+            return None
     rows = []
     for line in raw.split(b"\n"):
         if not line.strip(b" \t\r"):
@@ -476,7 +488,10 @@ def check_jsonl(log: Log, changed: dict[str, bytes]) -> None:
     outcome = run(log, changed)
     assert outcome.returncode == 0, outcome.show()
     out = outcome.last
-    rows = {rel: parse_jsonl(changed.get(rel, raw)) for rel, raw in log.files.items()}
+    rows = {
+        rel: parse_jsonl(changed.get(rel, raw), gz=rel.endswith(".gz"))
+        for rel, raw in log.files.items()
+    }
     unparsed = [rel for rel, parsed in rows.items() if parsed is None]
     if unparsed:
         path = outcome.paths[unparsed[0]]
@@ -532,7 +547,10 @@ def test_the_logs_as_written(logs: Logs, tmp_path: Path) -> None:
         assert same(losses, EXPECTED), name
         assert rp.validate(**kwargs).ok, name
         if log.kind == "jsonl":
-            parsed = {rel: parse_jsonl(raw) or [] for rel, raw in log.files.items()}
+            parsed = {
+                rel: parse_jsonl(raw, gz=rel.endswith(".gz")) or []
+                for rel, raw in log.files.items()
+            }
             assert reference(log, parsed) == pytest.approx(EXPECTED, rel=1e-9), name
 
 
@@ -566,7 +584,8 @@ def test_wide_parquet(logs: Logs, writer: str, **corruption: Any) -> None:
 @example(which=0, end=False, position=0.3414589220728672, bits=3, truncate=False)
 def test_jsonl(logs: Logs, layout: str, which: int, **corruption: Any) -> None:
     """JSON lines in every layout (nested and long token rows in two parts, the
-    second past the rows Polars infers the schema from)."""
+    second past the rows Polars infers the schema from; the nested first part
+    gzip-compressed)."""
     _case(logs, f"{layout}-jsonl", which, **corruption)
 
 
