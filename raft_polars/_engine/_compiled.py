@@ -231,8 +231,9 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     ``index[i] + code * stride``, the code being the index of the row's prompt
     in ``names`` (``lookup``: their :func:`name_table`). A null prompt, one not
     in ``names``, or an ``index[i]`` already "outside" (the last position of
-    ``table``) is outside. A row whose view or bytes are the previous row's has
-    its code (a response's rows share one prompt); only a change is looked up.
+    ``table``) is outside; so is any position that is not one of ``table``'s.
+    A row whose view or bytes are the previous row's has its code (a response's
+    rows share one prompt); only a change is looked up.
     ``valid`` is empty when no log-prob is null, else one flag per row.
     """
     masked = valid.shape[0] > 0
@@ -268,6 +269,8 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
                         code = _code(rows, i, names, lookup)
                     seen, last0, last1 = True, first, second
                 at = outside if code < 0 else at + code * stride
+        if at < 0 or at > outside:  # an id beyond what the footers said: no candidate
+            at = outside
         slot = table[at]
         if slot < 0:
             continue

@@ -237,19 +237,22 @@ def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
         where = functools.partial(keys.index, box)
         every = box.index(keys.frame)
         # raw ids that the footers prove inside the box need no bounds checks per
-        # row (prompt codes always do: a prompt without a reward row has a null code)
+        # row in Polars (prompt codes always do: a prompt without a reward row has a
+        # null code); the compiled loop still checks that each position is one of
+        # the table's, so an id that a corrupted page holds against its footer can
+        # give a wrong candidate (validate finds it) but never a read out of bounds
         checked = keys.codes is not None or not footers_within(
             _piece_paths(log, piece), _file_names(log), box
         )
 
-        def exact() -> tuple[pl.LazyFrame, pl.Expr]:
-            return keys.position(tokens, box, checked=checked)
+        def exact() -> tuple[pl.LazyFrame, pl.Expr]:  # for messages: every id checked
+            return keys.position(tokens, box, checked=True)
 
         codes = keys.codes
         schema = tokens.collect_schema()
         if codes is None or not (codes.categories.dtype == schema["prompt"] == pl.String):
-            rows, index = exact()
-            return _Located(rows, index, box.size, where, every, lambda: (rows, index))
+            rows, index = keys.position(tokens, box, checked=checked)
+            return _Located(rows, index, box.size, where, every, exact)
         # string prompts: their codes are found in the compiled loop
         partial = position(box, schema, names=("stage", None, "cand"))
         return _Located(

@@ -37,10 +37,12 @@ def _sums(slots: int) -> list[Any]:
 def _reference(
     positions: list[int], values: list[float | None], table: list[int], slots: int
 ) -> list[list[Any]]:
-    """The four per-slot sums with a loop over rows."""
+    """The four per-slot sums with a loop over rows; a position that is not
+    one of the table's is its last (no candidate)."""
     nll, tokens, top, nulls = [0.0] * slots, [0] * slots, [-math.inf] * slots, [0] * slots
+    outside = len(table) - 1
     for at, value in zip(positions, values, strict=True):
-        slot = table[at]
+        slot = table[at if 0 <= at <= outside else outside]
         if slot < 0:
             continue
         tokens[slot] += 1
@@ -58,7 +60,9 @@ def _rows(draw: st.DrawFn) -> tuple[list[int], list[float | None], list[int], in
     slots = draw(st.integers(1, 6))
     table = draw(st.lists(st.integers(-1, slots - 1), min_size=size + 1, max_size=size + 1))
     n = draw(st.integers(0, 40))
-    positions = draw(st.lists(st.integers(0, size), min_size=n, max_size=n))
+    # mostly the table's positions, some beyond it (ids a corrupted page holds)
+    position = st.integers(0, size) | st.integers(-(2**31), 2**31 - 1)
+    positions = draw(st.lists(position, min_size=n, max_size=n))
     value = st.floats(-30, 0, allow_nan=False, width=32)
     values = draw(st.lists(st.none() | value, min_size=n, max_size=n))
     return positions, values, table, slots
