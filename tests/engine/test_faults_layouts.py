@@ -22,11 +22,6 @@ token row of no candidate, a selected response with a bad or null log-prob or no
 list, a stage without selected tokens). A key that some lines (or a whole part)
 lack is null there: JSON lines hold no schema. A source whose files hold no line
 at all has no columns: missing columns.
-
-Open: a token id outside the footer statistics crashes the compiled token loop
-(:func:`test_token_id_beyond_the_footer_statistics`, a strict xfail); the
-hypothesis cases let that one crash pass (:func:`_known_segfault`) until it is
-fixed.
 """
 
 from __future__ import annotations
@@ -437,8 +432,8 @@ def same(got: dict[str, float | None], want: dict[int, float]) -> bool:
 
 
 def _flagged(out: dict[str, Any]) -> bool:
-    """validate reported a problem or raised a RaftPolarsError."""
-    return out.get("validate_ok") is False or "validate_error" in out
+    """validate reported a problem or raised a RaftInputError."""
+    return out.get("validate_ok") is False or bool(out.get("validate_error", [0, False])[1])
 
 
 # --- the checks -------------------------------------------------------------------------
@@ -450,8 +445,6 @@ def check_parquet(log: Log, changed: dict[str, bytes]) -> None:
     outcome = run(log, changed)
     strict = outcome.lines[0].get("strict") if outcome.lines else None
     rows = next((line["rows"] for line in outcome.lines if "rows" in line), None)
-    if _known_segfault(log, outcome, strict, rows):
-        return  # test_token_id_beyond_the_footer_statistics, a strict xfail, says it
     if outcome.returncode != 0:
         # a known limit of Polars 2.1: some corrupted page headers make its decoder
         # try an impossible allocation, and Rust aborts the process; the strict
@@ -474,31 +467,6 @@ def check_parquet(log: Log, changed: dict[str, bytes]) -> None:
         assert quiet or _flagged(out), f"a different answer validate misses: {outcome.show()}"
 
 
-def _known_segfault(
-    log: Log, outcome: Outcome, strict: dict[str, str | None] | None, rows: dict[str, Any] | None
-) -> bool:
-    """The open defect of :func:`test_token_id_beyond_the_footer_statistics`: the
-    compiled token loop (``_compiled.scatter``, from ``reduce._scatter``) indexes
-    its table with a token id outside the candidates' ids unchecked when the footer
-    statistics say the ids are inside, so a corrupted id crashes the process (a
-    segmentation fault there, or later, elsewhere, from the memory it wrote). Such
-    an id: one pyarrow decodes without complaint, or any in a page pyarrow rejects
-    and Polars decodes."""
-    if log.layout != "long" or outcome.returncode not in (-11, -7, -6) or strict is None:
-        return False
-    if rows is None:
-        return any(strict.values())
-    by_role = {role: rows[outcome.paths[rel]] for role, rel in log.kwargs.items()}
-    ids = ("stage", "prompt", "cand")
-    low = {c: min(r[c] for r in by_role["rewards"]) for c in ids}
-    high = {c: max(r[c] for r in by_role["rewards"]) for c in ids}
-    return any(
-        isinstance(r[c], int) and not low[c] <= r[c] <= high[c]
-        for r in by_role["source"]
-        for c in ids
-    )
-
-
 def check_jsonl(log: Log, changed: dict[str, bytes]) -> None:
     """The reference of the corrupted files themselves, or RaftInputError naming
     the file Python's json cannot parse, or RaftInputError for invalid rows."""
@@ -515,7 +483,7 @@ def check_jsonl(log: Log, changed: dict[str, bytes]) -> None:
         assert "error" in out, outcome.show()
         assert out["error"][1], outcome.show()  # a RaftInputError
         assert path in out["error"][2], f"the message does not name {path}: {outcome.show()}"
-        assert out.get("validate_ok") is not True, outcome.show()
+        assert _flagged(out), outcome.show()
         return
     want = reference(log, {rel: parsed or [] for rel, parsed in rows.items()})
     if isinstance(want, str):
@@ -574,6 +542,14 @@ def test_the_logs_as_written(logs: Logs, tmp_path: Path) -> None:
 @settings(max_examples=15, deadline=None)
 @given(writer=st.sampled_from(["package", "pyarrow", "plain"]), which=st.integers(0, 1),
        **corruptions)  # fmt: skip
+# token ids out of the candidates' range that the footer statistics do not show
+# crashed the compiled token loop: a plain prompt id whose high byte flipped
+# (pyarrow reads it), and a zstd page whose checksum pyarrow rejects and Polars
+# decodes into garbage ids
+@example(writer="plain", which=1, end=False, position=0.2944927770994724, bits=180,
+         truncate=False)  # fmt: skip
+@example(writer="package", which=1, end=False, position=0.07237455142027838, bits=243,
+         truncate=False)  # fmt: skip
 def test_long_parquet(logs: Logs, writer: str, which: int, **corruption: Any) -> None:
     """Token rows and rewards as two Parquet files; either one corrupted."""
     _case(logs, f"long-parquet-{writer}", which, **corruption)
@@ -668,18 +644,11 @@ def test_cut(logs: Logs, name: str, rel: str, where: str) -> None:
     check(log, {rel: cut(log.files[rel], where)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: a token id outside the candidates' ids that the Parquet "
-    "footer statistics do not show (a corrupted data page) crashes the compiled token "
-    "loop (SIGSEGV in reduce._scatter / _compiled.scatter, which trusts "
-    "dense.footers_within and indexes its table unchecked)",
-)
 def test_token_id_beyond_the_footer_statistics(logs: Logs) -> None:
     """A prompt id of the token rows (plain, uncompressed, no checksums) raised by
-    2**40 in its data page: the footer still says 0..149. A RaftPolarsError or the
-    answer, and validate names the orphan row, never a crash. The check of the
-    hypothesis cases lets this crash pass (``_known_segfault``) while it is open."""
+    2**40 in its data page: the footer still says 0..149. The compiled token loop
+    indexed its table with it unchecked (the footers "proved" the ids inside the
+    box) and crashed the process, or wrote elsewhere; now an orphan row."""
     import pyarrow.parquet as pq
 
     log = logs["long-parquet-plain"]
@@ -694,4 +663,6 @@ def test_token_id_beyond_the_footer_statistics(logs: Logs) -> None:
     raw[end - 8 * 10 + 5] ^= 0x01  # the 10th last prompt id, + 2**40
     outcome = run(log, {"source.parquet": bytes(raw)})
     assert outcome.returncode == 0, outcome.show()
-    check_parquet(log, {"source.parquet": bytes(raw)})
+    assert outcome.last["error"][1], outcome.show()
+    assert "1 token row(s) have no reward row" in outcome.last["error"][2], outcome.show()
+    assert outcome.last["validate_ok"] is False, outcome.show()
