@@ -351,8 +351,8 @@ def token_sums(
     row) share slot 0 and are counted in the same pass. ``keys`` are the
     candidate keys covering the partition's token rows, ``chosen`` the selected
     ones (canonical ids). ``per_response``: also return per-response sums (for
-    ``"sequence"``); ``checks=False``: leave out the search for the first orphan
-    and bad row; ``every``: count the tokens of every candidate too
+    ``"sequence"``); ``checks=False``: leave out the search for the first bad
+    log-prob (orphan rows are always reported); ``every``: count the tokens of every candidate too
     (``Reduced.counts``, in the same pass; the statistics of ``stage_stats``
     need them).
     """
@@ -367,7 +367,7 @@ def token_sums(
     ).filter(pl.col("tokens") > 0)
     problems: list[Problem] = []
     orphans = int(sums["tokens"][0])
-    if orphans and checks:
+    if orphans:  # an input error for every entry point (the search runs only then)
         rows, index = located.exact()
         orphan = pl.lit(pl.Series("orphan", table == 0)).gather(index)
         first = log.collect(
@@ -409,12 +409,13 @@ def _token_problems(
 
 def token_counts(
     log: StageLog, keys: Keys, chosen: pl.DataFrame, *, piece: Piece | None = None
-) -> pl.DataFrame:
+) -> tuple[pl.DataFrame, list[Problem]]:
     """Long layout: ``stage, prompt, cand, tokens`` of the selected responses in
-    a partition's token rows (the per-response token pass, without its checks)."""
+    a partition's token rows (the per-response token pass, without the search
+    for bad log-probs), and the problems found (orphan token rows)."""
     reduced = token_sums(log, keys, chosen, piece=piece, per_response=True, checks=False)
     assert reduced.responses is not None
-    return reduced.responses.select(*_IDS, "tokens")
+    return reduced.responses.select(*_IDS, "tokens"), reduced.problems
 
 
 # --- combine the partitions -----------------------------------------------------------------

@@ -525,7 +525,10 @@ class DaskExecutor:
         with self._client() as client:
             job = _Job(client, log)
             ranks = job.rank(selection)
-            _, keys, chosen, counts = self._stats_parts(job, ranks, False, "token")
+            reduced, keys, chosen, counts = self._stats_parts(job, ranks, False, "token")
+        raise_first(
+            merge(r.problems for r in reduced), origin=log.origin, token_origin=log.token_origin
+        )
         return prompt_table(candidate_table(keys, chosen, counts))
 
     def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
@@ -555,6 +558,11 @@ class DaskExecutor:
                         )
                         for s in job.token_shards()
                     ]
+                )
+                raise_first(
+                    merge(p.problems for p in parts),
+                    origin=log.origin,
+                    token_origin=log.token_origin,
                 )
                 found = [p.responses for p in parts if p.responses is not None]
                 counts = pl.concat(found, how="vertical").group_by(_IDS).agg(pl.col("tokens").sum())

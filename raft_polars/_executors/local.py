@@ -115,6 +115,7 @@ class LocalExecutor:
             counts = list_lengths(log)
         else:
             reduced = token_sums(log, ranked.token_keys, ranked.chosen, every=True, checks=False)
+            raise_first(reduced.problems, origin=log.origin, token_origin=log.token_origin)
             assert reduced.counts is not None
             counts = reduced.counts
         return prompt_table(candidate_table(ranked.keys.canonical(), ranked.chosen, counts))
@@ -127,7 +128,8 @@ class LocalExecutor:
         ranked = self.rank(log, selection)
         counts = None
         if log.layout == "long":
-            counts = token_counts(log, ranked.token_keys, ranked.chosen)
+            counts, problems = token_counts(log, ranked.token_keys, ranked.chosen)
+            raise_first(problems, origin=log.origin, token_origin=log.token_origin)
         return selected_rows(log, ranked.chosen, keys=ranked.token_keys, counts=counts)
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:

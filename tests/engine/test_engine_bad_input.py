@@ -550,6 +550,34 @@ LONG_CASES: dict[str, tuple[Callable[[str], tuple[pl.DataFrame, pl.DataFrame]], 
 LONG_ENTRIES = [e for e in BAD_ENTRIES if e.layout == "long"]
 
 
+_EVERY_CALL: dict[str, Callable[..., Any]] = {
+    "stage_losses": raft_polars.stage_losses,
+    "stage_stats": lambda *a, **k: raft_polars.stage_stats(*a, **k)[0],
+    "prompt_stats": raft_polars.prompt_stats,
+    "select_best": lambda *a, **k: raft_polars.select_best(*a, **k).collect(),
+}
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize("call", _EVERY_CALL.values(), ids=_EVERY_CALL.keys())
+@pytest.mark.parametrize(
+    "build", [orphan_unselected, orphan_new_prompt, orphan_below_range], ids=lambda b: b.__name__
+)
+def test_orphan_token_rows_are_an_error_of_every_call(
+    build: Callable[[str], tuple[pl.DataFrame, pl.DataFrame]],
+    call: Callable[..., Any],
+    engine: str,
+) -> None:
+    """Token rows whose candidate has no reward row are an input error wherever the
+    token rows are read: the losses, the statistics, the selected batch."""
+    import dask_cluster
+
+    tokens, rewards = build("int")
+    chosen = dask_cluster.engine() if engine == "dask" else "polars"
+    with pytest.raises(raft_polars.RaftInputError, match="no reward"):
+        call(tokens, rewards=rewards, engine=chosen)
+
+
 @pytest.mark.parametrize("prompts", ["int", "str"])
 @pytest.mark.parametrize(("build", "fragments"), LONG_CASES.values(), ids=LONG_CASES.keys())
 @pytest.mark.parametrize("entry", LONG_ENTRIES, ids=str)
