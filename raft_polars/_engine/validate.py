@@ -25,7 +25,7 @@ import polars as pl
 from raft_polars._engine.checks import bad_logprob, bad_reward
 from raft_polars._engine.rank import select
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
-from raft_polars._engine.sources import _UPCAST, Piece, Resolved, reading
+from raft_polars._engine.sources import Piece, Resolved, reading
 from raft_polars.selection import Selection
 
 __all__ = [
@@ -1013,6 +1013,16 @@ class StrictParquet:
             yield result
 
 
+_REST = """
+import sys
+import polars as pl
+path, offset, left, out, *names = sys.argv[1:]
+rows = pl.scan_parquet(path, hive_partitioning=False, glob=False)
+rows = rows.slice(int(offset), None if left == "-" else int(left)).select(names)
+rows.collect().write_ipc(out)
+"""
+
+
 def _rest(
     path: str,
     types: dict[str, pl.DataType],
@@ -1020,13 +1030,30 @@ def _rest(
     names: list[str],
     done: int,
 ) -> pl.DataFrame:
-    """Polars' read of the rows of a file (of ``rows``) after the first ``done``."""
+    """Polars' read of the rows of a file (of ``rows``) after the first ``done``,
+    in a child process: some corrupted page headers make Polars abort its process
+    (an allocation of an impossible size), which would end ``validate`` without a
+    report. Rows that Polars cannot read either are left out (the file is
+    reported already)."""
+    import io
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
     offset, count = rows if rows is not None else (0, None)
-    left = None if count is None else count - done
-    rest = pl.scan_parquet(
-        path, schema=types, cast_options=_UPCAST, hive_partitioning=False, glob=False
-    )
-    return rest.slice(offset + done, left).select(names).collect()
+    left = "-" if count is None else str(count - done)
+    wanted = {name: types[name] for name in names}
+    with tempfile.TemporaryDirectory(prefix="raft-polars-") as tmp:
+        out = Path(tmp) / "rest.arrow"
+        child = subprocess.run(
+            [sys.executable, "-c", _REST, path, str(offset + done), left, str(out), *names],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if child.returncode != 0:
+            return pl.DataFrame(schema=wanted)
+        rest = pl.read_ipc(io.BytesIO(out.read_bytes()))  # not mapped: the file goes
+    return rest.cast(wanted)  # type: ignore[arg-type]
 
 
 def strictly(log: StageLog, reader: StrictParquet) -> StageLog:

@@ -343,6 +343,29 @@ def test_validate_reads_on_after_a_corrupt_token_page(tmp_path: Path, engine: st
     assert report.summary["tokens"] == n
 
 
+def test_validate_reports_a_file_that_makes_polars_abort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a page pyarrow rejects, Polars reads the file on in a child process:
+    some corrupted page headers make Polars 2.1 abort its process (here the child
+    aborts on purpose), and validate still reports the file, leaving out the rows
+    it could not read, instead of dying with it."""
+    import pyarrow.parquet as pq
+
+    from raft_polars._engine import validate as kernels
+
+    lps = [[[[-0.5 - 0.001 * k for k in range(400)] for _ in range(2)] for _ in range(3)]]
+    rws = [[[1.0, 0.0] for _ in range(3)]]
+    path = tmp_path / "log.parquet"
+    pq.write_table(nested_frame(lps, rws).to_arrow(), path, compression="none",
+                   write_page_checksum=True, row_group_size=1)  # fmt: skip
+    _flip_one_logprob(path, -0.5 - 0.001 * 300)
+    monkeypatch.setattr(kernels, "_REST", "import os; os.abort()")
+    report = rp.validate(str(path))
+    assert "corrupt_file" in [p.kind for p in report.problems]
+    assert not report.ok
+
+
 def test_strict_reader_row_ranges_and_polars_after_an_error(tmp_path: Path) -> None:
     """StrictParquet gives the rows of a range of row groups as Polars reads them;
     after a page pyarrow rejects, the rest comes from Polars and the file is named."""
