@@ -209,7 +209,7 @@ def _code(
 
 
 @numba.njit(nogil=True, cache=True)
-def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
+def scatter(  # noqa: PLR0915, PLR0917 - one compiled loop, its arrays positionally
     index: npt.NDArray[Any],
     rows: Strings,
     names: Strings,
@@ -244,6 +244,11 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     # the previous string looked at: its view and code
     seen, code = False, -1
     last0, last1 = np.uint64(0), np.uint64(0)
+    # the current run of rows of one position: its slot and sums, kept in registers
+    # (loaded from the slot's sums and stored back, so each slot's NLL still adds
+    # its rows one by one, in row order)
+    last_at, slot = -1, -1
+    total, count, top, empty = 0.0, 0, -np.inf, 0
     for i in range(index.shape[0]):
         at = index[i]
         if hashed and at != outside:
@@ -271,17 +276,24 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
                 at = outside if code < 0 else at + code * stride
         if at < 0 or at > outside:  # an id beyond what the footers said: no candidate
             at = outside
-        slot = table[at]
+        if at != last_at:  # a new run of rows: keep the last run's sums, load this one's
+            if slot >= 0:
+                nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot] = total, count, top, empty
+            last_at, slot = at, table[at]
+            if slot >= 0:
+                total, count, top, empty = nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot]
         if slot < 0:
             continue
-        tokens[slot] += 1
+        count += 1
         if masked and not valid[i]:
-            lp_nulls[slot] += 1
+            empty += 1
             continue
         value = np.float64(logprob[i])
-        nll[slot] -= value
-        if value > lp_max[slot]:  # noqa: PLR1730 - NaN never replaces the maximum
-            lp_max[slot] = value
+        total -= value
+        if value > top:  # noqa: PLR1730 - NaN never replaces the maximum
+            top = value
+    if slot >= 0:
+        nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot] = total, count, top, empty
 
 
 @numba.njit(nogil=True, cache=True)
