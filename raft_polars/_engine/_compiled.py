@@ -209,7 +209,7 @@ def _code(
 
 
 @numba.njit(nogil=True, cache=True)
-def scatter(  # noqa: PLR0915, PLR0917 - one compiled loop, its arrays positionally
+def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     index: npt.NDArray[Any],
     rows: Strings,
     names: Strings,
@@ -236,64 +236,105 @@ def scatter(  # noqa: PLR0915, PLR0917 - one compiled loop, its arrays positiona
     rows share one prompt); only a change is looked up.
     ``valid`` is empty when no log-prob is null, else one flag per row.
     """
-    masked = valid.shape[0] > 0
     views, present, bases, words, data = rows.views, rows.present, rows.bases, rows.words, rows.data
     hashed = views.shape[0] > 0
     nulls = present.shape[0] > 0
+    n = index.shape[0]
     outside = table.shape[0] - 1
-    # the previous string looked at: its view and code
-    seen, code = False, -1
+    # the previous string looked at: its view and code; the code of the rows at hand
+    seen, known, code = False, -1, 0
     last0, last1 = np.uint64(0), np.uint64(0)
-    # the current run of rows of one position: its slot and sums, kept in registers
-    # (loaded from the slot's sums and stored back, so each slot's NLL still adds
-    # its rows one by one, in row order)
-    last_at, slot = -1, -1
-    total, count, top, empty = 0.0, 0, -np.inf, 0
-    for i in range(index.shape[0]):
-        at = index[i]
-        if hashed and at != outside:
-            if nulls and not present[i]:
-                at = outside
+    # the current run of rows of one position: position, slot, sums (see _add)
+    run = (np.int64(-1), np.int64(-1), 0.0, np.int64(0), -np.inf, np.int64(0))
+    i = 0
+    while i < n:
+        end = n  # rows i..end share one prompt code: all of them without strings
+        if hashed:  # the rows that share row i's view (and validity) share its code
+            first, second = views[i, 0], views[i, 1]
+            here = (not nulls) or present[i]
+            end = i + 1
+            while (
+                end < n
+                and views[end, 0] == first
+                and views[end, 1] == second
+                and ((not nulls) or present[end] == here)
+            ):
+                end += 1
+            if not here:  # null prompts: no candidate (the last string stays known)
+                code = -1
+            elif seen and first == last0 and second == last1:
+                code = known
             else:
-                first, second = views[i, 0], views[i, 1]
-                if not (seen and first == last0 and second == last1):
-                    length = np.int64(first & _LOW)
-                    same = False
-                    if seen and length > _INLINE and first == last0:
-                        start, before = _start(bases, second), _start(bases, last1)
-                        # the bytes, written out here: a helper taking the arrays
-                        # costs reference counting on every row
-                        same, k = True, 0
-                        while same and k + 8 <= length:
-                            same = words[start + k] == words[before + k]
-                            k += 8
-                        while same and k < length:
-                            same = data[start + k] == data[before + k]
-                            k += 1
-                    if not same:
-                        code = _code(rows, i, names, lookup)
-                    seen, last0, last1 = True, first, second
-                at = outside if code < 0 else at + code * stride
+                length = np.int64(first & _LOW)
+                same = False
+                if seen and length > _INLINE and first == last0:
+                    start, before = _start(bases, second), _start(bases, last1)
+                    # the bytes, written out here: a helper taking the arrays
+                    # costs reference counting on every call
+                    same, k = True, 0
+                    while same and k + 8 <= length:
+                        same = words[start + k] == words[before + k]
+                        k += 8
+                    while same and k < length:
+                        same = data[start + k] == data[before + k]
+                        k += 1
+                if not same:
+                    known = _code(rows, i, names, lookup)
+                code, seen, last0, last1 = known, True, first, second
+        # the prompt's part of the position; past the table (so outside) for a
+        # prompt of no candidate, and for a row already outside (index: outside)
+        shift = code * stride if code >= 0 else outside + 1
+        run = _add(index, shift, i, end, logprob, valid, table, nll, tokens, lp_max, lp_nulls, run)
+        i = end
+    _, slot, total, count, top, empty = run
+    if slot >= 0:
+        nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot] = total, count, top, empty
+
+
+@numba.njit(nogil=True, cache=True)
+def _add(  # noqa: PLR0917 - compiled
+    index: npt.NDArray[Any],
+    shift: int,
+    lo: int,
+    hi: int,
+    logprob: npt.NDArray[Any],
+    valid: npt.NDArray[np.bool_],
+    table: npt.NDArray[np.int32],
+    nll: npt.NDArray[np.float64],
+    tokens: npt.NDArray[np.int64],
+    lp_max: npt.NDArray[np.float64],
+    lp_nulls: npt.NDArray[np.int64],
+    run: Any,
+) -> Any:  # pragma: no cover - compiled
+    """Rows ``lo..hi`` of :func:`scatter` (positions ``index + shift``): the
+    current run of rows of one position (``run``: its position, slot and sums,
+    in registers) goes on, or is stored back into its slot's sums and the next
+    one's loaded, so each slot's NLL still adds its rows one by one, in row
+    order."""
+    masked = valid.shape[0] > 0
+    outside = table.shape[0] - 1
+    last_at, slot, total, count, top, empty = run
+    for r in range(lo, hi):
+        at = index[r] + shift
         if at < 0 or at > outside:  # an id beyond what the footers said: no candidate
             at = outside
         if at != last_at:  # a new run of rows: keep the last run's sums, load this one's
             if slot >= 0:
                 nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot] = total, count, top, empty
-            last_at, slot = at, table[at]
+            last_at, slot = at, int(table[at])
             if slot >= 0:
                 total, count, top, empty = nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot]
         if slot < 0:
             continue
         count += 1
-        if masked and not valid[i]:
+        if masked and not valid[r]:
             empty += 1
             continue
-        value = np.float64(logprob[i])
+        value = np.float64(logprob[r])
         total -= value
         if value > top:  # noqa: PLR1730 - NaN never replaces the maximum
             top = value
-    if slot >= 0:
-        nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot] = total, count, top, empty
+    return last_at, slot, total, count, top, empty
 
 
 @numba.njit(nogil=True, cache=True)
