@@ -232,8 +232,8 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     in ``names`` (``lookup``: their :func:`name_table`). A null prompt, one not
     in ``names``, or an ``index[i]`` already "outside" (the last position of
     ``table``) is outside; so is any position that is not one of ``table``'s.
-    A row whose view or bytes are the previous row's has its code (a response's
-    rows share one prompt); only a change is looked up.
+    Rows in a row with one string (one view, or the same bytes) have one code
+    (a response's rows share one prompt); only a change is looked up.
     ``valid`` is empty when no log-prob is null, else one flag per row.
     """
     views, present, bases, words, data = rows.views, rows.present, rows.bases, rows.words, rows.data
@@ -249,38 +249,36 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     i = 0
     while i < n:
         end = n  # rows i..end share one prompt code: all of them without strings
-        if hashed:  # the rows that share row i's view (and validity) share its code
+        if hashed:  # the rows that share row i's string (and validity) share its code
             first, second = views[i, 0], views[i, 1]
             here = (not nulls) or present[i]
+            length = int(first & _LOW)
             end = i + 1
-            while (
-                end < n
-                and views[end, 0] == first
-                and views[end, 1] == second
-                and ((not nulls) or present[end] == here)
-            ):
+            start = _start(bases, second) if length > _INLINE else 0
+            while end < n and views[end, 0] == first and ((not nulls) or present[end] == here):
+                other = views[end, 1]
+                if other != second:  # the same string in other bytes (plain pages)?
+                    if length <= _INLINE:
+                        break
+                    # compared here, not by _equal: a helper taking the arrays costs
+                    # reference counting on every row of a plain page
+                    at, same, k = _start(bases, other), True, 0
+                    while same and k + 8 <= length:
+                        same = words[at + k] == words[start + k]
+                        k += 8
+                    while same and k < length:
+                        same = data[at + k] == data[start + k]
+                        k += 1
+                    if not same:
+                        break
                 end += 1
             if not here:  # null prompts: no candidate (the last string stays known)
                 code = -1
-            elif seen and first == last0 and second == last1:
-                code = known
-            else:
-                length = np.int64(first & _LOW)
-                same = False
-                if seen and length > _INLINE and first == last0:
-                    start, before = _start(bases, second), _start(bases, last1)
-                    # the bytes, written out here: a helper taking the arrays
-                    # costs reference counting on every call
-                    same, k = True, 0
-                    while same and k + 8 <= length:
-                        same = words[start + k] == words[before + k]
-                        k += 8
-                    while same and k < length:
-                        same = data[start + k] == data[before + k]
-                        k += 1
-                if not same:
+            else:  # looked up, unless the string before a null run had this view
+                if not (seen and first == last0 and second == last1):
                     known = _code(rows, i, names, lookup)
-                code, seen, last0, last1 = known, True, first, second
+                    seen, last0, last1 = True, first, second
+                code = known
         # the prompt's part of the position; past the table (so outside) for a
         # prompt of no candidate, and for a row already outside (index: outside)
         shift = code * stride if code >= 0 else outside + 1

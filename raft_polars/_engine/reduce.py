@@ -306,11 +306,11 @@ def _scatter(
         located.index.alias("_index"),
         lp if dtype in (pl.Float32, pl.Float64) else lp.cast(pl.Float64),
     ]
-    names = _compiled.NO_STRINGS
+    names, lookup = _compiled.NO_STRINGS, _compiled.NO_LOOKUP
     if located.categories is not None:
         names = _compiled.strings(located.categories)
+        lookup = _compiled.name_table(names)
         columns.append(pl.col("prompt").alias("_prompt"))
-    lookup = _compiled.name_table(names)
     for batch in log.batches(located.rows.select(columns)):
         values = batch["logprob"]
         valid = values.is_not_null().to_numpy() if values.has_nulls() else _NO_MASK
