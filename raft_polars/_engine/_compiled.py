@@ -15,10 +15,11 @@ from __future__ import annotations
 import ctypes
 from typing import Any, NamedTuple
 
-import numba
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+
+from raft_polars._engine._jit import njit
 
 __all__ = [
     "NO_LOOKUP",
@@ -103,13 +104,13 @@ NO_STRINGS = _strings(_frozen(np.zeros((0, 2), dtype=np.uint64)), [], np.zeros(0
 NO_LOOKUP = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))  # no string prompts
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@njit(inline="always")
 def _start(bases: Any, second: np.uint64) -> int:  # pragma: no cover - compiled
     """Where a long string's bytes start in the data, from its view's second word."""
     return int(bases[np.int64(second & _LOW)] + np.int64(second >> np.uint64(32)))
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@njit(inline="always")
 def _equal(  # noqa: PLR0917 - compiled
     words: Any, data: Any, i: int, other_words: Any, other_data: Any, j: int, length: int
 ) -> bool:  # pragma: no cover - compiled
@@ -127,13 +128,13 @@ def _equal(  # noqa: PLR0917 - compiled
     return True
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@njit(inline="always")
 def _mix(h: np.uint64, word: np.uint64) -> np.uint64:  # pragma: no cover - compiled
     h = (h ^ word) * np.uint64(0xBF58476D1CE4E5B9)
     return h ^ (h >> np.uint64(31))
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def _hash(text: Strings, i: int) -> np.uint64:  # pragma: no cover - compiled
     """A hash of string ``i`` of ``text``: of its view when it is held there,
     else of its length, words and last bytes."""
@@ -154,7 +155,7 @@ def _hash(text: Strings, i: int) -> np.uint64:  # pragma: no cover - compiled
     return h
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def _same(a: Strings, i: int, b: Strings, j: int) -> bool:  # pragma: no cover - compiled
     """Whether string ``i`` of ``a`` and string ``j`` of ``b`` are equal."""
     if a.views[i, 0] != b.views[j, 0]:  # length or first bytes differ
@@ -168,7 +169,7 @@ def _same(a: Strings, i: int, b: Strings, j: int) -> bool:  # pragma: no cover -
     )  # fmt: skip
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def name_table(names: Strings) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
     """An open-addressing table (load at most 1/2) of the distinct strings
     ``names`` (no null) to their index: each slot's hash and index (-1: empty)."""
@@ -188,7 +189,7 @@ def name_table(names: Strings) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.i
     return hashes, codes
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def _code(
     rows: Strings,
     i: int,
@@ -208,7 +209,7 @@ def _code(
     return -1
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     index: npt.NDArray[Any],
     rows: Strings,
@@ -289,7 +290,7 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
         nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot] = total, count, top, empty
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def _add(  # noqa: PLR0917 - compiled
     index: npt.NDArray[Any],
     shift: int,
@@ -335,7 +336,7 @@ def _add(  # noqa: PLR0917 - compiled
     return last_at, slot, total, count, top, empty
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def best_of_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     group: npt.NDArray[Any],
     cand: npt.NDArray[Any],
@@ -363,7 +364,7 @@ def best_of_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positi
                 best[g], first[g] = value, cand[i]
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def nest_ids(
     prompts: npt.NDArray[np.int64], ks: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.int64], ...]:  # pragma: no cover - compiled; its callers are tested

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
+
+from raft_polars._engine._jit import njit
 
 __all__ = ["OPEN", "STATE", "cut"]
 
@@ -24,7 +25,7 @@ OPEN, ROWS, BAD, JUMPS, FIRST, LAST = range(6)
 STATE = 6
 
 
-@numba.njit(nogil=True, cache=True)
+@njit()
 def cut(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     stage: npt.NDArray[Any],
     prompt: npt.NDArray[Any],

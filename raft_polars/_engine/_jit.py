@@ -1,0 +1,54 @@
+"""numba's ``njit`` with the package's loops cached outside the installed package.
+
+numba caches a compiled loop next to its module by default, in
+``site-packages/raft_polars/_engine/__pycache__``: files pip does not know, so
+an uninstall leaves the directory behind, where it shadows a later editable
+install of the package as an empty namespace package. The loops are cached in
+the user's cache directory instead (``$XDG_CACHE_HOME/raft_polars/numba``, else
+``~/.cache/raft_polars/numba``), one subdirectory per installed copy; a
+``NUMBA_CACHE_DIR`` the user set is honoured as it is. Where no cache directory
+can be written, numba falls back to its own choices.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numba
+from numba.core import config
+
+__all__ = ["cache_dir", "njit"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_SETTING = threading.Lock()  # two modules may be imported by two threads at once
+
+
+def cache_dir() -> Path:
+    """The directory the package's compiled loops are cached in."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "raft_polars" / "numba"
+
+
+def njit(**options: Any) -> Callable[[F], F]:
+    """``numba.njit(nogil=True, cache=True, **options)``, cached in :func:`cache_dir`.
+
+    numba picks a function's cache location once, when it is decorated, from
+    ``numba.config.CACHE_DIR``: it is set for that moment only, so the user's
+    other numba functions keep theirs."""
+
+    def decorate(function: F) -> F:
+        jit = numba.njit(nogil=True, cache=True, **options)
+        if config.CACHE_DIR:  # type: ignore[attr-defined]  # the user's NUMBA_CACHE_DIR
+            return jit(function)  # type: ignore[no-any-return]
+        with _SETTING:
+            config.CACHE_DIR = str(cache_dir())  # type: ignore[attr-defined]
+            try:
+                return jit(function)  # type: ignore[no-any-return]
+            finally:
+                config.CACHE_DIR = ""  # type: ignore[attr-defined]
+
+    return decorate
