@@ -501,6 +501,18 @@ def rows_written(out: Path) -> int:
     return lines
 
 
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` as Parquet with page checksums, zstd-compressed,
+    in one go (:func:`sink_parquet` streams); ids and text dictionary-encoded,
+    not floats (log-probs and rewards rarely repeat: a dictionary only costs)."""
+    import pyarrow.parquet as pq
+
+    coded = [name for name, kind in frame.schema.items() if kind.is_integer() or kind == pl.String]
+    pq.write_table(
+        frame.to_arrow(), path, compression="zstd", write_page_checksum=True, use_dictionary=coded
+    )
+
+
 def sink_parquet(frame: pl.LazyFrame | pl.DataFrame, path: Path) -> None:
     """Write ``frame`` to ``path`` as Parquet with page checksums (CRC32 of every
     page, so that a strict reader, ``raft-polars validate`` among them, catches a

@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from raft_polars._export import write_parquet
 from raft_polars.errors import RaftInputError
 
 __all__ = ["Layout", "SynthChunk", "generate", "iter_chunks"]
@@ -213,7 +214,7 @@ def generate(
             candidates = candidates.with_columns(_payload(chunk))
         if layout == "nested":
             candidates.insert_column(4, _split(chunk.logprob, chunk.offsets))
-            candidates.write_parquet(token_dir / name, statistics=True)
+            write_parquet(candidates, token_dir / name)
             token_paths.append(token_dir / name)
         else:
             n_tok = len(chunk.logprob)
@@ -227,8 +228,8 @@ def generate(
                     "logprob": chunk.logprob,
                 }
             )
-            tokens.write_parquet(token_dir / name, statistics=True)
-            candidates.write_parquet(reward_dir / name, statistics=True)
+            write_parquet(tokens, token_dir / name)
+            write_parquet(candidates, reward_dir / name)
             token_paths.append(token_dir / name)
             reward_paths.append(reward_dir / name)
         done += len(chunk.logprob)

@@ -920,8 +920,14 @@ def strict_read(path: str) -> str | None:
     The default path decodes with Polars alone; a corrupted page that Polars still
     decodes (to different values) is caught here, where a strict reader rejects
     it. Streams a few row groups at a time. :class:`StrictParquet` is the same
-    read as a Polars source, for the passes that check the rows too.
+    read as a Polars source, for the passes that check the rows too. A file whose
+    every page carries a checksum its bytes match (:func:`pages.verified`) needs
+    no decode.
     """
+    from raft_polars._engine import pages
+
+    if pages.verified(path):
+        return None
     for _, item in _decoded([path], None, len):
         if isinstance(item, Exception):
             return _error_text(item)
@@ -987,15 +993,60 @@ class StrictParquet:
         """``then`` of the columns ``names`` of the rows of ``paths`` (the rows
         ``(offset, count)`` of a single file, when given), one result a unit of
         the strict read, in order: applied in the threads that decode them, and
-        to what Polars reads of a file pyarrow rejects."""
+        to what Polars reads of a file pyarrow rejects. A file whose every page
+        carries a checksum its bytes match (:func:`pages.verified`) needs no
+        strict decode: Polars decodes it, ``then`` applied to a few batches at a
+        time."""
+        for fast, group in _verified_groups(paths):
+            if not fast:
+                yield from self._decoded_items(group, types, rows, names, then)
+                continue
+            for path in group:  # every page proven by its checksum: Polars decodes
+                yield from self._polars_items(path, types, rows, names, then)
+
+    def _polars_items(
+        self,
+        path: str,
+        types: dict[str, pl.DataType],
+        rows: tuple[int, int] | None,
+        names: list[str],
+        then: Callable[[list[pl.DataFrame]], Any],
+    ) -> Iterator[Any]:
+        """:meth:`items` of a file whose pages are sound: Polars decodes it. A
+        footer the walk cannot check (no checksum covers it) may still keep
+        Polars from decoding the file: before any row, the strict reader takes
+        the file over; after, the file is reported and Polars reads on in a
+        child process, as for a file pyarrow rejects."""
+        from polars.exceptions import PanicException
+
+        done = 0
+        try:
+            for result, count in _polars_units(path, types, rows, names, then):
+                done += count
+                yield result
+        except (Exception, PanicException) as exc:
+            if not done:
+                yield from self._decoded_items([path], types, rows, names, then)
+                return
+            self.errors.setdefault(path, _error_text(exc))
+            yield then([_rest(path, types, rows, names, done)])
+
+    def _decoded_items(
+        self,
+        paths: list[str],
+        types: dict[str, pl.DataType],
+        rows: tuple[int, int] | None,
+        names: list[str],
+        then: Callable[[list[pl.DataFrame]], Any],
+    ) -> Iterator[Any]:
+        """:meth:`items` of files that pyarrow decodes strictly."""
 
         def frames(batches: list[Any]) -> tuple[Any, int]:
             got = []
             for batch in batches:
                 frame = pl.from_arrow(batch.select(names))
                 assert isinstance(frame, pl.DataFrame)
-                cast = {n: types[n] for n in names if frame.schema[n] != types[n]}
-                got.append(frame.cast(cast) if cast else frame)  # type: ignore[arg-type]
+                got.append(_cast(frame, types))
             return then(got), sum(b.num_rows for b in batches)
 
         done = 0  # rows of the current file
@@ -1011,6 +1062,74 @@ class StrictParquet:
                 result, count = item
             done += count
             yield result
+
+
+def _cast(frame: pl.DataFrame, types: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    cast = {n: types[n] for n in frame.columns if frame.schema[n] != types[n]}
+    return frame.cast(cast) if cast else frame  # type: ignore[arg-type]
+
+
+def _verified_groups(paths: Sequence[str]) -> Iterator[tuple[bool, list[str]]]:
+    """``paths`` in order, in groups of consecutive files that the page walk
+    (:func:`pages.verified`) vouches for, or not; the next file is walked
+    while the current group is read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from raft_polars._engine import pages
+
+    if not paths:
+        return
+    with ThreadPoolExecutor(1) as pool:
+        ahead = [pool.submit(pages.verified, path) for path in paths[:2]]
+        group: list[str] = []
+        kind = None
+        for i, path in enumerate(paths):
+            fast = ahead[i].result()
+            if i + 2 < len(paths):
+                ahead.append(pool.submit(pages.verified, paths[i + 2]))
+            if group and fast != kind:
+                yield bool(kind), group
+                group = []
+            kind = fast
+            group.append(path)
+        yield bool(kind), group
+
+
+def _polars_units(
+    path: str,
+    types: dict[str, pl.DataType],
+    rows: tuple[int, int] | None,
+    names: list[str],
+    then: Callable[[list[pl.DataFrame]], Any],
+) -> Iterator[Any]:
+    """``(then(frames), rows)`` of the columns ``names`` of a file's rows
+    (``rows``: ``(offset, count)``), decoded by Polars, a few record batches at
+    a time: ``then`` applied by two threads while Polars decodes the next
+    batches, the results in order."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    scan = pl.scan_parquet(path, hive_partitioning=False, glob=False)
+    if rows is not None:
+        scan = scan.slice(rows[0], rows[1])
+    pending: deque[tuple[Future[Any], int]] = deque()
+    with ThreadPoolExecutor(_THREADS) as pool:
+        held: list[pl.DataFrame] = []
+        size = 0
+        for batch in scan.select(names).collect_batches(engine="streaming"):
+            held.append(_cast(batch, types))
+            size += batch.height
+            if size >= _UNIT_ROWS:
+                pending.append((pool.submit(then, held), size))
+                held, size = [], 0
+                if len(pending) > _THREADS:
+                    done, count = pending.popleft()
+                    yield done.result(), count
+        if held:
+            pending.append((pool.submit(then, held), size))
+        while pending:
+            done, count = pending.popleft()
+            yield done.result(), count
 
 
 _REST = """

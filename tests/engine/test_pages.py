@@ -1,0 +1,183 @@
+"""The page walk that lets ``validate`` skip the strict decode of a Parquet file.
+
+:func:`pages.verified` vouches for a file only when every page's bytes match
+the CRC its header carries and the headers agree with the footer. The contract
+checked here, against the readers themselves: a file it vouches for decodes, in
+Polars, to exactly what was written; a corrupted byte anywhere before the footer
+(page headers and page bytes) either is caught or changes nothing Polars
+decodes. Files without checksums, and data pages of version 2 (their level
+lengths lie outside the CRC), are left to the strict reader. ``validate`` on a
+file the walk vouches for but Polars cannot decode reports it, as it reports a
+file pyarrow rejects.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.exceptions import PanicException
+
+import raft_polars as rp
+from raft_polars._engine import pages
+from raft_polars.synth import generate
+
+
+def _table(rows: int = 300) -> pa.Table:
+    rng = np.random.default_rng(0)
+    logprob = -rng.random(rows)
+    return pa.table({
+        "stage": np.repeat([0, 1], rows // 2).astype(np.int32),
+        "prompt": rng.integers(0, 5, rows).astype(np.int64),
+        "cand": rng.integers(0, 3, rows).astype(np.int16),
+        "token": pa.array(np.arange(rows, dtype=np.int32), mask=np.arange(rows) % 97 == 5),
+        "logprob": logprob.astype(np.float32),
+        "name": [f"p{i % 7}" for i in range(rows)],
+    })  # fmt: skip
+
+
+def _nested() -> pa.Table:
+    return pa.table({
+        "stage": [0, 0, 1, 1],
+        "prompt": ["a", "b", "a", "b"],
+        "cand": [0, 0, 0, 1],
+        "reward": [0.5, None, 1.0, 2.0],
+        "logprobs": [[-0.1, -0.2], None, [-0.3, None, -0.5], []],
+    })  # fmt: skip
+
+
+WRITERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "zstd, dictionary": (_table, {"compression": "zstd", "row_group_size": 120}),
+    "snappy, small pages": (_table, {"compression": "snappy", "data_page_size": 256}),
+    "gzip, plain": (_table, {"compression": "gzip", "use_dictionary": False}),
+    "uncompressed": (_table, {"compression": "none", "row_group_size": 100}),
+    "nested lists": (_nested, {"compression": "zstd"}),
+}
+
+
+def _write(path: Path, table: pa.Table, **options: Any) -> bytes:
+    pq.write_table(table, path, write_page_checksum=True, **options)
+    return path.read_bytes()
+
+
+def _footer_start(data: bytes) -> int:
+    return len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_checksummed_files_are_vouched_for(tmp_path: Path, writer: str) -> None:
+    make, options = WRITERS[writer]
+    path = tmp_path / "log.parquet"
+    _write(path, make(), **options)
+    assert pages.verified(str(path))
+
+
+def test_files_without_checksums_or_with_v2_pages_are_not(tmp_path: Path) -> None:
+    table = _table()
+    plain, v2, polars, empty, text = (tmp_path / f"{n}.parquet" for n in "abcde")
+    pq.write_table(table, plain)  # no checksums
+    pq.write_table(table, v2, write_page_checksum=True, data_page_version="2.0")
+    pl.from_arrow(table).write_parquet(polars)  # type: ignore[union-attr]
+    empty.write_bytes(b"")
+    text.write_text("stage,prompt\n0,1\n")
+    for path in (plain, v2, polars, empty, text, tmp_path / "missing.parquet"):
+        assert not pages.verified(str(path)), path.name
+
+
+def test_an_empty_table_is_vouched_for(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    _write(path, _table().slice(0, 0))
+    assert pages.verified(str(path))
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_a_flipped_bit_before_the_footer_is_caught_or_changes_nothing(
+    tmp_path_factory: pytest.TempPathFactory, writer: str, data: st.DataObject
+) -> None:
+    make, options = WRITERS[writer]
+    path = tmp_path_factory.mktemp("flip") / "log.parquet"
+    written = _write(path, make(), **options)
+    truth = pl.read_parquet(io.BytesIO(written))
+    at = data.draw(st.integers(4, _footer_start(written) - 1), label="byte")
+    bit = data.draw(st.integers(0, 7), label="bit")
+    flipped = bytearray(written)
+    flipped[at] ^= 1 << bit
+    path.write_bytes(bytes(flipped))
+    if pages.verified(str(path)):  # then Polars must decode what was written
+        got = pl.read_parquet(path)
+        assert got.rows() == truth.rows()
+
+
+def test_every_flip_in_the_footer_gives_an_answer(tmp_path: Path) -> None:
+    """The footer is read by the walk itself (pyarrow's reader aborts the
+    process on some corrupted footers): every flip gives True or False."""
+    path = tmp_path / "log.parquet"
+    written = _write(path, _nested(), compression="zstd")
+    answers = set()
+    for at in range(_footer_start(written), len(written)):
+        for bit in range(8):
+            flipped = bytearray(written)
+            flipped[at] ^= 1 << bit
+            path.write_bytes(bytes(flipped))
+            answers.add(pages.verified(str(path)))
+    assert answers == {True, False}
+
+
+def _footer_flip_polars_rejects(path: Path, written: bytes) -> bytes:
+    """A flip in the footer that the walk cannot see (no checksum covers the
+    footer), that leaves the schema as it was but keeps Polars from decoding
+    the file's pages."""
+    schema = pl.read_parquet_schema(io.BytesIO(written))
+    for at in range(_footer_start(written), len(written)):
+        for bit in range(8):
+            flipped = bytearray(written)
+            flipped[at] ^= 1 << bit
+            path.write_bytes(bytes(flipped))
+            if not pages.verified(str(path)):
+                continue
+            try:
+                if pl.read_parquet_schema(path) != schema:
+                    continue
+            except pl.exceptions.PolarsError:
+                continue
+            try:
+                pl.read_parquet(path, columns=["stage", "prompt", "cand", "token", "logprob"])
+            except (pl.exceptions.PolarsError, PanicException):
+                return bytes(flipped)
+    pytest.fail("no flip of the footer found that the walk accepts and Polars rejects")
+
+
+def test_validate_reports_a_vouched_file_polars_cannot_decode(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    generate(root, layout="long", stages=2, prompts=6, k=2, max_tokens=12)
+    tokens = sorted((root / "tokens").glob("*.parquet"))
+    assert all(pages.verified(str(p)) for p in tokens)  # the package writes checksums
+    sound = rp.validate(source=str(root / "tokens"), rewards=str(root / "rewards"))
+    assert sound.ok
+    bad = tokens[0]
+    bad.write_bytes(_footer_flip_polars_rejects(bad, bad.read_bytes()))
+    report = rp.validate(source=str(root / "tokens"), rewards=str(root / "rewards"))
+    assert not report.ok
+    assert "corrupt_file" in {problem.kind for problem in report.problems}
+
+
+def test_validate_reports_a_corrupted_page(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    generate(root, layout="long", stages=2, prompts=6, k=2, max_tokens=12)
+    bad = sorted((root / "tokens").glob("*.parquet"))[1]
+    written = bytearray(bad.read_bytes())
+    written[_footer_start(bytes(written)) - 1] ^= 0x10  # the last page's last byte
+    bad.write_bytes(bytes(written))
+    assert not pages.verified(str(bad))
+    report = rp.validate(source=str(root / "tokens"), rewards=str(root / "rewards"))
+    assert "corrupt_file" in {problem.kind for problem in report.problems}
