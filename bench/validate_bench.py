@@ -2,11 +2,15 @@
 
     python bench/validate_bench.py [--data /work/bench_data] [--size small|large]
         [--layouts long,nested] [--methods floor,stage_losses,validate] [--reps 2]
+        [--case NAME=DIR ...]
 
 Uses the data sets of ``bench/run.py`` (generate them with ``python
 bench/datagen.py --size large``). For each layout it first reads every file once
 (so that every method finds them in the page cache, the floor included), then
-runs, each in its own process: ``floor`` (Polars reading the same columns with a
+runs, each in its own process (``--case NAME=DIR``, repeated: those data sets
+instead, side by side in one run, each long when ``DIR/tokens`` exists, else
+nested; say, the same log written by Polars, without page checksums, and by the
+package's generator, with them): ``floor`` (Polars reading the same columns with a
 trivial sum, as in ``bench/queries.py``), ``stage_losses`` and ``validate`` (the
 full pass: every candidate and token row checked, every file decoded strictly by
 pyarrow), and prints the median seconds, the ratio to the floor, the CPU seconds
@@ -82,12 +86,21 @@ def main() -> int:
     parser.add_argument("--layouts", default="long,nested")
     parser.add_argument("--methods", default="floor,stage_losses,validate")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--case", action="append", default=[], help="NAME=DIR, repeatable")
     args = parser.parse_args()
+    cases = [
+        (layout, layout, Path(args.data) / args.size / layout) for layout in args.layouts.split(",")
+    ]
+    if args.case:
+        named = [case.split("=", 1) for case in args.case]
+        cases = [
+            (name, "long" if (Path(d) / "tokens").is_dir() else "nested", Path(d))
+            for name, d in named
+        ]
     status = 0
-    print(f"{'layout':8} {'method':13} {'median s':>9} {'x floor':>8} {'CPU s':>7}", end=" ")
+    print(f"{'case':12} {'method':13} {'median s':>9} {'x floor':>8} {'CPU s':>7}", end=" ")
     print(f"{'peak RSS MiB':>13}")
-    for layout in args.layouts.split(","):
-        root = Path(args.data) / args.size / layout
+    for name, layout, root in cases:
         warm(root)
         floor = None
         for method in args.methods.split(","):
@@ -99,7 +112,7 @@ def main() -> int:
             floor = median if method == "floor" else floor
             ratio = median / floor if floor else float("nan")
             cpu = statistics.median(cpus)
-            print(f"{layout:8} {method:13} {median:9.2f} {ratio:7.2f}x {cpu:7.2f} {out['peak']:13}")
+            print(f"{name:12} {method:13} {median:9.2f} {ratio:7.2f}x {cpu:7.2f} {out['peak']:13}")
             if method == "validate" and out["ok"] is not True:
                 print(f"validate found problems in {root}", file=sys.stderr)
                 status = 1
