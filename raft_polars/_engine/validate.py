@@ -780,6 +780,7 @@ def summarize(
 # most the rows of that many bytes; units decoded ahead of the reader, up to that
 # many bytes in all (two units at least, one a thread)
 _UNIT_BYTES, _UNIT_ROWS = 4 << 20, 1 << 19
+_POLARS_UNIT = 1 << 17  # rows a thread cuts at once from Polars' batches (cache, memory)
 _BATCH_ROWS = (1 << 10, 1 << 19)
 _THREADS, _AHEAD_BYTES = 2, 16 << 20
 
@@ -1119,7 +1120,7 @@ def _polars_units(
         for batch in scan.select(names).collect_batches(engine="streaming"):
             held.append(_cast(batch, types))
             size += batch.height
-            if size >= _UNIT_ROWS:
+            if size >= _POLARS_UNIT:
                 pending.append((pool.submit(then, held), size))
                 held, size = [], 0
                 if len(pending) > _THREADS:
