@@ -179,8 +179,12 @@ def footers_within(files: Sequence[str | Path], names: Sequence[str], box: Box) 
 
     if not files:
         return False
+    from raft_polars._engine.pages import footer_readable
+
     for path in files:
         try:
+            if not footer_readable(str(path)):  # pyarrow would abort on its column chunks
+                raise ValueError(path)
             meta = pq.read_metadata(path)
         except Exception:  # the scan reports unreadable files itself
             return False

@@ -21,7 +21,7 @@ import numpy as np
 
 from raft_polars._engine._jit import njit
 
-__all__ = ["verified"]
+__all__ = ["footer_readable", "verified"]
 
 # Thrift compact protocol types
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = (
@@ -108,10 +108,11 @@ def _chunks(data: Any) -> tuple[Any, Any]:
         columns = group[1]
         if len(columns) != len(leaves):
             raise _Malformed("a row group without a chunk for each column")
-        for chunk, (flat, element) in zip(columns, leaves, strict=True):
+        for chunk, (flat, element, _, _) in zip(columns, leaves, strict=True):
             if chunk.get(1) is not None:  # pages in another file
                 raise _Malformed("a column chunk in another file")
             column = chunk[3]
+            _typed(column, {1: _I32, 2: _LIST, 4: _I32, 5: _I64, 6: _I64, 7: _I64, 9: _I64})
             _agree(element, column)
             start = column.get(11) or column[9]  # the dictionary page comes first
             known = sum(1 << code for code in column[2] if 0 <= code < 63)
@@ -148,31 +149,88 @@ def _agree(element: dict[int, Any], column: dict[int, Any]) -> None:
         raise _Malformed("nulls in a required column")
 
 
-def _leaves(schema: list[dict[int, Any]]) -> list[tuple[bool, dict[int, Any]]]:
+def _leaves(schema: list[dict[int, Any]]) -> list[tuple[bool, dict[int, Any], int, int]]:
     """Each leaf column of a footer's schema (its elements depth first): whether
-    no field above it or of it repeats, and its element."""
-    leaves: list[tuple[bool, dict[int, Any]]] = []
+    no field above it or of it repeats, its element, and its largest definition
+    and repetition levels."""
+    leaves: list[tuple[bool, dict[int, Any], int, int]] = []
 
-    def walk(at: int, repeated: bool) -> int:
+    def walk(at: int, defs: int, reps: int) -> int:
         if at >= len(schema):
             raise _Malformed("a schema shorter than its children")
         element = schema[at]
+        _typed(element, {1: _I32, 2: _I32, 3: _I32, 4: _BINARY, 5: _I32, 6: _I32})
         repetition = element.get(3)  # 0 required, 1 optional, 2 repeated
-        if at and repetition not in (0, 1, 2):
+        if repetition not in (0, 1, 2):
             raise _Malformed("a field neither required, optional nor repeated")
-        repeated = repeated or repetition == 2
+        defs, reps = defs + (repetition != 0), reps + (repetition == 2)
         children = element.get(5) or 0
         at += 1
         if not children:
-            leaves.append((not repeated, element))
+            leaves.append((reps == 0, element, defs, reps))
         for _ in range(children):
-            at = walk(at, repeated)
+            at = walk(at, defs, reps)
         return at
 
     at = 1
     for _ in range(schema[0].get(5) or 0):  # the fields of the root
-        at = walk(at, False)
+        at = walk(at, 0, 0)
     return leaves
+
+
+def footer_readable(path: str) -> bool:
+    """Whether pyarrow may be asked for the column chunks of a Parquet file's
+    footer. pyarrow aborts the process (an exception thrown where none may be)
+    when a chunk's type is not its schema's, or its level histograms do not
+    have the lengths the schema gives them; this reads the footer itself and
+    checks them. False for anything it
+    cannot read (the caller then leaves the footer's details out)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, 2)
+            if size < 12:
+                return False
+            handle.seek(size - 8)
+            tail = handle.read(8)
+            length = int.from_bytes(tail[:4], "little")
+            if tail[4:] != b"PAR1" or length > size - 12:
+                return False
+            handle.seek(size - 8 - length)
+            meta, _ = _Thrift(handle.read(length)).struct()
+        leaves = _leaves(meta[2])
+        for group in meta[4]:
+            for chunk, (_, element, defs, reps) in zip(group[1], leaves, strict=True):
+                _typed(chunk, {3: _STRUCT})
+                _typed(chunk[3], {1: _I32, 16: _STRUCT})
+                if chunk[3][1] != element.get(1):
+                    return False  # the chunk's type is not the schema's
+                sizes = chunk[3].get(16)  # SizeStatistics
+                if sizes is not None:
+                    _typed(sizes, {1: _I64, 2: _LIST, 3: _LIST})
+                for field, levels in ((2, reps), (3, defs)):
+                    histogram = None if sizes is None else sizes.get(field)
+                    if (histogram and len(histogram) != levels + 1) or (histogram == [] and levels):
+                        return False  # none is written for a level that is always 0
+    except Exception:
+        return False
+    return True
+
+
+class _Struct(dict[int, Any]):
+    """A Thrift struct's fields, with the wire type each came in (``kinds``): a
+    reader that finds a field in another type than Parquet's skips it, so a
+    corrupted type makes the field absent there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: dict[int, int] = {}
+
+
+def _typed(fields: dict[int, Any], wanted: dict[int, int]) -> None:
+    """Raise unless each field of ``wanted`` present in ``fields`` came in its type."""
+    kinds = getattr(fields, "kinds", {})
+    if any(kinds.get(field, kind) != kind for field, kind in wanted.items()):
+        raise _Malformed("a footer field in another type than Parquet's")
 
 
 class _Thrift:
@@ -230,7 +288,7 @@ class _Thrift:
     def struct(self, at: int = 0, depth: int = 0) -> tuple[dict[int, Any], int]:
         if depth > 16:
             raise _Malformed("structs nested too deep")
-        fields: dict[int, Any] = {}
+        fields = _Struct()
         last = 0
         while True:
             head = self.data[at]
@@ -244,6 +302,7 @@ class _Thrift:
                 raw, at = self.varint(at)
                 last = (raw >> 1) ^ -(raw & 1)
             fields[last], at = self.value(kind, at, depth)
+            fields.kinds[last] = kind
 
 
 @njit()

@@ -107,7 +107,12 @@ def plan(
     limit = SHARD_BYTES if shard_bytes is None else shard_bytes
     hive = dict(source.hive)
     shards: list[Shard] = []
+    from raft_polars._engine.pages import footer_readable
+
     for index, data in enumerate(source.files):
+        if not footer_readable(data.path):  # pyarrow would abort on its column chunks
+            shards.append(Shard(Piece((index,))))  # the whole file, its reader says what
+            continue
         try:
             meta = pq.read_metadata(data.path)
         except Exception as bad:  # any failure to read the footer names the culprit
