@@ -222,7 +222,23 @@ try:
 except rp.RaftPolarsError as exc:
     out["validate_error"] = [type(exc).__name__, isinstance(exc, rp.RaftInputError), str(exc)]
 out.pop("rows", None)
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+if len(sys.argv) > 3:  # the same calls on a Dask cluster
+    from distributed import Client
+    import raft_polars.dask as rd
+    client = Client(sys.argv[3], set_as_default=False, timeout=60)
+    engine = rd.DaskEngine(client)
+    try:
+        table = rp.stage_losses(**kwargs, engine=engine)
+        out["dask_losses"] = dict(zip(table["stage"].to_list(), table["loss"].to_list()))
+    except rp.RaftPolarsError as exc:
+        out["dask_error"] = [type(exc).__name__, isinstance(exc, rp.RaftInputError), str(exc)]
+    try:
+        out["dask_validate_ok"] = rp.validate(**kwargs, engine=engine).ok
+    except rp.RaftPolarsError as exc:
+        out["dask_validate_error"] = [type(exc).__name__, isinstance(exc, rp.RaftInputError)]
+    client.close()
+    print(json.dumps(out))
 """
 
 
@@ -242,9 +258,10 @@ class Outcome:
         return f"{shown}\n{self.stderr[-2000:]}"
 
 
-def run(log: Log, changed: dict[str, bytes]) -> Outcome:
+def run(log: Log, changed: dict[str, bytes], dask: str | None = None) -> Outcome:
     """``stage_losses`` and ``validate`` on ``log`` with ``changed`` files in a
-    subprocess (and, for Parquet, pyarrow's strict read of every file first)."""
+    subprocess (and, for Parquet, pyarrow's strict read of every file first);
+    with ``dask`` (a scheduler's address), then both on that cluster too."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = {}
@@ -257,7 +274,7 @@ def run(log: Log, changed: dict[str, bytes]) -> Outcome:
         parquet = list(paths.values()) if log.kind == "parquet" else []
         done = subprocess.run(
             [sys.executable, "-X", "faulthandler", "-c", _SCRIPT, json.dumps(kwargs),
-             json.dumps(parquet)],
+             json.dumps(parquet), *([dask] if dask else [])],
             capture_output=True, text=True, timeout=TIMEOUT, check=False,
         )  # fmt: skip
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -439,10 +456,10 @@ def _flagged(out: dict[str, Any]) -> bool:
 # --- the checks -------------------------------------------------------------------------
 
 
-def check_parquet(log: Log, changed: dict[str, bytes]) -> None:
+def check_parquet(log: Log, changed: dict[str, bytes], dask: str | None = None) -> None:
     """A RaftPolarsError, or the reference's losses; a different answer is
     flagged by validate (or, without checksums, is what pyarrow decodes)."""
-    outcome = run(log, changed)
+    outcome = run(log, changed, dask)
     strict = outcome.lines[0].get("strict") if outcome.lines else None
     rows = next((line["rows"] for line in outcome.lines if "rows" in line), None)
     if outcome.returncode != 0:
@@ -465,12 +482,16 @@ def check_parquet(log: Log, changed: dict[str, bytes]) -> None:
     if "losses" in out and not same(out["losses"], EXPECTED):
         quiet = isinstance(decoded, dict) and same(out["losses"], decoded)
         assert quiet or _flagged(out), f"a different answer validate misses: {outcome.show()}"
+    if dask:
+        check_dask(outcome)
 
 
-def check_jsonl(log: Log, changed: dict[str, bytes]) -> None:
+def check_jsonl(log: Log, changed: dict[str, bytes], dask: str | None = None) -> None:
     """The reference of the corrupted files themselves, or RaftInputError naming
     the file Python's json cannot parse, or RaftInputError for invalid rows."""
-    outcome = run(log, changed)
+    outcome = run(log, changed, dask)
+    if dask:
+        check_dask(outcome)
     assert outcome.returncode == 0, outcome.show()
     out = outcome.last
     rows = {
@@ -497,8 +518,29 @@ def check_jsonl(log: Log, changed: dict[str, bytes]) -> None:
     assert same(out["losses"], want), f"the reference gives {want}: {outcome.show()}"
 
 
-def check(log: Log, changed: dict[str, bytes]) -> None:
-    (check_parquet if log.kind == "parquet" else check_jsonl)(log, changed)
+def check_dask(outcome: Outcome) -> None:
+    """The Dask executor answers as the in-process one did: the same losses, or
+    a RaftInputError where it raised one; validate flags the same logs."""
+    out = outcome.last
+    assert "dask_losses" in out or "dask_error" in out, outcome.show()
+    if "losses" in out:
+        assert "dask_losses" in out, outcome.show()
+        assert out["dask_losses"].keys() == out["losses"].keys(), outcome.show()
+        for stage, loss in out["losses"].items():
+            other = out["dask_losses"][stage]
+            assert (loss is None) == (other is None), outcome.show()
+            assert loss is None or math.isclose(loss, other, rel_tol=1e-9), outcome.show()
+    else:
+        assert "dask_error" in out, outcome.show()
+        assert out["dask_error"][1] == out["error"][1], outcome.show()
+    dask_flagged = out.get("dask_validate_ok") is False or bool(
+        out.get("dask_validate_error", [0, False])[1]
+    )
+    assert dask_flagged == _flagged(out), outcome.show()
+
+
+def check(log: Log, changed: dict[str, bytes], dask: str | None = None) -> None:
+    (check_parquet if log.kind == "parquet" else check_jsonl)(log, changed, dask)
 
 
 # --- the cases ---------------------------------------------------------------------------
@@ -511,10 +553,19 @@ corruptions = {
 }
 
 
-def _case(logs: Logs, name: str, which: int, **corruption: Any) -> None:
+def _case(logs: Logs, name: str, which: int, dask: str | None = None, **corruption: Any) -> None:
     log = logs[name]
     rel = sorted(log.files)[which % len(log.files)]
-    check(log, {rel: corrupt(log.files[rel], **corruption)})
+    check(log, {rel: corrupt(log.files[rel], **corruption)}, dask)
+
+
+def _scheduler() -> str:
+    """The address of the shared local Dask cluster (127.0.0.1)."""
+    pytest.importorskip("distributed")
+    import dask_cluster
+
+    address: str = dask_cluster.client().scheduler.address
+    return address
 
 
 def test_the_logs_as_written(logs: Logs, tmp_path: Path) -> None:
@@ -580,6 +631,25 @@ def test_jsonl(logs: Logs, layout: str, which: int, **corruption: Any) -> None:
     second past the rows Polars infers the schema from; the nested first part
     gzip-compressed)."""
     _case(logs, f"{layout}-jsonl", which, **corruption)
+
+
+@settings(max_examples=6, deadline=None)
+@given(writer=st.sampled_from(["package", "pyarrow", "plain"]), which=st.integers(0, 1),
+       layout=st.sampled_from(["long", "nested"]), **corruptions)  # fmt: skip
+def test_parquet_on_dask(
+    logs: Logs, writer: str, which: int, layout: str, **corruption: Any
+) -> None:
+    """The same corruptions through the Dask executor: the answers of the
+    in-process one, which the cases above check against the reference."""
+    _case(logs, f"{layout}-parquet-{writer}", which, _scheduler(), **corruption)
+
+
+@pytest.mark.parametrize("layout", ["nested", "long"])
+@settings(max_examples=4, deadline=None)
+@given(which=st.integers(0, 2), **corruptions)
+def test_jsonl_on_dask(logs: Logs, layout: str, which: int, **corruption: Any) -> None:
+    """JSON lines through the Dask executor, as through the in-process one."""
+    _case(logs, f"{layout}-jsonl", which, _scheduler(), **corruption)
 
 
 def test_jsonl_parts_whose_keys_differ(logs: Logs, tmp_path: Path) -> None:
