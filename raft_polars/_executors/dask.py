@@ -48,7 +48,7 @@ from raft_polars._engine.reduce import (
     selected_rows,
     token_sums,
 )
-from raft_polars._engine.sources import Piece, Resolved, parquet_error
+from raft_polars._engine.sources import Piece, Resolved
 from raft_polars._engine.stats import best_of_n_sums, candidate_table, prompt_table, stage_sums
 from raft_polars._progress import Clock, active, report
 from raft_polars.selection import Reduction, Selection
@@ -110,13 +110,13 @@ def plan(
     from raft_polars._engine.pages import footer_readable
 
     for index, data in enumerate(source.files):
-        if not footer_readable(data.path):  # pyarrow would abort on its column chunks
-            shards.append(Shard(Piece((index,))))  # the whole file, its reader says what
+        try:  # pyarrow would abort on column chunks footer_readable refuses
+            meta = pq.read_metadata(data.path) if footer_readable(data.path) else None
+        except Exception:  # a footer pyarrow cannot read; Polars may, as in-process
+            meta = None
+        if meta is None:  # the whole file, its reader says what is wrong with it
+            shards.append(Shard(Piece((index,))))
             continue
-        try:
-            meta = pq.read_metadata(data.path)
-        except Exception as bad:  # any failure to read the footer names the culprit
-            raise parquet_error(data.path, bad) from bad
         groups: list[list[int]] = [[]]
         size = 0
         for rg in range(meta.num_row_groups):
@@ -254,21 +254,48 @@ def _check(frame: pl.DataFrame, selection: Selection, limit: int, nested: bool) 
     return vk.check_candidates(frame, selection, limit, nested=nested)
 
 
+def _seen(rows: pl.DataFrame) -> tuple[Bound, Bound] | None:
+    """Per column, the least and the greatest ``stage`` and ``prompt`` of the rows
+    read (None without rows): the bounds the footer statistics claim, measured."""
+    if rows.height == 0:
+        return None
+    found = rows.select(
+        *(pl.col(c).min().alias(f"{c}_lo") for c in ("stage", "prompt")),
+        *(pl.col(c).max().alias(f"{c}_hi") for c in ("stage", "prompt")),
+    ).row(0)
+    return found[:2], found[2:]
+
+
+def _within(shard: Shard, seen: tuple[Bound, Bound] | None) -> bool:
+    """Whether the rows a shard holds lie inside the bounds its plan claims."""
+    if seen is None or shard.lo is None or shard.hi is None:
+        return True
+    try:
+        return all(
+            lo <= low and high <= hi
+            for lo, hi, low, high in zip(shard.lo, shard.hi, *seen, strict=False)
+        )
+    except TypeError:  # null ids, or ids of another kind than the statistics
+        return False
+
+
 def _t_part(
     log: StageLog, piece: Piece, read: Reader, kernel: Callable[..., Any], *args: Any
-) -> Any:
-    """A kernel on the rows of one isolated piece."""
-    return kernel(log.collect(read(log, piece)), *args)
+) -> tuple[Any, tuple[Bound, Bound] | None]:
+    """A kernel on the rows of one isolated piece, and the bounds of those rows."""
+    rows = log.collect(read(log, piece))
+    return kernel(rows, *args), _seen(rows)
 
 
 def _t_split(
     log: StageLog, piece: Piece, read: Reader, group: tuple[str, ...], buckets: int
-) -> list[pl.DataFrame]:
-    """A piece's rows in ``buckets`` parts, by a hash of the ``group`` ids."""
+) -> list[Any]:
+    """A piece's rows in ``buckets`` parts, by a hash of the ``group`` ids, then
+    the bounds of those rows."""
     rows = log.collect(read(log, piece))
     index = (pl.struct(list(group)).hash(seed=_SEED) % buckets).alias("_bucket")
     parts = rows.with_columns(index).partition_by("_bucket", as_dict=True, include_key=False)
-    return [parts.get((b,), rows.head(0)) for b in range(buckets)]
+    return [*(parts.get((b,), rows.head(0)) for b in range(buckets)), _seen(rows)]
 
 
 def _t_bucket(pieces: list[pl.DataFrame], kernel: Callable[..., Any], *args: Any) -> Any:
@@ -400,19 +427,7 @@ class DaskExecutor:
                     ]
                 )
             else:
-                per_response = reduction == "sequence"
-                reduced = job.gather(
-                    [
-                        job.submit(
-                            _t_tokens,
-                            job.log,
-                            s,
-                            *job.covering(ranks, s, keys=True),
-                            per_response=per_response,
-                        )
-                        for s in job.token_shards()
-                    ]
-                )
+                reduced = job.tokens(ranks, per_response=reduction == "sequence")
             stages = job.stages
         return finish(
             log,
@@ -490,19 +505,8 @@ class DaskExecutor:
                 )
             counts = job.gather([job.submit(_t_lengths, job.log, s) for s in job.cand_shards])
         else:
-            reduced = job.gather(
-                [
-                    job.submit(
-                        _t_tokens,
-                        job.log,
-                        s,
-                        *job.covering(ranks, s, keys=True),
-                        per_response=reduction == "sequence",
-                        checks=every_reduce,
-                        every=True,
-                    )
-                    for s in job.token_shards()
-                ]
+            reduced = job.tokens(
+                ranks, per_response=reduction == "sequence", checks=every_reduce, every=True
             )
             counts = [r.counts for r in reduced]
         pairs = job.gather([job.submit(_t_keys_chosen, r) for r, _, _ in ranks])
@@ -551,19 +555,7 @@ class DaskExecutor:
             ranks = job.rank(selection)
             counts = None
             if log.layout == "long":
-                parts = job.gather(
-                    [
-                        job.submit(
-                            _t_tokens,
-                            job.log,
-                            s,
-                            *job.covering(ranks, s, keys=True),
-                            per_response=True,
-                            checks=False,
-                        )
-                        for s in job.token_shards()
-                    ]
-                )
+                parts = job.tokens(ranks, per_response=True, checks=False)
                 raise_first(
                     merge(p.problems for p in parts),
                     origin=log.origin,
@@ -660,11 +652,18 @@ class _Job:
         return ranks
 
     def partitions(
-        self, group: tuple[str, ...], read: Reader, kernel: Callable[..., Any], *args: Any
+        self,
+        group: tuple[str, ...],
+        read: Reader,
+        kernel: Callable[..., Any],
+        *args: Any,
+        retry: bool = True,
     ) -> list[tuple[Any, Bound | None, Bound | None]]:
         """``kernel(rows, *args)`` on partitions of the candidate rows that hold
         whole ``group`` s (prompts, or stages): the isolated shards as they are,
-        else the buckets of a hash shuffle. Futures, with the bounds of their ids."""
+        else the buckets of a hash shuffle. Futures, with the bounds of their ids;
+        the shards' bounds are checked against the rows read (``retry``: run
+        again when the isolation rested on bounds the rows break)."""
         width = len(group)
 
         def cut(bound: Bound | None) -> Bound | None:
@@ -673,18 +672,60 @@ class _Job:
         shards = self.cand_shards
         if width == 1:  # the global ranking needs whole stages
             shards = mark_isolated([replace(s, lo=cut(s.lo), hi=cut(s.hi)) for s in shards])
-        if all(s.isolated for s in shards):
-            return [
-                (self.submit(_t_part, self.log, s.piece, read, kernel, *args), s.lo, s.hi)
-                for s in shards
-            ]
-        buckets = max(1, min(len(shards), 2 * self.workers))
-        maps = [self.submit(_t_split, self.log, s.piece, read, group, buckets) for s in shards]
         out: list[tuple[Any, Bound | None, Bound | None]] = []
-        for b in range(buckets):
-            pieces = [self.submit(operator.getitem, m, b) for m in maps]
-            out.append((self.submit(_t_bucket, pieces, kernel, *args), None, None))
-        return out
+        if all(s.isolated for s in shards):
+            pairs = [self.submit(_t_part, self.log, s.piece, read, kernel, *args) for s in shards]
+            seen = [self.submit(operator.getitem, p, 1) for p in pairs]
+            for pair, shard in zip(pairs, shards, strict=True):
+                out.append((self.submit(operator.getitem, pair, 0), shard.lo, shard.hi))
+        else:
+            buckets = max(1, min(len(shards), 2 * self.workers))
+            maps = [self.submit(_t_split, self.log, s.piece, read, group, buckets) for s in shards]
+            seen = [self.submit(operator.getitem, m, buckets) for m in maps]
+            for b in range(buckets):
+                pieces = [self.submit(operator.getitem, m, b) for m in maps]
+                out.append((self.submit(_t_bucket, pieces, kernel, *args), None, None))
+        # the bounds come from footer statistics; a damaged page (or a writer's bug)
+        # can hold ids outside them, which the isolation and the cuts would lose:
+        # measured bounds replace claimed ones, and isolated shards run again
+        measured: list[tuple[Bound, Bound] | None] = self.client.gather(seen)
+        if all(_within(s, m) for s, m in zip(self.cand_shards, measured, strict=True)):
+            return out
+        self.cand_shards = mark_isolated(
+            [
+                s if m is None else replace(s, lo=m[0], hi=m[1])
+                for s, m in zip(self.cand_shards, measured, strict=True)
+            ]
+        )
+        if not all(s.isolated for s in shards) or not retry:
+            return out
+        return self.partitions(group, read, kernel, *args, retry=False)
+
+    def tokens(
+        self, ranks: Sequence[tuple[Any, Bound | None, Bound | None]], **options: Any
+    ) -> list[Reduced]:
+        """The token pass (``_t_tokens`` with ``options``) over the token shards,
+        each given the keys within its bounds. The bounds come from footer
+        statistics: a shard whose rows find no key (orphans, or ids outside what
+        its footer claims) runs again with every key, so that it answers as the
+        in-process pass does."""
+        shards = self.token_shards()
+
+        def submit(shard: Shard, scope: Shard) -> Any:
+            cuts = self.covering(ranks, scope, keys=True)
+            return self.submit(_t_tokens, self.log, shard, *cuts, **options)
+
+        reduced: list[Reduced] = self.gather([submit(s, s) for s in shards])
+        again = [
+            i
+            for i, (shard, part) in enumerate(zip(shards, reduced, strict=True))
+            if shard.lo is not None and any(p.kind == "orphan_tokens" for p in part.problems)
+        ]
+        if again:
+            unbounded = [submit(shards[i], replace(shards[i], lo=None, hi=None)) for i in again]
+            for i, part in zip(again, self.gather(unbounded), strict=True):
+                reduced[i] = part
+        return reduced
 
     def covering(
         self,
