@@ -71,8 +71,11 @@ def verified(path: str) -> bool:
         return False
     finally:
         del data
-        view.release()
-        mm.close()
+        try:
+            view.release()
+            mm.close()
+        except BufferError:  # a view still held elsewhere (a sampling profiler's
+            pass  # frame, as on a Dask worker): the map closes with its last view
 
 
 # the columns of a column chunk for the walk
