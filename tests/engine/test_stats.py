@@ -16,6 +16,7 @@ import dask_cluster
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reference import best_index, long_frames, nested_frame, write_split
 from strategies import ragged_logs
 
@@ -225,3 +226,38 @@ def test_prompt_stats(tmp_path: Path, engine: str) -> None:
     assert table["zero_variance"].to_list() == [True, True, False, True, True, True]
     assert table["stages"].to_list() == [2] * 6
     assert table.filter(stage=0, prompt=2)["cand"].item() == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    log=ragged_logs(max_stages=3, max_prompts=5, max_k=6), pairs=st.sampled_from([1, 2, 7, 1 << 21])
+)
+def test_best_of_n_in_chunks_of_whole_prompts(log: Any, pairs: int) -> None:
+    """best_of_n expands each candidate into one row per n a bounded number of
+    pairs at a time (it held every pair at once: 3.2 GiB at 692 M tokens): any
+    chunk size gives the brute-force curves."""
+    from raft_polars._engine.stats import best_of_n_sums, prompt_chunks
+
+    rows = [
+        {"stage": t, "prompt": p, "cand": c, "reward": r}
+        for t, stage in enumerate(log[1])
+        for p, rewards in enumerate(stage)
+        for c, r in enumerate(rewards)
+    ]
+    cands = pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=1)
+    got = best_of_n_sums(cands, pairs=pairs)
+    sizes = cands.group_by("stage", "prompt").len()
+    ranked = cands.with_columns(pl.len().over("stage", "prompt").alias("k")).sort("stage", "prompt")
+    chunks = prompt_chunks(ranked, pairs)
+    # whole prompts, each chunk starting within ``pairs`` of its pairs' start
+    assert sum(c.height for c in chunks) == cands.height
+    assert sum(c.select("stage", "prompt").n_unique() for c in chunks) == sizes.height
+    if pairs == 1:
+        assert len(chunks) == sizes.height
+    want = ref_best_of_n(log[1])
+    assert sorted(zip(got["stage"], got["n"], strict=True)) == sorted(want)
+    for row in got.iter_rows(named=True):
+        prompts, best, worst = want[(row["stage"], row["n"])]
+        assert row["prompts"] == prompts
+        assert _close(row["best_sum"] / prompts, best)
+        assert _close(row["worst_sum"] / prompts, worst)
