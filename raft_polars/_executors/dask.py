@@ -49,7 +49,7 @@ from raft_polars._engine.reduce import (
     token_sums,
 )
 from raft_polars._engine.sources import Piece, Resolved
-from raft_polars._engine.stats import best_of_n_sums, candidate_table, prompt_table, stage_sums
+from raft_polars._engine.stats import best_of_n_sums, prompt_rows, stats_parts
 from raft_polars._progress import Clock, active, report
 from raft_polars.selection import Reduction, Selection
 
@@ -527,8 +527,7 @@ class DaskExecutor:
             log, [*stages, *(r.stages for r in reduced)], [r.responses for r in reduced],
             merge(r.problems for r in reduced), reduction, skipped=_skips(selection),
         )  # fmt: skip
-        cands = candidate_table(keys, chosen, counts)
-        return table, [stage_sums(cands, prompt_table(cands))]
+        return table, stats_parts(keys, chosen, counts)
 
     def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
         with self._client() as client:
@@ -538,7 +537,7 @@ class DaskExecutor:
         raise_first(
             merge(r.problems for r in reduced), origin=log.origin, token_origin=log.token_origin
         )
-        return prompt_table(candidate_table(keys, chosen, counts))
+        return prompt_rows(keys, chosen, counts)
 
     def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
         with self._client() as client:

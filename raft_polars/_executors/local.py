@@ -29,9 +29,8 @@ from raft_polars._engine.reduce import (
 )
 from raft_polars._engine.stats import (
     best_of_n_sums,
-    candidate_table,
-    prompt_table,
-    stage_sums,
+    prompt_rows,
+    stats_parts,
 )
 from raft_polars._progress import Clock, report
 from raft_polars.selection import Reduction, Selection
@@ -82,8 +81,7 @@ class LocalExecutor:
         counts: pl.DataFrame | None
         if not log.has_logprobs:
             table = finish(log, [ranked.stages], [], [], reduction, skipped=_skips(selection))
-            cands = candidate_table(ranked.keys.canonical(), ranked.chosen, None)
-            return table, [stage_sums(cands, prompt_table(cands))]
+            return table, stats_parts(ranked.keys.canonical(), ranked.chosen, None)
         if log.layout == "nested":
             reduced = nested_sums(log, ranked.chosen, keys=ranked.token_keys)
             counts = list_lengths(log)
@@ -105,8 +103,7 @@ class LocalExecutor:
             reduction,
             skipped=_skips(selection),
         )
-        cands = candidate_table(ranked.keys.canonical(), ranked.chosen, counts)
-        return table, [stage_sums(cands, prompt_table(cands))]
+        return table, stats_parts(ranked.keys.canonical(), ranked.chosen, counts)
 
     def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
         ranked = self.rank(log, selection)
@@ -118,7 +115,7 @@ class LocalExecutor:
             raise_first(reduced.problems, origin=log.origin, token_origin=log.token_origin)
             assert reduced.counts is not None
             counts = reduced.counts
-        return prompt_table(candidate_table(ranked.keys.canonical(), ranked.chosen, counts))
+        return prompt_rows(ranked.keys.canonical(), ranked.chosen, counts)
 
     def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
         ranked = self.rank(log, selection)

@@ -261,3 +261,58 @@ def test_best_of_n_in_chunks_of_whole_prompts(log: Any, pairs: int) -> None:
         assert row["prompts"] == prompts
         assert _close(row["best_sum"] / prompts, best)
         assert _close(row["worst_sum"] / prompts, worst)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    log=ragged_logs(max_stages=3, max_prompts=6, max_k=5),
+    candidates=st.sampled_from([1, 2, 5]),
+    counted=st.booleans(),
+)
+def test_statistics_by_parts_of_whole_prompts(log: Any, candidates: int, counted: bool) -> None:
+    """stage_stats and prompt_stats build their candidate tables a bounded number
+    of candidates at a time (all 2.6 M candidates of 692 M tokens at once peaked
+    at 1.5 GiB): any part size gives the per-stage statistics and the per-prompt
+    rows of one whole table."""
+    from raft_polars._engine.stats import (
+        by_prompts,
+        candidate_table,
+        prompt_rows,
+        prompt_table,
+        stage_sums,
+        stats_parts,
+        stats_table,
+    )
+
+    rows = [
+        {"stage": t, "prompt": p, "cand": c, "reward": r}
+        for t, stage in enumerate(log[1])
+        for p, rewards in enumerate(stage)
+        for c, r in enumerate(rewards)
+    ]
+    keys = pl.DataFrame(rows)
+    chosen = keys.sort("reward", descending=True).unique(["stage", "prompt"], keep="first")
+    tokens = None
+    if counted:
+        tokens = keys.select("stage", "prompt", "cand", (pl.col("cand") * 3 + 1).alias("tokens"))
+    whole = candidate_table(keys, chosen, tokens)
+    parts = list(by_prompts(keys, chosen, tokens, candidates=candidates))
+    assert sum(p.height for p in parts) == whole.height
+    assert sum(p.select("stage", "prompt").n_unique() for p in parts) == (
+        whole.select("stage", "prompt").n_unique()
+    )  # whole prompts: no prompt in two parts
+    order = ["stage", "prompt"]
+    want = prompt_table(whole).sort(order)
+    got = prompt_rows(keys, chosen, tokens, candidates=candidates).sort(order)
+    assert got.columns == want.columns
+    for a, b in zip(got.iter_rows(), want.iter_rows(), strict=True):
+        assert all(_close(x, y) for x, y in zip(a, b, strict=True)), (a, b)
+    lengths = tokens is not None
+    want_stats = stats_table([stage_sums(whole, prompt_table(whole))], lengths=lengths).sort(
+        "stage"
+    )
+    got_stats = stats_table(
+        stats_parts(keys, chosen, tokens, candidates=candidates), lengths=lengths
+    ).sort("stage")
+    for a, b in zip(got_stats.iter_rows(), want_stats.iter_rows(), strict=True):
+        assert all(_close(x, y) for x, y in zip(a, b, strict=True)), (a, b)
