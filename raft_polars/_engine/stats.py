@@ -41,6 +41,7 @@ __all__ = [
     "candidate_table",
     "prompt_rows",
     "prompt_table",
+    "split_prompts",
     "stage_sums",
     "stats_parts",
     "stats_table",
@@ -82,6 +83,17 @@ _CANDIDATES = 1 << 19
 _BUCKET_SEED = 0x5AF8
 
 
+def split_prompts(frame: pl.DataFrame, parts: int) -> list[pl.DataFrame]:
+    """``frame`` in ``parts`` parts of whole prompts, by a hash of ``stage,
+    prompt``: a prompt falls in the same part of every frame whose ids have the
+    same types."""
+    if parts <= 1:
+        return [frame]
+    bucket = (pl.struct(*_PROMPT).hash(seed=_BUCKET_SEED) % parts).alias("_part")
+    found = frame.with_columns(bucket).partition_by("_part", as_dict=True, include_key=False)
+    return [found.get((b,), frame.head(0)) for b in range(parts)]
+
+
 def by_prompts(
     keys: pl.DataFrame,
     chosen: pl.DataFrame,
@@ -90,20 +102,12 @@ def by_prompts(
     candidates: int = _CANDIDATES,
 ) -> Iterator[pl.DataFrame]:
     """:func:`candidate_table` in parts of whole prompts, about ``candidates``
-    rows each (by a hash of ``stage, prompt``, the same in the three frames)."""
+    rows each (:func:`split_prompts` of the three frames)."""
     parts = max(1, -(-keys.height // candidates))
-    if parts == 1:
-        yield candidate_table(keys, chosen, tokens)
-        return
-    bucket = (pl.struct(*_PROMPT).hash(seed=_BUCKET_SEED) % parts).alias("_part")
-
-    def split(frame: pl.DataFrame) -> list[pl.DataFrame]:
-        found = frame.with_columns(bucket).partition_by("_part", as_dict=True, include_key=False)
-        return [found.get((b,), frame.head(0)) for b in range(parts)]
-
-    counted = [None] * parts if tokens is None else split(tokens)
-    for own, picked, count in zip(split(keys), split(chosen), counted, strict=True):
-        yield candidate_table(own, picked, count)
+    counted = [None] * parts if tokens is None else split_prompts(tokens, parts)
+    own, picked = split_prompts(keys, parts), split_prompts(chosen, parts)
+    for frames in zip(own, picked, counted, strict=True):
+        yield candidate_table(*frames)
 
 
 def stats_parts(
@@ -284,14 +288,10 @@ def best_of_n_sums(cands: pl.DataFrame, *, pairs: int = _PAIRS) -> pl.DataFrame:
               "best_sum": pl.Float64, "worst_sum": pl.Float64}  # fmt: skip
     if cands.height == 0:
         return pl.DataFrame(schema=schema)
-    ranked = cands.select(
-        *_PROMPT,
-        pl.col("reward").cast(pl.Float64),
-        pl.col("reward").rank("ordinal").over(_PROMPT).cast(pl.Int64).alias("i"),
-        pl.len().over(_PROMPT).cast(pl.Int64).alias("k"),
-    ).sort(_PROMPT, maintain_order=True)  # whole prompts in consecutive rows
-    largest = int(ranked["k"].max())  # type: ignore[arg-type]
-    chunks = prompt_chunks(ranked, pairs)
+    sizes = cands.group_by(_PROMPT).len()["len"]
+    largest = int(sizes.max())  # type: ignore[arg-type]
+    parts = max(1, -(-int((sizes * sizes).sum()) // pairs))  # a prompt of k has k * k pairs
+    chunks = [c for c in split_prompts(cands, parts) if c.height]
     sums = pl.concat([_best_of_n_chunk(c, largest) for c in chunks], how="vertical")
     return (
         sums.group_by(["stage", "n"])
@@ -301,22 +301,15 @@ def best_of_n_sums(cands: pl.DataFrame, *, pairs: int = _PAIRS) -> pl.DataFrame:
     )
 
 
-def prompt_chunks(ranked: pl.DataFrame, pairs: int) -> list[pl.DataFrame]:
-    """``ranked`` (whole prompts in consecutive rows, ``k`` their sizes) cut
-    between prompts every ``pairs`` (candidate, n) pairs: a prompt goes to the
-    chunk where its first pair falls."""
-    before = pl.col("k").cum_sum() - pl.col("k")  # pairs before each candidate's
-    chunk = (before // pairs).alias("_chunk")
-    return (
-        ranked.with_columns(chunk)
-        .with_columns(pl.col("_chunk").first().over(_PROMPT))  # the prompt's first row's
-        .partition_by("_chunk", include_key=False, maintain_order=True)
-    )
-
-
-def _best_of_n_chunk(ranked: pl.DataFrame, largest: int) -> pl.DataFrame:
-    """:func:`best_of_n_sums` of whole prompts, ranked (``i``, ``k``)."""
+def _best_of_n_chunk(cands: pl.DataFrame, largest: int) -> pl.DataFrame:
+    """:func:`best_of_n_sums` of whole prompts (``largest``: the greatest k)."""
     lf = pl.lit(_log_factorials(largest))
+    ranked = cands.select(
+        *_PROMPT,
+        pl.col("reward").cast(pl.Float64),
+        pl.col("reward").rank("ordinal").over(_PROMPT).cast(pl.Int64).alias("i"),
+        pl.len().over(_PROMPT).cast(pl.Int64).alias("k"),
+    )
 
     def log_choose(a: pl.Expr, b: pl.Expr) -> pl.Expr:
         return lf.gather(a) - lf.gather(b) - lf.gather(a - b)

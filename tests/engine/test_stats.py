@@ -236,7 +236,9 @@ def test_best_of_n_in_chunks_of_whole_prompts(log: Any, pairs: int) -> None:
     """best_of_n expands each candidate into one row per n a bounded number of
     pairs at a time (it held every pair at once: 3.2 GiB at 692 M tokens): any
     chunk size gives the brute-force curves."""
-    from raft_polars._engine.stats import best_of_n_sums, prompt_chunks
+    from unittest import mock
+
+    from raft_polars._engine import stats
 
     rows = [
         {"stage": t, "prompt": p, "cand": c, "reward": r}
@@ -245,15 +247,22 @@ def test_best_of_n_in_chunks_of_whole_prompts(log: Any, pairs: int) -> None:
         for c, r in enumerate(rewards)
     ]
     cands = pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=1)
-    got = best_of_n_sums(cands, pairs=pairs)
-    sizes = cands.group_by("stage", "prompt").len()
-    ranked = cands.with_columns(pl.len().over("stage", "prompt").alias("k")).sort("stage", "prompt")
-    chunks = prompt_chunks(ranked, pairs)
-    # whole prompts, each chunk starting within ``pairs`` of its pairs' start
+    split: list[list[pl.DataFrame]] = []
+    real = stats.split_prompts
+
+    def spy(frame: pl.DataFrame, parts: int) -> list[pl.DataFrame]:
+        split.append(real(frame, parts))
+        return split[-1]
+
+    with mock.patch.object(stats, "split_prompts", spy):
+        got = stats.best_of_n_sums(cands, pairs=pairs)
+    sizes = cands.group_by("stage", "prompt").len()["len"]
+    # one split, into a part per ``pairs`` pairs (a prompt of k has k * k), of whole prompts
+    assert len(split) == 1
+    chunks = split[0]
+    assert len(chunks) == max(1, -(-int((sizes * sizes).sum()) // pairs))
     assert sum(c.height for c in chunks) == cands.height
-    assert sum(c.select("stage", "prompt").n_unique() for c in chunks) == sizes.height
-    if pairs == 1:
-        assert len(chunks) == sizes.height
+    assert sum(c.select("stage", "prompt").n_unique() for c in chunks) == sizes.len()
     want = ref_best_of_n(log[1])
     assert sorted(zip(got["stage"], got["n"], strict=True)) == sorted(want)
     for row in got.iter_rows(named=True):
