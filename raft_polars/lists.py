@@ -166,9 +166,11 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
     """
     from raft_polars._engine._compiled import (
         NO_LOOKUP,
+        NO_MASK,
         NO_STRINGS,
         best_of_groups,
         groups_of,
+        positions,
         scatter,
     )
 
@@ -196,13 +198,12 @@ def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
         return None
     values = array.values.to_numpy()
     scatter(
-        index,
+        positions(index, stages),
         NO_STRINGS,
         NO_STRINGS,
         NO_LOOKUP,
-        0,
         values,
-        np.zeros(0, dtype=np.bool_),
+        NO_MASK,
         table,
         nll,
         tokens,

@@ -13,6 +13,7 @@ around it (reading, positions, the slots, the checks) stays columnar.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,12 +24,17 @@ from raft_polars._engine._jit import njit
 
 __all__ = [
     "NO_LOOKUP",
+    "NO_MASK",
     "NO_STRINGS",
+    "Ids",
     "Strings",
     "best_of_groups",
+    "column",
     "groups_of",
+    "ids_of",
     "name_table",
     "nest_ids",
+    "positions",
     "scatter",
     "strings",
     "touch",
@@ -209,13 +215,82 @@ def _code(
     return -1
 
 
+Array = npt.NDArray[Any]
+
+
+class Ids(NamedTuple):
+    """The token rows' ids as :func:`scatter` reads them.
+
+    A row's position is ``((stage - lows[0]) * spans[1] + (prompt - lows[1])) *
+    spans[2] + (cand - lows[2])``, each part checked to lie in ``[0, span)``
+    (else the row is outside). The three columns have one integer type (int32
+    or int64: one compiled loop for each). A part whose ``parts`` flag is 0 has
+    no column (its array is ``stage`` again, compared but not used): it is 0,
+    or, for the prompt when the loop reads string prompts, the code of the
+    row's string. ``ok`` is empty when no id is null, else one flag per row
+    (whether all of them are not null; a null id is outside).
+    """
+
+    stage: Array
+    prompt: Array
+    cand: Array
+    ok: npt.NDArray[np.bool_]
+    lows: npt.NDArray[np.int64]
+    spans: npt.NDArray[np.int64]
+    parts: npt.NDArray[np.int64]  # whether the prompt and the cand have columns
+
+
+Column = tuple[Array, npt.NDArray[np.bool_] | None]  # values, validity (see column)
+NO_MASK = _frozen(np.zeros(0, dtype=np.bool_))  # no row is null
+
+
+def column(series: pl.Series) -> Column:
+    """A numeric column as the loops read it: its values (zero copy when it
+    has no nulls; a null's value is arbitrary) and its validity (None when it
+    has no nulls), read-only both (one compiled type)."""
+    if not series.has_nulls():
+        return _frozen(series.to_numpy()), None
+    values = series.fill_null(0) if series.dtype.is_integer() else series
+    return _frozen(values.to_numpy()), _frozen(series.is_not_null().to_numpy())
+
+
+def ids_of(
+    stage: Column,
+    prompt: Column | None,
+    cand: Column | None,
+    lows: Sequence[int],
+    spans: Sequence[int],
+) -> Ids:
+    """:class:`Ids` of the ``stage, prompt, cand`` columns (None: not there) in
+    a box of ``lows`` and ``spans``: integer columns of at most 64 bits whose
+    values fit int64, widened to one type (a copy of the narrower ones)."""
+    columns = [c for c in (stage, prompt, cand) if c is not None]
+    wide = any(values.dtype.itemsize > 4 or values.dtype == np.uint32 for values, _ in columns)
+    kind = np.int64 if wide else np.int32
+    arrays = [_frozen(values.astype(kind, copy=False)) for values, _ in columns]
+    masks = [ok for _, ok in columns if ok is not None]
+    ok = NO_MASK
+    if masks:
+        ok = _frozen(np.logical_and.reduce(masks)) if len(masks) > 1 else masks[0]
+    present = [prompt is not None, cand is not None]
+    it = iter(arrays[1:])
+    prompt_values, cand_values = (next(it) if there else arrays[0] for there in present)
+    bounds = (_frozen(np.array(b, dtype=np.int64)) for b in (lows, spans, present))
+    return Ids(arrays[0], prompt_values, cand_values, ok, *bounds)
+
+
+def positions(index: Array, size: int) -> Ids:
+    """:class:`Ids` of rows whose positions are ``index`` (``0 .. size - 1``;
+    anything else is outside)."""
+    return ids_of((index, None), None, None, (0, 0, 0), (size, 1, 1))
+
+
 @njit()
 def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
-    index: npt.NDArray[Any],
+    ids: Ids,
     rows: Strings,
     names: Strings,
     lookup: tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]],
-    stride: int,
     logprob: npt.NDArray[Any],
     valid: npt.NDArray[np.bool_],
     table: npt.NDArray[np.int32],
@@ -228,25 +303,22 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     is negative are skipped): the NLL (float64, in row order), the row count,
     the largest log-prob and the null count.
 
-    ``position`` is ``index[i]``; with string prompts (``rows`` not empty) it is
-    ``index[i] + code * stride``, the code being the index of the row's prompt
-    in ``names`` (``lookup``: their :func:`name_table`). A null prompt, one not
-    in ``names``, or an ``index[i]`` already "outside" (the last position of
-    ``table``) is outside; so is any position that is not one of ``table``'s.
-    Rows in a row with one string (one view, or the same bytes) have one code
-    (a response's rows share one prompt); only a change is looked up.
-    ``valid`` is empty when no log-prob is null, else one flag per row.
+    The position comes from the row's ids (:class:`Ids`); with string prompts
+    (``rows`` not empty) the prompt's part is the index of the row's string in
+    ``names`` (``lookup``: their :func:`name_table`). A null id, an id outside
+    its span, a null prompt or one not in ``names`` is outside (the last entry
+    of ``table``). Rows in a row with one string (one view, or the same bytes)
+    have one code (a response's rows share one prompt); only a change is
+    looked up. ``valid`` is empty when no log-prob is null, else one flag per
+    row.
     """
     views, present, bases, words, data = rows.views, rows.present, rows.bases, rows.words, rows.data
     hashed = views.shape[0] > 0
     nulls = present.shape[0] > 0
-    n = index.shape[0]
-    outside = table.shape[0] - 1
+    n = logprob.shape[0]
     # the previous string looked at: its view and code; the code of the rows at hand
     seen, known, code = False, -1, 0
     last0, last1 = np.uint64(0), np.uint64(0)
-    # the current run of rows of one position: position, slot, sums (see _add)
-    run = (np.int64(-1), np.int64(-1), 0.0, np.int64(0), -np.inf, np.int64(0))
     i = 0
     while i < n:
         end = n  # rows i..end share one prompt code: all of them without strings
@@ -280,60 +352,93 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
                     known = _code(rows, i, names, lookup)
                     seen, last0, last1 = True, first, second
                 code = known
-        # the prompt's part of the position; past the table (so outside) for a
-        # prompt of no candidate, and for a row already outside (index: outside)
-        shift = code * stride if code >= 0 else outside + 1
-        run = _add(index, shift, i, end, logprob, valid, table, nll, tokens, lp_max, lp_nulls, run)
+        _add(ids, code, i, end, logprob, valid, table, nll, tokens, lp_max, lp_nulls)
         i = end
-    _, slot, total, count, top, empty = run
-    if slot >= 0:
-        nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot] = total, count, top, empty
+
+
+_BLOCK = 16  # rows compared at once when looking for the end of a run
 
 
 @njit()
 def _add(  # noqa: PLR0917 - compiled
-    index: npt.NDArray[Any],
-    shift: int,
+    ids: Ids,
+    code: int,
     lo: int,
     hi: int,
-    logprob: npt.NDArray[Any],
+    logprob: Array,
     valid: npt.NDArray[np.bool_],
     table: npt.NDArray[np.int32],
     nll: npt.NDArray[np.float64],
     tokens: npt.NDArray[np.int64],
     lp_max: npt.NDArray[np.float64],
     lp_nulls: npt.NDArray[np.int64],
-    run: Any,
-) -> Any:  # pragma: no cover - compiled
-    """Rows ``lo..hi`` of :func:`scatter` (positions ``index + shift``): the
-    current run of rows of one position (``run``: its position, slot and sums,
-    in registers) goes on, or is stored back into its slot's sums and the next
-    one's loaded, so each slot's NLL still adds its rows one by one, in row
-    order."""
-    masked = valid.shape[0] > 0
+) -> None:  # pragma: no cover - compiled
+    """Rows ``lo..hi`` of :func:`scatter`, whose prompts' code (when the loop
+    reads strings) is ``code``.
+
+    Run by run: a run is the rows that share their ids (a response's rows, as
+    logs hold them), found by comparing ``_BLOCK`` rows at a time; its position
+    is computed once, and when its slot is one, its rows are added to the
+    slot's sums one by one, in row order. Every array is read from a local
+    (an array read from the tuple in the loop, or passed to a helper, costs
+    reference counting each time), with unsigned indices (no test for negative
+    indices per row).
+    """
+    stage, prompt, cand, ok = ids.stage, ids.prompt, ids.cand, ids.ok
+    nulls, masked = ok.shape[0] > 0, valid.shape[0] > 0
+    coded, has_cand = ids.parts[0] == 0, ids.parts[1] != 0
     outside = table.shape[0] - 1
-    last_at, slot, total, count, top, empty = run
-    for r in range(lo, hi):
-        at = index[r] + shift
-        if at < 0 or at > outside:  # an id beyond what the footers said: no candidate
-            at = outside
-        if at != last_at:  # a new run of rows: keep the last run's sums, load this one's
-            if slot >= 0:
-                nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot] = total, count, top, empty
-            last_at, slot = at, int(table[at])
-            if slot >= 0:
-                total, count, top, empty = nll[slot], tokens[slot], lp_max[slot], lp_nulls[slot]
-        if slot < 0:
-            continue
-        count += 1
-        if masked and not valid[r]:
-            empty += 1
-            continue
-        value = np.float64(logprob[r])
-        total -= value
-        if value > top:  # noqa: PLR1730 - NaN never replaces the maximum
-            top = value
-    return last_at, slot, total, count, top, empty
+    low0, low1, low2 = ids.lows[0], ids.lows[1], ids.lows[2]
+    span1, span2 = ids.spans[1], ids.spans[2]
+    limit0, limit1, limit2 = np.uint64(ids.spans[0]), np.uint64(span1), np.uint64(span2)
+    r = lo
+    while r < hi:
+        u = np.uintp(r)
+        # the run's ids; each part in [0, span) (one unsigned comparison a part)
+        # and not null; no prompt column: the part is the code (0 without strings)
+        s0, p0, c0 = stage[u], prompt[u], cand[u]
+        ok0 = (not nulls) or ok[u]
+        s = np.int64(s0) - low0
+        p = np.int64(code) if coded else np.int64(p0) - low1
+        c = np.int64(c0) - low2 if has_cand else np.int64(0)
+        inside = (np.uint64(s) < limit0) & (np.uint64(p) < limit1) & (np.uint64(c) < limit2)
+        at = (s * span1 + p) * span2 + c if inside and ok0 else np.int64(outside)
+        slot = int(table[np.uintp(min(at, outside))])
+        # the end of the run: a block of rows at a time, then row by row
+        e = r + 1
+        while e < hi:
+            block = min(hi - e, _BLOCK)
+            differ = False
+            for j in range(block):
+                v = np.uintp(e + j)
+                differ |= (stage[v] != s0) | (prompt[v] != p0) | (cand[v] != c0)
+            if nulls:
+                for j in range(block):
+                    differ |= ok[np.uintp(e + j)] != ok0
+            if not differ:
+                e += block
+                continue
+            while True:  # the row that differs is in this block
+                v = np.uintp(e)
+                same = (stage[v] == s0) & (prompt[v] == p0) & (cand[v] == c0)
+                if not same or (nulls and ok[v] != ok0):
+                    break
+                e += 1
+            break
+        if slot >= 0:
+            total, top, empty = nll[slot], lp_max[slot], lp_nulls[slot]
+            for k in range(r, e):
+                w = np.uintp(k)
+                if masked and not valid[w]:
+                    empty += 1
+                    continue
+                value = np.float64(logprob[w])
+                total -= value
+                if value > top:  # noqa: PLR1730 - NaN never replaces the maximum
+                    top = value
+            nll[slot], lp_max[slot], lp_nulls[slot] = total, top, empty
+            tokens[slot] += e - r
+        r = e
 
 
 @njit()
@@ -406,18 +511,9 @@ def touch() -> None:
     best_of_groups(codes, codes, np.zeros(0), *groups_of(0))
     nest_ids(codes, codes)
     name_table(NO_STRINGS)
-    for index, values in ((np.int32, np.float32), (np.int64, np.float64)):
-        scatter(
-            np.zeros(0, dtype=index),
-            NO_STRINGS,
-            NO_STRINGS,
-            NO_LOOKUP,
-            0,
-            np.zeros(0, dtype=values),
-            np.zeros(0, dtype=np.bool_),
-            np.zeros(1, dtype=np.int32),
-            np.zeros(1),
-            np.zeros(1, dtype=np.int64),
-            np.zeros(1),
-            np.zeros(1, dtype=np.int64),
-        )
+    for kind, values in ((np.int64, np.float64), (np.int32, np.float32)):
+        ids = positions(np.zeros(0, dtype=kind), 1)
+        sums = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.int64))
+        table = np.zeros(1, dtype=np.int32)
+        logprob = _frozen(np.zeros(0, values))
+        scatter(ids, NO_STRINGS, NO_STRINGS, NO_LOOKUP, logprob, NO_MASK, table, *sums)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,7 +25,6 @@ __all__ = [
     "Box",
     "PromptCodes",
     "box_of",
-    "footers_within",
     "gather",
     "position",
     "prompt_codes",
@@ -123,7 +121,7 @@ def position(
     bounds fit it (Int32 arithmetic is cheaper than Int64 on hundreds of millions
     of rows). A row outside the box, or with a null id, gets ``box.size``.
     ``checked=False`` leaves out those bounds checks: only for rows known to lie
-    inside the box (:func:`footers_within`). ``names``: the frame's columns of
+    inside the box. ``names``: the frame's columns of
     ``stage, prompt, cand`` (the prompt's codes, say); a prompt of None leaves
     the prompt's part out (0), for the caller to add.
     """
@@ -167,52 +165,6 @@ def gather(
     "outside") at its :func:`position`."""
     flat = position(box, schema, checked=checked, names=names)
     return pl.lit(pl.Series("table", table)).gather(flat)
-
-
-def footers_within(files: Sequence[str | Path], names: Sequence[str], box: Box) -> bool:
-    """Whether the Parquet footers prove that no row of ``files`` has a null id or
-    an id outside ``box``: every row group's statistics of the id columns
-    ``names`` (as the files call them) hold a null count of 0 and a min and max
-    inside the box. False when anything is unknown (no files, no statistics, a
-    column missing, an unreadable footer)."""
-    import pyarrow.parquet as pq
-
-    if not files:
-        return False
-    from raft_polars._engine.pages import footer_readable
-
-    for path in files:
-        try:
-            if not footer_readable(str(path)):  # pyarrow would abort on its column chunks
-                raise ValueError(path)
-            meta = pq.read_metadata(path)
-        except Exception:  # the scan reports unreadable files itself
-            return False
-        where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
-        if not all(name in where for name in names):
-            return False
-        for rg in range(meta.num_row_groups):
-            block = meta.row_group(rg)
-            if block.num_rows == 0:
-                continue
-            for name, low, span in zip(names, box.lows, box.spans, strict=True):
-                stats = block.column(where[name]).statistics
-                if (
-                    stats is None
-                    or not stats.has_min_max
-                    or not stats.has_null_count
-                    or stats.null_count != 0
-                ):
-                    return False
-                lo, hi = stats.min, stats.max
-                if not (
-                    isinstance(lo, int)
-                    and isinstance(hi, int)
-                    and low <= lo
-                    and hi <= low + span - 1
-                ):
-                    return False
-    return True
 
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)

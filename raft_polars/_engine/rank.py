@@ -257,10 +257,16 @@ class Keys:
         column (under a name none of its columns has), which the caller drops."""
         if self.codes is None:
             return frame, position(box, frame.collect_schema(), checked=checked)
-        code = _code_name(frame.collect_schema())
-        frame = self.codes.attach(frame, code)
+        frame, code = self.with_codes(frame)
         names = ("stage", code, "cand")
         return frame, position(box, frame.collect_schema(), checked=checked, names=names)
+
+    def with_codes(self, frame: pl.LazyFrame) -> tuple[pl.LazyFrame, str]:
+        """``frame`` with the codes of its prompts as one more column, and that
+        column's name (one none of its columns has; the caller drops it)."""
+        assert self.codes is not None
+        code = _code_name(frame.collect_schema())
+        return self.codes.attach(frame, code), code
 
 
 def _code_name(schema: pl.Schema) -> str:

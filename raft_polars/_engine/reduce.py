@@ -30,7 +30,6 @@ import numpy.typing as npt
 import polars as pl
 
 from raft_polars._engine.checks import Problem, bad_logprob, first_row, raise_first
-from raft_polars._engine.dense import footers_within, position
 from raft_polars._engine.rank import STAGE_SUMS, Keys, stage_frame
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
 from raft_polars._engine.sources import Piece
@@ -211,53 +210,54 @@ def _nested_problems(log: StageLog, rows: pl.LazyFrame, flagged: pl.DataFrame) -
 
 @dataclass
 class _Located:
-    """The token rows with each row's position (``index``): ``size`` positions,
-    then one for "no candidate"; how to find the positions of candidates; and,
-    for string prompt ids, the candidates' prompts (``categories``), whose code
-    adds ``stride`` positions each to a row's position (see
-    :func:`_compiled.scatter`)."""
+    """The token rows and how to find each row's position: ``size`` positions,
+    then one for "no candidate". ``ids``: the columns of ``rows`` whose parts
+    make the position (:class:`_compiled.Ids`: ``lows``, ``spans``); a None
+    part is 0, or, for string prompt ids, the code of the row's ``prompt``
+    among the candidates' prompts (``categories``). ``positions``: the
+    positions of candidates; ``exact``: the rows and each one's position as a
+    Polars expression, for messages."""
 
     rows: pl.LazyFrame
-    index: pl.Expr
+    ids: tuple[str | None, str | None, str | None]
+    lows: tuple[int, int, int]
+    spans: tuple[int, int, int]
     size: int
     positions: Callable[[pl.DataFrame], npt.NDArray[np.signedinteger[Any]]]
     candidates: npt.NDArray[np.signedinteger[Any]]  # the positions of every key
-    exact: Callable[[], tuple[pl.LazyFrame, pl.Expr]]  # rows and positions, for messages
+    exact: Callable[[], tuple[pl.LazyFrame, pl.Expr]]
     categories: pl.Series | None = None
-    stride: int = 0
 
 
 def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
-    """Each token row's position: in the dense box of the keys (on the raw ids,
-    or on the prompt's codes), or, when they do not fit one, the candidate's row
-    in the keys from a hash join on canonical ids."""
+    """How to find each token row's position: in the dense box of the keys (from
+    the raw ids, or with the prompt's codes), or, when they do not fit one, the
+    candidate's row in the keys from a hash join on canonical ids. The compiled
+    loop computes the positions from the ids and checks each part against the
+    box, so an id that a corrupted page holds against its footer is outside."""
     box = keys.box
     tokens = log.tokens(piece, raw=True)
     if box is not None:
         where = functools.partial(keys.index, box)
         every = box.index(keys.frame)
-        # raw ids that the footers prove inside the box need no bounds checks per
-        # row in Polars (prompt codes always do: a prompt without a reward row has a
-        # null code); the compiled loop still checks that each position is one of
-        # the table's, so an id that a corrupted page holds against its footer can
-        # give a wrong candidate (validate finds it) but never a read out of bounds
-        checked = keys.codes is not None or not footers_within(
-            _piece_paths(log, piece), _file_names(log), box
-        )
 
         def exact() -> tuple[pl.LazyFrame, pl.Expr]:  # for messages: every id checked
             return keys.position(tokens, box, checked=True)
 
         codes = keys.codes
         schema = tokens.collect_schema()
-        if codes is None or not (codes.categories.dtype == schema["prompt"] == pl.String):
-            rows, index = keys.position(tokens, box, checked=checked)
-            return _Located(rows, index, box.size, where, every, exact)
-        # string prompts: their codes are found in the compiled loop
-        partial = position(box, schema, names=("stage", None, "cand"))
-        return _Located(
-            tokens, partial, box.size, where, every, exact, codes.categories, box.spans[2]
-        )
+        if codes is None:
+            ids: tuple[str | None, str | None, str | None] = ID_COLUMNS
+            return _Located(tokens, ids, box.lows, box.spans, box.size, where, every, exact)
+        if codes.categories.dtype == schema["prompt"] == pl.String:
+            # string prompts: their codes are found in the compiled loop
+            ids = ("stage", None, "cand")
+            return _Located(
+                tokens, ids, box.lows, box.spans, box.size, where, every, exact, codes.categories
+            )
+        rows, code = keys.with_codes(tokens)
+        ids = ("stage", code, "cand")
+        return _Located(rows, ids, box.lows, box.spans, box.size, where, every, exact)
     known = keys.canonical().select(_IDS).with_row_index("_index")
     rows = tokens.with_columns(canonical_ids(tokens.collect_schema())).join(
         known.lazy(), on=_IDS, how="left"
@@ -269,7 +269,16 @@ def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
 
     index = pl.col("_index").cast(pl.Int64).fill_null(known.height)
     every = np.arange(known.height, dtype=np.int64)
-    return _Located(rows, index, known.height, positions, every, lambda: (rows, index))
+    return _Located(
+        rows,
+        ("_index", None, None),
+        (0, 0, 0),
+        (known.height, 1, 1),
+        known.height,
+        positions,
+        every,
+        lambda: (rows, index),
+    )
 
 
 def _piece_paths(log: StageLog, piece: Piece | None) -> list[str]:
@@ -286,12 +295,21 @@ def _file_names(log: StageLog) -> tuple[str, ...]:
     return tuple(theirs.get(name, name) for name in ID_COLUMNS)
 
 
+def _loop_id(name: str, dtype: pl.DataType, alias: str) -> pl.Expr:
+    """Column ``name`` as the compiled loop reads ids (it widens them to int32
+    or int64 itself): UInt64 beyond Int64 is null (no candidate has it)."""
+    column = pl.col(name)
+    if dtype == pl.UInt64:
+        column = column.cast(pl.Int64, strict=False)
+    return column.alias(alias)
+
+
 def _scatter(
     log: StageLog, located: _Located, table: npt.NDArray[np.int32], slots: int
 ) -> dict[str, npt.NDArray[Any]]:
     """Per-slot ``nll, tokens, lp_max, lp_nulls`` of the token rows, in one pass:
-    Polars decodes the rows and computes their positions, batch by batch; the
-    compiled loop adds each row into the slot ``table[position]``."""
+    Polars decodes the rows batch by batch; the compiled loop finds each row's
+    position from its ids and adds it into the slot ``table[position]``."""
     from raft_polars._engine import _compiled
 
     sums: dict[str, npt.NDArray[Any]] = {
@@ -300,38 +318,32 @@ def _scatter(
         "lp_max": np.full(slots, -np.inf),
         "lp_nulls": np.zeros(slots, dtype=np.int64),
     }
-    dtype = located.rows.collect_schema()["logprob"]
+    schema = located.rows.collect_schema()
+    dtype = schema["logprob"]
     lp = pl.col("logprob")
+    parts = [f"_id{axis}" if name else None for axis, name in enumerate(located.ids)]
     columns = [
-        located.index.alias("_index"),
-        lp if dtype in (pl.Float32, pl.Float64) else lp.cast(pl.Float64),
+        _loop_id(name, schema[name], alias)
+        for name, alias in zip(located.ids, parts, strict=True)
+        if name is not None and alias is not None
     ]
+    columns.append(lp if dtype in (pl.Float32, pl.Float64) else lp.cast(pl.Float64))
     names, lookup = _compiled.NO_STRINGS, _compiled.NO_LOOKUP
     if located.categories is not None:
         names = _compiled.strings(located.categories)
         lookup = _compiled.name_table(names)
         columns.append(pl.col("prompt").alias("_prompt"))
     for batch in log.batches(located.rows.select(columns)):
-        values = batch["logprob"]
-        valid = values.is_not_null().to_numpy() if values.has_nulls() else _NO_MASK
+        stage, prompt, cand = (None if a is None else _compiled.column(batch[a]) for a in parts)
+        assert stage is not None  # the stage's column, or the candidates' index
+        ids = _compiled.ids_of(stage, prompt, cand, located.lows, located.spans)
+        logprob, valid = _compiled.column(batch["logprob"])
+        valid = _compiled.NO_MASK if valid is None else valid
         rows = _compiled.NO_STRINGS
         if located.categories is not None:
             rows = _compiled.strings(batch["_prompt"])
-        _compiled.scatter(
-            batch["_index"].to_numpy(),
-            rows,
-            names,
-            lookup,
-            located.stride,
-            values.to_numpy(),
-            valid,
-            table,
-            *sums.values(),
-        )
+        _compiled.scatter(ids, rows, names, lookup, logprob, valid, table, *sums.values())
     return sums
-
-
-_NO_MASK = np.zeros(0, dtype=np.bool_)
 
 
 def token_sums(

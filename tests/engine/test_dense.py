@@ -8,7 +8,6 @@ returns anything, and step aside (None) for input the checks must name.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -18,7 +17,6 @@ from hypothesis import strategies as st
 
 import raft_polars._engine.dense
 from raft_polars._engine.rank import dense_summary, prompt_summary
-from raft_polars._engine.read import ID_COLUMNS
 
 _EXACT = [
     "stage",
@@ -150,45 +148,9 @@ def test_dense_summary_steps_aside(keys: pl.DataFrame) -> None:
     assert dense_summary(keys) is None
 
 
-# --- footers that prove the ids' bounds ----------------------------------------------
+# --- positions in a box, with and without bounds checks ------------------------------
 
 _BOX = raft_polars._engine.dense.Box((0, 10, 0), (2, 5, 4))  # stage 0-1, prompt 10-14, cand 0-3
-
-
-def _tokens(**columns: list[int | None]) -> pl.DataFrame:
-    base: dict[str, list[int | None]] = {"stage": [0, 1], "prompt": [10, 14], "cand": [0, 3]}
-    return pl.DataFrame({**base, **columns, "logprob": [-1.0, -2.0]})
-
-
-@pytest.mark.parametrize(
-    ("frame", "proven"),
-    [
-        (_tokens(), True),
-        (_tokens(cand=[0, 4]), False),  # one past the box
-        (_tokens(prompt=[9, 14]), False),  # one before it
-        (_tokens(stage=[0, None]), False),  # a null id
-        (_tokens(stage=[-1, 0]), False),
-    ],
-    ids=["inside", "cand-above", "prompt-below", "null", "stage-below"],
-)
-def test_footers_within(frame: pl.DataFrame, proven: bool, tmp_path: Path) -> None:
-    path = tmp_path / "t.parquet"
-    frame.write_parquet(path)
-    assert raft_polars._engine.dense.footers_within([path], ID_COLUMNS, _BOX) is proven
-
-
-def test_footers_prove_nothing_without_statistics(tmp_path: Path) -> None:
-    good, bare = tmp_path / "good.parquet", tmp_path / "bare.parquet"
-    _tokens().write_parquet(good)
-    _tokens().write_parquet(bare, statistics=False)
-    within = raft_polars._engine.dense.footers_within
-    assert within([good], ID_COLUMNS, _BOX)
-    assert not within([good, bare], ID_COLUMNS, _BOX)
-    assert not within([], ID_COLUMNS, _BOX)
-    assert not within([good], ("stage", "prompt", "candidate"), _BOX)  # a column missing
-    renamed = tmp_path / "renamed.parquet"
-    _tokens().rename({"cand": "candidate"}).write_parquet(renamed)
-    assert within([renamed], ("stage", "prompt", "candidate"), _BOX)
 
 
 @pytest.mark.parametrize("checked", [True, False])

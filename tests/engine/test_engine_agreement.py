@@ -254,27 +254,33 @@ def test_long_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_pat
     """The dense fast path (numpy summary, slots found at box positions) runs for
     integer ids and for string or hashed prompt ids (as codes); the Polars group-by
     and the hash-join fallback for ids too sparse for a box, or when forced (so
-    both are covered by the entry points)."""
+    both are covered by the entry points). The token pass hands the compiled
+    loop the raw ids (string prompts as they are, hashed ones as codes) or,
+    after the join, each row's index among the keys."""
     summaries: list[object] = []
-    gathers: list[object] = []
-    proofs: list[object] = []
+    located: list[Any] = []
     rank, reduce = raft_polars._engine.rank, raft_polars._engine.reduce
-    kernels = raft_polars._engine.dense
     case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
     with (
         mock.patch.object(rank, "dense_summary", _spy(rank.dense_summary, summaries)),
-        # patched where they are looked up; the originals come from where they are defined
-        mock.patch.object(rank, "position", _spy(kernels.position, gathers)),
-        mock.patch.object(reduce, "position", _spy(kernels.position, gathers)),  # string prompts
-        mock.patch.object(reduce, "footers_within", _spy(kernels.footers_within, proofs)),
+        mock.patch.object(reduce, "_locate", _spy(reduce._locate, located)),
     ):
         check_losses(entry, case, tmp_path)
     dense = prompts != "sparse" and not entry.fallback
     assert bool(summaries and summaries[-1] is not None) == dense
-    assert len(gathers) == dense  # the token pass finds each row's box position
-    # plain Parquet files prove their integer ids' bounds: no per-row bounds checks
-    proven = entry.writes_files and entry.kind != "hive"
-    assert proofs == ([proven] if dense and prompts == "int" else [])
+    assert len(located) == 1
+    ids, categories = located[0].ids, located[0].categories
+    if not dense:
+        assert ids == ("_index", None, None)
+    elif prompts == "str":
+        assert ids == ("stage", None, "cand")
+        assert categories is not None
+    elif prompts == "hashed":  # the codes, in a column of their own
+        assert (ids[0], ids[2]) == ("stage", "cand")
+        assert ids[1] not in {None, "prompt"}
+    else:
+        assert ids == ("stage", "prompt", "cand")
+        assert categories is None
 
 
 @pytest.mark.parametrize("entry", [e for e in _LOCAL if e.layout == "nested"], ids=str)

@@ -68,32 +68,113 @@ def _rows(draw: st.DrawFn) -> tuple[list[int], list[float | None], list[int], in
     return positions, values, table, slots
 
 
+def _logprobs(values: list[float | None], float_type: Any) -> tuple[Any, Any, list[float | None]]:
+    """The log-probs as the kernel takes them (values, validity or None) and
+    as it reads them (float32 widened exactly)."""
+    array = np.array([np.nan if v is None else v for v in values], dtype=float_type)
+    valid = np.array([v is not None for v in values]) if None in values else compiled.NO_MASK
+    widened = [None if v is None else float(float_type(v)) for v in values]
+    return array, valid, widened
+
+
 @settings(max_examples=200, deadline=None)
 @given(_rows(), st.sampled_from([np.int32, np.int64]), st.sampled_from([np.float32, np.float64]))
 def test_scatter_adds_each_row_into_its_slot(
     case: tuple[list[int], list[float | None], list[int], int], index: Any, float_type: Any
 ) -> None:
     positions, values, table, slots = case
-    nulls = any(v is None for v in values)
-    array = np.array([np.nan if v is None else v for v in values], dtype=float_type)
-    valid = np.array([v is not None for v in values]) if nulls else np.zeros(0, dtype=bool)
+    array, valid, widened = _logprobs(values, float_type)
     got = _sums(slots)
     compiled.scatter(
-        np.array(positions, dtype=index),
+        compiled.positions(np.array(positions, dtype=index), len(table) - 1),
         compiled.NO_STRINGS,
         compiled.NO_STRINGS,
         compiled.NO_LOOKUP,
-        0,
         array,
         valid,
         np.array(table, dtype=np.int32),
         *got,
     )
-    # the values as the kernel reads them (float32 widened exactly)
-    widened = [None if v is None else float(float_type(v)) for v in values]
     want = _reference(positions, widened, table, slots)
     for mine, theirs in zip(got, want, strict=True):
         assert mine.tolist() == theirs  # the same additions in the same order: exact
+
+
+_ID_TYPES = [np.int16, np.int32, np.int64]
+
+
+@st.composite
+def _id_rows(draw: st.DrawFn) -> dict[str, Any]:
+    """Token rows with three id columns (some absent, some with nulls, in runs
+    of equal ids as logs hold them, and singly), a box around most of them."""
+    lows = [draw(st.integers(-5, 5)) for _ in range(3)]
+    spans = [draw(st.integers(1, 4)) for _ in range(3)]
+    present = [True, draw(st.booleans()), draw(st.booleans())]
+    n_runs = draw(st.integers(0, 12))
+    rows: list[list[int | None]] = []
+    for _ in range(n_runs):
+        run = [
+            draw(st.none() | st.integers(low - 2, low + span + 1))
+            if draw(st.integers(0, 9)) == 0
+            else draw(st.integers(low, low + span - 1))
+            for low, span in zip(lows, spans, strict=True)
+        ]
+        rows += [list(run)] * draw(st.integers(1, 40))
+    return {"lows": lows, "spans": spans, "present": present, "rows": rows}
+
+
+@settings(max_examples=300, deadline=None)
+@given(_id_rows(), st.data())
+def test_scatter_finds_positions_from_the_ids(case: dict[str, Any], data: st.DataObject) -> None:
+    """A row's position is ``((s - l0) * span1 + (p - l1)) * span2 + (c - l2)``
+    when every present id lies in its span and is not null; otherwise the row
+    is outside. An absent column counts 0. Runs of any length (the kernel
+    compares rows in blocks) and ids of every width the loop reads."""
+    lows, spans, present, rows = case["lows"], case["spans"], case["present"], case["rows"]
+    size = spans[0] * spans[1] * spans[2]
+    table = np.arange(size + 1, dtype=np.int32)  # slot = position: the count says where
+    columns: list[compiled.Column | None] = []
+    for axis in range(3):
+        if not present[axis]:
+            columns.append(None)
+            continue
+        kind = data.draw(st.sampled_from(_ID_TYPES))
+        ids = [row[axis] for row in rows]
+        values = np.array([0 if v is None else v for v in ids], dtype=kind)
+        ok = np.array([v is not None for v in ids]) if None in ids else None
+        columns.append((values, ok))
+    stage, prompt, cand = columns
+    assert stage is not None
+    value = st.floats(-30, 0, width=32)
+    drawn = data.draw(st.lists(value, min_size=len(rows), max_size=len(rows)))
+    array = np.array(drawn, dtype=np.float32)
+    got = _sums(size + 1)
+    compiled.scatter(
+        compiled.ids_of(stage, prompt, cand, lows, spans),
+        compiled.NO_STRINGS,
+        compiled.NO_STRINGS,
+        compiled.NO_LOOKUP,
+        array,
+        compiled.NO_MASK,
+        table,
+        *got,
+    )
+    positions = []
+    for row in rows:
+        at = 0
+        for axis in range(3):
+            part = 0
+            if present[axis]:
+                value = row[axis]
+                part = -1 if value is None else value - lows[axis]
+            if not 0 <= part < spans[axis]:
+                at = size
+                break
+            at = at * spans[axis] + part
+        positions.append(at)
+    want = _reference(positions, [float(v) for v in array], table.tolist(), size + 1)
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine.tolist() == theirs
 
 
 # prompt ids that share lengths and first bytes, on both sides of the 12 bytes a
@@ -134,10 +215,10 @@ def _shaped(rows: list[str | None], how: str) -> pl.Series:
 def test_string_prompts_find_their_codes(
     names: list[str], extra: list[str | None], how: str, data: st.DataObject
 ) -> None:
-    """A row's position is ``index + code * stride``, ``code`` its prompt's
-    index in ``names``; a null prompt, a prompt not in ``names``, or an index
-    already outside lands outside. Rows come in runs (a response's rows share a
-    prompt) and singly."""
+    """A row's position is ``code * stride + cand``, ``code`` its prompt's
+    index in ``names``; a null prompt, a prompt not in ``names``, or a row
+    whose stage is outside the box lands outside. Rows come in runs (a
+    response's rows share a prompt) and singly."""
     stride, size = 3, 3 * len(names)
     drawn = data.draw(st.lists(st.sampled_from(names), max_size=12))
     runs = [name for name in drawn for _ in range(data.draw(st.integers(1, 4)))]
@@ -148,14 +229,16 @@ def test_string_prompts_find_their_codes(
     table = np.arange(size + 1, dtype=np.int32)  # slot = position: the count says where
     got = _sums(size + 1)
     known = compiled.strings(_shaped(list(names), data.draw(st.sampled_from(["plain", "sliced"]))))
+    # the position's other parts: a cand column (stage 0), or outside (a bad stage)
+    cand = np.array([min(at, stride) for at in partial], dtype=np.int64)
+    stage = np.array([0 if at < size else 1 for at in partial], dtype=np.int32)
     compiled.scatter(
-        np.array(partial, dtype=np.int64),
+        compiled.ids_of((stage, None), None, (cand, None), (0, 0, 0), (1, len(names), stride)),
         compiled.strings(_shaped(rows, how)),
         known,
         compiled.name_table(known),
-        stride,
         np.full(len(rows), -1.0),
-        np.zeros(0, dtype=bool),
+        compiled.NO_MASK,
         table,
         *got,
     )
