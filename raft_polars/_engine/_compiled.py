@@ -223,8 +223,9 @@ class Ids(NamedTuple):
 
     A row's position is ``((stage - lows[0]) * spans[1] + (prompt - lows[1])) *
     spans[2] + (cand - lows[2])``, each part checked to lie in ``[0, span)``
-    (else the row is outside). The three columns have one integer type (int32
-    or int64: one compiled loop for each). A part whose ``parts`` flag is 0 has
+    (else the row is outside). The stage and the prompt have one integer type
+    (int32 or int64), the cand its own (int16, int32 or int64): one compiled
+    loop for each combination (:func:`ids_of`). A part whose ``parts`` flag is 0 has
     no column (its array is ``stage`` again, compared but not used): it is 0,
     or, for the prompt when the loop reads string prompts, the code of the
     row's string. ``ok`` is empty when no id is null, else one flag per row
@@ -254,6 +255,15 @@ def column(series: pl.Series) -> Column:
     return _frozen(values.to_numpy()), _frozen(series.is_not_null().to_numpy())
 
 
+def _loop_type(values: Array, *, narrow: bool = False) -> type[np.signedinteger[Any]]:
+    """The integer type the loop reads ``values`` as: int32 or int64 (or int16,
+    when ``narrow``), the narrowest that holds every value of their type."""
+    bits = values.dtype.itemsize * 8 + (values.dtype.kind == "u")  # an unsigned type's sign bit
+    if narrow and bits <= 16:
+        return np.int16
+    return np.int32 if bits <= 32 else np.int64
+
+
 def ids_of(
     stage: Column,
     prompt: Column | None,
@@ -263,12 +273,16 @@ def ids_of(
 ) -> Ids:
     """:class:`Ids` of the ``stage, prompt, cand`` columns (None: not there) in
     a box of ``lows`` and ``spans``: integer columns of at most 64 bits whose
-    values fit int64, widened to one type (a copy of the narrower ones)."""
-    columns = [c for c in (stage, prompt, cand) if c is not None]
-    wide = any(values.dtype.itemsize > 4 or values.dtype == np.uint32 for values, _ in columns)
-    kind = np.int64 if wide else np.int32
-    arrays = [_frozen(values.astype(kind, copy=False)) for values, _ in columns]
-    masks = [ok for _, ok in columns if ok is not None]
+    values fit int64. The stage and the prompt are widened to one type (int32
+    or int64); the cand keeps its own, at least int16 (candidate ids are often
+    narrow): a copy only of a column narrower than that, and at most 6 compiled
+    loops."""
+    first = [stage] if prompt is None else [stage, prompt]
+    kind = max((_loop_type(values) for values, _ in first), key=lambda t: np.dtype(t).itemsize)
+    arrays = [_frozen(values.astype(kind, copy=False)) for values, _ in first]
+    if cand is not None:
+        arrays.append(_frozen(cand[0].astype(_loop_type(cand[0], narrow=True), copy=False)))
+    masks = [c[1] for c in (stage, prompt, cand) if c is not None and c[1] is not None]
     ok = NO_MASK
     if masks:
         ok = _frozen(np.logical_and.reduce(masks)) if len(masks) > 1 else masks[0]
@@ -283,6 +297,9 @@ def positions(index: Array, size: int) -> Ids:
     """:class:`Ids` of rows whose positions are ``index`` (``0 .. size - 1``;
     anything else is outside)."""
     return ids_of((index, None), None, None, (0, 0, 0), (size, 1, 1))
+
+
+_BLOCK = 16  # rows compared at once when looking for the end of a run
 
 
 @njit()
@@ -327,6 +344,18 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
             here = (not nulls) or present[i]
             length = int(first & _LOW)
             end = i + 1
+            # rows with the very same view (decoded from a dictionary page), a
+            # block at a time; then row by row, comparing bytes
+            while end + _BLOCK <= n:
+                differ = False
+                for j in range(_BLOCK):
+                    v = np.uintp(end + j)
+                    differ |= (views[v, 0] != first) | (views[v, 1] != second)
+                    if nulls:
+                        differ |= present[v] != here
+                if differ:
+                    break
+                end += _BLOCK
             start = _start(bases, second) if length > _INLINE else 0
             while end < n and views[end, 0] == first and ((not nulls) or present[end] == here):
                 other = views[end, 1]
@@ -354,9 +383,6 @@ def scatter(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
                 code = known
         _add(ids, code, i, end, logprob, valid, table, nll, tokens, lp_max, lp_nulls)
         i = end
-
-
-_BLOCK = 16  # rows compared at once when looking for the end of a run
 
 
 @njit()
@@ -511,8 +537,13 @@ def touch() -> None:
     best_of_groups(codes, codes, np.zeros(0), *groups_of(0))
     nest_ids(codes, codes)
     name_table(NO_STRINGS)
-    for kind, values in ((np.int64, np.float64), (np.int32, np.float32)):
-        ids = positions(np.zeros(0, dtype=kind), 1)
+    for kinds, values in (
+        ((np.int64, np.int64), np.float64),  # Polars' own integers
+        ((np.int32, np.int32), np.float32),  # the package's files
+        ((np.int32, np.int16), np.float32),  # narrow candidate ids
+    ):
+        stage, cand = (_frozen(np.zeros(0, dtype=kind)) for kind in kinds)
+        ids = ids_of((stage, None), (stage, None), (cand, None), (0, 0, 0), (1, 1, 1))
         sums = (np.zeros(1), np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.int64))
         table = np.zeros(1, dtype=np.int32)
         logprob = _frozen(np.zeros(0, values))

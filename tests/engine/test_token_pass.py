@@ -100,6 +100,8 @@ def test_scatter_adds_each_row_into_its_slot(
         assert mine.tolist() == theirs  # the same additions in the same order: exact
 
 
+# ids of every width; the loop reads them as int32 or int64 (the cand also as
+# int16): a few widths per test run keep its compiled loops few
 _ID_TYPES = [np.int16, np.int32, np.int64]
 
 
