@@ -32,6 +32,7 @@ __all__ = [
     "column",
     "groups_of",
     "ids_of",
+    "list_sums",
     "name_table",
     "nest_ids",
     "positions",
@@ -465,6 +466,34 @@ def _add(  # noqa: PLR0917 - compiled
             nll[slot], lp_max[slot], lp_nulls[slot] = total, top, empty
             tokens[slot] += e - r
         r = e
+
+
+@njit()
+def list_sums(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
+    offsets: npt.NDArray[np.int64],
+    values: Array,
+    valid: npt.NDArray[np.bool_],
+    nll: npt.NDArray[np.float64],
+    lp_max: npt.NDArray[np.float64],
+    lp_nulls: npt.NDArray[np.int64],
+) -> None:  # pragma: no cover - compiled; its callers are tested
+    """Per list ``i`` (its values ``offsets[i]..offsets[i + 1]``): the NLL
+    (float64, added value by value in order from 0.0), the largest value
+    (-inf when it has none; NaN never replaces it) and the null count;
+    ``valid``: empty when no value is null, else one flag per value."""
+    masked = valid.shape[0] > 0
+    for i in range(offsets.shape[0] - 1):
+        total, top, empty = 0.0, -np.inf, 0
+        for k in range(offsets[i], offsets[i + 1]):
+            w = np.uintp(k)
+            if masked and not valid[w]:
+                empty += 1
+                continue
+            value = np.float64(values[w])
+            total -= value
+            if value > top:  # noqa: PLR1730 - NaN never replaces the maximum
+                top = value
+        nll[i], lp_max[i], lp_nulls[i] = total, top, empty
 
 
 @njit()

@@ -21,7 +21,7 @@ import numpy as np
 
 from raft_polars._engine._jit import njit
 
-__all__ = ["footer_readable", "verified"]
+__all__ = ["footer_readable", "largest_row_group", "verified"]
 
 # Thrift compact protocol types
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = (
@@ -181,6 +181,33 @@ def _leaves(schema: list[dict[int, Any]]) -> list[tuple[bool, dict[int, Any], in
     return leaves
 
 
+def _footer(path: str) -> Any:
+    """A local Parquet file's footer (FileMetaData) as Thrift fields; raises
+    on anything it cannot read."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        if size < 12:
+            raise _Malformed("too short for a Parquet file")
+        handle.seek(size - 8)
+        tail = handle.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or length > size - 12:
+            raise _Malformed("no Parquet footer")
+        handle.seek(size - 8 - length)
+        meta, _ = _Thrift(handle.read(length)).struct()
+    return meta
+
+
+def largest_row_group(path: str) -> int | None:
+    """The most rows in one row group of a local Parquet file, from its
+    footer; None when it cannot be read."""
+    try:
+        rows = [group[3] for group in _footer(path)[4]]
+    except Exception:
+        return None
+    return max(rows) if rows and all(isinstance(n, int) for n in rows) else None
+
+
 def footer_readable(path: str) -> bool:
     """Whether pyarrow may be asked for the column chunks of a Parquet file's
     footer. pyarrow aborts the process (an exception thrown where none may be)
@@ -189,17 +216,7 @@ def footer_readable(path: str) -> bool:
     checks them. False for anything it
     cannot read (the caller then leaves the footer's details out)."""
     try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, 2)
-            if size < 12:
-                return False
-            handle.seek(size - 8)
-            tail = handle.read(8)
-            length = int.from_bytes(tail[:4], "little")
-            if tail[4:] != b"PAR1" or length > size - 12:
-                return False
-            handle.seek(size - 8 - length)
-            meta, _ = _Thrift(handle.read(length)).struct()
+        meta = _footer(path)
         leaves = _leaves(meta[2])
         for group in meta[4]:
             for chunk, (_, element, defs, reps) in zip(group[1], leaves, strict=True):

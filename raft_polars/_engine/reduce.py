@@ -79,16 +79,61 @@ class Reduced:
     counts: pl.DataFrame | None = None
 
 
-@functools.cache
-def response_stats(column: str) -> tuple[pl.Expr, ...]:
-    """Per-response NLL sum (float64), token count, largest log-prob, null count."""
-    lp = pl.col(column)
-    return (
-        (-lp.cast(pl.List(pl.Float64)).list.sum()).alias("nll"),
-        lp.list.len().cast(pl.Int64).alias("tokens"),
-        lp.list.max().cast(pl.Float64).alias("lp_max"),
-        lp.list.count_matches(None).cast(pl.Int64).alias("lp_nulls"),
-    )
+_FLOATS = (pl.Float32, pl.Float64)
+
+
+def response_stats(log: StageLog, rows: pl.LazyFrame) -> pl.DataFrame:
+    """``stage, prompt, cand`` of the nested ``rows`` and each list's NLL sum
+    (float64, added in order), token count, largest log-prob (-inf for an empty
+    list) and null count, all null for a null list: a compiled loop over each
+    batch's values, in one pass (log-probs other than floats as Float64)."""
+    lists = pl.col("logprobs")
+    inner = rows.collect_schema()["logprobs"].inner  # type: ignore[attr-defined]
+    query = rows.select(*_IDS, lists if inner in _FLOATS else lists.cast(pl.List(pl.Float64)))
+    parts = [_list_stats(batch) for batch in log.batches(query)]
+    if not parts:
+        empty = {"nll": pl.Float64, "tokens": pl.Int64, "lp_max": pl.Float64, "lp_nulls": pl.Int64}
+        return log.collect(rows.select(_IDS).head(0)).with_columns(
+            pl.Series(name, [], dtype) for name, dtype in empty.items()
+        )
+    return pl.concat(parts, how="vertical")
+
+
+def _list_stats(batch: pl.DataFrame) -> pl.DataFrame:
+    """:func:`response_stats` of one batch."""
+    import pyarrow as pa
+
+    from raft_polars._engine import _compiled
+
+    lists = batch["logprobs"]
+    arrow = lists.to_arrow()
+    chunks = arrow.chunks if isinstance(arrow, pa.ChunkedArray) else [arrow]
+    n = batch.height
+    nll, top, nulls = np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
+    at = 0
+    for chunk in chunks:  # offsets into the chunk's values (a slice's too)
+        values = chunk.values
+        valid = _compiled.NO_MASK
+        if values.null_count:
+            valid = values.is_valid().to_numpy(zero_copy_only=False)
+        end = at + len(chunk)
+        _compiled.list_sums(
+            chunk.offsets.to_numpy().astype(np.int64, copy=False),
+            values.to_numpy(zero_copy_only=False),
+            valid,
+            nll[at:end],
+            top[at:end],
+            nulls[at:end],
+        )
+        at = end
+    stats = {
+        "nll": pl.lit(pl.Series(nll)),
+        "tokens": pl.col("logprobs").list.len().cast(pl.Int64),
+        "lp_max": pl.lit(pl.Series(top)),
+        "lp_nulls": pl.lit(pl.Series(nulls)),
+    }
+    there = pl.col("logprobs").is_not_null()  # a null list: all of them null
+    return batch.select(*_IDS, *(pl.when(there).then(v).alias(k) for k, v in stats.items()))
 
 
 def _flagged(stats: pl.DataFrame | pl.LazyFrame) -> pl.Expr:
@@ -177,7 +222,7 @@ def nested_sums(
     """The reduce kernel of the nested layout: decode only the selected rows'
     lists, sum per stage, and find bad log-probs of selected responses."""
     rows = selected_candidates(log.candidates(piece, extras=False), chosen, keys)
-    responses = log.collect(rows.select(*_IDS, *response_stats("logprobs")))
+    responses = response_stats(log, rows)
     problems: list[Problem] = []
     flagged = responses.filter(_flagged(responses))
     if flagged.height:
@@ -281,18 +326,10 @@ def _locate(log: StageLog, keys: Keys, piece: Piece | None) -> _Located:
     )
 
 
-def _piece_paths(log: StageLog, piece: Piece | None) -> list[str]:
-    """The token files of a piece, when their ids are the files' own columns."""
-    if log.main.hive and any(name in dict(log.main.hive) for name in _file_names(log)):
-        return []
+def _token_files(log: StageLog, piece: Piece | None) -> list[str]:
+    """The token files a piece (or the whole log) reads."""
     paths = log.main.paths
-    return list(paths) if piece is None else [paths[i] for i in piece.files]
-
-
-def _file_names(log: StageLog) -> tuple[str, ...]:
-    """What the token files call ``stage, prompt, cand``."""
-    theirs = {canon: raw for raw, canon in log.renames}
-    return tuple(theirs.get(name, name) for name in ID_COLUMNS)
+    return [str(p) for p in paths] if piece is None else [str(paths[i]) for i in piece.files]
 
 
 def _loop_id(name: str, dtype: pl.DataType, alias: str) -> pl.Expr:
@@ -305,7 +342,11 @@ def _loop_id(name: str, dtype: pl.DataType, alias: str) -> pl.Expr:
 
 
 def _scatter(
-    log: StageLog, located: _Located, table: npt.NDArray[np.int32], slots: int
+    log: StageLog,
+    located: _Located,
+    table: npt.NDArray[np.int32],
+    slots: int,
+    piece: Piece | None,
 ) -> dict[str, npt.NDArray[Any]]:
     """Per-slot ``nll, tokens, lp_max, lp_nulls`` of the token rows, in one pass:
     Polars decodes the rows batch by batch; the compiled loop finds each row's
@@ -333,7 +374,8 @@ def _scatter(
         names = _compiled.strings(located.categories)
         lookup = _compiled.name_table(names)
         columns.append(pl.col("prompt").alias("_prompt"))
-    for batch in log.batches(located.rows.select(columns)):
+    files = _token_files(log, piece)
+    for batch in log.batches(located.rows.select(columns), files):
         stage, prompt, cand = (None if a is None else _compiled.column(batch[a]) for a in parts)
         assert stage is not None  # the stage's column, or the candidates' index
         ids = _compiled.ids_of(stage, prompt, cand, located.lows, located.spans)
@@ -373,7 +415,7 @@ def token_sums(
     table = np.zeros(located.size + 1, dtype=np.int32)  # slot 0: no candidate
     table[located.candidates] = -1  # a candidate not tracked: its rows are skipped
     table[located.positions(tracked)] = np.arange(1, tracked.height + 1, dtype=np.int32)
-    sums = _scatter(log, located, table, tracked.height + 1)
+    sums = _scatter(log, located, table, tracked.height + 1, piece)
     stats = tracked.with_columns(
         pl.Series(name, values[1:]) for name, values in sums.items()
     ).filter(pl.col("tokens") > 0)

@@ -11,6 +11,7 @@ row, views shared by a dictionary page, sliced columns, several chunks.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -271,3 +272,93 @@ def test_string_prompt_ids_of_any_length(log: tuple[Any, Any], orphan: bool, wid
     assert all(
         math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12) for a, b in zip(got, want, strict=True)
     )
+
+
+# --- the nested layout: each list's sums in one compiled pass ----------------------------
+
+_LIST = st.none() | st.lists(
+    st.none() | st.floats(-30, 1, width=32) | st.just(math.nan), max_size=6
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(_LIST, max_size=12),
+    st.sampled_from([pl.Float32, pl.Float64, pl.Int32]),
+    st.integers(0, 3),
+)
+def test_response_stats_of_each_list(lists: list[Any], inner: Any, skip: int) -> None:
+    """Each list's NLL (added in order), length, largest value (-inf for an
+    empty list; NaN never replaces it) and null count, all null for a null
+    list; on a sliced column, several chunks, and log-probs of other types."""
+    from raft_polars._engine import reduce
+
+    if inner == pl.Int32:
+        lists = [
+            None if v is None else [None if x is None or math.isnan(x) else int(x) for x in v]
+            for v in lists
+        ]
+    column = pl.Series("logprobs", [None, *lists], dtype=pl.List(inner)).slice(1)
+    if skip and len(lists) > skip:  # several chunks
+        column = pl.concat([column.slice(0, skip), column.slice(skip)], rechunk=False)
+    frame = pl.DataFrame(
+        {"stage": [0] * len(lists), "prompt": list(range(len(lists))), "cand": [1] * len(lists)}
+    ).with_columns(column)
+
+    class Log:  # the part of a StageLog the kernel uses
+        @staticmethod
+        def batches(query: pl.LazyFrame) -> Any:
+            yield from query.collect_batches(engine="streaming")
+
+        @staticmethod
+        def collect(query: pl.LazyFrame) -> pl.DataFrame:
+            return query.collect()
+
+    got = reduce.response_stats(Log(), frame.lazy()).sort("prompt")  # type: ignore[arg-type]
+    for row, values in zip(got.iter_rows(named=True), lists, strict=True):
+        if values is None:
+            assert (row["nll"], row["tokens"], row["lp_max"], row["lp_nulls"]) == (None,) * 4
+            continue
+        kept = [
+            float(np.float32(v)) if inner == pl.Float32 else float(v)
+            for v in values
+            if v is not None
+        ]
+        nll, top = 0.0, -math.inf
+        for value in kept:
+            nll -= value
+            top = value if value > top else top
+        assert row["tokens"] == len(values)
+        assert row["lp_nulls"] == len(values) - len(kept)
+        assert (row["nll"] == nll) or (math.isnan(row["nll"]) and math.isnan(nll))
+        assert row["lp_max"] == top
+
+
+# --- how far ahead Polars decodes ------------------------------------------------------
+
+
+def test_read_ahead_is_bounded_for_large_row_groups(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups of millions of rows: Polars decodes 2 ahead while the pass
+    runs, and the setting is gone after; small row groups, a path that is not
+    a local file, or the user's own setting: nothing changes."""
+    from raft_polars._engine.read import _READ_AHEAD, bounded_read_ahead
+
+    monkeypatch.delenv(_READ_AHEAD, raising=False)
+    large, small = tmp_path / "large.parquet", tmp_path / "small.parquet"
+    pl.DataFrame({"x": pl.zeros(3 << 20, pl.Int8, eager=True)}).write_parquet(
+        large, row_group_size=3 << 20
+    )
+    pl.DataFrame({"x": [1, 2, 3]}).write_parquet(small)
+    with bounded_read_ahead([str(large)]):
+        assert os.environ[_READ_AHEAD] == "2"
+        assert pl.scan_parquet(large).select(pl.len()).collect().item() == 3 << 20
+    assert _READ_AHEAD not in os.environ
+    for files in ([str(small)], [str(tmp_path / "none.parquet")], [], ["s3://b/k.parquet"]):
+        with bounded_read_ahead(files):
+            assert _READ_AHEAD not in os.environ
+    monkeypatch.setenv(_READ_AHEAD, "5")
+    with bounded_read_ahead([str(large)]):
+        assert os.environ[_READ_AHEAD] == "5"
+    assert os.environ[_READ_AHEAD] == "5"
