@@ -294,10 +294,17 @@ def ids_of(
     return Ids(arrays[0], prompt_values, cand_values, ok, *bounds)
 
 
+_NO_LOWS = _frozen(np.zeros(3, dtype=np.int64))
+_NO_PARTS = _frozen(np.zeros(2, dtype=np.int64))
+
+
 def positions(index: Array, size: int) -> Ids:
     """:class:`Ids` of rows whose positions are ``index`` (``0 .. size - 1``;
-    anything else is outside)."""
-    return ids_of((index, None), None, None, (0, 0, 0), (size, 1, 1))
+    anything else is outside): :func:`ids_of` of one column, built directly
+    (``raft_alignment`` calls it once a call)."""
+    index = _frozen(index.astype(_loop_type(index), copy=False))
+    spans = _frozen(np.array([size, 1, 1], dtype=np.int64))
+    return Ids(index, index, index, NO_MASK, _NO_LOWS, spans, _NO_PARTS)
 
 
 _BLOCK = 16  # rows compared at once when looking for the end of a run

@@ -207,7 +207,7 @@ class StageLog:
 
 
 _READ_AHEAD = "POLARS_ROW_GROUP_PREFETCH_SIZE"
-_READ_AHEAD_ROWS = 3 << 20  # rows of row groups decoded ahead of the consumer, at most
+_READ_AHEAD_ROWS = 2 << 20  # rows of row groups decoded ahead of the consumer, at most
 _POLARS_READ_AHEAD = 8  # row groups Polars decodes ahead on its own (2 cores: 9)
 
 
