@@ -30,7 +30,7 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
@@ -197,7 +197,9 @@ class StageLog:
         with reading(self.paths, self.origin):
             return query.collect(engine="streaming")
 
-    def batches(self, query: pl.LazyFrame, files: Sequence[str] = ()) -> Iterator[pl.DataFrame]:
+    def batches(
+        self, query: pl.LazyFrame, files: Sequence[str] = ()
+    ) -> Generator[pl.DataFrame, None, None]:
         """Run ``query`` on the streaming engine batch by batch (bounded memory);
         report unreadable input clearly. ``files``: the Parquet files it reads,
         whose row groups bound how far ahead Polars decodes
@@ -213,13 +215,13 @@ _POLARS_READ_AHEAD = 8  # row groups Polars decodes ahead on its own (2 cores: 9
 
 @contextmanager
 def bounded_read_ahead(files: Sequence[str]) -> Iterator[None]:
-    """Bound Polars' read-ahead over ``files`` to about 3 Mi rows while the
+    """Bound Polars' read-ahead over ``files`` to about 2 Mi rows while the
     block runs.
 
     Polars decodes about 9 row groups ahead of whoever takes its batches; of
     1 Mi-row groups (pyarrow's default) that held 600 MiB more than the token
-    pass needs (1.1 GiB at 692 M token rows, 660 MiB with 3 ahead, in the same
-    time). Polars reads the bound from the environment as each file's reader
+    pass needs (1.1 GiB at 692 M token rows, 490-570 MiB with 2 ahead, in the
+    same time). Polars reads the bound from the environment as each file's reader
     starts, so it is set for the whole block (for the process: another Polars
     query running at the same time gets it too), from the row groups of the
     first file; not when the user set it, nor for row groups small enough,

@@ -20,6 +20,7 @@ output columns.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -332,11 +333,17 @@ def _token_files(log: StageLog, piece: Piece | None) -> list[str]:
     return [str(p) for p in paths] if piece is None else [str(paths[i]) for i in piece.files]
 
 
+_LOOP_INTS = frozenset(
+    {pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32}
+)  # numpy holds them and Int64 holds their values: the loop widens them itself
+
+
 def _loop_id(name: str, dtype: pl.DataType, alias: str) -> pl.Expr:
-    """Column ``name`` as the compiled loop reads ids (it widens them to int32
-    or int64 itself): UInt64 beyond Int64 is null (no candidate has it)."""
+    """Column ``name`` as the compiled loop reads ids: as it is, or (UInt64,
+    128-bit ids from merged file schemas) as Int64, a value beyond it null (no
+    candidate has it)."""
     column = pl.col(name)
-    if dtype == pl.UInt64:
+    if dtype not in _LOOP_INTS:
         column = column.cast(pl.Int64, strict=False)
     return column.alias(alias)
 
@@ -374,17 +381,17 @@ def _scatter(
         names = _compiled.strings(located.categories)
         lookup = _compiled.name_table(names)
         columns.append(pl.col("prompt").alias("_prompt"))
-    files = _token_files(log, piece)
-    for batch in log.batches(located.rows.select(columns), files):
-        stage, prompt, cand = (None if a is None else _compiled.column(batch[a]) for a in parts)
-        assert stage is not None  # the stage's column, or the candidates' index
-        ids = _compiled.ids_of(stage, prompt, cand, located.lows, located.spans)
-        logprob, valid = _compiled.column(batch["logprob"])
-        valid = _compiled.NO_MASK if valid is None else valid
-        rows = _compiled.NO_STRINGS
-        if located.categories is not None:
-            rows = _compiled.strings(batch["_prompt"])
-        _compiled.scatter(ids, rows, names, lookup, logprob, valid, table, *sums.values())
+    lows, spans, strings = located.lows, located.spans, located.categories is not None
+    batches = log.batches(located.rows.select(columns), _token_files(log, piece))
+    with contextlib.closing(batches):  # ended even by an error: the read-ahead setting goes
+        for batch in batches:
+            stage, prompt, cand = (None if a is None else _compiled.column(batch[a]) for a in parts)
+            assert stage is not None  # the stage's column, or the candidates' index
+            ids = _compiled.ids_of(stage, prompt, cand, lows, spans)
+            logprob, valid = _compiled.column(batch["logprob"])
+            valid = _compiled.NO_MASK if valid is None else valid
+            rows = _compiled.strings(batch["_prompt"]) if strings else _compiled.NO_STRINGS
+            _compiled.scatter(ids, rows, names, lookup, logprob, valid, table, *sums.values())
     return sums
 
 

@@ -189,6 +189,30 @@ def test_128_bit_ids(dtype: pl.DataType, tmp_path: Path) -> None:
     assert got["loss"].to_list() == [2.0, 3.0]
 
 
+@pytest.mark.parametrize("column", ["stage", "prompt", "cand"])
+def test_128_bit_token_ids(column: str, tmp_path: Path) -> None:
+    """Long layout: token files whose ids Polars widens to Int128 (UInt64 in
+    one part, Int64 in another) give the losses of the same ids as Int64, into
+    the dense path's compiled loop."""
+    tokens = pl.DataFrame(
+        {
+            "stage": [0, 0, 0, 1, 1],
+            "prompt": [5, 5, 5, 6, 6],
+            "cand": [0, 1, 1, 0, 0],
+            "logprob": [-1.0, -2.0, -4.0, -3.0, -5.0],
+        }
+    )
+    rewards = pl.DataFrame(
+        {"stage": [0, 0, 1], "prompt": [5, 5, 6], "cand": [0, 1, 0], "reward": [0.1, 0.2, 0.3]}
+    )
+    tokens.head(2).cast({column: pl.UInt64}).write_parquet(tmp_path / "a.parquet")
+    tokens.tail(3).write_parquet(tmp_path / "b.parquet")
+    parts = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    got = raft_polars.stage_losses(parts, rewards=rewards)
+    assert got["loss"].to_list() == [3.0, 4.0]
+    assert got["tokens"].to_list() == [2, 2]
+
+
 @pytest.mark.parametrize(
     "strategy", [{}, {"strategy": "top_n", "n": 2}, {"strategy": "global", "fraction": 0.5}]
 )
