@@ -307,6 +307,33 @@ def positions(index: Array, size: int) -> Ids:
     return Ids(index, index, index, NO_MASK, _NO_LOWS, spans, _NO_PARTS)
 
 
+@njit(inline="always")
+def _values(  # noqa: PLR0917 - compiled
+    values: Array,
+    valid: npt.NDArray[np.bool_],
+    lo: int,
+    hi: int,
+    total: float,
+    top: float,
+    empty: np.int64,
+) -> tuple[float, float, np.int64]:  # pragma: no cover - compiled
+    """Values ``lo..hi`` added into the sums of one slot or list: the NLL
+    (value by value, in order), the largest value (NaN never replaces it) and
+    the null count (``valid``: empty when no value is null). Inlined where it
+    is called, once a run or a list, not a row."""
+    masked = valid.shape[0] > 0
+    for k in range(lo, hi):
+        w = np.uintp(k)
+        if masked and not valid[w]:
+            empty += 1
+            continue
+        value = np.float64(values[w])
+        total -= value
+        if value > top:  # noqa: PLR1730 - NaN never replaces the maximum
+            top = value
+    return total, top, empty
+
+
 _BLOCK = 16  # rows compared at once when looking for the end of a run
 
 
@@ -419,7 +446,7 @@ def _add(  # noqa: PLR0917 - compiled
     indices per row).
     """
     stage, prompt, cand, ok = ids.stage, ids.prompt, ids.cand, ids.ok
-    nulls, masked = ok.shape[0] > 0, valid.shape[0] > 0
+    nulls = ok.shape[0] > 0
     coded, has_cand = ids.parts[0] == 0, ids.parts[1] != 0
     outside = table.shape[0] - 1
     low0, low1, low2 = ids.lows[0], ids.lows[1], ids.lows[2]
@@ -460,17 +487,9 @@ def _add(  # noqa: PLR0917 - compiled
                 e += 1
             break
         if slot >= 0:
-            total, top, empty = nll[slot], lp_max[slot], lp_nulls[slot]
-            for k in range(r, e):
-                w = np.uintp(k)
-                if masked and not valid[w]:
-                    empty += 1
-                    continue
-                value = np.float64(logprob[w])
-                total -= value
-                if value > top:  # noqa: PLR1730 - NaN never replaces the maximum
-                    top = value
-            nll[slot], lp_max[slot], lp_nulls[slot] = total, top, empty
+            nll[slot], lp_max[slot], lp_nulls[slot] = _values(
+                logprob, valid, r, e, nll[slot], lp_max[slot], lp_nulls[slot]
+            )
             tokens[slot] += e - r
         r = e
 
@@ -488,19 +507,10 @@ def list_sums(  # noqa: PLR0917 - a compiled kernel takes its arrays positionall
     (float64, added value by value in order from 0.0), the largest value
     (-inf when it has none; NaN never replaces it) and the null count;
     ``valid``: empty when no value is null, else one flag per value."""
-    masked = valid.shape[0] > 0
     for i in range(offsets.shape[0] - 1):
-        total, top, empty = 0.0, -np.inf, 0
-        for k in range(offsets[i], offsets[i + 1]):
-            w = np.uintp(k)
-            if masked and not valid[w]:
-                empty += 1
-                continue
-            value = np.float64(values[w])
-            total -= value
-            if value > top:  # noqa: PLR1730 - NaN never replaces the maximum
-                top = value
-        nll[i], lp_max[i], lp_nulls[i] = total, top, empty
+        nll[i], lp_max[i], lp_nulls[i] = _values(
+            values, valid, offsets[i], offsets[i + 1], 0.0, -np.inf, np.int64(0)
+        )
 
 
 @njit()

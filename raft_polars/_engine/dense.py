@@ -22,6 +22,7 @@ from raft_polars._engine.read import ID_COLUMNS
 
 __all__ = [
     "MAX_BOX",
+    "NUMPY_INTS",
     "Box",
     "PromptCodes",
     "box_of",
@@ -35,7 +36,7 @@ MAX_BOX = 1 << 26
 _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
 # the integer types numpy holds (not Int128 / UInt128)
-_NUMPY_INTS = frozenset(
+NUMPY_INTS = frozenset(
     {pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64}
 )
 
@@ -91,7 +92,7 @@ def _offsets(series: pl.Series, low: int) -> npt.NDArray[np.signedinteger[Any]]:
 def box_of(frame: pl.DataFrame) -> Box | None:
     """The box around ``frame``'s ids, or None: not integers of at most 64 bits,
     nulls, empty, or more than :data:`MAX_BOX` positions."""
-    if frame.height == 0 or not all(frame.schema[c] in _NUMPY_INTS for c in ID_COLUMNS):
+    if frame.height == 0 or not all(frame.schema[c] in NUMPY_INTS for c in ID_COLUMNS):
         return None
     if any(frame[c].has_nulls() for c in ID_COLUMNS):
         return None
@@ -216,9 +217,9 @@ def prompt_codes(keys: pl.DataFrame) -> PromptCodes | None:
     box), or None: null prompt ids, or stage and cand ids that are not integers."""
     prompt = keys.schema["prompt"]
     if (
-        not (prompt == pl.String or prompt in _NUMPY_INTS)
+        not (prompt == pl.String or prompt in NUMPY_INTS)
         or keys["prompt"].has_nulls()
-        or not (keys.schema["stage"] in _NUMPY_INTS and keys.schema["cand"] in _NUMPY_INTS)
+        or not (keys.schema["stage"] in NUMPY_INTS and keys.schema["cand"] in NUMPY_INTS)
     ):
         return None
     return PromptCodes(keys["prompt"].unique(maintain_order=True))

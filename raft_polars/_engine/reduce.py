@@ -31,6 +31,7 @@ import numpy.typing as npt
 import polars as pl
 
 from raft_polars._engine.checks import Problem, bad_logprob, first_row, raise_first
+from raft_polars._engine.dense import NUMPY_INTS
 from raft_polars._engine.rank import STAGE_SUMS, Keys, stage_frame
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
 from raft_polars._engine.sources import Piece
@@ -333,9 +334,8 @@ def _token_files(log: StageLog, piece: Piece | None) -> list[str]:
     return [str(p) for p in paths] if piece is None else [str(paths[i]) for i in piece.files]
 
 
-_LOOP_INTS = frozenset(
-    {pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32}
-)  # numpy holds them and Int64 holds their values: the loop widens them itself
+# numpy holds them and Int64 holds their values: the loop widens them itself
+_LOOP_INTS = NUMPY_INTS - {pl.UInt64}
 
 
 def _loop_id(name: str, dtype: pl.DataType, alias: str) -> pl.Expr:
