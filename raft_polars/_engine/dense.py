@@ -114,7 +114,7 @@ def position(
     schema: pl.Schema,
     *,
     checked: bool = True,
-    names: Sequence[str | None] = ID_COLUMNS,
+    names: Sequence[str] = ID_COLUMNS,
 ) -> pl.Expr:
     """Each row's position in ``box``, or ``box.size`` ("outside").
 
@@ -123,15 +123,11 @@ def position(
     of rows). A row outside the box, or with a null id, gets ``box.size``.
     ``checked=False`` leaves out those bounds checks: only for rows known to lie
     inside the box. ``names``: the frame's columns of
-    ``stage, prompt, cand`` (the prompt's codes, say); a prompt of None leaves
-    the prompt's part out (0), for the caller to add.
+    ``stage, prompt, cand`` (the prompt's codes, say).
     """
     parts = []
     kind: pl.DataType
     for name, low, span in zip(names, box.lows, box.spans, strict=True):
-        if name is None:
-            parts.append(pl.lit(0, pl.Int32))
-            continue
         dtype = schema[name]
         if dtype == pl.Int32 and _INT32[0] <= low and low + span - 1 <= _INT32[1]:
             # x - low wraps only when |x - low| >= 2**31: never into [0, span)
