@@ -21,10 +21,11 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
-from typing import TypeAlias
+from itertools import chain, pairwise
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +46,8 @@ Number: TypeAlias = float | int
 LogProbs: TypeAlias = Sequence[Sequence[Sequence[Sequence[Number]]]]
 Rewards: TypeAlias = Sequence[Sequence[Sequence[Number]]]
 
+_LISTS = pa.large_list(pa.float64())
+_NEST = pa.large_list(_LISTS)
 _LP = "stages_log_probs"
 _RW = "stages_rewards"
 
@@ -79,9 +82,9 @@ def raft_alignment(stages_log_probs: LogProbs, stages_rewards: Rewards) -> list[
     >>> raft_alignment([], [])
     []
     """
-    keys = _read_rewards(stages_log_probs, stages_rewards)
-    losses = _best_of_k_losses(stages_log_probs, keys)
+    losses = _best_of_k_losses(stages_log_probs, stages_rewards)
     if losses is None:  # something to report: the frame path names it
+        keys = _read_rewards(stages_log_probs, stages_rewards)
         losses = _losses(stages_log_probs, keys, "token")["loss"].to_list()
     return [round(loss, 4) for loss in losses]
 
@@ -152,69 +155,96 @@ def _lengths(items: Sequence[object], name: str, where: str) -> list[int]:
         raise
 
 
-def _best_of_k_losses(lps: LogProbs, keys: _Keys) -> list[float] | None:
+def _best_of_k_losses(lps: LogProbs, rws: Rewards) -> list[float] | None:
     """Best-of-K pooled token losses with the engine's compiled kernels, for the
     common, clean case, without the frames' per-query overhead.
 
     The ranking is :func:`~raft_polars._engine._compiled.best_of_groups` (the
-    dense path of the rank step), the reduction
-    :func:`~raft_polars._engine._compiled.scatter` (the token pass of the reduce
-    step), each stage one slot: the NLL added token by token from 0.0, as the
-    plain loop does. None when anything needs a message: a reward or selected
-    log-prob that is null, not finite or not a number, a log-prob > 0, a stage
-    whose selected responses hold no tokens.
+    dense path of the rank step, through ``best_of_nest``), the reduction
+    :func:`~raft_polars._engine._compiled.list_sums` (the nested layout's pass of
+    the reduce step) over each stage's selected tokens as one list: the NLL
+    added token by token from 0.0, as the plain loop does. None when anything
+    needs a message (the frame path then finds it): shapes that disagree, an
+    empty stage or prompt, a reward or selected log-prob that is null, not
+    finite or not a number, a log-prob > 0, a stage whose selected responses
+    hold no tokens; also a loss that overflows (the frame path gives ``inf``).
     """
-    from raft_polars._engine._compiled import (
-        NO_LOOKUP,
-        NO_MASK,
-        NO_STRINGS,
-        best_of_groups,
-        groups_of,
-        positions,
-        scatter,
-    )
+    from raft_polars._engine._compiled import NO_MASK, list_sums
 
-    if len(keys.cand) == 0:
-        return []
-    reward = keys.reward.to_numpy(zero_copy_only=False)  # null: NaN
-    if not np.isfinite(reward).all():
+    ranked = _best_of_k(lps, rws)
+    if ranked is None:
         return None
-    groups = keys.group_stage
-    cand, *rest = groups_of(len(groups))
-    best_of_groups(keys.group, keys.cand, reward, cand, *rest)
+    stage_offsets, stage, prompt, cand = ranked
+    if not len(cand):
+        return []
     picks = [
-        lps[t][i][j]
-        for t, i, j in zip(groups.tolist(), keys.group_prompt.tolist(), cand.tolist(), strict=True)
+        lps[t][i][j] for t, i, j in zip(stage.tolist(), prompt.tolist(), cand.tolist(), strict=True)
     ]
     array = _float_lists(picks)
-    if array is None or array.null_count:
+    selected = None if array is None else _levels(array, 1)
+    if selected is None:
         return None
-    stages = int(groups[-1]) + 1
-    index = np.repeat(groups, np.diff(array.offsets.to_numpy()))
-    nll, tokens = np.zeros(stages), np.zeros(stages, dtype=np.int64)
-    top, nulls = np.full(stages, -np.inf), np.zeros(stages, dtype=np.int64)
-    table = np.arange(stages + 1, dtype=np.int32)
-    if array.values.null_count:
+    offsets, values = selected
+    # the groups are in stage order, one selected response each: stage t's
+    # tokens are one run of the selected values, from ends[t] to ends[t + 1]
+    ends = offsets[stage_offsets]
+    stages = len(ends) - 1
+    nll, top, nulls = np.empty(stages), np.empty(stages), np.empty(stages, np.int64)
+    list_sums(ends, values, NO_MASK, nll, top, nulls)
+    sums, bounds = nll.tolist(), ends.tolist()
+    tokens = [b - a for a, b in pairwise(bounds)]
+    if not all(math.isfinite(s) and k for s, k in zip(sums, tokens, strict=True)):
+        return None  # an overflowing sum included: the frame path gives inf
+    if not all(value <= 0 for value in top.tolist()):
         return None
-    values = array.values.to_numpy()
-    scatter(
-        positions(index, stages),
-        NO_STRINGS,
-        NO_STRINGS,
-        NO_LOOKUP,
-        values,
-        NO_MASK,
-        table,
-        nll,
-        tokens,
-        top,
-        nulls,
-    )
-    if not (np.isfinite(values).all() and (top <= 0).all() and tokens.all()):
+    return [s / k for s, k in zip(sums, tokens, strict=True)]
+
+
+def _best_of_k(lps: LogProbs, rws: Rewards) -> list[npt.NDArray[np.int64]] | None:
+    """The rank step of :func:`_best_of_k_losses`: the rewards converted by Arrow
+    in one call, checked against the shape of ``lps`` and ranked in one compiled
+    call; the offsets of the stages' prompts, then each group's stage, prompt and
+    best ``cand``. None when anything needs a message."""
+    from raft_polars._engine._compiled import best_of_nest
+
+    try:
+        rewards = pa.array(rws, type=_NEST, from_pandas=False)
+        prompts = np.array([len(stage) for stage in lps], dtype=np.int64)
+        ks = np.array([len(prompt) for stage in lps for prompt in stage], dtype=np.int64)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         return None
-    with np.errstate(over="ignore"):  # an overflowing sum is an infinite loss, as in the loop
-        losses: list[float] = (nll / tokens).tolist()
-    return losses
+    nest = _levels(rewards, 2)
+    if nest is None:
+        return None
+    stage_offsets, prompt_offsets, reward = nest
+    ranked = best_of_nest(stage_offsets, prompt_offsets, reward, prompts, ks)
+    if not len(ranked[0]) and (len(prompts) or len(rewards)):
+        return None  # the checks failed (T = 0 has no candidates, and no message)
+    return [stage_offsets, *ranked]
+
+
+def _levels(array: pa.LargeListArray, depth: int) -> list[npt.NDArray[Any]] | None:
+    """The offsets of each of the ``depth`` list levels of an Arrow array that
+    Arrow's converter has just built (at offset 0, values from 0), and its
+    float64 values, read from its buffers; None when a list or a value is null."""
+    buffers = array.buffers()
+    if any(b is not None for b in buffers[::2]) and _has_nulls(array, depth):
+        return None
+    levels: list[npt.NDArray[Any]] = []
+    size = len(array) + 1
+    for buffer in buffers[1::2]:
+        level = np.frombuffer(buffer, np.float64 if len(levels) == depth else np.int64)[:size]
+        levels.append(level)
+        size = int(level[-1]) + 1 if len(levels) <= depth else 0
+    return levels
+
+
+def _has_nulls(array: pa.Array, depth: int) -> bool:
+    for _ in range(depth):
+        if array.null_count:
+            return True
+        array = array.values
+    return bool(array.null_count)
 
 
 def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
@@ -280,7 +310,7 @@ def _shaped_rewards(lps: LogProbs, rws: Rewards) -> _Keys | None:
     """The candidate rows of well-shaped nests, the rewards converted by Arrow in
     one call; None when anything needs a message (the checks then find it)."""
     try:
-        nest = pa.array(rws, type=pa.large_list(pa.large_list(pa.float64())))
+        nest = pa.array(rws, type=_NEST, from_pandas=False)
         shape = [len(stage) for stage in lps]
         ks = [len(prompt) for stage in lps for prompt in stage]
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
@@ -317,7 +347,7 @@ def _float_lists(lists: Sequence[object]) -> pa.LargeListArray | None:
     is an error, not a number, and None is null, not NaN.
     """
     try:
-        return pa.array(lists, type=pa.large_list(pa.float64()))
+        return pa.array(lists, type=_LISTS, from_pandas=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         return None
 

@@ -1,14 +1,16 @@
-"""The engine's compiled loops (numba), imported only when a token pass runs.
+"""The engine's compiled loops (numba), imported only when they run.
 
-Polars decodes the token rows and computes each row's position; the loop here
-does what Polars cannot do in one pass: a gather from a small table (the row's
-candidate slot) fused with a scatter-add into per-slot sums. String prompt ids
-reach it as Arrow string views (zero copy from Polars): the loop finds a row's
-prompt code by comparing its view, then its bytes, with the previous row's (a
-response's rows share one prompt), and only on a change looks the string up,
-exactly, in an open-addressing table of the candidates' prompts. Everything
-around it (reading, positions, the slots, the checks) stays columnar.
-"""
+Polars decodes the token rows; the loop here reads their raw ids, finds each run
+of rows that share them, computes the run's position once and adds its
+log-probs into the sums of its candidate slot: the gather from a small table
+fused with the scatter-add, which Polars cannot do in one pass. String prompt
+ids reach it as Arrow string views (zero copy from Polars): the loop finds a
+row's prompt code by comparing its view, then its bytes, with the previous
+row's (a response's rows share one prompt), and only on a change looks the
+string up, exactly, in an open-addressing table of the candidates' prompts.
+The rank step's best-of-K over dense groups and the nested layout's list sums
+are here too. Everything around them (reading, the slots, the checks) stays
+columnar."""
 
 from __future__ import annotations
 
@@ -29,13 +31,13 @@ __all__ = [
     "Ids",
     "Strings",
     "best_of_groups",
+    "best_of_nest",
     "column",
     "groups_of",
     "ids_of",
     "list_sums",
     "name_table",
     "nest_ids",
-    "positions",
     "scatter",
     "strings",
     "touch",
@@ -294,19 +296,6 @@ def ids_of(
     return Ids(arrays[0], prompt_values, cand_values, ok, *bounds)
 
 
-_NO_LOWS = _frozen(np.zeros(3, dtype=np.int64))
-_NO_PARTS = _frozen(np.zeros(2, dtype=np.int64))
-
-
-def positions(index: Array, size: int) -> Ids:
-    """:class:`Ids` of rows whose positions are ``index`` (``0 .. size - 1``;
-    anything else is outside): :func:`ids_of` of one column, built directly
-    (``raft_alignment`` calls it once a call)."""
-    index = _frozen(index.astype(_loop_type(index), copy=False))
-    spans = _frozen(np.array([size, 1, 1], dtype=np.int64))
-    return Ids(index, index, index, NO_MASK, _NO_LOWS, spans, _NO_PARTS)
-
-
 @njit(inline="always")
 def _values(  # noqa: PLR0917 - compiled
     values: Array,
@@ -563,6 +552,46 @@ def nest_ids(
             group[c], cand[c] = g, j
             c += 1
     return group, cand, group_stage, group_prompt
+
+
+@njit()
+def best_of_nest(
+    stage_offsets: npt.NDArray[np.int64],
+    prompt_offsets: npt.NDArray[np.int64],
+    reward: npt.NDArray[np.float64],
+    prompts: npt.NDArray[np.int64],
+    ks: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], ...]:  # pragma: no cover - compiled; its callers are tested
+    """Best-of-K over nested lists' rewards (an Arrow list of lists: its two
+    levels of offsets and its values), candidates numbered by position: the
+    checks, :func:`nest_ids` and :func:`best_of_groups` in one call. Each group's
+    stage, prompt and best ``cand``; all three empty when the nest does not
+    have ``prompts`` per stage and ``ks`` candidates per prompt, when a stage or
+    a prompt is empty, or when a reward is not finite (the caller then finds
+    what to say)."""
+    none = np.zeros(0, dtype=np.int64)
+    counts, sizes = np.diff(stage_offsets), np.diff(prompt_offsets)
+    if counts.shape != prompts.shape or sizes.shape != ks.shape:
+        return none, none, none
+    if (
+        (counts != prompts).any()
+        or (sizes != ks).any()
+        or (counts == 0).any()
+        or (sizes == 0).any()
+    ):
+        return none, none, none
+    if not np.isfinite(reward).all():
+        return none, none, none
+    group, cand, group_stage, group_prompt = nest_ids(counts, sizes)
+    size = group_stage.shape[0]
+    first, ties, counts = (
+        np.zeros(size, np.int64),
+        np.zeros(size, np.int64),
+        np.zeros(size, np.int64),
+    )
+    best, sums = np.zeros(size), np.zeros(size)
+    best_of_groups(group, cand, reward, first, best, ties, counts, sums)
+    return group_stage, group_prompt, first
 
 
 def groups_of(size: int) -> tuple[npt.NDArray[Any], ...]:

@@ -19,13 +19,15 @@ from engine_cases import (
     check_losses,
     check_selection,
 )
+from hypothesis import given, settings
 from reference import SEED_LOG_PROBS, SEED_REWARDS, reference_losses
-from strategies import LogProbs, Rewards
+from strategies import LogProbs, Rewards, ragged_logs
 
 import raft_polars
 import raft_polars._engine.dense
 import raft_polars._engine.rank
 import raft_polars._engine.reduce
+import raft_polars.lists
 
 SEED = Case(SEED_LOG_PROBS, SEED_REWARDS)
 
@@ -190,6 +192,18 @@ def test_ragged_case_tells_the_reductions_apart() -> None:
 
 def test_seed_example() -> None:
     assert raft_polars.raft_alignment(SEED_LOG_PROBS, SEED_REWARDS) == [1.55, 0.55, 0.15]
+
+
+@settings(max_examples=150, deadline=None)
+@given(ragged_logs(max_stages=4, ints=True), ragged_logs(max_stages=2, float32=True))
+def test_clean_lists_take_the_compiled_path(
+    log: tuple[LogProbs, Rewards], narrow: tuple[LogProbs, Rewards]
+) -> None:
+    """raft_alignment's compiled path (one Arrow conversion of the rewards, one of
+    the selected log-probs, the rank and reduce kernels) answers every clean log
+    itself, with the reference's very additions: equal before rounding."""
+    for lps, rws in (log, narrow):
+        assert raft_polars.lists._best_of_k_losses(lps, rws) == reference_losses(lps, rws)
 
 
 def test_half_way_rounding_is_pythons_round() -> None:

@@ -56,7 +56,7 @@ def test_loops_are_cached_outside_the_package(tmp_path: Path, numba_dir: bool) -
 
     chosen, other = (user, xdg) if numba_dir else (xdg / "raft_polars" / "numba", user)
     names = {path.name.split("-")[0] for path in chosen.rglob("*.nbi")}
-    assert {"_compiled.scatter", "_compiled.best_of_groups"} <= names
+    assert {"_compiled.best_of_nest", "_compiled.list_sums"} <= names
     assert not other.exists()
     assert _package_cache_files() == before  # nothing new next to the modules
     # a second process loads the loops from the same place

@@ -87,7 +87,9 @@ def test_scatter_adds_each_row_into_its_slot(
     array, valid, widened = _logprobs(values, float_type)
     got = _sums(slots)
     compiled.scatter(
-        compiled.positions(np.array(positions, dtype=index), len(table) - 1),
+        compiled.ids_of(
+            (np.array(positions, dtype=index), None), None, None, (0, 0, 0), (len(table) - 1, 1, 1)
+        ),
         compiled.NO_STRINGS,
         compiled.NO_STRINGS,
         compiled.NO_LOOKUP,
