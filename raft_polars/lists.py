@@ -47,6 +47,14 @@ LogProbs: TypeAlias = Sequence[Sequence[Sequence[Sequence[Number]]]]
 Rewards: TypeAlias = Sequence[Sequence[Sequence[Number]]]
 
 _LISTS = pa.large_list(pa.float64())
+# what Arrow's converter raises for values that are not numbers or nests that are not lists
+_NOT_CONVERTED = (
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    pa.ArrowNotImplementedError,
+    TypeError,
+    OverflowError,
+)
 _NEST = pa.large_list(_LISTS)
 _LP = "stages_log_probs"
 _RW = "stages_rewards"
@@ -193,34 +201,55 @@ def _best_of_k_losses(lps: LogProbs, rws: Rewards) -> list[float] | None:
     list_sums(ends, values, NO_MASK, nll, top, nulls)
     sums, bounds = nll.tolist(), ends.tolist()
     tokens = [b - a for a, b in pairwise(bounds)]
-    if not all(math.isfinite(s) and k for s, k in zip(sums, tokens, strict=True)):
-        return None  # an overflowing sum included: the frame path gives inf
-    if not all(value <= 0 for value in top.tolist()):
+    # a NaN makes its sum NaN, +inf the largest value; -inf or an overflow makes
+    # the sum inf (an overflow is an infinite loss, as in the loop)
+    clean = all(k and not math.isnan(s) for s, k in zip(sums, tokens, strict=True))
+    if not clean or max(top.tolist()) > 0:
+        return None
+    if math.inf in sums and not np.isfinite(values).all():
         return None
     return [s / k for s, k in zip(sums, tokens, strict=True)]
 
 
 def _best_of_k(lps: LogProbs, rws: Rewards) -> list[npt.NDArray[np.int64]] | None:
-    """The rank step of :func:`_best_of_k_losses`: the rewards converted by Arrow
-    in one call, checked against the shape of ``lps`` and ranked in one compiled
-    call; the offsets of the stages' prompts, then each group's stage, prompt and
-    best ``cand``. None when anything needs a message."""
+    """The rank step of :func:`_best_of_k_losses`: the rewards checked against
+    the shape of ``lps`` and ranked in one compiled call; the offsets of the
+    stages' prompts, then each group's stage, prompt and best ``cand``. None
+    when anything needs a message (a shape the checks reject raises here).
+
+    Rewards in a Python list take one Arrow conversion, read from its buffers;
+    any other nest (numpy arrays, Arrow arrays) the checks of
+    :func:`_read_rewards`."""
     from raft_polars._engine._compiled import best_of_nest
 
+    nest = None
     try:
-        rewards = pa.array(rws, type=_NEST, from_pandas=False)
-        prompts = np.array([len(stage) for stage in lps], dtype=np.int64)
-        ks = np.array([len(prompt) for stage in lps for prompt in stage], dtype=np.int64)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-        return None
-    nest = _levels(rewards, 2)
-    if nest is None:
-        return None
+        if isinstance(rws, list):  # a new array, at offset 0 on every level
+            prompts = np.array([len(stage) for stage in lps], dtype=np.int64)
+            ks = np.array([len(prompt) for stage in lps for prompt in stage], dtype=np.int64)
+            nest = _levels(pa.array(rws, type=_NEST, from_pandas=False), 2)
+    except _NOT_CONVERTED:
+        nest = None
+    if nest is None:  # shapes the checks accept: the nest agrees with lps
+        nest = _checked_levels(lps, rws)
+        prompts, ks = np.diff(nest[0]), np.diff(nest[1])
     stage_offsets, prompt_offsets, reward = nest
     ranked = best_of_nest(stage_offsets, prompt_offsets, reward, prompts, ks)
-    if not len(ranked[0]) and (len(prompts) or len(rewards)):
+    if not len(ranked[0]) and (len(prompts) or len(stage_offsets) > 1):
         return None  # the checks failed (T = 0 has no candidates, and no message)
     return [stage_offsets, *ranked]
+
+
+def _checked_levels(lps: LogProbs, rws: Rewards) -> list[npt.NDArray[Any]]:
+    """:func:`_levels` of the rewards as :func:`_read_rewards` reads them (a
+    null reward is NaN)."""
+    keys = _read_rewards(lps, rws)
+    groups = len(keys.group_stage)
+    stage_offsets = np.zeros(len(lps) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys.group_stage, minlength=len(lps)), out=stage_offsets[1:])
+    prompt_offsets = np.zeros(groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys.group, minlength=groups), out=prompt_offsets[1:])
+    return [stage_offsets, prompt_offsets, keys.reward.to_numpy(zero_copy_only=False)]
 
 
 def _levels(array: pa.LargeListArray, depth: int) -> list[npt.NDArray[Any]] | None:
@@ -235,7 +264,8 @@ def _levels(array: pa.LargeListArray, depth: int) -> list[npt.NDArray[Any]] | No
     for buffer in buffers[1::2]:
         level = np.frombuffer(buffer, np.float64 if len(levels) == depth else np.int64)[:size]
         levels.append(level)
-        size = int(level[-1]) + 1 if len(levels) <= depth else 0
+        if len(levels) <= depth:  # the next level's offsets, or the values
+            size = int(level[-1]) + (len(levels) < depth)
     return levels
 
 
@@ -313,7 +343,7 @@ def _shaped_rewards(lps: LogProbs, rws: Rewards) -> _Keys | None:
         nest = pa.array(rws, type=_NEST, from_pandas=False)
         shape = [len(stage) for stage in lps]
         ks = [len(prompt) for stage in lps for prompt in stage]
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+    except _NOT_CONVERTED:
         return None
     if nest.null_count or nest.values.null_count:
         return None
@@ -348,7 +378,7 @@ def _float_lists(lists: Sequence[object]) -> pa.LargeListArray | None:
     """
     try:
         return pa.array(lists, type=_LISTS, from_pandas=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+    except _NOT_CONVERTED:
         return None
 
 

@@ -9,6 +9,7 @@ from unittest import mock
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 from engine_cases import (
     ENTRIES,
@@ -239,6 +240,46 @@ def test_numpy_inputs() -> None:
     # the annotations say nested sequences; arrays are accepted all the same
     got = raft_polars.raft_alignment([lps], rws)  # type: ignore[list-item, arg-type]
     assert got == [round(-(-1.5 + float(np.float32(-1.6))) / 2, 4)]
+
+
+def test_rewards_in_any_nest_answer_as_lists_do() -> None:
+    """Rewards as numpy arrays (one, or one a stage) and as an Arrow array (a
+    slice of one too) take the compiled path with the reference's additions,
+    which differ here in the fourth decimal from adding each response first."""
+    tiny = -2.4980018054066023e-17
+    lps = [
+        [[[-0.30015], [-9.0]], [[tiny, tiny], [-9.0]]],
+        [[[-1.0], [-2.0]], [[-3.0], [-4.0]]],
+    ]
+    rws = [[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]]
+    want = reference_losses(lps, rws)
+    kind = pa.large_list(pa.large_list(pa.float64()))
+    sliced = pa.array([[[9.0, 0.0]], *rws], type=kind).slice(1)
+    for nest in (rws, np.array(rws), [np.array(stage) for stage in rws], sliced):
+        assert raft_polars.lists._best_of_k_losses(lps, nest) == want  # type: ignore[arg-type]
+        assert raft_polars.raft_alignment(lps, nest) == [0.1, 2.5]  # type: ignore[arg-type]
+    assert [round(x, 4) for x in want] == [0.1, 2.5]
+
+
+def test_a_loss_that_overflows_only_token_by_token_is_inf() -> None:
+    lps = [[[[-1.7976931348623155e308]], [[-1.1975041857208318e292] * 2]]]
+    rws = [[[1.0], [1.0]]]
+    assert reference_losses(lps, rws) == [math.inf]
+    assert raft_polars.raft_alignment(lps, rws) == [math.inf]
+
+
+@pytest.mark.parametrize(
+    ("lps", "rws", "message"),
+    [
+        ([[[[-1.0]]]], [], "stages_log_probs has 1 stage(s) but stages_rewards has 0"),
+        ([], [[[1.0]]], "stages_log_probs has 0 stage(s) but stages_rewards has 1"),
+        ([[[[-1.0]]]], np.array([0.5]), "stages_rewards[0] must be a list"),
+    ],
+)
+def test_nests_that_are_not_stage_logs(lps: Any, rws: Any, message: str) -> None:
+    with pytest.raises(raft_polars.RaftInputError) as raised:
+        raft_polars.raft_alignment(lps, rws)
+    assert message in str(raised.value)
 
 
 # ids: dense integers, string prompts and hashed (sparse integer) prompts take the
