@@ -255,15 +255,17 @@ def _typed(fields: dict[int, Any], wanted: dict[int, int]) -> None:
 
 class _Thrift:
     """Thrift compact protocol, for a footer: structs as ``{field id: value}``,
-    lists as lists, binaries as bytes."""
+    lists as lists, binaries as bytes. Written for CPython: a footer holds tens
+    of thousands of values, most of them one-byte integers, read inline."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
 
     def varint(self, at: int) -> tuple[int, int]:
+        data = self.data
         value = shift = 0
         while True:
-            byte = self.data[at]
+            byte = data[at]
             at += 1
             value |= (byte & 0x7F) << shift
             if byte < 0x80:
@@ -273,45 +275,53 @@ class _Thrift:
                 raise _Malformed("a varint longer than 64 bits")
 
     def value(self, kind: int, at: int, depth: int) -> tuple[Any, int]:  # noqa: PLR0911
+        data = self.data
+        if _I16 <= kind <= _I64 or kind == _BINARY:
+            raw = data[at]
+            if raw < 0x80:
+                at += 1
+            else:
+                raw, at = self.varint(at)
+            if kind == _BINARY:
+                if at + raw > len(data):
+                    raise _Malformed("a binary past the footer")
+                return data[at : at + raw], at + raw
+            return (raw >> 1) ^ -(raw & 1), at
+        if kind == _STRUCT:
+            return self.struct(at, depth + 1)
         if kind in (_TRUE, _FALSE):
             return kind == _TRUE, at
         if kind == _BYTE:
-            return self.data[at], at + 1
-        if kind in (_I16, _I32, _I64, _BINARY):
-            raw, at = self.varint(at)
-            if kind == _BINARY:
-                if at + raw > len(self.data):
-                    raise _Malformed("a binary past the footer")
-                return self.data[at : at + raw], at + raw
-            return (raw >> 1) ^ -(raw & 1), at
+            return data[at], at + 1
         if kind == _DOUBLE:
             return None, at + 8
         if kind in (_LIST, _SET):
-            head = self.data[at]
+            head = data[at]
             at += 1
             count, item = head >> 4, head & 0x0F
             if count == 15:
                 count, at = self.varint(at)
             items = []
-            for _ in range(count):
-                got, at = (
-                    (self.data[at] == 1, at + 1)
-                    if item in (_TRUE, _FALSE)
-                    else self.value(item, at, depth + 1)
-                )
-                items.append(got)
+            if item in (_TRUE, _FALSE):
+                for _ in range(count):
+                    items.append(data[at] == 1)
+                    at += 1
+            else:
+                for _ in range(count):
+                    got, at = self.value(item, at, depth + 1)
+                    items.append(got)
             return items, at
-        if kind == _STRUCT:
-            return self.struct(at, depth + 1)
         raise _Malformed(f"Thrift type {kind} in a footer")
 
     def struct(self, at: int = 0, depth: int = 0) -> tuple[dict[int, Any], int]:
         if depth > 16:
             raise _Malformed("structs nested too deep")
+        data = self.data
         fields = _Struct()
+        kinds = fields.kinds
         last = 0
         while True:
-            head = self.data[at]
+            head = data[at]
             at += 1
             kind = head & 0x0F
             if kind == _STOP:
@@ -321,8 +331,16 @@ class _Thrift:
             else:
                 raw, at = self.varint(at)
                 last = (raw >> 1) ^ -(raw & 1)
-            fields[last], at = self.value(kind, at, depth)
-            fields.kinds[last] = kind
+            if _I16 <= kind <= _I64:  # an integer, most often one byte
+                raw = data[at]
+                if raw < 0x80:
+                    at += 1
+                else:
+                    raw, at = self.varint(at)
+                fields[last] = (raw >> 1) ^ -(raw & 1)
+            else:
+                fields[last], at = self.value(kind, at, depth)
+            kinds[last] = kind
 
 
 @njit()
