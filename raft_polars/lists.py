@@ -217,22 +217,17 @@ def _best_of_k(lps: LogProbs, rws: Rewards) -> list[npt.NDArray[np.int64]] | Non
     stages' prompts, then each group's stage, prompt and best ``cand``. None
     when anything needs a message (a shape the checks reject raises here).
 
-    Rewards in a Python list take one Arrow conversion, read from its buffers;
-    any other nest (numpy arrays, Arrow arrays) the checks of
-    :func:`_read_rewards`."""
+    The rewards take one Arrow conversion (:func:`_reward_levels`); a nest
+    Arrow cannot convert in one call (numpy arrays of two or more dimensions)
+    the checks of :func:`_read_rewards`."""
     from raft_polars._engine._compiled import best_of_nest
 
-    nest = None
-    try:
-        if isinstance(rws, list):  # a new array, at offset 0 on every level
-            prompts = np.array([len(stage) for stage in lps], dtype=np.int64)
-            ks = np.array([len(prompt) for stage in lps for prompt in stage], dtype=np.int64)
-            nest = _levels(pa.array(rws, type=_NEST, from_pandas=False), 2)
-    except _NOT_CONVERTED:
-        nest = None
-    if nest is None:  # shapes the checks accept: the nest agrees with lps
+    got = _reward_levels(lps, rws)
+    if got is None:  # shapes the checks accept: the nest agrees with lps
         nest = _checked_levels(lps, rws)
         prompts, ks = np.diff(nest[0]), np.diff(nest[1])
+    else:
+        nest, prompts, ks = got
     stage_offsets, prompt_offsets, reward = nest
     ranked = best_of_nest(stage_offsets, prompt_offsets, reward, prompts, ks)
     if not len(ranked[0]) and (len(prompts) or len(stage_offsets) > 1):
@@ -252,29 +247,45 @@ def _checked_levels(lps: LogProbs, rws: Rewards) -> list[npt.NDArray[Any]]:
     return [stage_offsets, prompt_offsets, keys.reward.to_numpy(zero_copy_only=False)]
 
 
-def _levels(array: pa.LargeListArray, depth: int) -> list[npt.NDArray[Any]] | None:
-    """The offsets of each of the ``depth`` list levels of an Arrow array that
-    Arrow's converter has just built (at offset 0, values from 0), and its
-    float64 values, read from its buffers; None when a list or a value is null."""
-    buffers = array.buffers()
-    if any(b is not None for b in buffers[::2]) and _has_nulls(array, depth):
+def _reward_levels(
+    lps: LogProbs, rws: Rewards
+) -> tuple[list[npt.NDArray[Any]], npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+    """The rewards converted by Arrow in one call, as :func:`_levels`, with the
+    prompts per stage and the candidates per prompt of ``lps``; None when Arrow
+    cannot convert them, a list or a reward is null, or ``lps`` is not nested."""
+    try:
+        nest = pa.array(rws, type=_NEST, from_pandas=False)
+        prompts = np.array([len(stage) for stage in lps], dtype=np.int64)
+        ks = np.array([len(prompt) for stage in lps for prompt in stage], dtype=np.int64)
+    except _NOT_CONVERTED:
         return None
-    levels: list[npt.NDArray[Any]] = []
-    size = len(array) + 1
-    for buffer in buffers[1::2]:
-        level = np.frombuffer(buffer, np.float64 if len(levels) == depth else np.int64)[:size]
-        levels.append(level)
-        if len(levels) <= depth:  # the next level's offsets, or the values
-            size = int(level[-1]) + (len(levels) < depth)
-    return levels
+    levels = _levels(nest, 2)
+    return None if levels is None else (levels, prompts, ks)
 
 
-def _has_nulls(array: pa.Array, depth: int) -> bool:
+def _levels(array: pa.LargeListArray, depth: int) -> list[npt.NDArray[Any]] | None:
+    """The offsets of each of the ``depth`` list levels of an Arrow list array
+    (from 0) and its float64 values, read from its buffers (zero copy, a
+    slice's too); None when a list or a value is null, or a child array is a
+    slice of its own."""
+    arrays = [array]
     for _ in range(depth):
-        if array.null_count:
-            return True
-        array = array.values
-    return bool(array.null_count)
+        arrays.append(arrays[-1].values)
+    if any(a.offset for a in arrays[1:]) or any(a.null_count for a in arrays):
+        return None
+    buffers = array.buffers()
+    levels: list[npt.NDArray[Any]] = []
+    low, high = array.offset, array.offset + len(array)
+    for buffer in buffers[1:-1:2]:
+        if buffer is None or buffer.size < (high + 1) * 8:
+            return None
+        level = np.frombuffer(buffer, np.int64)[low : high + 1]
+        low, high = int(level[0]), int(level[-1])
+        levels.append(level - low if low else level)
+    values = buffers[-1]
+    if values is None or values.size < high * 8:
+        return None
+    return [*levels, np.frombuffer(values, np.float64)[low:high]]
 
 
 def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
@@ -338,20 +349,18 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
 
 def _shaped_rewards(lps: LogProbs, rws: Rewards) -> _Keys | None:
     """The candidate rows of well-shaped nests, the rewards converted by Arrow in
-    one call; None when anything needs a message (the checks then find it)."""
-    try:
-        nest = pa.array(rws, type=_NEST, from_pandas=False)
-        shape = [len(stage) for stage in lps]
-        ks = [len(prompt) for stage in lps for prompt in stage]
-    except _NOT_CONVERTED:
+    one call (:func:`_reward_levels`); None when anything needs a message (the
+    checks then find it)."""
+    got = _reward_levels(lps, rws)
+    if got is None:
         return None
-    if nest.null_count or nest.values.null_count:
+    (stage_offsets, prompt_offsets, rewards), shape, ks = got
+    prompts, k = np.diff(stage_offsets), np.diff(prompt_offsets)
+    if not (np.array_equal(prompts, shape) and np.array_equal(k, ks)):
         return None
-    prompts = np.diff(nest.offsets.to_numpy())
-    k = np.diff(nest.values.offsets.to_numpy())
-    if prompts.tolist() != shape or k.tolist() != ks or not (prompts.all() and k.all()):
+    if not (prompts.all() and k.all()):
         return None
-    return _keys(prompts, k, nest.values.values)
+    return _keys(prompts, k, pa.array(rewards))
 
 
 def _keys(prompts: npt.NDArray[np.int64], k: npt.NDArray[np.int64], rewards: pa.Array) -> _Keys:

@@ -584,13 +584,14 @@ def best_of_nest(
         return none, none, none
     group, cand, group_stage, group_prompt = nest_ids(counts, sizes)
     size = group_stage.shape[0]
-    first, ties, counts = (
+    # the outputs of best_of_groups (as groups_of makes them, which is not compiled)
+    first, ties, members = (
         np.zeros(size, np.int64),
         np.zeros(size, np.int64),
         np.zeros(size, np.int64),
     )
     best, sums = np.zeros(size), np.zeros(size)
-    best_of_groups(group, cand, reward, first, best, ties, counts, sums)
+    best_of_groups(group, cand, reward, first, best, ties, members, sums)
     return group_stage, group_prompt, first
 
 
