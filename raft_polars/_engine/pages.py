@@ -14,10 +14,10 @@ reader (:func:`raft_polars._engine.validate.strict_read`).
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import numpy as np
+from zlib_ng.zlib_ng import crc32
 
 from raft_polars._engine._jit import njit
 
@@ -66,7 +66,7 @@ def verified(path: str) -> bool:
         spans = pages[:count][:, [_START, _COMPRESSED, _CRC]]
         spans[:, 1] += spans[:, 0]
         spans[:, 2] &= 0xFFFFFFFF
-        return all(zlib.crc32(view[low:high]) == crc for low, high, crc in spans.tolist())
+        return all(crc32(view[low:high]) == crc for low, high, crc in spans.tolist())
     except Exception:
         return False
     finally:
@@ -90,46 +90,70 @@ class _Malformed(Exception):
 
 
 def _chunks(data: Any) -> tuple[Any, Any]:
-    """The column chunks of a file's footer (read here, not by pyarrow, whose
-    reader aborts the process on some corrupted footers), a row each: where
-    their pages lie, their uncompressed size and values, the row group's rows
-    for a flat column (-1 otherwise), the encodings the footer lists (a bit
-    each), the bytes of a value in a PLAIN dictionary and whether the footer
-    counts its pages; with the keys ``chunk << 16 | page type << 8 | encoding``
-    of the pages it counts, one a page."""
+    """The column chunks of a file's footer (read here, by a compiled loop, not
+    by pyarrow, whose reader aborts the process on some corrupted footers), a
+    row each: where their pages lie, their uncompressed size and values, the
+    row group's rows for a flat column (-1 otherwise), the encodings the footer
+    lists (a bit each), the bytes of a value in a PLAIN dictionary and whether
+    the footer counts its pages; with the keys ``chunk << 16 | page type << 8 |
+    encoding`` of the pages it counts, one a page."""
     size = len(data)
     if size < 12 or bytes(data[-4:]) != b"PAR1":
         raise _Malformed("not a Parquet file")
     length = int.from_bytes(bytes(data[-8:-4]), "little")
     if length > size - 12:
         raise _Malformed("a footer longer than the file")
-    meta, _ = _Thrift(bytes(data[size - 8 - length : size - 8])).struct()
-    leaves = _leaves(meta[2])
-    rows: list[tuple[int, ...]] = []
-    stated: list[int] = []
-    for group in meta[4]:
-        columns = group[1]
-        if len(columns) != len(leaves):
-            raise _Malformed("a row group without a chunk for each column")
-        for chunk, (flat, element, _, _) in zip(columns, leaves, strict=True):
-            if chunk.get(1) is not None:  # pages in another file
-                raise _Malformed("a column chunk in another file")
-            column = chunk[3]
-            _typed(column, {1: _I32, 2: _LIST, 4: _I32, 5: _I64, 6: _I64, 7: _I64, 9: _I64})
-            _agree(element, column)
-            start = column.get(11) or column[9]  # the dictionary page comes first
-            known = sum(1 << code for code in column[2] if 0 <= code < 63)
-            size = _VALUE_BYTES.get(column[1], -1)
-            if column[1] == 7:
-                size = element.get(2, -1)
-            counts = column.get(13)  # pages per type and encoding, when the writer says
-            for stat in counts or ():
-                stated.extend([len(rows) << 16 | stat[1] << 8 | stat[2]] * stat[3])
-            rows.append((
-                start, start + column[7], column[6], column[5],
-                group[3] if flat else -1, known | _LEVELS, size, counts is not None, column[4],
-            ))  # fmt: skip
-    return np.array(rows, dtype=np.int64).reshape(len(rows), 9), np.array(stated, dtype=np.int64)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    elements, chunks, stats, groups = _footer_tables(raw, size - 8 - length, size - 8)
+    if not len(elements):
+        raise _Malformed("a footer without a schema")
+    schema = [  # a few elements: a dict each, as the schema's walk wants them, 0: the row
+        {
+            0: i,
+            **{f + 1: v for f, v in enumerate(row[:_E_NAME_END]) if v >= 0 and f != _E_NAME},
+            **({4: bytes(data[row[_E_NAME] : row[_E_NAME_END]])} if row[_E_NAME] >= 0 else {}),
+        }
+        for i, row in enumerate(elements.tolist())
+    ]
+    leaves = _leaves(schema)
+    width = len(leaves)
+    if not width or np.any(np.bincount(chunks[:, _C_GROUP], minlength=len(groups)) != width):
+        raise _Malformed("a row group without a chunk for each column")
+    if np.any(chunks[:, _C_PATH] != 0):
+        raise _Malformed("a column chunk in another file")
+    needed = [_C_TYPE, _C_KNOWN, _C_CODEC, _C_VALUES, _C_UNPACKED, _C_STORED]
+    if np.any(chunks[:, needed] < 0) or np.any(chunks[:, [_C_META, _C_PARTS]] < 1):
+        raise _Malformed("a column chunk without the metadata Parquet requires")
+    leaf = np.arange(len(chunks)) % width  # the chunks of a row group, a leaf each in order
+    kind = np.array([e.get(1, -1) for _, e, _, _ in leaves], dtype=np.int64)[leaf]
+    required = np.array([e.get(3) == 0 for _, e, _, _ in leaves], dtype=np.bool_)[leaf]
+    names = elements[[e[0] for _, e, _, _ in leaves]][:, [_E_NAME, _E_NAME_END]]
+    if np.any(kind != chunks[:, _C_TYPE]):
+        raise _Malformed("the schema and a column chunk differ on the type")
+    if not _names_agree(raw, chunks, names):
+        raise _Malformed("the schema and a column chunk differ on the name")
+    if np.any(required & (chunks[:, _C_NULLS] > 0)):
+        raise _Malformed("nulls in a required column")
+    start = np.where(chunks[:, _C_DICTIONARY] > 0, chunks[:, _C_DICTIONARY], chunks[:, _C_DATA])
+    if np.any(start < 0):
+        raise _Malformed("a column chunk without where its pages begin")
+    value_bytes = np.array([_VALUE_BYTES.get(t, -1) for t in range(8)], dtype=np.int64)
+    fixed = np.array([e.get(2, -1) for _, e, _, _ in leaves], dtype=np.int64)[leaf]
+    types = chunks[:, _C_TYPE]
+    value_size = np.where(types == 7, fixed, value_bytes[np.minimum(types, 7)])
+    flat = np.array([f for f, _, _, _ in leaves], dtype=np.bool_)[leaf]
+    rows = groups[chunks[:, _C_GROUP]] if len(groups) else np.zeros(0, dtype=np.int64)
+    if np.any(flat & (rows < 0)):
+        raise _Malformed("a row group without its rows")
+    if np.any(stats[:, 1:] < 0):
+        raise _Malformed("a page count without its type, encoding or count")
+    table = np.column_stack([
+        start, start + chunks[:, _C_STORED], chunks[:, _C_UNPACKED], chunks[:, _C_VALUES],
+        np.where(flat, rows, -1), chunks[:, _C_KNOWN] | _LEVELS, value_size,
+        chunks[:, _C_STATED] == 1, chunks[:, _C_CODEC],
+    ]).astype(np.int64).reshape(len(chunks), 9)  # fmt: skip
+    keys = stats[:, _S_CHUNK] << 16 | stats[:, _S_KIND] << 8 | stats[:, _S_ENCODING]
+    return table, np.repeat(keys, stats[:, _S_COUNT])
 
 
 def _as_stated(pages: Any, chunks: Any, stated: Any) -> bool:
@@ -138,18 +162,6 @@ def _as_stated(pages: Any, chunks: Any, stated: Any) -> bool:
     mine = pages[chunks[pages[:, _CHUNK], _STATED] == 1]
     keys = mine[:, _CHUNK] << 16 | mine[:, _KIND] << 8 | mine[:, _ENC]
     return bool(np.array_equal(np.sort(keys), np.sort(stated)))
-
-
-def _agree(element: dict[int, Any], column: dict[int, Any]) -> None:
-    """A footer holds a column's physical type and name twice (its schema
-    element, its chunks' metadata) and says whether it may hold nulls: a
-    corrupted byte in one is caught by the other."""
-    if element.get(1) != column[1]:
-        raise _Malformed("the schema and a column chunk differ on the type")
-    if not column[3] or element.get(4) != column[3][-1]:
-        raise _Malformed("the schema and a column chunk differ on the name")
-    if element.get(3) == 0 and (column.get(12) or {}).get(3, 0):
-        raise _Malformed("nulls in a required column")
 
 
 def _leaves(schema: list[dict[int, Any]]) -> list[tuple[bool, dict[int, Any], int, int]]:
@@ -469,6 +481,27 @@ def _expected(depth: int, outer: int, inner: int, field: int) -> int:  # pragma:
     return -1
 
 
+@njit(inline="always")
+def _field_head(  # pragma: no cover - compiled
+    data: Any, at: int, end: int, last: int
+) -> tuple[int, int, int]:
+    """The Thrift type and id of the struct field whose header is at ``at`` (the
+    struct's field before: ``last``) and where its value begins; -1 for where
+    when the header runs past ``end``. A stop has type :data:`_STOP`."""
+    if at >= end:
+        return _STOP, 0, -1
+    head = int(data[at])
+    at += 1
+    kind = head & 0x0F
+    if kind == _STOP:
+        return _STOP, 0, at
+    field = last + (head >> 4)
+    if head >> 4 == 0:  # the field id follows, a zigzag varint
+        raw, at = _varint(data[:end], at)
+        field = (raw >> 1) ^ -(raw & 1)
+    return kind, field, at
+
+
 @njit()
 def _walk(data: Any, at: int, end: int, pages: Any) -> int:  # noqa: PLR0911, PLR0915  # pragma: no cover - compiled
     """Read the page headers (Thrift compact protocol) of the column chunk in
@@ -489,20 +522,12 @@ def _walk(data: Any, at: int, end: int, pages: Any) -> int:  # noqa: PLR0911, PL
         depth = 1
         outer[0] = lasts[0] = 0
         while depth > 0:
-            if at >= data.shape[0]:
+            kind, field, at = _field_head(data, at, data.shape[0], lasts[depth - 1])
+            if at < 0:
                 return -1
-            head = np.int64(data[at])
-            at += 1
-            kind = head & 0x0F
             if kind == _STOP:
                 depth -= 1
                 continue
-            field = lasts[depth - 1] + (head >> 4)
-            if head >> 4 == 0:  # the field id follows, a zigzag varint
-                raw, at = _varint(data, at)
-                if at < 0:
-                    return -1
-                field = (raw >> 1) ^ -(raw & 1)
             lasts[depth - 1] = field
             wanted = _expected(depth, outer[1], outer[2], field)
             if wanted < 0 or (kind != wanted and not (wanted == _TRUE and kind == _FALSE)):
@@ -547,3 +572,283 @@ def _walk(data: Any, at: int, end: int, pages: Any) -> int:  # noqa: PLR0911, PL
         at += page[_COMPRESSED]
         count += 1
     return count
+
+
+# --- the footer, read by a compiled loop -------------------------------------------------------
+
+# what a container of the footer is (the frames of :func:`_read_footer`)
+_ROOT, _SCHEMA, _ELEMENT, _GROUPS, _GROUP, _COLUMNS, _COLUMN, _META = 0, 1, 2, 3, 4, 5, 6, 7
+_ENCODINGS, _PATH, _STATISTICS, _STATED_LIST, _STAT, _OTHER = 8, 9, 10, 11, 12, 13
+# the columns of the tables it fills (-1 where the footer lacks the field)
+_E_TYPE, _E_LENGTH, _E_REPETITION, _E_NAME, _E_CHILDREN, _E_CONVERTED, _E_NAME_END = range(7)
+_E_WIDTH = 7
+_C_GROUP, _C_PATH, _C_META, _C_TYPE, _C_KNOWN, _C_CODEC, _C_VALUES = range(7)
+_C_UNPACKED, _C_STORED, _C_DATA, _C_DICTIONARY, _C_NAME, _C_NAME_END = range(7, 13)
+_C_PARTS, _C_NULLS, _C_STATED = range(13, 16)
+_C_WIDTH = 16
+_S_CHUNK, _S_KIND, _S_ENCODING, _S_COUNT = range(4)
+_FOOTER_DEPTH = 16
+
+
+@njit(inline="always")
+def _frame(parent: int, field: int, kind: int) -> int:  # noqa: PLR0911  # pragma: no cover
+    """What the container a field of ``kind`` holds is, in a ``parent`` container
+    (a field id for a struct's field, -1 for a list's item); -1: a type
+    Parquet does not give it."""
+    if parent == _ROOT:
+        if field in (2, 4):
+            return (_SCHEMA if field == 2 else _GROUPS) if kind == _LIST else -1
+        return _OTHER
+    if parent in (_SCHEMA, _GROUPS, _COLUMNS, _STATED_LIST):
+        if kind != _STRUCT:
+            return -1
+        if parent == _SCHEMA:
+            return _ELEMENT
+        return _GROUP if parent == _GROUPS else (_COLUMN if parent == _COLUMNS else _STAT)
+    if parent == _GROUP and field == 1:
+        return _COLUMNS if kind == _LIST else -1
+    if parent == _COLUMN and field == 3:
+        return _META if kind == _STRUCT else -1
+    if parent == _META and field in (2, 3, 13):
+        if kind != _LIST:
+            return -1
+        return _ENCODINGS if field == 2 else (_PATH if field == 3 else _STATED_LIST)
+    if parent == _META and field == 12:
+        return _STATISTICS if kind == _STRUCT else -1
+    if parent in (_ENCODINGS, _PATH):
+        return -1  # lists of integers, of binaries
+    return _OTHER
+
+
+@njit(inline="always")
+def _wanted(frame: int, field: int) -> int:  # noqa: PLR0911  # pragma: no cover - compiled
+    """The Thrift type of a field the walk keeps (a field id, or -1 for a list's
+    item), -1 for one it skips."""
+    if frame == _ROOT:
+        return _LIST if field in (2, 4) else -1
+    if frame in (_SCHEMA, _GROUPS, _COLUMNS, _STATED_LIST):
+        return _STRUCT
+    if frame == _ELEMENT:
+        return _BINARY if field == 4 else (_I32 if 1 <= field <= 6 else -1)
+    if frame == _GROUP:
+        return _LIST if field == 1 else (_I64 if field == 3 else -1)
+    if frame == _COLUMN:
+        return _BINARY if field == 1 else (_STRUCT if field == 3 else -1)
+    if frame == _META:
+        if field in (1, 4):
+            return _I32
+        if field in (2, 3, 13):
+            return _LIST
+        if field == 12:
+            return _STRUCT
+        return _I64 if field in (5, 6, 7, 9, 11) else -1
+    if frame == _ENCODINGS:
+        return _I32
+    if frame == _STAT:
+        return _I32 if 1 <= field <= 3 else -1
+    if frame == _PATH:
+        return _BINARY
+    if frame == _STATISTICS:
+        return _I64 if field == 3 else -1
+    return -1
+
+
+@njit()
+def _read_footer(  # noqa: PLR0911, PLR0915, PLR0917  # pragma: no cover - compiled
+    data: Any, at: int, end: int, elements: Any, chunks: Any, stats: Any, groups: Any
+) -> tuple[int, int, int, int]:
+    """Read a footer (FileMetaData, Thrift compact protocol, ``data[at:end]``)
+    into tables: the schema's ``elements``, the column ``chunks`` (:data:`_C_GROUP`
+    ...), the page counts the writer ``stats`` per chunk, type and encoding, and
+    each row group's rows (``groups``). Returns the rows of each table; the
+    first is -1 for bytes that are not such a footer (a kept field in another
+    type, a negative value, a container too deep, data past the end, no row
+    groups listed) and
+    :data:`_TOO_FEW` when a table has too few rows."""
+    kinds = np.zeros(_FOOTER_DEPTH, dtype=np.int64)  # what each open container is
+    lasts = np.zeros(_FOOTER_DEPTH, dtype=np.int64)  # a struct's last field id
+    items = np.zeros(_FOOTER_DEPTH, dtype=np.int64)  # a list's items left, or -1: a struct
+    types = np.zeros(_FOOTER_DEPTH, dtype=np.int64)  # a list's item type
+    seen = np.zeros(_FOOTER_DEPTH, dtype=np.int64)  # a struct's kept fields so far, a bit each
+    n_elements = n_chunks = n_stats = n_groups = 0
+    listed = False  # whether the footer lists its row groups (none, for an empty file)
+    depth = 1
+    kinds[0], lasts[0], items[0] = _ROOT, 0, -1
+    while depth > 0:
+        top = depth - 1
+        frame = kinds[top]
+        if items[top] >= 0:  # a list: its next item, or its end
+            if items[top] == 0:
+                depth -= 1
+                continue
+            items[top] -= 1
+            kind, field, item = types[top], -1, True
+        else:
+            item = False
+            kind, field, at = _field_head(data, at, end, lasts[top])
+            if at < 0:
+                return -1, 0, 0, 0
+            if kind == _STOP:
+                depth -= 1
+                continue
+            lasts[top] = field
+        wanted = _wanted(frame, field)
+        if wanted >= 0:
+            if kind != wanted and not (wanted == _LIST and kind == _SET):
+                return -1, 0, 0, 0  # a kept field in another type than Parquet's
+            if not item:
+                if (seen[top] >> field) & 1:
+                    return -1, 0, 0, 0  # a kept field twice
+                seen[top] |= np.int64(1) << field
+        if kind in (_LIST, _SET, _STRUCT, _MAP):
+            inner = _frame(frame, field, kind)
+            if inner < 0 or kind == _MAP or depth == _FOOTER_DEPTH:
+                return -1, 0, 0, 0
+            if inner == _ELEMENT:
+                if n_elements == elements.shape[0]:
+                    return _TOO_FEW, 0, 0, 0
+                elements[n_elements, :] = -1
+                n_elements += 1
+            elif inner == _GROUP:
+                if n_groups == groups.shape[0]:
+                    return _TOO_FEW, 0, 0, 0
+                groups[n_groups] = -1
+                n_groups += 1
+            elif inner == _COLUMN:
+                if n_chunks == chunks.shape[0]:
+                    return _TOO_FEW, 0, 0, 0
+                chunks[n_chunks, :] = -1
+                chunks[n_chunks, _C_GROUP] = n_groups - 1
+                chunks[n_chunks, _C_PATH] = chunks[n_chunks, _C_META] = 0
+                chunks[n_chunks, _C_PARTS] = 0
+                n_chunks += 1
+            elif inner == _META:
+                chunks[n_chunks - 1, _C_META] = 1
+            elif inner == _ENCODINGS:
+                chunks[n_chunks - 1, _C_KNOWN] = 0
+            elif inner == _STAT:
+                if n_stats == stats.shape[0]:
+                    return _TOO_FEW, 0, 0, 0
+                stats[n_stats, :] = -1
+                stats[n_stats, _S_CHUNK] = n_chunks - 1
+                n_stats += 1
+            elif inner == _STATED_LIST:
+                chunks[n_chunks - 1, _C_STATED] = 1
+            elif inner == _GROUPS:
+                listed = True
+            kinds[depth] = inner
+            if kind == _STRUCT:
+                items[depth], lasts[depth], seen[depth] = -1, 0, 0
+            else:
+                if at >= end:
+                    return -1, 0, 0, 0
+                head = np.int64(data[at])
+                at += 1
+                count, inside = int(head >> 4), int(head & 0x0F)
+                if count == 15:
+                    count, at = _varint(data[:end], at)
+                    if at < 0:
+                        return -1, 0, 0, 0
+                if inside in (_STOP, _MAP) or inside > _STRUCT:
+                    return -1, 0, 0, 0
+                listed_as = _wanted(inner, -1)  # the items of a kept list
+                if listed_as >= 0 and inside != listed_as:
+                    return -1, 0, 0, 0
+                items[depth], types[depth] = count, inside
+            depth += 1
+            continue
+        if kind in (_TRUE, _FALSE):
+            if item:  # a list's booleans take a byte each
+                at += 1
+            continue
+        if kind == _DOUBLE:
+            at += 8
+            continue
+        if kind == _BYTE:
+            at += 1
+            continue
+        if kind not in (_I16, _I32, _I64, _BINARY):
+            return -1, 0, 0, 0
+        raw, at = _varint(data[:end], at)
+        if at < 0:
+            return -1, 0, 0, 0
+        if kind == _BINARY:
+            if raw > end - at:
+                return -1, 0, 0, 0
+            start, at = at, at + raw
+            if wanted < 0:
+                continue
+            if frame == _ELEMENT:
+                elements[n_elements - 1, _E_NAME] = start
+                elements[n_elements - 1, _E_NAME_END] = at
+            elif frame == _COLUMN:
+                chunks[n_chunks - 1, _C_PATH] = 1  # pages in another file
+            elif frame == _PATH:
+                chunks[n_chunks - 1, _C_NAME] = start
+                chunks[n_chunks - 1, _C_NAME_END] = at
+                chunks[n_chunks - 1, _C_PARTS] += 1
+            continue
+        value = (raw >> 1) ^ -(raw & 1)
+        if wanted < 0:
+            continue
+        if value < 0:
+            return -1, 0, 0, 0  # no kept value of a sound footer is negative
+        if frame == _ELEMENT:
+            elements[n_elements - 1, field - 1] = value  # _E_TYPE ... _E_CONVERTED
+        elif frame == _GROUP:
+            groups[n_groups - 1] = value
+        elif frame == _META:
+            column = chunks[n_chunks - 1]
+            if field == 1:
+                column[_C_TYPE] = value
+            elif field == 4:
+                column[_C_CODEC] = value
+            elif field <= 7:
+                column[_C_VALUES + field - 5] = value  # values, unpacked, stored
+            else:
+                column[_C_DATA if field == 9 else _C_DICTIONARY] = value
+        elif frame == _ENCODINGS:
+            if value < 63:
+                chunks[n_chunks - 1, _C_KNOWN] |= np.int64(1) << value
+        elif frame == _STATISTICS:
+            chunks[n_chunks - 1, _C_NULLS] = value
+        elif frame == _STAT:
+            stats[n_stats - 1, field] = value  # _S_KIND, _S_ENCODING, _S_COUNT
+    if at != end or not listed:
+        return -1, 0, 0, 0
+    return n_elements, n_chunks, n_stats, n_groups
+
+
+@njit()
+def _names_agree(data: Any, chunks: Any, leaves: Any) -> bool:  # pragma: no cover - compiled
+    """Whether each chunk's path ends in the name of its leaf (``leaves``: the
+    ``start, end`` of each leaf's name in ``data``, the chunks of a row group
+    in their order)."""
+    width = leaves.shape[0]
+    for c in range(chunks.shape[0]):
+        low, high = chunks[c, _C_NAME], chunks[c, _C_NAME_END]
+        start, end = leaves[c % width, 0], leaves[c % width, 1]
+        if low < 0 or start < 0 or high - low != end - start:
+            return False
+        for k in range(high - low):
+            if data[low + k] != data[start + k]:
+                return False
+    return True
+
+
+def _footer_tables(data: Any, start: int, end: int) -> tuple[Any, Any, Any, Any]:
+    """:func:`_read_footer`'s tables, grown until they hold the footer."""
+    rows = max((end - start) // 64, 16)
+    while True:
+        elements = np.empty((rows, _E_WIDTH), dtype=np.int64)
+        chunks = np.empty((rows, _C_WIDTH), dtype=np.int64)
+        stats = np.empty((rows, 4), dtype=np.int64)
+        groups = np.empty(rows, dtype=np.int64)
+        counts = _read_footer(data, start, end, elements, chunks, stats, groups)
+        if counts[0] == -1:
+            raise _Malformed("a footer that is not Parquet's FileMetaData")
+        if counts[0] != _TOO_FEW:
+            break
+        rows *= 4
+    found, made, stated, grouped = counts
+    return elements[:found], chunks[:made], stats[:stated], groups[:grouped]

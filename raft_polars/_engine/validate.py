@@ -248,7 +248,7 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
     state = np.zeros(_runs.STATE, dtype=np.int64)
     width = 5 if has_position else 2
     no_flags, no_values = np.zeros(0, dtype=np.bool_), np.zeros(0, dtype=np.int64)
-    ids: list[pl.DataFrame] = []
+    ids: list[pl.DataFrame | tuple[Any, ...]] = []  # integer ids as arrays, made a frame once
     sums: list[Any] = []
     before: tuple[Any, ...] | None = None
     for frame in frames:
@@ -281,8 +281,7 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
         )  # fmt: skip
         at = starts[:found]
         if plain:
-            taken = zip(_IDS, (stage[at], prompt[at], cand[at]), strict=True)
-            ids.append(pl.DataFrame([pl.Series(c, a) for c, a in taken]))
+            ids.append((stage[at], prompt[at], cand[at]))
         else:
             ids.append(frame.select(_IDS)[at])
         sums.append(done[:width, :ended])
@@ -291,7 +290,18 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
         sums.append(state[_runs.ROWS : _runs.ROWS + width].reshape(width, 1).copy())
     if not ids:
         return _Cut(pl.DataFrame(), np.zeros((width, 0), dtype=np.int64))
-    return _Cut(pl.concat(ids, how="vertical"), np.concatenate(sums, axis=1))
+    if all(isinstance(part, tuple) for part in ids):
+        joined = (np.concatenate(arrays) for arrays in zip(*ids, strict=True))
+        frame = pl.DataFrame([pl.Series(c, a) for c, a in zip(_IDS, joined, strict=True)])
+    else:
+        frame = pl.concat([_id_frame(part) for part in ids], how="vertical")
+    return _Cut(frame, np.concatenate(sums, axis=1))
+
+
+def _id_frame(part: pl.DataFrame | tuple[Any, ...]) -> pl.DataFrame:
+    if isinstance(part, pl.DataFrame):
+        return part
+    return pl.DataFrame([pl.Series(c, a) for c, a in zip(_IDS, part, strict=True)])
 
 
 def token_runs(cuts: Iterable[_Cut], *, has_position: bool) -> Runs:
@@ -1066,7 +1076,7 @@ class StrictParquet:
 
 
 def _cast(frame: pl.DataFrame, types: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    cast = {n: types[n] for n in frame.columns if frame.schema[n] != types[n]}
+    cast = {n: types[n] for n, kind in frame.schema.items() if kind != types[n]}
     return frame.cast(cast) if cast else frame  # type: ignore[arg-type]
 
 
@@ -1117,8 +1127,11 @@ def _polars_units(
     with ThreadPoolExecutor(_THREADS) as pool:
         held: list[pl.DataFrame] = []
         size = 0
+        cast: dict[str, pl.DataType] | None = None  # the same for every batch of the scan
         for batch in scan.select(names).collect_batches(engine="streaming"):
-            held.append(_cast(batch, types))
+            if cast is None:
+                cast = {n: types[n] for n, kind in batch.schema.items() if kind != types[n]}
+            held.append(batch.cast(cast) if cast else batch)  # type: ignore[arg-type]
             size += batch.height
             if size >= _POLARS_UNIT:
                 pending.append((pool.submit(then, held), size))

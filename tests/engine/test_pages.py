@@ -14,7 +14,6 @@ file pyarrow rejects.
 from __future__ import annotations
 
 import io
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +101,13 @@ def test_a_view_of_the_map_held_elsewhere(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "log.parquet"
     _write(path, _table())
     held: list[Any] = []
-    crc32 = zlib.crc32
+    crc32 = pages.crc32  # type: ignore[attr-defined]
 
     def holding(buffer: Any) -> int:
         held.append(buffer)  # a slice of the map, kept
         return crc32(buffer)
 
-    monkeypatch.setattr(zlib, "crc32", holding)
+    monkeypatch.setattr(pages, "crc32", holding)
     assert pages.verified(str(path))
     assert held
     assert bytes(held[0]) in path.read_bytes()  # the map is still open under the view
@@ -157,6 +156,112 @@ def test_every_flip_in_the_footer_gives_an_answer(tmp_path: Path) -> None:
             path.write_bytes(bytes(flipped))
             answers.add(pages.verified(str(path)))
     assert answers == {True, False}
+
+
+# --- the footer's compiled reader against a plain one ------------------------------------------
+
+
+def _reference_chunks(data: bytes) -> tuple[Any, Any]:
+    """The column chunks of a footer, read by the plain Thrift reader
+    (``pages._Thrift``, dicts of fields) and checked field by field: the
+    reference for the compiled reader behind :func:`pages._chunks`."""
+    size = len(data)
+    if size < 12 or data[-4:] != b"PAR1":
+        raise pages._Malformed("not a Parquet file")
+    length = int.from_bytes(data[-8:-4], "little")
+    if length > size - 12:
+        raise pages._Malformed("a footer longer than the file")
+    meta, _ = pages._Thrift(data[size - 8 - length : size - 8]).struct()
+    leaves = pages._leaves(meta[2])
+    rows: list[tuple[int, ...]] = []
+    stated: list[int] = []
+    for group in meta[4]:
+        columns = group[1]
+        if len(columns) != len(leaves):
+            raise pages._Malformed("a row group without a chunk for each column")
+        for chunk, (flat, element, _, _) in zip(columns, leaves, strict=True):
+            if chunk.get(1) is not None:
+                raise pages._Malformed("a column chunk in another file")
+            column = chunk[3]
+            wanted = {1: pages._I32, 2: pages._LIST, 4: pages._I32}
+            wanted.update(dict.fromkeys((5, 6, 7, 9), pages._I64))
+            pages._typed(column, wanted)
+            if element.get(1) != column[1]:
+                raise pages._Malformed("the schema and a column chunk differ on the type")
+            if not column[3] or element.get(4) != column[3][-1]:
+                raise pages._Malformed("the schema and a column chunk differ on the name")
+            if element.get(3) == 0 and (column.get(12) or {}).get(3, 0):
+                raise pages._Malformed("nulls in a required column")
+            start = column.get(11) or column[9]
+            known = sum(1 << code for code in set(column[2]) if 0 <= code < 63)
+            width = pages._VALUE_BYTES.get(column[1], -1)
+            if column[1] == 7:
+                width = element.get(2, -1)
+            counts = column.get(13)
+            for stat in counts or ():
+                stated.extend([len(rows) << 16 | stat[1] << 8 | stat[2]] * stat[3])
+            rows.append((
+                start, start + column[7], column[6], column[5], group[3] if flat else -1,
+                known | pages._LEVELS, width, counts is not None, column[4],
+            ))  # fmt: skip
+    return np.array(rows, dtype=np.int64).reshape(len(rows), 9), np.array(stated, dtype=np.int64)
+
+
+def _both_chunks(data: bytes) -> tuple[Any, Any]:
+    """Each reader's table and page keys, or None where it refuses the footer."""
+    answers: list[Any] = []
+    for read in (pages._chunks, _reference_chunks):
+        try:
+            table, keys = read(data)
+        except Exception:  # the reference fails on any field it cannot use
+            answers.append(None)
+        else:
+            answers.append((table, np.sort(keys)))
+    return answers[0], answers[1]
+
+
+def _same_chunks(compiled: Any, reference: Any) -> None:
+    """The compiled reader refuses every footer the reference refuses and reads
+    the others as it does, or refuses them too (it is the stricter one: a field
+    it keeps in another type, or negative, is a footer it does not vouch for)."""
+    if reference is None:
+        assert compiled is None
+    elif compiled is not None:
+        assert np.array_equal(compiled[0], reference[0])
+        assert np.array_equal(compiled[1], reference[1])
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_the_compiled_footer_reader_reads_what_the_plain_one_does(
+    tmp_path: Path, writer: str
+) -> None:
+    make, options = WRITERS[writer]
+    written = _write(tmp_path / "log.parquet", make(), **options)
+    compiled, reference = _both_chunks(written)
+    assert compiled is not None
+    assert reference is not None
+    _same_chunks(compiled, reference)
+    assert len(compiled[0]) >= 5  # a chunk a column at least
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_corrupted_footer_is_refused_or_read_as_the_plain_reader_reads_it(
+    tmp_path_factory: pytest.TempPathFactory, writer: str, data: st.DataObject
+) -> None:
+    make, options = WRITERS[writer]
+    written = _write(tmp_path_factory.mktemp("footer") / "log.parquet", make(), **options)
+    start = _footer_start(written)
+    flipped = bytearray(written)
+    for _ in range(data.draw(st.integers(1, 3), label="flips")):
+        at = data.draw(st.integers(start, len(written) - 9), label="byte")
+        flipped[at] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    _same_chunks(*_both_chunks(bytes(flipped)))
+    cut = data.draw(st.integers(start, len(written) - 9), label="cut")  # a footer cut short
+    shorter = len(written) - 8 - cut
+    short = written[:cut] + shorter.to_bytes(4, "little") + b"PAR1"
+    _same_chunks(*_both_chunks(short))
 
 
 def _footer_flip_polars_rejects(path: Path, written: bytes) -> bytes:
