@@ -1,4 +1,5 @@
-"""The compiled loop of ``validate``'s token pass (numba), imported only when it runs.
+"""The compiled loops of ``validate`` (numba), imported only when it runs: the cut of
+the token rows into runs, and the packed keys of ids (:func:`pack`, :func:`increasing`).
 
 Polars hands over the token rows batch by batch, in order; the loop cuts them into
 *runs* (stretches of consecutive rows of one response) and adds up each run's rows,
@@ -18,7 +19,9 @@ import numpy.typing as npt
 
 from raft_polars._engine._jit import njit
 
-__all__ = ["OPEN", "STATE", "cut"]
+__all__ = [
+    "OPEN", "STATE", "cut", "distinct_sorted", "increasing", "increasing_ids", "member", "pack",
+]  # fmt: skip
 
 # the state carried from batch to batch: whether a run is open, then its sums
 OPEN, ROWS, BAD, JUMPS, FIRST, LAST = range(6)
@@ -99,3 +102,64 @@ def cut(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     state[OPEN] = 1 if opened else 0
     state[ROWS], state[BAD], state[JUMPS], state[FIRST], state[LAST] = rows, bad, jumps, first, last
     return found, ended
+
+
+@njit()
+def pack(
+    out: npt.NDArray[np.int64], ids: npt.NDArray[Any], low: int, span: int, first: bool
+) -> None:  # pragma: no cover - compiled
+    """One id into the keys of a mixed radix (:class:`raft_polars._engine.validate._Box`):
+    ``out = out * span + (ids - low)``, or ``ids - low`` for the ``first`` id; in
+    place, without the intermediates of the same in expressions."""
+    for i in range(out.shape[0]):
+        value = np.int64(ids[i]) - low
+        out[i] = value if first else out[i] * span + value
+
+
+@njit()
+def increasing(keys: npt.NDArray[np.int64]) -> bool:  # pragma: no cover - compiled
+    """Whether each key is larger than the one before."""
+    for i in range(1, keys.shape[0]):  # noqa: SIM110 - numba compiles no generator
+        if keys[i] <= keys[i - 1]:
+            return False
+    return True
+
+
+@njit()
+def member(
+    keys: npt.NDArray[np.int64], among: npt.NDArray[np.int64], out: npt.NDArray[np.bool_]
+) -> None:  # pragma: no cover - compiled
+    """``out[i]``: whether ``keys[i]`` is one of ``among``; both sorted (a merge,
+    without the hash table of a join)."""
+    j = 0
+    for i in range(keys.shape[0]):
+        while j < among.shape[0] and among[j] < keys[i]:
+            j += 1
+        out[i] = j < among.shape[0] and among[j] == keys[i]
+
+
+@njit()
+def distinct_sorted(keys: npt.NDArray[np.int64]) -> int:  # pragma: no cover - compiled
+    """How many distinct keys a sorted array holds."""
+    count = 1 if keys.shape[0] else 0
+    for i in range(1, keys.shape[0]):
+        count += keys[i] != keys[i - 1]
+    return count
+
+
+@njit()
+def increasing_ids(
+    stage: npt.NDArray[Any], prompt: npt.NDArray[Any], cand: npt.NDArray[Any]
+) -> bool:  # pragma: no cover - compiled
+    """Whether each row's ids come after the row before's, in ``stage, prompt,
+    cand`` order: what :func:`increasing` says of their keys, without the keys."""
+    for i in range(1, stage.shape[0]):
+        if stage[i] != stage[i - 1]:
+            if stage[i] < stage[i - 1]:
+                return False
+        elif prompt[i] != prompt[i - 1]:
+            if prompt[i] < prompt[i - 1]:
+                return False
+        elif cand[i] <= cand[i - 1]:
+            return False
+    return True

@@ -176,8 +176,15 @@ def check_candidates(
         stage_tokens = _stage_tokens(selected)
         tokens = int(cands["tokens"].sum())
     else:
-        known = ids.select(_IDS)
+        known = _narrow(ids.select(_IDS))  # held through the token pass: the least bytes
     return CandidatePart(found, chosen, stages, prompts, cands.height, tokens, stage_tokens, known)
+
+
+def _narrow(ids: pl.DataFrame) -> pl.DataFrame:
+    """Integer ids in the narrowest integer type that holds their values."""
+    return pl.DataFrame(
+        [s.shrink_dtype() if s.dtype.is_integer() else s for s in ids.iter_columns()]
+    )
 
 
 def _with_selected(frame: pl.DataFrame | pl.LazyFrame, chosen: pl.DataFrame) -> pl.LazyFrame:
@@ -380,6 +387,9 @@ class _Runs:
             self._add_up()
 
     def _add_up(self) -> None:
+        if _repeated(self.frame().every) is None:  # a run a response so far: none to add up
+            self.kept = self.count
+            return
         counts = [n for n in self.names if n not in ("first_pos", "last_pos")]
         ends = [pl.col("first_pos").min(), pl.col("last_pos").max()][: len(self.names) - 3]
         added = _whole(self.frame(), self.names).group_by(_IDS).agg(pl.col(counts).sum(), *ends)
@@ -401,7 +411,7 @@ class _Runs:
             return Runs(
                 every, pl.DataFrame(schema={**kinds, **dict.fromkeys(self.names, pl.Int64)})
             )
-        ids = pl.concat(self.ids, how="vertical")
+        ids = pl.concat(self.ids, how="vertical", rechunk=True)
         at = joined(self.at)
         clean = np.ones(self.count, dtype=np.bool_)
         clean[at] = False
@@ -443,9 +453,12 @@ def token_part(log: StageLog, piece: Piece | None = None) -> TokenPart:
     (:class:`StrictParquet`).
 
     Integer and text ids are compared in the source's own types (cheaper than
-    the canonical Int64 on hundreds of millions of rows) and made canonical
-    after, one row per run. Where the token rows are the files' own columns
-    (renamed), the decoding threads cut them into runs too.
+    the canonical Int64 on hundreds of millions of rows); text ids are made
+    canonical after, one row per run, and integer ids keep their type (a
+    response's runs held in its bytes, not Int64's: the keys of
+    :func:`combine_runs` and :func:`finish_long` are made of any integers).
+    Where the token rows are the files' own columns (renamed), the decoding
+    threads cut them into runs too.
     """
     reader = StrictParquet()
     strict = strictly(log, reader)
@@ -458,7 +471,9 @@ def token_part(log: StageLog, piece: Piece | None = None) -> TokenPart:
         if cuts is None:
             cuts = (_cut([f], has_position=position) for f in strict.batches(rows.select(names)))
         runs = token_runs(cuts, has_position=position)
-        runs = Runs(*(f.with_columns(canonical_ids(kinds)) for f in (runs.every, runs.other)))
+        made = zip(_IDS, canonical_ids(kinds), strict=True)  # integers stay as they are
+        text = [cast for c, cast in made if not kinds[c].is_integer()]
+        runs = Runs(*(f.with_columns(text) for f in (runs.every, runs.other)))
     else:
         batches = strict.batches(strict.tokens(piece))
         runs = token_runs(
@@ -544,8 +559,8 @@ def combine_runs(
     runs do not prove from their rows (``fetch(keys)`` returns the token rows of
     those responses, :func:`_details`).
     """
-    every = pl.concat([p.every for p in parts], how="vertical")
-    other = pl.concat([p.other for p in parts], how="vertical")
+    every = pl.concat([p.every for p in parts], how="vertical_relaxed")
+    other = pl.concat([p.other for p in parts], how="vertical_relaxed")
     names = other.columns[len(_IDS) :]
     if has_position:  # one run of 0 .. rows - 1 (only a bad log-prob flags it)
         other = other.with_columns(
@@ -569,6 +584,7 @@ def combine_runs(
     if has_position:
         flagged = flagged | ~pl.col("_ordered")
     need = other.filter(flagged).select(*_IDS, "rows", "bad_lp")
+    need = need.with_columns(_wide(need))  # the canonical ids of the token rows
     if need.height:
         rows = fetch(need.select(_IDS))
     else:  # no row to look at: the columns only
@@ -584,14 +600,19 @@ def _repeated(runs: pl.DataFrame) -> pl.Series | None:
     """Which runs belong to a response of several (or have a null id, added up
     with the runs of the same ids); None when none does. Integer ids by their
     packed key: without a hash table when the runs come sorted by id."""
+    from raft_polars._engine import _runs
+
     box = _Box.of(runs)
     if box is None:
         nulls = runs.select(pl.any_horizontal(pl.col(c).is_null() for c in _IDS)).to_series()
         repeated = runs.select(pl.struct(_IDS).is_duplicated()).to_series() | nulls
     else:
-        key = runs.select(box.key()).to_series()
-        if not key.null_count() and key.is_sorted() and not (key.diff() == 0).any():
-            return None
+        ids = [runs.get_column(c) for c in _IDS]
+        if not any(i.null_count() for i in ids) and _runs.increasing_ids(
+            *(i.to_numpy() for i in ids)
+        ):
+            return None  # in order, each once: no keys needed
+        key = box.keys(runs)
         repeated = key.is_duplicated() | key.is_null()
     return repeated if repeated.any() else None
 
@@ -631,9 +652,14 @@ def finish_long(
     """The token-row checks of the long layout, from the combined per-response
     aggregates; returns the selected responses' token counts per stage."""
     rows, flagged = _keyed(responses.rows, known, chosen)
-    orphans = rows[0].join(rows[1], on=flagged, how="anti").select(*_IDS, "rows")
+    if flagged == ["_key"]:
+        orphans = rows[0].filter(~_within(rows[0]["_key"], rows[1]["_key"]))
+        chosen_rows = rows[0].filter(_within(rows[0]["_key"], rows[2]["_key"]))
+    else:
+        orphans = rows[0].join(rows[1], on=flagged, how="anti")
+        chosen_rows = rows[0].join(rows[2], on=flagged, how="semi")
+    orphans = orphans.select(*_IDS, "rows")
     found.add("orphan_tokens", int(orphans["rows"].sum()), orphans)
-    chosen_rows = rows[0].join(rows[2], on=flagged, how="semi")
     responses_of = responses.flagged
     marked = _with_selected(responses_of.filter(pl.col("bad_lp") > 0), chosen).collect()
     _logprob_checks(found, marked)
@@ -658,7 +684,9 @@ def finish_long(
         )
         found.add("token_gap", gaps.height, gaps)
     selected = chosen.group_by("stage").agg(pl.len().cast(pl.Int64).alias("selected"))
-    tokens = chosen_rows.group_by("stage").agg(pl.col("rows").sum().cast(pl.Int64).alias("tokens"))
+    tokens = chosen_rows.group_by(pl.col("stage").cast(chosen.schema["stage"])).agg(
+        pl.col("rows").sum().cast(pl.Int64).alias("tokens")
+    )
     return selected.join(tokens, on="stage", how="left").with_columns(pl.col("tokens").fill_null(0))
 
 
@@ -680,11 +708,10 @@ class _Box:
         bounds: list[tuple[int, int]] = []
         for c in names:
             ends = [
-                f.select(pl.col(c).min().alias("lo"), pl.col(c).max().alias("hi")) for f in frames
+                f.select(pl.col(c).min().alias("lo"), pl.col(c).max().alias("hi")).cast(pl.Int64)
+                for f in frames
             ]
-            lo, hi = (
-                pl.concat(ends).cast(pl.Int64).select(pl.col("lo").min(), pl.col("hi").max()).row(0)
-            )
+            lo, hi = pl.concat(ends).select(pl.col("lo").min(), pl.col("hi").max()).row(0)
             bounds.append((0, 1) if lo is None or hi is None else (lo, hi - lo + 1))
         size = 1
         for _, span in bounds:
@@ -697,6 +724,20 @@ class _Box:
         for c, (lo, span) in zip(self.names, self.bounds, strict=True):
             key = key * span + (pl.col(c).cast(pl.Int64) - lo)
         return key.alias("_key")
+
+    def keys(self, frame: pl.DataFrame) -> pl.Series:
+        """The keys of a frame's rows (``_key``): packed by a compiled loop, an id
+        at a time, where no id is null (no intermediate as long as the frame)."""
+        import numpy as np
+
+        from raft_polars._engine import _runs
+
+        if any(frame.get_column(c).null_count() for c in self.names):
+            return frame.select(self.key()).to_series()
+        out = np.empty(frame.height, dtype=np.int64)
+        for i, (c, (lo, span)) in enumerate(zip(self.names, self.bounds, strict=True)):
+            _runs.pack(out, frame.get_column(c).to_numpy(), lo, span, i == 0)
+        return pl.Series("_key", out)
 
     def ids(self) -> list[pl.Expr]:
         """The ids of a ``_key`` (Int64)."""
@@ -711,9 +752,28 @@ def _keyed(*frames: pl.DataFrame) -> tuple[list[pl.DataFrame], list[str]]:
     """The frames with their ids' ``_key`` (:class:`_Box`) and the columns to join
     them on: the key, or the ids themselves when they do not pack."""
     box = _Box.of(*frames)
-    if box is None:
-        return list(frames), _IDS
-    return [f.with_columns(box.key()) for f in frames], ["_key"]
+    if box is None:  # integer ids in one type to join on
+        return [f.with_columns(_wide(f)) for f in frames], _IDS
+    return [f.with_columns(box.keys(f)) for f in frames], ["_key"]
+
+
+def _within(keys: pl.Series, among: pl.Series) -> pl.Series:
+    """Whether each key is one of ``among``: a merge where both come sorted (the
+    keys of a log in order), without the hash table of a join on millions."""
+    import numpy as np
+
+    from raft_polars._engine import _runs
+
+    if keys.null_count() or among.null_count() or not (keys.is_sorted() and among.is_sorted()):
+        return keys.is_in(among.implode())
+    out = np.empty(keys.len(), dtype=np.bool_)
+    _runs.member(keys.to_numpy(), among.to_numpy(), out)
+    return pl.Series(keys.name, out)
+
+
+def _wide(frame: pl.DataFrame) -> list[pl.Expr]:
+    """Integer ids as Int64, the canonical type (they are held narrower)."""
+    return [pl.col(c).cast(pl.Int64) for c in _IDS if frame.schema[c].is_integer()]
 
 
 def _distinct(rows: pl.DataFrame, names: tuple[str, ...]) -> int:
@@ -723,9 +783,11 @@ def _distinct(rows: pl.DataFrame, names: tuple[str, ...]) -> int:
     box = _Box.of(rows, names=names)
     if box is None:
         return rows.select(names).n_unique()
-    key = rows.select(box.key())["_key"]
+    from raft_polars._engine import _runs
+
+    key = box.keys(rows)
     if key.is_sorted():
-        return int(key.ne(key.shift(1)).fill_null(value=True).sum())
+        return _runs.distinct_sorted(key.to_numpy())
     return key.n_unique()
 
 
@@ -739,8 +801,13 @@ def _per_candidate(cands: pl.DataFrame) -> pl.DataFrame:
     box = _Box.of(rows)
     if box is None:
         return rows.lazy().select(*_IDS, sound).group_by(_IDS).agg(aggs).collect()
-    keyed = rows.select(box.key(), sound)
-    if keyed["_key"].is_sorted():
+    from raft_polars._engine import _runs
+
+    key = box.keys(rows)
+    if _runs.increasing(key.to_numpy()):  # one row a candidate, in order: nothing to group
+        return rows.select(*_IDS, pl.lit(1, pl.UInt32).alias("rows"), sound)
+    keyed = rows.select(sound).with_columns(key)
+    if key.is_sorted():
         keyed = keyed.with_columns(pl.col("_key").set_sorted())
     grouped = keyed.lazy().group_by("_key").agg(aggs)
     return grouped.select(*box.ids(), "rows", "reward").collect()

@@ -473,7 +473,7 @@ class DaskExecutor:
 
             runs = [t.runs for t in tokens]
             per_response = vk.combine_runs(runs, fetch, has_position=log.has_token)
-        known = pl.concat([p.known for p in parts if p.known is not None], how="vertical")
+        known = pl.concat([p.known for p in parts if p.known is not None], how="vertical_relaxed")
         chosen = pl.concat([p.chosen for p in parts], how="vertical")
         stage_tokens = vk.finish_long(
             found, known, chosen, per_response, has_position=log.has_token

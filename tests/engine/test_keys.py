@@ -1,0 +1,132 @@
+"""The packed keys of ``validate`` and the compiled loops that read them, against
+plain Python over the same ids.
+
+``_Box`` packs integer ids into one Int64 (mixed radix over their ranges);
+``_runs.pack`` makes the keys an id at a time. ``increasing``,
+``increasing_ids``, ``distinct_sorted`` and ``member`` answer, without hash
+tables, what sets and sorted lists answer here; ``_within`` and ``_per_candidate``
+take the compiled way where the keys come sorted and Polars' otherwise, with the
+same answer either way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raft_polars._engine import _runs
+from raft_polars._engine import validate as vk
+
+_IDS = ["stage", "prompt", "cand"]
+
+# ids of a few candidates: small ranges so that repeats and ties are common
+_ROWS = st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 40), st.integers(0, 5)), max_size=60)
+_TYPES = st.sampled_from([pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt32])
+
+
+def _frame(rows: list[tuple[int, int, int]], types: list[Any]) -> pl.DataFrame:
+    columns = list(zip(*rows, strict=True)) if rows else [(), (), ()]
+    return pl.DataFrame(
+        [pl.Series(c, list(v), dtype=t) for c, v, t in zip(_IDS, columns, types, strict=True)]
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=_ROWS.filter(bool), data=st.data())
+def test_keys_sort_as_the_ids_and_are_one_to_one(
+    rows: list[tuple[int, int, int]], data: st.DataObject
+) -> None:
+    frame = _frame(rows, [pl.Int64, data.draw(_TYPES), pl.Int16])
+    box = vk._Box.of(frame)
+    assert box is not None
+    keys = box.keys(frame).to_list()
+    assert keys == frame.select(box.key()).to_series().to_list()  # compiled == expressions
+    by_ids = {row: key for row, key in zip(rows, keys, strict=True)}
+    assert len(set(by_ids.values())) == len(by_ids)  # one key an id triple
+    ordered = sorted(by_ids)
+    assert [by_ids[r] for r in ordered] == sorted(by_ids.values())  # the same order
+    back = pl.DataFrame({"_key": keys}).select(box.ids()).rows()
+    assert back == rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.integers(-50, 50), max_size=40))
+def test_increasing_and_distinct(keys: list[int]) -> None:
+    array = np.array(keys, dtype=np.int64)
+    assert _runs.increasing(array) == all(a < b for a, b in itertools.pairwise(keys))
+    ordered = np.sort(array)
+    assert _runs.distinct_sorted(ordered) == len(set(keys))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=_ROWS, sort=st.booleans())
+def test_increasing_ids_is_strict_lexicographic_order(
+    rows: list[tuple[int, int, int]], sort: bool
+) -> None:
+    if sort:
+        rows = sorted(set(rows))
+    frame = _frame(rows, [pl.Int32, pl.Int64, pl.Int8])
+    arrays = [frame.get_column(c).to_numpy() for c in _IDS]
+    assert _runs.increasing_ids(*arrays) == all(a < b for a, b in itertools.pairwise(rows))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(st.integers(0, 30), max_size=40),
+    among=st.lists(st.integers(0, 30), max_size=40),
+    sort=st.booleans(),
+)
+def test_within_is_membership(keys: list[int], among: list[int], sort: bool) -> None:
+    if sort:  # the merge; else Polars' is_in
+        keys, among = sorted(keys), sorted(among)
+    got = vk._within(pl.Series("_key", keys, pl.Int64), pl.Series("_key", among, pl.Int64))
+    assert got.to_list() == [k in set(among) for k in keys]
+    out = np.empty(len(keys), dtype=np.bool_)
+    ordered = sorted(keys)
+    _runs.member(np.array(ordered, dtype=np.int64), np.array(sorted(among), dtype=np.int64), out)
+    assert out.tolist() == [k in set(among) for k in ordered]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.integers(0, 6),
+            st.integers(0, 3),
+            st.one_of(st.none(), st.floats(-5, 5), st.just(float("nan"))),
+        ),
+        max_size=40,
+    ),
+    sort=st.booleans(),
+)
+def test_one_row_a_candidate_with_its_largest_sound_reward(
+    rows: list[tuple[int, int, int, float | None]], sort: bool
+) -> None:
+    if sort:  # sorted and unique: the compiled way, nothing grouped
+        rows = sorted({r[:3]: r for r in rows}.values(), key=lambda r: r[:3])
+    cands = pl.DataFrame(
+        rows, schema={**dict.fromkeys(_IDS, pl.Int64), "reward": pl.Float64}, orient="row"
+    )
+    got = vk._per_candidate(cands).sort(_IDS)
+    expected: dict[tuple[int, int, int], list[Any]] = {}
+    for stage, prompt, cand, reward in rows:
+        held = expected.setdefault((stage, prompt, cand), [0, None])
+        held[0] += 1
+        if reward is not None and not math.isnan(reward):  # null and NaN are not sound
+            held[1] = reward if held[1] is None else max(held[1], reward)
+    assert got.select(*_IDS, "rows").rows() == [(*k, v[0]) for k, v in sorted(expected.items())]
+    assert got["reward"].to_list() == [v[1] for _, v in sorted(expected.items())]
+
+
+def test_narrow_ids_take_the_fewest_bytes() -> None:
+    ids = pl.DataFrame({"stage": [0, 7], "prompt": [1, 40_000], "cand": [-1, 3]})
+    narrow = vk._narrow(ids)
+    assert narrow.schema == {"stage": pl.Int8, "prompt": pl.Int32, "cand": pl.Int8}
+    assert narrow.rows() == ids.rows()
