@@ -290,7 +290,7 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
         if plain:
             ids.append((stage[at], prompt[at], cand[at]))
         else:
-            ids.append(frame.select(_IDS)[at])
+            ids.append(_own_strings(frame.select(_IDS)[at]))
         sums.append(done[:width, :ended])
         before = tuple(k[n - 1] for k in keys)
     if state[_runs.OPEN]:
@@ -303,6 +303,14 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
     else:
         frame = pl.concat([_id_frame(part) for part in ids], how="vertical")
     return _Cut(frame, np.concatenate(sums, axis=1))
+
+
+def _own_strings(ids: pl.DataFrame) -> pl.DataFrame:
+    """The ids with their text copied: the text of rows taken from a batch is
+    views of the batch's buffers, which would keep every batch's text alive
+    (600 MiB for 150 K ids from 300 batches, 27 MiB copied)."""
+    text = [c for c, kind in ids.schema.items() if kind == pl.String]
+    return ids.with_columns(pl.concat_str(pl.col(c), pl.lit("")).alias(c) for c in text)
 
 
 def _id_frame(part: pl.DataFrame | tuple[Any, ...]) -> pl.DataFrame:
