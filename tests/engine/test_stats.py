@@ -251,7 +251,7 @@ def test_best_of_n_in_chunks_of_whole_prompts(log: Any, pairs: int) -> None:
     real = stats.split_prompts
 
     def spy(frame: pl.DataFrame, parts: int) -> list[pl.DataFrame]:
-        split.append(real(frame, parts))
+        split.append(list(real(frame, parts)))
         return split[-1]
 
     with mock.patch.object(stats, "split_prompts", spy):
