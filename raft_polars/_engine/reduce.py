@@ -423,9 +423,17 @@ def token_sums(
     table[located.candidates] = -1  # a candidate not tracked: its rows are skipped
     table[located.positions(tracked)] = np.arange(1, tracked.height + 1, dtype=np.int32)
     sums = _scatter(log, located, table, tracked.height + 1, piece)
-    stats = tracked.with_columns(
-        pl.Series(name, values[1:]) for name, values in sums.items()
-    ).filter(pl.col("tokens") > 0)
+    stats = tracked.with_columns(pl.Series(name, values[1:]) for name, values in sums.items())
+    counted = sums["tokens"][1:] > 0
+    if every:  # the chosen among every candidate, by their slots (no join on millions)
+        slots = table[located.positions(chosen)]
+        picked = np.zeros(tracked.height, dtype=np.bool_)
+        picked[slots[slots > 0] - 1] = True
+        selected = stats.filter(pl.Series(picked & counted))
+    if not counted.all():  # else no copy of millions of rows to drop none
+        stats = stats.filter(pl.Series(counted))
+    if not every:
+        selected = stats
     problems: list[Problem] = []
     orphans = int(sums["tokens"][0])
     if orphans:  # an input error for every entry point (the search runs only then)
@@ -438,9 +446,6 @@ def token_sums(
             .head(1)
         )  # ids beyond the canonical types show as null
         problems.append(Problem("orphan_tokens", orphans, first.row(0, named=True)))
-    selected = stats
-    if every:
-        selected = stats.join(chosen.select(_IDS), on=_IDS, how="semi")
     if checks and selected.filter(_flagged(selected)).height:
         problems.extend(_token_problems(log, keys, chosen, piece))
     counts = stats.select(*_IDS, "tokens") if every else None
