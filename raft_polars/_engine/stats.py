@@ -93,7 +93,8 @@ def split_prompts(frame: pl.DataFrame, parts: int) -> Iterator[pl.DataFrame]:
         yield frame
         return
     hashed = pl.struct(*_PROMPT).hash(seed=_BUCKET_SEED) % parts
-    bucket = frame.select(hashed.cast(pl.UInt32)).to_series()
+    # a batch at a time: the struct's hashes of millions of rows never held at once
+    bucket = frame.lazy().select(hashed.cast(pl.UInt32)).collect(engine="streaming").to_series()
     for part in range(parts):
         yield frame.filter(bucket == part)
 
