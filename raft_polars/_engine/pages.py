@@ -405,13 +405,16 @@ def _walk_file(data: Any, chunks: Any, pages: Any) -> int:  # noqa: PLR0911  # p
 @njit(inline="always")
 def _varint(data: Any, at: int) -> tuple[int, int]:  # pragma: no cover - compiled
     """The unsigned varint at ``at`` and where it ends (-1: past the data, or
-    longer than 64 bits)."""
+    2**63 or more: a value that would wrap to a negative int64, a length that
+    would step back)."""
     value = shift = 0
     while True:
         if at >= data.shape[0] or shift > 63:
             return 0, -1
         byte = int(data[at])
         at += 1
+        if shift == 63 and byte & 0x7F:
+            return 0, -1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, at
@@ -749,7 +752,7 @@ def _read_footer(  # noqa: PLR0911, PLR0915, PLR0917  # pragma: no cover - compi
                     count, at = _varint(data[:end], at)
                     if at < 0:
                         return -1, 0, 0, 0
-                if inside in (_STOP, _MAP) or inside > _STRUCT:
+                if count < 0 or inside in (_STOP, _MAP) or inside > _STRUCT:
                     return -1, 0, 0, 0
                 listed_as = _wanted(inner, -1)  # the items of a kept list
                 if listed_as >= 0 and inside != listed_as:
@@ -773,7 +776,7 @@ def _read_footer(  # noqa: PLR0911, PLR0915, PLR0917  # pragma: no cover - compi
         if at < 0:
             return -1, 0, 0, 0
         if kind == _BINARY:
-            if raw > end - at:
+            if raw < 0 or raw > end - at:
                 return -1, 0, 0, 0
             start, at = at, at + raw
             if wanted < 0:

@@ -773,7 +773,7 @@ def _within(keys: pl.Series, among: pl.Series) -> pl.Series:
     from raft_polars._engine import _runs
 
     if keys.null_count() or among.null_count() or not (keys.is_sorted() and among.is_sorted()):
-        return keys.is_in(among.implode())
+        return keys.is_in(among.implode()).fill_null(value=False)  # a null id is one of none
     out = np.empty(keys.len(), dtype=np.bool_)
     _runs.member(keys.to_numpy(), among.to_numpy(), out)
     return pl.Series(keys.name, out)
@@ -813,7 +813,8 @@ def _per_candidate(cands: pl.DataFrame) -> pl.DataFrame:
 
     key = box.keys(rows)
     if _runs.increasing(key.to_numpy()):  # one row a candidate, in order: nothing to group
-        return rows.select(*_IDS, pl.lit(1, pl.UInt32).alias("rows"), sound)
+        ids = [pl.col(c).cast(pl.Int64) for c in _IDS]  # as box.ids() gives them
+        return rows.select(*ids, pl.lit(1, pl.UInt32).alias("rows"), sound)
     keyed = rows.select(sound).with_columns(key)
     if key.is_sorted():
         keyed = keyed.with_columns(pl.col("_key").set_sorted())

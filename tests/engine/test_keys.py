@@ -125,6 +125,34 @@ def test_one_row_a_candidate_with_its_largest_sound_reward(
     assert got["reward"].to_list() == [v[1] for _, v in sorted(expected.items())]
 
 
+def test_within_a_null_key_is_one_of_none() -> None:
+    keys = pl.Series("_key", [1, None, 3], pl.Int64)
+    assert vk._within(keys, pl.Series("_key", [1, 3, None], pl.Int64)).to_list() == [
+        True, False, True,
+    ]  # fmt: skip
+
+
+def test_token_rows_with_a_null_id_are_orphans(tmp_path: Any) -> None:
+    """Their key is null, which no candidate has: the anti join kept them as
+    orphans; the membership test must not drop them as null."""
+    import raft_polars as rp
+
+    (tmp_path / "rewards").mkdir()
+    (tmp_path / "tokens").mkdir()
+    pl.DataFrame(
+        {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.2]}
+    ).write_parquet(tmp_path / "rewards" / "r.parquet")
+    pl.DataFrame({
+        "stage": [0, 0, None], "prompt": [0, 0, 0], "cand": [0, 1, 0],
+        "token": [0, 0, 0], "logprob": [-0.1, -0.2, -0.3],
+    }).write_parquet(tmp_path / "tokens" / "t.parquet")  # fmt: skip
+    report = rp.validate(str(tmp_path / "tokens"), rewards=str(tmp_path / "rewards"))
+    orphans = [p for p in report.problems if p.kind == "orphan_tokens"]
+    assert [(p.count, p.locations) for p in orphans] == [
+        (1, ({"stage": None, "prompt": 0, "cand": 0, "rows": 1},))
+    ]
+
+
 def test_narrow_ids_take_the_fewest_bytes() -> None:
     ids = pl.DataFrame({"stage": [0, 7], "prompt": [1, 40_000], "cand": [-1, 3]})
     narrow = vk._narrow(ids)

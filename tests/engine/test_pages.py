@@ -264,6 +264,42 @@ def test_a_corrupted_footer_is_refused_or_read_as_the_plain_reader_reads_it(
     _same_chunks(*_both_chunks(short))
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "footer",
+    [
+        bytes([0x68]) + _varint(2**64 - 11),  # a binary's length that wraps to -11
+        bytes([0x69]) + bytes([0xF5]) + _varint(2**64 - 1),  # a list's count that wraps
+        bytes([0x16]) + _varint(2**64 - 1),  # an integer of 64 bits
+    ],
+    ids=["binary-length", "list-count", "integer"],
+)
+def test_a_varint_past_63_bits_is_refused_at_once(tmp_path: Path, footer: bytes) -> None:
+    """Lengths are read as unsigned varints; one of 2**63 or more wrapped to a
+    negative int64 and stepped the reader back over the same bytes forever."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "log.parquet"
+    path.write_bytes(b"PAR1" + footer + len(footer).to_bytes(4, "little") + b"PAR1")
+    assert _both_chunks(path.read_bytes())[1] is None  # the plain reader refuses it too
+    code = "import sys; from raft_polars._engine import pages; print(pages.verified(sys.argv[1]))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 def _footer_flip_polars_rejects(path: Path, written: bytes) -> bytes:
     """A flip in the footer that the walk cannot see (no checksum covers the
     footer), that leaves the schema as it was but keeps Polars from decoding
