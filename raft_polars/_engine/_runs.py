@@ -1,5 +1,5 @@
 """The compiled loops of ``validate`` (numba), imported only when it runs: the cut of
-the token rows into runs, and the packed keys of ids (:func:`pack`, :func:`increasing`).
+the token rows into runs, and the packed keys of ids (:func:`pack`, :func:`increasing_ids`).
 
 Polars hands over the token rows batch by batch, in order; the loop cuts them into
 *runs* (stretches of consecutive rows of one response) and adds up each run's rows,
@@ -20,7 +20,7 @@ import numpy.typing as npt
 from raft_polars._engine._jit import njit
 
 __all__ = [
-    "OPEN", "STATE", "cut", "distinct_sorted", "increasing", "increasing_ids", "member", "pack",
+    "OPEN", "STATE", "cut", "distinct_sorted", "increasing_ids", "member", "pack",
 ]  # fmt: skip
 
 # the state carried from batch to batch: whether a run is open, then its sums
@@ -117,15 +117,6 @@ def pack(
 
 
 @njit()
-def increasing(keys: npt.NDArray[np.int64]) -> bool:  # pragma: no cover - compiled
-    """Whether each key is larger than the one before."""
-    for i in range(1, keys.shape[0]):  # noqa: SIM110 - numba compiles no generator
-        if keys[i] <= keys[i - 1]:
-            return False
-    return True
-
-
-@njit()
 def member(
     keys: npt.NDArray[np.int64], among: npt.NDArray[np.int64], out: npt.NDArray[np.bool_]
 ) -> None:  # pragma: no cover - compiled
@@ -152,7 +143,7 @@ def increasing_ids(
     stage: npt.NDArray[Any], prompt: npt.NDArray[Any], cand: npt.NDArray[Any]
 ) -> bool:  # pragma: no cover - compiled
     """Whether each row's ids come after the row before's, in ``stage, prompt,
-    cand`` order: what :func:`increasing` says of their keys, without the keys."""
+    cand`` order: whether their packed keys increase, without the keys."""
     for i in range(1, stage.shape[0]):
         if stage[i] != stage[i - 1]:
             if stage[i] < stage[i - 1]:

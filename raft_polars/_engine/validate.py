@@ -298,8 +298,7 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
     if not ids:
         return _Cut(pl.DataFrame(), np.zeros((width, 0), dtype=np.int64))
     if all(isinstance(part, tuple) for part in ids):
-        joined = (np.concatenate(arrays) for arrays in zip(*ids, strict=True))
-        frame = pl.DataFrame([pl.Series(c, a) for c, a in zip(_IDS, joined, strict=True)])
+        frame = _id_frame(tuple(np.concatenate(arrays) for arrays in zip(*ids, strict=True)))
     else:
         frame = pl.concat([_id_frame(part) for part in ids], how="vertical")
     return _Cut(frame, np.concatenate(sums, axis=1))
@@ -811,10 +810,12 @@ def _per_candidate(cands: pl.DataFrame) -> pl.DataFrame:
         return rows.lazy().select(*_IDS, sound).group_by(_IDS).agg(aggs).collect()
     from raft_polars._engine import _runs
 
+    if _runs.increasing_ids(*(rows.get_column(c).to_numpy() for c in _IDS)):
+        # one row a candidate, in order: nothing to group; Int64 ids, as box.ids() gives them
+        return rows.select(*_IDS, pl.lit(1, pl.UInt32).alias("rows"), sound).with_columns(
+            _wide(rows)
+        )
     key = box.keys(rows)
-    if _runs.increasing(key.to_numpy()):  # one row a candidate, in order: nothing to group
-        ids = [pl.col(c).cast(pl.Int64) for c in _IDS]  # as box.ids() gives them
-        return rows.select(*ids, pl.lit(1, pl.UInt32).alias("rows"), sound)
     keyed = rows.select(sound).with_columns(key)
     if key.is_sorted():
         keyed = keyed.with_columns(pl.col("_key").set_sorted())
@@ -1151,8 +1152,13 @@ class StrictParquet:
             yield result
 
 
+def _casts(frame: pl.DataFrame, types: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
+    """The columns of ``frame`` not of their type in ``types``, to that type."""
+    return {n: types[n] for n, kind in frame.schema.items() if kind != types[n]}
+
+
 def _cast(frame: pl.DataFrame, types: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    cast = {n: types[n] for n, kind in frame.schema.items() if kind != types[n]}
+    cast = _casts(frame, types)
     return frame.cast(cast) if cast else frame  # type: ignore[arg-type]
 
 
@@ -1206,7 +1212,7 @@ def _polars_units(
         cast: dict[str, pl.DataType] | None = None  # the same for every batch of the scan
         for batch in scan.select(names).collect_batches(engine="streaming"):
             if cast is None:
-                cast = {n: types[n] for n, kind in batch.schema.items() if kind != types[n]}
+                cast = _casts(batch, types)
             held.append(batch.cast(cast) if cast else batch)  # type: ignore[arg-type]
             size += batch.height
             if size >= _POLARS_UNIT:
