@@ -193,3 +193,61 @@ def test_the_runs_of_text_ids_do_not_hold_their_batches() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 100  # MiB: 18 here, 424 with the views
+
+
+def _plain_runs(
+    rows: list[tuple[int, int, int, int | None, float | None]],
+) -> list[tuple[tuple[int, int, int], list[int]]]:
+    """The runs of consecutive rows with the same ids, with a loop: each run's
+    ids and its rows, bad log-probs, jumps, first and last position (a null
+    position is a jump, the first row's too, and counts as 0)."""
+    runs: list[tuple[tuple[int, int, int], list[int]]] = []
+    for stage, prompt, cand, token, logprob in rows:
+        ids = (stage, prompt, cand)
+        position = 0 if token is None else token
+        if not runs or runs[-1][0] != ids:
+            runs.append((ids, [0, 0, 0, position, position]))
+            sums, jump = runs[-1][1], token is None
+        else:
+            sums = runs[-1][1]
+            jump = token is None or position != sums[4] + 1
+        sums[0] += 1
+        sums[1] += not (logprob is not None and -math.inf < logprob <= 0.0)
+        sums[2] += jump
+        sums[4] = position
+    return runs
+
+
+_TOKEN_ROWS = st.lists(
+    st.tuples(
+        st.integers(0, 1),
+        st.integers(0, 2),
+        st.integers(0, 1),
+        st.one_of(st.none(), st.integers(0, 4)),
+        st.one_of(st.none(), st.sampled_from([-1.5, -0.0, 0.5, -math.inf, math.nan])),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=_TOKEN_ROWS, cuts=st.lists(st.integers(0, 80), max_size=6), calls=st.integers(1, 3))
+def test_cut_finds_the_runs_of_rows_split_anywhere(
+    rows: list[tuple[int, int, int, int | None, float | None]], cuts: list[int], calls: int
+) -> None:
+    """The runs of token rows handed over in batches of any sizes, larger and
+    smaller in turn (the loop's buffers are the thread's, kept from batch to
+    batch and from call to call), equal the plain loop's over all the rows."""
+    frame = pl.DataFrame(
+        rows,
+        schema={"stage": pl.Int16, "prompt": pl.Int32, "cand": pl.Int64, "token": pl.Int32,
+                "logprob": pl.Float64},
+        orient="row",
+    )  # fmt: skip
+    bounds = sorted({0, len(rows), *(min(c, len(rows)) for c in cuts)})
+    frames = [frame.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
+    for _ in range(calls):  # again with the buffers the call before used
+        got = vk._cut(frames, has_position=True)
+        runs = _plain_runs(rows)
+        assert got.ids.rows() == [ids for ids, _ in runs]
+        assert got.sums.tolist() == [list(s) for s in zip(*(s for _, s in runs))] or not runs
