@@ -250,4 +250,4 @@ def test_cut_finds_the_runs_of_rows_split_anywhere(
         got = vk._cut(frames, has_position=True)
         runs = _plain_runs(rows)
         assert got.ids.rows() == [ids for ids, _ in runs]
-        assert got.sums.tolist() == [list(s) for s in zip(*(s for _, s in runs))] or not runs
+        assert got.sums.T.tolist() == [sums for _, sums in runs]
