@@ -251,3 +251,84 @@ def test_cut_finds_the_runs_of_rows_split_anywhere(
         runs = _plain_runs(rows)
         assert got.ids.rows() == [ids for ids, _ in runs]
         assert got.sums.T.tolist() == [sums for _, sums in runs]
+
+
+_SOUND = st.dictionaries(
+    st.tuples(st.integers(0, 2), st.integers(0, 5), st.integers(0, 3)),
+    st.sampled_from([-1.0, 0.0, 0.5, 2.0]),  # few values: ties are common
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sound=_SOUND,
+    min_reward=st.one_of(st.none(), st.sampled_from([0.0, 0.5])),
+    n=st.integers(1, 2),
+    types=st.lists(_TYPES, min_size=3, max_size=3),
+)
+def test_chosen_are_each_prompts_best(
+    sound: dict[tuple[int, int, int], float], min_reward: float | None, n: int, types: list[Any]
+) -> None:
+    """The candidates validate takes as selected: per prompt the largest reward,
+    ties to the smallest candidate id, none below ``min_reward`` (the compiled
+    kernel's way for best-of-1, the query's for best-of-2), against a loop."""
+    from raft_polars.selection import Selection
+
+    frame = _frame(list(sound), types).with_columns(
+        pl.Series("reward", list(sound.values()), dtype=pl.Float64)
+    )
+    if n > 1:
+        selection = Selection(strategy="top_n", n=n, min_reward=min_reward)
+    else:
+        selection = Selection(min_reward=min_reward)
+    chosen = vk._chosen(frame, selection)
+    prompts: dict[tuple[int, int], list[tuple[float, int]]] = {}
+    for (stage, prompt, cand), reward in sound.items():
+        prompts.setdefault((stage, prompt), []).append((-reward, cand))
+    want = sorted(
+        (stage, prompt, cand)
+        for (stage, prompt), ranked in prompts.items()
+        for minus, cand in sorted(ranked)[:n]
+        if min_reward is None or -minus >= min_reward
+    )
+    assert sorted(chosen.rows()) == want
+
+
+_TRIM = """
+import threading, numpy as np, raft_polars._engine.validate as vk
+def rss():
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("RssAnon"))
+kept = []
+def work():  # a thread's heap: short-lived arrays, a small one that stays among them
+    brief = []
+    for _ in range(400):
+        brief.append(np.ones(1 << 14))  # 128 KiB
+        kept.append(np.ones(64))
+    brief.clear()
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+before = rss()
+vk.trim()
+print(before - rss())
+"""
+
+
+def test_the_c_heap_is_trimmed_on_glibc() -> None:
+    """validate hands the C heap's free pages back between its phases. On glibc
+    (Linux), 50 MiB freed in a thread's heap among blocks still held stay with
+    the process until then."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        vk.trim()  # nothing to do, and no error
+        return
+    assert vk._malloc_trim() is not None
+    done = subprocess.run(
+        [sys.executable, "-c", _TRIM], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 25 << 10  # KiB returned: 50 MiB here, nothing without the trim
