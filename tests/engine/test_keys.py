@@ -332,3 +332,36 @@ def test_the_c_heap_is_trimmed_on_glibc() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) > 25 << 10  # KiB returned: 50 MiB here, nothing without the trim
+
+
+_TEXTS = st.lists(st.one_of(st.none(), st.sampled_from(["b", "a", "c10", "c9", ""])), max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=st.lists(_TEXTS, min_size=1, max_size=3))
+def test_text_ids_coded_as_integers(frames: list[list[str | None]]) -> None:
+    """Text ids as codes: the same text the same code in every frame, different
+    texts different codes, numbered as they first appear, a null id null; the
+    texts back from the codes."""
+    given_frames = [
+        pl.DataFrame({"stage": [0] * len(f), "prompt": pl.Series(f, dtype=pl.String),
+                      "cand": [1] * len(f)}, schema_overrides={"stage": pl.Int64, "cand": pl.Int64})
+        for f in frames
+    ]  # fmt: skip
+    coded, texts = vk._coded(*given_frames)
+    assert list(texts) == ["prompt"]
+    pairs = [
+        (text, code)
+        for f, c in zip(frames, coded, strict=True)
+        for text, code in zip(f, c["prompt"].to_list(), strict=True)
+    ]
+    assert all((text is None) == (code is None) for text, code in pairs)
+    named = {text: code for text, code in pairs if text is not None}
+    assert len(set(named.values())) == len(named)
+    assert all(named[text] == code for text, code in pairs if text is not None)
+    first = list(dict.fromkeys(text for text, _ in pairs if text is not None))
+    assert [named[t] for t in first] == list(range(len(first)))
+    for f, c in zip(given_frames, coded, strict=True):
+        assert c["stage"].equals(f["stage"])
+        assert c["cand"].equals(f["cand"])
+        assert vk._texts(c, texts).equals(f)

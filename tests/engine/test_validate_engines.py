@@ -126,6 +126,78 @@ def test_random_faults_same_report(
         _both(**kwargs)
 
 
+def _as_text(frame: pl.DataFrame, names: dict[int, str]) -> pl.DataFrame:
+    return frame.with_columns(pl.col("prompt").replace_strict(names, return_dtype=pl.String))
+
+
+def _places(report: dict[str, Any], back: dict[str, int] | None = None) -> dict[str, Any]:
+    """Each problem's count and its places, prompt ids named as integers, as a set."""
+    out = {}
+    for problem in report["problems"]:
+        rows = {
+            tuple(sorted({**r, "prompt": r["prompt"] if back is None else back.get(r["prompt"])}
+                         .items()))
+            for r in problem["locations"]
+        }  # fmt: skip
+        out[problem["kind"]] = (problem["count"], rows)
+    return out
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    log=ragged_logs(max_stages=2),
+    layout=st.sampled_from(["nested", "long"]),
+    drop=st.integers(0, 50),
+    copy=st.integers(0, 50),
+    seed=st.integers(0, 1000),
+)
+def test_text_prompt_ids_same_report_as_integers(
+    log: tuple[list[Any], list[Any]], layout: str, drop: int, copy: int, seed: int
+) -> None:
+    """A log whose prompt ids are text (in an order unlike the integers', rows
+    not sorted by the text) gets the report of the same log with integer ids:
+    the same problems, counts and places (validate codes text ids as integers)."""
+    import random
+
+    lps, rws = log
+    prompts = sorted({i for stage in rws for i in range(len(stage))} | {0})
+    order = list(range(len(prompts) + 1))
+    random.Random(seed).shuffle(order)
+    names = {p: f"p{order[i]:03d}-{p}" for i, p in enumerate(prompts)}
+    back = {v: k for k, v in names.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        reports = []
+        for text in (False, True):
+
+            def named(frame: pl.DataFrame, text: bool = text) -> pl.DataFrame:
+                return _as_text(frame, names) if text else frame
+
+            where = root / ("text" if text else "ints")
+            if layout == "nested":
+                frame = nested_frame(lps, rws, shuffle=drop)
+                frame = pl.concat([frame, frame.slice(copy % frame.height, 1)])
+                write_split(named(frame), where / "n", 2)
+                kwargs: dict[str, Any] = {"source": str(where / "n")}
+            else:
+                tokens, rewards = long_frames(lps, rws, shuffle=drop)
+                if tokens.height:
+                    tokens = pl.concat([tokens, tokens.slice(copy % tokens.height, 1)])
+                    tokens = tokens.filter(pl.int_range(pl.len()) != drop % tokens.height)
+                write_split(named(tokens), where / "t", 2)
+                write_split(named(pl.concat([rewards, rewards.head(copy % 2)])), where / "r", 1)
+                kwargs = {"source": str(where / "t"), "rewards": str(where / "r")}
+            reports.append(_both(**kwargs, limit=1000))
+    ints, texts = reports
+    assert texts["ok"] == ints["ok"]
+    assert texts["summary"] == ints["summary"]
+    assert _places(texts, back) == _places(ints)
+
+
 # --- token positions: the proof of order and its exceptions ---------------------------------
 
 
