@@ -302,23 +302,24 @@ def rss():
 kept = []
 def work():  # a thread's heap: short-lived arrays, a small one that stays among them
     brief = []
-    for _ in range(400):
-        brief.append(np.ones(1 << 14))  # 128 KiB
+    for _ in range(800):
+        brief.append(np.ones(1 << 13))  # 64 KiB: below any threshold of malloc's to map it
         kept.append(np.ones(64))
     brief.clear()
+start = rss()
 thread = threading.Thread(target=work)
 thread.start()
 thread.join()
-before = rss()
 vk.trim()
-print(before - rss())
+print(rss() - start)
 """
 
 
 def test_the_c_heap_is_trimmed_on_glibc() -> None:
     """validate hands the C heap's free pages back between its phases. On glibc
-    (Linux), 50 MiB freed in a thread's heap among blocks still held stay with
-    the process until then."""
+    (Linux), 50 MiB freed in a thread's heap among blocks still held stayed with
+    the process without it (where malloc kept the blocks apart, ``free`` alone
+    returns them: the test then holds either way)."""
     import platform
     import subprocess
     import sys
@@ -331,7 +332,7 @@ def test_the_c_heap_is_trimmed_on_glibc() -> None:
         [sys.executable, "-c", _TRIM], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout) > 25 << 10  # KiB returned: 50 MiB here, nothing without the trim
+    assert int(done.stdout) < 10 << 10  # KiB still held: 2 MiB here, 50 MiB without the trim
 
 
 _TEXTS = st.lists(st.one_of(st.none(), st.sampled_from(["b", "a", "c10", "c9", ""])), max_size=20)
