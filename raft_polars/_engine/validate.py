@@ -159,7 +159,7 @@ def check_candidates(
     bad = cands.filter(_bad_reward()).select(*_IDS, "reward")
     found.add("bad_reward", bad.height, bad)
     sound = ids.filter(pl.col("reward").is_not_null()).select(*_IDS, "reward")
-    chosen = _texts(_chosen(sound, selection), texts)
+    chosen = _chosen(sound, selection, texts)
     del sound
     prompts = _distinct(coded.drop_nulls(["stage", "prompt"]), ("stage", "prompt"))
     del coded
@@ -213,17 +213,25 @@ def _texts(frame: pl.DataFrame, texts: Mapping[str, pl.Series]) -> pl.DataFrame:
     return frame.with_columns(v.gather(frame.get_column(c)).alias(c) for c, v in texts.items())
 
 
-def _chosen(sound: pl.DataFrame, selection: Selection) -> pl.DataFrame:
+def _chosen(
+    sound: pl.DataFrame, selection: Selection, texts: Mapping[str, pl.Series]
+) -> pl.DataFrame:
     """The ids of the candidates ``selection`` takes from ``sound`` (one row per
-    candidate, a finite reward each): best-of-K by the rank step's compiled
+    candidate, a finite reward each; text ids coded, ``texts`` from
+    :func:`_coded`), as texts again: best-of-K by the rank step's compiled
     kernel where the ids fit a dense box (O(prompts) arrays, where Polars'
     group-by held 100 MiB more at 2.6 M candidates), the rank step's query
-    otherwise."""
-    if selection.is_best_of_k:
-        summary = dense_summary(sound)
-        if summary is not None:
-            return apply_min_reward(summary.select(*_IDS, "reward"), selection).select(_IDS)
-    return select(sound.lazy(), selection).select(_IDS).collect()
+    otherwise. Best-of-K ranks within a prompt, on the codes; the other
+    strategies rank the texts (the global ranking's ties go to the smallest
+    prompt id, which codes in order of appearance do not keep)."""
+    if not selection.is_best_of_k:
+        return select(_texts(sound, texts).lazy(), selection).select(_IDS).collect()
+    summary = dense_summary(sound)
+    if summary is None:
+        chosen = select(sound.lazy(), selection).collect()
+    else:
+        chosen = apply_min_reward(summary.select(*_IDS, "reward"), selection)
+    return _texts(chosen.select(_IDS), texts)
 
 
 def _narrow(ids: pl.DataFrame) -> pl.DataFrame:

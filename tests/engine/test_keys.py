@@ -282,7 +282,7 @@ def test_chosen_are_each_prompts_best(
         selection = Selection(strategy="top_n", n=n, min_reward=min_reward)
     else:
         selection = Selection(min_reward=min_reward)
-    chosen = vk._chosen(frame, selection)
+    chosen = vk._chosen(frame, selection, {})
     prompts: dict[tuple[int, int], list[tuple[float, int]]] = {}
     for (stage, prompt, cand), reward in sound.items():
         prompts.setdefault((stage, prompt), []).append((-reward, cand))

@@ -132,14 +132,15 @@ def _as_text(frame: pl.DataFrame, names: dict[int, str]) -> pl.DataFrame:
 
 def _places(report: dict[str, Any], back: dict[str, int] | None = None) -> dict[str, Any]:
     """Each problem's count and its places, prompt ids named as integers, as a set."""
+
+    def named(place: dict[str, Any]) -> tuple[Any, ...]:
+        if back is not None and "prompt" in place:
+            place = {**place, "prompt": back.get(place["prompt"])}
+        return tuple(sorted(place.items()))
+
     out = {}
     for problem in report["problems"]:
-        rows = {
-            tuple(sorted({**r, "prompt": r["prompt"] if back is None else back.get(r["prompt"])}
-                         .items()))
-            for r in problem["locations"]
-        }  # fmt: skip
-        out[problem["kind"]] = (problem["count"], rows)
+        out[problem["kind"]] = (problem["count"], {named(r) for r in problem["locations"]})
     return out
 
 
@@ -154,20 +155,27 @@ def _places(report: dict[str, Any], back: dict[str, int] | None = None) -> dict[
     drop=st.integers(0, 50),
     copy=st.integers(0, 50),
     seed=st.integers(0, 1000),
+    ranking=st.sampled_from(["best", "global"]),
 )
 def test_text_prompt_ids_same_report_as_integers(
-    log: tuple[list[Any], list[Any]], layout: str, drop: int, copy: int, seed: int
+    *, log: tuple[list[Any], list[Any]], layout: str, drop: int, copy: int, seed: int, ranking: str
 ) -> None:
-    """A log whose prompt ids are text (in an order unlike the integers', rows
-    not sorted by the text) gets the report of the same log with integer ids:
-    the same problems, counts and places (validate codes text ids as integers)."""
+    """A log whose prompt ids are text (rows not sorted by the text) gets the
+    report of the same log with integer ids: the same problems, counts and
+    places (validate codes text ids as integers, numbered as they appear). The
+    texts sort unlike the integers, except for the global ranking, whose ties
+    go to the smallest prompt id: there they sort alike."""
     import random
 
     lps, rws = log
     prompts = sorted({i for stage in rws for i in range(len(stage))} | {0})
     order = list(range(len(prompts) + 1))
-    random.Random(seed).shuffle(order)
+    if ranking == "best":
+        random.Random(seed).shuffle(order)
     names = {p: f"p{order[i]:03d}-{p}" for i, p in enumerate(prompts)}
+    strategy: dict[str, Any] = (
+        {"strategy": "global", "fraction": 0.5} if ranking == "global" else {}
+    )
     back = {v: k for k, v in names.items()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -191,11 +199,26 @@ def test_text_prompt_ids_same_report_as_integers(
                 write_split(named(tokens), where / "t", 2)
                 write_split(named(pl.concat([rewards, rewards.head(copy % 2)])), where / "r", 1)
                 kwargs = {"source": str(where / "t"), "rewards": str(where / "r")}
-            reports.append(_both(**kwargs, limit=1000))
+            reports.append(_both(**kwargs, **strategy, limit=1000))
     ints, texts = reports
     assert texts["ok"] == ints["ok"]
     assert texts["summary"] == ints["summary"]
     assert _places(texts, back) == _places(ints)
+
+
+def test_global_ties_go_to_the_smallest_text_prompt(tmp_path: Path) -> None:
+    """The global ranking's ties go to the smallest prompt id, for text ids too,
+    whatever order the rows come in ("b" written before "a"): validate takes
+    "a"'s response as selected, so its bad log-prob is a selected one."""
+    frame = pl.DataFrame({
+        "stage": [0, 0], "prompt": ["b", "a"], "cand": [0, 0], "reward": [1.0, 1.0],
+        "logprobs": [[-1.0, -0.5], [-1.0, 0.7]],
+    })  # fmt: skip
+    frame.write_parquet(tmp_path / "log.parquet")
+    report = _both(source=str(tmp_path / "log.parquet"), strategy="global", fraction=0.5)
+    bad = report["problems"]
+    assert [(p["kind"], p["count"]) for p in bad] == [("bad_logprob_selected", 1)]
+    assert bad[0]["locations"][0]["prompt"] == "a"
 
 
 # --- token positions: the proof of order and its exceptions ---------------------------------
