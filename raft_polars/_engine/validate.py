@@ -744,6 +744,11 @@ def finish_long(
 ) -> pl.DataFrame:
     """The token-row checks of the long layout, from the combined per-response
     aggregates; returns the selected responses' token counts per stage."""
+    if not responses.rows.height:  # no token row: its ids' types are a default's
+        kinds = [pl.col(c).cast(known.schema[c]) for c in _IDS]
+        responses = Responses(
+            responses.rows.with_columns(kinds), responses.flagged.with_columns(kinds)
+        )
     rows, flagged = _keyed(responses.rows, known, chosen)
     if flagged == ["_key"]:
         orphans = rows[0].filter(~_within(rows[0]["_key"], rows[1]["_key"]))

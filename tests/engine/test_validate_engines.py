@@ -221,6 +221,26 @@ def test_global_ties_go_to_the_smallest_text_prompt(tmp_path: Path) -> None:
     assert bad[0]["locations"][0]["prompt"] == "a"
 
 
+def test_categorical_ids_and_no_token_row(tmp_path: Path) -> None:
+    """Categorical prompt ids and a token file without a row: every selected
+    response is empty (the empty pass's ids had a default type, and the join
+    with the candidates' text ids failed)."""
+    rewards = pl.DataFrame({
+        "stage": [0, 0], "prompt": ["x", "y"], "cand": [0, 0], "reward": [0.5, 0.25],
+    }).with_columns(pl.col("prompt").cast(pl.Categorical))  # fmt: skip
+    tokens = pl.DataFrame(
+        schema={"stage": pl.Int64, "prompt": pl.Categorical, "cand": pl.Int64,
+                "token": pl.Int64, "logprob": pl.Float64}
+    )  # fmt: skip
+    (tmp_path / "t").mkdir()
+    (tmp_path / "r").mkdir()
+    tokens.write_parquet(tmp_path / "t" / "part-0.parquet")
+    rewards.write_parquet(tmp_path / "r" / "part-0.parquet")
+    report = _both(source=str(tmp_path / "t"), rewards=str(tmp_path / "r"))
+    assert [(p["kind"], p["count"]) for p in report["problems"]] == [("empty_stage", 1)]
+    assert report["problems"][0]["locations"] == [{"stage": 0, "selected": 2}]
+
+
 # --- token positions: the proof of order and its exceptions ---------------------------------
 
 
