@@ -191,7 +191,7 @@ def _selected(run: Executor, log: StageLog, selection: Selection) -> pl.LazyFram
             "the selected batch adds; rename or drop it first"
         )
         raise RaftInputError(msg)
-    return _remember(run.selected(log, selection), log.paths, log.origin)
+    return _remember(run.selected(log, selection), log.paths, log.read_origin)
 
 
 def write_selected(
@@ -301,7 +301,7 @@ def write_selected(
         source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
     )
     frame = _selected(run, log, selection)
-    paths, origin = log.paths, log.origin
+    paths, origin = log.paths, log.read_origin
     candidates = log.candidates(extras=kind == "dpo")
     if stage is not None:
         stages = log.collect(log.keys().select(pl.col("stage").unique().sort()))["stage"]

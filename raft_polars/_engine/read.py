@@ -135,6 +135,14 @@ class StageLog:
         return self.main.origin
 
     @property
+    def read_origin(self) -> str:
+        """What a query over the log may read, for messages: the token rows
+        and the rewards, when they are two sources."""
+        if self.rewards is None:
+            return self.origin
+        return f"{self.token_origin} or {self.origin}"
+
+    @property
     def paths(self) -> tuple[str, ...]:
         return self.main.paths + (() if self.rewards is None else self.rewards.paths)
 
@@ -194,7 +202,7 @@ class StageLog:
 
     def collect(self, query: pl.LazyFrame) -> pl.DataFrame:
         """Run ``query`` on the streaming engine; report unreadable input clearly."""
-        with reading(self.paths, self.origin):
+        with reading(self.paths, self.read_origin):
             return query.collect(engine="streaming")
 
     def batches(
@@ -204,7 +212,7 @@ class StageLog:
         report unreadable input clearly. ``files``: the Parquet files it reads,
         whose row groups bound how far ahead Polars decodes
         (:func:`bounded_read_ahead`)."""
-        with reading(self.paths, self.origin), bounded_read_ahead(files):
+        with reading(self.paths, self.read_origin), bounded_read_ahead(files):
             yield from query.collect_batches(engine="streaming")
 
 

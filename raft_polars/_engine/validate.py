@@ -594,7 +594,7 @@ def _token_cuts(
         return _cut([f.rename(renames) if renames else f for f in frames], has_position=position)
 
     def cuts() -> Iterator[_Cut]:
-        with reading(strict.paths, strict.origin):
+        with reading(paths, strict.token_origin):
             rows = None if piece is None else piece.rows
             yield from reader.items(paths, dict(main.schema), rows, columns, cut)
 

@@ -300,3 +300,22 @@ def test_uint64_prompt_ids_beyond_int64_fail_alike_on_every_path() -> None:
         raft_polars.stage_losses(tokens, rewards=rewards)
     with pytest.raises(RaftInputError, match="u64"):
         raft_polars.select_best(tokens, rewards=rewards)
+
+
+def test_a_read_failure_of_a_two_source_log_names_both(tmp_path: Path) -> None:
+    """A query over token rows and rewards that fails past the footers (a page
+    Polars cannot decode; here a value it cannot convert) names both sources:
+    it named the rewards alone, for a page of the token files."""
+    from raft_polars._engine.read import read_log
+
+    tokens, rewards = long_frames([[[[-1.0, -2.0]]]], [[[0.5]]])
+    tokens.write_parquet(tmp_path / "tokens.parquet")
+    rewards.write_parquet(tmp_path / "rewards.parquet")
+    log = read_log(str(tmp_path / "tokens.parquet"), rewards=str(tmp_path / "rewards.parquet"))
+    failing = log.tokens().select(pl.lit("x").str.to_integer())
+    with pytest.raises(RaftInputError) as err:
+        log.collect(failing)
+    message = str(err.value)
+    assert "source " in message
+    assert str(tmp_path / "tokens.parquet") in message
+    assert str(tmp_path / "rewards.parquet") in message
