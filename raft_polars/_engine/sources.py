@@ -72,6 +72,16 @@ _KINDS_READ = (
     "Parquet (.parquet, .pq) and JSON lines (.jsonl, .ndjson, .json; compressed .gz or .zst)"
 )
 _GLOB_CHARS = "*?["
+
+
+def _literal(path: str) -> str:
+    """A local file's path as Polars' JSON lines scan takes it literally: that
+    scan expands any path with glob characters (it has no ``glob=False``), so
+    ``j[1].jsonl`` read ``j1.jsonl``; each such character is escaped as a class
+    of itself (``[[]``)."""
+    return "".join(f"[{ch}]" if ch in _GLOB_CHARS else ch for ch in path)
+
+
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # parts written by different tools may differ in integer / float width
 _UPCAST = pl.ScanCastOptions(
@@ -178,7 +188,7 @@ class Resolved:
                     )
                 )
             elif self.kind == "ndjson":
-                lf = pl.scan_ndjson(paths, schema=file_schema)
+                lf = pl.scan_ndjson([_literal(p) for p in paths], schema=file_schema)
             elif strict is not None:  # a row range is the reader's to cut
                 lf = strict.scan(paths, file_schema, None if piece is None else piece.rows)
             else:
@@ -390,7 +400,7 @@ def _schema_of(path: str, kind: str) -> pl.Schema:
         except READ_ERRORS as exc:
             raise parquet_error(path, exc) from exc
     try:
-        schema = pl.scan_ndjson(path, infer_schema_length=1000).collect_schema()
+        schema = pl.scan_ndjson(_literal(path), infer_schema_length=1000).collect_schema()
     except READ_ERRORS as exc:
         if "empty" in str(exc):  # a part with no rows: its columns come from the others
             return pl.Schema()
@@ -504,7 +514,7 @@ def _check_agreement(files: Sequence[DataFile], name: str, origin: str) -> None:
         try:
             found = (
                 (
-                    pl.scan_ndjson(f.path)
+                    pl.scan_ndjson(_literal(f.path))
                     if file_kind(f.path) == "ndjson"
                     else pl.scan_parquet(f.path, hive_partitioning=False, glob=False)
                 )
@@ -564,7 +574,7 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
                     raise parquet_error(path, bad) from exc
                 continue
             try:
-                pl.scan_ndjson(path, infer_schema_length=None).collect_schema()
+                pl.scan_ndjson(_literal(path), infer_schema_length=None).collect_schema()
             except READ_ERRORS as bad:
                 if "empty" not in str(bad):  # a part with no rows reads as none
                     raise json_lines_error(path, bad) from exc

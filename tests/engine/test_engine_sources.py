@@ -319,3 +319,16 @@ def test_a_read_failure_of_a_two_source_log_names_both(tmp_path: Path) -> None:
     assert "source " in message
     assert str(tmp_path / "tokens.parquet") in message
     assert str(tmp_path / "rewards.parquet") in message
+
+
+@pytest.mark.parametrize("name", ["j[1].jsonl", "j*.jsonl", "j?.jsonl"])
+def test_a_json_lines_path_with_glob_characters_is_that_file(tmp_path: Path, name: str) -> None:
+    """An existing JSON lines file whose name holds glob characters is read as
+    itself, not as a pattern matching a file beside it (Polars' JSON lines scan
+    expands every path; ``j[1].jsonl`` read ``j1.jsonl``)."""
+    row = '{{"stage": 0, "prompt": 0, "cand": 0, "reward": 1.0, "logprobs": [{}]}}\n'
+    (tmp_path / name).write_text(row.format(-1.0))
+    (tmp_path / "j1.jsonl").write_text(row.format(-9.0))
+    losses = raft_polars.stage_losses(str(tmp_path / name))
+    assert losses["loss"].to_list() == [1.0]
+    assert raft_polars.validate(str(tmp_path / name)).ok
