@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 
@@ -122,13 +122,36 @@ def _progress(args: argparse.Namespace) -> Iterator[None]:
         sys.stderr.flush()
         drawn[0] = True
 
+    def clear() -> None:
+        if drawn[0]:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            drawn[0] = False
+
+    out = sys.stdout
+    sys.stdout = _Clearing(out, clear)  # the result, on a clear line
     try:
         with reporting(draw):
             yield
     finally:
-        if drawn[0]:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+        sys.stdout = out
+        clear()
+
+
+class _Clearing:
+    """A text stream that clears the progress line before each write (stdout
+    and stderr share the terminal: the result began on the progress line)."""
+
+    def __init__(self, stream: Any, clear: Callable[[], None]) -> None:
+        self._stream, self._clear = stream, clear
+
+    def write(self, text: str) -> int:
+        self._clear()
+        written: int = self._stream.write(text)
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def entrypoint() -> NoReturn:

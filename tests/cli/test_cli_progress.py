@@ -44,6 +44,29 @@ def test_progress_on_a_terminal() -> None:
     assert seen.endswith("\r\x1b[K")  # the line is cleared at the end
 
 
+def test_the_result_begins_on_a_clear_line() -> None:
+    """stdout and stderr on one terminal: the progress line is cleared before
+    the result is printed (it was cleared after, the table's first line glued to
+    the progress text)."""
+    main, follower = pty.openpty()
+    done = subprocess.run(
+        [sys.executable, "-m", "raft_polars", *LONG],
+        stdout=follower, stderr=follower, timeout=120, check=False,
+    )  # fmt: skip
+    os.close(follower)
+    seen = b""
+    try:
+        while chunk := os.read(main, 65536):
+            seen += chunk
+    except OSError:  # the follower is closed: everything was read
+        pass
+    os.close(main)
+    text = seen.decode(errors="replace")
+    assert done.returncode == 0
+    assert "raft-polars: ranked" in text
+    assert text[: text.index("stage ")].endswith("\r\x1b[K")
+
+
 def test_quiet_on_a_terminal() -> None:
     code, seen = _on_terminal([*LONG, "--quiet"])
     assert code == 0
