@@ -66,7 +66,9 @@ def verified(path: str) -> bool:
         spans = pages[:count][:, [_START, _COMPRESSED, _CRC]]
         spans[:, 1] += spans[:, 0]
         spans[:, 2] &= 0xFFFFFFFF
-        return all(crc32(view[low:high]) == crc for low, high, crc in spans.tolist())
+        if not all(crc32(view[low:high]) == crc for low, high, crc in spans.tolist()):
+            return False
+        return _footer_sound(path)
     except Exception:
         return False
     finally:
@@ -76,6 +78,22 @@ def verified(path: str) -> bool:
             mm.close()
         except BufferError:  # a view still held elsewhere (a sampling profiler's
             pass  # frame, as on a Dask worker): the map closes with its last view
+
+
+def _footer_sound(path: str) -> bool:
+    """Whether pyarrow, the strict reader, reads the footer and the Arrow schema
+    stored in it: no checksum covers the footer, and the walk reads only what
+    it needs of it (a flipped byte in the stored schema, or in a field the walk
+    skips, was vouched for). Asked after the walk accepted the footer (pyarrow
+    aborts the process on some footers it does not check)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path) as file:
+            file.schema_arrow  # noqa: B018 - parsed here, or raises
+    except Exception:  # any refusal: the strict reader then says what is wrong
+        return False
+    return True
 
 
 # the columns of a column chunk for the walk

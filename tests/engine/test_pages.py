@@ -411,3 +411,21 @@ def test_pyarrow_is_asked_only_for_footers_it_reads_without_aborting(tmp_path: P
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout) > 0  # some footers are refused
+
+
+def test_a_footer_pyarrow_refuses_is_not_vouched_for(tmp_path: Path) -> None:
+    """Every page's checksum matches, but one byte of the footer's stored Arrow
+    schema is flipped (no checksum covers the footer): pyarrow, the strict
+    reader, refuses the file, so validate reports it (the walk had vouched)."""
+    table = pa.table({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.5, 0.25],
+                      "logprobs": [[-1.0, -0.5], [-2.0]]})  # fmt: skip
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path, write_page_checksum=True)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"ARROW:schema") + 40] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception):  # noqa: B017, PT011 - pyarrow's own refusal, any type
+        pq.read_table(path)
+    report = rp.validate(str(path)).to_dict()
+    assert [p["kind"] for p in report["problems"]] == ["corrupt_file"]
+    assert report["problems"][0]["locations"][0]["file"] == str(path)
