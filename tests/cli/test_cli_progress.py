@@ -19,12 +19,14 @@ LONG = ["losses", str(DATA / "synthetic_long" / "tokens"),
         "--rewards", str(DATA / "synthetic_long" / "rewards")]  # fmt: skip
 
 
-def _on_terminal(argv: list[str]) -> tuple[int, str]:
-    """Run the CLI with stderr on a pseudo-terminal; what the terminal saw."""
+def _on_terminal(argv: list[str], *, stdout_too: bool = False) -> tuple[int, str]:
+    """Run the CLI with stderr (and stdout, with ``stdout_too``) on a
+    pseudo-terminal; what the terminal saw."""
     main, follower = pty.openpty()
     done = subprocess.run(
         [sys.executable, "-m", "raft_polars", *argv],
-        stdout=subprocess.PIPE, stderr=follower, timeout=120, check=False,
+        stdout=follower if stdout_too else subprocess.PIPE, stderr=follower,
+        timeout=120, check=False,
     )  # fmt: skip
     os.close(follower)
     seen = b""
@@ -48,21 +50,8 @@ def test_the_result_begins_on_a_clear_line() -> None:
     """stdout and stderr on one terminal: the progress line is cleared before
     the result is printed (it was cleared after, the table's first line glued to
     the progress text)."""
-    main, follower = pty.openpty()
-    done = subprocess.run(
-        [sys.executable, "-m", "raft_polars", *LONG],
-        stdout=follower, stderr=follower, timeout=120, check=False,
-    )  # fmt: skip
-    os.close(follower)
-    seen = b""
-    try:
-        while chunk := os.read(main, 65536):
-            seen += chunk
-    except OSError:  # the follower is closed: everything was read
-        pass
-    os.close(main)
-    text = seen.decode(errors="replace")
-    assert done.returncode == 0
+    code, text = _on_terminal(LONG, stdout_too=True)
+    assert code == 0
     assert "raft-polars: ranked" in text
     assert text[: text.index("stage ")].endswith("\r\x1b[K")
 

@@ -5,6 +5,7 @@ aggregates those responses again from their rows)."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,21 +110,41 @@ def test_random_faults_same_report(
     same report on both executors."""
     lps, rws = log
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        if layout == "nested":
-            frame = nested_frame(lps, rws, shuffle=drop)
-            frame = pl.concat([frame, frame.slice(copy % frame.height, 1)])
-            write_split(frame, root / "n", parts)
-            kwargs: dict[str, Any] = {"source": str(root / "n")}
-        else:
-            tokens, rewards = long_frames(lps, rws, shuffle=drop)
-            if tokens.height:
-                tokens = pl.concat([tokens, tokens.slice(copy % tokens.height, 1)])
-                tokens = tokens.filter(pl.int_range(pl.len()) != drop % tokens.height)
-            write_split(tokens, root / "t", parts)
-            write_split(rewards, root / "r", 1)
-            kwargs = {"source": str(root / "t"), "rewards": str(root / "r")}
-        _both(**kwargs)
+        _both(
+            **_write_faulty(lps, rws, Path(tmp), layout=layout, drop=drop, copy=copy, parts=parts)
+        )
+
+
+def _write_faulty(
+    lps: list[Any],
+    rws: list[Any],
+    root: Path,
+    *,
+    layout: str,
+    drop: int,
+    copy: int,
+    parts: int,
+    named: Callable[[pl.DataFrame], pl.DataFrame] = lambda frame: frame,
+    copy_reward: bool = False,
+) -> dict[str, Any]:
+    """A log with a duplicated row (nested) or a duplicated and a dropped token
+    row (long), rows shuffled by ``drop``, written under ``root`` over ``parts``
+    files, each frame through ``named``; with ``copy_reward``, the first reward
+    row written twice when ``copy`` is odd. validate's arguments for it."""
+    if layout == "nested":
+        frame = nested_frame(lps, rws, shuffle=drop)
+        frame = pl.concat([frame, frame.slice(copy % frame.height, 1)])
+        write_split(named(frame), root / "n", parts)
+        return {"source": str(root / "n")}
+    tokens, rewards = long_frames(lps, rws, shuffle=drop)
+    if tokens.height:
+        tokens = pl.concat([tokens, tokens.slice(copy % tokens.height, 1)])
+        tokens = tokens.filter(pl.int_range(pl.len()) != drop % tokens.height)
+    if copy_reward:
+        rewards = pl.concat([rewards, rewards.head(copy % 2)])
+    write_split(named(tokens), root / "t", parts)
+    write_split(named(rewards), root / "r", 1)
+    return {"source": str(root / "t"), "rewards": str(root / "r")}
 
 
 def _as_text(frame: pl.DataFrame, names: dict[int, str]) -> pl.DataFrame:
@@ -186,19 +207,10 @@ def test_text_prompt_ids_same_report_as_integers(
                 return _as_text(frame, names) if text else frame
 
             where = root / ("text" if text else "ints")
-            if layout == "nested":
-                frame = nested_frame(lps, rws, shuffle=drop)
-                frame = pl.concat([frame, frame.slice(copy % frame.height, 1)])
-                write_split(named(frame), where / "n", 2)
-                kwargs: dict[str, Any] = {"source": str(where / "n")}
-            else:
-                tokens, rewards = long_frames(lps, rws, shuffle=drop)
-                if tokens.height:
-                    tokens = pl.concat([tokens, tokens.slice(copy % tokens.height, 1)])
-                    tokens = tokens.filter(pl.int_range(pl.len()) != drop % tokens.height)
-                write_split(named(tokens), where / "t", 2)
-                write_split(named(pl.concat([rewards, rewards.head(copy % 2)])), where / "r", 1)
-                kwargs = {"source": str(where / "t"), "rewards": str(where / "r")}
+            kwargs = _write_faulty(
+                lps, rws, where, layout=layout, drop=drop, copy=copy, parts=2, named=named,
+                copy_reward=True,
+            )  # fmt: skip
             reports.append(_both(**kwargs, **strategy, limit=1000))
     ints, texts = reports
     assert texts["ok"] == ints["ok"]
