@@ -72,6 +72,11 @@ _KINDS_READ = (
     "Parquet (.parquet, .pq) and JSON lines (.jsonl, .ndjson, .json; compressed .gz or .zst)"
 )
 _GLOB_CHARS = "*?["
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+# parts written by different tools may differ in integer / float width
+_UPCAST = pl.ScanCastOptions(
+    integer_cast=["upcast", "allow-float"], float_cast="upcast", categorical_to_string="allow"
+)
 
 
 def _literal(path: str) -> str:
@@ -80,13 +85,6 @@ def _literal(path: str) -> str:
     ``j[1].jsonl`` read ``j1.jsonl``; each such character is escaped as a class
     of itself (``[[]``)."""
     return "".join(f"[{ch}]" if ch in _GLOB_CHARS else ch for ch in path)
-
-
-_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-# parts written by different tools may differ in integer / float width
-_UPCAST = pl.ScanCastOptions(
-    integer_cast=["upcast", "allow-float"], float_cast="upcast", categorical_to_string="allow"
-)
 
 
 @dataclass(frozen=True)

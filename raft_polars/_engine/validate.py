@@ -563,14 +563,16 @@ def _token_part(log: StageLog, piece: Piece | None) -> TokenPart:
         if cuts is None:
             cuts = (_cut([f], has_position=position) for f in strict.batches(rows.select(names)))
         runs = token_runs(cuts, has_position=position)
-        made = zip(_IDS, canonical_ids(kinds), strict=True)  # integers stay as they are
-        text = [cast for c, cast in made if not kinds[c].is_integer()]
-        runs = Runs(*(f.with_columns(text) for f in (runs.every, runs.other)))
     else:
         batches = strict.batches(strict.tokens(piece))
         runs = token_runs(
             (_cut([f], has_position=position) for f in batches), has_position=position
         )
+    # other ids made canonical (integers stay as they are); the ids of no run at all
+    # have a default type, made the candidates' here too
+    made = zip(_IDS, canonical_ids(kinds), strict=True)
+    text = [cast for c, cast in made if not kinds[c].is_integer()]
+    runs = Runs(*(f.with_columns(text) for f in (runs.every, runs.other)))
     return TokenPart(runs, reader.errors)
 
 
@@ -744,11 +746,6 @@ def finish_long(
 ) -> pl.DataFrame:
     """The token-row checks of the long layout, from the combined per-response
     aggregates; returns the selected responses' token counts per stage."""
-    if not responses.rows.height:  # no token row: its ids' types are a default's
-        kinds = [pl.col(c).cast(known.schema[c]) for c in _IDS]
-        responses = Responses(
-            responses.rows.with_columns(kinds), responses.flagged.with_columns(kinds)
-        )
     rows, flagged = _keyed(responses.rows, known, chosen)
     if flagged == ["_key"]:
         orphans = rows[0].filter(~_within(rows[0]["_key"], rows[1]["_key"]))
