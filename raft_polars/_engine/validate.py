@@ -15,6 +15,7 @@ and the per-response partials.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -41,6 +42,8 @@ __all__ = [
     "combine_runs",
     "empty_stages",
     "finish_long",
+    "json_id_files",
+    "json_ids",
     "nested_columns",
     "strict_findings",
     "strict_paths",
@@ -1421,6 +1424,53 @@ def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -
             schema={"file": pl.String, "error": pl.String},
         ),
     )
+
+
+def json_id_files(log: StageLog) -> list[tuple[str, tuple[str, ...]]]:
+    """The local JSON lines files of a log with their text id columns, for
+    :func:`json_ids`."""
+    renames = dict(log.renames)
+    sources = [log.main, *([] if log.rewards is None else [log.rewards])]
+    found = []
+    for source in sources:
+        if source.kind != "ndjson" or source.remote or source.frame is not None:
+            continue
+        hive = dict(source.hive)
+        texts = tuple(
+            name
+            for name, dtype in source.schema
+            if renames.get(name, name) in ID_COLUMNS and dtype == pl.String and name not in hive
+        )
+        if texts:
+            found += [(path, texts) for path in source.paths]
+    return found
+
+
+def json_ids(path: str, columns: Sequence[str]) -> str | None:
+    """Whether the text id ``columns`` of a JSON lines file hold strings alone:
+    Polars reads a column of numbers and strings as text, the number ``0`` and the
+    string ``"0"`` as one id, where the writer may have meant two. The first
+    column that holds anything else, as an error text, or None. Streams the file
+    with pyarrow's reader, which is strict about a column's type."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    schema = pa.schema([(name, pa.string()) for name in columns])
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        with pj.open_json(path, parse_options=options) as reader:
+            for _ in reader:
+                pass
+    except (pa.ArrowInvalid, OSError) as exc:
+        changed = re.search(r"Column\(/([^)]*)\) changed from string to (\w+)", str(exc))
+        if changed is None:  # not what this check asks; the Polars read has the say
+            return None
+        name, other = changed.groups()
+        return (
+            f"column {name} holds JSON {other}s beside strings: they are read as text, "
+            'the number 0 and the string "0" as one id'
+        )
+    return None
 
 
 def strict_paths(log: StageLog, *, tokens: bool = True) -> list[str]:

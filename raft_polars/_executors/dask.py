@@ -450,6 +450,9 @@ class DaskExecutor:
             paths = vk.strict_paths(log, tokens=False)  # the token pass reads its own strictly
             read = job.gather([job.submit(vk.strict_read, p) for p in paths])
             errors = list(zip(paths, read, strict=True))
+            texts = vk.json_id_files(log)
+            mixed = job.gather([job.submit(vk.json_ids, p, columns) for p, columns in texts])
+            errors += zip([p for p, _ in texts], mixed, strict=True)
             if nested:
                 vk.strict_findings(found, errors)
                 if log.has_logprobs:

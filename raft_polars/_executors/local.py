@@ -141,8 +141,9 @@ class LocalExecutor:
         part = vk.check_candidates(cands, selection, limit, nested=nested)
         del cands  # the token pass needs the memory more
         found = vk.Findings(limit)
+        mixed = [(path, vk.json_ids(path, columns)) for path, columns in vk.json_id_files(log)]
         if nested:
-            vk.strict_findings(found, reader.errors.items())
+            vk.strict_findings(found, [*reader.errors.items(), *mixed])
             assert part.stage_tokens is not None
             if log.has_logprobs:
                 vk.empty_stages(found, [part.stage_tokens])
@@ -150,7 +151,7 @@ class LocalExecutor:
         assert part.known is not None
         assert token_pass is not None
         tokens = token_pass.result()
-        vk.strict_findings(found, [*reader.errors.items(), *tokens.errors.items()])
+        vk.strict_findings(found, [*reader.errors.items(), *tokens.errors.items(), *mixed])
 
         def fetch(keys: pl.DataFrame) -> pl.DataFrame:
             picked = log.tokens().join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)

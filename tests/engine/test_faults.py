@@ -5,6 +5,7 @@ with the file, temporary files of interrupted writes, non-finite JSON output.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -19,7 +20,8 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import nested_frame, reference_rounded
+from reference import long_frames, nested_frame, reference_rounded
+from strategies import ragged_logs
 
 import raft_polars as rp
 from raft_polars import RaftInputError
@@ -410,3 +412,70 @@ def test_collect_names_the_file_a_lazy_batch_cannot_read(tmp_path: Path) -> None
         rp.collect(lazy)
     with pytest.raises(RaftInputError):
         rp.collect(lazy.filter(pl.col("stage") == 0))  # derived frames: the source
+
+
+# --- 7. JSON lines ids that mix numbers and strings ------------------------------------------
+
+
+def _json_lines(frame: pl.DataFrame, path: Path, numbered: set[int]) -> None:
+    """``frame`` as JSON lines, the text prompt id of rows ``numbered`` spelled as a
+    JSON number (``0`` for ``"0"``)."""
+    rows = frame.to_dicts()
+    for i in numbered:
+        rows[i]["prompt"] = int(rows[i]["prompt"])
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    log=ragged_logs(max_stages=2, max_prompts=4, zero_tokens=False),
+    layout=st.sampled_from(["nested", "long rewards", "long tokens"]),
+    data=st.data(),
+)
+def test_json_ids_of_numbers_and_strings_are_reported(
+    tmp_path_factory: pytest.TempPathFactory, log: Any, layout: str, data: st.DataObject
+) -> None:
+    """Polars reads a JSON id column of numbers and strings as text: the number 0
+    and the string "0" become one prompt. Where a file mixes them, validate names
+    the file and the column; where every id is one type, the log is clean and
+    the losses are the reference's."""
+    lps, rws = log
+    names = [str(i) for i in range(max(len(stage) for stage in rws))]
+    tmp = tmp_path_factory.mktemp("json")
+    if layout == "nested":
+        frames = {"log.jsonl": nested_frame(lps, rws, prompt_ids=names)}
+    else:
+        tokens, rewards = long_frames(lps, rws, prompt_ids=names)
+        frames = {"tokens.jsonl": tokens, "rewards.jsonl": rewards}
+    mixed = "rewards.jsonl" if layout == "long rewards" else next(iter(frames))
+    numbered = data.draw(st.sets(st.integers(0, frames[mixed].height - 1)), label="numbered")
+    for name, frame in frames.items():
+        _json_lines(frame, tmp / name, numbered if name == mixed else set())
+    kwargs: dict[str, Any] = {"rewards": str(tmp / "rewards.jsonl")} if layout != "nested" else {}
+    if len(numbered) == frames[mixed].height and kwargs:  # integer ids against text ones
+        with pytest.raises(RaftInputError, match="prompt"):
+            rp.validate(str(tmp / next(iter(frames))), **kwargs)
+        return
+    report = rp.validate(str(tmp / next(iter(frames))), **kwargs)
+    if 0 < len(numbered) < frames[mixed].height:
+        assert [p.kind for p in report.problems] == ["corrupt_file"], report.format()
+        (where,) = report.problems[0].locations
+        assert where["file"] == str(tmp / mixed)
+        assert "column prompt holds JSON numbers beside strings" in where["error"]
+    elif not numbered:
+        assert report.ok, report.format()
+        table = rp.stage_losses(str(tmp / next(iter(frames))), **kwargs)
+        assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(lps, rws)
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_json_ids_of_numbers_and_strings_on_every_executor(tmp_path: Path, engine: str) -> None:
+    frame = nested_frame(LPS, RWS, prompt_ids=["0", "1"])
+    _json_lines(frame, tmp_path / "a.jsonl", set())
+    later = frame.with_columns(pl.col("stage") + 2)
+    _json_lines(later, tmp_path / "b.jsonl.gz", {1})
+    raw = (tmp_path / "b.jsonl.gz").read_bytes()
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(raw))
+    report = rp.validate(str(tmp_path), engine=_engine(engine))
+    assert [p.kind for p in report.problems] == ["corrupt_file"], report.format()
+    assert [w["file"] for w in report.problems[0].locations] == [str(tmp_path / "b.jsonl.gz")]
