@@ -444,6 +444,8 @@ def _file_schema(paths: Sequence[str], origin: str, kind: str) -> dict[str, pl.D
             if not _compatible(dtype, known):
                 msg = f"{origin}: column {name!r} is {dtype} in {path!r} but {known} in {where!r}"
                 raise RaftInputError(msg)
+    if not union:  # columns are read by name: their order in a file says nothing
+        schemas = [pl.Schema({name: schema[name] for name in first}) for schema in schemas]
     how: Literal["diagonal_relaxed", "vertical_relaxed"] = (
         "diagonal_relaxed" if union else "vertical_relaxed"
     )
