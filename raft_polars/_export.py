@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeAlias
 
 import polars as pl
 
+from raft_polars._engine import _stream
 from raft_polars.errors import RaftInputError
 
 __all__ = [
@@ -533,7 +534,7 @@ def sink_parquet(frame: pl.LazyFrame | pl.DataFrame, path: Path) -> None:
     lazy = frame.lazy()
     writer = None
     try:
-        for batch in lazy.collect_batches(engine="streaming"):
+        for batch in _stream.batches(lazy):
             table = batch.to_arrow()
             if writer is None:
                 writer = pq.ParquetWriter(

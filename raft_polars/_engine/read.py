@@ -37,6 +37,7 @@ from typing import Literal, TypeAlias
 
 import polars as pl
 
+from raft_polars._engine import _stream
 from raft_polars._engine.sources import READ_ERRORS, Piece, Resolved, Source, reading, resolve
 from raft_polars.errors import RaftInputError
 
@@ -213,7 +214,7 @@ class StageLog:
         whose row groups bound how far ahead Polars decodes
         (:func:`bounded_read_ahead`)."""
         with reading(self.paths, self.read_origin), bounded_read_ahead(files):
-            yield from query.collect_batches(engine="streaming")
+            yield from _stream.batches(query)
 
 
 _READ_AHEAD = "POLARS_ROW_GROUP_PREFETCH_SIZE"

@@ -25,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from raft_polars._engine import _stream
 from raft_polars._engine.checks import bad_logprob, bad_reward
 from raft_polars._engine.rank import apply_min_reward, dense_summary, select
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
@@ -1338,7 +1339,7 @@ def _polars_units(
         held: list[pl.DataFrame] = []
         size = 0
         cast: dict[str, pl.DataType] | None = None  # the same for every batch of the scan
-        for batch in scan.select(names).collect_batches(engine="streaming"):
+        for batch in _stream.batches(scan.select(names)):
             if cast is None:
                 cast = _casts(batch, types)
             held.append(batch.cast(cast) if cast else batch)  # type: ignore[arg-type]

@@ -63,6 +63,34 @@ def main() -> None:
         HERE / "wrong_type_logprobs.parquet"
     )
     tokens.drop("logprob").write_parquet(HERE / "tokens_missing_logprob.parquet")
+    polars_panics()
+
+
+def polars_panics() -> None:
+    """A nested log (3 stages x 4 prompts x 2 candidates, rewards with ties) in
+    version-2 data pages, 6 rows a row group, one bit flipped in the header of
+    the last row group's log-prob page: Polars 2.1's decoder panics on it in a
+    thread of its streaming engine (``collect_batches`` then ends quietly after
+    the first three row groups), pyarrow rejects it (found by a byte-flip search
+    of that column chunk)."""
+    import pyarrow.parquet as pq
+
+    lps = [
+        [[[-0.5 - 0.01 * k - 0.1 * j for k in range(3 + (i + j) % 4)] for j in range(2)]
+         for i in range(4)]
+        for _ in range(3)
+    ]  # fmt: skip
+    rows = [
+        {"stage": t, "prompt": i, "cand": j, "reward": 0.1 * ((i + j + t) % 3),
+         "logprobs": lps[t][i][j]}
+        for t in range(3) for i in range(4) for j in range(2)
+    ]  # fmt: skip
+    path = HERE / "v2_page_polars_panics.parquet"
+    pq.write_table(pl.DataFrame(rows).to_arrow(), path, data_page_version="2.0",
+                   compression="none", row_group_size=6, use_dictionary=False)  # fmt: skip
+    raw = bytearray(path.read_bytes())
+    raw[2761] ^= 1 << 4
+    path.write_bytes(bytes(raw))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -394,6 +395,42 @@ def test_strict_reader_row_ranges_and_polars_after_an_error(tmp_path: Path) -> N
         assert got.equals(polars if rows is None else polars.slice(*rows))
         assert list(reader.errors) == [str(path)]
         assert "checksum" in reader.errors[str(path)].lower()
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_a_decoder_panic_is_an_error_never_a_truncated_read(
+    data_dir: Path, tmp_path: Path, engine: str
+) -> None:
+    """Polars' decoder panics on a corrupted version-2 page header of the last row
+    group's log-probs, in a thread of its streaming engine, and its
+    ``collect_batches`` then ends quietly, as if the file ended there: the
+    reduction got the first row groups for the whole file and ``select`` wrote
+    an export of 0 rows, exit 0. Every entry point now raises RaftInputError
+    naming the file (or, validate, reports it)."""
+    import pyarrow.parquet as pq
+
+    path = data_dir / "v2_page_polars_panics.parquet"
+    with pytest.raises(Exception, match="Unexpected end of stream"):
+        pq.read_table(path)  # the strict reader rejects it: no answer is right
+    on = _engine(engine)
+    calls: list[Callable[[], object]] = [
+        lambda: rp.stage_losses(str(path), engine=on),
+        lambda: rp.stage_stats(str(path), engine=on),
+        lambda: rp.collect(rp.select_best(str(path), engine=on)),
+    ]
+    for call in calls:
+        with pytest.raises(RaftInputError, match="v2_page_polars_panics"):
+            call()
+    if engine == "polars":  # its strict read of the candidates goes on past the panic
+        report = rp.validate(str(path), engine=on)
+        assert "corrupt_file" in [p.kind for p in report.problems], report.format()
+    else:  # the workers read the candidates with Polars
+        with pytest.raises(RaftInputError, match="v2_page_polars_panics"):
+            rp.validate(str(path), engine=on)
+    out = tmp_path / "out.parquet"
+    with pytest.raises(RaftInputError, match="v2_page_polars_panics"):
+        rp.write_selected(str(path), out, engine=on)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- 5. read errors of the lazy batch: RaftInputError through rp.collect ---------------------
