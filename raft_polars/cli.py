@@ -156,7 +156,10 @@ class _Clearing:
 
 def entrypoint() -> NoReturn:
     """The ``raft-polars`` console script."""
-    code = main()
+    from raft_polars._native_stderr import without_panic_reports
+
+    with without_panic_reports():
+        code = main()
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -26,6 +26,7 @@ Rules, the same for every executor:
 from __future__ import annotations
 
 import glob as _glob
+import re
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -533,8 +534,20 @@ def _check_agreement(files: Sequence[DataFile], name: str, origin: str) -> None:
             raise RaftInputError(msg)
 
 
+# a panic of an engine task, as the task waiting on it passes it on
+_JOINED = re.compile(
+    r"^called `Result::unwrap\(\)` on an `Err` value: "
+    r'JoinError::Panic\(Id\(\d+\), "(.*)", \.\.\.\)$',
+    re.S,
+)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
+    if isinstance(exc, pl.exceptions.PanicException):  # the panic a task of the engine passed on
+        while joined := _JOINED.match(text):
+            text = joined.group(1).encode().decode("unicode_escape").strip()
+        text = f"Polars' reader failed on it ({text.splitlines()[0] if text else 'a panic'})"
     return text.splitlines()[0] if text else type(exc).__name__
 
 
