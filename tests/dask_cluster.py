@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ def client() -> Any:
         )
     ]
     _STATE["procs"] = procs
+    _STATE["folder"] = folder
     atexit.register(shutdown)
     deadline = time.monotonic() + 60
     while not info.exists() or not info.read_text().strip():
@@ -88,7 +90,7 @@ def client() -> Any:
 
 
 def shutdown() -> None:
-    """Close the client and stop the cluster's processes."""
+    """Close the client, stop the cluster's processes and remove their folder."""
     active = _STATE.pop("client", None)
     if active is not None:
         active.close()
@@ -100,6 +102,10 @@ def shutdown() -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+    folder = _STATE.pop("folder", None)
+    if folder is not None:  # the scheduler file and the workers' scratch space
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def engine() -> Any:
