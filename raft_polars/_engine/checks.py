@@ -9,7 +9,8 @@ message of that kind: the same message whichever executor ran the kernels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import polars as pl
 
 from raft_polars.errors import RaftInputError
 
-__all__ = ["KINDS", "Problem", "bad_logprob", "bad_reward", "merge", "raise_first"]
+__all__ = ["KINDS", "Problem", "bad_logprob", "bad_reward", "merge", "naming", "raise_first"]
 
 # the order in which problems are raised: candidate rows first, then token rows
 KINDS = (
@@ -136,3 +137,15 @@ def raise_first(problems: Iterable[Problem], *, origin: str, token_origin: str) 
         if kind in found:
             msg = message(found[kind], origin=origin, token_origin=token_origin)
             raise RaftInputError(msg)
+
+
+@contextlib.contextmanager
+def naming(origin: str) -> Iterator[None]:
+    """Input errors raised inside name ``origin``: the kernels know no source
+    (an id beyond Int64 is found by the rank kernel's cast)."""
+    try:
+        yield
+    except RaftInputError as exc:
+        if origin in str(exc):
+            raise
+        raise RaftInputError(f"{origin}: {exc}") from exc

@@ -26,6 +26,7 @@ Rules, the same for every executor:
 from __future__ import annotations
 
 import glob as _glob
+import os
 import re
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -296,7 +297,7 @@ def _resolve_remote(
     origin = f"{role} {paths[0]!r}" if len(paths) == 1 else f"{role} {len(paths)} paths"
     try:
         if kind == "ndjson":
-            lf = pl.scan_ndjson(paths, storage_options=options or None)
+            lf = pl.scan_ndjson(paths, storage_options=options or None, infer_schema_length=None)
         else:
             lf = pl.scan_parquet(paths, storage_options=options or None)
         schema = lf.collect_schema()
@@ -352,14 +353,21 @@ def _expand(text: str, role: str) -> list[DataFile]:
 
 
 def _data_files(directory: Path) -> list[Path]:
-    """Data files below ``directory``, leaving out hidden and temporary ones."""
-    return sorted(
+    """Data files below ``directory``, leaving out hidden and temporary ones; a
+    data file's name that links to nothing (a git-annex or DVC checkout whose
+    data was not fetched) is an error, not a part left out."""
+    named = [
         path
         for path in directory.rglob("*")
         if path.name.lower().removesuffix(".gz").removesuffix(".zst").endswith(SUFFIXES)
-        and path.is_file()
         and not any(part[0] in "._" for part in path.relative_to(directory).parts)
-    )
+    ]
+    for path in named:
+        if path.is_symlink() and not path.exists():
+            target = os.readlink(path)
+            msg = f"cannot read {str(path)!r}: a symbolic link to {target!r}, which does not exist"
+            raise RaftInputError(msg)
+    return sorted(path for path in named if path.is_file())
 
 
 def _partitions(path: Path, root: Path) -> tuple[tuple[str, str | None], ...]:
@@ -395,11 +403,14 @@ def file_kind(path: str) -> str:
 def _schema_of(path: str, kind: str) -> pl.Schema:
     if kind == "parquet":
         try:
-            return pl.Schema(pl.read_parquet_schema(path))
+            # read_parquet_schema globs: a directory 'run[0]' matched nothing
+            return pl.scan_parquet(path, hive_partitioning=False, glob=False).collect_schema()
         except READ_ERRORS as exc:
             raise parquet_error(path, exc) from exc
     try:
-        schema = pl.scan_ndjson(_literal(path), infer_schema_length=1000).collect_schema()
+        # every line: a key, or a float beside integers, first seen on line 1001
+        # was dropped, or failed the read (JSON lines hold no schema but their lines')
+        schema = pl.scan_ndjson(_literal(path), infer_schema_length=None).collect_schema()
     except READ_ERRORS as exc:
         if "empty" in str(exc):  # a part with no rows: its columns come from the others
             return pl.Schema()
@@ -407,12 +418,12 @@ def _schema_of(path: str, kind: str) -> pl.Schema:
     return schema
 
 
-def _starts_with_bracket(path: str) -> bool:
+def _head(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
-            return handle.read(64).lstrip().startswith(b"[")
+            return handle.read(64)
     except OSError:
-        return False
+        return b""
 
 
 def _file_schema(paths: Sequence[str], origin: str, kind: str) -> dict[str, pl.DataType]:
@@ -558,8 +569,10 @@ def parquet_error(path: str, exc: BaseException) -> RaftInputError:
 
 def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
     """The error for a JSON lines file that cannot be read."""
-    hint = ""
-    if _starts_with_bracket(path):
+    hint, head = "", _head(path)
+    if head.startswith(b"\xef\xbb\xbf"):
+        hint = "; it begins with a UTF-8 byte order mark (BOM): save it as UTF-8 without one"
+    elif head.lstrip().startswith(b"["):
         hint = "; it holds one JSON array, not JSON lines (one object per line)"
     return RaftInputError(f"cannot read JSON lines file {path!r}: {_first_line(exc)}{hint}")
 

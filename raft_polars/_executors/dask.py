@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from raft_polars._engine import validate as vk
-from raft_polars._engine.checks import Problem, merge, raise_first
+from raft_polars._engine.checks import Problem, merge, naming, raise_first
 from raft_polars._engine.rank import Ranked, index_keys, rank_keys
 from raft_polars._engine.read import ID_COLUMNS, StageLog
 from raft_polars._engine.reduce import (
@@ -643,8 +643,9 @@ class _Job:
     def rank(self, selection: Selection) -> list[tuple[Any, Bound | None, Bound | None]]:
         """Rank futures with the bounds of the keys they hold; raises the first
         candidate problem."""
-        ranks = self.partitions(selection.group, _read_keys, rank_keys, selection)
-        small = self.gather([self.submit(_t_small, r) for r, _, _ in ranks])
+        with naming(self.plain.origin):
+            ranks = self.partitions(selection.group, _read_keys, rank_keys, selection)
+            small = self.gather([self.submit(_t_small, r) for r, _, _ in ranks])
         raise_first(
             merge(p for _, p in small),
             origin=self.plain.origin,

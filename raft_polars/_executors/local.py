@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from raft_polars._engine import validate as vk
-from raft_polars._engine.checks import raise_first
+from raft_polars._engine.checks import naming, raise_first
 from raft_polars._engine.rank import Ranked, rank_keys
 from raft_polars._engine.read import StageLog
 from raft_polars._engine.reduce import (
@@ -50,7 +50,8 @@ class LocalExecutor:
         clock = Clock()
         _preload()  # numba's import and first load (~0.5 s) overlap the read of the keys
         keys = log.collect(log.keys())
-        ranked = rank_keys(keys, selection)
+        with naming(log.origin):
+            ranked = rank_keys(keys, selection)
         raise_first(ranked.problems, origin=log.origin, token_origin=log.token_origin)
         report(f"ranked {keys.height:,} candidates in {clock.lap():.1f} s; reducing ...")
         return ranked

@@ -366,3 +366,121 @@ def test_a_json_lines_path_with_glob_characters_is_that_file(tmp_path: Path, nam
     losses = raft_polars.stage_losses(str(tmp_path / name))
     assert losses["loss"].to_list() == [1.0]
     assert raft_polars.validate(str(tmp_path / name)).ok
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    first=st.integers(1000, 1100),
+    late=st.sampled_from(["float_reward", "float_logprob", "text_prompt", "response"]),
+    seed=st.integers(0, 2**16),
+)
+def test_json_lines_types_and_keys_come_from_every_line(
+    tmp_path_factory: pytest.TempPathFactory, first: int, late: str, seed: int
+) -> None:
+    """A JSON lines file whose lines after the first thousand bring a float
+    beside integers, a text id beside numbers or a new key is read whole: the
+    answer is the plain loop's over every line (the schema once came from the
+    first 1000 lines: the read failed, or the late key was dropped)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    tmp = tmp_path_factory.mktemp("late")
+    prompts = first // 2 + 1  # two candidates a prompt; the late lines are the last prompt's
+    lps: list[list[list[list[float]]]] = [[]]
+    rws: list[list[list[float]]] = [[]]
+    lines = []
+    for p in range(prompts):
+        is_late = p == prompts - 1
+        rewards = [float(rng.randint(0, 3)) for _ in range(2)]
+        if is_late and late == "float_reward":
+            rewards[1] = 0.25 + rng.randint(3, 4)
+        lists = [[float(-rng.randint(0, 3)) for _ in range(rng.randint(1, 3))] for _ in range(2)]
+        if is_late and late == "float_logprob":
+            lists[0][0] = -1.5
+        lps[0].append(lists)
+        rws[0].append(rewards)
+        for c in range(2):
+            row: dict[str, Any] = {"stage": 0, "prompt": p, "cand": c, "reward": rewards[c]}
+            if is_late and late == "text_prompt":
+                row["prompt"] = f"p{p}"
+            if is_late and late == "response":
+                row["response"] = "late text"
+            row["logprobs"] = [int(x) if x.is_integer() else x for x in lists[c]]
+            row["reward"] = int(rewards[c]) if rewards[c].is_integer() else rewards[c]
+            lines.append(json.dumps(row))
+    path = tmp / "log.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert _rounded(raft_polars.stage_losses(path)) == reference_rounded(lps, rws)
+    report = raft_polars.validate(path)  # ids of numbers and text: read as text, reported
+    assert [p.kind for p in report.problems] == (["corrupt_file"] if late == "text_prompt" else [])
+    if late == "response":
+        out = tmp / "out.jsonl"
+        raft_polars.write_selected(path, out)
+        kept = pl.read_ndjson(out, infer_schema_length=None)
+        assert "response" in kept.columns
+        assert kept["response"].drop_nulls().to_list() == ["late text"]
+
+
+def test_a_directory_with_glob_characters_is_that_directory(tmp_path: Path) -> None:
+    """An existing directory named with glob characters (``run[0]``) is read as
+    itself, like a file: Parquet's schema read expanded it as a pattern."""
+    frame = nested_frame(LPS, RWS)
+    for name in ("run[0]", "run*", "run?"):
+        folder = tmp_path / name
+        folder.mkdir()
+        frame.write_parquet(folder / "part-0.parquet")
+        expected = reference_rounded(LPS, RWS)
+        assert _rounded(raft_polars.stage_losses(folder)) == expected
+        assert _rounded(raft_polars.stage_losses(folder / "part-0.parquet")) == expected
+        assert raft_polars.validate(folder).ok
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+def test_a_data_file_linking_to_nothing_is_an_error(tmp_path: Path, engine: str) -> None:
+    """A part of a directory that is a symbolic link to nothing (an unfetched
+    git-annex or DVC checkout) is an error naming it, not a part left out."""
+    frame = nested_frame(LPS, RWS)
+    frame.filter(pl.col("stage") == 0).write_parquet(tmp_path / "part-0.parquet")
+    (tmp_path / "part-1.parquet").symlink_to(tmp_path / "missing" / "blob.parquet")
+    chosen: Any = dask_cluster.engine() if engine == "dask" else engine
+    with pytest.raises(RaftInputError, match=r"part-1\.parquet.*does not exist"):
+        raft_polars.stage_losses(tmp_path, engine=chosen)
+    with pytest.raises(RaftInputError, match=r"part-1\.parquet"):
+        raft_polars.validate(tmp_path, engine=chosen)
+    (tmp_path / ".hidden.parquet").symlink_to(tmp_path / "missing" / "other.parquet")
+    (tmp_path / "part-1.parquet").unlink()  # hidden names stay out, linked or not
+    assert raft_polars.stage_losses(tmp_path, engine=chosen)["stage"].to_list() == [0]
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
+def test_an_id_beyond_int64_names_the_source(tmp_path: Path, engine: str, suffix: str) -> None:
+    path = tmp_path / f"log.{suffix}"
+    if suffix == "jsonl":
+        path.write_text(
+            '{"stage": 9223372036854775808, "prompt": 0, "cand": 0, "reward": 1, "logprobs": [-1]}'
+            '\n{"stage": 0, "prompt": 0, "cand": 0, "reward": 1, "logprobs": [-1]}\n'
+        )
+    else:
+        pl.DataFrame(
+            {"stage": [2**64 - 1, 0], "prompt": [0, 0], "cand": [0, 0], "reward": [1.0, 1.0],
+             "logprobs": [[-1.0], [-1.0]]},
+            schema_overrides={"stage": pl.UInt64},
+        ).write_parquet(path)  # fmt: skip
+    chosen: Any = dask_cluster.engine() if engine == "dask" else engine
+    with pytest.raises(RaftInputError, match=r"log\.(parquet|jsonl).*64-bit"):
+        raft_polars.stage_losses(path, engine=chosen)
+
+
+@pytest.mark.parametrize("head", ["\ufeff", "[", " ["])
+def test_a_json_lines_file_that_is_not_says_why(tmp_path: Path, head: str) -> None:
+    """A JSON lines file that begins with a byte order mark, or holds one JSON
+    array, is an error that names the file and says which."""
+    row = '{"stage": 0, "prompt": 0, "cand": 0, "reward": 1.0, "logprobs": [-1.0]}'
+    text = head + (f"{row}]" if "[" in head else row + "\n")
+    path = tmp_path / "log.jsonl"
+    path.write_text(text, encoding="utf-8")
+    reason = "byte order mark" if head == "\ufeff" else "one JSON array"
+    with pytest.raises(RaftInputError, match=rf"log\.jsonl.*{reason}"):
+        raft_polars.stage_losses(path)
