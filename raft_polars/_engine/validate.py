@@ -1427,42 +1427,59 @@ def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -
     )
 
 
-def json_id_files(log: StageLog) -> list[tuple[str, tuple[str, ...]]]:
-    """The local JSON lines files of a log with their text id columns, for
-    :func:`json_ids`."""
+def json_id_files(log: StageLog) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """The local JSON lines files of a log with the columns the answer reads
+    (ids, reward, log-probs), each with how :func:`json_ids` reads it: ``"text"``
+    (a text id), ``"number"`` or ``"numbers"`` (a list)."""
     renames = dict(log.renames)
     sources = [log.main, *([] if log.rewards is None else [log.rewards])]
+    read = {*ID_COLUMNS, "reward", "logprobs", "logprob"}
     found = []
     for source in sources:
         if source.kind != "ndjson" or source.remote or source.frame is not None:
             continue
         hive = dict(source.hive)
-        texts = tuple(
-            name
-            for name, dtype in source.schema
-            if renames.get(name, name) in ID_COLUMNS and dtype == pl.String and name not in hive
-        )
-        if texts:
-            found += [(path, texts) for path in source.paths]
+        columns = []
+        for name, dtype in source.schema:
+            if renames.get(name, name) not in read or name in hive:
+                continue
+            if dtype == pl.String:
+                columns.append((name, "text" if renames.get(name, name) in ID_COLUMNS else ""))
+            elif dtype.is_numeric():
+                columns.append((name, "number"))
+            elif isinstance(dtype, pl.List) and dtype.inner.is_numeric():
+                columns.append((name, "numbers"))
+        kept = tuple((name, kind) for name, kind in columns if kind)
+        if kept:
+            found += [(path, kept) for path in source.paths]
     return found
 
 
-def json_ids(path: str, columns: Sequence[str]) -> str | None:
-    """Whether the text id ``columns`` of a JSON lines file hold strings alone:
-    Polars reads a column of numbers and strings as text, the number ``0`` and the
-    string ``"0"`` as one id, where the writer may have meant two. The first
-    column that holds anything else, as an error text, or None. Streams the file
-    with pyarrow's reader, which is strict about a column's type."""
+def json_ids(path: str, columns: Sequence[tuple[str, str]]) -> str | None:
+    """Whether a JSON lines file's ``columns`` (from :func:`json_id_files`) hold
+    what Polars' reader makes of them unambiguously, as an error text, or None.
+    Polars reads a column of numbers and strings as text, the number ``0`` and
+    the string ``"0"`` as one id, where the writer may have meant two; and of a
+    key given twice in a line it keeps the first value, where Python's ``json``
+    keeps the last. Streams the file with pyarrow's reader, which is strict
+    about both."""
     import pyarrow as pa
     import pyarrow.json as pj
 
-    schema = pa.schema([(name, pa.string()) for name in columns])
+    types = {"text": pa.string(), "number": pa.float64(), "numbers": pa.list_(pa.float64())}
+    schema = pa.schema([(name, types[kind]) for name, kind in columns])
     options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
         with pj.open_json(path, parse_options=options) as reader:
             for _ in reader:
                 pass
     except (pa.ArrowInvalid, OSError) as exc:
+        twice = re.search(r"Column\(/([^)]*)\) was specified twice", str(exc))
+        if twice is not None:
+            return (
+                f"a line gives the key {twice.group(1)} twice: Polars reads its first "
+                "value, Python's json its last"
+            )
         changed = re.search(r"Column\(/([^)]*)\) changed from string to (\w+)", str(exc))
         if changed is None:  # not what this check asks; the Polars read has the say
             return None

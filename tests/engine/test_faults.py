@@ -505,6 +505,65 @@ def test_json_ids_of_numbers_and_strings_are_reported(
         assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(lps, rws)
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    log=ragged_logs(max_stages=2, max_prompts=4, zero_tokens=False),
+    layout=st.sampled_from(["nested", "long rewards", "long tokens"]),
+    key=st.sampled_from(["stage", "prompt", "cand", "reward", "logprobs", "note"]),
+    data=st.data(),
+)
+def test_a_key_given_twice_in_a_json_line_is_reported(
+    tmp_path_factory: pytest.TempPathFactory, log: Any, layout: str, key: str, data: st.DataObject
+) -> None:
+    """Polars keeps the first value of a key given twice in a JSON line, Python's
+    json the last: validate reports the file, naming the key, when the key is
+    one the answer reads; a repeated key it does not read (``note``) is clean,
+    and so is every file where no line repeats a key (the reference's losses)."""
+    lps, rws = log
+    tmp = tmp_path_factory.mktemp("twice")
+    if layout == "nested":
+        frames = {"log.jsonl": nested_frame(lps, rws)}
+    else:
+        tokens, rewards = long_frames(lps, rws)
+        frames = {"tokens.jsonl": tokens, "rewards.jsonl": rewards}
+    bad = "rewards.jsonl" if layout == "long rewards" else next(iter(frames))
+    if key != "note" and key not in frames[bad].columns:  # the long layout's other file
+        key = "logprob" if "logprob" in frames[bad].columns else "reward"
+    lines = data.draw(st.sets(st.integers(0, frames[bad].height - 1), max_size=3), label="lines")
+    for name, frame in frames.items():
+        rows = frame.to_dicts()
+        text = []
+        for i, row in enumerate(rows):
+            line = json.dumps(row)
+            if name == bad and i in lines:  # the same value again: only the key repeats
+                line = line[:-1] + f", {json.dumps(key)}: {json.dumps(row.get(key))}}}"
+            text.append(line + "\n")
+        (tmp / name).write_text("".join(text))
+    kwargs: dict[str, Any] = {"rewards": str(tmp / "rewards.jsonl")} if layout != "nested" else {}
+    report = rp.validate(str(tmp / next(iter(frames))), **kwargs)
+    if lines and key != "note":
+        assert [p.kind for p in report.problems] == ["corrupt_file"], report.format()
+        (where,) = report.problems[0].locations
+        assert where["file"] == str(tmp / bad)
+        assert f"the key {key} twice" in where["error"]
+    else:
+        assert report.ok, report.format()
+        table = rp.stage_losses(str(tmp / next(iter(frames))), **kwargs)
+        assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(lps, rws)
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_a_key_given_twice_on_every_executor(tmp_path: Path, engine: str) -> None:
+    row = {"stage": 0, "prompt": 0, "cand": 0, "reward": 0.1, "logprobs": [-1.0]}
+    good = json.dumps(row) + "\n" + json.dumps({**row, "cand": 1, "reward": 0.5}) + "\n"
+    (tmp_path / "a.jsonl").write_text(good)
+    twice = json.dumps({**row, "stage": 1})[:-1] + ', "reward": 0.9}\n'
+    (tmp_path / "b.jsonl").write_text(twice)
+    report = rp.validate(str(tmp_path), engine=_engine(engine))
+    assert [p.kind for p in report.problems] == ["corrupt_file"], report.format()
+    assert [w["file"] for w in report.problems[0].locations] == [str(tmp_path / "b.jsonl")]
+
+
 @pytest.mark.parametrize("engine", engines())
 def test_json_ids_of_numbers_and_strings_on_every_executor(tmp_path: Path, engine: str) -> None:
     frame = nested_frame(LPS, RWS, prompt_ids=["0", "1"])
