@@ -38,13 +38,16 @@ def njit(**options: Any) -> Callable[[F], F]:
 
     numba picks a function's cache location once, when it is decorated, from
     ``numba.config.CACHE_DIR``: it is set for that moment only, so the user's
-    other numba functions keep theirs."""
+    other numba functions keep theirs. The setting is read under the same lock:
+    read outside it, another thread's moment looked like the user's setting, and
+    that thread's reset, landing within numba's two reads of it, put the cache
+    in the working directory."""
 
     def decorate(function: F) -> F:
         jit = numba.njit(nogil=True, cache=True, **options)
-        if config.CACHE_DIR:  # type: ignore[attr-defined]  # the user's NUMBA_CACHE_DIR
-            return jit(function)  # type: ignore[no-any-return]
         with _SETTING:
+            if config.CACHE_DIR:  # type: ignore[attr-defined]  # the user's NUMBA_CACHE_DIR
+                return jit(function)  # type: ignore[no-any-return]
             config.CACHE_DIR = str(cache_dir())  # type: ignore[attr-defined]
             try:
                 return jit(function)  # type: ignore[no-any-return]

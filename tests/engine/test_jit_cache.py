@@ -8,11 +8,14 @@ its own cache directories, so the loops compile and are written there.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reference import reference_losses
@@ -61,3 +64,63 @@ def test_loops_are_cached_outside_the_package(tmp_path: Path, numba_dir: bool) -
     assert _package_cache_files() == before  # nothing new next to the modules
     # a second process loads the loops from the same place
     assert _run(env) == pytest.approx(reference_losses(LPS, RWS), abs=1e-12)
+
+
+def _module(path: Path, name: str) -> Any:
+    path.write_text(f"def {name}(x):\n    return x + 1\n")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def test_two_threads_decorating_at_once_cache_in_the_cache_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two loops decorated by two threads at once (the loops preloaded in the
+    background while validate imports its own): the second read numba's cache
+    setting outside the lock, took the first one's passing value for the user's,
+    and the first one's reset, landing between numba's check of the setting and
+    its read, put the second loop's cache in the working directory. numba's
+    locator is held there, within that window, to make the interleaving sure."""
+    from numba.core import caching
+
+    from raft_polars._engine import _jit
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    early, late = _module(tmp_path / "early.py", "early"), _module(tmp_path / "late.py", "late")
+    first_in, second_in, first_done = threading.Event(), threading.Event(), threading.Event()
+    original = caching.UserProvidedCacheLocator.get_suitable_cache_subpath.__func__  # type: ignore[attr-defined]
+
+    def subpath(cls: Any, py_file: str) -> str:
+        if Path(py_file).name == "early.py":  # the first thread, within the lock
+            first_in.set()
+            second_in.wait(2)  # until the second thread has read the setting (or 2 s)
+        elif Path(py_file).name == "late.py":  # between numba's check and its read
+            second_in.set()
+            first_done.wait(30)
+        got: str = original(cls, py_file)
+        return got
+
+    monkeypatch.setattr(
+        caching.UserProvidedCacheLocator, "get_suitable_cache_subpath", classmethod(subpath)
+    )
+    done: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: done.update(early=_jit.njit()(early)))
+    second = threading.Thread(target=lambda: done.update(late=_jit.njit()(late)))
+    first.start()
+    assert first_in.wait(30)
+    second.start()
+    first.join(60)
+    first_done.set()
+    second.join(60)
+    for name in ("early", "late"):
+        path = Path(done[name]._cache._cache_path)
+        assert path.is_absolute(), path
+        assert path.parent == _jit.cache_dir(), path
+    assert list((tmp_path / "cwd").iterdir()) == []
