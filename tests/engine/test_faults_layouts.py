@@ -568,6 +568,9 @@ def check_dask(outcome: Outcome) -> None:
         out.get("dask_validate_error", [0, False])[1]
     )
     assert dask_flagged == _flagged(out), outcome.show()
+    # a file Polars cannot decode is reported, not raised, on the workers as in
+    # process (they read the candidates with Polars first, then strictly)
+    assert ("dask_validate_error" in out) == ("validate_error" in out), outcome.show()
     if dask_flagged:
         return
     if "losses" in out:
