@@ -14,6 +14,8 @@ reader (:func:`raft_polars._engine.validate.strict_read`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,7 @@ from zlib_ng.zlib_ng import crc32
 
 from raft_polars._engine._jit import njit
 
-__all__ = ["footer_readable", "largest_row_group", "verified"]
+__all__ = ["footer_readable", "largest_row_group", "remembering", "suspect", "verified"]
 
 # Thrift compact protocol types
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = (
@@ -35,7 +37,11 @@ _LEVELS = (1 << 3) | (1 << 4)  # RLE, BIT_PACKED: encodings of definition and re
 _KIND, _UNCOMPRESSED, _COMPRESSED, _CRC, _HAS_CRC, _VALUES, _ENC, _START, _CHUNK = (
     0, 1, 2, 3, 4, 5, 6, 9, 10,
 )  # fmt: skip
-_WIDTH = 11  # three encodings from _ENC on: values, definition and repetition levels
+_V2_LEVELS, _V2_PACKED = (
+    11,
+    12,
+)  # a v2 data page's level bytes, and whether its values are compressed
+_WIDTH = 13  # three encodings from _ENC on: values, definition and repetition levels
 _TOO_FEW = -2  # more pages than rows to hold them: the caller retries with more
 
 
@@ -45,13 +51,70 @@ def verified(path: str) -> bool:
     for ``validate``. False says only that this walk cannot vouch for the file
     (no checksums, a mismatch, a header it does not expect): the decoding strict
     reader then checks it and says what is wrong, if anything."""
+    return _verdict(path) == _VOUCHED
+
+
+def suspect(path: str) -> bool:
+    """Whether the page headers of a Parquet file are not what a writer writes
+    (a field Parquet does not define there or of another type, sizes the
+    compressed bytes or the footer contradict), checksums aside. pyarrow skips
+    some of those that Polars refuses: a file pyarrow decodes strictly is then
+    decoded by Polars too (:func:`raft_polars._engine.validate.polars_refusal`).
+    A file whose footer this walk cannot read is suspect too."""
+    return _verdict(path) == _SUSPECT
+
+
+_VOUCHED, _SOUND, _SUSPECT = "vouched", "sound", "suspect"
+_VERDICTS: list[dict[str, str]] = []  # while remembering: the verdicts by path
+
+
+@contextmanager
+def remembering() -> Iterator[None]:
+    """Within the block, each file is walked once: ``validate`` asks whether a
+    file is :func:`verified`, then whether it is :func:`suspect`. Only within
+    one call: a file rewritten within the clock's tick would keep its stat."""
+    _VERDICTS.append({})
+    try:
+        yield
+    finally:
+        _VERDICTS.pop()
+
+
+def _verdict(path: str) -> str:
+    """The walk's verdict on a file: :data:`_VOUCHED`, :data:`_SOUND` (headers
+    sound, but not every page proven by a CRC) or :data:`_SUSPECT`."""
+    if not _VERDICTS:
+        return _with_pages(path, _judge, _SUSPECT)
+    known = _VERDICTS[-1]
+    if path not in known:
+        known[path] = _with_pages(path, _judge, _SUSPECT)
+    return known[path]
+
+
+def _judge(path: str, view: memoryview, walked: Any) -> str:
+    if walked is None:
+        return _SUSPECT
+    if np.any(walked[:, _HAS_CRC] != 1) or np.any(walked[:, _KIND] == _DATA_V2):
+        return _SOUND  # v2 data pages hold level lengths outside the CRC: not vouched for
+    spans = walked[:, [_START, _COMPRESSED, _CRC]]
+    spans[:, 1] += spans[:, 0]
+    spans[:, 2] &= 0xFFFFFFFF
+    if not all(crc32(view[low:high]) == crc for low, high, crc in spans.tolist()):
+        return _SOUND  # a mismatch: the strict reader says what is wrong
+    return _VOUCHED if _footer_sound(path) else _SOUND
+
+
+def _with_pages(path: str, then: Any, otherwise: str) -> str:
+    """``then(path, view, pages)`` of a file's mapped bytes and its walked page headers
+    (:func:`_walk_file`; None where they do not agree with its footer), or
+    ``otherwise`` where the file cannot be mapped or its footer read."""
     import mmap
 
     try:
         with open(path, "rb") as handle:
             mm = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):  # unreadable, or empty: the strict reader says what
-        return False
+        return otherwise
     view = memoryview(mm)
     data = np.frombuffer(view, dtype=np.uint8)
     try:
@@ -61,16 +124,10 @@ def verified(path: str) -> bool:
         while count == _TOO_FEW:
             pages = np.empty((4 * len(pages), _WIDTH), dtype=np.int64)
             count = _walk_file(data, chunks, pages)
-        if count < 0 or not _as_stated(pages[:count], chunks, stated):
-            return False
-        spans = pages[:count][:, [_START, _COMPRESSED, _CRC]]
-        spans[:, 1] += spans[:, 0]
-        spans[:, 2] &= 0xFFFFFFFF
-        if not all(crc32(view[low:high]) == crc for low, high, crc in spans.tolist()):
-            return False
-        return _footer_sound(path)
+        sound = count >= 0 and _as_stated(pages[:count], chunks, stated)
+        return str(then(path, view, pages[:count] if sound else None))
     except Exception:
-        return False
+        return otherwise
     finally:
         del data
         try:
@@ -178,7 +235,12 @@ def _as_stated(pages: Any, chunks: Any, stated: Any) -> bool:
     """Whether the pages of each chunk whose footer counts its pages per type and
     encoding are those: a second record of each page's encoding."""
     mine = pages[chunks[pages[:, _CHUNK], _STATED] == 1]
-    keys = mine[:, _CHUNK] << 16 | mine[:, _KIND] << 8 | mine[:, _ENC]
+    data = np.where(mine[:, _KIND] == _DATA_V2, _DATA, mine[:, _KIND])
+    keys = mine[:, _CHUNK] << 16 | data << 8 | mine[:, _ENC]
+    # a v2 data page is counted as a data page by some writers (pyarrow), as a
+    # v2 one by others
+    kinds = (stated >> 8) & 0xFF
+    stated = np.where(kinds == _DATA_V2, stated & ~(0xFF << 8) | (_DATA << 8), stated)
     return bool(np.array_equal(np.sort(keys), np.sort(stated)))
 
 
@@ -378,9 +440,10 @@ def _walk_file(data: Any, chunks: Any, pages: Any) -> int:  # noqa: PLR0911  # p
     """Walk the pages of every column chunk (:func:`_walk`) and check their
     headers against the footer: the pages' count, :data:`_TOO_FEW`, or -1 when
     a chunk lies outside the data or a header does not agree (a page type that
-    does not exist, no CRC, a size out of bounds or past the chunk, an encoding
-    the footer does not list, values that do not add up to the chunk's count or
-    a flat column's rows)."""
+    does not exist, a size out of bounds or past the chunk or other than the
+    compressed bytes record, an encoding the footer does not list, values that
+    do not add up to the chunk's count or a flat column's rows). Whether each
+    page has a CRC is the caller's to check."""
     count = 0
     for c in range(chunks.shape[0]):
         low, high = chunks[c, _FROM], chunks[c, _TO]
@@ -392,14 +455,23 @@ def _walk_file(data: Any, chunks: Any, pages: Any) -> int:  # noqa: PLR0911  # p
         values = 0
         for i in range(count, count + found):
             kind, size = pages[i, _KIND], pages[i, _UNCOMPRESSED]
-            if kind not in (_DATA, _INDEX, _DICTIONARY) or pages[i, _HAS_CRC] != 1:
-                return -1  # v2 data pages hold level lengths outside the CRC: not vouched for
+            if kind not in (_DATA, _INDEX, _DICTIONARY, _DATA_V2):
+                return -1
             if size < 0 or size > chunks[c, _UNPACKED]:
                 return -1
-            if pages[i, _START] + pages[i, _COMPRESSED] > high:
+            start, stored = pages[i, _START], pages[i, _COMPRESSED]
+            if start + stored > high:
                 return -1
             pages[i, _CHUNK] = c
-            if kind != _INDEX and not _size_agrees(data, pages[i], chunks[c, _CODEC]):
+            codec = chunks[c, _CODEC]
+            if kind == _DATA_V2:  # the levels come first, never compressed
+                levels = pages[i, _V2_LEVELS]
+                if levels < 0 or levels > min(size, stored):
+                    return -1
+                if pages[i, _V2_PACKED] == 0:
+                    codec = _UNCOMPRESSED_CODEC
+                start, size, stored = start + levels, size - levels, stored - levels
+            if kind != _INDEX and not _size_agrees(data, start, size, stored, codec):
                 return -1
             width = chunks[c, _SIZE]
             if kind == _DICTIONARY and width >= 0:  # a PLAIN dictionary's size
@@ -407,9 +479,12 @@ def _walk_file(data: Any, chunks: Any, pages: Any) -> int:  # noqa: PLR0911  # p
                 if entries < 0 or (size != entries * width if width else size < 4 * entries):
                     return -1
             used = 3 if kind == _DATA else (0 if kind == _INDEX else 1)
+            listed = chunks[c, _KNOWN]
+            if kind == _DICTIONARY and listed & 0b1_0000_0101:  # PLAIN, PLAIN_ or RLE_DICTIONARY:
+                listed |= 0b101  # the dictionary page's own, named any of these ways (DuckDB)
             for e in range(_ENC, _ENC + used):
                 code = pages[i, e]
-                if code < 0 or code > 62 or not (chunks[c, _KNOWN] >> code) & 1:
+                if code < 0 or code > 62 or not (listed >> code) & 1:
                     return -1
             if kind in (_DATA, _DATA_V2):
                 values += pages[i, _VALUES]
@@ -440,11 +515,11 @@ def _varint(data: Any, at: int) -> tuple[int, int]:  # pragma: no cover - compil
 
 
 @njit(inline="always")
-def _size_agrees(data: Any, page: Any, codec: int) -> bool:  # noqa: PLR0911  # pragma: no cover
-    """Whether a page's uncompressed size is the one its compressed bytes
-    record (snappy's length, gzip's trailer, zstd's frame content size; none
-    uncompressed): outside the CRC, the header's size is checked here."""
-    start, size, stored = page[_START], page[_UNCOMPRESSED], page[_COMPRESSED]
+def _size_agrees(data: Any, start: int, size: int, stored: int, codec: int) -> bool:  # noqa: PLR0911  # pragma: no cover
+    """Whether the uncompressed size of a page's ``stored`` bytes from ``start``
+    is the one they record (snappy's length, gzip's trailer, zstd's frame
+    content size; none uncompressed): outside the CRC, the header's size is
+    checked here."""
     if codec == _UNCOMPRESSED_CODEC:
         return bool(size == stored)
     if codec == _SNAPPY:
@@ -483,7 +558,7 @@ def _size_agrees(data: Any, page: Any, codec: int) -> bool:  # noqa: PLR0911  # 
 
 
 @njit(inline="always")
-def _expected(depth: int, outer: int, inner: int, field: int) -> int:  # pragma: no cover
+def _expected(depth: int, outer: int, inner: int, field: int) -> int:  # noqa: PLR0911  # pragma: no cover
     """The Thrift type of a field of a page header (``depth`` 1), of its
     data or dictionary page header (2, in field ``outer``) or of the data page
     header's statistics (3): -1 for a field Parquet does not define there
@@ -495,7 +570,11 @@ def _expected(depth: int, outer: int, inner: int, field: int) -> int:  # pragma:
         return _I32 if 1 <= field <= 4 else (_STRUCT if field == 5 else -1)
     if depth == 2 and outer == 7:  # DictionaryPageHeader
         return _I32 if field in (1, 2) else (_TRUE if field == 3 else -1)
-    if depth == 3 and outer == 5 and inner == 5:  # Statistics
+    if depth == 2 and outer == 8:  # DataPageHeaderV2
+        return (
+            _I32 if 1 <= field <= 6 else (_TRUE if field == 7 else (_STRUCT if field == 8 else -1))
+        )
+    if depth == 3 and ((outer == 5 and inner == 5) or (outer == 8 and inner == 8)):  # Statistics
         if field in (1, 2, 5, 6):
             return _BINARY
         return _I64 if field in (3, 4) else (_TRUE if field in (7, 8) else -1)
@@ -577,6 +656,8 @@ def _walk(data: Any, at: int, end: int, pages: Any) -> int:  # noqa: PLR0911, PL
                         page[_ENC + field - 2] = value
                     elif (where == 7 and field == 2) or (where == 8 and field == 4):
                         page[_ENC] = value
+                    elif where == 8 and field in (5, 6):  # level bytes
+                        page[_V2_LEVELS] = max(page[_V2_LEVELS], 0) + value
             elif kind == _STRUCT:
                 if depth == outer.shape[0]:
                     return -1
@@ -587,6 +668,8 @@ def _walk(data: Any, at: int, end: int, pages: Any) -> int:  # noqa: PLR0911, PL
                 at += 8
             elif kind not in (_TRUE, _FALSE):
                 return -1
+            elif depth == 2 and outer[1] == 8 and field == 7:  # is_compressed
+                page[_V2_PACKED] = 1 if kind == _TRUE else 0
         if page[_COMPRESSED] < 0:
             return -1
         page[_START] = at

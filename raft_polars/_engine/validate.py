@@ -1400,6 +1400,54 @@ def _rest(
     return rest.cast(wanted)  # type: ignore[arg-type]
 
 
+_POLARS_READ = """
+import sys
+import polars as pl
+from raft_polars._engine import _stream
+try:
+    for _ in _stream.batches(pl.scan_parquet(sys.argv[1], hive_partitioning=False, glob=False)):
+        pass
+except BaseException as exc:
+    text = str(exc).strip()
+    print(text.splitlines()[0] if text else type(exc).__name__)
+"""
+
+
+def polars_refusal(path: str) -> str | None:
+    """Polars' error on a Parquet file that pyarrow decoded without one, where the
+    file's page headers are not what a writer writes (:func:`pages.suspect`):
+    pyarrow skips some header faults that Polars refuses (a field of another
+    type, a size the page's bytes contradict), and the default path would then
+    raise where ``validate`` found nothing. Decoded in a child process, as some
+    corrupted headers make Polars abort its process. None for a file whose
+    headers are sound: the walk costs no decode."""
+    import subprocess
+    import sys
+
+    from raft_polars._engine import pages
+
+    if not pages.suspect(path):
+        return None
+    child = subprocess.run(
+        [sys.executable, "-c", _POLARS_READ, path], capture_output=True, text=True, check=False
+    )
+    if child.returncode != 0:
+        return f"Polars' reader ended its process on it (exit status {child.returncode})"
+    text = child.stdout.strip()
+    return f"Polars' reader refuses it: {text}" if text else None
+
+
+def polars_refusals(
+    log: StageLog, errors: Iterable[tuple[str, str | None]], run: Callable[..., list[Any]]
+) -> list[tuple[str, str | None]]:
+    """:func:`polars_refusal` of each local Parquet file of ``log`` that the
+    strict reads (``errors``) found nothing wrong in, by ``run(function,
+    paths)`` (the executor's map)."""
+    bad = {path for path, error in errors if error is not None}
+    paths = [path for path in dict.fromkeys(strict_paths(log)) if path not in bad]
+    return list(zip(paths, run(polars_refusal, paths), strict=True))
+
+
 def strictly(log: StageLog, reader: StrictParquet) -> StageLog:
     """``log`` with its local Parquet files read by ``reader``."""
 

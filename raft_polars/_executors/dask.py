@@ -465,8 +465,12 @@ class DaskExecutor:
             texts = vk.json_id_files(log)
             mixed = job.gather([job.submit(vk.json_ids, p, columns) for p, columns in texts])
             errors += zip([p for p, _ in texts], mixed, strict=True)
+
+            def run(function: Callable[[str], Any], paths: list[str]) -> list[Any]:
+                return job.gather([job.submit(function, p) for p in paths])
+
             if nested:
-                vk.strict_findings(found, errors)
+                vk.strict_findings(found, [*errors, *vk.polars_refusals(log, errors, run)])
                 if log.has_logprobs:
                     vk.empty_stages(
                         found, [p.stage_tokens for p in parts if p.stage_tokens is not None]
@@ -476,7 +480,8 @@ class DaskExecutor:
             tokens: list[vk.TokenPart] = job.gather(
                 [job.submit(_t_token_part, job.log, s.piece) for s in shards]
             )
-            vk.strict_findings(found, [*errors, *(e for t in tokens for e in t.errors.items())])
+            errors += [e for t in tokens for e in t.errors.items()]
+            vk.strict_findings(found, [*errors, *vk.polars_refusals(log, errors, run)])
 
             def fetch(keys: pl.DataFrame) -> pl.DataFrame:
                 wanted = client.scatter(keys, broadcast=True, hash=False)

@@ -131,6 +131,12 @@ class LocalExecutor:
         return selected_rows(log, ranked.chosen, keys=ranked.token_keys, counts=counts)
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
+        from raft_polars._engine import pages
+
+        with pages.remembering():  # the strict reads and the Polars check walk each file once
+            return self._validate(log, selection, limit)
+
+    def _validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
         nested = log.layout == "nested"
         # the token pass decodes in threads of its own while the candidates are checked
         token_pass = None if nested else _started(vk.token_part, log)
@@ -143,8 +149,10 @@ class LocalExecutor:
         del cands  # the token pass needs the memory more
         found = vk.Findings(limit)
         mixed = [(path, vk.json_ids(path, columns)) for path, columns in vk.json_id_files(log)]
+        errors = [*reader.errors.items(), *mixed]
         if nested:
-            vk.strict_findings(found, [*reader.errors.items(), *mixed])
+            errors += vk.polars_refusals(log, errors, _map)
+            vk.strict_findings(found, errors)
             assert part.stage_tokens is not None
             if log.has_logprobs:
                 vk.empty_stages(found, [part.stage_tokens])
@@ -152,7 +160,9 @@ class LocalExecutor:
         assert part.known is not None
         assert token_pass is not None
         tokens = token_pass.result()
-        vk.strict_findings(found, [*reader.errors.items(), *tokens.errors.items(), *mixed])
+        errors += tokens.errors.items()
+        errors += vk.polars_refusals(log, errors, _map)
+        vk.strict_findings(found, errors)
 
         def fetch(keys: pl.DataFrame) -> pl.DataFrame:
             picked = log.tokens().join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)
@@ -164,6 +174,10 @@ class LocalExecutor:
         )
         vk.empty_stages(found, [stage_tokens])
         return vk.summarize(found, [part], tokens=int(per_response.rows["rows"].sum()))
+
+
+def _map(function: Callable[[str], Any], items: list[str]) -> list[Any]:
+    return list(map(function, items))
 
 
 def _preload() -> None:
