@@ -192,3 +192,19 @@ def test_extra_column_named_like_an_output(layout: str, name: str) -> None:
     ]
     if name != "tokens":
         assert selected[name].to_list() == [99] * len(want)
+
+
+@pytest.mark.parametrize("low", [2**53, -(2**60), 2**62])
+def test_integer_rewards_compare_as_float64(low: int) -> None:
+    """docs/semantics.md, *Ranking*: integer rewards are compared as float64, so
+    two beyond 2**53 that differ in their last bits tie (the smallest id wins),
+    as numpy's argmax of the float64 rewards picks."""
+    import numpy as np
+
+    rewards = [low, low + 1, low - 3]
+    lps = [[-1.0], [-3.0], [-5.0, -6.0]]
+    frame = pl.DataFrame({"stage": [0] * 3, "prompt": [0] * 3, "cand": [0, 1, 2],
+                          "reward": rewards, "logprobs": lps})  # fmt: skip
+    want = lps[int(np.argmax(np.array(rewards, dtype=np.float64)))]
+    got = raft_polars.stage_losses(frame)["loss"].to_list()
+    assert got == [-sum(want) / len(want)]
