@@ -1403,10 +1403,9 @@ def _rest(
 _POLARS_READ = """
 import sys
 import polars as pl
-from raft_polars._engine import _stream
-try:
-    for _ in _stream.batches(pl.scan_parquet(sys.argv[1], hive_partitioning=False, glob=False)):
-        pass
+try:  # sink_batches raises a panic of the streaming engine, collect_batches ends quietly
+    scan = pl.scan_parquet(sys.argv[1], hive_partitioning=False, glob=False)
+    scan.sink_batches(lambda batch: None, engine="streaming")
 except BaseException as exc:
     text = str(exc).strip()
     print(text.splitlines()[0] if text else type(exc).__name__)
@@ -1418,9 +1417,12 @@ def polars_refusal(path: str) -> str | None:
     file's page headers are not what a writer writes (:func:`pages.suspect`):
     pyarrow skips some header faults that Polars refuses (a field of another
     type, a size the page's bytes contradict), and the default path would then
-    raise where ``validate`` found nothing. Decoded in a child process, as some
-    corrupted headers make Polars abort its process. None for a file whose
-    headers are sound: the walk costs no decode."""
+    raise where ``validate`` found nothing. Decoded in a child process (with
+    this process's import path), as some corrupted headers make Polars abort
+    its process. None for a file whose headers are sound: the walk costs no
+    decode."""
+    import os
+    import signal
     import subprocess
     import sys
 
@@ -1428,11 +1430,15 @@ def polars_refusal(path: str) -> str | None:
 
     if not pages.suspect(path):
         return None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     child = subprocess.run(
-        [sys.executable, "-c", _POLARS_READ, path], capture_output=True, text=True, check=False
-    )
-    if child.returncode != 0:
-        return f"Polars' reader ended its process on it (exit status {child.returncode})"
+        [sys.executable, "-c", _POLARS_READ, path],
+        capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    if child.returncode < 0:  # ended by a signal: Rust aborts on a failed allocation
+        number = -child.returncode
+        name = signal.Signals(number).name if number in signal.valid_signals() else number
+        return f"Polars' reader ended its process on it (signal {name})"
     text = child.stdout.strip()
     return f"Polars' reader refuses it: {text}" if text else None
 

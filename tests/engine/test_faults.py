@@ -574,3 +574,27 @@ def test_json_ids_of_numbers_and_strings_on_every_executor(tmp_path: Path, engin
     report = rp.validate(str(tmp_path), engine=_engine(engine))
     assert [p.kind for p in report.problems] == ["corrupt_file"], report.format()
     assert [w["file"] for w in report.problems[0].locations] == [str(tmp_path / "b.jsonl.gz")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    ("child", "want"),
+    [
+        ("import os; os.abort()", "Polars' reader ended its process on it (signal SIGABRT)"),
+        ("print('parquet: bad page')", "Polars' reader refuses it: parquet: bad page"),
+        ("print()", None),  # Polars read the file
+        ("raise SystemExit(3)", None),  # the child failed, not Polars: nothing to say
+    ],
+)
+def test_the_polars_check_of_a_suspect_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, child: str, want: str | None
+) -> None:
+    """What validate makes of its child's read of a file whose page headers are
+    suspect: Rust aborts its process on some (a failed allocation), Polars
+    refuses others; a child that fails on its own accuses no file."""
+    from raft_polars._engine import pages
+    from raft_polars._engine import validate as vk
+
+    monkeypatch.setattr(vk, "_POLARS_READ", child)
+    monkeypatch.setattr(pages, "suspect", lambda path: True)
+    assert vk.polars_refusal(str(tmp_path / "log.parquet")) == want
