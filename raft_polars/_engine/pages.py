@@ -14,6 +14,7 @@ reader (:func:`raft_polars._engine.validate.strict_read`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -65,30 +66,47 @@ def suspect(path: str) -> bool:
 
 
 _VOUCHED, _SOUND, _SUSPECT = "vouched", "sound", "suspect"
-_VERDICTS: list[dict[str, str]] = []  # while remembering: the verdicts by path
+_REMEMBERED: dict[tuple[str, int, int, int], str] = {}  # while remembering: by file
+_REMEMBERING = [0]  # the blocks open, in every thread
+_LOCK = threading.Lock()
 
 
 @contextmanager
 def remembering() -> Iterator[None]:
     """Within the block, each file is walked once: ``validate`` asks whether a
-    file is :func:`verified`, then whether it is :func:`suspect`. Only within
-    one call: a file rewritten within the clock's tick would keep its stat."""
-    _VERDICTS.append({})
+    file is :func:`verified`, then whether it is :func:`suspect`. A verdict is
+    kept for the file as it is (its size, change time and inode), and only while
+    a block is open: a file rewritten within the clock's tick keeps its stat."""
+    with _LOCK:
+        _REMEMBERING[0] += 1
     try:
         yield
     finally:
-        _VERDICTS.pop()
+        with _LOCK:
+            _REMEMBERING[0] -= 1
+            if not _REMEMBERING[0]:
+                _REMEMBERED.clear()
 
 
 def _verdict(path: str) -> str:
     """The walk's verdict on a file: :data:`_VOUCHED`, :data:`_SOUND` (headers
     sound, but not every page proven by a CRC) or :data:`_SUSPECT`."""
-    if not _VERDICTS:
-        return _with_pages(path, _judge, _SUSPECT)
-    known = _VERDICTS[-1]
-    if path not in known:
-        known[path] = _with_pages(path, _judge, _SUSPECT)
-    return known[path]
+    import os
+
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return _SUSPECT
+    key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    with _LOCK:
+        known = _REMEMBERED.get(key) if _REMEMBERING[0] else None
+    if known is not None:
+        return known
+    verdict = _with_pages(path, _judge, _SUSPECT)
+    with _LOCK:
+        if _REMEMBERING[0]:
+            _REMEMBERED[key] = verdict
+    return verdict
 
 
 def _judge(path: str, view: memoryview, walked: Any) -> str:
@@ -201,7 +219,9 @@ def _chunks(data: Any) -> tuple[Any, Any]:
         raise _Malformed("a column chunk without the metadata Parquet requires")
     leaf = np.arange(len(chunks)) % width  # the chunks of a row group, a leaf each in order
     kind = np.array([e.get(1, -1) for _, e, _, _ in leaves], dtype=np.int64)[leaf]
-    required = np.array([e.get(3) == 0 for _, e, _, _ in leaves], dtype=np.bool_)[leaf]
+    # a required leaf under no optional or repeated field: no null at any level (a
+    # required list item counts the empty and null lists above it in its nulls)
+    required = np.array([e.get(3) == 0 and d == 0 for _, e, d, _ in leaves], dtype=np.bool_)[leaf]
     names = elements[[e[0] for _, e, _, _ in leaves]][:, [_E_NAME, _E_NAME_END]]
     if np.any(kind != chunks[:, _C_TYPE]):
         raise _Malformed("the schema and a column chunk differ on the type")
@@ -657,6 +677,8 @@ def _walk(data: Any, at: int, end: int, pages: Any) -> int:  # noqa: PLR0911, PL
                     elif (where == 7 and field == 2) or (where == 8 and field == 4):
                         page[_ENC] = value
                     elif where == 8 and field in (5, 6):  # level bytes
+                        if value < 0:
+                            return -1
                         page[_V2_LEVELS] = max(page[_V2_LEVELS], 0) + value
             elif kind == _STRUCT:
                 if depth == outer.shape[0]:

@@ -1402,25 +1402,31 @@ def _rest(
 
 _POLARS_READ = """
 import sys
+sys.path.insert(0, sys.argv[1])  # where this Polars is installed; nothing else is read
 import polars as pl
 try:  # sink_batches raises a panic of the streaming engine, collect_batches ends quietly
-    scan = pl.scan_parquet(sys.argv[1], hive_partitioning=False, glob=False)
+    scan = pl.scan_parquet(sys.argv[2], hive_partitioning=False, glob=False)
+    scan = scan.select(sys.argv[3:]) if sys.argv[3:] else scan
     scan.sink_batches(lambda batch: None, engine="streaming")
 except BaseException as exc:
     text = str(exc).strip()
-    print(text.splitlines()[0] if text else type(exc).__name__)
+    print("raft-polars refuses it:", text.splitlines()[0] if text else type(exc).__name__)
+else:
+    print("raft-polars read")
 """
 
 
-def polars_refusal(path: str) -> str | None:
-    """Polars' error on a Parquet file that pyarrow decoded without one, where the
-    file's page headers are not what a writer writes (:func:`pages.suspect`):
-    pyarrow skips some header faults that Polars refuses (a field of another
-    type, a size the page's bytes contradict), and the default path would then
-    raise where ``validate`` found nothing. Decoded in a child process (with
-    this process's import path), as some corrupted headers make Polars abort
-    its process. None for a file whose headers are sound: the walk costs no
-    decode."""
+def polars_refusal(path: str, columns: Sequence[str] = ()) -> str | None:
+    """Polars' error on the ``columns`` (all when empty) of a Parquet file that
+    pyarrow decoded without one, where the file's page headers are not what a
+    writer writes (:func:`pages.suspect`): pyarrow skips some header faults
+    that Polars refuses (a field of another type, a size the page's bytes
+    contradict), and the default path would then raise where ``validate``
+    found nothing. Decoded in a child process in isolated mode (no working
+    directory, no user site, no environment on its import path), as some
+    corrupted headers make Polars abort its process. None for a file whose
+    headers are sound (the walk costs no decode), and where the child ended
+    without a word for another reason than Polars (killed, say)."""
     import os
     import signal
     import subprocess
@@ -1430,28 +1436,47 @@ def polars_refusal(path: str) -> str | None:
 
     if not pages.suspect(path):
         return None
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    home = os.path.dirname(os.path.dirname(os.path.abspath(pl.__file__)))
     child = subprocess.run(
-        [sys.executable, "-c", _POLARS_READ, path],
-        capture_output=True, text=True, check=False, env=env,
+        [sys.executable, "-I", "-c", _POLARS_READ, home, path, *columns],
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
-    if child.returncode < 0:  # ended by a signal: Rust aborts on a failed allocation
-        number = -child.returncode
+    said = [line for line in child.stdout.splitlines() if line.startswith("raft-polars ")]
+    if said:
+        word = said[-1].removeprefix("raft-polars ")
+        return None if word == "read" else f"Polars' reader {word}"
+    if child.returncode < 0 and -child.returncode != getattr(signal, "SIGKILL", None):
+        number = -child.returncode  # Rust aborts on a failed allocation: SIGABRT
         name = signal.Signals(number).name if number in signal.valid_signals() else number
         return f"Polars' reader ended its process on it (signal {name})"
-    text = child.stdout.strip()
-    return f"Polars' reader refuses it: {text}" if text else None
+    if child.returncode > 0 and os.name == "nt" and "Traceback" not in child.stderr:
+        return f"Polars' reader ended its process on it (exit status {child.returncode})"
+    return None
 
 
 def polars_refusals(
     log: StageLog, errors: Iterable[tuple[str, str | None]], run: Callable[..., list[Any]]
 ) -> list[tuple[str, str | None]]:
-    """:func:`polars_refusal` of each local Parquet file of ``log`` that the
-    strict reads (``errors``) found nothing wrong in, by ``run(function,
-    paths)`` (the executor's map)."""
+    """:func:`polars_refusal` of the columns the default path reads (ids, reward,
+    log-probs, positions; every column where it names none of them, as a wide
+    log's may) of each local Parquet file of ``log`` that the strict reads
+    (``errors``) found nothing wrong in, by ``run(function, paths, columns)``
+    (the executor's map). A column the answer never reads may hold what
+    Polars cannot decode (an encoding it does not support) without harm."""
     bad = {path for path, error in errors if error is not None}
-    paths = [path for path in dict.fromkeys(strict_paths(log)) if path not in bad]
-    return list(zip(paths, run(polars_refusal, paths), strict=True))
+    renames = dict(log.renames)
+    read = {*ID_COLUMNS, "reward", "logprobs", "logprob", "token"}
+    paths, columns = [], []
+    for source in [log.main, *([] if log.rewards is None else [log.rewards])]:
+        if source.kind != "parquet" or source.remote or source.frame is not None:
+            continue
+        hive = dict(source.hive)
+        names = [n for n, _ in source.schema if renames.get(n, n) in read and n not in hive]
+        for path in source.paths:
+            if path not in bad and path not in paths:
+                paths.append(path)
+                columns.append(names)
+    return list(zip(paths, run(polars_refusal, paths, columns), strict=True))
 
 
 def strictly(log: StageLog, reader: StrictParquet) -> StageLog:

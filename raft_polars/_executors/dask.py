@@ -466,8 +466,9 @@ class DaskExecutor:
             mixed = job.gather([job.submit(vk.json_ids, p, columns) for p, columns in texts])
             errors += zip([p for p, _ in texts], mixed, strict=True)
 
-            def run(function: Callable[[str], Any], paths: list[str]) -> list[Any]:
-                return job.gather([job.submit(function, p) for p in paths])
+            def run(function: Callable[..., Any], *items: list[Any]) -> list[Any]:
+                calls = zip(*items, strict=True)
+                return job.gather([job.submit(function, *args) for args in calls])
 
             if nested:
                 vk.strict_findings(found, [*errors, *vk.polars_refusals(log, errors, run)])

@@ -176,8 +176,8 @@ class LocalExecutor:
         return vk.summarize(found, [part], tokens=int(per_response.rows["rows"].sum()))
 
 
-def _map(function: Callable[[str], Any], items: list[str]) -> list[Any]:
-    return list(map(function, items))
+def _map(function: Callable[..., Any], *items: list[Any]) -> list[Any]:
+    return list(map(function, *items))
 
 
 def _preload() -> None:

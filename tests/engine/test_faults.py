@@ -581,9 +581,15 @@ def test_json_ids_of_numbers_and_strings_on_every_executor(tmp_path: Path, engin
     ("child", "want"),
     [
         ("import os; os.abort()", "Polars' reader ended its process on it (signal SIGABRT)"),
-        ("print('parquet: bad page')", "Polars' reader refuses it: parquet: bad page"),
-        ("print()", None),  # Polars read the file
+        (
+            "print('raft-polars refuses it: parquet: bad page')",
+            "Polars' reader refuses it: parquet: bad page",
+        ),
+        ("print('raft-polars read')", None),  # Polars read the file
+        # a word printed at the child's start (a sitecustomize, say) is no refusal
+        ("print('hello'); print('raft-polars read')", None),
         ("raise SystemExit(3)", None),  # the child failed, not Polars: nothing to say
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", None),  # the OOM killer
     ],
 )
 def test_the_polars_check_of_a_suspect_file(

@@ -93,6 +93,65 @@ def test_files_without_checksums_or_with_v2_pages_are_not(tmp_path: Path) -> Non
         assert not pages.verified(str(path)), path.name
 
 
+@pytest.mark.parametrize("checksums", [False, True])
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_sound_files_of_other_writers_are_not_suspect(
+    tmp_path: Path, checksums: bool, version: str
+) -> None:
+    """Files a writer wrote as it should are never suspect (a suspect file costs
+    validate a second decode): a list of required items holding empty and null
+    lists (their count in the item's null count), a dictionary page the footer
+    names PLAIN_DICTIONARY or RLE_DICTIONARY (DuckDB), version-2 pages. With
+    checksums and version-1 pages, they are vouched for."""
+    import duckdb
+
+    items = pa.list_(pa.field("item", pa.float64(), nullable=False))
+    table = pa.table({
+        "stage": [0, 0, 0, 0], "prompt": [0, 0, 1, 1], "cand": [0, 1, 0, 1],
+        "reward": [1.0, 2.0, 0.5, 0.1],
+        "logprobs": pa.array([[-1.0], None, [], [-0.5, -0.2]], items),
+    })  # fmt: skip
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path, write_page_checksum=checksums, data_page_version=version)
+    assert not pages.suspect(str(path))
+    assert pages.verified(str(path)) == (checksums and version == "1.0")
+    duck = tmp_path / "duck.parquet"
+    con = duckdb.connect()
+    con.register("t", _table())
+    con.execute(f"COPY t TO '{duck}' (FORMAT parquet, PARQUET_VERSION v{version[0]})")
+    assert not pages.suspect(str(duck))
+
+
+def test_verdicts_are_remembered_for_the_file_as_it_is(tmp_path: Path) -> None:
+    """validate walks each file once (``pages.remembering``), but a verdict is
+    for the file as it was: rewritten, it is walked again, and blocks opened
+    and closed by other threads in between neither drop nor mix them up."""
+    import os
+    import threading
+
+    path = tmp_path / "log.parquet"
+    pq.write_table(_table(), path, write_page_checksum=True)
+    raw = path.read_bytes()
+    with pages.remembering():
+        assert pages.verified(str(path))
+
+        def block() -> None:
+            with pages.remembering():
+                assert pages.verified(str(path))
+
+        other = threading.Thread(target=block)  # opened and closed in another thread
+        other.start()
+        other.join()
+        flipped = bytearray(raw)
+        flipped[len(raw) // 3] ^= 0x10  # within a page: its CRC no longer matches
+        path.write_bytes(bytes(flipped))
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert not pages.verified(str(path))
+    assert pages._REMEMBERING == [0]  # every block closed: nothing is kept
+    assert not pages._REMEMBERED
+
+
 def test_a_view_of_the_map_held_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Dask worker's sampling profiler can hold a frame, and with it a view of
     the mapped file, past the walk: closing the map then raised BufferError out
