@@ -1022,6 +1022,7 @@ def _decode(unit: _Unit) -> list[Any]:
         unit.path, metadata=unit.meta, page_checksum_verification=True, memory_map=True
     ) as file:
         table = file.read_row_groups(list(unit.groups), use_threads=False)
+        _valid_text(table)
         batches = table.to_batches(max_chunksize=unit.size)
         skip, take, kept = unit.skip, unit.take, []
         for batch in batches:
@@ -1030,6 +1031,26 @@ def _decode(unit: _Unit) -> list[Any]:
             if cut.num_rows:
                 kept.append(cut)
         return kept
+
+
+def _valid_text(table: Any) -> None:
+    """Raise where a text column of ``table`` holds bytes that are not UTF-8:
+    pyarrow's reader does not check them, Polars' does (the default path then
+    refuses the file), and Polars given such text may crash."""
+    import pyarrow as pa
+
+    texts = (pa.string(), pa.large_string(), pa.string_view())
+    for spec, column in zip(table.schema, table.columns, strict=True):
+        kind = spec.type
+        while pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            kind = kind.value_type
+        if kind not in texts:
+            continue
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            msg = f"column {spec.name!r} holds text that is not UTF-8 ({exc})"
+            raise ValueError(msg) from None
 
 
 def _decoded(

@@ -143,7 +143,7 @@ def plan(
     return mark_isolated(shards)
 
 
-def _range(
+def _range(  # noqa: PLR0911 - each way a statistic can fail to bound
     blocks: Sequence[Any], name: str, fixed: dict[str, str | None], hive: dict[str, pl.DataType]
 ) -> tuple[Any, Any] | None:
     """(min, max) of a column over row groups, from a Hive value or the statistics."""
@@ -160,7 +160,10 @@ def _range(
         stats = block.column(where[0]).statistics
         if stats is None or not stats.has_min_max:
             return None
-        found.append((stats.min, stats.max))
+        try:
+            found.append((stats.min, stats.max))
+        except (UnicodeDecodeError, ValueError):  # text statistics that are not UTF-8:
+            return None  # no bounds (the read says what is wrong with the file)
     if not found:
         return None
     try:

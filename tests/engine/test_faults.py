@@ -604,3 +604,45 @@ def test_the_polars_check_of_a_suspect_file(
     monkeypatch.setattr(vk, "_POLARS_READ", child)
     monkeypatch.setattr(pages, "suspect", lambda path: True)
     assert vk.polars_refusal(str(tmp_path / "log.parquet")) == want
+
+
+@pytest.mark.parametrize("engine", engines())
+@pytest.mark.parametrize("layout", ["nested", "long"])
+def test_text_that_is_not_utf8_is_reported(tmp_path: Path, engine: str, layout: str) -> None:
+    """A text id whose bytes are not UTF-8 (pyarrow writes and reads them without
+    a check; Polars refuses them, and may crash on them): the default path raises
+    naming the file, and validate, which reads such files through pyarrow,
+    reports the file instead of passing it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def texts(values: list[bytes]) -> pa.Array:
+        return pa.array(values, pa.binary()).view(pa.string())
+
+    bad = b"p\xff1"  # 0xff is never UTF-8
+    if layout == "nested":
+        table = pa.table({
+            "stage": [0, 0, 0, 0], "prompt": texts([b"p0", b"p0", bad, bad]),
+            "cand": [0, 1, 0, 1], "reward": [0.1, 0.9, 0.5, 0.2],
+            "logprobs": [[-1.0], [-2.0], [-3.0], [-4.0]],
+        })  # fmt: skip
+        kwargs: dict[str, Any] = {"source": str(tmp_path / "log.parquet")}
+        pq.write_table(table, kwargs["source"])
+    else:
+        tokens = pa.table({
+            "stage": [0, 0, 0], "prompt": texts([b"p0", b"p0", bad]), "cand": [0, 1, 0],
+            "token": [0, 0, 0], "logprob": [-1.0, -2.0, -3.0],
+        })  # fmt: skip
+        rewards = pa.table({"stage": [0, 0, 0], "prompt": ["p0", "p0", "p1"],
+                            "cand": [0, 1, 0], "reward": [0.1, 0.9, 0.5]})  # fmt: skip
+        kwargs = {"source": str(tmp_path / "tokens.parquet"),
+                  "rewards": str(tmp_path / "rewards.parquet")}  # fmt: skip
+        pq.write_table(tokens, kwargs["source"])
+        pq.write_table(rewards, kwargs["rewards"])
+    on = _engine(engine)
+    with pytest.raises(RaftInputError, match="UTF-8"):
+        rp.stage_losses(**kwargs, engine=on)
+    report = rp.validate(**kwargs, engine=on)
+    corrupt = [p for p in report.problems if p.kind == "corrupt_file"]
+    assert corrupt, report.format()
+    assert "UTF-8" in corrupt[0].locations[0]["error"], report.format()

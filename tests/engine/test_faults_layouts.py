@@ -685,6 +685,9 @@ def test_long_parquet(logs: Logs, writer: str, which: int, **corruption: Any) ->
 
 @settings(max_examples=12, deadline=None)
 @given(writer=st.sampled_from(["package", "pyarrow", "plain"]), **corruptions)
+# a byte of the prompt ids' dictionary made not UTF-8: pyarrow reads it unchecked,
+# Polars refuses it (validate passed a log the default path refused)
+@example(writer="pyarrow", end=False, position=0.060546875, bits=128, truncate=False)
 def test_wide_parquet(logs: Logs, writer: str, **corruption: Any) -> None:
     """One row per prompt, list columns of candidates, as Parquet."""
     _case(logs, f"wide-parquet-{writer}", 0, **corruption)
