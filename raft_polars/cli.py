@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     ``--version`` through ``SystemExit(0)``), as argparse does.
     """
     args = _parser().parse_args(argv)
+    if sys.stdout is None:  # started with standard output closed (``>&-``)
+        _error("standard output is closed: nothing could be printed")
+        return EXIT_USAGE
     try:
         with _progress(args):
             args.run(args)
@@ -161,7 +164,8 @@ def entrypoint() -> NoReturn:
     with without_panic_reports():
         code = main()
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
     sys.exit(code)

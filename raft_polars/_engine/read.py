@@ -167,7 +167,7 @@ class StageLog:
                     for name in self.wide
                     if name != "reward"
                 ),
-            ).explode(["cand", *self.wide])
+            ).explode(["cand", *self.wide], empty_as_null=True)  # no candidates: null ids
         elif "cand" in self.numbered:
             position = pl.int_range(pl.len(), dtype=pl.Int64).over(["stage", "prompt"])
             if piece is not None and piece.offsets is not None:

@@ -192,13 +192,17 @@ class Resolved:
             elif strict is not None:  # a row range is the reader's to cut
                 lf = strict.scan(paths, file_schema, None if piece is None else piece.rows)
             else:
-                lf = pl.scan_parquet(
-                    paths,
-                    schema=file_schema,
-                    cast_options=_UPCAST,
-                    hive_partitioning=False,
-                    glob=False,
-                )
+                try:  # Polars checks the schema here (a decimal wider than it holds)
+                    lf = pl.scan_parquet(
+                        paths,
+                        schema=file_schema,
+                        cast_options=_UPCAST,
+                        hive_partitioning=False,
+                        glob=False,
+                    )
+                except READ_ERRORS as exc:
+                    msg = f"cannot read {self.origin}: {_first_line(exc)}"
+                    raise RaftInputError(msg) from exc
             if piece is not None and piece.rows is not None and strict is None:
                 lf = lf.slice(*piece.rows)
             values = dict(partitions)
@@ -256,7 +260,7 @@ def resolve(
         return _resolve_remote([str(p) for p in paths], role, storage_options)
     files: list[DataFile] = []
     for raw in paths:
-        files.extend(_expand(str(raw), role))
+        files.extend(_utf8_path(f, role) for f in _expand(str(raw), role))
     origin = repr(str(paths[0])) if len(paths) == 1 else f"{len(paths)} paths"
     origin = f"{role} {origin}"
     kinds = {f.path: file_kind(f.path) for f in files}
@@ -270,6 +274,12 @@ def resolve(
         raise RaftInputError(msg)
     kind = next(iter(kinds.values()))
     file_schema = _file_schema([f.path for f in files], origin, kind)
+    for name, dtype in file_schema.items():  # a type Polars names but cannot hold
+        try:
+            pl.Series(name, [], dtype=dtype)
+        except READ_ERRORS as exc:
+            msg = f"{origin}: column {name!r} is of a type Polars cannot read ({_first_line(exc)})"
+            raise RaftInputError(msg) from exc
     hive = _hive_columns(files, file_schema, origin)
     schema = tuple(file_schema.items()) + tuple(
         (name, dtype) for name, dtype in hive if name not in file_schema
@@ -326,6 +336,21 @@ def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) ->
         msg = f"cannot read the schema of {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
     return Resolved(role, origin, (), tuple(schema.items()), (), lf)
+
+
+def _utf8_path(file: DataFile, role: str) -> DataFile:
+    """``file``, whose path Polars can open: a name holding bytes that are not
+    UTF-8 (legal on Linux; Python gives them as surrogate escapes) it cannot."""
+    try:
+        file.path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(file.path).decode("utf-8", "backslashreplace")
+        msg = (
+            f"{role}: cannot read {shown!r}: its name holds bytes that are not UTF-8, "
+            "which Polars cannot open; rename it"
+        )
+        raise RaftInputError(msg) from None
+    return file
 
 
 def _expand(text: str, role: str) -> list[DataFile]:

@@ -259,3 +259,24 @@ def test_a_bug_is_not_hidden(
     monkeypatch.setattr(raft_polars.api, "stage_losses", boom)
     with pytest.raises(ZeroDivisionError):
         run(capsys, "losses", broken / "good.parquet")
+
+
+def test_standard_output_closed_is_one_error_line() -> None:
+    """``raft-polars losses X >&-``: one error line and exit 2, not a traceback
+    (sys.stdout is None) and exit 1, which means validate found problems."""
+    import subprocess
+    import sys
+
+    seed = Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet"
+    script = (
+        "import sys; from raft_polars.cli import entrypoint; "
+        "sys.argv[1:] = ['losses', sys.argv[1]]; entrypoint()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(seed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        preexec_fn=lambda: __import__("os").close(1),
+    )  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2, done.stderr
+    assert lines == ["raft-polars: error: standard output is closed: nothing could be printed"]

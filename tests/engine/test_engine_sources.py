@@ -4,6 +4,7 @@ hidden files, global-ranking rounding, option types."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -484,3 +485,58 @@ def test_a_json_lines_file_that_is_not_says_why(tmp_path: Path, head: str) -> No
     reason = "byte order mark" if head == "\ufeff" else "one JSON array"
     with pytest.raises(RaftInputError, match=rf"log\.jsonl.*{reason}"):
         raft_polars.stage_losses(path)
+
+
+def test_a_wide_row_without_candidates_is_an_error(tmp_path: Path) -> None:
+    """A wide row whose rewards list is empty is a prompt without candidates (bad
+    input, docs/semantics.md): an error naming the prompt, never a prompt left out."""
+    import json
+
+    rows = [
+        {"prompt": "p1", "responses": [], "rewards": [], "logprobs": []},
+        {"prompt": "p2", "responses": ["a", "b"], "rewards": [0.5, 0.2],
+         "logprobs": [[-1.0], [-3.0]]},
+    ]  # fmt: skip
+    path = tmp_path / "wide.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(RaftInputError, match="p1"):
+        raft_polars.stage_losses(str(path))
+    assert "null_id" in [p.kind for p in raft_polars.validate(str(path)).problems]
+
+
+def test_a_column_of_a_type_polars_cannot_hold_is_named(tmp_path: Path) -> None:
+    """A decimal wider than Polars' 38 digits: RaftInputError naming the column
+    and the file, not Polars' bare InvalidOperationError."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "stage": [0], "prompt": [0], "cand": [0],
+        "reward": pa.array([decimal.Decimal("1.5")], pa.decimal256(40, 3)),
+        "logprobs": [[-1.0]],
+    })  # fmt: skip
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path)
+    for call in (raft_polars.stage_losses, raft_polars.validate):
+        with pytest.raises(RaftInputError, match=r"log\.parquet.*column 'reward'"):
+            call(str(path))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="names that are not UTF-8: Linux")
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """A data file whose name holds bytes that are not UTF-8 (Python gives it as
+    surrogate escapes; Polars cannot open it): RaftInputError, not a TypeError
+    from deep inside Polars, whether the file or its directory is given."""
+    import os
+    import shutil
+
+    folder = os.fsencode(tmp_path / "logs")
+    os.makedirs(folder)
+    seed = Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet"
+    target = folder + b"/y\xfe.parquet"
+    shutil.copy(os.fsencode(seed), target)
+    for named in (os.fsdecode(folder), os.fsdecode(target)):
+        with pytest.raises(RaftInputError, match="not UTF-8"):
+            raft_polars.stage_losses(named)
