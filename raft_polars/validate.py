@@ -65,7 +65,7 @@ __all__ = ["PROBLEM_KINDS", "Problem", "ValidationReport", "validate"]
 PROBLEM_KINDS: dict[str, str] = {
     "corrupt_file": "file(s) that a strict reader rejects (Parquet: bad page checksums, "
     "malformed pages; JSON lines: an id column of numbers and strings, a key given twice "
-    "in a line)",
+    "in a line, an escaped lone surrogate)",
     "null_id": "candidate row(s) with a null stage, prompt or cand",
     "duplicate_candidate": "(stage, prompt, cand) with more than one candidate row",
     "bad_reward": "reward(s) that are null, NaN or infinite",

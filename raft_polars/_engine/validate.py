@@ -1580,6 +1580,11 @@ def json_ids(path: str, columns: Sequence[tuple[str, str]]) -> str | None:
                 f"a line gives the key {twice.group(1)} twice: Polars reads its first "
                 "value, Python's json its last"
             )
+        if "surrogate pair in string is invalid" in str(exc):
+            return (
+                "a string holds an escaped lone surrogate (such as \\ud83d): Polars "
+                "reads it as NUL, so that different ids can read as one"
+            )
         changed = re.search(r"Column\(/([^)]*)\) changed from string to (\w+)", str(exc))
         if changed is None:  # not what this check asks; the Polars read has the say
             return None

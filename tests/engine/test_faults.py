@@ -646,3 +646,23 @@ def test_text_that_is_not_utf8_is_reported(tmp_path: Path, engine: str, layout: 
     corrupt = [p for p in report.problems if p.kind == "corrupt_file"]
     assert corrupt, report.format()
     assert "UTF-8" in corrupt[0].locations[0]["error"], report.format()
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_a_lone_surrogate_in_a_json_id_is_reported(tmp_path: Path, engine: str) -> None:
+    """Two prompts whose ids are lone surrogates (``json.dumps`` escapes them as
+    ``"\\ud83d"``): Polars reads both as NUL, one prompt instead of two, a loss
+    of another answer. validate reports the file; Python's json (the reference
+    here) tells the two prompts apart."""
+    rows = [
+        {"stage": 0, "prompt": "\ud83d", "cand": 0, "reward": 0.5, "logprobs": [-1.0]},
+        {"stage": 0, "prompt": "\ud83e", "cand": 1, "reward": 0.7, "logprobs": [-3.0]},
+    ]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parsed = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len({r["prompt"] for r in parsed}) == 2  # two prompts, each its only candidate
+    report = rp.validate(str(path), engine=_engine(engine))
+    corrupt = [p for p in report.problems if p.kind == "corrupt_file"]
+    assert corrupt, report.format()
+    assert "surrogate" in corrupt[0].locations[0]["error"]
