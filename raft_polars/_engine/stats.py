@@ -297,7 +297,7 @@ def best_of_n_sums(cands: pl.DataFrame, *, pairs: int = _PAIRS) -> pl.DataFrame:
     largest = int(sizes.max())  # type: ignore[arg-type]
     parts = max(1, -(-int((sizes * sizes).sum()) // pairs))  # a prompt of k has k * k pairs
     chunks = (c for c in split_prompts(cands, parts) if c.height)  # one part held at a time
-    sums = pl.concat([_best_of_n_chunk(c, largest) for c in chunks], how="vertical")
+    sums = pl.concat([_best_of_n_chunk(c, largest, pairs) for c in chunks], how="vertical")
     return (
         sums.group_by(["stage", "n"])
         .agg(pl.col("prompts", "best_sum", "worst_sum").sum())
@@ -306,8 +306,9 @@ def best_of_n_sums(cands: pl.DataFrame, *, pairs: int = _PAIRS) -> pl.DataFrame:
     )
 
 
-def _best_of_n_chunk(cands: pl.DataFrame, largest: int) -> pl.DataFrame:
-    """:func:`best_of_n_sums` of whole prompts (``largest``: the greatest k)."""
+def _best_of_n_chunk(cands: pl.DataFrame, largest: int, pairs: int) -> pl.DataFrame:
+    """:func:`best_of_n_sums` of whole prompts (``largest``: the greatest k), about
+    ``pairs`` pairs at a time (a prompt of k > sqrt(pairs) in blocks of n)."""
     lf = pl.lit(_log_factorials(largest))
     ranked = cands.select(
         *_PROMPT,
@@ -316,11 +317,23 @@ def _best_of_n_chunk(cands: pl.DataFrame, largest: int) -> pl.DataFrame:
         pl.len().over(_PROMPT).cast(pl.Int64).alias("k"),
     )
 
+    # every candidate meets every n of its prompt: K^2 rows a prompt, made a block
+    # of n at a time, so that a prompt of K in the thousands holds a few million rows
+    # at once, not K^2 (24 GB at K = 20,000)
+    step = max(1, pairs // max(1, ranked.height))
+    blocks = [_best_of_n_block(ranked, lf, low, low + step) for low in range(1, largest + 1, step)]
+    return pl.concat(blocks, how="vertical")
+
+
+def _best_of_n_block(ranked: pl.DataFrame, lf: pl.Expr, low: int, high: int) -> pl.DataFrame:
+    """:func:`_best_of_n_chunk` for ``low <= n < high``."""
+
     def log_choose(a: pl.Expr, b: pl.Expr) -> pl.Expr:
         return lf.gather(a) - lf.gather(b) - lf.gather(a - b)
 
     # each candidate i contributes to the maximum for n <= i and the minimum for n <= k-i+1
-    pairs = ranked.with_columns(pl.int_ranges(1, pl.col("k") + 1).alias("n")).explode("n")
+    n_range = pl.int_ranges(low, pl.min_horizontal(pl.col("k") + 1, high))
+    pairs = ranked.with_columns(n_range.alias("n")).explode("n")
     i, k, n = pl.col("i"), pl.col("k"), pl.col("n")
     denominator = log_choose(k, n)
     best_w = pl.when(i >= n).then((log_choose(i - 1, n - 1) - denominator).exp()).otherwise(0.0)
