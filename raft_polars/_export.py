@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -447,12 +448,20 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+_TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"(\d+)-[0-9a-f]{12}")
+
+
 def clean_stale(directory: Path) -> list[Path]:
-    """Remove the temporary files that dead processes left in ``directory``."""
+    """Remove the temporary files that dead processes left in ``directory``:
+    only names exactly as :func:`write_atomically` makes them (a user's
+    ``.raft-tmp-1234-notes`` stays, file or directory)."""
     removed = []
     for path in directory.glob(f"{_TMP_PREFIX}*"):
-        pid = path.name[len(_TMP_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        match = _TMP_NAME.fullmatch(path.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not _alive(pid):
             _remove(path)
             removed.append(path)
     return removed

@@ -145,9 +145,17 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     stale.write_bytes(b"PAR1 partial")
     alive = tmp_path / f".raft-tmp-{os.getppid()}-0123456789ab"  # a live process's
     alive.write_bytes(b"in progress")
+    # a user's names that only begin like a temporary file's stay, files or folders
+    names = ["notes.txt", "my-backup", "0123456789abc", ""]
+    theirs = [tmp_path / f".raft-tmp-{pid}-{name}".rstrip("-") for name in names]
+    theirs[0].write_text("precious")
+    for folder in theirs[1:]:
+        folder.mkdir()
+        (folder / "weights.bin").write_text("precious")
     assert clean_stale(tmp_path) == [stale]
     assert not stale.exists()
     assert alive.exists()
+    assert all(path.exists() for path in theirs)
 
 
 _KILL_SCRIPT = """
