@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import re
 import shutil
@@ -91,6 +92,9 @@ def pick_stage(
     against the ``stages`` present."""
     if stage is None:
         return frame
+    if stage != "last" and (isinstance(stage, bool) or not isinstance(stage, numbers.Integral)):
+        msg = f"option stage={stage!r}: give a stage id (an integer) or 'last'"
+        raise RaftInputError(msg)
     stages = stages.drop_nulls()
     if stages.is_empty():
         msg = f"{origin} holds no stages"

@@ -172,6 +172,9 @@ def generate(
     if layout not in ("nested", "long"):
         msg = f"layout must be 'nested' or 'long', got {layout!r}"
         raise RaftInputError(msg)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        msg = f"seed must be a non-negative integer, got {seed!r}"
+        raise RaftInputError(msg)
     _check_shape(
         stages=stages,
         prompts=prompts,

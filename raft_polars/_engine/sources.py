@@ -327,9 +327,14 @@ def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) ->
     elif isinstance(source, pl.DataFrame):
         lf, origin = source.lazy(), f"the {role} DataFrame"
     else:
-        frame = pl.from_arrow(source)
+        origin = f"the {role} Arrow table"
+        try:
+            frame = pl.from_arrow(source)
+        except READ_ERRORS as exc:  # e.g. two columns of one name
+            msg = f"cannot read {origin}: {_first_line(exc)}"
+            raise RaftInputError(msg) from exc
         assert isinstance(frame, pl.DataFrame)
-        lf, origin = frame.lazy(), f"the {role} Arrow table"
+        lf = frame.lazy()
     try:
         schema = lf.collect_schema()
     except READ_ERRORS as exc:

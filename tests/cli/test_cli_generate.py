@@ -118,3 +118,14 @@ def test_bad_shapes(
 ) -> None:
     assert_one_line_error(run(capsys, "generate", tmp_path / "g", *argv), fragment)
     assert not (tmp_path / "g").exists()
+
+
+def test_a_negative_seed_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``generate --seed -1``: one error line and exit 2, nothing written (numpy's
+    ValueError came through as a traceback, exit 1)."""
+    out = tmp_path / "log"
+    result = run(capsys, "generate", out, "--seed", "-1")
+    assert_one_line_error(result, "seed must be a non-negative integer")
+    assert not out.exists()

@@ -540,3 +540,29 @@ def test_a_file_name_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     for named in (os.fsdecode(folder), os.fsdecode(target)):
         with pytest.raises(RaftInputError, match="not UTF-8"):
             raft_polars.stage_losses(named)
+
+
+def test_an_arrow_table_with_two_columns_of_one_name_is_an_input_error() -> None:
+    """pyarrow allows two columns named ``reward``; Polars refuses them: a
+    RaftInputError naming the table, not Polars' bare DuplicateError."""
+    import pyarrow as pa
+
+    table = pa.table([[0], [0], [0], [0.5], [0.9], [[-1.0]]],
+                     names=["stage", "prompt", "cand", "reward", "reward", "logprobs"])  # fmt: skip
+    for call in (raft_polars.stage_losses, raft_polars.validate):
+        with pytest.raises(RaftInputError, match="Arrow table"):
+            call(table)
+
+
+@pytest.mark.parametrize("stage", ["LAST", "0", 1.5, True, [0], float("nan")])
+def test_a_stage_option_that_is_not_an_id_is_an_input_error(tmp_path: Path, stage: Any) -> None:
+    """``stage=`` takes a stage id or ``"last"``: anything else is a RaftInputError
+    saying so (a string raised Polars' InvalidOperationError from deep inside)."""
+    frame = pl.DataFrame({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1],
+                          "reward": [0.5, 0.9], "logprobs": [[-1.0], [-3.0]]})  # fmt: skip
+    with pytest.raises(RaftInputError, match="stage id"):
+        raft_polars.write_selected(frame, tmp_path / "out.jsonl", stage=stage)
+    assert list(tmp_path.iterdir()) == []
+    np = pytest.importorskip("numpy")
+    raft_polars.write_selected(frame, tmp_path / "out.jsonl", stage=np.int64(0))  # numpy's ids
+    assert (tmp_path / "out.jsonl").exists()
