@@ -161,6 +161,12 @@ def entrypoint() -> NoReturn:
     """The ``raft-polars`` console script."""
     from raft_polars._native_stderr import without_panic_reports
 
+    if sys.stderr is None:  # started with standard error closed (``2>&-``, a daemon):
+        devnull = os.open(os.devnull, os.O_WRONLY)  # its messages go nowhere, as asked
+        if devnull != 2:
+            os.dup2(devnull, 2)
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's own stream
+
     with without_panic_reports():
         code = main()
     try:

@@ -510,7 +510,10 @@ def _compatible(a: PolarsDataType, b: PolarsDataType) -> bool:
 
 
 def _family(dtype: PolarsDataType) -> str:
-    """Types that files may mix and still be read as one column."""
+    """Types that files may mix and still be read as one column (Polars' reader
+    widens integers and floats across files, not decimals to floats)."""
+    if isinstance(dtype, pl.Decimal):
+        return "decimal"
     if dtype.is_numeric():
         return "number"
     if isinstance(dtype, pl.String | pl.Categorical | pl.Enum):

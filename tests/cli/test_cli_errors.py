@@ -280,3 +280,23 @@ def test_standard_output_closed_is_one_error_line() -> None:
     lines = done.stderr.splitlines()
     assert done.returncode == 2, done.stderr
     assert lines == ["raft-polars: error: standard output is closed: nothing could be printed"]
+
+
+def test_standard_error_closed_still_answers() -> None:
+    """``raft-polars losses X 2>&-`` (a cron job, a daemon): the table on standard
+    output and exit 0 (sys.stderr is None: it printed nothing and exited 1)."""
+    import subprocess
+    import sys
+
+    seed = Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet"
+    script = (
+        "import sys; from raft_polars.cli import entrypoint; "
+        "sys.argv[1:] = ['losses', sys.argv[1]]; entrypoint()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(seed)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120, check=False,
+        preexec_fn=lambda: __import__("os").close(2),
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[0].split()[:2] == ["stage", "loss"]

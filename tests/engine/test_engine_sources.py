@@ -566,3 +566,22 @@ def test_a_stage_option_that_is_not_an_id_is_an_input_error(tmp_path: Path, stag
     np = pytest.importorskip("numpy")
     raft_polars.write_selected(frame, tmp_path / "out.jsonl", stage=np.int64(0))  # numpy's ids
     assert (tmp_path / "out.jsonl").exists()
+
+
+def test_parts_of_decimal_and_float_rewards_are_refused_by_every_entry(tmp_path: Path) -> None:
+    """One part's reward a decimal, the other's a float: Polars' reader cannot read
+    them as one column. Every entry point, validate too, says so naming both files
+    (validate passed a log the default path refused)."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, reward in (("a", pa.array([decimal.Decimal("0.5")], pa.decimal128(10, 3))),
+                         ("b", pa.array([0.7]))):  # fmt: skip
+        table = pa.table({"stage": [0], "prompt": [int(name == "b")], "cand": [0],
+                          "reward": reward, "logprobs": [[-1.0]]})  # fmt: skip
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    for call in (raft_polars.stage_losses, raft_polars.validate):
+        with pytest.raises(RaftInputError, match=r"column 'reward'.*b\.parquet.*a\.parquet"):
+            call(str(tmp_path))
