@@ -171,8 +171,9 @@ def rank(candidates: pl.LazyFrame, selection: Selection) -> pl.LazyFrame:
             ["stage", "reward", "cand", "prompt"], descending=[False, True, False, False]
         )
         position = pl.int_range(pl.len()).over("stage")
-        # ceil(fraction * n), tolerant of binary rounding: 0.28 * 25 is 7.000000000000001
-        keep = (pl.len().over("stage") * selection.fraction - _CEIL_TOLERANCE).ceil()
+        # ceil(fraction * n), tolerant of binary rounding: 0.28 * 25 is 7.000000000000001;
+        # at least 1, as the ceiling of any positive product is (fraction=1e-10 kept none)
+        keep = (pl.len().over("stage") * selection.fraction - _CEIL_TOLERANCE).ceil().clip(1)
         return ranked.filter(position < keep)
     if selection.is_best_of_k:
         return prompt_summary(keys).select(*ID_COLUMNS, "reward")

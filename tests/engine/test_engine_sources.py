@@ -98,7 +98,8 @@ def test_pq_files_are_read_and_hidden_ones_skipped(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "fraction"), [(25, 0.28), (100, 0.07), (10, 0.3), (7, 1.0), (9, 0.5), (3, 0.01)]
+    ("n", "fraction"),
+    [(25, 0.28), (100, 0.07), (10, 0.3), (7, 1.0), (9, 0.5), (3, 0.01), (5, 1e-10), (5, 1e-300)],
 )
 def test_global_keeps_ceil_of_fraction(n: int, fraction: float) -> None:
     frame = pl.DataFrame(
@@ -110,8 +111,11 @@ def test_global_keeps_ceil_of_fraction(n: int, fraction: float) -> None:
             "logprobs": [[-1.0]] * n,
         }
     )
-    # the decimal product, not its binary rounding: 0.28 * 25 is exactly 7
-    want = math.ceil(round(n * fraction, 9))
+    # the decimal product, not its binary rounding: 0.28 * 25 is exactly 7, and
+    # 1e-10 * 5 is above 0, so one is kept
+    from fractions import Fraction
+
+    want = math.ceil(Fraction(repr(fraction)) * n)
     table = raft_polars.stage_losses(frame, strategy="global", fraction=fraction)
     assert table["selected"].to_list() == [want]
     chosen = raft_polars.select_best(frame, strategy="global", fraction=fraction).collect()
