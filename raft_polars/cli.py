@@ -161,6 +161,9 @@ def entrypoint() -> NoReturn:
     """The ``raft-polars`` console script."""
     from raft_polars._native_stderr import without_panic_reports
 
+    for stream in (sys.stdout, sys.stderr):  # a path or an id the terminal cannot show
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     if sys.stderr is None:  # started with standard error closed (``2>&-``, a daemon):
         devnull = os.open(os.devnull, os.O_WRONLY)  # its messages go nowhere, as asked
         if devnull != 2:

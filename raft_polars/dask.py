@@ -80,7 +80,13 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
         if workers is not None:
             msg = "workers= sizes a local cluster; it does not apply with scheduler="
             raise RaftInputError(msg)
-        with distributed.Client(scheduler) as client:
+        try:
+            client = distributed.Client(scheduler)
+        except (ValueError, OSError, TimeoutError) as exc:  # a bad address, none listening
+            why = (str(exc).strip().splitlines() or [repr(exc)])[0].strip('"')
+            msg = f"cannot connect to the Dask scheduler {scheduler!r}: {why}"
+            raise RaftInputError(msg) from exc
+        with client:
             yield client
         return
     import os

@@ -369,6 +369,9 @@ def _expand(text: str, role: str) -> list[DataFile]:
             raise RaftInputError(msg)
         return [DataFile(str(f), _partitions(f, path)) for f in found]
     if path.exists():
+        if not path.is_file():  # a FIFO waits for a writer forever; a device never ends
+            msg = f"{role}: {text!r} is not a regular file or a directory"
+            raise RaftInputError(msg)
         return [DataFile(text)]
     if any(ch in text for ch in _GLOB_CHARS):
         matches = sorted(p for p in map(Path, _glob.glob(text, recursive=True)) if p.is_file())

@@ -300,3 +300,24 @@ def test_standard_error_closed_still_answers() -> None:
     )  # fmt: skip
     assert done.returncode == 0
     assert done.stdout.splitlines()[0].split()[:2] == ["stage", "loss"]
+
+
+def test_a_terminal_that_shows_only_ascii(tmp_path: Path) -> None:
+    """Standard output that can encode only ASCII and a path that is not: validate
+    reports a sound log (exit 0), the path escaped; it crashed with exit 1."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "logs é 日本"
+    folder.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet", folder)
+    script = "from raft_polars.cli import entrypoint; entrypoint()"
+    done = subprocess.run(
+        [sys.executable, "-c", script, "validate", str(folder)],
+        capture_output=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert b"no problems found" in done.stdout

@@ -589,3 +589,28 @@ def test_parts_of_decimal_and_float_rewards_are_refused_by_every_entry(tmp_path:
     for call in (raft_polars.stage_losses, raft_polars.validate):
         with pytest.raises(RaftInputError, match=r"column 'reward'.*b\.parquet.*a\.parquet"):
             call(str(tmp_path))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs")
+def test_a_source_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """A FIFO with no writer (a pipe left by a script) made every read wait forever."""
+    import os
+
+    fifo = tmp_path / "log.jsonl"
+    os.mkfifo(fifo)
+    for call in (raft_polars.stage_losses, raft_polars.validate):
+        with pytest.raises(RaftInputError, match="not a regular file"):
+            call(str(fifo))
+
+
+@pytest.mark.parametrize("address", ["not a url", "foo://x:1"])
+def test_a_malformed_scheduler_address_is_an_input_error(address: str) -> None:
+    """A scheduler address Dask cannot parse: RaftInputError naming it, not Dask's
+    traceback."""
+    pytest.importorskip("distributed")
+    from raft_polars.dask import DaskEngine
+
+    frame = pl.DataFrame({"stage": [0], "prompt": [0], "cand": [0], "reward": [0.5],
+                          "logprobs": [[-1.0]]})  # fmt: skip
+    with pytest.raises(RaftInputError, match="cannot connect to the Dask scheduler"):
+        raft_polars.stage_losses(frame, engine=DaskEngine(scheduler=address))
