@@ -400,23 +400,34 @@ def _element(dtype: pl.DataType) -> pl.DataType:
     return inner() if isinstance(inner, type) else inner
 
 
+# wide list columns that hold one value per candidate whatever their lengths say
+_PER_CANDIDATE = ("logprobs", "responses", "completions", "generations", "outputs")
+
+
 def _wide_columns(
     main: Resolved, renames: tuple[tuple[str, str], ...], schema: dict[str, pl.DataType]
 ) -> tuple[str, ...]:
     """The list columns of wide rows that hold one value per candidate: ``reward``,
     ``logprobs`` (a list of lists) and every other list column as long as the
-    rewards in the first rows (read here, 1,000 at most)."""
+    rewards in most (nine in ten) of the first rows (read here, 1,000 at most), or
+    named as such (``responses`` ...). A row whose list is shorter (a truncated
+    dump) then fails the read, where it made the column prompt-level for every
+    row, each exported response the whole list."""
     lists = [n for n, t in schema.items() if isinstance(t, pl.List) and n != "reward"]
     if not lists:
         return ("reward",)
     sample = main.scan().rename(dict(renames)).head(1000)
     try:
         lengths = sample.select(
-            *((pl.col(n).list.len() == pl.col("reward").list.len()).all().alias(n) for n in lists)
+            *((pl.col(n).list.len() == pl.col("reward").list.len()).mean().alias(n) for n in lists)
         ).collect()
     except READ_ERRORS:
         return ("reward", *(n for n in lists if n == "logprobs"))
-    return ("reward", *(n for n in lists if lengths[n][0] is not False))
+    share = {n: lengths[n][0] for n in lists}  # None: no row holds both lists
+    return (
+        "reward",
+        *(n for n in lists if n in _PER_CANDIDATE or share[n] is None or share[n] >= 0.9),
+    )
 
 
 def _prompt_type(schema: Mapping[str, pl.DataType]) -> pl.DataType:

@@ -614,3 +614,23 @@ def test_a_malformed_scheduler_address_is_an_input_error(address: str) -> None:
                           "logprobs": [[-1.0]]})  # fmt: skip
     with pytest.raises(RaftInputError, match="cannot connect to the Dask scheduler"):
         raft_polars.stage_losses(frame, engine=DaskEngine(scheduler=address))
+
+
+@pytest.mark.parametrize("rows", [2, 40])
+def test_a_wide_row_with_fewer_responses_than_rewards_is_an_error(
+    tmp_path: Path, rows: int
+) -> None:
+    """A truncated wide row (3 rewards, 2 responses) among sound ones: an error on
+    every path, never the column taken as prompt-level (each selected candidate
+    exported with its prompt's whole list of responses, validate clean)."""
+    import json
+
+    lines = [{"prompt": "q0", "responses": ["a", "b"], "rewards": [0.1, 0.9, 0.5]}]
+    lines += [{"prompt": f"q{i}", "responses": ["d", "e", "f"], "rewards": [0.7, 0.2, 0.6]}
+              for i in range(1, rows)]  # fmt: skip
+    path = tmp_path / "wide.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(RaftInputError, match=r"wide\.jsonl"):
+        raft_polars.collect(raft_polars.select_best(str(path)))
+    with pytest.raises(RaftInputError, match=r"wide\.jsonl"):
+        raft_polars.validate(str(path))
