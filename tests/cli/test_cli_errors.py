@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -261,22 +264,26 @@ def test_a_bug_is_not_hidden(
         run(capsys, "losses", broken / "good.parquet")
 
 
+SEED = Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet"
+
+
+def _command(
+    *argv: object, closed: int | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m raft_polars ARGV`` in a child process, its descriptor ``closed``
+    (1: standard output, 2: standard error) closed before it starts."""
+    return subprocess.run(
+        [sys.executable, "-m", "raft_polars", *map(str, argv)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **(env or {})},
+        preexec_fn=None if closed is None else lambda: os.close(closed),
+    )  # fmt: skip
+
+
 def test_standard_output_closed_is_one_error_line() -> None:
     """``raft-polars losses X >&-``: one error line and exit 2, not a traceback
     (sys.stdout is None) and exit 1, which means validate found problems."""
-    import subprocess
-    import sys
-
-    seed = Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet"
-    script = (
-        "import sys; from raft_polars.cli import entrypoint; "
-        "sys.argv[1:] = ['losses', sys.argv[1]]; entrypoint()"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(seed)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
-        preexec_fn=lambda: __import__("os").close(1),
-    )  # fmt: skip
+    done = _command("losses", SEED, closed=1)
     lines = done.stderr.splitlines()
     assert done.returncode == 2, done.stderr
     assert lines == ["raft-polars: error: standard output is closed: nothing could be printed"]
@@ -285,19 +292,7 @@ def test_standard_output_closed_is_one_error_line() -> None:
 def test_standard_error_closed_still_answers() -> None:
     """``raft-polars losses X 2>&-`` (a cron job, a daemon): the table on standard
     output and exit 0 (sys.stderr is None: it printed nothing and exited 1)."""
-    import subprocess
-    import sys
-
-    seed = Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet"
-    script = (
-        "import sys; from raft_polars.cli import entrypoint; "
-        "sys.argv[1:] = ['losses', sys.argv[1]]; entrypoint()"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(seed)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120, check=False,
-        preexec_fn=lambda: __import__("os").close(2),
-    )  # fmt: skip
+    done = _command("losses", SEED, closed=2)
     assert done.returncode == 0
     assert done.stdout.splitlines()[0].split()[:2] == ["stage", "loss"]
 
@@ -305,19 +300,11 @@ def test_standard_error_closed_still_answers() -> None:
 def test_a_terminal_that_shows_only_ascii(tmp_path: Path) -> None:
     """Standard output that can encode only ASCII and a path that is not: validate
     reports a sound log (exit 0), the path escaped; it crashed with exit 1."""
-    import os
     import shutil
-    import subprocess
-    import sys
 
     folder = tmp_path / "logs é 日本"
     folder.mkdir()
-    shutil.copy(Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet", folder)
-    script = "from raft_polars.cli import entrypoint; entrypoint()"
-    done = subprocess.run(
-        [sys.executable, "-c", script, "validate", str(folder)],
-        capture_output=True, timeout=120, check=False,
-        env={**os.environ, "PYTHONIOENCODING": "ascii"},
-    )  # fmt: skip
+    shutil.copy(SEED, folder)
+    done = _command("validate", folder, env={"PYTHONIOENCODING": "ascii"})
     assert done.returncode == 0, done.stderr
-    assert b"no problems found" in done.stdout
+    assert "no problems found" in done.stdout
