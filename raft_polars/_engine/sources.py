@@ -192,17 +192,13 @@ class Resolved:
             elif strict is not None:  # a row range is the reader's to cut
                 lf = strict.scan(paths, file_schema, None if piece is None else piece.rows)
             else:
-                try:  # Polars checks the schema here (a decimal wider than it holds)
-                    lf = pl.scan_parquet(
-                        paths,
-                        schema=file_schema,
-                        cast_options=_UPCAST,
-                        hive_partitioning=False,
-                        glob=False,
-                    )
-                except READ_ERRORS as exc:
-                    msg = f"cannot read {self.origin}: {_first_line(exc)}"
-                    raise RaftInputError(msg) from exc
+                lf = pl.scan_parquet(
+                    paths,
+                    schema=file_schema,
+                    cast_options=_UPCAST,
+                    hive_partitioning=False,
+                    glob=False,
+                )
             if piece is not None and piece.rows is not None and strict is None:
                 lf = lf.slice(*piece.rows)
             values = dict(partitions)

@@ -1485,19 +1485,36 @@ def polars_refusals(
     (the executor's map). A column the answer never reads may hold what
     Polars cannot decode (an encoding it does not support) without harm."""
     bad = {path for path, error in errors if error is not None}
-    renames = dict(log.renames)
-    read = {*ID_COLUMNS, "reward", "logprobs", "logprob", "token"}
     paths, columns = [], []
-    for source in [log.main, *([] if log.rewards is None else [log.rewards])]:
-        if source.kind != "parquet" or source.remote or source.frame is not None:
-            continue
-        hive = dict(source.hive)
-        names = [n for n, _ in source.schema if renames.get(n, n) in read and n not in hive]
+    for source, read in _answer_columns(log, "parquet", positions=True):
+        names = [name for name, _ in read]
         for path in source.paths:
             if path not in bad and path not in paths:
                 paths.append(path)
                 columns.append(names)
     return list(zip(paths, run(polars_refusal, paths, columns), strict=True))
+
+
+def _answer_columns(
+    log: StageLog, kind: str, *, positions: bool
+) -> Iterator[tuple[Resolved, list[tuple[str, pl.DataType]]]]:
+    """Each local file source of ``log`` of ``kind`` with the columns of its
+    files that the answer reads (their names as the files have them): the ids,
+    reward and log-probs, and the token positions when ``positions``."""
+    renames = dict(log.renames)
+    read = {*ID_COLUMNS, "reward", "logprobs", "logprob", *(["token"] if positions else [])}
+    for source in [log.main, *([] if log.rewards is None else [log.rewards])]:
+        if source.kind != kind or source.remote or source.frame is not None:
+            continue
+        hive = dict(source.hive)
+        yield (
+            source,
+            [
+                (name, dtype)
+                for name, dtype in source.schema
+                if renames.get(name, name) in read and name not in hive
+            ],
+        )
 
 
 def strictly(log: StageLog, reader: StrictParquet) -> StageLog:
@@ -1532,17 +1549,10 @@ def json_id_files(log: StageLog) -> list[tuple[str, tuple[tuple[str, str], ...]]
     (ids, reward, log-probs), each with how :func:`json_ids` reads it: ``"text"``
     (a text id), ``"number"`` or ``"numbers"`` (a list)."""
     renames = dict(log.renames)
-    sources = [log.main, *([] if log.rewards is None else [log.rewards])]
-    read = {*ID_COLUMNS, "reward", "logprobs", "logprob"}
     found = []
-    for source in sources:
-        if source.kind != "ndjson" or source.remote or source.frame is not None:
-            continue
-        hive = dict(source.hive)
+    for source, read in _answer_columns(log, "ndjson", positions=False):
         columns = []
-        for name, dtype in source.schema:
-            if renames.get(name, name) not in read or name in hive:
-                continue
+        for name, dtype in read:
             if dtype == pl.String:
                 columns.append((name, "text" if renames.get(name, name) in ID_COLUMNS else ""))
             elif dtype.is_numeric():
