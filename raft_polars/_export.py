@@ -12,7 +12,10 @@ end: an interrupted run (an error, Ctrl-C, ``kill -9``) never leaves a partial
 OUT. The temporary name is ``.raft-tmp-<pid>-<random>`` (short whatever OUT's
 name, and ending in no data file extension, so that a user's ``*.parquet`` or
 ``*.jsonl`` glob never picks it up); ones left by processes that died are
-removed by the next write into the same directory.
+removed by the next write into the same directory. A write holds a shared
+``flock`` on OUT's directory; the cleanup runs only when it can hold it alone,
+so that a writer whose process it cannot see (another PID namespace sharing the
+directory) keeps its temporary file.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import numbers
 import os
 import re
 import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -76,10 +80,18 @@ def output_format(out: Path) -> Literal["parquet", "jsonl"]:
 
 
 def check_target(out: Path, *, force: bool) -> None:
-    """OUT's directory exists, and OUT does not unless ``force``."""
+    """OUT's directory exists and takes new files, and OUT does not exist unless
+    ``force``."""
     if not out.parent.is_dir():
-        msg = f"output directory does not exist: {str(out.parent)!r}"
+        what = "is not a directory" if out.parent.exists() else "does not exist"
+        msg = f"output directory {what}: {str(out.parent)!r}"
         raise RaftInputError(msg)
+    try:  # a file without a name (O_TMPFILE): nothing is left behind
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        msg = f"cannot write in the output directory {str(out.parent)!r}: {exc.strerror or exc}"
+        raise RaftInputError(msg) from exc
     if out.exists() and not force:
         msg = f"{str(out)!r} exists; pass force=True to replace it"
         raise RaftInputError(msg)
@@ -471,11 +483,42 @@ def clean_stale(directory: Path) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def _writing_in(directory: Path) -> Iterator[None]:
+    """Hold a shared lock on ``directory`` while the block writes in it; before,
+    when no other writer holds it, remove the stale temporary files there."""
+    try:
+        import fcntl
+
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):  # no locks here: the process ids alone decide
+        clean_stale(directory)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another writer works here: its temp may be live
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # a file system without flock
+            clean_stale(directory)
+        else:
+            clean_stale(directory)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
     """Call ``write(tmp)`` on a temporary path in OUT's directory, then rename it
     onto OUT. The temporary path is removed on any failure, so OUT is either the
     complete result or untouched."""
-    clean_stale(out.parent)
+    with _writing_in(out.parent):
+        _write_renamed(out, write, force=force)
+
+
+def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
     tmp = out.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         write(tmp)

@@ -790,10 +790,9 @@ def _cmd_report(args: argparse.Namespace) -> None:
     if fmt not in (*_FIGURE, ".html"):
         msg = f"the figure must be .png, .svg or .pdf (the report .html), got {str(out)!r}"
         raise UsageError(msg)
-    if not out.parent.is_dir():
-        msg = f"output directory does not exist: {str(out.parent)!r}"
-        raise UsageError(msg)
-    from raft_polars._export import write_atomically
+    from raft_polars._export import check_target, write_atomically
+
+    check_target(out, force=True)
     from raft_polars.api import best_of_n, stage_losses, stage_stats
     from raft_polars.report import html_report, report_figure, save_figure
 

@@ -120,6 +120,21 @@ class StageLog:
     wide: tuple[str, ...] = ()
     numbered: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """An id that Polars reads differently from what the file says is refused."""
+        renames = dict(self.renames)
+        for source in (self.main, self.rewards):
+            for column, path, line in () if source is None else source.surrogates:
+                name = renames.get(column, column)
+                if name in ID_COLUMNS:
+                    msg = (
+                        f"cannot read JSON lines file {path!r}: line {line}: the {name} id (column "
+                        f"{column!r}) holds an escaped lone surrogate (such as \\ud83d, half "
+                        "of a character): Polars reads it as NUL, so that different ids "
+                        "would read as one; replace it (with \\ufffd, say)"
+                    )
+                    raise RaftInputError(msg)
+
     @property
     def cand_source(self) -> Resolved:
         """The source of the candidate rows."""

@@ -26,6 +26,8 @@ Rules, the same for every executor:
 from __future__ import annotations
 
 import glob as _glob
+import json
+import mmap
 import os
 import re
 import urllib.parse
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -154,6 +157,9 @@ class Resolved:
     # object store paths (s3://, gs://, az://, hf://): read by Polars' cloud readers
     storage_options: tuple[tuple[str, str], ...] | None = None
     strict: StrictReader | None = None
+    # columns of local JSON lines files holding an escaped lone surrogate:
+    # (column, path, line); Polars reads each such text with NUL in its place
+    surrogates: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def remote(self) -> bool:
@@ -281,7 +287,88 @@ def resolve(
         (name, dtype) for name, dtype in hive if name not in file_schema
     )
     hive = tuple((name, dtype) for name, dtype in hive if name not in file_schema)
-    return Resolved(role, origin, tuple(files), schema, hive, kind=kind)
+    surrogates = (
+        () if kind != "ndjson" else tuple(s for f in files for s in lone_surrogates(f.path))
+    )
+    return Resolved(role, origin, tuple(files), schema, hive, kind=kind, surrogates=surrogates)
+
+
+# an escaped UTF-16 surrogate (\\ud800 .. \\udfff) that is not half of a pair,
+# high then low, as JSON writers that escape non-ASCII text give the characters
+# beyond U+FFFF (the lookbehind is 9 bytes: a high surrogate and "\\ud")
+_LONE_ESCAPE = re.compile(
+    rb"\\u[dD](?:[89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD])[c-fC-F][0-9a-fA-F]{2})"
+)
+_CHUNK = 1 << 24  # bytes of a compressed file decompressed at a time
+_LONE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogates(path: str) -> list[tuple[str, str, int]]:
+    """The top-level keys of a JSON lines file whose text holds an escaped lone
+    surrogate (``"\\ud83d"`` alone: half of a character; JavaScript's string
+    slicing makes them of emoji), each with its first line. Polars reads a
+    lone high surrogate as NUL, so that two different texts read as one.
+
+    One regular expression over the bytes (memory-mapped, or decompressed as
+    they stream); only a line it matches is parsed, by Python's json, which
+    also tells an escaped backslash followed by ``ud83d`` from a surrogate.
+    """
+    found: dict[str, tuple[str, str, int]] = {}
+    try:
+        if not path.lower().endswith(COMPRESSED):
+            with open(path, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size == 0:
+                    return []
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    _scan_lines(data, 0, path, found)
+            return list(found.values())
+        with pa.input_stream(path, compression="detect") as stream:
+            tail, number = b"", 0
+            while chunk := stream.read(_CHUNK):
+                chunk = tail + chunk
+                cut = chunk.rfind(b"\n") + 1
+                number = _scan_lines(chunk[:cut], number, path, found)
+                tail = chunk[cut:]
+            _scan_lines(tail, number, path, found)
+    except (OSError, ValueError, pa.ArrowException):  # the read that follows reports it
+        return []
+    return list(found.values())
+
+
+def _scan_lines(
+    lines: bytes | mmap.mmap, number: int, path: str, found: dict[str, tuple[str, str, int]]
+) -> int:
+    """:func:`lone_surrogates` over whole ``lines``, the first of them line
+    ``number + 1``; returns the number of the last."""
+    seen, end = 0, -1
+    for match in _LONE_ESCAPE.finditer(lines):
+        if match.start() < end:  # this line is done
+            continue
+        begin = lines.rfind(b"\n", 0, match.start()) + 1
+        end = lines.find(b"\n", match.end())
+        end = len(lines) if end < 0 else end
+        number += _newlines(lines, seen, begin)
+        seen = begin
+        try:
+            row = json.loads(lines[begin:end])
+        except ValueError:  # the read that follows reports the line
+            continue
+        if isinstance(row, dict):
+            for key, value in row.items():
+                if key not in found and _LONE.search(json.dumps(value, ensure_ascii=False)):
+                    found[key] = (key, path, number + 1)
+    return number + _newlines(lines, seen, len(lines))
+
+
+def _newlines(data: bytes | mmap.mmap, start: int, stop: int) -> int:
+    """The line breaks of ``data[start:stop]``, without a copy of a mapped file."""
+    if isinstance(data, bytes):
+        return data.count(b"\n", start, stop)
+    view = np.frombuffer(data, dtype=np.uint8)[start:stop]
+    count = int(np.count_nonzero(view == ord("\n")))
+    del view  # the map cannot close while a view of it is held
+    return count
 
 
 def _resolve_remote(
@@ -606,6 +693,12 @@ def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
         hint = "; it begins with a UTF-8 byte order mark (BOM): save it as UTF-8 without one"
     elif head.lstrip().startswith(b"["):
         hint = "; it holds one JSON array, not JSON lines (one object per line)"
+    elif "InvalidUnicodeCodepoint" in str(exc) and (lone := lone_surrogates(path)):
+        key, _, line = min(lone, key=lambda found: found[2])
+        hint = (
+            f"; line {line}, key {key!r}, holds an escaped lone surrogate (such as \\udc00, "
+            "half of a character); replace it (with \\ufffd, say)"
+        )
     return RaftInputError(f"cannot read JSON lines file {path!r}: {_first_line(exc)}{hint}")
 
 

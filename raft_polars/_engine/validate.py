@@ -1592,8 +1592,9 @@ def json_ids(path: str, columns: Sequence[tuple[str, str]]) -> str | None:
             )
         if "surrogate pair in string is invalid" in str(exc):
             return (
-                "a string holds an escaped lone surrogate (such as \\ud83d): Polars "
-                "reads it as NUL, so that different ids can read as one"
+                "a text holds an escaped lone surrogate (such as \\ud83d, half of a "
+                "character): Polars reads it as NUL, so the text read and exported is "
+                "not the one written"
             )
         changed = re.search(r"Column\(/([^)]*)\) changed from string to (\w+)", str(exc))
         if changed is None:  # not what this check asks; the Polars read has the say

@@ -158,6 +158,65 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert all(path.exists() for path in theirs)
 
 
+_HOLD_SCRIPT = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)  # as a write of the package holds OUT's directory
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_live_writer_the_pid_check_cannot_see_keeps_its_temp(tmp_path: Path) -> None:
+    """A writer in another PID namespace sharing OUT's directory: its process id
+    is dead from here. While it holds the directory (as every write does), a
+    write beside it leaves its temporary file alone; once it is gone, the next
+    write removes the file."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    theirs = tmp_path / f".raft-tmp-{int(dead.stdout)}-0123456789ab"
+    theirs.write_bytes(b"PAR1 being written")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_SCRIPT, str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "holding\n"
+        assert rp.write_selected(nested_frame(LPS, RWS), tmp_path / "a.parquet") == 3
+        assert theirs.exists()
+    finally:
+        holder.communicate("")
+    assert rp.write_selected(nested_frame(LPS, RWS), tmp_path / "b.parquet") == 3
+    assert not theirs.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", ["select", "report", "stats"])
+def test_an_output_directory_that_takes_no_files_is_named(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OUT in a directory where no file can be made (/proc, even for root): one
+    error line naming the directory as the output's, not the source as unreadable;
+    nothing read first."""
+    from raft_polars.cli import main
+
+    out = "/proc/out.html" if command == "report" else "/proc/out.parquet"
+    args = [command, str(Path(__file__).parents[2] / "data" / "synthetic"), "-o", out]
+    assert main([*args, "--per-prompt"] if command == "stats" else args) == 2
+    err = capsys.readouterr().err
+    assert "cannot write in the output directory '/proc'" in err, err
+    with pytest.raises(RaftInputError, match="cannot write in the output directory"):
+        rp.write_selected(nested_frame(LPS, RWS), "/proc/out.parquet")
+
+
+def test_an_output_directory_that_is_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(RaftInputError, match="output directory is not a directory"):
+        rp.write_selected(nested_frame(LPS, RWS), tmp_path / "f" / "out.parquet")
+
+
 _KILL_SCRIPT = """
 import sys, raft_polars as rp
 rp.write_selected(sys.argv[1], sys.argv[2], prompt_column="prompt_text",
@@ -656,21 +715,136 @@ def test_text_that_is_not_utf8_is_reported(tmp_path: Path, engine: str, layout: 
     assert "UTF-8" in corrupt[0].locations[0]["error"], report.format()
 
 
+def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def _python_losses(rows: list[dict[str, Any]]) -> list[float]:
+    """The plain reference over rows as Python's json reads them: best reward per
+    (stage, prompt), ties to the smallest candidate, pooled NLL per stage."""
+    best: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["stage"], row["prompt"])
+        old = best.get(key)
+        if old is None or (row["reward"], -row["cand"]) > (old["reward"], -old["cand"]):
+            best[key] = row
+    out = []
+    for stage in sorted({s for s, _ in best}):
+        chosen = [r for (s, _), r in best.items() if s == stage]
+        nll = -sum(x for r in chosen for x in r["logprobs"])
+        out.append(round(nll / sum(len(r["logprobs"]) for r in chosen), 4))
+    return out
+
+
 @pytest.mark.parametrize("engine", engines())
-def test_a_lone_surrogate_in_a_json_id_is_reported(tmp_path: Path, engine: str) -> None:
-    """Two prompts whose ids are lone surrogates (``json.dumps`` escapes them as
-    ``"\\ud83d"``): Polars reads both as NUL, one prompt instead of two, a loss
-    of another answer. validate reports the file; Python's json (the reference
-    here) tells the two prompts apart."""
+@pytest.mark.parametrize("name", ["log.jsonl", "log.jsonl.gz"])
+@pytest.mark.parametrize("ids", [("\ud83d", "\ud83e"), ("p\udc00", "p\udc01"), ("\ud83d", "x")])
+def test_a_lone_surrogate_in_a_json_id_is_refused(
+    tmp_path: Path, engine: str, name: str, ids: tuple[str, str]
+) -> None:
+    """Prompt ids that are (or hold) lone surrogates (``json.dumps`` escapes them
+    as ``"\\ud83d"``): Polars reads a high one as NUL, so two prompts became one
+    and the loss another answer; a low one failed with InvalidUnicodeCodepoint.
+    Both are now refused on every entry point, naming the file, line and column;
+    Python's json (the reference here) tells the prompts apart."""
     rows = [
-        {"stage": 0, "prompt": "\ud83d", "cand": 0, "reward": 0.5, "logprobs": [-1.0]},
-        {"stage": 0, "prompt": "\ud83e", "cand": 1, "reward": 0.7, "logprobs": [-3.0]},
+        {"stage": 0, "prompt": ids[0], "cand": 0, "reward": 0.5, "logprobs": [-1.0]},
+        {"stage": 0, "prompt": ids[1], "cand": 1, "reward": 0.7, "logprobs": [-3.0]},
+    ]
+    path = tmp_path / name
+    _write_lines(path, rows)
+    assert len({r["prompt"] for r in rows}) == 2
+    on = _engine(engine)
+    for call in (rp.stage_losses, rp.validate, rp.select_best):
+        with pytest.raises(RaftInputError, match=r"line 1.*'prompt'.*lone surrogate"):
+            call(str(path), engine=on)
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_a_lone_surrogate_in_a_long_layout_id_is_refused(tmp_path: Path, engine: str) -> None:
+    """The long layout: a lone surrogate in the rewards' prompt ids (line 2), and in
+    the token rows' (line 3), each refused naming its file."""
+    rewards = [
+        {"stage": 0, "prompt": "a", "cand": 0, "reward": 0.5},
+        {"stage": 0, "prompt": "\ud83d", "cand": 0, "reward": 0.7},
+    ]
+    tokens = [
+        {"stage": 0, "prompt": p, "cand": 0, "token": 0, "logprob": -1.0}
+        for p in ("a", "b", "\udbff")
+    ]
+    _write_lines(tmp_path / "rewards.jsonl", rewards)
+    _write_lines(tmp_path / "tokens.jsonl", tokens)
+    _write_lines(tmp_path / "rewards_ok.jsonl", [rewards[0], {**rewards[1], "prompt": "b"}])
+    _write_lines(tmp_path / "tokens_ok.jsonl", tokens[:2])
+    on = _engine(engine)
+    with pytest.raises(RaftInputError, match=r"rewards\.jsonl': line 2: the prompt id"):
+        rp.stage_losses(str(tmp_path / "tokens_ok.jsonl"), rewards=str(tmp_path / "rewards.jsonl"),
+                        engine=on)  # fmt: skip
+    with pytest.raises(RaftInputError, match=r"tokens\.jsonl': line 3: the prompt id"):
+        rp.validate(str(tmp_path / "tokens.jsonl"), rewards=str(tmp_path / "rewards_ok.jsonl"),
+                    engine=on)  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", engines())
+def test_surrogates_that_do_not_change_an_id_are_read(tmp_path: Path, engine: str) -> None:
+    """Pairs (an emoji escaped as ``\\ud83d\\ude00``), an escaped backslash before
+    ``ud83d`` (the text, not an escape), and a lone surrogate in a text column
+    that is no id: the answer is the plain reference's."""
+    rows = [
+        {"stage": 0, "prompt": "\U0001f600", "cand": 0, "reward": 0.5, "logprobs": [-1.0]},
+        {"stage": 0, "prompt": "\U0001f601", "cand": 0, "reward": 0.7, "logprobs": [-3.0]},
+        {"stage": 0, "prompt": "\\ud83d", "cand": 0, "reward": 0.1, "logprobs": [-0.5, -1.5]},
+        {"stage": 0, "prompt": "\\ud83e", "cand": 0, "reward": 0.2, "logprobs": [-0.25]},
+        {"stage": 1, "prompt": "q", "cand": 0, "reward": 0.2, "logprobs": [-2.0], "text": "\ud800"},
+        {"stage": 1, "prompt": "q", "cand": 1, "reward": 0.1, "logprobs": [-1.0], "text": "ok"},
     ]
     path = tmp_path / "log.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    parsed = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len({r["prompt"] for r in parsed}) == 2  # two prompts, each its only candidate
+    _write_lines(path, rows)
+    assert _losses(str(path), engine) == _python_losses(rows)
+    # validate tells that the text column is not read as written
     report = rp.validate(str(path), engine=_engine(engine))
-    corrupt = [p for p in report.problems if p.kind == "corrupt_file"]
-    assert corrupt, report.format()
-    assert "surrogate" in corrupt[0].locations[0]["error"]
+    assert [p.kind for p in report.problems] == ["corrupt_file"], report.format()
+    assert "text read and exported" in report.problems[0].locations[0]["error"]
+    del rows[4]["text"]
+    _write_lines(path, rows)
+    report = rp.validate(str(path), engine=_engine(engine))
+    assert report.ok, report.format()
+
+
+_TEXT = st.text(
+    alphabet=st.sampled_from(["a", "\\", "u", "d", "8", "\ud83d", "\ude00", "\U0001f600", "\n"]),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), _TEXT, max_size=3), min_size=1,
+                  max_size=6),
+    chunk=st.sampled_from([7, 64, 1 << 24]),
+    compressed=st.booleans(),
+)  # fmt: skip
+def test_lone_surrogates_against_python_json(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[dict[str, str]],
+    chunk: int,
+    compressed: bool,
+) -> None:
+    """The byte scan finds exactly the keys whose values hold a lone surrogate as
+    Python's json reads the lines, with the first line of each, whatever the
+    decompressed chunks' size."""
+    from raft_polars._engine import sources
+
+    path = tmp_path_factory.mktemp("lone") / ("log.jsonl.gz" if compressed else "log.jsonl")
+    _write_lines(path, rows)
+    expected: dict[str, int] = {}  # as Python's json reads the lines: pairs joined
+    read = [json.loads(json.dumps(row)) for row in rows]
+    for number, row in enumerate(read, 1):
+        for key, value in row.items():
+            if any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+                expected.setdefault(key, number)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sources, "_CHUNK", chunk)
+        found = {key: line for key, _, line in sources.lone_surrogates(str(path))}
+    assert found == expected
