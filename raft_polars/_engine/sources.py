@@ -26,6 +26,7 @@ Rules, the same for every executor:
 from __future__ import annotations
 
 import glob as _glob
+import io
 import json
 import mmap
 import os
@@ -582,7 +583,26 @@ def _file_schema(paths: Sequence[str], origin: str, kind: str) -> dict[str, pl.D
     except pl.exceptions.PolarsError as exc:
         msg = f"{origin}: the files' column types cannot be read as one: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
-    return dict(merged.schema)
+    target = dict(merged.schema)
+    if not union:  # a part Polars' reader cannot cast (another decimal scale, a
+        # fixed-size list beside lists): asked of a row of nulls of its types, so
+        # that no page of a file is read before validate's walk has seen it
+        for path, schema in zip(paths, schemas, strict=True):
+            if dict(schema) == target:
+                continue
+            probe = io.BytesIO()
+            pl.DataFrame([pl.Series(n, [None], dtype=t) for n, t in schema.items()]).write_parquet(
+                probe
+            )
+            try:
+                pl.scan_parquet(probe.getvalue(), schema=target, cast_options=_UPCAST).collect()
+            except READ_ERRORS as exc:
+                msg = (
+                    f"{origin}: the files' column types cannot be read as one: {path!r}: "
+                    f"{_first_line(exc)}; rewrite the parts with one type"
+                )
+                raise RaftInputError(msg) from exc
+    return target
 
 
 def _compatible(a: PolarsDataType, b: PolarsDataType) -> bool:

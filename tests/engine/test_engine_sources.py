@@ -591,6 +591,43 @@ def test_parts_of_decimal_and_float_rewards_are_refused_by_every_entry(tmp_path:
             call(str(tmp_path))
 
 
+@pytest.mark.parametrize("case", ["decimal scales", "fixed-size lists"])
+def test_parts_whose_types_polars_cannot_read_as_one_are_refused_by_every_entry(
+    tmp_path: Path, case: str
+) -> None:
+    """Two parts whose rewards are decimals of two scales, or whose log-probs are a
+    fixed-size list in one and lists in the other: Polars' reader refuses them as
+    one column. Every entry point, validate too, says so naming the part (validate
+    passed such a log: its reader casts)."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for i, name in enumerate("ab"):
+        reward = pa.array([0.5])
+        logprobs = pa.array([[-1.0]])
+        if case == "decimal scales":
+            reward = pa.array([decimal.Decimal("0.5")], pa.decimal128(10 + 2 * i, 2 + 2 * i))
+        elif i == 0:
+            logprobs = pa.array([[-1.0]], pa.list_(pa.float64(), 1))
+        table = pa.table({"stage": [0], "prompt": [i], "cand": [0], "reward": reward,
+                          "logprobs": logprobs})  # fmt: skip
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    column = "reward" if case == "decimal scales" else "logprobs"
+    for call in (raft_polars.stage_losses, raft_polars.validate, raft_polars.select_best):
+        with pytest.raises(RaftInputError, match=rf"cannot be read as one.*a\.parquet.*{column}"):
+            call(str(tmp_path))
+    # parts of one type each are read, and agree with the plain sum
+    for name in "ab":
+        pq.write_table(pq.read_table(tmp_path / f"{name}.parquet").cast(
+            pa.schema([("stage", pa.int64()), ("prompt", pa.int64()), ("cand", pa.int64()),
+                       ("reward", pa.float64()), ("logprobs", pa.list_(pa.float64()))])
+        ), tmp_path / f"{name}.parquet")  # fmt: skip
+    assert raft_polars.stage_losses(str(tmp_path))["loss"].to_list() == [1.0]
+    assert raft_polars.validate(str(tmp_path)).ok
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="FIFOs")
 def test_a_source_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     """A FIFO with no writer (a pipe left by a script) made every read wait forever."""
