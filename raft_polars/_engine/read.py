@@ -387,6 +387,19 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     _check_mapped(mapping, (*CANDIDATE_COLUMNS, "logprobs"), raw_schema, main.origin)
     renames = _renames(mapping, raw_schema)
     schema = _renamed(raw_schema, mapping, main.origin)
+    if (
+        "reward" not in mapping
+        and isinstance(schema.get("rewards"), pl.List)
+        and "reward" in schema
+        and not isinstance(schema["reward"], pl.List)
+    ):
+        msg = (
+            f"{main.origin} has a column 'reward' (one value a row) and 'rewards' (a list "
+            "a row): say which holds the candidates' rewards, columns={'reward': 'rewards'} "
+            "for one row per prompt (CLI --column reward=rewards), or "
+            "columns={'reward': 'reward'} for one row per candidate"
+        )
+        raise RaftInputError(msg)
     if "reward" not in schema and isinstance(schema.get("rewards"), pl.List):
         renames += (("rewards", "reward"),)  # the wide layout's usual name
         schema = {("reward" if k == "rewards" else k): v for k, v in schema.items()}

@@ -66,6 +66,7 @@ Source: TypeAlias = PathLike | Sequence[PathLike] | pl.DataFrame | pl.LazyFrame 
 PARQUET = (".parquet", ".pq")
 JSON_LINES = (".jsonl", ".ndjson", ".json")
 COMPRESSED = (".gz", ".zst", ".zstd")
+_OTHER_COMPRESSED = (".bz2", ".xz", ".lz4", ".lzma", ".zip", ".7z", ".tar", ".tgz", ".br")
 SUFFIXES = (*PARQUET, *JSON_LINES)
 # what a read of a bad file raises: Polars' errors, the OS's, and the panics of
 # Polars' Rust code on some malformed files (a BaseException, not an Exception)
@@ -476,7 +477,7 @@ def _data_files(directory: Path) -> list[Path]:
     named = [
         path
         for path in directory.rglob("*")
-        if path.name.lower().removesuffix(".gz").removesuffix(".zst").endswith(SUFFIXES)
+        if _uncompressed(path.name).endswith(SUFFIXES)
         and not any(part[0] in "._" for part in path.relative_to(directory).parts)
     ]
     for path in named:
@@ -485,6 +486,15 @@ def _data_files(directory: Path) -> list[Path]:
             msg = f"cannot read {str(path)!r}: a symbolic link to {target!r}, which does not exist"
             raise RaftInputError(msg)
     return sorted(path for path in named if path.is_file())
+
+
+def _uncompressed(name: str) -> str:
+    """A file's name in lower case without a compression suffix (one it reads or
+    not: a ``.jsonl.bz2`` part is refused by name, not left out)."""
+    name = name.lower()
+    for suffix in (*COMPRESSED, *_OTHER_COMPRESSED):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def _partitions(path: Path, root: Path) -> tuple[tuple[str, str | None], ...]:
@@ -507,6 +517,13 @@ def file_kind(path: str) -> str:
     suffix aside); a file of another known kind is an error that says which
     kinds are read; an unknown extension is taken as Parquet."""
     name = path.lower()
+    other = next((s for s in _OTHER_COMPRESSED if name.endswith(s)), None)
+    if other is not None:
+        msg = (
+            f"cannot read {path!r}: a {other} file, which raft_polars does not read; "
+            f"decompress it, or compress it with gzip or zstd (it reads {_KINDS_READ})"
+        )
+        raise RaftInputError(msg)
     for suffix in COMPRESSED:
         name = name.removesuffix(suffix)
     if name.endswith(JSON_LINES):
@@ -529,10 +546,23 @@ def _schema_of(path: str, kind: str) -> pl.Schema:
         # was dropped, or failed the read (JSON lines hold no schema but their lines')
         schema = pl.scan_ndjson(_literal(path), infer_schema_length=None).collect_schema()
     except READ_ERRORS as exc:
-        if "empty" in str(exc):  # a part with no rows: its columns come from the others
+        if "empty" in str(exc) or _blank(path):  # no rows: its columns come from the others
             return pl.Schema()
         raise json_lines_error(path, exc) from exc
     return schema
+
+
+def _blank(path: str) -> bool:
+    """Whether a JSON lines file holds nothing but blank lines (decompressed)."""
+    compression = "detect" if path.lower().endswith(COMPRESSED) else None
+    try:
+        with pa.input_stream(path, compression=compression) as stream:
+            while chunk := stream.read(1 << 20):
+                if chunk.strip():
+                    return False
+    except (OSError, pa.ArrowException):
+        return False
+    return True
 
 
 def _head(path: str) -> bytes:
@@ -747,7 +777,7 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
             try:
                 pl.scan_ndjson(_literal(path), infer_schema_length=None).collect_schema()
             except READ_ERRORS as bad:
-                if "empty" not in str(bad):  # a part with no rows reads as none
+                if "empty" not in str(bad) and not _blank(path):  # no rows: read as none
                     raise json_lines_error(path, bad) from exc
         msg = f"cannot read stage log {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc

@@ -3,6 +3,7 @@ hidden files, global-ranking rounding, option types."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -671,3 +672,52 @@ def test_a_wide_row_with_fewer_responses_than_rewards_is_an_error(
         raft_polars.collect(raft_polars.select_best(str(path)))
     with pytest.raises(RaftInputError, match=r"wide\.jsonl"):
         raft_polars.validate(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".bz2", ".xz", ".zip"])
+def test_a_compression_polars_does_not_read_is_named(tmp_path: Path, suffix: str) -> None:
+    """A ``.jsonl.bz2`` was read as Parquet ("must end with PAR1"), and a directory
+    left it out silently: both now say which compression it is, naming the file."""
+    (tmp_path / "a.jsonl").write_text('{"prompt": 0, "reward": 1.0, "logprobs": [-1.0]}\n')
+    (tmp_path / f"b.jsonl{suffix}").write_bytes(b"not read")
+    for source in (tmp_path / f"b.jsonl{suffix}", tmp_path):
+        for call in (raft_polars.stage_losses, raft_polars.validate):
+            with pytest.raises(RaftInputError, match=rf"b\.jsonl\{suffix}': a \{suffix} file"):
+                call(str(source))
+
+
+def test_json_lines_of_blank_lines_hold_no_rows(tmp_path: Path) -> None:
+    """A JSON lines part of blank lines (gzip-compressed or not) is a part without
+    rows, as an empty one is: read beside the others (it failed with Polars'
+    "could not infer data-type"); alone, the log holds no JSON objects."""
+    import gzip
+
+    rows = [{"prompt": 0, "cand": c, "reward": r, "logprobs": lp}
+            for c, r, lp in ((0, 0.5, [-1.0, -2.0]), (1, 0.9, [-4.0]))]  # fmt: skip
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "b.jsonl").write_text("\n  \n\n")
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(b"\n\n"))
+    assert raft_polars.stage_losses(str(tmp_path))["loss"].to_list() == [4.0]
+    assert raft_polars.validate(str(tmp_path)).ok
+    for name in ("b.jsonl", "c.jsonl.gz"):
+        with pytest.raises(RaftInputError, match="hold no JSON objects"):
+            raft_polars.stage_losses(str(tmp_path / name))
+
+
+def test_rows_with_a_reward_and_a_rewards_list_ask_which(tmp_path: Path) -> None:
+    """Rows with ``reward`` (a number) and ``rewards`` (a list) were read as one
+    candidate a row with ``reward``, silently; now the user says which, and each
+    choice gives the plain reference's answer."""
+    frame = pl.DataFrame({
+        "prompt": [0, 1], "reward": [0.9, 0.8], "rewards": [[0.1, 0.9], [0.8, 0.2]],
+        "logprobs": [[[-1.0], [-2.0]], [[-3.0], [-4.0]]],
+    })  # fmt: skip
+    with pytest.raises(RaftInputError, match=r"'reward'.*'rewards'.*say which"):
+        raft_polars.stage_losses(frame)
+    # one row per prompt: the best of each list (-2.0 and -3.0)
+    wide = raft_polars.stage_losses(frame, columns={"reward": "rewards"})
+    assert wide["loss"].to_list() == [2.5]
+    # one row per candidate: prompts 0 and 1 each one candidate, its whole list
+    long = raft_polars.stage_losses(frame.drop("logprobs").with_columns(
+        logprobs=pl.Series([[-1.0, -2.0], [-3.0]])), columns={"reward": "reward"})  # fmt: skip
+    assert long["loss"].to_list() == [2.0]
