@@ -66,7 +66,8 @@ PROBLEM_KINDS: dict[str, str] = {
     "corrupt_file": "file(s) that a strict reader rejects (Parquet: bad page checksums, "
     "malformed pages; JSON lines: an id column of numbers and strings, a key given twice "
     "in a line, an escaped lone surrogate)",
-    "null_id": "candidate row(s) with a null stage, prompt or cand",
+    "null_id": "candidate row(s) with a null stage, prompt or cand (a row per prompt: its "
+    "rewards list empty, null or not as long as its other lists)",
     "duplicate_candidate": "(stage, prompt, cand) with more than one candidate row",
     "bad_reward": "reward(s) that are null, NaN or infinite",
     "null_logprobs": "response(s) whose logprobs list is null",

@@ -104,8 +104,9 @@ def _where(row: Mapping[str, Any]) -> str:
 
 
 _MESSAGES = {
-    "null_id": "{origin}: a candidate row has a null id (stage, prompt or cand): "
-    "near stage {stage!r}, prompt {prompt!r}",
+    "null_id": "{origin}: a candidate row has a null id (stage, prompt or cand; or, in "
+    "rows of one prompt each, a rewards list that is empty, null or not as long as the "
+    "row's other lists): near stage {stage!r}, prompt {prompt!r}",
     "duplicate": "{origin}: duplicate candidate: stage {stage!r}, prompt {prompt!r}, "
     "candidate {cand!r} has {rows} reward rows (and {count} prompt(s) in all have duplicates)",
     "bad_reward": "{origin}: reward must be a finite number, found {reward!r} at {where} "

@@ -173,14 +173,30 @@ class StageLog:
         if self.wide:
             count = pl.col("reward").list.len()
             schema = lf.collect_schema()
-            # a candidate-level list that a row lacks (null) is null for each of the
-            # row's candidates, as a key a candidate row lacks is
+            others = [name for name in self.wide if name != "reward"]
+            # a row whose rewards list is null, or whose other lists are not as long
+            # (a truncated dump), is one candidate row with null ids: the null-id
+            # error (or validate's report) names its prompt
+            broken = pl.any_horizontal(
+                count.is_null(), *(pl.col(name).list.len() != count for name in others)
+            ).fill_null(value=False)
             lf = lf.with_columns(
-                pl.int_ranges(count).cast(pl.List(pl.Int64)).alias("cand"),
+                pl.when(broken)
+                .then(None)
+                .otherwise(pl.int_ranges(count).cast(pl.List(pl.Int64)))
+                .alias("cand"),
                 *(
-                    pl.col(name).fill_null(pl.lit(None, _element(schema[name])).repeat_by(count))
+                    # a candidate-level list that a row lacks (null) is null for each of
+                    # the row's candidates, as a key a candidate row lacks is
+                    pl.when(broken)
+                    .then(None)
+                    .otherwise(
+                        pl.col(name).fill_null(
+                            pl.lit(None, _element(schema[name])).repeat_by(count)
+                        )
+                    )
+                    .alias(name)
                     for name in self.wide
-                    if name != "reward"
                 ),
             ).explode(["cand", *self.wide], empty_as_null=True)  # no candidates: null ids
         elif "cand" in self.numbered:

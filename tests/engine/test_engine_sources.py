@@ -658,20 +658,30 @@ def test_a_malformed_scheduler_address_is_an_input_error(address: str) -> None:
 def test_a_wide_row_with_fewer_responses_than_rewards_is_an_error(
     tmp_path: Path, rows: int
 ) -> None:
-    """A truncated wide row (3 rewards, 2 responses) among sound ones: an error on
-    every path, never the column taken as prompt-level (each selected candidate
-    exported with its prompt's whole list of responses, validate clean)."""
-    import json
-
-    lines = [{"prompt": "q0", "responses": ["a", "b"], "rewards": [0.1, 0.9, 0.5]}]
-    lines += [{"prompt": f"q{i}", "responses": ["d", "e", "f"], "rewards": [0.7, 0.2, 0.6]}
+    """A truncated wide row (3 rewards, 2 responses), or one whose rewards list is
+    null, among sound ones: an error naming the file and the prompt on every path,
+    never the column taken as prompt-level (each selected candidate exported with
+    its prompt's whole list of responses, validate clean); validate reports the
+    prompt's null id (Polars' "exploded columns must have matching element counts"
+    named neither)."""
+    lines = [{"prompt": "q0", "responses": ["d", "e", "f"], "rewards": [0.7, 0.2, 0.6]}]
+    lines += [{"prompt": f"q{i}", "responses": ["a", "b"], "rewards": [0.1, 0.9, 0.5]}
+              if i == rows // 2 else
+              {"prompt": f"q{i}", "responses": ["d", "e", "f"], "rewards": [0.7, 0.2, 0.6]}
               for i in range(1, rows)]  # fmt: skip
-    path = tmp_path / "wide.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    with pytest.raises(RaftInputError, match=r"wide\.jsonl"):
-        raft_polars.collect(raft_polars.select_best(str(path)))
-    with pytest.raises(RaftInputError, match=r"wide\.jsonl"):
-        raft_polars.validate(str(path))
+    bad = f"q{rows // 2}"
+    for broken in ("short", "null"):
+        if broken == "null":
+            lines[rows // 2]["rewards"] = None
+        path = tmp_path / "wide.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        with pytest.raises(RaftInputError, match=rf"wide\.jsonl.*null id.*prompt '{bad}'"):
+            raft_polars.collect(raft_polars.select_best(str(path)))
+        with pytest.raises(RaftInputError, match=rf"wide\.jsonl.*null id.*prompt '{bad}'"):
+            raft_polars.stage_losses(str(path), engine=dask_cluster.engine())
+        report = raft_polars.validate(str(path))
+        null = [p for p in report.problems if p.kind == "null_id"]
+        assert [row["prompt"] for row in null[0].locations] == [bad], report.format()
 
 
 @pytest.mark.parametrize("suffix", [".bz2", ".xz", ".zip"])
