@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
@@ -225,7 +226,27 @@ def _cli_terms(message: str) -> str:
 def _os_message(exc: OSError) -> str:
     if exc.strerror and exc.filename is not None:
         return f"{exc.strerror}: {str(exc.filename)!r}"
+    if exc.filename is None and exc.errno in _FULL:  # the answer's own stream
+        return f"cannot write to standard output: {exc.strerror}"
     return str(exc) or type(exc).__name__
+
+
+# what a write to a full or failing stream raises
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+@contextlib.contextmanager
+def _written(out: Path | str) -> Iterator[None]:
+    """The lines printed once OUT is complete: failing to print them (standard
+    output on a full disk) is an error that says OUT was written."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        msg = f"wrote {out}, but cannot write to standard output: {exc.strerror or exc}"
+        raise UsageError(msg) from exc
 
 
 # --- the parser ------------------------------------------------------------------
@@ -747,17 +768,17 @@ def _cmd_select(args: argparse.Namespace) -> None:
         force=args.force,
         engine=_engine(args),
     )
-    if rows.format == "dpo":
-        print(f"wrote {rows} preference pair(s) to {out}")
-        print(f"skipped {rows.skipped_equal} prompt(s) whose best and worst rewards are equal")
-        if args.min_margin is not None:
-            print(
-                f"skipped {rows.skipped_margin} pair(s) closer than --min-margin {args.min_margin}"
-            )
-    elif rows.format == "wide":
-        print(f"wrote {rows} prompt(s) to {out}")
-    else:
-        print(f"wrote {rows} selected response(s) to {out}")
+    with _written(out):
+        if rows.format == "dpo":
+            print(f"wrote {rows} preference pair(s) to {out}")
+            print(f"skipped {rows.skipped_equal} prompt(s) whose best and worst rewards are equal")
+            if args.min_margin is not None:
+                margin = args.min_margin
+                print(f"skipped {rows.skipped_margin} pair(s) closer than --min-margin {margin}")
+        elif rows.format == "wide":
+            print(f"wrote {rows} prompt(s) to {out}")
+        else:
+            print(f"wrote {rows} selected response(s) to {out}")
 
 
 # --- validate ----------------------------------------------------------------------
@@ -815,7 +836,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
             save_figure(figure, tmp, fmt=fmt[1:])
 
     write_atomically(out, write, force=True)
-    print(f"wrote {out} ({table.height} stage(s))")
+    with _written(out):
+        print(f"wrote {out} ({table.height} stage(s))")
 
 
 # --- stats -------------------------------------------------------------------------
@@ -844,7 +866,8 @@ def _cmd_stats(args: argparse.Namespace) -> None:
                 table.write_ndjson(tmp)
 
         write_atomically(out, write, force=args.force)
-        print(f"wrote {table.height} prompt row(s) to {out}")
+        with _written(out):
+            print(f"wrote {table.height} prompt row(s) to {out}")
         return
     if args.output is not None or args.status is not None:
         msg = "-o and --status go with --per-prompt"
@@ -899,10 +922,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     finally:
         if bar is not None:
             bar.close()
-    print(
-        f"wrote {len(paths)} file(s) to {out} ({args.layout} layout: {args.stages} stage(s) "
-        f"x {args.prompts} prompt(s) x {args.k} candidate(s))"
-    )
+    with _written(out):
+        print(
+            f"wrote {len(paths)} file(s) to {out} ({args.layout} layout: {args.stages} stage(s) "
+            f"x {args.prompts} prompt(s) x {args.k} candidate(s))"
+        )
 
 
 class _ProgressBar:

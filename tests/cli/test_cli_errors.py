@@ -11,6 +11,8 @@ import polars as pl
 import pytest
 from cli_helpers import Result, assert_one_line_error, run
 
+import raft_polars
+
 COMMANDS = ("losses", "select", "validate", "report", "generate")
 DATA_COMMANDS = ("losses", "select", "validate", "report")
 
@@ -308,3 +310,34 @@ def test_a_terminal_that_shows_only_ascii(tmp_path: Path) -> None:
     done = _command("validate", folder, env={"PYTHONIOENCODING": "ascii"})
     assert done.returncode == 0, done.stderr
     assert "no problems found" in done.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["losses", "select", "report"])
+def test_standard_output_on_a_full_disk(tmp_path: Path, command: str) -> None:
+    """Standard output on a full disk (``> /dev/full``): exit 2 and one error line
+    that says what failed, and, once OUT is complete, that it was written (it
+    printed only "[Errno 28] No space left on device")."""
+    out = tmp_path / ("out.html" if command == "report" else "out.parquet")
+    argv = ("losses", SEED) if command == "losses" else (command, SEED, "-o", out)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "raft_polars", *map(str, argv)],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    if command == "losses":
+        assert lines == [
+            "raft-polars: error: cannot write to standard output: No space left on device"
+        ]
+    else:
+        assert lines == [
+            f"raft-polars: error: wrote {out}, but cannot write to standard output: "
+            "No space left on device"
+        ]
+        assert out.stat().st_size > 0
+        if command == "select":
+            assert (
+                pl.read_parquet(out).height == raft_polars.select_best(str(SEED)).collect().height
+            )
