@@ -664,7 +664,9 @@ def test_a_wide_row_with_fewer_responses_than_rewards_is_an_error(
     its prompt's whole list of responses, validate clean); validate reports the
     prompt's null id (Polars' "exploded columns must have matching element counts"
     named neither)."""
-    lines = [{"prompt": "q0", "responses": ["d", "e", "f"], "rewards": [0.7, 0.2, 0.6]}]
+    lines: list[dict[str, Any]] = [
+        {"prompt": "q0", "responses": ["d", "e", "f"], "rewards": [0.7, 0.2, 0.6]}
+    ]
     lines += [{"prompt": f"q{i}", "responses": ["a", "b"], "rewards": [0.1, 0.9, 0.5]}
               if i == rows // 2 else
               {"prompt": f"q{i}", "responses": ["d", "e", "f"], "rewards": [0.7, 0.2, 0.6]}
