@@ -38,7 +38,15 @@ from typing import Literal, TypeAlias
 import polars as pl
 
 from raft_polars._engine import _stream
-from raft_polars._engine.sources import READ_ERRORS, Piece, Resolved, Source, reading, resolve
+from raft_polars._engine.sources import (
+    READ_ERRORS,
+    Piece,
+    Resolved,
+    Source,
+    reading,
+    resolve,
+    summed_reward,
+)
 from raft_polars.errors import RaftInputError
 
 __all__ = [
@@ -392,7 +400,7 @@ def _summed_reward(source: Resolved, columns: tuple[str, ...]) -> Resolved:
         from raft_polars._engine.sources import summing
 
         return summing(source, columns)
-    added = frame.with_columns(pl.sum_horizontal(columns).alias("reward"))
+    added = frame.with_columns(summed_reward(columns))
     return replace(source, frame=added, schema=(*source.schema, ("reward", pl.Float64())))
 
 

@@ -220,7 +220,7 @@ class Resolved:
             return pl.LazyFrame(schema=dict(self.schema))
         lf = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
         if self.summed:
-            lf = lf.with_columns(pl.sum_horizontal(self.summed).alias("reward"))
+            lf = lf.with_columns(summed_reward(self.summed))
         return lf
 
 
@@ -781,6 +781,14 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
                     raise json_lines_error(path, bad) from exc
         msg = f"cannot read stage log {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
+
+
+def summed_reward(columns: Sequence[str]) -> pl.Expr:
+    """``reward``, the sum of ``columns`` as TRL's GRPO trainer sums its reward
+    functions' (``nansum``): a null or NaN counts as 0."""
+    return pl.sum_horizontal(pl.col(c).cast(pl.Float64).fill_nan(None) for c in columns).alias(
+        "reward"
+    )
 
 
 def summing(source: Resolved, columns: tuple[str, ...]) -> Resolved:

@@ -53,6 +53,32 @@ def test_trl_sums_its_reward_columns(tmp_path: Path, engine: str) -> None:
     assert _picks(picked, "stage", "cand", "reward", "completion") == [(3, 1, 1.5, "y")]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("source", ["file", "frame"])
+def test_trl_sums_as_nansum(tmp_path: Path, engine: str, source: str) -> None:
+    """A reward function that does not apply to a prompt returns None, which TRL
+    logs as NaN (or null) and sums with ``nansum``: the reward is the sum of the
+    others (a NaN made it NaN, a bad-reward error), 0 when none applies. The
+    reference is numpy's nansum over the columns."""
+    import numpy as np
+
+    nan = float("nan")
+    rewards = {"accuracy_reward": [nan, 1.0, None, nan], "format_reward": [0.9, 0.5, None, 2.0]}
+    frame = pl.DataFrame({"step": [0] * 4, "prompt": ["p", "p", "p", "p"],
+                          "completion": ["w", "x", "y", "z"], **rewards})  # fmt: skip
+    expected = np.nansum(
+        np.array([[nan if v is None else v for v in col] for col in rewards.values()]), axis=0
+    )
+    best = int(np.argmax(expected))
+    path = tmp_path / "completions_00000.parquet"
+    frame.write_parquet(path)
+    log = str(path) if source == "file" else frame
+    picked = rp.select_best(log, preset="trl", engine=_engine(engine))
+    assert _picks(picked, "cand", "reward") == [(best, expected[best])]
+    stats = rp.stage_losses(log, preset="trl", engine=_engine(engine))
+    assert stats["reward_mean"].to_list() == [pytest.approx(expected.mean())]
+
+
 def test_trl_without_reward_columns(tmp_path: Path) -> None:
     path = tmp_path / "c.parquet"
     pl.DataFrame({"step": [0], "prompt": ["p"], "completion": ["x"]}).write_parquet(path)
