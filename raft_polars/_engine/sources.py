@@ -565,6 +565,15 @@ def _blank(path: str) -> bool:
     return True
 
 
+def _tail(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
+            return handle.read()
+    except OSError:
+        return b""
+
+
 def _head(path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
@@ -743,6 +752,11 @@ def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
         hint = "; it begins with a UTF-8 byte order mark (BOM): save it as UTF-8 without one"
     elif head.lstrip().startswith(b"["):
         hint = "; it holds one JSON array, not JSON lines (one object per line)"
+    elif path.lower().endswith(".gz") and _tail(path).endswith(b"\0" * 8):
+        hint = (
+            "; it ends in zero bytes after its gzip data (padding, which gzip -d "
+            "ignores): recompress it, e.g. gzip -dc FILE | gzip > NEW"
+        )
     elif "InvalidUnicodeCodepoint" in str(exc) and (lone := lone_surrogates(path)):
         key, _, line = min(lone, key=lambda found: found[2])
         hint = (

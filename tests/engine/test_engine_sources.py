@@ -733,3 +733,21 @@ def test_rows_with_a_reward_and_a_rewards_list_ask_which(tmp_path: Path) -> None
     long = raft_polars.stage_losses(frame.drop("logprobs").with_columns(
         logprobs=pl.Series([[-1.0, -2.0], [-3.0]])), columns={"reward": "reward"})  # fmt: skip
     assert long["loss"].to_list() == [2.0]
+
+
+def test_a_gzip_file_padded_with_zeros_is_explained(tmp_path: Path) -> None:
+    """Zero bytes after the gzip data (a block-padded copy), which gzip -d ignores
+    and Polars' reader does not: the error says so ("invalid gzip header" alone
+    did not); a file of two gzip members is read whole."""
+    import gzip
+
+    line = b'{"prompt": 0, "reward": 1.0, "logprobs": [-1.0]}\n'
+    padded = tmp_path / "padded.jsonl.gz"
+    padded.write_bytes(gzip.compress(line) + bytes(512))
+    for call in (raft_polars.stage_losses, raft_polars.validate):
+        with pytest.raises(RaftInputError, match=r"padded\.jsonl\.gz.*ends in zero bytes"):
+            call(str(padded))
+    members = tmp_path / "members.jsonl.gz"
+    members.write_bytes(gzip.compress(line) + gzip.compress(line.replace(b"0,", b"1,", 1)))
+    table = raft_polars.stage_losses(str(members))
+    assert table.select("prompts", "loss").rows() == [(2, 1.0)]
