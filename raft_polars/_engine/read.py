@@ -43,6 +43,7 @@ from raft_polars._engine.sources import (
     Piece,
     Resolved,
     Source,
+    lone_surrogates,
     reading,
     resolve,
     summed_reward,
@@ -127,21 +128,6 @@ class StageLog:
     has_logprobs: bool = True
     wide: tuple[str, ...] = ()
     numbered: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        """An id that Polars reads differently from what the file says is refused."""
-        renames = dict(self.renames)
-        for source in (self.main, self.rewards):
-            for column, path, line in () if source is None else source.surrogates:
-                name = renames.get(column, column)
-                if name in ID_COLUMNS:
-                    msg = (
-                        f"cannot read JSON lines file {path!r}: line {line}: the {name} id (column "
-                        f"{column!r}) holds an escaped lone surrogate (such as \\ud83d, half "
-                        "of a character): Polars reads it as NUL, so that different ids "
-                        "would read as one; replace it (with \\ufffd, say)"
-                    )
-                    raise RaftInputError(msg)
 
     @property
     def cand_source(self) -> Resolved:
@@ -380,16 +366,46 @@ def read_log(
             raise RaftInputError(msg)
     extras = tuple(c for c in cschema if c not in CANONICAL_COLUMNS)
     renames = tuple(sorted(set(_renames(mapping, main_schema) + _renames(mapping, cand_schema))))
-    return StageLog(
-        "long",
-        main,
-        cands,
-        renames,
-        extras,
-        _prompt_type(cschema),
-        has_token="token" in tschema,
-        numbered=numbered,
+    return _no_lone_surrogates(
+        StageLog(
+            "long",
+            main,
+            cands,
+            renames,
+            extras,
+            _prompt_type(cschema),
+            has_token="token" in tschema,
+            numbered=numbered,
+        )
     )
+
+
+def _no_lone_surrogates(log: StageLog) -> StageLog:
+    """``log``, whose text ids Polars reads as written: an escaped lone surrogate
+    in a local JSON lines file's text id column (Polars reads a high one as NUL,
+    so that different ids would read as one) is an error naming the file, the
+    line and the column. Only files with such a column are scanned."""
+    renames = dict(log.renames)
+    for source in (log.main, log.rewards):
+        if source is None or source.kind != "ndjson" or source.remote:
+            continue
+        texts = {
+            column: renames.get(column, column)
+            for column, dtype in source.schema
+            if renames.get(column, column) in ID_COLUMNS and dtype == pl.String
+        }
+        for path in source.paths if texts else ():
+            for column, _, line in lone_surrogates(path):
+                if column in texts:
+                    msg = (
+                        f"cannot read JSON lines file {path!r}: line {line}: the "
+                        f"{texts[column]} id (column {column!r}) holds an escaped lone "
+                        "surrogate (such as \\ud83d, half of a character): Polars reads it "
+                        "as NUL, so that different ids would read as one; replace it "
+                        "(with \\ufffd, say)"
+                    )
+                    raise RaftInputError(msg)
+    return log
 
 
 def _summed_reward(source: Resolved, columns: tuple[str, ...]) -> Resolved:
@@ -440,10 +456,10 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     has_logprobs = "logprobs" in schema
     _check_types(schema, main.origin, nested=has_logprobs)
     extras = tuple(c for c in schema if c not in CANONICAL_COLUMNS)
-    return StageLog(
+    return _no_lone_surrogates(StageLog(
         "nested", main, None, renames, extras, _prompt_type(schema),
         has_logprobs=has_logprobs, wide=wide, numbered=numbered,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _element(dtype: pl.DataType) -> pl.DataType:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import glob as _glob
 import io
 import json
-import mmap
 import os
 import re
 import urllib.parse
@@ -38,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -55,6 +53,7 @@ __all__ = [
     "Source",
     "StrictReader",
     "file_kind",
+    "lone_surrogates",
     "reading",
     "resolve",
     "summing",
@@ -159,9 +158,6 @@ class Resolved:
     # object store paths (s3://, gs://, az://, hf://): read by Polars' cloud readers
     storage_options: tuple[tuple[str, str], ...] | None = None
     strict: StrictReader | None = None
-    # columns of local JSON lines files holding an escaped lone surrogate:
-    # (column, path, line); Polars reads each such text with NUL in its place
-    surrogates: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def remote(self) -> bool:
@@ -289,10 +285,7 @@ def resolve(
         (name, dtype) for name, dtype in hive if name not in file_schema
     )
     hive = tuple((name, dtype) for name, dtype in hive if name not in file_schema)
-    surrogates = (
-        () if kind != "ndjson" else tuple(s for f in files for s in lone_surrogates(f.path))
-    )
-    return Resolved(role, origin, tuple(files), schema, hive, kind=kind, surrogates=surrogates)
+    return Resolved(role, origin, tuple(files), schema, hive, kind=kind)
 
 
 # an escaped UTF-16 surrogate (\\ud800 .. \\udfff) that is not half of a pair,
@@ -312,65 +305,53 @@ def lone_surrogates(path: str) -> list[tuple[str, str, int]]:
     slicing makes them of emoji), each with its first line. Polars reads a
     lone high surrogate as NUL, so that two different texts read as one.
 
-    One regular expression over the bytes (memory-mapped, or decompressed as
-    they stream); only a line it matches is parsed, by Python's json, which
-    also tells an escaped backslash followed by ``ud83d`` from a surrogate.
+    One regular expression over the bytes, read (or decompressed) 16 MiB at a
+    time; only a line it matches is parsed, by Python's json, which also tells
+    an escaped backslash followed by ``ud83d`` from a surrogate.
     """
     found: dict[str, tuple[str, str, int]] = {}
     try:
-        if not path.lower().endswith(COMPRESSED):
-            with open(path, "rb") as handle:
-                if os.fstat(handle.fileno()).st_size == 0:
-                    return []
-                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                    _scan_lines(data, 0, path, found)
-            return list(found.values())
-        with pa.input_stream(path, compression="detect") as stream:
+        compressed = path.lower().endswith(COMPRESSED)
+        with (
+            pa.input_stream(path, compression="detect")
+            if compressed
+            else open(path, "rb", buffering=0)
+        ) as stream:
             tail, number = b"", 0
             while chunk := stream.read(_CHUNK):
-                chunk = tail + chunk
-                cut = chunk.rfind(b"\n") + 1
-                number = _scan_lines(chunk[:cut], number, path, found)
-                tail = chunk[cut:]
-            _scan_lines(tail, number, path, found)
+                data = tail + chunk if tail else chunk
+                cut = data.rfind(b"\n") + 1
+                number = _scan_lines(data, cut, number, path, found)
+                tail = data[cut:]
+            _scan_lines(tail, len(tail), number, path, found)
     except (OSError, ValueError, pa.ArrowException):  # the read that follows reports it
         return []
     return list(found.values())
 
 
 def _scan_lines(
-    lines: bytes | mmap.mmap, number: int, path: str, found: dict[str, tuple[str, str, int]]
+    data: bytes, stop: int, number: int, path: str, found: dict[str, tuple[str, str, int]]
 ) -> int:
-    """:func:`lone_surrogates` over whole ``lines``, the first of them line
-    ``number + 1``; returns the number of the last."""
+    """:func:`lone_surrogates` over the whole lines of ``data[:stop]``, the first
+    of them line ``number + 1``; returns the number of the last."""
     seen, end = 0, -1
-    for match in _LONE_ESCAPE.finditer(lines):
+    for match in _LONE_ESCAPE.finditer(data, 0, stop):
         if match.start() < end:  # this line is done
             continue
-        begin = lines.rfind(b"\n", 0, match.start()) + 1
-        end = lines.find(b"\n", match.end())
-        end = len(lines) if end < 0 else end
-        number += _newlines(lines, seen, begin)
+        begin = data.rfind(b"\n", 0, match.start()) + 1
+        end = data.find(b"\n", match.end(), stop)
+        end = stop if end < 0 else end
+        number += data.count(b"\n", seen, begin)
         seen = begin
         try:
-            row = json.loads(lines[begin:end])
+            row = json.loads(data[begin:end])
         except ValueError:  # the read that follows reports the line
             continue
         if isinstance(row, dict):
             for key, value in row.items():
                 if key not in found and _LONE.search(json.dumps(value, ensure_ascii=False)):
                     found[key] = (key, path, number + 1)
-    return number + _newlines(lines, seen, len(lines))
-
-
-def _newlines(data: bytes | mmap.mmap, start: int, stop: int) -> int:
-    """The line breaks of ``data[start:stop]``, without a copy of a mapped file."""
-    if isinstance(data, bytes):
-        return data.count(b"\n", start, stop)
-    view = np.frombuffer(data, dtype=np.uint8)[start:stop]
-    count = int(np.count_nonzero(view == ord("\n")))
-    del view  # the map cannot close while a view of it is held
-    return count
+    return number + data.count(b"\n", seen, stop)
 
 
 def _resolve_remote(
