@@ -31,6 +31,7 @@ import contextlib
 import csv
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     if sys.stdout is None:  # started with standard output closed (``>&-``)
         _error("standard output is closed: nothing could be printed")
         return EXIT_USAGE
+    _notes()
     try:
         with _progress(args):
             args.run(args)
@@ -221,6 +223,22 @@ def _cli_terms(message: str) -> str:
     for python, option in _CLI_TERMS:
         message = message.replace(python, option)
     return message
+
+
+class _Notes(logging.Handler):
+    """The package's log warnings (a scheduler without workers) as ``raft-polars:
+    note:`` lines on the standard error of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"{PROG}: note: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _notes() -> None:
+    logger = logging.getLogger("raft_polars")
+    if not any(isinstance(h, _Notes) for h in logger.handlers):
+        logger.addHandler(_Notes(logging.WARNING))
+        logger.propagate = False
 
 
 def _os_message(exc: OSError) -> str:

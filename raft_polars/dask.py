@@ -23,6 +23,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +87,13 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
             why = (str(exc).strip().splitlines() or [repr(exc)])[0].strip('"')
             msg = f"cannot connect to the Dask scheduler {scheduler!r}: {why}"
             raise RaftInputError(msg) from exc
+        if not client.scheduler_info().get("workers"):  # Dask waits for some, silently
+            logging.getLogger("raft_polars").warning(
+                "the Dask scheduler %s has no workers yet: the work waits until some "
+                "join (dask worker %s)",
+                scheduler,
+                scheduler,
+            )
         with client:
             yield client
         return

@@ -554,3 +554,50 @@ def test_cli_losses_on_dask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     for loss in reference_rounded(LPS, RWS):
         assert str(loss) in out
+
+
+def test_a_scheduler_without_workers_says_so(tmp_path: Path) -> None:
+    """``--scheduler`` of a scheduler that has no workers: Dask waits for some,
+    silently (it looked like a hang); now a note on standard error says so, and
+    the answer comes once a worker joins."""
+    import json
+    import time
+
+    _dask = dask_cluster._dask
+    info = tmp_path / "scheduler.json"
+    scheduler = subprocess.Popen(
+        _dask("dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+              "--scheduler-file", str(info)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists() or not info.read_text().strip():
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.1)
+        address = json.loads(info.read_text())["address"]
+        seed = Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet"
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "raft_polars", "losses", str(seed), "--engine", "dask",
+             "--scheduler", address, "--format", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert cli.stderr is not None
+        note = cli.stderr.readline()
+        assert note.startswith("raft-polars: note: the Dask scheduler"), note
+        assert "has no workers yet" in note
+        worker = subprocess.Popen(
+            _dask("dask_worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                  "--no-dashboard", "--local-directory", str(tmp_path)),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        out, err = cli.communicate(timeout=120)
+        assert cli.returncode == 0, err
+        # the seed example's worked table (docs/semantics.md)
+        assert [row["loss"] for row in json.loads(out)] == [1.55, 0.55, 0.15]
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
