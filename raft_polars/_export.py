@@ -15,7 +15,8 @@ name, and ending in no data file extension, so that a user's ``*.parquet`` or
 removed by the next write into the same directory. A write holds a shared
 ``flock`` on OUT's directory; the cleanup runs only when it can hold it alone,
 so that a writer whose process it cannot see (another PID namespace sharing the
-directory) keeps its temporary file.
+directory) keeps its temporary file. Where directories take no ``flock`` (NFS),
+the process ids alone decide, and a live writer on another host is not seen.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from typing import Any, Literal, TypeAlias
 import polars as pl
 
 from raft_polars._engine import _stream
-from raft_polars.errors import RaftInputError
+from raft_polars._engine.sources import write_failure
+from raft_polars.errors import RaftInputError, RaftPolarsError
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -521,7 +523,14 @@ def write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -
 def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
     tmp = out.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except (OSError, pl.exceptions.PolarsError) as exc:  # a full disk: OUT's, named
+            reason = write_failure(exc)
+            if reason is None:
+                raise
+            msg = f"cannot write {str(out)!r}: {reason}"
+            raise RaftPolarsError(msg) from exc
         if out.exists():
             if not force:
                 msg = f"{str(out)!r} appeared while writing; pass force=True to replace it"

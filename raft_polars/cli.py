@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import errno
 import json
 import logging
 import math
@@ -45,7 +44,7 @@ import polars as pl
 from raft_polars import __version__
 from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
-from raft_polars._engine.sources import Source
+from raft_polars._engine.sources import Source, write_failure
 from raft_polars._export import EXPORT_FORMATS, json_value
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
@@ -84,9 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         _error("standard output is closed: nothing could be printed")
         return EXIT_USAGE
     _notes()
+    out = sys.stdout
+    sys.stdout = _Guarded(out)
     try:
         with _progress(args):
             args.run(args)
+        sys.stdout.flush()  # a full disk shows here, not after main
+    except _StdoutFailed as exc:
+        _error(f"cannot write to standard output: {exc}")
+        return EXIT_USAGE
     except ProblemsFound:
         return EXIT_PROBLEMS
     except KeyboardInterrupt:
@@ -108,7 +113,41 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     except OSError as exc:
         _error(_os_message(exc))
         return EXIT_USAGE
+    finally:
+        sys.stdout = out
     return EXIT_OK
+
+
+class _StdoutFailed(Exception):
+    """Standard output cannot be written (a full disk): its reason."""
+
+
+class _Guarded:
+    """Standard output whose write errors (other than a reader gone) raise
+    :class:`_StdoutFailed`, told apart from the errors of the files written."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            written: int = self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(exc.strerror or str(exc)) from exc
+        return written
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(exc.strerror or str(exc)) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 @contextlib.contextmanager
@@ -238,19 +277,12 @@ def _notes() -> None:
     logger = logging.getLogger("raft_polars")
     if not any(isinstance(h, _Notes) for h in logger.handlers):
         logger.addHandler(_Notes(logging.WARNING))
-        logger.propagate = False
 
 
 def _os_message(exc: OSError) -> str:
     if exc.strerror and exc.filename is not None:
         return f"{exc.strerror}: {str(exc.filename)!r}"
-    if exc.filename is None and exc.errno in _FULL:  # the answer's own stream
-        return f"cannot write to standard output: {exc.strerror}"
     return str(exc) or type(exc).__name__
-
-
-# what a write to a full or failing stream raises
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 @contextlib.contextmanager
@@ -260,10 +292,8 @@ def _written(out: Path | str) -> Iterator[None]:
     try:
         yield
         sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        msg = f"wrote {out}, but cannot write to standard output: {exc.strerror or exc}"
+    except _StdoutFailed as exc:
+        msg = f"wrote {out}, but cannot write to standard output: {exc}"
         raise UsageError(msg) from exc
 
 
@@ -933,9 +963,13 @@ def _cmd_generate(args: argparse.Namespace) -> None:
             chunk_prompts=args.chunk_prompts,
             progress=bar,
         )
-    except BaseException:
+    except BaseException as exc:
         if created:  # a failed run leaves no half-written log behind
             shutil.rmtree(out, ignore_errors=True)
+        reason = write_failure(exc)
+        if reason is not None:  # a full disk: the output's, named
+            msg = f"cannot write {str(out)!r}: {reason}"
+            raise UsageError(msg) from exc
         raise
     finally:
         if bar is not None:

@@ -87,14 +87,14 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
             why = (str(exc).strip().splitlines() or [repr(exc)])[0].strip('"')
             msg = f"cannot connect to the Dask scheduler {scheduler!r}: {why}"
             raise RaftInputError(msg) from exc
-        if not client.scheduler_info().get("workers"):  # Dask waits for some, silently
-            logging.getLogger("raft_polars").warning(
-                "the Dask scheduler %s has no workers yet: the work waits until some "
-                "join (dask worker %s)",
-                scheduler,
-                scheduler,
-            )
         with client:
+            if not client.scheduler_info().get("workers"):  # Dask waits for some, silently
+                logging.getLogger("raft_polars").warning(
+                    "the Dask scheduler %s has no workers yet: the work waits until some "
+                    "join (dask worker %s)",
+                    scheduler,
+                    scheduler,
+                )
             yield client
         return
     import os

@@ -429,6 +429,7 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     schema = _renamed(raw_schema, mapping, main.origin)
     if (
         "reward" not in mapping
+        and "cand" not in schema  # candidate rows: a rewards list is theirs (components)
         and isinstance(schema.get("rewards"), pl.List)
         and "reward" in schema
         and not isinstance(schema["reward"], pl.List)

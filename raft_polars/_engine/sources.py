@@ -25,6 +25,7 @@ Rules, the same for every executor:
 
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import io
 import json
@@ -35,7 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import polars as pl
 import pyarrow as pa
@@ -57,6 +58,7 @@ __all__ = [
     "reading",
     "resolve",
     "summing",
+    "write_failure",
 ]
 
 PathLike: TypeAlias = str | Path
@@ -295,8 +297,26 @@ _LONE_ESCAPE = re.compile(
     rb"\\u[dD](?:[89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
     rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD])[c-fC-F][0-9a-fA-F]{2})"
 )
+# the same, exactly, where an escaped backslash may be followed by "u" (the text
+# "\\ud83d", no escape, which fools the lookbehind): every backslash escape is a
+# token, an escaped backslash or a pair skipped, a lone surrogate captured
+_ESCAPES = re.compile(
+    rb"\\(?:\\|u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|(u[dD][89a-fA-F][0-9a-fA-F]{2}))"
+)
 _CHUNK = 1 << 24  # bytes of a compressed file decompressed at a time
 _LONE = re.compile("[\ud800-\udfff]")
+
+
+def _decompressed(path: str) -> Any:
+    """A local file's bytes as a stream, decompressed by its suffix (pyarrow's
+    detection knows ``.gz`` and ``.zst``, not ``.zstd``)."""
+    name = path.lower()
+    if name.endswith(".gz"):
+        return pa.input_stream(path, compression="gzip")
+    if name.endswith((".zst", ".zstd")):
+        return pa.input_stream(path, compression="zstd")
+    return open(path, "rb", buffering=0)
 
 
 def lone_surrogates(path: str) -> list[tuple[str, str, int]]:
@@ -311,12 +331,7 @@ def lone_surrogates(path: str) -> list[tuple[str, str, int]]:
     """
     found: dict[str, tuple[str, str, int]] = {}
     try:
-        compressed = path.lower().endswith(COMPRESSED)
-        with (
-            pa.input_stream(path, compression="detect")
-            if compressed
-            else open(path, "rb", buffering=0)
-        ) as stream:
+        with _decompressed(path) as stream:
             tail, number = b"", 0
             while chunk := stream.read(_CHUNK):
                 data = tail + chunk if tail else chunk
@@ -335,7 +350,11 @@ def _scan_lines(
     """:func:`lone_surrogates` over the whole lines of ``data[:stop]``, the first
     of them line ``number + 1``; returns the number of the last."""
     seen, end = 0, -1
-    for match in _LONE_ESCAPE.finditer(data, 0, stop):
+    if data.find(b"\\\\u", 0, stop) < 0:
+        matches = _LONE_ESCAPE.finditer(data, 0, stop)
+    else:
+        matches = (m for m in _ESCAPES.finditer(data, 0, stop) if m.group(1) is not None)
+    for match in matches:
         if match.start() < end:  # this line is done
             continue
         begin = data.rfind(b"\n", 0, match.start()) + 1
@@ -343,12 +362,12 @@ def _scan_lines(
         end = stop if end < 0 else end
         number += data.count(b"\n", seen, begin)
         seen = begin
-        try:
-            row = json.loads(data[begin:end])
+        try:  # as pairs: a key given twice has both its values (Polars reads the first)
+            row = json.loads(data[begin:end], object_pairs_hook=list)
         except ValueError:  # the read that follows reports the line
             continue
-        if isinstance(row, dict):
-            for key, value in row.items():
+        if isinstance(row, list):
+            for key, value in row:
                 if key not in found and _LONE.search(json.dumps(value, ensure_ascii=False)):
                     found[key] = (key, path, number + 1)
     return number + data.count(b"\n", seen, stop)
@@ -473,8 +492,8 @@ def _uncompressed(name: str) -> str:
     """A file's name in lower case without a compression suffix (one it reads or
     not: a ``.jsonl.bz2`` part is refused by name, not left out)."""
     name = name.lower()
-    for suffix in (*COMPRESSED, *_OTHER_COMPRESSED):
-        name = name.removesuffix(suffix)
+    for suffixes in (COMPRESSED, _OTHER_COMPRESSED):  # at most one of each, as file_kind
+        name = next((name.removesuffix(s) for s in suffixes if name.endswith(s)), name)
     return name
 
 
@@ -498,15 +517,15 @@ def file_kind(path: str) -> str:
     suffix aside); a file of another known kind is an error that says which
     kinds are read; an unknown extension is taken as Parquet."""
     name = path.lower()
+    name = next((name.removesuffix(s) for s in COMPRESSED if name.endswith(s)), name)
     other = next((s for s in _OTHER_COMPRESSED if name.endswith(s)), None)
     if other is not None:
         msg = (
             f"cannot read {path!r}: a {other} file, which raft_polars does not read; "
-            f"decompress it, or compress it with gzip or zstd (it reads {_KINDS_READ})"
+            "extract or decompress it, and compress the JSON lines with gzip or zstd "
+            f"if need be (it reads {_KINDS_READ})"
         )
         raise RaftInputError(msg)
-    for suffix in COMPRESSED:
-        name = name.removesuffix(suffix)
     if name.endswith(JSON_LINES):
         return "ndjson"
     if name.endswith((".csv", ".tsv", ".txt", ".arrow", ".feather", ".ipc", ".avro", ".orc")):
@@ -535,9 +554,8 @@ def _schema_of(path: str, kind: str) -> pl.Schema:
 
 def _blank(path: str) -> bool:
     """Whether a JSON lines file holds nothing but blank lines (decompressed)."""
-    compression = "detect" if path.lower().endswith(COMPRESSED) else None
     try:
-        with pa.input_stream(path, compression=compression) as stream:
+        with _decompressed(path) as stream:
             while chunk := stream.read(1 << 20):
                 if chunk.strip():
                     return False
@@ -733,7 +751,11 @@ def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
         hint = "; it begins with a UTF-8 byte order mark (BOM): save it as UTF-8 without one"
     elif head.lstrip().startswith(b"["):
         hint = "; it holds one JSON array, not JSON lines (one object per line)"
-    elif path.lower().endswith(".gz") and _tail(path).endswith(b"\0" * 8):
+    elif (
+        "invalid gzip header" in str(exc)
+        and path.lower().endswith(".gz")
+        and _tail(path).endswith(b"\0" * 8)
+    ):
         hint = (
             "; it ends in zero bytes after its gzip data (padding, which gzip -d "
             "ignores): recompress it, e.g. gzip -dc FILE | gzip > NEW"
@@ -747,6 +769,26 @@ def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
     return RaftInputError(f"cannot read JSON lines file {path!r}: {_first_line(exc)}{hint}")
 
 
+# what only a write raises: no space, a file size limit, a quota, a read-only
+# file system (Polars words them "... (os error 28)", Python "[Errno 28] ...")
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+_WRITE_ERROR = re.compile(
+    r"os error (?:{0})\b|\[Errno (?:{0})\]".format("|".join(map(str, _WRITE_ERRNOS)))
+)
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """The reason, when ``exc`` is an error only a write raises (the disk is
+    full, ...), else None."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        return os.strerror(exc.errno)
+    match = _WRITE_ERROR.search(str(exc))
+    if match is None:
+        return None
+    number = int(re.sub(r"\D", "", match.group(0)))
+    return os.strerror(number)
+
+
 @contextmanager
 def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
     """Turn a failure while reading ``paths`` into a RaftInputError naming the
@@ -758,6 +800,8 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
     try:
         yield
     except READ_ERRORS as exc:
+        if write_failure(exc) is not None:  # the output's, for the writer to name
+            raise
         import pyarrow.parquet as pq
 
         for path in paths:

@@ -341,3 +341,39 @@ def test_standard_output_on_a_full_disk(tmp_path: Path, command: str) -> None:
             assert (
                 pl.read_parquet(out).height == raft_polars.select_best(str(SEED)).collect().height
             )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="resource limits")
+@pytest.mark.parametrize(
+    "command",
+    ["select .parquet", "select .jsonl", "stats .jsonl", "report .html", "generate"],
+)
+def test_an_output_that_outgrows_the_disk_is_named(tmp_path: Path, command: str) -> None:
+    """Writing OUT fails for want of room (here a 20 KiB file size limit, as a full
+    disk or a quota does): one error line naming OUT (it said 'cannot read stage
+    log source', or gave the bare errno), exit 2, nothing left behind."""
+    import resource
+
+    name, _, suffix = command.partition(" ")
+    out = tmp_path / "out" / f"result{suffix}"
+    out.parent.mkdir()
+    log = Path(__file__).resolve().parents[2] / "data" / "synthetic"
+    argv = {
+        "select": ["select", log, "-o", out],
+        "stats": ["stats", log, "--per-prompt", "-o", out],
+        "report": ["report", log, "-o", out],
+        "generate": ["generate", out, "--prompts", "2000"],
+    }[name]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 10, 20 << 10))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "raft_polars", *map(str, argv)],
+        capture_output=True, text=True, timeout=120, check=False, preexec_fn=limit,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"raft-polars: error: cannot write {str(out)!r}: File too large"
+    ]
+    assert list(out.parent.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -686,7 +687,7 @@ def test_a_wide_row_with_fewer_responses_than_rewards_is_an_error(
         assert [row["prompt"] for row in null[0].locations] == [bad], report.format()
 
 
-@pytest.mark.parametrize("suffix", [".bz2", ".xz", ".zip"])
+@pytest.mark.parametrize("suffix", [".bz2", ".xz", ".zip", ".tar.gz"])
 def test_a_compression_polars_does_not_read_is_named(tmp_path: Path, suffix: str) -> None:
     """A ``.jsonl.bz2`` was read as Parquet ("must end with PAR1"), and a directory
     left it out silently: both now say which compression it is, naming the file."""
@@ -694,7 +695,10 @@ def test_a_compression_polars_does_not_read_is_named(tmp_path: Path, suffix: str
     (tmp_path / f"b.jsonl{suffix}").write_bytes(b"not read")
     for source in (tmp_path / f"b.jsonl{suffix}", tmp_path):
         for call in (raft_polars.stage_losses, raft_polars.validate):
-            with pytest.raises(RaftInputError, match=rf"b\.jsonl\{suffix}': a \{suffix} file"):
+            kind = suffix.removesuffix(".gz")
+            with pytest.raises(
+                RaftInputError, match=rf"b\.jsonl{re.escape(suffix)}': a \{kind} file"
+            ):
                 call(str(source))
 
 
@@ -733,6 +737,11 @@ def test_rows_with_a_reward_and_a_rewards_list_ask_which(tmp_path: Path) -> None
     long = raft_polars.stage_losses(frame.drop("logprobs").with_columns(
         logprobs=pl.Series([[-1.0, -2.0], [-3.0]])), columns={"reward": "reward"})  # fmt: skip
     assert long["loss"].to_list() == [2.0]
+    # candidate rows (a cand column) with a list of reward components: no question
+    rows = pl.DataFrame({"stage": [0, 0], "prompt": ["a", "a"], "cand": [0, 1],
+                         "reward": [0.7, 0.2], "rewards": [[0.3, 0.4], [0.1, 0.1]],
+                         "logprobs": [[-1.0], [-2.0]]})  # fmt: skip
+    assert raft_polars.stage_losses(rows)["loss"].to_list() == [1.0]
 
 
 def test_a_gzip_file_padded_with_zeros_is_explained(tmp_path: Path) -> None:
@@ -747,6 +756,12 @@ def test_a_gzip_file_padded_with_zeros_is_explained(tmp_path: Path) -> None:
     for call in (raft_polars.stage_losses, raft_polars.validate):
         with pytest.raises(RaftInputError, match=r"padded\.jsonl\.gz.*ends in zero bytes"):
             call(str(padded))
+    # a truncated gzip file that happens to end in zeros: not called padding
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(gzip.compress(line * 1000)[:-100] + bytes(8))
+    with pytest.raises(RaftInputError, match="truncated") as caught:
+        raft_polars.stage_losses(str(truncated))
+    assert "padding" not in str(caught.value)
     members = tmp_path / "members.jsonl.gz"
     members.write_bytes(gzip.compress(line) + gzip.compress(line.replace(b"0,", b"1,", 1)))
     table = raft_polars.stage_losses(str(members))

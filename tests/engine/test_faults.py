@@ -19,7 +19,7 @@ from typing import Any
 import dask_cluster
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reference import long_frames, nested_frame, reference_rounded
 from strategies import ragged_logs
@@ -825,6 +825,9 @@ _TEXT = st.text(
     chunk=st.sampled_from([7, 64, 1 << 24]),
     compressed=st.booleans(),
 )  # fmt: skip
+# the text \ud83d (an escaped backslash, no escape) before a lone low surrogate
+@example(rows=[{"a": "\\ud83d\udc00"}, {"b": "\udc00"}], chunk=1 << 24, compressed=False)
+@example(rows=[{"a": "\\\\\ud83d"}], chunk=7, compressed=True)
 def test_lone_surrogates_against_python_json(
     tmp_path_factory: pytest.TempPathFactory,
     rows: list[dict[str, str]],
@@ -848,3 +851,26 @@ def test_lone_surrogates_against_python_json(
         patch.setattr(sources, "_CHUNK", chunk)
         found = {key: line for key, _, line in sources.lone_surrogates(str(path))}
     assert found == expected
+
+
+@pytest.mark.parametrize("suffix", [".zst", ".zstd", ".gz"])
+def test_lone_surrogates_in_compressed_files_and_keys_given_twice(
+    tmp_path: Path, suffix: str
+) -> None:
+    """A ``.jsonl.zstd`` was scanned as its compressed bytes (pyarrow's detection
+    knows ``.zst``, not ``.zstd``): two prompts merged. A key given twice holds
+    Polars' value first: each of its values is looked at."""
+    import pyarrow as pa
+
+    lines = [
+        '{"stage": 0, "prompt": "\\ud83d", "cand": 0, "reward": 1.0, "logprobs": [-1.0]}',
+        '{"stage": 0, "prompt": "\\ud83e", "cand": 1, "reward": 2.0, "logprobs": [-2.0]}',
+    ]
+    twice = '{"stage": 0, "prompt": "\\ud83d", "prompt": "x", "cand": 0, "reward": 1.0}'
+    for name, text in (("log", lines), ("twice", [twice])):
+        path = tmp_path / f"{name}.jsonl{suffix}"
+        codec = "gzip" if suffix == ".gz" else "zstd"
+        with pa.CompressedOutputStream(str(path), codec) as stream:
+            stream.write(("\n".join(text) + "\n").encode())
+        with pytest.raises(RaftInputError, match=r"line 1: the prompt id.*lone surrogate"):
+            rp.stage_losses(str(path))
