@@ -7,11 +7,13 @@ install of the package as an empty namespace package. The loops are cached in
 the user's cache directory instead (``$XDG_CACHE_HOME/raft_polars/numba``, else
 ``~/.cache/raft_polars/numba``), one subdirectory per installed copy; a
 ``NUMBA_CACHE_DIR`` the user set is honoured as it is. Where no cache directory
-can be written, numba falls back to its own choices.
+can be written, numba falls back to its own choices; where a cache file cannot be
+written (a full disk), the loop runs uncached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -47,11 +49,28 @@ def njit(**options: Any) -> Callable[[F], F]:
         jit = numba.njit(nogil=True, cache=True, **options)
         with _SETTING:
             if config.CACHE_DIR:  # type: ignore[attr-defined]  # the user's NUMBA_CACHE_DIR
-                return jit(function)  # type: ignore[no-any-return]
+                return _saved_quietly(jit(function))  # type: ignore[no-any-return]
             config.CACHE_DIR = str(cache_dir())  # type: ignore[attr-defined]
             try:
-                return jit(function)  # type: ignore[no-any-return]
+                return _saved_quietly(jit(function))  # type: ignore[no-any-return]
             finally:
                 config.CACHE_DIR = ""  # type: ignore[attr-defined]
 
     return decorate
+
+
+def _saved_quietly(dispatcher: Any) -> Any:
+    """``dispatcher``, whose compiled loops are cached when they can be: a cache
+    that cannot be written (a full disk, a quota) leaves them uncached, where
+    numba raised and every command failed. (numba removes its partial file.)"""
+    cache = getattr(dispatcher, "_cache", None)
+    save = getattr(cache, "save_overload", None)
+    if save is None:  # another numba: its own behaviour
+        return dispatcher
+
+    def save_overload(*args: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(OSError):
+            save(*args, **kwargs)
+
+    cache.save_overload = save_overload  # type: ignore[union-attr]
+    return dispatcher

@@ -66,6 +66,26 @@ def test_loops_are_cached_outside_the_package(tmp_path: Path, numba_dir: bool) -
     assert _run(env) == pytest.approx(reference_losses(LPS, RWS), abs=1e-12)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="resource limits")
+def test_a_cache_that_cannot_be_written_leaves_the_loops_uncached(tmp_path: Path) -> None:
+    """A cache directory on a full disk (here a 20 KiB file size limit): the loops
+    compile and run uncached (numba raised 'File too large' and every command
+    failed, on a fresh machine in CI), and no partial cache file stays."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 10, 20 << 10))
+
+    clean = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN], env={**clean, "XDG_CACHE_HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=300, check=False, preexec_fn=limit,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == pytest.approx(reference_losses(LPS, RWS), abs=1e-12)
+    assert not [p for p in tmp_path.rglob("*") if ".tmp." in p.name]
+
+
 def _module(path: Path, name: str) -> Any:
     path.write_text(f"def {name}(x):\n    return x + 1\n")
     spec = importlib.util.spec_from_file_location(name, path)
