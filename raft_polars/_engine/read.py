@@ -238,19 +238,37 @@ class StageLog:
         report unreadable input clearly. ``files``: the Parquet files it reads,
         whose row groups bound how far ahead Polars decodes
         (:func:`bounded_read_ahead`)."""
-        with reading(self.paths, self.read_origin), bounded_read_ahead(files):
+        row = row_bytes(query.collect_schema()) if files else 0
+        with reading(self.paths, self.read_origin), bounded_read_ahead(files, row):
             yield from _stream.batches(query)
 
 
 _READ_AHEAD = "POLARS_ROW_GROUP_PREFETCH_SIZE"
 _READ_AHEAD_ROWS = 2 << 20  # rows of row groups decoded ahead of the consumer, at most
 _POLARS_READ_AHEAD = 8  # row groups Polars decodes ahead on its own (2 cores: 9)
+_NARROW_ROW = 16  # bytes of a decoded token row of narrow ids (the 2 Mi rows' width)
+_TEXT_BYTES = 32  # a decoded string: its 16-byte view and (beyond 12 bytes) its data
+
+
+def row_bytes(schema: Mapping[str, pl.DataType]) -> int:
+    """About how many bytes a decoded row of ``schema`` takes in memory."""
+    total = 0
+    for dtype in schema.values():
+        width = next((w for kind, w in _WIDTHS if dtype == kind), None)
+        total += width if width is not None else 8 if dtype.is_numeric() else _TEXT_BYTES
+    return total
+
+
+_WIDTHS = (
+    (pl.Int8, 1), (pl.UInt8, 1), (pl.Boolean, 1), (pl.Int16, 2), (pl.UInt16, 2),
+    (pl.Int32, 4), (pl.UInt32, 4), (pl.Float32, 4), (pl.Decimal, 16), (pl.Int128, 16),
+)  # fmt: skip
 
 
 @contextmanager
-def bounded_read_ahead(files: Sequence[str]) -> Iterator[None]:
-    """Bound Polars' read-ahead over ``files`` to about 2 Mi rows while the
-    block runs.
+def bounded_read_ahead(files: Sequence[str], row: int = _NARROW_ROW) -> Iterator[None]:
+    """Bound Polars' read-ahead over ``files`` to about 2 Mi rows of narrow ids
+    (32 MiB of decoded rows of ``row`` bytes) while the block runs.
 
     Polars decodes about 9 row groups ahead of whoever takes its batches; of
     1 Mi-row groups (pyarrow's default) that held 600 MiB more than the token
@@ -266,7 +284,8 @@ def bounded_read_ahead(files: Sequence[str]) -> Iterator[None]:
         from raft_polars._engine.pages import largest_row_group
 
         rows = largest_row_group(first)
-    ahead = max(2, _READ_AHEAD_ROWS // rows) if rows else _POLARS_READ_AHEAD
+    budget = _READ_AHEAD_ROWS * _NARROW_ROW
+    ahead = max(1, budget // (rows * max(row, _NARROW_ROW))) if rows else _POLARS_READ_AHEAD
     if ahead >= _POLARS_READ_AHEAD:
         yield
         return

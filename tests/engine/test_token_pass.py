@@ -342,10 +342,11 @@ def test_response_stats_of_each_list(lists: list[Any], inner: Any, skip: int) ->
 def test_read_ahead_is_bounded_for_large_row_groups(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Row groups of millions of rows: Polars decodes 2 ahead while the pass
-    runs, and the setting is gone after; small row groups, a path that is not
+    """Row groups of millions of rows: Polars decodes 2 ahead (1 of wider rows or
+    larger groups: about 32 MiB of decoded rows) while the pass runs, and the
+    setting is gone after; small row groups, a path that is not
     a local file, or the user's own setting: nothing changes."""
-    from raft_polars._engine.read import _READ_AHEAD, bounded_read_ahead
+    from raft_polars._engine.read import _READ_AHEAD, bounded_read_ahead, row_bytes
 
     monkeypatch.delenv(_READ_AHEAD, raising=False)
     large, small = tmp_path / "large.parquet", tmp_path / "small.parquet"
@@ -353,10 +354,24 @@ def test_read_ahead_is_bounded_for_large_row_groups(
         large, row_group_size=3 << 20
     )
     pl.DataFrame({"x": [1, 2, 3]}).write_parquet(small)
-    with bounded_read_ahead([str(large)]):
-        assert os.environ[_READ_AHEAD] == "2"
+    with bounded_read_ahead([str(large)]):  # 3 Mi rows of narrow ids: 1 ahead (48 MiB)
+        assert os.environ[_READ_AHEAD] == "1"
         assert pl.scan_parquet(large).select(pl.len()).collect().item() == 3 << 20
     assert _READ_AHEAD not in os.environ
+    mid = tmp_path / "mid.parquet"  # pyarrow's 1 Mi rows: 2 ahead
+    pl.DataFrame({"x": pl.zeros(1 << 20, pl.Int8, eager=True)}).write_parquet(
+        mid, row_group_size=1 << 20
+    )
+    with bounded_read_ahead([str(mid)]):
+        assert os.environ[_READ_AHEAD] == "2"
+    # rows of string prompt ids (a 16-byte view and their bytes) or int64 ids: 1 ahead
+    # (692 M string-id tokens: a peak of 701-788 MiB, against 1113-1230 with 2)
+    wide = row_bytes(pl.Schema({"stage": pl.Int32(), "prompt": pl.String(), "cand": pl.Int16(),
+                                "logprob": pl.Float32()}))  # fmt: skip
+    assert wide == 42
+    with bounded_read_ahead([str(mid)], wide):
+        assert os.environ[_READ_AHEAD] == "1"
+    assert row_bytes(pl.Schema({"a": pl.Int32(), "b": pl.Int16(), "c": pl.Float32()})) == 10
     for files in ([str(small)], [str(tmp_path / "none.parquet")], [], ["s3://b/k.parquet"]):
         with bounded_read_ahead(files):
             assert _READ_AHEAD not in os.environ
