@@ -36,6 +36,7 @@ from typing import Literal
 import polars as pl
 
 from raft_polars import _export
+from raft_polars._engine.checks import bad_reward
 from raft_polars._engine.read import Preset, StageLog, read_log
 from raft_polars._engine.sources import Source, reading
 from raft_polars._engine.stats import STATS_COLUMNS, best_of_n_table, stats_table
@@ -303,6 +304,8 @@ def write_selected(
     frame = _selected(run, log, selection)
     paths, origin = log.paths, log.read_origin
     candidates = log.candidates(extras=kind == "dpo")
+    if selection.bad_rewards == "skip":  # removed before ranking: in no pair, no list
+        candidates = candidates.filter(~bad_reward(pl.col("reward")))
     if stage is not None:
         stages = log.collect(log.keys().select(pl.col("stage").unique().sort()))["stage"]
         frame = _export.pick_stage(frame, stages, stage, log.origin)
