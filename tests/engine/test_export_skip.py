@@ -71,11 +71,12 @@ def test_skipped_candidates_are_in_no_export(
                                        "reward": pl.Float64, "logprobs": pl.List(pl.Float64),
                                        "text": pl.String})  # fmt: skip
     out = tmp_path / f"out-{kind}.parquet"
-    on = dask_cluster.engine() if engine == "dask" else "polars"
+    on: Any = dask_cluster.engine() if engine == "dask" else "polars"
+    fmt: Any = kind
     expected = _expected(rows, kind)
     if not any(not _bad(r["reward"]) for r in rows):
         return  # nothing kept: no stage has a selection (covered elsewhere)
-    rp.write_selected(frame, out, format=kind, bad_rewards="skip", force=True,
+    rp.write_selected(frame, out, format=fmt, bad_rewards="skip", force=True,
                       prompt_column="text", response_column="text", engine=on)  # fmt: skip
     written = pl.read_parquet(out)
     if kind == "wide":
