@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -49,6 +49,7 @@ __all__ = [
     "StagePick",
     "Written",
     "check_format",
+    "check_not_input",
     "check_target",
     "export_frame",
     "json_value",
@@ -94,9 +95,21 @@ def check_target(out: Path, *, force: bool) -> None:
     except OSError as exc:
         msg = f"cannot write in the output directory {str(out.parent)!r}: {exc.strerror or exc}"
         raise RaftInputError(msg) from exc
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:  # a link to nothing too
         msg = f"{str(out)!r} exists; pass force=True to replace it"
         raise RaftInputError(msg)
+
+
+def check_not_input(out: Path, paths: Sequence[str]) -> None:
+    """OUT is none of the files being read (``--force`` replaced the log itself)."""
+    target = os.path.realpath(out)
+    for path in paths:
+        if "://" not in path and os.path.realpath(path) == target:
+            msg = (
+                f"{str(out)!r} is a file of the log being read ({path!r}); "
+                "write the output elsewhere"
+            )
+            raise RaftInputError(msg)
 
 
 def pick_stage(
@@ -531,7 +544,7 @@ def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> 
                 raise
             msg = f"cannot write {str(out)!r}: {reason}"
             raise RaftPolarsError(msg) from exc
-        if out.exists():
+        if out.exists() or out.is_symlink():
             if not force:
                 msg = f"{str(out)!r} appeared while writing; pass force=True to replace it"
                 raise RaftInputError(msg)

@@ -301,6 +301,7 @@ def write_selected(
     log = read_log(  # read once: the selection and the export use the same log
         source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
     )
+    _export.check_not_input(out, log.paths)
     frame = _selected(run, log, selection)
     paths, origin = log.paths, log.read_origin
     candidates = log.candidates(extras=kind == "dpo")

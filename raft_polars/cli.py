@@ -44,7 +44,7 @@ import polars as pl
 from raft_polars import __version__
 from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
-from raft_polars._engine.sources import Source, write_failure
+from raft_polars._engine.sources import Source, local_files, write_failure
 from raft_polars._export import EXPORT_FORMATS, json_value
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
@@ -892,7 +892,13 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> None:
-    from raft_polars._export import check_target, output_format, sink_parquet, write_atomically
+    from raft_polars._export import (
+        check_not_input,
+        check_target,
+        output_format,
+        sink_parquet,
+        write_atomically,
+    )
     from raft_polars.api import best_of_n, prompt_stats, stage_stats
 
     source, engine = _source(args), _engine(args)
@@ -903,6 +909,7 @@ def _cmd_stats(args: argparse.Namespace) -> None:
         out = Path(args.output)
         fmt = output_format(out)
         check_target(out, force=args.force)
+        check_not_input(out, local_files(source) + local_files(args.rewards))
         table = prompt_stats(source, **_log_kwargs(args), **_selection_kwargs(args), engine=engine)
         if args.status is not None:
             table = table.filter(pl.col("status") == args.status)

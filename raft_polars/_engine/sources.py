@@ -54,6 +54,7 @@ __all__ = [
     "Source",
     "StrictReader",
     "file_kind",
+    "local_files",
     "lone_surrogates",
     "reading",
     "resolve",
@@ -371,6 +372,15 @@ def _scan_lines(
                 if key not in found and _LONE.search(json.dumps(value, ensure_ascii=False)):
                     found[key] = (key, path, number + 1)
     return number + data.count(b"\n", seen, stop)
+
+
+def local_files(source: Source | None) -> list[str]:
+    """The local data files a source names (a file, a directory, a glob; frames
+    and object store paths: none), without reading them."""
+    if source is None or isinstance(source, pl.LazyFrame | pl.DataFrame | pa.Table):
+        return []
+    paths = [source] if isinstance(source, str | Path) else list(source)
+    return [f.path for p in map(str, paths) if not is_remote(p) for f in _expand(p, "source")]
 
 
 def _resolve_remote(

@@ -874,3 +874,51 @@ def test_lone_surrogates_in_compressed_files_and_keys_given_twice(
             stream.write(("\n".join(text) + "\n").encode())
         with pytest.raises(RaftInputError, match=r"line 1: the prompt id.*lone surrogate"):
             rp.stage_losses(str(path))
+
+
+@pytest.mark.parametrize("which", ["source", "part of a directory", "rewards", "a link"])
+def test_an_output_that_is_an_input_is_refused(tmp_path: Path, which: str) -> None:
+    """``select SRC -o SRC --force`` replaced the log being read (the rewards file,
+    a part of a directory, through a link): refused on the API and the CLI
+    (``select``, ``stats --per-prompt``), the input left as it was."""
+    from raft_polars.cli import main
+
+    nested = tmp_path / "log"
+    nested.mkdir()
+    nested_frame(LPS, RWS).write_parquet(nested / "part-0.parquet")
+    tokens, cands = long_frames(LPS, RWS)
+    tokens.write_parquet(tmp_path / "tokens.parquet")
+    cands.write_parquet(tmp_path / "rewards.parquet")
+    (tmp_path / "link.parquet").symlink_to(nested / "part-0.parquet")
+    source: list[str] = [str(nested)]
+    out = nested / "part-0.parquet"
+    if which == "source":
+        source = [str(out)]
+    elif which == "rewards":
+        source = [str(tmp_path / "tokens.parquet"), "--rewards", str(tmp_path / "rewards.parquet")]
+        out = tmp_path / "rewards.parquet"
+    elif which == "a link":
+        out = tmp_path / "link.parquet"
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.parquet") if not p.is_symlink()}
+    for argv in (["select", *source, "-o", str(out), "--force"],
+                 ["stats", *source, "--per-prompt", "-o", str(out), "--force"]):  # fmt: skip
+        assert main(argv) == 2
+    kwargs: dict[str, Any] = {}
+    if which == "rewards":
+        kwargs["rewards"] = source[2]
+    with pytest.raises(RaftInputError, match="is a file of the log being read"):
+        rp.write_selected(source[0], out, force=True, **kwargs)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*.parquet") if not p.is_symlink()}
+    assert after == before
+    assert _losses(str(nested), "polars") == EXPECTED
+
+
+def test_an_output_that_is_a_link_to_nothing_needs_force(tmp_path: Path) -> None:
+    """A dangling link as OUT was replaced by a file without ``force``: it exists
+    as a name, so it is refused as any existing OUT is."""
+    out = tmp_path / "out.parquet"
+    out.symlink_to(tmp_path / "nowhere.parquet")
+    with pytest.raises(RaftInputError, match="exists; pass force=True"):
+        rp.write_selected(nested_frame(LPS, RWS), out)
+    assert out.is_symlink()
+    assert rp.write_selected(nested_frame(LPS, RWS), out, force=True) == 3
