@@ -212,6 +212,7 @@ def entrypoint() -> NoReturn:
             os.dup2(devnull, 2)
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's own stream
 
+    _ending_on_signals()
     with without_panic_reports():
         code = main()
     try:
@@ -220,6 +221,21 @@ def entrypoint() -> NoReturn:
     except BrokenPipeError:
         _silence_stdout()
     sys.exit(code)
+
+
+def _ending_on_signals() -> None:
+    """SIGTERM (kill, timeout, Slurm, docker stop) and SIGHUP end the command as
+    Ctrl-C does, through its clean-ups (a write's temporary file is removed):
+    exit 128 + the signal's number, as a shell reports it."""
+    import signal
+
+    def end(number: int, frame: object) -> NoReturn:
+        raise SystemExit(128 + number)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) == signal.SIG_DFL:
+            signal.signal(number, end)
 
 
 def _silence_stdout() -> None:

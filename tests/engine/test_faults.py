@@ -922,3 +922,33 @@ def test_an_output_that_is_a_link_to_nothing_needs_force(tmp_path: Path) -> None
         rp.write_selected(nested_frame(LPS, RWS), out)
     assert out.is_symlink()
     assert rp.write_selected(nested_frame(LPS, RWS), out, force=True) == 3
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_terminated_during_select_leaves_nothing(tmp_path: Path, sig: str) -> None:
+    """SIGTERM (kill, timeout, Slurm, docker stop) or SIGHUP while select writes:
+    the temporary file is removed, as on Ctrl-C (it stayed until the next write
+    into the directory), and the exit code is 128 + the signal's number."""
+    from raft_polars.synth import generate
+
+    generate(tmp_path / "log", layout="nested", stages=4, prompts=20000, k=4, seed=1,
+             payload=True)  # fmt: skip
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raft_polars", "select", str(tmp_path / "log"), "-o",
+         str(outdir / "batch.parquet")],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".raft-tmp") for p in outdir.iterdir()):
+        assert proc.poll() is None, "select ended before it wrote"
+        assert time.monotonic() < deadline
+        time.sleep(0.0005)
+    number = getattr(signal, sig)
+    proc.send_signal(signal.SIGSTOP)  # delivered while the temporary file exists
+    proc.send_signal(number)
+    proc.send_signal(signal.SIGCONT)
+    assert proc.wait(timeout=120) == 128 + number
+    assert list(outdir.iterdir()) == []
