@@ -946,11 +946,11 @@ def summarize(
 ) -> Checked:
     """The findings of every candidate partition and the log's sizes."""
     stages = pl.concat([p.stages for p in parts]).unique() if parts else pl.Series([])
-    summary = {
-        "stages": stages.len(),
-        "prompts": sum(p.prompts for p in parts),
-        "candidates": sum(p.candidates for p in parts),
-        "tokens": sum(p.tokens for p in parts) if tokens is None else tokens,
+    summary = {  # Python ints: numpy's (the loops run uncompiled) are no JSON
+        "stages": int(stages.len()),
+        "prompts": int(sum(p.prompts for p in parts)),
+        "candidates": int(sum(p.candidates for p in parts)),
+        "tokens": int(sum(p.tokens for p in parts) if tokens is None else tokens),
     }
     return Checked(found.merge(p.findings for p in parts), summary)
 

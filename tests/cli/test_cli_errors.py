@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -377,3 +378,15 @@ def test_an_output_that_outgrows_the_disk_is_named(tmp_path: Path, command: str)
         f"raft-polars: error: cannot write {str(out)!r}: File too large"
     ]
     assert list(out.parent.iterdir()) == []
+
+
+def test_validate_json_with_the_loops_uncompiled() -> None:
+    """NUMBA_DISABLE_JIT=1 (numba's debugging switch): the loops run as Python and
+    return numpy integers, which made ``validate --json`` end in a traceback (not
+    JSON serializable). The report is the compiled run's."""
+    seed = SEED.parent
+    argv = ("validate", seed / "tokens.parquet", "--rewards", seed / "rewards.parquet", "--json")
+    plain = _command(*argv, env={"NUMBA_DISABLE_JIT": "1"})
+    assert plain.returncode == 0, plain.stderr
+    compiled = _command(*argv)
+    assert json.loads(plain.stdout) == json.loads(compiled.stdout)
