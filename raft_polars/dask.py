@@ -117,6 +117,9 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
             # the scheduler's plain HTTP endpoints: loopback, any free port
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             env={"POLARS_MAX_THREADS": threads, "OMP_NUM_THREADS": threads},
+            # a task's error reaches the caller as the engine's error; the workers'
+            # own log of it ("Compute Failed" and a traceback) is left unprinted
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

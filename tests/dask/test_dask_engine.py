@@ -601,3 +601,25 @@ def test_a_scheduler_without_workers_says_so(tmp_path: Path) -> None:
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+def test_a_task_error_on_a_local_cluster_is_one_line(tmp_path: Path) -> None:
+    """An input error raised in a worker's task (an id beyond Int64) on a local
+    cluster (``--workers 1``): one error line, the in-process one; the worker's
+    own log ("Compute Failed" and a traceback) was printed before it."""
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({
+        "stage": pa.array([0, 0], pa.uint64()), "prompt": pa.array([2**63, 2**63], pa.uint64()),
+        "cand": pa.array([0, 1], pa.uint64()), "reward": [0.5, 0.7],
+        "logprobs": [[-1.0], [-2.0]],
+    }), path)  # fmt: skip
+    lines = {}
+    for engine in (["--engine", "dask", "--workers", "1"], []):
+        done = subprocess.run(
+            [sys.executable, "-m", "raft_polars", "losses", str(path), *engine],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2
+        lines[bool(engine)] = done.stderr.splitlines()
+    assert len(lines[True]) == 1, lines[True]
+    assert lines[True] == lines[False]
