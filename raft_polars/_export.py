@@ -240,8 +240,13 @@ def check_format(fmt: str, min_margin: float | None) -> ExportFormat:
                 if known != "dpo":
                     msg = f"min_margin= applies to format='dpo' only, not {fmt!r}"
                     raise RaftInputError(msg)
-                if not (math.isfinite(min_margin) and min_margin >= 0):
-                    msg = f"option min_margin={min_margin}: must be a finite number >= 0"
+                if not (
+                    isinstance(min_margin, numbers.Real)
+                    and not isinstance(min_margin, bool)
+                    and math.isfinite(min_margin)
+                    and min_margin >= 0
+                ):
+                    msg = f"option min_margin={min_margin!r}: must be a finite number >= 0"
                     raise RaftInputError(msg)
             return known
     msg = f"option format={fmt!r}: must be one of {', '.join(EXPORT_FORMATS)}"

@@ -290,6 +290,9 @@ def write_selected(
     >>> pl.read_ndjson(pairs).select("prompt", "chosen", "rejected", "prompt_id").rows()
     [('2+2?', '4', '5', 7)]
     """
+    if not isinstance(output, str | Path):
+        msg = f"output must be a path, got {type(output).__name__}"
+        raise RaftInputError(msg)
     out = Path(output)
     fmt = _export.output_format(out)
     kind = _export.check_format(format, min_margin)

@@ -49,6 +49,7 @@ the source DataFrame: nested layout, 1 stage(s), 2 prompt(s), 3 candidate row(s)
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ from raft_polars._engine.read import Layout, Preset, read_log
 from raft_polars._engine.sources import Source
 from raft_polars._executors import Engine, executor
 from raft_polars._export import json_value
+from raft_polars.errors import RaftInputError
 from raft_polars.selection import BadRewards, Selection, Strategy
 
 __all__ = ["PROBLEM_KINDS", "Problem", "ValidationReport", "validate"]
@@ -252,7 +254,10 @@ def validate(
     selection = Selection(
         strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
     )
-    limit = max(int(limit), 0)
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0:
+        msg = f"option limit={limit!r}: must be a whole number >= 0 (locations per problem)"
+        raise RaftInputError(msg)
+    limit = int(limit)
     run = executor(engine)
     log = read_log(
         source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options

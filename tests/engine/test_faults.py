@@ -952,3 +952,29 @@ def test_terminated_during_select_leaves_nothing(tmp_path: Path, sig: str) -> No
     proc.send_signal(signal.SIGCONT)
     assert proc.wait(timeout=120) == 128 + number
     assert list(outdir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "option"),
+    [
+        ("write_selected", {"format": "dpo", "min_margin": "x"}),
+        ("write_selected", {"format": "dpo", "min_margin": True}),
+        ("write_selected", {"output": None}),
+        ("validate", {"limit": "a"}),
+        ("validate", {"limit": -1}),
+        ("validate", {"limit": 2.7}),
+    ],
+)
+def test_option_values_of_the_wrong_kind_are_named(
+    tmp_path: Path, call: str, option: dict[str, Any]
+) -> None:
+    """Options of the wrong type or range: a RaftInputError naming the option (a
+    plain TypeError or ValueError, or ``limit=-1`` accepted, before)."""
+    frame = nested_frame(LPS, RWS)
+    name = list(option)[-1]  # the option of the wrong kind, given last
+    kwargs = option if call == "validate" else {"output": tmp_path / "out.jsonl", **option}
+    function: Any = rp.validate if call == "validate" else rp.write_selected
+    with pytest.raises(RaftInputError, match=name):
+        function(frame, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    assert rp.validate(frame, limit=0).ok
