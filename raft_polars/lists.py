@@ -388,7 +388,21 @@ def _float_lists(lists: Sequence[object]) -> pa.LargeListArray | None:
     try:
         return pa.array(lists, type=_LISTS, from_pandas=False)
     except _NOT_CONVERTED:
+        pass
+    try:  # integers beyond 2**53, which Arrow will not round: as numpy and float() do
+        widened = [None if inner is None else [_widened(v) for v in inner] for inner in lists]  # type: ignore[attr-defined]
+        return pa.array(widened, type=_LISTS, from_pandas=False)
+    except (*_NOT_CONVERTED, TypeError, ValueError, OverflowError):
         return None
+
+
+def _widened(value: object) -> float | None:
+    """A number as float64 (None stays null); anything else is an error."""
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise TypeError(value)
+    return float(value)  # type: ignore[arg-type]
 
 
 def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:

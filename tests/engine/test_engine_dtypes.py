@@ -208,3 +208,7 @@ def test_integer_rewards_compare_as_float64(low: int) -> None:
     want = lps[int(np.argmax(np.array(rewards, dtype=np.float64)))]
     got = raft_polars.stage_losses(frame)["loss"].to_list()
     assert got == [-sum(want) / len(want)]
+    # the list API compares them so too (it refused them as "not numbers")
+    assert raft_polars.raft_alignment([[lps]], [[rewards]]) == [round(-sum(want) / len(want), 4)]
+    with pytest.raises(raft_polars.RaftInputError, match="not a number"):
+        raft_polars.raft_alignment([[lps]], [[[low, "1", 0]]])
