@@ -211,4 +211,4 @@ def test_integer_rewards_compare_as_float64(low: int) -> None:
     # the list API compares them so too (it refused them as "not numbers")
     assert raft_polars.raft_alignment([[lps]], [[rewards]]) == [round(-sum(want) / len(want), 4)]
     with pytest.raises(raft_polars.RaftInputError, match="not a number"):
-        raft_polars.raft_alignment([[lps]], [[[low, "1", 0]]])
+        raft_polars.raft_alignment([[lps]], [[[low, "1", 0]]])  # type: ignore[list-item]
