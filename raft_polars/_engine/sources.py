@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import sys
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -444,11 +445,19 @@ def _utf8_path(file: DataFile, role: str) -> DataFile:
     try:
         file.path.encode("utf-8")
     except UnicodeEncodeError:
-        shown = os.fsencode(file.path).decode("utf-8", "backslashreplace")
-        msg = (
-            f"{role}: cannot read {shown!r}: its name holds bytes that are not UTF-8, "
-            "which Polars cannot open; rename it"
-        )
+        raw = os.fsencode(file.path)
+        shown = raw.decode("utf-8", "backslashreplace")
+        if shown == raw.decode("utf-8", "replace"):  # UTF-8 after all: Python's locale
+            msg = (
+                f"{role}: cannot read {shown!r}: Python runs with the file system "
+                f"encoding {sys.getfilesystemencoding()!r} (a C locale), which cannot "
+                "name it; set PYTHONUTF8=1 or a UTF-8 locale (LC_ALL=C.UTF-8)"
+            )
+        else:
+            msg = (
+                f"{role}: cannot read {shown!r}: its name holds bytes that are not UTF-8, "
+                "which Polars cannot open; rename it"
+            )
         raise RaftInputError(msg) from None
     return file
 

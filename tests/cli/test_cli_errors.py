@@ -390,3 +390,19 @@ def test_validate_json_with_the_loops_uncompiled() -> None:
     assert plain.returncode == 0, plain.stderr
     compiled = _command(*argv)
     assert json.loads(plain.stdout) == json.loads(compiled.stdout)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX locales")
+def test_a_c_locale_names_the_locale_not_the_file(tmp_path: Path) -> None:
+    """LC_ALL=C without UTF-8 mode gives Python an ASCII file system encoding: a
+    UTF-8 file name was refused as "not UTF-8 ... rename it"; the error now says
+    how to run Python (the name is fine)."""
+    import shutil
+
+    folder = tmp_path / "logs 日本"
+    folder.mkdir()
+    shutil.copy(SEED, folder / "seed.parquet")
+    done = _command("losses", folder, env={"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"})
+    assert done.returncode == 2
+    assert "PYTHONUTF8=1" in done.stderr, done.stderr
+    assert "rename it" not in done.stderr
