@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import os
 import re
 import shutil
@@ -39,6 +38,7 @@ import polars as pl
 from raft_polars._engine import _stream
 from raft_polars._engine.sources import write_failure
 from raft_polars.errors import RaftInputError, RaftPolarsError
+from raft_polars.selection import is_number, is_whole
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -119,7 +119,7 @@ def pick_stage(
     against the ``stages`` present."""
     if stage is None:
         return frame
-    if stage != "last" and (isinstance(stage, bool) or not isinstance(stage, numbers.Integral)):
+    if stage != "last" and not is_whole(stage):
         msg = f"option stage={stage!r}: give a stage id (an integer) or 'last'"
         raise RaftInputError(msg)
     stages = stages.drop_nulls()
@@ -240,12 +240,7 @@ def check_format(fmt: str, min_margin: float | None) -> ExportFormat:
                 if known != "dpo":
                     msg = f"min_margin= applies to format='dpo' only, not {fmt!r}"
                     raise RaftInputError(msg)
-                if not (
-                    isinstance(min_margin, numbers.Real)
-                    and not isinstance(min_margin, bool)
-                    and math.isfinite(min_margin)
-                    and min_margin >= 0
-                ):
+                if not (is_number(min_margin) and math.isfinite(min_margin) and min_margin >= 0):
                     msg = f"option min_margin={min_margin!r}: must be a finite number >= 0"
                     raise RaftInputError(msg)
             return known

@@ -32,6 +32,16 @@ Reduction: TypeAlias = Literal["token", "sequence"]
 BadRewards: TypeAlias = Literal["error", "skip"]
 
 
+def is_number(value: object) -> bool:
+    """A real number an option takes (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_whole(value: object) -> bool:
+    """An integer an option takes (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _finite(value: float) -> bool:
     try:
         return math.isfinite(value)
@@ -72,9 +82,7 @@ class Selection:
             raise RaftInputError(msg)
         for name in ("fraction", "min_reward"):
             value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, numbers.Real)
-            ):
+            if value is not None and not is_number(value):
                 msg = f"{name} must be a number, got {value!r}"
                 raise RaftInputError(msg)
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:

@@ -49,7 +49,6 @@ the source DataFrame: nested layout, 1 stage(s), 2 prompt(s), 3 candidate row(s)
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +58,7 @@ from raft_polars._engine.sources import Source
 from raft_polars._executors import Engine, executor
 from raft_polars._export import json_value
 from raft_polars.errors import RaftInputError
-from raft_polars.selection import BadRewards, Selection, Strategy
+from raft_polars.selection import BadRewards, Selection, Strategy, is_whole
 
 __all__ = ["PROBLEM_KINDS", "Problem", "ValidationReport", "validate"]
 
@@ -254,7 +253,7 @@ def validate(
     selection = Selection(
         strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards
     )
-    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0:
+    if not is_whole(limit) or limit < 0:
         msg = f"option limit={limit!r}: must be a whole number >= 0 (locations per problem)"
         raise RaftInputError(msg)
     limit = int(limit)
