@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeAlias
 import polars as pl
 
 from raft_polars._engine import _stream
-from raft_polars._engine.sources import write_failure
+from raft_polars._engine.sources import is_remote, write_failure
 from raft_polars.errors import RaftInputError, RaftPolarsError
 from raft_polars.selection import is_number, is_whole
 
@@ -104,7 +104,7 @@ def check_not_input(out: Path, paths: Sequence[str]) -> None:
     """OUT is none of the files being read (``--force`` replaced the log itself)."""
     target = os.path.realpath(out)
     for path in paths:
-        if "://" not in path and os.path.realpath(path) == target:
+        if not is_remote(path) and os.path.realpath(path) == target:
             msg = (
                 f"{str(out)!r} is a file of the log being read ({path!r}); "
                 "write the output elsewhere"

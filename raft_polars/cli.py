@@ -130,24 +130,28 @@ class _Guarded:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
+        with _failing_stdout():
             written: int = self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise _StdoutFailed(exc.strerror or str(exc)) from exc
         return written
 
     def flush(self) -> None:
-        try:
+        with _failing_stdout():
             self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise _StdoutFailed(exc.strerror or str(exc)) from exc
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _failing_stdout() -> Iterator[None]:
+    """A write error of standard output as :class:`_StdoutFailed` (a reader gone,
+    BrokenPipeError, stays itself: it is not an error)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _StdoutFailed(exc.strerror or str(exc)) from exc
 
 
 @contextlib.contextmanager

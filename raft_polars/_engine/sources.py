@@ -583,18 +583,12 @@ def _blank(path: str) -> bool:
     return True
 
 
-def _tail(path: str) -> bytes:
+def _edge(path: str, *, end: bool = False) -> bytes:
+    """A file's first 64 bytes (its last with ``end``); none if it cannot be read."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
-            return handle.read()
-    except OSError:
-        return b""
-
-
-def _head(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
+            if end:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
             return handle.read(64)
     except OSError:
         return b""
@@ -765,7 +759,7 @@ def parquet_error(path: str, exc: BaseException) -> RaftInputError:
 
 def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
     """The error for a JSON lines file that cannot be read."""
-    hint, head = "", _head(path)
+    hint, head = "", _edge(path)
     if head.startswith(b"\xef\xbb\xbf"):
         hint = "; it begins with a UTF-8 byte order mark (BOM): save it as UTF-8 without one"
     elif head.lstrip().startswith(b"["):
@@ -773,7 +767,7 @@ def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
     elif (
         "invalid gzip header" in str(exc)
         and path.lower().endswith(".gz")
-        and _tail(path).endswith(b"\0" * 8)
+        and _edge(path, end=True).endswith(b"\0" * 8)
     ):
         hint = (
             "; it ends in zero bytes after its gzip data (padding, which gzip -d "
