@@ -301,7 +301,27 @@ class _Cut:
     sums: Any
 
 
-def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
+@dataclass
+class _Coded:
+    """A batch of token rows whose dictionary-encoded text ids are their codes
+    (``frame``), with the dictionary of each (``texts``: distinct values, none
+    null): equal codes are equal text, so :func:`_cut` compares integers and
+    decodes the ids of the runs alone, where decoding every row to text and
+    comparing the texts was two thirds of ``validate``'s CPU time on string ids."""
+
+    frame: pl.DataFrame
+    texts: dict[str, pl.Series]
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+    def renamed(self, renames: Mapping[str, str]) -> _Coded:
+        texts = {renames.get(c, c): v.alias(renames.get(c, c)) for c, v in self.texts.items()}
+        return _Coded(self.frame.rename(renames), texts)
+
+
+def _cut(frames: Sequence[pl.DataFrame | _Coded], *, has_position: bool) -> _Cut:
     """The runs of consecutive token rows (``frames``, in order): one compiled
     pass (:func:`_runs.cut`) that compares the ids row by row (Polars compares
     text or null ids) and adds up each run's rows, bad log-probs and, with
@@ -317,7 +337,8 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
     ids: list[pl.DataFrame | tuple[Any, ...]] = []  # integer ids as arrays, made a frame once
     sums: list[Any] = []
     before: tuple[Any, ...] | None = None
-    for frame in frames:
+    for item in frames:
+        frame, texts = (item.frame, item.texts) if isinstance(item, _Coded) else (item, {})
         n = frame.height
         if not n:
             continue
@@ -339,18 +360,20 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
             token = position.to_numpy()
         logprob = frame.get_column("logprob")
         logprob = logprob.fill_null(float("nan")) if logprob.null_count() else logprob
-        first = tuple(k[0] for k in keys)
+        first = _ids_at(keys, texts, 0)
         found, ended = _runs.cut(
             stage, prompt, cand, start, before is None or first != before, token, valid,
             logprob.to_numpy(), state, starts, done,
         )  # fmt: skip
         at = starts[:found]
-        if plain:
+        if plain and not texts:
             ids.append((stage[at], prompt[at], cand[at]))
+        elif plain:
+            ids.append(_texts(_id_frame((stage[at], prompt[at], cand[at])), texts))
         else:
-            ids.append(_own_strings(frame.select(_IDS)[at]))
+            ids.append(_own_strings(_texts(frame.select(_IDS)[at], texts)))
         sums.append(done[:width, :ended].copy())
-        before = tuple(k[n - 1] for k in keys)
+        before = _ids_at(keys, texts, n - 1)
     if state[_runs.OPEN]:
         sums.append(state[_runs.ROWS : _runs.ROWS + width].reshape(width, 1).copy())
     if not ids:
@@ -360,6 +383,11 @@ def _cut(frames: Sequence[pl.DataFrame], *, has_position: bool) -> _Cut:
     else:
         frame = pl.concat([_id_frame(part) for part in ids], how="vertical")
     return _Cut(frame, np.concatenate(sums, axis=1))
+
+
+def _ids_at(keys: Sequence[pl.Series], texts: Mapping[str, pl.Series], row: int) -> tuple[Any, ...]:
+    """The ids of one row of a batch, coded ones (:class:`_Coded`) decoded."""
+    return tuple(texts[k.name][int(k[row])] if k.name in texts else k[row] for k in keys)
 
 
 _SCRATCH = local()
@@ -596,13 +624,14 @@ def _token_cuts(
     paths = list(main.paths) if piece is None else [main.paths[i] for i in piece.files]
     position = "token" in names
 
-    def cut(frames: list[pl.DataFrame]) -> _Cut:
-        return _cut([f.rename(renames) if renames else f for f in frames], has_position=position)
+    def cut(frames: list[pl.DataFrame | _Coded]) -> _Cut:
+        named = [f.renamed(renames) if isinstance(f, _Coded) else f.rename(renames) for f in frames]
+        return _cut(named if renames else frames, has_position=position)
 
     def cuts() -> Iterator[_Cut]:
         with reading(paths, strict.token_origin):
             rows = None if piece is None else piece.rows
-            yield from reader.items(paths, dict(main.schema), rows, columns, cut)
+            yield from reader.items(paths, dict(main.schema), rows, columns, cut, coded=True)
 
     return cuts()
 
@@ -1027,8 +1056,8 @@ def _decode(unit: _Unit) -> list[Any]:
         read_dictionary=coded or None,
     ) as file:
         table = file.read_row_groups(list(unit.groups), use_threads=False)
-        table = _decoded_texts(table, coded, file.schema_arrow)
-        _valid_text(table, checked=coded)
+        _valid_dictionaries(table)
+        _valid_text(table)
         batches = table.to_batches(max_chunksize=unit.size)
         skip, take, kept = unit.skip, unit.take, []
         for batch in batches:
@@ -1058,28 +1087,25 @@ def _coded_texts(unit: _Unit) -> list[str]:
     return names
 
 
-def _decoded_texts(table: Any, coded: Sequence[str], schema: Any) -> Any:
-    """``table`` with the dictionary-read ``coded`` columns as text again, each
-    dictionary checked (every index within it, every value UTF-8) first."""
+def _valid_dictionaries(table: Any) -> None:
+    """Raise where a dictionary-encoded column of ``table`` (read as a dictionary:
+    :func:`_coded_texts`, or the file's own type) holds an index outside its
+    dictionary or a value that is not UTF-8: each dictionary checked once. The
+    columns stay dictionaries; :func:`_plain_batch` decodes them."""
     import pyarrow as pa
 
-    for name in coded:
-        at = table.schema.get_field_index(name)
-        column = table.column(at)
+    for spec, column in zip(table.schema, table.columns, strict=True):
+        if not pa.types.is_dictionary(spec.type):
+            continue
         for chunk in column.chunks:
             try:
                 chunk.validate(full=True)
             except pa.ArrowInvalid as exc:
-                msg = f"column {name!r} holds text that is not UTF-8 or a bad index ({exc})"
+                msg = f"column {spec.name!r} holds text that is not UTF-8 or a bad index ({exc})"
                 raise ValueError(msg) from None
-        kind = schema.field(name).type
-        if pa.types.is_dictionary(kind):
-            continue  # the file's own type: kept
-        table = table.set_column(at, schema.field(name), column.cast(kind))
-    return table
 
 
-def _valid_text(table: Any, checked: Sequence[str] = ()) -> None:
+def _valid_text(table: Any) -> None:
     """Raise where a text column of ``table`` holds bytes that are not UTF-8:
     pyarrow's reader does not check them, Polars' does (the default path then
     refuses the file), and Polars given such text may crash."""
@@ -1090,7 +1116,7 @@ def _valid_text(table: Any, checked: Sequence[str] = ()) -> None:
         kind = spec.type
         while pa.types.is_list(kind) or pa.types.is_large_list(kind):
             kind = kind.value_type
-        if kind not in texts or spec.name in checked:
+        if kind not in texts:
             continue
         try:
             column.validate(full=True)
@@ -1272,7 +1298,9 @@ class StrictParquet:
         types: dict[str, pl.DataType],
         rows: tuple[int, int] | None,
         names: list[str],
-        then: Callable[[list[pl.DataFrame]], Any],
+        then: Callable[[list[Any]], Any],
+        *,
+        coded: bool = False,
     ) -> Iterator[Any]:
         """``then`` of the columns ``names`` of the rows of ``paths`` (the rows
         ``(offset, count)`` of a single file, when given), one result a unit of
@@ -1280,10 +1308,11 @@ class StrictParquet:
         to what Polars reads of a file pyarrow rejects. A file whose every page
         carries a checksum its bytes match (:func:`pages.verified`) needs no
         strict decode: Polars decodes it, ``then`` applied to a few batches at a
-        time."""
+        time. ``coded``: the batches pyarrow decodes with dictionary-encoded
+        text are given as their codes where they can be (:class:`_Coded`)."""
         for fast, group in _verified_groups(paths):
             if not fast:
-                yield from self._decoded_items(group, types, rows, names, then)
+                yield from self._decoded_items(group, types, rows, names, then, coded=coded)
                 continue
             for path in group:  # every page proven by its checksum: Polars decodes
                 yield from self._polars_items(path, types, rows, names, then)
@@ -1321,16 +1350,20 @@ class StrictParquet:
         types: dict[str, pl.DataType],
         rows: tuple[int, int] | None,
         names: list[str],
-        then: Callable[[list[pl.DataFrame]], Any],
+        then: Callable[[list[Any]], Any],
+        *,
+        coded: bool = False,
     ) -> Iterator[Any]:
         """:meth:`items` of files that pyarrow decodes strictly."""
 
         def frames(batches: list[Any]) -> tuple[Any, int]:
-            got = []
+            got: list[pl.DataFrame | _Coded] = []
             for batch in batches:
-                frame = pl.from_arrow(batch.select(names))
+                wanted, texts = _plain_batch(batch.select(names), types, coded=coded)
+                frame = pl.from_arrow(wanted)
                 assert isinstance(frame, pl.DataFrame)
-                got.append(_cast(frame, types))
+                frame = _cast(frame, {**types, **{c: frame.schema[c] for c in texts}})
+                got.append(_Coded(frame, texts) if texts else frame)
             return then(got), sum(b.num_rows for b in batches)
 
         done = 0  # rows of the current file
@@ -1346,6 +1379,41 @@ class StrictParquet:
                 result, count = item
             done += count
             yield result
+
+
+def _plain_batch(
+    batch: Any, types: Mapping[str, pl.DataType], *, coded: bool
+) -> tuple[Any, dict[str, pl.Series]]:
+    """``batch`` with its dictionary-encoded text columns decoded (pyarrow's
+    gather; Polars would make them categoricals, in a mapping that lives as long
+    as the process), or, when ``coded``, as their codes where they can be, with
+    the dictionary of each (:class:`_Coded`): where the dictionary holds
+    distinct values and no null, the column no null, and ``types`` asks for
+    text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns, texts = list(batch.columns), {}
+    for at, (spec, column) in enumerate(zip(batch.schema, columns, strict=True)):
+        kind = spec.type
+        if not pa.types.is_dictionary(kind):
+            continue
+        values = column.dictionary
+        if (
+            coded
+            and types.get(spec.name) == pl.String
+            and (pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type))
+            and not column.null_count
+            and not values.null_count
+            and pc.count_distinct(values).as_py() == len(values)
+        ):
+            texts[spec.name] = pl.Series(spec.name, values, dtype=pl.String)
+            columns[at] = column.indices
+        else:
+            columns[at] = column.cast(kind.value_type)
+    if columns == list(batch.columns):
+        return batch, texts
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names), texts
 
 
 def _casts(frame: pl.DataFrame, types: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
