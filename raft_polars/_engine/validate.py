@@ -1393,11 +1393,12 @@ def _plain_batch(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    columns, texts = list(batch.columns), {}
+    columns, texts, changed = list(batch.columns), {}, False
     for at, (spec, column) in enumerate(zip(batch.schema, columns, strict=True)):
         kind = spec.type
         if not pa.types.is_dictionary(kind):
             continue
+        changed = True
         values = column.dictionary
         if (
             coded
@@ -1411,7 +1412,7 @@ def _plain_batch(
             columns[at] = column.indices
         else:
             columns[at] = column.cast(kind.value_type)
-    if columns == list(batch.columns):
+    if not changed:  # (not ``==``: that compares the arrays' values)
         return batch, texts
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names), texts
 
