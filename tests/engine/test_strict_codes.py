@@ -209,3 +209,18 @@ def test_dictionary_checked_before_its_codes_are_used(tmp_path: Path) -> None:
     assert "corrupt_file" in kinds
     assert not report.ok
     assert np.isfinite(report.to_dict()["summary"]["candidates"])
+
+
+@pytest.mark.parametrize("index", [-1, 2, 7])
+def test_a_dictionary_index_outside_it_is_refused(index: int) -> None:
+    """An index outside its dictionary (below or beyond it, next to nulls) is the
+    strict read's error, named with the column; indices within it pass."""
+    values = pa.array(["a", "b"])
+
+    def table(indices: list[int | None]) -> pa.Table:
+        coded = pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), values, safe=False)
+        return pa.table({"prompt": pa.chunked_array([coded.slice(0, 1), coded])})
+
+    vk._valid_dictionaries(table([0, None, 1]))
+    with pytest.raises(ValueError, match=f"'prompt' holds index {index} of a dictionary of 2"):
+        vk._valid_dictionaries(table([0, None, index, 1]))
