@@ -493,18 +493,35 @@ def _data_files(directory: Path) -> list[Path]:
     """Data files below ``directory``, leaving out hidden and temporary ones; a
     data file's name that links to nothing (a git-annex or DVC checkout whose
     data was not fetched) is an error, not a part left out."""
-    named = [
-        path
-        for path in directory.rglob("*")
-        if _uncompressed(path.name).endswith(SUFFIXES)
-        and not any(part[0] in "._" for part in path.relative_to(directory).parts)
-    ]
+    named = [path for path in _below(directory) if _uncompressed(path.name).endswith(SUFFIXES)]
     for path in named:
         if path.is_symlink() and not path.exists():
             target = os.readlink(path)
             msg = f"cannot read {str(path)!r}: a symbolic link to {target!r}, which does not exist"
             raise RaftInputError(msg)
     return sorted(path for path in named if path.is_file())
+
+
+def _below(directory: Path) -> Iterator[Path]:
+    """The names of files below ``directory``, through linked directories too
+    (a run's stage directory linked from another disk), each directory once (a
+    link back up is not followed again); hidden and temporary ones (``.``,
+    ``_``) left out with what they hold. A directory that cannot be listed is an
+    error, not a part of the log left out."""
+
+    def refused(exc: OSError) -> None:
+        msg = f"cannot list directory {exc.filename!r}: {exc.strerror or exc}"
+        raise RaftInputError(msg)
+
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(directory, onerror=refused, followlinks=True):
+        here = os.stat(root)
+        if (here.st_dev, here.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        dirs[:] = [d for d in dirs if d[0] not in "._"]
+        yield from (Path(root, f) for f in files if f[0] not in "._")
 
 
 def _uncompressed(name: str) -> str:

@@ -461,6 +461,28 @@ def test_a_data_file_linking_to_nothing_is_an_error(tmp_path: Path, engine: str)
 
 
 @pytest.mark.parametrize("engine", ["polars", "dask"])
+def test_a_linked_directory_is_read_once(tmp_path: Path, engine: str) -> None:
+    """A stage directory linked from elsewhere (another disk) is part of the log,
+    with its Hive key; a link back up to the log's own directory (a cycle) and a
+    hidden linked directory add nothing; every file is read once."""
+    frame = nested_frame(LPS, RWS)
+    run, other = tmp_path / "run", tmp_path / "other" / "s1"
+    (run / "stage=0").mkdir(parents=True)
+    other.mkdir(parents=True)
+    frame.filter(pl.col("stage") == 0).drop("stage").write_parquet(run / "stage=0" / "p.parquet")
+    frame.filter(pl.col("stage") == 1).drop("stage").write_parquet(other / "p.parquet")
+    (run / "stage=1").symlink_to(other, target_is_directory=True)
+    (run / "stage=0" / "again").symlink_to(run, target_is_directory=True)  # a cycle
+    (run / ".old").symlink_to(other, target_is_directory=True)
+    chosen: Any = dask_cluster.engine() if engine == "dask" else engine
+    got = raft_polars.stage_losses(run, engine=chosen)
+    assert _rounded(got) == reference_rounded(LPS, RWS)
+    report = raft_polars.validate(run, engine=chosen)
+    assert report.ok
+    assert report.to_dict()["summary"]["candidates"] == frame.height
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
 @pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
 def test_an_id_beyond_int64_names_the_source(tmp_path: Path, engine: str, suffix: str) -> None:
     path = tmp_path / f"log.{suffix}"
