@@ -113,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     except OSError as exc:
         _error(_os_message(exc))
         return EXIT_USAGE
+    except MemoryError as exc:
+        # numpy says how much it asked for; Polars and pyarrow abort on their own
+        asked = f" ({exc})" if str(exc) else ""
+        _error(f"out of memory{asked}: the input or the options need more than this machine has")
+        return EXIT_USAGE
     finally:
         sys.stdout = out
     return EXIT_OK

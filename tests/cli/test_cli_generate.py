@@ -129,3 +129,30 @@ def test_a_negative_seed_is_one_error_line(
     result = run(capsys, "generate", out, "--seed", "-1")
     assert_one_line_error(result, "seed must be a non-negative integer")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "losses"])
+def test_out_of_memory_is_one_error_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    command: str,
+) -> None:
+    """Options or an input that need more memory than the machine has (a response
+    of 10^11 tokens: numpy cannot allocate it) end in one error line saying so,
+    exit 2, nothing left behind; not a traceback."""
+    import raft_polars.api
+    import raft_polars.synth
+
+    def too_big(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Unable to allocate 475. GiB for an array")
+
+    monkeypatch.setattr(raft_polars.synth, "iter_chunks", too_big)
+    monkeypatch.setattr(raft_polars.api, "stage_losses", too_big)
+    if command == "generate":
+        got = run(capsys, "generate", tmp_path / "g", "--max-tokens", "100000000000")
+    else:
+        got = run(capsys, "losses", "data/synthetic")
+    assert_one_line_error(got, "out of memory (Unable to allocate 475. GiB")
+    if command == "generate":  # the directory it made is gone
+        assert list(tmp_path.iterdir()) == []
