@@ -126,8 +126,9 @@ def _write(frame: pl.DataFrame, path: Path, how: str) -> None:
     elif how == "small_pages":  # the dictionary and many data pages a chunk
         options["data_page_size"] = 16
     elif how == "arrow_dictionary":  # the file's own type is a dictionary
-        at = table.schema.get_field_index("prompt")
-        table = table.set_column(at, "prompt", table.column("prompt").dictionary_encode())
+        name = next(n for n in ("prompt", "prompt_id") if n in table.column_names)
+        at = table.schema.get_field_index(name)
+        table = table.set_column(at, name, table.column(name).dictionary_encode())
     pq.write_table(table, path, **options)
 
 
@@ -142,15 +143,16 @@ def _write(frame: pl.DataFrame, path: Path, how: str) -> None:
     shuffle=st.integers(0, 50),
     copy=st.integers(0, 50),
     unit=st.sampled_from([1, 7, 1 << 19]),
+    renamed=st.booleans(),
 )
 def test_text_ids_written_by_pyarrow_same_report_as_integers(
-    log: tuple[list[Any], list[Any]], how: str, shuffle: int, copy: int, unit: int
+    *, log: tuple[list[Any], list[Any]], how: str, shuffle: int, copy: int, unit: int, renamed: bool
 ) -> None:
     """A log with text prompt ids, a repeated token row and rows out of order,
     written by pyarrow with dictionaries, without, with a dictionary and many small
-    pages, and as an Arrow dictionary column, read a row group or more at a time:
-    the report of the same log with integer ids (the text read as codes or as
-    text)."""
+    pages, and as an Arrow dictionary column, read a row group or more at a time,
+    under its own column names or under others (``columns=``): the report of the
+    same log with integer ids. Dictionary-encoded text reaches the cut as codes."""
     lps, rws = log
     tokens, rewards = long_frames(lps, rws, shuffle=shuffle)
     if tokens.height:
@@ -161,16 +163,32 @@ def test_text_ids_written_by_pyarrow_same_report_as_integers(
     def text(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.with_columns(pl.col("prompt").replace_strict(names, return_dtype=pl.String))
 
+    theirs = {"prompt": "prompt_id", "cand": "sample"} if renamed else {}
+    cut = vk._cut
+    coded: list[int] = []  # batches handed over as codes
+
+    def counted(frames: Any, **kwargs: Any) -> Any:
+        coded.extend(1 for f in frames if isinstance(f, vk._Coded))
+        return cut(frames, **kwargs)
+
     reports = []
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
         patch.setattr(vk, "_UNIT_ROWS", unit)
+        patch.setattr(vk, "_cut", counted)
         for named in (False, True):
             root = Path(tmp) / str(named)
             (root / "t").mkdir(parents=True)
-            _write(text(tokens) if named else tokens, root / "t" / "part.parquet", how)
-            _write(text(rewards) if named else rewards, root / "r.parquet", how)
-            got = rp.validate(str(root / "t"), rewards=str(root / "r.parquet"), limit=1000)
+            files = ((tokens, root / "t" / "part.parquet"), (rewards, root / "r.parquet"))
+            for frame, path in files:
+                _write((text(frame) if named else frame).rename(theirs), path, how)
+            got = rp.validate(
+                str(root / "t"), rewards=str(root / "r.parquet"), limit=1000, columns=theirs or None
+            )
             reports.append(got.to_dict())
+    if how in ("dictionary", "small_pages") and tokens.height:
+        assert coded
+    if how in ("plain", "arrow_dictionary"):  # text, or Categorical ids: never coded
+        assert not coded
     ints, texts = reports
     assert texts["summary"] == ints["summary"]
     assert texts["ok"] == ints["ok"]
