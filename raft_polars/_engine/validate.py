@@ -1044,10 +1044,33 @@ def _decode(unit: _Unit) -> list[Any]:
     raises at the first bad page. The file is mapped, as Polars maps it, not read
     into buffers (8 % less CPU time: the copies out of the page cache), and its row
     groups read whole (10 % less than record batches, whose buffers pyarrow grows
-    and copies page by page)."""
+    and copies page by page).
+
+    Dictionary-encoded text is read as dictionaries (:func:`_coded_texts`). A
+    dictionary page that holds a value twice, which the format allows, defeats
+    pyarrow's dictionary read: it keeps one copy and the page's indices, some
+    then beyond it. Such a unit is read again with each string decoded."""
+    coded = _coded_texts(unit)
+    try:
+        table = _read_unit(unit, coded)
+    except ValueError:
+        if not coded:
+            raise
+        table = _read_unit(unit, [])
+    skip, take, kept = unit.skip, unit.take, []
+    for batch in table.to_batches(max_chunksize=unit.size):
+        cut = batch.slice(min(skip, batch.num_rows), take)
+        skip, take = max(skip - batch.num_rows, 0), take - cut.num_rows
+        if cut.num_rows:
+            kept.append(cut)
+    return kept
+
+
+def _read_unit(unit: _Unit, coded: list[str]) -> Any:
+    """The row groups of a unit as one table, the ``coded`` text columns read as
+    dictionaries, every dictionary and text checked."""
     import pyarrow.parquet as pq
 
-    coded = _coded_texts(unit)
     with pq.ParquetFile(
         unit.path,
         metadata=unit.meta,
@@ -1056,16 +1079,9 @@ def _decode(unit: _Unit) -> list[Any]:
         read_dictionary=coded or None,
     ) as file:
         table = file.read_row_groups(list(unit.groups), use_threads=False)
-        _valid_dictionaries(table)
-        _valid_text(table)
-        batches = table.to_batches(max_chunksize=unit.size)
-        skip, take, kept = unit.skip, unit.take, []
-        for batch in batches:
-            cut = batch.slice(min(skip, batch.num_rows), take)
-            skip, take = max(skip - batch.num_rows, 0), take - cut.num_rows
-            if cut.num_rows:
-                kept.append(cut)
-        return kept
+    _valid_dictionaries(table)
+    _valid_text(table)
+    return table
 
 
 def _coded_texts(unit: _Unit) -> list[str]:

@@ -242,3 +242,31 @@ def test_a_dictionary_index_outside_it_is_refused(index: int) -> None:
     vk._valid_dictionaries(table([0, None, 1]))
     with pytest.raises(ValueError, match=f"'prompt' holds index {index} of a dictionary of 2"):
         vk._valid_dictionaries(table([0, None, index, 1]))
+
+
+def test_a_dictionary_page_holding_a_value_twice_is_sound(tmp_path: Path) -> None:
+    """A dictionary page with one value twice (the format allows it; made here by
+    rewriting one value's bytes into another's): pyarrow's dictionary read keeps
+    one copy and indices beyond it, so the unit is read again string by string.
+    The file is sound, with the rows' own text, as Polars reads it."""
+    rows = [("p-A", 0), ("p-B", 1), ("p-A", 2), ("p-B", 3)]
+    tokens = pa.table({
+        "stage": pa.array([0] * 4, pa.int32()), "prompt": [p for p, _ in rows],
+        "cand": pa.array([0] * 4, pa.int32()), "token": pa.array([t for _, t in rows], pa.int32()),
+        "logprob": pa.array([-0.5] * 4, pa.float32()),
+    })  # fmt: skip
+    path = tmp_path / "t.parquet"
+    pq.write_table(tokens, path, compression="none", write_statistics=False)
+    data = path.read_bytes()
+    assert data.count(b"p-B") == 1  # in the dictionary page alone
+    path.write_bytes(data.replace(b"p-B", b"p-A"))
+    read = pq.ParquetFile(path, read_dictionary=["prompt"]).read().column("prompt").chunk(0)
+    assert len(read.dictionary) == 1
+    assert read.indices.to_pylist() == [0, 1, 0, 1]  # what the retry is for
+    pl.DataFrame({"stage": [0], "prompt": ["p-A"], "cand": [0], "reward": [1.0]}).write_parquet(
+        tmp_path / "r.parquet"
+    )
+    report = rp.validate(str(path), rewards=str(tmp_path / "r.parquet")).to_dict()
+    assert report["ok"], report["problems"]
+    assert report["summary"]["tokens"] == 4
+    assert pl.read_parquet(path)["prompt"].to_list() == ["p-A"] * 4
