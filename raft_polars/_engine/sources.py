@@ -478,15 +478,38 @@ def _expand(text: str, role: str) -> list[DataFile]:
             raise RaftInputError(msg)
         return [DataFile(text)]
     if any(ch in text for ch in _GLOB_CHARS):
-        matches = sorted(p for p in map(Path, _glob.glob(text, recursive=True)) if p.is_file())
+        fixed = text[: min(text.find(ch) % (len(text) + 1) for ch in _GLOB_CHARS)]
+        root = Path(fixed) if fixed.endswith(("/", "\\")) else Path(fixed).parent
+        matches = _matched_files(text, root)
         if not matches:
             msg = f"{role}: no file {text!r}, and no files match it as a glob pattern"
             raise RaftInputError(msg)
-        fixed = text[: min(text.find(ch) % (len(text) + 1) for ch in _GLOB_CHARS)]
-        root = Path(fixed) if fixed.endswith(("/", "\\")) else Path(fixed).parent
         return [DataFile(str(f), _partitions(f, root)) for f in matches]
     msg = f"{role}: file not found: {text!r}"
     raise RaftInputError(msg)
+
+
+def _matched_files(pattern: str, root: Path) -> list[Path]:
+    """The files a glob pattern matches, and the data files of the directories it
+    matches (a Spark or DuckDB "file" written as a directory of parts, read as
+    the same paths given one by one read it), each once, in order. What the
+    pattern's wildcards match below ``root`` (its fixed part) in a name that
+    begins with ``.`` or ``_`` is left out, as below a source directory (a name
+    the pattern spells out is kept)."""
+    spelled = set(Path(pattern).parts)
+    found: set[Path] = set()
+    for match in map(Path, _glob.glob(pattern, recursive=True)):
+        try:
+            below = match.relative_to(root).parts
+        except ValueError:
+            below = ()
+        if any(part.startswith((".", "_")) and part not in spelled for part in below):
+            continue
+        if match.is_file():
+            found.add(match)
+        elif match.is_dir():
+            found.update(_data_files(match))
+    return sorted(found)
 
 
 def _data_files(directory: Path) -> list[Path]:

@@ -482,6 +482,30 @@ def test_a_linked_directory_is_read_once(tmp_path: Path, engine: str) -> None:
     assert report.to_dict()["summary"]["candidates"] == frame.height
 
 
+@pytest.mark.parametrize("pattern", ["out/*.parquet", "out/*", "out/**"])
+def test_a_glob_reads_the_directories_it_matches(tmp_path: Path, pattern: str) -> None:
+    """A glob that matches a directory (Spark and DuckDB write a "file" as a
+    directory of parts) reads its parts, as the matched paths given one by one
+    do; a recursive glob reads each file once; a matched ``_temporary`` directory
+    is left out, as below a source directory."""
+    frame = nested_frame(LPS, RWS)
+    out = tmp_path / "out"
+    (out / "b.parquet").mkdir(parents=True)
+    (out / "_temporary").mkdir()
+    frame.filter(pl.col("stage") == 0).write_parquet(out / "a.parquet")
+    frame.filter(pl.col("stage") == 1).write_parquet(out / "b.parquet" / "part-0.parquet")
+    frame.write_parquet(out / "_temporary" / "part-9.parquet")  # would repeat every row
+    expected = reference_rounded(LPS, RWS)
+    assert _rounded(raft_polars.stage_losses(str(tmp_path / pattern))) == expected
+    listed = sorted(str(p) for p in tmp_path.glob("out/*.parquet"))
+    assert _rounded(raft_polars.stage_losses(listed)) == expected
+    assert raft_polars.validate(str(tmp_path / pattern)).to_dict()["summary"]["candidates"] == (
+        frame.height
+    )
+    spelled = raft_polars.stage_losses(str(tmp_path / "o*" / "_temporary" / "*.parquet"))
+    assert _rounded(spelled) == expected  # a name the pattern spells out is read
+
+
 @pytest.mark.parametrize("engine", ["polars", "dask"])
 @pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
 def test_an_id_beyond_int64_names_the_source(tmp_path: Path, engine: str, suffix: str) -> None:
