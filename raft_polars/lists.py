@@ -22,7 +22,7 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, pairwise
 from typing import Any, TypeAlias
@@ -90,6 +90,7 @@ def raft_alignment(stages_log_probs: LogProbs, stages_rewards: Rewards) -> list[
     >>> raft_alignment([], [])
     []
     """
+    stages_log_probs, stages_rewards = _stages(stages_log_probs), _stages(stages_rewards)
     losses = _best_of_k_losses(stages_log_probs, stages_rewards)
     if losses is None:  # something to report: the frame path names it
         keys = _read_rewards(stages_log_probs, stages_rewards)
@@ -108,7 +109,19 @@ def lists_losses(
     Stages, prompts and candidates are numbered by position from 0.
     """
     check_reduction(reduction)
-    return _losses(stages_log_probs, _read_rewards(stages_log_probs, stages_rewards), reduction)
+    lps, rws = _stages(stages_log_probs), _stages(stages_rewards)
+    return _losses(lps, _read_rewards(lps, rws), reduction)
+
+
+def _stages(nest: Any) -> Any:
+    """The stages of a nest as a list when they come as an iterable without a
+    length (a generator of stages: read once, which the checks and the fallback
+    would each have read); anything else as it is, for the checks to judge."""
+    if hasattr(nest, "__len__") or isinstance(nest, str | bytes | Mapping):
+        return nest
+    if isinstance(nest, Iterable):
+        return list(nest)
+    return nest
 
 
 @dataclass(frozen=True)

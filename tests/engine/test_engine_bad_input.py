@@ -166,6 +166,27 @@ def test_bad_lists(function: str, lps: Any, rws: Any, fragments: list[str]) -> N
     assert_input_error(lambda: call(lps, rws), fragments)
 
 
+_LISTED = {k: v for k, v in LIST_CASES.items() if isinstance(v[0], list) and isinstance(v[1], list)}
+
+
+@pytest.mark.parametrize("function", ["raft_alignment", "lists_losses"])
+@pytest.mark.parametrize(("lps", "rws", "fragments"), _LISTED.values(), ids=_LISTED.keys())
+def test_stages_as_generators_are_read_as_lists(
+    function: str, lps: Any, rws: Any, fragments: list[str]
+) -> None:
+    """Stages handed over as generators (a stream, read once) give what the same
+    stages as lists give: the same error here (it was swallowed, and the answer
+    was []), and the same losses for the sound log."""
+    call = getattr(raft_polars, function)
+    assert_input_error(lambda: call(iter(lps), (stage for stage in rws)), fragments)
+    streamed, listed = call(iter(LPS), iter(RWS)), call(LPS, RWS)
+    if isinstance(listed, pl.DataFrame):
+        assert streamed.equals(listed)
+    else:
+        assert streamed == listed
+        assert listed
+
+
 # the bad values of the table above in responses that are NOT selected: no error
 UNSELECTED = {
     "nan-inf": Case(_set(_set(LPS, (0, 0, 0, 0), NAN), (0, 1, 1, 0), INF), RWS),
