@@ -103,11 +103,12 @@ def plan(
         return _plan_frame(source, names, parts)
     import pyarrow.parquet as pq
 
-    if source.kind != "parquet" or source.remote:  # no footers: a shard a path, no bounds
-        return [Shard(Piece((i,))) for i in range(len(source.files))]
+    if source.kind != "parquet" or source.remote:  # no footers: no bounds
+        return _grouped([Shard(Piece((i,))) for i in range(len(source.files))], parts)
     limit = SHARD_BYTES if shard_bytes is None else shard_bytes
     hive = dict(source.hive)
     shards: list[Shard] = []
+    sizes: list[int] = []  # the uncompressed bytes of each shard
     from raft_polars._engine.pages import footer_readable
 
     for index, data in enumerate(source.files):
@@ -117,6 +118,7 @@ def plan(
             meta = None
         if meta is None:  # the whole file, its reader says what is wrong with it
             shards.append(Shard(Piece((index,))))
+            sizes.append(limit)  # alone
             continue
         groups: list[list[int]] = [[]]
         size = 0
@@ -139,8 +141,62 @@ def plan(
             whole = len(groups) == 1
             piece = Piece((index,), None if whole else (offset, rows))
             shards.append(Shard(piece, lo, hi))
+            sizes.append(sum(block.total_byte_size for block in blocks))
             offset += rows
-    return mark_isolated(shards)
+    budget = max(1, min(limit, sum(sizes) // max(1, parts)))
+    return mark_isolated(_joined(shards, sizes, budget))
+
+
+def _joined(shards: list[Shard], sizes: list[int], budget: int) -> list[Shard]:
+    """Consecutive whole-file shards joined into one while they hold fewer than
+    ``budget`` bytes in all: a log of thousands of small files is a few tasks,
+    not a task (and a copy of every task's arguments) per file. The bounds of a
+    joined shard span its files'."""
+    out: list[Shard] = []
+    held: list[Shard] = []
+    size = 0
+
+    def close() -> None:
+        if held:
+            out.append(_spanning(held))
+            held.clear()
+
+    for shard, bytes_ in zip(shards, sizes, strict=True):
+        if shard.piece.rows is not None or bytes_ >= budget:
+            close()
+            out.append(shard)
+            size = 0
+            continue
+        if held and size + bytes_ > budget:
+            close()
+            size = 0
+        held.append(shard)
+        size += bytes_
+    close()
+    return out
+
+
+def _spanning(shards: list[Shard]) -> Shard:
+    """One shard of the files of ``shards``, its bounds spanning theirs (None
+    when one has none, or when their ids do not compare)."""
+    if len(shards) == 1:
+        return shards[0]
+    files = tuple(i for s in shards for i in s.piece.files)
+    los, his = [s.lo for s in shards], [s.hi for s in shards]
+    lo = hi = None
+    if all(b is not None for b in (*los, *his)):
+        try:
+            lo, hi = min(los), max(his)  # type: ignore[type-var]
+        except TypeError:  # ids of different kinds in different files
+            lo = hi = None
+    return Shard(Piece(files), lo, hi)
+
+
+def _grouped(shards: list[Shard], parts: int) -> list[Shard]:
+    """Shards without sizes or bounds (JSON lines, object stores), consecutive
+    ones joined into about ``4 * parts`` shards at most."""
+    per = max(1, -(-len(shards) // (4 * max(1, parts))))
+    return [_spanning(shards[i : i + per]) for i in range(0, len(shards), per)]
 
 
 def _range(  # noqa: PLR0911 - each way a statistic can fail to bound
@@ -617,9 +673,9 @@ class _Job:
                 rewards=None if log.rewards is None else _collected(log.rewards),
             )
             self.plain = log
-            self.log: Any = client.scatter(log, broadcast=True, hash=False)
-        else:
-            self.log = log
+        # the log is sent to each worker once, not with every task (its files'
+        # paths and schema, for thousands of files, in thousands of tasks)
+        self.log: Any = client.scatter(log, broadcast=True, hash=False)
         self.cand_shards = plan(
             self.plain.cand_source, list(self.names.values()), parts=2 * self.workers
         )
