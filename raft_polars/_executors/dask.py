@@ -393,6 +393,10 @@ def _t_fetch_tokens(log: StageLog, piece: Piece, keys: pl.DataFrame) -> pl.DataF
     return log.collect(picked)
 
 
+def _t_each(function: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
+    return [function(*args) for args in calls]
+
+
 def _t_small(ranked: Ranked) -> tuple[pl.DataFrame, list[Problem]]:
     return ranked.stages, ranked.problems
 
@@ -519,15 +523,14 @@ class DaskExecutor:
             parts: list[vk.CandidatePart] = job.gather([f for f, _, _ in futures])
             found = vk.Findings(limit)
             paths = vk.strict_paths(log, tokens=False)  # the token pass reads its own strictly
-            read = job.gather([job.submit(vk.strict_read, p) for p in paths])
+            read = job.each(vk.strict_read, [(p,) for p in paths])
             errors = list(zip(paths, read, strict=True))
             texts = vk.json_id_files(log)
-            mixed = job.gather([job.submit(vk.json_ids, p, columns) for p, columns in texts])
+            mixed = job.each(vk.json_ids, texts)
             errors += zip([p for p, _ in texts], mixed, strict=True)
 
             def run(function: Callable[..., Any], *items: list[Any]) -> list[Any]:
-                calls = zip(*items, strict=True)
-                return job.gather([job.submit(function, *args) for args in calls])
+                return job.each(function, list(zip(*items, strict=True)))
 
             if nested:
                 vk.strict_findings(found, [*errors, *vk.polars_refusals(log, errors, run)])
@@ -701,6 +704,14 @@ class _Job:
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.client.submit(fn, *args, pure=False, **kwargs)
+
+    def each(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``[function(*args) for args in calls]``, in runs of consecutive calls of
+        about ``4 x workers`` tasks (a task a file was a task each of thousands)."""
+        per = max(1, -(-len(calls) // (4 * self.workers)))
+        runs = [list(calls[i : i + per]) for i in range(0, len(calls), per)]
+        done = self.gather([self.submit(_t_each, function, run) for run in runs])
+        return [result for results in done for result in results]
 
     def gather(self, futures: Sequence[Any]) -> list[Any]:
         """The results of ``futures``; with a progress receiver, the count of

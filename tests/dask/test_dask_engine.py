@@ -272,6 +272,16 @@ def test_many_small_files_are_a_few_shards(
     want = rp.validate(str(root)).to_dict()
     assert rp.validate(str(root), engine=_on(client)).to_dict() == want
     assert want["ok"]
+    if suffix == "parquet":  # a file's finding is its own, among the many in a task
+        bad = root / "part-0077.parquet"
+        chunk = pq.ParquetFile(bad).metadata.row_group(0).column(4)  # the log-probs
+        at = chunk.dictionary_page_offset or chunk.data_page_offset
+        data = bytearray(bad.read_bytes())
+        data[at : at + 4] = b"\xff\xff\xff\xff"  # its first page header
+        bad.write_bytes(bytes(data))
+        want = rp.validate(str(root)).to_dict()
+        assert rp.validate(str(root), engine=_on(client)).to_dict() == want
+        assert str(bad) in str(want["problems"])
 
 
 @pytest.mark.parametrize("layout", ["nested", "long"])
