@@ -162,7 +162,7 @@ def sft_columns(
     kept = [c for c in present if not (names[c] in added and added[names[c]] == c)]
     for c in kept:
         if names[c] in added or (names[c] == "prompt_id" and c != "prompt"):
-            what = "the prompt_column=/response_column= output" if names[c] in added else "export"
+            what = "prompt_column=/response_column= output" if names[c] in added else "export"
             msg = (
                 f"the selected batch already has a column {names[c]!r}, which the {what} "
                 "needs; rename it with columns= or in the log"

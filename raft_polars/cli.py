@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -326,11 +327,21 @@ def _written(out: Path | str) -> Iterator[None]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors on one line, like every other error."""
+    """argparse with usage errors on one line, like every other error, and negative
+    numbers in every float spelling taken as values (``--min-reward -1e-3``,
+    ``-inf``), where argparse takes only ``-1`` and ``-0.5`` for numbers and the
+    rest for options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> NoReturn:
         hint = f"see '{self.prog} --help'"
         self.exit(EXIT_USAGE, f"{PROG}: error: {message} ({hint})\n")
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^-(inf|infinity)$", re.I)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -139,6 +139,9 @@ STRATEGIES = {
     "min_reward": ["--min-reward", "0.5"],
     "top_n+min_reward": ["--strategy", "top_n", "--n", "3", "--min-reward", "0.25"],
     "global+min_reward": ["--strategy", "global", "--fraction", "0.5", "--min-reward", "0.6"],
+    # negative numbers in the spellings argparse takes for options
+    "min_reward_exponent": ["--min-reward", "-2.5e-1"],
+    "top_n+min_reward_exponent": ["--strategy", "top_n", "--n", "2", "--min-reward", "-1E0"],
 }
 
 

@@ -411,6 +411,8 @@ def test_validate_reads_on_after_a_corrupt_token_page(tmp_path: Path, engine: st
     assert report.problems[0].locations[0]["file"] == str(path)
     assert "checksum" in report.problems[0].locations[0]["error"].lower()
     assert report.summary["tokens"] == n
+    # the text report's place is the file (no ids to put before it)
+    assert f"\n    file {str(path)!r}, error " in report.format()
 
 
 def test_validate_reports_a_file_that_makes_polars_abort(
