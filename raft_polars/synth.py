@@ -264,11 +264,17 @@ def _payload(chunk: SynthChunk) -> list[pl.Expr]:
     ]
 
 
+_INT32_MAX = 2**31 - 1  # ids and lengths are written as 32-bit integers
+
+
 def _check_shape(**sizes: int) -> None:
     for name, value in sizes.items():
         floor = 0 if name == "min_tokens" else 1
         if value < floor:
             msg = f"{name} must be at least {floor}, got {value!r}"
+            raise RaftInputError(msg)
+        if value > _INT32_MAX:
+            msg = f"{name} must be at most {_INT32_MAX:,} (32-bit ids and lengths), got {value!r}"
             raise RaftInputError(msg)
     if sizes["max_tokens"] < sizes["min_tokens"]:
         msg = (

@@ -111,6 +111,8 @@ def test_refuses_a_non_empty_directory(capsys: pytest.CaptureFixture[str], tmp_p
         (["--min-tokens", "5", "--max-tokens", "2"], "max_tokens (2) must be at least min_tokens"),
         (["--layout", "wide"], "invalid choice: 'wide'"),
         (["--stages", "two"], "invalid int value: 'two'"),
+        (["--max-tokens", str(10**19)], "max_tokens must be at most 2,147,483,647"),
+        (["--prompts", str(3 * 10**9)], "prompts must be at most 2,147,483,647"),
     ],
 )
 def test_bad_shapes(
@@ -139,7 +141,7 @@ def test_out_of_memory_is_one_error_line(
     command: str,
 ) -> None:
     """Options or an input that need more memory than the machine has (a response
-    of 10^11 tokens: numpy cannot allocate it) end in one error line saying so,
+    of 2 x 10^9 tokens: numpy cannot allocate it) end in one error line saying so,
     exit 2, nothing left behind; not a traceback."""
     import raft_polars.api
     import raft_polars.synth
@@ -150,7 +152,7 @@ def test_out_of_memory_is_one_error_line(
     monkeypatch.setattr(raft_polars.synth, "iter_chunks", too_big)
     monkeypatch.setattr(raft_polars.api, "stage_losses", too_big)
     if command == "generate":
-        got = run(capsys, "generate", tmp_path / "g", "--max-tokens", "100000000000")
+        got = run(capsys, "generate", tmp_path / "g", "--max-tokens", "2000000000")
     else:
         got = run(capsys, "losses", "data/synthetic")
     assert_one_line_error(got, "out of memory (Unable to allocate 475. GiB")
