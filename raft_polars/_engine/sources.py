@@ -576,7 +576,14 @@ def file_kind(path: str) -> str:
     suffix aside); a file of another known kind is an error that says which
     kinds are read; an unknown extension is taken as Parquet."""
     name = path.lower()
-    name = next((name.removesuffix(s) for s in COMPRESSED if name.endswith(s)), name)
+    packed = next((s for s in COMPRESSED if name.endswith(s)), None)
+    name = name.removesuffix(packed) if packed else name
+    if packed and name.endswith(PARQUET):
+        msg = (
+            f"cannot read {path!r}: a Parquet file compressed whole ({packed}), which "
+            "Polars does not read; decompress it (Parquet compresses its own pages)"
+        )
+        raise RaftInputError(msg)
     other = next((s for s in _OTHER_COMPRESSED if name.endswith(s)), None)
     if other is not None:
         msg = (

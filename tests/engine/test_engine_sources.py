@@ -3,6 +3,7 @@ hidden files, global-ranking rounding, option types."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -744,6 +745,25 @@ def test_a_compression_polars_does_not_read_is_named(tmp_path: Path, suffix: str
             kind = suffix.removesuffix(".gz")
             with pytest.raises(
                 RaftInputError, match=rf"b\.jsonl{re.escape(suffix)}': a \{kind} file"
+            ):
+                call(str(source))
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_parquet_file_compressed_whole_is_named(tmp_path: Path, suffix: str) -> None:
+    """A ``log.parquet.gz`` (a Parquet file gzipped whole) failed with Polars' bare
+    "must end with PAR1": it is named, alone and as a part of a directory."""
+    import gzip
+
+    frame = nested_frame(LPS, RWS)
+    frame.write_parquet(tmp_path / "a.parquet")
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    (tmp_path / f"b.parquet{suffix}").write_bytes(gzip.compress(buffer.getvalue()))
+    for source in (tmp_path / f"b.parquet{suffix}", tmp_path):
+        for call in (raft_polars.stage_losses, raft_polars.validate):
+            with pytest.raises(
+                RaftInputError, match=rf"b\.parquet{re.escape(suffix)}': a Parquet file compressed"
             ):
                 call(str(source))
 
