@@ -30,7 +30,7 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
@@ -43,6 +43,7 @@ from raft_polars._engine.sources import (
     Piece,
     Resolved,
     Source,
+    file_schema,
     lone_surrogates,
     reading,
     resolve,
@@ -372,9 +373,9 @@ def read_log(
         numbered = ("stage",)
         cschema["stage"] = tschema["stage"] = pl.Int64()
     _require(cschema, CANDIDATE_COLUMNS, cands.origin)
-    _check_types(cschema, cands.origin, nested=False)
+    _check_types(cschema, cands, _renames(mapping, cand_schema), nested=False)
     _require(tschema, (*ID_COLUMNS, "logprob"), main.origin)
-    _check_types(tschema, main.origin, nested=False)
+    _check_types(tschema, main, _renames(mapping, main_schema), nested=False)
     for name in ID_COLUMNS:
         if _id_kind(cschema[name]) != _id_kind(tschema[name]):
             msg = (
@@ -474,7 +475,7 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
             schema[name] = pl.Int64()
     _require(schema, CANDIDATE_COLUMNS, main.origin, hint_long="logprob")
     has_logprobs = "logprobs" in schema
-    _check_types(schema, main.origin, nested=has_logprobs)
+    _check_types(schema, main, renames, nested=has_logprobs)
     extras = tuple(c for c in schema if c not in CANONICAL_COLUMNS)
     return _no_lone_surrogates(StageLog(
         "nested", main, None, renames, extras, _prompt_type(schema),
@@ -631,22 +632,56 @@ def _id_kind(dtype: pl.DataType) -> str:
     return "integer" if dtype.is_integer() else "string"
 
 
-def _check_types(schema: Mapping[str, pl.DataType], origin: str, *, nested: bool) -> None:
-    def bad(name: str, expected: str) -> RaftInputError:
-        return RaftInputError(f"{origin}: column {name!r} must be {expected}, found {schema[name]}")
+def _check_types(
+    schema: Mapping[str, pl.DataType],
+    source: Resolved,
+    renames: Sequence[tuple[str, str]],
+    *,
+    nested: bool,
+) -> None:
+    """Each canonical column of ``schema`` (``source``'s, renamed by ``renames``)
+    of its kind; the error names the part whose type is not, when the source's
+    parts differ (their types merged: an integer prompt in one, a float in
+    another)."""
+    theirs = {canon: their for their, canon in renames}
+
+    def check(name: str, expected: str, ok: Callable[[pl.DataType], bool]) -> None:
+        if name not in schema or ok(schema[name]):
+            return
+        found = f"{schema[name]}"
+        part = _part_of_type(source, theirs.get(name, name), ok)
+        if part is not None:
+            found = f"{part[1]} in {part[0]!r}"
+        raise RaftInputError(f"{source.origin}: column {name!r} must be {expected}, found {found}")
+
+    def text(dtype: pl.DataType) -> bool:
+        return dtype.is_integer() or isinstance(dtype, pl.String | pl.Categorical | pl.Enum)
+
+    def numbers(dtype: pl.DataType) -> bool:
+        return isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()
 
     for name in ("stage", "cand", "token"):
-        if name in schema and not schema[name].is_integer():
-            raise bad(name, "an integer")
-    if "prompt" in schema and not (
-        schema["prompt"].is_integer()
-        or isinstance(schema["prompt"], pl.String | pl.Categorical | pl.Enum)
-    ):
-        raise bad("prompt", "an integer or a string")
+        check(name, "an integer", lambda dtype: dtype.is_integer())
+    check("prompt", "an integer or a string", text)
     for name in ("reward", "logprob"):
-        if name in schema and not schema[name].is_numeric():
-            raise bad(name, "numeric")
+        check(name, "numeric", lambda dtype: dtype.is_numeric())
     if nested:
-        dtype = schema["logprobs"]
-        if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()):
-            raise bad("logprobs", "a list of numbers")
+        check("logprobs", "a list of numbers", numbers)
+
+
+def _part_of_type(
+    source: Resolved, column: str, ok: Callable[[pl.DataType], bool]
+) -> tuple[str, pl.DataType] | None:
+    """The first local part of ``source`` whose own ``column`` fails ``ok``, and
+    its type: None for one part, a frame or an object store (their types are the
+    ones given)."""
+    if source.frame is not None or source.remote or len(source.files) < 2:
+        return None
+    for part in source.files:
+        try:
+            kind = file_schema(part.path).get(column)
+        except RaftInputError:
+            return None
+        if kind is not None and not ok(kind):
+            return part.path, kind
+    return None

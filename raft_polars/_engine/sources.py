@@ -55,6 +55,7 @@ __all__ = [
     "Source",
     "StrictReader",
     "file_kind",
+    "file_schema",
     "local_files",
     "lone_surrogates",
     "reading",
@@ -598,6 +599,11 @@ def file_kind(path: str) -> str:
         msg = f"cannot read {path!r}: raft_polars reads {_KINDS_READ}"
         raise RaftInputError(msg)
     return "parquet"
+
+
+def file_schema(path: str) -> pl.Schema:
+    """The columns and types of one local data file, as its reader reads them."""
+    return _schema_of(path, file_kind(path))
 
 
 def _schema_of(path: str, kind: str) -> pl.Schema:

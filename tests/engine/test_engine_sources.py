@@ -90,6 +90,35 @@ def test_files_whose_columns_differ_name_the_file(tmp_path: Path) -> None:
         raft_polars.stage_losses(tmp_path)
 
 
+@pytest.mark.parametrize("renamed", [False, True])
+def test_a_part_of_the_wrong_type_is_named(tmp_path: Path, renamed: bool) -> None:
+    """Parts whose types merge into one of the wrong kind (an integer prompt id in
+    one file, a float in the next; the same of the rewards' stage) name the part
+    that holds it, under the source's own column names too."""
+    names = {"prompt": "question_id", "reward": "score"} if renamed else {}
+    columns = names or None
+    frame = nested_frame(LPS, RWS).rename(names)
+    prompt = names.get("prompt", "prompt")
+    frame.filter(pl.col("stage") == 0).write_parquet(tmp_path / "a.parquet")
+    frame.filter(pl.col("stage") == 1).with_columns(pl.col(prompt).cast(pl.Float64)).write_parquet(
+        tmp_path / "b.parquet"
+    )
+    with pytest.raises(RaftInputError, match=r"'prompt' must be .*found Float64 in .*b\.parquet"):
+        raft_polars.stage_losses(tmp_path, columns=columns)
+    tokens, rewards = long_frames(LPS, RWS)
+    (tmp_path / "r").mkdir()
+    rewards = rewards.rename(names)
+    rewards.head(2).write_parquet(tmp_path / "r" / "a.parquet")
+    rewards.tail(-2).with_columns(pl.col("stage").cast(pl.Float64)).write_parquet(
+        tmp_path / "r" / "c.parquet"
+    )
+    tokens.rename({"prompt": prompt}).write_parquet(tmp_path / "t.parquet")
+    with pytest.raises(
+        RaftInputError, match=r"'stage' must be an integer, found Float64 in .*c\.p"
+    ):
+        raft_polars.validate(tmp_path / "t.parquet", rewards=tmp_path / "r", columns=columns)
+
+
 def test_pq_files_are_read_and_hidden_ones_skipped(tmp_path: Path) -> None:
     frame = nested_frame(LPS, RWS)
     frame.filter(pl.col("stage") == 0).write_parquet(tmp_path / "a.parquet")
