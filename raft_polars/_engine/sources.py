@@ -427,8 +427,8 @@ def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) ->
         origin = f"the {role} Arrow table"
         try:
             frame = pl.from_arrow(source)
-        except READ_ERRORS as exc:  # e.g. two columns of one name
-            msg = f"cannot read {origin}: {_first_line(exc)}"
+        except READ_ERRORS as exc:  # e.g. two columns of one name, a type Polars lacks
+            msg = f"cannot read {origin}{_arrow_column(source)}: {_first_line(exc)}"
             raise RaftInputError(msg) from exc
         assert isinstance(frame, pl.DataFrame)
         lf = frame.lazy()
@@ -438,6 +438,17 @@ def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) ->
         msg = f"cannot read the schema of {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
     return Resolved(role, origin, (), tuple(schema.items()), (), lf)
+
+
+def _arrow_column(table: pa.Table) -> str:
+    """``", column 'x' (its Arrow type)"``: the first column of ``table`` that
+    Polars cannot take (a ``list_view``, say); empty when each one alone can be."""
+    for at, name in enumerate(table.column_names):
+        try:
+            pl.from_arrow(table.select([at]))
+        except READ_ERRORS:
+            return f", column {name!r} ({table.schema.field(at).type})"
+    return ""
 
 
 def _utf8_path(file: DataFile, role: str) -> DataFile:

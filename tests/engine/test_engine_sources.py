@@ -636,6 +636,19 @@ def test_an_arrow_table_with_two_columns_of_one_name_is_an_input_error() -> None
             call(table)
 
 
+def test_an_arrow_column_polars_cannot_take_is_named() -> None:
+    """An Arrow column of a type Polars does not take (``list_view``) is named with
+    its type; Polars' message named neither."""
+    import pyarrow as pa
+
+    lists = pa.array([[-1.0], [-2.0]], pa.list_view(pa.float64()))
+    table = pa.table({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.5, 0.9],
+                      "logprobs": lists})  # fmt: skip
+    for call in (raft_polars.stage_losses, raft_polars.validate):
+        with pytest.raises(RaftInputError, match=r"column 'logprobs' \(list_view<item: double>\)"):
+            call(table)
+
+
 @pytest.mark.parametrize("stage", ["LAST", "0", 1.5, True, [0], float("nan")])
 def test_a_stage_option_that_is_not_an_id_is_an_input_error(tmp_path: Path, stage: Any) -> None:
     """``stage=`` takes a stage id or ``"last"``: anything else is a RaftInputError
