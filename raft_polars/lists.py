@@ -348,11 +348,9 @@ def _read_rewards(lps: LogProbs, rws: Rewards) -> _Keys:
         for t, stage in enumerate(rws):
             for i, prompt in enumerate(stage):
                 for j, value in enumerate(prompt):
-                    if not _is_number(value):
-                        msg = (
-                            f"reward at stage {t}, prompt {i}, candidate {j} is not a "
-                            f"number: {value!r}"
-                        )
+                    problem = _not_a_float(value)
+                    if problem is not None:
+                        msg = f"reward at stage {t}, prompt {i}, candidate {j} {problem}"
                         raise RaftInputError(msg)
         msg = f"{_RW} holds values that are not numbers"
         raise RaftInputError(msg)
@@ -383,6 +381,19 @@ def _keys(prompts: npt.NDArray[np.int64], k: npt.NDArray[np.int64], rewards: pa.
     group, cand, group_stage, group_prompt = nest_ids(prompts, k)
     # None became null: a bad reward
     return _Keys(cand, rewards, group, group_stage, group_prompt)
+
+
+def _not_a_float(value: object) -> str | None:
+    """What keeps ``value`` from being a float64 (not a number, an integer beyond
+    its range), or None."""
+    if not _is_number(value):
+        return f"is not a number: {value!r}"
+    try:
+        float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        digits = len(str(abs(int(value))))  # type: ignore[call-overload]
+        return f"is an integer of {digits} digits, beyond a float64's range"
+    return None
 
 
 def _is_number(value: object) -> bool:
@@ -436,11 +447,10 @@ def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:
                 msg = f"{_LP}[{t}][{i}][{j}] must be a list of log-probs, found {pick!r}"
                 raise RaftInputError(msg)
             for index, value in enumerate(pick):
-                if not _is_number(value) and value is not None:
-                    msg = (
-                        f"log-prob at stage {t}, prompt {i}, candidate {j}, token {index} "
-                        f"is not a number: {value!r}"
-                    )
+                problem = None if value is None else _not_a_float(value)
+                if problem is not None:
+                    where = f"stage {t}, prompt {i}, candidate {j}, token {index}"
+                    msg = f"log-prob at {where} {problem}"
                     raise RaftInputError(msg)
         msg = f"{_LP} holds values that are not numbers"
         raise RaftInputError(msg)
