@@ -46,6 +46,44 @@ def _distributed() -> Any:
     return distributed
 
 
+def _joined(distributed: Any, scheduler: str) -> Any:
+    """A client of the scheduler at ``scheduler``; a RaftInputError naming it when
+    the address is malformed or no scheduler answers there.
+
+    A malformed address is refused before a client is made. A client whose start
+    failed is dropped and collected here, at once: left to the garbage collector,
+    its ``__del__`` closed it whenever the collector ran, once in the middle of
+    another client's start in the same thread, which then waited for itself
+    forever (distributed's loop runner lock)."""
+    import gc
+
+    why = _malformed(scheduler)
+    if why is None:
+        try:
+            return distributed.Client(scheduler)
+        except (ValueError, OSError, TimeoutError) as exc:  # none listening, say
+            why = (str(exc).strip().splitlines() or [repr(exc)])[0].strip('"')
+            exc.__traceback__ = None  # its frames hold the half-made client
+        gc.collect()
+    msg = f"cannot connect to the Dask scheduler {scheduler!r}: {why}"
+    raise RaftInputError(msg)
+
+
+def _malformed(address: str) -> str | None:
+    """Why distributed cannot use ``address`` as a scheduler's, or None."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, where = parse_address(address)
+        get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(where)
+    except (ValueError, TypeError) as exc:
+        return str(exc).strip() or type(exc).__name__
+    return None
+
+
 @contextmanager
 def connect(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
     """A ``distributed.Client``: joined to a running scheduler, or on a local cluster.
@@ -81,12 +119,7 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
         if workers is not None:
             msg = "workers= sizes a local cluster; it does not apply with scheduler="
             raise RaftInputError(msg)
-        try:
-            client = distributed.Client(scheduler)
-        except (ValueError, OSError, TimeoutError) as exc:  # a bad address, none listening
-            why = (str(exc).strip().splitlines() or [repr(exc)])[0].strip('"')
-            msg = f"cannot connect to the Dask scheduler {scheduler!r}: {why}"
-            raise RaftInputError(msg) from exc
+        client = _joined(distributed, scheduler)
         with client:
             if not client.scheduler_info().get("workers"):  # Dask waits for some, silently
                 logging.getLogger("raft_polars").warning(

@@ -744,6 +744,37 @@ def test_a_malformed_scheduler_address_is_an_input_error(address: str) -> None:
         raft_polars.stage_losses(frame, engine=DaskEngine(scheduler=address))
 
 
+def test_a_client_that_fails_to_start_is_gone_before_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A malformed address makes no client; a client whose start fails (nothing
+    listening) is collected before the error is raised: left to the garbage
+    collector, its ``__del__`` once ran inside the next client's start in the same
+    thread, which then waited for itself forever (a hung test run)."""
+    import weakref
+
+    distributed = pytest.importorskip("distributed")
+    from raft_polars.dask import connect
+
+    made: list[weakref.ref[object]] = []
+
+    class Failing:
+        def __init__(self, address: str) -> None:
+            made.append(weakref.ref(self))
+            self.me = self  # a cycle, as the half-made client holds: only gc frees it
+            raise OSError(f"Timed out trying to connect to {address}")
+
+    monkeypatch.setattr(distributed, "Client", Failing)
+    for address in ("not a url", "foo://x:1"):
+        with pytest.raises(RaftInputError, match="cannot connect to the Dask scheduler"):
+            connect(scheduler=address).__enter__()
+    assert made == []  # refused before any client was made
+    with pytest.raises(RaftInputError, match=r"tcp://127\.0\.0\.1:9.*Timed out"):
+        connect(scheduler="tcp://127.0.0.1:9").__enter__()
+    assert len(made) == 1
+    assert made[0]() is None  # collected already
+
+
 @pytest.mark.parametrize("rows", [2, 40])
 def test_a_wide_row_with_fewer_responses_than_rewards_is_an_error(
     tmp_path: Path, rows: int
