@@ -177,17 +177,18 @@ def _joined(shards: list[Shard], sizes: list[int], budget: int) -> list[Shard]:
 
 
 def _spanning(shards: list[Shard]) -> Shard:
-    """One shard of the files of ``shards``, its bounds spanning theirs (None
-    when one has none, or when their ids do not compare)."""
+    """One shard of the files of ``shards``, its bounds spanning theirs column by
+    column, as a file's own bounds do (each column's least and greatest; None when
+    one has none, or when their ids do not compare)."""
     if len(shards) == 1:
         return shards[0]
     files = tuple(i for s in shards for i in s.piece.files)
-    los, his = [s.lo for s in shards], [s.hi for s in shards]
     lo = hi = None
-    if all(b is not None for b in (*los, *his)):
+    if all(s.lo is not None and s.hi is not None for s in shards):
         try:
-            lo, hi = min(los), max(his)  # type: ignore[type-var]
-        except TypeError:  # ids of different kinds in different files
+            lo = tuple(map(min, zip(*(s.lo for s in shards), strict=True)))
+            hi = tuple(map(max, zip(*(s.hi for s in shards), strict=True)))
+        except (TypeError, ValueError):  # ids of other kinds, or bounds of other widths
             lo = hi = None
     return Shard(Piece(files), lo, hi)
 
