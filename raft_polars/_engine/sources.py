@@ -26,6 +26,7 @@ Rules, the same for every executor:
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob as _glob
 import io
 import json
@@ -504,24 +505,46 @@ def _expand(text: str, role: str) -> list[DataFile]:
 def _matched_files(pattern: str, root: Path) -> list[Path]:
     """The files a glob pattern matches, and the data files of the directories it
     matches (a Spark or DuckDB "file" written as a directory of parts, read as
-    the same paths given one by one read it), each once, in order. What the
-    pattern's wildcards match below ``root`` (its fixed part) in a name that
-    begins with ``.`` or ``_`` is left out, as below a source directory (a name
-    the pattern spells out is kept)."""
-    spelled = set(Path(pattern).parts)
-    found: set[Path] = set()
-    for match in map(Path, _glob.glob(pattern, recursive=True)):
+    the same paths given one by one read it), each file once (a recursive pattern
+    through a link back up reaches one under many names: the first in order is
+    kept), in order. A name below ``root`` (the pattern's fixed part) that begins
+    with ``.`` or ``_`` is left out, as below a source directory, unless the
+    pattern part that matched it spells that first character out (``_tmp*``)."""
+    spelled = [part for part in Path(pattern).parts if part[:1] in (".", "_")]
+    found: dict[tuple[int, int], Path] = {}
+    for match in sorted(map(Path, _glob.glob(pattern, recursive=True))):
         try:
             below = match.relative_to(root).parts
         except ValueError:
             below = ()
-        if any(part.startswith((".", "_")) and part not in spelled for part in below):
+        if any(_hidden(part, spelled) for part in below):
             continue
-        if match.is_file():
-            found.add(match)
-        elif match.is_dir():
-            found.update(_data_files(match))
-    return sorted(found)
+        if match.is_dir():
+            files = _data_files(match)
+        elif match.is_symlink() and not match.exists():
+            files = _data_files_linking(match)
+        else:
+            files = [match] if match.is_file() else []
+        for file in files:
+            stat = file.stat()
+            found.setdefault((stat.st_dev, stat.st_ino), file)
+    return sorted(found.values())
+
+
+def _hidden(name: str, spelled: Sequence[str]) -> bool:
+    """Whether a name matched by a glob is hidden (``.``, ``_``) and no part of the
+    pattern that begins with its first character matches it."""
+    return name[:1] in (".", "_") and not any(fnmatch.fnmatchcase(name, p) for p in spelled)
+
+
+def _data_files_linking(path: Path) -> list[Path]:
+    """A name that links to nothing: an error when it names a data file (a
+    git-annex or DVC checkout whose data was not fetched), nothing otherwise."""
+    if _uncompressed(path.name).endswith(SUFFIXES):
+        target = os.readlink(path)
+        msg = f"cannot read {str(path)!r}: a symbolic link to {target!r}, which does not exist"
+        raise RaftInputError(msg)
+    return []
 
 
 def _data_files(directory: Path) -> list[Path]:
@@ -531,9 +554,7 @@ def _data_files(directory: Path) -> list[Path]:
     named = [path for path in _below(directory) if _uncompressed(path.name).endswith(SUFFIXES)]
     for path in named:
         if path.is_symlink() and not path.exists():
-            target = os.readlink(path)
-            msg = f"cannot read {str(path)!r}: a symbolic link to {target!r}, which does not exist"
-            raise RaftInputError(msg)
+            _data_files_linking(path)
     return sorted(path for path in named if path.is_file())
 
 

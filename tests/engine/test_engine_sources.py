@@ -534,6 +534,24 @@ def test_a_glob_reads_the_directories_it_matches(tmp_path: Path, pattern: str) -
     )
     spelled = raft_polars.stage_losses(str(tmp_path / "o*" / "_temporary" / "*.parquet"))
     assert _rounded(spelled) == expected  # a name the pattern spells out is read
+    for spelt in ("out/_tem*/*.parquet", "o*/_*/part-9.parquet"):  # its first character
+        assert _rounded(raft_polars.stage_losses(str(tmp_path / spelt))) == expected
+
+
+def test_a_recursive_glob_reads_a_file_once_and_names_a_link_to_nothing(tmp_path: Path) -> None:
+    """A recursive glob through a link back up reaches a file under many names: it
+    is read once; a data file the glob matches that links to nothing is named, as
+    in a directory."""
+    frame = nested_frame(LPS, RWS)
+    (tmp_path / "loop").mkdir()
+    frame.write_parquet(tmp_path / "loop" / "a.parquet")
+    (tmp_path / "loop" / "up").symlink_to(tmp_path / "loop", target_is_directory=True)
+    got = raft_polars.stage_losses(str(tmp_path / "loop" / "**" / "*.parquet"))
+    assert _rounded(got) == reference_rounded(LPS, RWS)
+    (tmp_path / "loop" / "up").unlink()
+    (tmp_path / "loop" / "b.parquet").symlink_to(tmp_path / "missing.parquet")
+    with pytest.raises(RaftInputError, match=r"b\.parquet.*does not exist"):
+        raft_polars.stage_losses(str(tmp_path / "loop" / "*.parquet"))
 
 
 @pytest.mark.parametrize("engine", ["polars", "dask"])
