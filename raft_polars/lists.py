@@ -390,9 +390,9 @@ def _not_a_float(value: object) -> str | None:
         return f"is not a number: {value!r}"
     try:
         float(value)  # type: ignore[arg-type]
-    except OverflowError:
-        digits = len(str(abs(int(value))))  # type: ignore[call-overload]
-        return f"is an integer of {digits} digits, beyond a float64's range"
+    except OverflowError:  # (its digits, not counted: Python's str() stops at 4,300)
+        bits = int(value).bit_length()  # type: ignore[call-overload]
+        return f"is an integer of {bits} bits, beyond a float64's range (1,024 bits)"
     return None
 
 

@@ -682,6 +682,6 @@ def _part_of_type(
             kind = file_schema(part.path).get(column)
         except RaftInputError:
             return None
-        if kind is not None and not ok(kind):
+        if kind is not None and kind != pl.Null and not ok(kind):  # all-null: any type
             return part.path, kind
     return None

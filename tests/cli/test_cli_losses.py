@@ -142,6 +142,7 @@ STRATEGIES = {
     # negative numbers in the spellings argparse takes for options
     "min_reward_exponent": ["--min-reward", "-2.5e-1"],
     "top_n+min_reward_exponent": ["--strategy", "top_n", "--n", "2", "--min-reward", "-1E0"],
+    "min_reward_underscores": ["--min-reward", "-1_0.5"],
 }
 
 

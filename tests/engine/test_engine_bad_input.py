@@ -116,13 +116,13 @@ LIST_CASES: dict[str, tuple[Any, Any, list[str]]] = {
     "string-reward": (LPS, _set(RWS, (0, 1, 1), "0.3"), [r"reward", r"'0\.3'", *where(0, 1, 1)]),
     "reward-beyond-float64": (
         LPS,
-        _set(RWS, (1, 0, 1), 10**400),
-        [r"reward", r"401 digits", *where(1, 0, 1)],
+        _set(RWS, (1, 0, 1), 10**5000),  # beyond str()'s 4,300 digits too
+        [r"reward", r"16610 bits", *where(1, 0, 1)],
     ),
     "logprob-beyond-float64": (
         _set(LPS, (0, 1, 0, 1), -(10**309)),
         RWS,
-        [r"log-?prob", r"310 digits", *where(0, 1, 0)],
+        [r"log-?prob", r"1027 bits", *where(0, 1, 0)],
     ),
     "nan-logprob-selected": (
         _set(LPS, (0, 0, 1, 1), NAN),

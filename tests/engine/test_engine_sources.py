@@ -103,6 +103,8 @@ def test_a_part_of_the_wrong_type_is_named(tmp_path: Path, renamed: bool) -> Non
     frame.filter(pl.col("stage") == 1).with_columns(pl.col(prompt).cast(pl.Float64)).write_parquet(
         tmp_path / "b.parquet"
     )
+    nulls = frame.head(0).with_columns(pl.lit(None).alias(prompt))  # Null: it takes any type
+    nulls.write_parquet(tmp_path / "0.parquet")
     with pytest.raises(RaftInputError, match=r"'prompt' must be .*found Float64 in .*b\.parquet"):
         raft_polars.stage_losses(tmp_path, columns=columns)
     tokens, rewards = long_frames(LPS, RWS)
