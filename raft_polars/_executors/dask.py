@@ -177,18 +177,19 @@ def _joined(shards: list[Shard], sizes: list[int], budget: int) -> list[Shard]:
 
 
 def _spanning(shards: list[Shard]) -> Shard:
-    """One shard of the files of ``shards``, its bounds spanning theirs column by
-    column, as a file's own bounds do (each column's least and greatest; None when
-    one has none, or when their ids do not compare)."""
+    """One shard of the files of ``shards``, its bounds spanning theirs: the least
+    of their lower bounds and the greatest of their upper ones, in the order
+    ``(stage, prompt)`` pairs sort (None when one has none, or when their ids do
+    not compare)."""
     if len(shards) == 1:
         return shards[0]
     files = tuple(i for s in shards for i in s.piece.files)
+    los, his = [s.lo for s in shards], [s.hi for s in shards]
     lo = hi = None
-    if all(s.lo is not None and s.hi is not None for s in shards):
+    if all(b is not None for b in (*los, *his)):
         try:
-            lo = tuple(map(min, zip(*(s.lo for s in shards), strict=True)))
-            hi = tuple(map(max, zip(*(s.hi for s in shards), strict=True)))
-        except (TypeError, ValueError):  # ids of other kinds, or bounds of other widths
+            lo, hi = min(los), max(his)  # type: ignore[type-var]
+        except TypeError:  # ids of different kinds in different files
             lo = hi = None
     return Shard(Piece(files), lo, hi)
 
@@ -327,26 +328,27 @@ def _check(frame: pl.DataFrame, selection: Selection, limit: int, nested: bool) 
 
 
 def _seen(rows: pl.DataFrame) -> tuple[Bound, Bound] | None:
-    """Per column, the least and the greatest ``stage`` and ``prompt`` of the rows
-    read (None without rows): the bounds the footer statistics claim, measured."""
+    """The least and the greatest ``(stage, prompt)`` of the rows read, in the
+    order the pairs sort (None without rows): the bounds the plan claims,
+    measured."""
     if rows.height == 0:
         return None
-    found = rows.select(
-        *(pl.col(c).min().alias(f"{c}_lo") for c in ("stage", "prompt")),
-        *(pl.col(c).max().alias(f"{c}_hi") for c in ("stage", "prompt")),
-    ).row(0)
-    return found[:2], found[2:]
+    stage = rows.get_column("stage")
+    low, high = stage.min(), stage.max()
+    first = rows.filter(pl.col("stage") == low).get_column("prompt").min()
+    last = rows.filter(pl.col("stage") == high).get_column("prompt").max()
+    return (low, first), (high, last)
 
 
 def _within(shard: Shard, seen: tuple[Bound, Bound] | None) -> bool:
-    """Whether the rows a shard holds lie inside the bounds its plan claims."""
+    """Whether the rows a shard holds lie inside the bounds its plan claims, in
+    the order ``(stage, prompt)`` pairs sort, as the isolation and the cuts
+    (:func:`_slice`) read them."""
     if seen is None or shard.lo is None or shard.hi is None:
         return True
+    width = len(shard.lo)
     try:
-        return all(
-            lo <= low and high <= hi
-            for lo, hi, low, high in zip(shard.lo, shard.hi, *seen, strict=False)
-        )
+        return bool(shard.lo <= seen[0][:width] and seen[1][:width] <= shard.hi)
     except TypeError:  # null ids, or ids of another kind than the statistics
         return False
 
