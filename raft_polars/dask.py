@@ -46,7 +46,7 @@ def _distributed() -> Any:
     return distributed
 
 
-def _joined(distributed: Any, scheduler: str) -> Any:
+def _client_of(distributed: Any, scheduler: str) -> Any:
     """A client of the scheduler at ``scheduler``; a RaftInputError naming it when
     the address is malformed or no scheduler answers there.
 
@@ -119,7 +119,7 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
         if workers is not None:
             msg = "workers= sizes a local cluster; it does not apply with scheduler="
             raise RaftInputError(msg)
-        client = _joined(distributed, scheduler)
+        client = _client_of(distributed, scheduler)
         with client:
             if not client.scheduler_info().get("workers"):  # Dask waits for some, silently
                 logging.getLogger("raft_polars").warning(

@@ -157,3 +157,18 @@ def write_split(frame: pl.DataFrame, directory: Path, parts: int) -> list[Path]:
 
 def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+
+
+def report_places(report: dict[str, Any], back: dict[str, int] | None = None) -> dict[str, Any]:
+    """Each problem of a ``validate`` report (``to_dict()``): its count and its
+    places, as a set; with ``back``, text prompt ids named by their integers."""
+
+    def named(place: dict[str, Any]) -> tuple[Any, ...]:
+        if back is not None and "prompt" in place:
+            place = {**place, "prompt": back.get(place["prompt"])}
+        return tuple(sorted(place.items()))
+
+    out = {}
+    for problem in report["problems"]:
+        out[problem["kind"]] = (problem["count"], {named(r) for r in problem["locations"]})
+    return out

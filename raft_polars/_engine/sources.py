@@ -510,7 +510,7 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     kept), in order. A name below ``root`` (the pattern's fixed part) that begins
     with ``.`` or ``_`` is left out, as below a source directory, unless the
     pattern part that matched it spells that first character out (``_tmp*``)."""
-    spelled = [part for part in Path(pattern).parts if part[:1] in (".", "_")]
+    spelled = [part for part in Path(pattern).parts if _hidden_name(part)]
     found: dict[tuple[int, int], Path] = {}
     for match in sorted(map(Path, _glob.glob(pattern, recursive=True))):
         try:
@@ -534,7 +534,13 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
 def _hidden(name: str, spelled: Sequence[str]) -> bool:
     """Whether a name matched by a glob is hidden (``.``, ``_``) and no part of the
     pattern that begins with its first character matches it."""
-    return name[:1] in (".", "_") and not any(fnmatch.fnmatchcase(name, p) for p in spelled)
+    return _hidden_name(name) and not any(fnmatch.fnmatchcase(name, p) for p in spelled)
+
+
+def _hidden_name(name: str) -> bool:
+    """A hidden or temporary name (``.git``, ``_temporary``, ``_SUCCESS``): left
+    out of a source directory, and of what a glob's wildcards match."""
+    return name[:1] in (".", "_")
 
 
 def _data_files_linking(path: Path) -> list[Path]:
@@ -576,8 +582,8 @@ def _below(directory: Path) -> Iterator[Path]:
             dirs.clear()
             continue
         seen.add((here.st_dev, here.st_ino))
-        dirs[:] = [d for d in dirs if d[0] not in "._"]
-        yield from (Path(root, f) for f in files if f[0] not in "._")
+        dirs[:] = [d for d in dirs if not _hidden_name(d)]
+        yield from (Path(root, f) for f in files if not _hidden_name(f))
 
 
 def _uncompressed(name: str) -> str:

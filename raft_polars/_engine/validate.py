@@ -1420,12 +1420,14 @@ def _plain_batch(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    columns, texts, changed = list(batch.columns), {}, False
+    texts: dict[str, pl.Series] = {}
+    if not any(pa.types.is_dictionary(kind) for kind in batch.schema.types):
+        return batch, texts
+    columns = list(batch.columns)
     for at, (spec, column) in enumerate(zip(batch.schema, columns, strict=True)):
         kind = spec.type
         if not pa.types.is_dictionary(kind):
             continue
-        changed = True
         values = column.dictionary
         if (
             coded
@@ -1439,8 +1441,6 @@ def _plain_batch(
             columns[at] = column.indices
         else:
             columns[at] = column.cast(kind.value_type)
-    if not changed:  # (not ``==``: that compares the arrays' values)
-        return batch, texts
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names), texts
 
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import long_frames
+from reference import long_frames, report_places
 from strategies import ragged_logs
 
 import raft_polars as rp
@@ -193,19 +193,7 @@ def test_text_ids_written_by_pyarrow_same_report_as_integers(
     assert texts["summary"] == ints["summary"]
     assert texts["ok"] == ints["ok"]
 
-    def places(report: dict[str, Any], mapped: dict[str, int] | None) -> dict[str, Any]:
-        out = {}
-        for problem in report["problems"]:
-            rows = set()
-            for where in problem["locations"]:
-                place = dict(where)
-                if mapped is not None and "prompt" in place:
-                    place["prompt"] = mapped[place["prompt"]]
-                rows.add(tuple(sorted(place.items())))
-            out[problem["kind"]] = (problem["count"], rows)
-        return out
-
-    assert places(texts, back) == places(ints, None)
+    assert report_places(texts, back) == report_places(ints)
 
 
 def test_dictionary_checked_before_its_codes_are_used(tmp_path: Path) -> None:

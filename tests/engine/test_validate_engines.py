@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import long_frames, nested_frame, write_split
+from reference import long_frames, nested_frame, report_places, write_split
 from strategies import ragged_logs
 
 import raft_polars as rp
@@ -151,20 +151,6 @@ def _as_text(frame: pl.DataFrame, names: dict[int, str]) -> pl.DataFrame:
     return frame.with_columns(pl.col("prompt").replace_strict(names, return_dtype=pl.String))
 
 
-def _places(report: dict[str, Any], back: dict[str, int] | None = None) -> dict[str, Any]:
-    """Each problem's count and its places, prompt ids named as integers, as a set."""
-
-    def named(place: dict[str, Any]) -> tuple[Any, ...]:
-        if back is not None and "prompt" in place:
-            place = {**place, "prompt": back.get(place["prompt"])}
-        return tuple(sorted(place.items()))
-
-    out = {}
-    for problem in report["problems"]:
-        out[problem["kind"]] = (problem["count"], {named(r) for r in problem["locations"]})
-    return out
-
-
 @settings(
     max_examples=15,
     deadline=None,
@@ -215,7 +201,7 @@ def test_text_prompt_ids_same_report_as_integers(
     ints, texts = reports
     assert texts["ok"] == ints["ok"]
     assert texts["summary"] == ints["summary"]
-    assert _places(texts, back) == _places(ints)
+    assert report_places(texts, back) == report_places(ints)
 
 
 def test_global_ties_go_to_the_smallest_text_prompt(tmp_path: Path) -> None:
