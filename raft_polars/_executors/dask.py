@@ -51,7 +51,6 @@ from raft_polars._engine.reduce import (
 from raft_polars._engine.sources import Piece, Resolved
 from raft_polars._engine.stats import best_of_n_sums, prompt_rows, stats_parts
 from raft_polars._progress import Clock, active, report
-from raft_polars.errors import RaftInputError
 from raft_polars.selection import Reduction, Selection
 
 if TYPE_CHECKING:
@@ -304,23 +303,7 @@ def _read_keys(log: StageLog, piece: Piece) -> pl.LazyFrame:
 
 
 def _read_checked(log: StageLog, piece: Piece) -> pl.LazyFrame:
-    """The candidate rows ``validate`` checks (with their token statistics when
-    nested). A piece Polars cannot decode (a page its decoder refuses or panics
-    on) is read as in process, by the strict reader, which reads on past the
-    bad page; the file itself is reported by the strict pass over the files."""
-    try:
-        return log.collect(_checked_rows(log, piece)).lazy()
-    except RaftInputError:
-        if not vk.strict_paths(log):  # no local Parquet file: nothing reads it otherwise
-            raise
-        return _checked_rows(vk.strictly(log, vk.StrictParquet()), piece)
-
-
-def _checked_rows(log: StageLog, piece: Piece) -> pl.LazyFrame:
-    rows = log.candidates(piece, extras=False)
-    if log.layout == "nested":
-        return vk.nested_columns(rows, has_logprobs=log.has_logprobs)
-    return rows.select(*_IDS, "reward")
+    return vk.read_checked(log, piece).lazy()
 
 
 def _check(frame: pl.DataFrame, selection: Selection, limit: int, nested: bool) -> vk.CandidatePart:

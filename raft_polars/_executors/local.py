@@ -140,16 +140,22 @@ class LocalExecutor:
         nested = log.layout == "nested"
         # the token pass decodes in threads of its own while the candidates are checked
         token_pass = None if nested else _started(vk.token_part, log)
-        reader = vk.StrictParquet()  # the candidate rows: one strict decode
-        strict = vk.strictly(log, reader)
-        rows = strict.candidates(extras=False)
-        checked = vk.nested_columns(rows, has_logprobs=log.has_logprobs)
-        cands = strict.collect(checked if nested else rows.select(*_IDS, "reward"))
+        if nested:  # the candidate rows are the log's: one strict decode
+            reader = vk.StrictParquet()
+            strict = vk.strictly(log, reader)
+            cands = strict.collect(vk.checked_rows(strict))
+        else:  # Polars reads them, the reward files are checked apart
+            cands = vk.read_checked(log)
         part = vk.check_candidates(cands, selection, limit, nested=nested)
         del cands  # the token pass needs the memory more
         found = vk.Findings(limit)
-        mixed = [(path, vk.json_ids(path, columns)) for path, columns in vk.json_id_files(log)]
-        errors = [*reader.errors.items(), *mixed]
+        # the files the strict reads reject (the reward files of the long layout)
+        paths = [] if nested else vk.strict_paths(log, tokens=False)
+        errors = [
+            *(reader.errors.items() if nested else ()),
+            *((p, vk.strict_read(p)) for p in paths),
+        ]
+        errors += [(path, vk.json_ids(path, columns)) for path, columns in vk.json_id_files(log)]
         if nested:
             errors += vk.polars_refusals(log, errors, _map)
             vk.strict_findings(found, errors)
