@@ -31,6 +31,7 @@ __all__ = [
     "Ids",
     "Strings",
     "best_of_groups",
+    "best_of_n",
     "best_of_nest",
     "column",
     "groups_of",
@@ -531,6 +532,45 @@ def best_of_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positi
 
 
 @njit()
+def best_of_n(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
+    starts: npt.NDArray[np.int64],
+    group_stage: npt.NDArray[np.int64],
+    reward: npt.NDArray[np.float64],
+    lf: npt.NDArray[np.float64],
+    prompts: npt.NDArray[np.int64],
+    best: npt.NDArray[np.float64],
+    worst: npt.NDArray[np.float64],
+) -> None:  # pragma: no cover - compiled; its callers are tested
+    """Best-of-n sums over groups of rewards (a ``(stage, prompt)`` each, rows
+    ``starts[g] .. starts[g + 1] - 1``, rewards ascending), added into arrays of
+    one row per stage (``group_stage``) and one column per ``n - 1`` (all start
+    at 0): ``prompts`` with at least ``n`` rewards, and the sums over them of
+    the expected largest (``best``) and smallest (``worst``) of ``n`` drawn
+    without replacement. The rank-``i`` reward weighs ``C(i-1, n-1) / C(k, n)``
+    in the largest and ``C(k-i, n-1) / C(k, n)`` in the smallest, from the
+    table ``lf`` of ``log(j!)`` (no overflow for k in the thousands); each
+    prompt's weights are divided by their float sum (1 in exact arithmetic).
+    The largest weight of each is ``n / k``: none of them all underflows."""
+    for g in range(starts.shape[0] - 1):
+        lo, k, t = starts[g], starts[g + 1] - starts[g], group_stage[g]
+        for n in range(1, k + 1):
+            whole = lf[k] - lf[n] - lf[k - n] + lf[n - 1]
+            top = top_w = 0.0
+            for i in range(n, k + 1):
+                w = np.exp(lf[i - 1] - lf[i - n] - whole)
+                top += w * reward[lo + i - 1]
+                top_w += w
+            low = low_w = 0.0
+            for i in range(1, k - n + 2):
+                w = np.exp(lf[k - i] - lf[k - i - n + 1] - whole)
+                low += w * reward[lo + i - 1]
+                low_w += w
+            prompts[t, n - 1] += 1
+            best[t, n - 1] += top / top_w
+            worst[t, n - 1] += low / low_w
+
+
+@njit()
 def nest_ids(
     prompts: npt.NDArray[np.int64], ks: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.int64], ...]:  # pragma: no cover - compiled; its callers are tested
@@ -611,6 +651,8 @@ def touch() -> None:
     process initialises LLVM: ~0.3 s), on empty arrays of the common types."""
     codes = np.zeros(0, dtype=np.int64)
     best_of_groups(codes, codes, np.zeros(0), *groups_of(0))
+    grid = np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0)), np.zeros((0, 0))
+    best_of_n(np.zeros(1, dtype=np.int64), codes, np.zeros(0), np.zeros(1), *grid)
     nest_ids(codes, codes)
     name_table(NO_STRINGS)
     for kinds, values in (

@@ -230,39 +230,23 @@ def test_prompt_stats(tmp_path: Path, engine: str) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    log=ragged_logs(max_stages=3, max_prompts=5, max_k=6), pairs=st.sampled_from([1, 2, 7, 1 << 21])
+    log=ragged_logs(max_stages=3, max_prompts=5, max_k=6),
+    text=st.booleans(),
+    seed=st.integers(0, 9),
 )
-def test_best_of_n_in_chunks_of_whole_prompts(log: Any, pairs: int) -> None:
-    """best_of_n expands each candidate into one row per n a bounded number of
-    pairs at a time (it held every pair at once: 3.2 GiB at 692 M tokens): any
-    chunk size gives the brute-force curves."""
-    from unittest import mock
-
+def test_best_of_n_sums_on_candidates_in_any_order(log: Any, text: bool, seed: int) -> None:
+    """The best-of-n kernel sorts the candidates by prompt and reward itself:
+    shuffled rows, integer or text prompt ids, give the brute-force curves."""
     from raft_polars._engine import stats
 
     rows = [
-        {"stage": t, "prompt": p, "cand": c, "reward": r}
+        {"stage": t, "prompt": f"q{p:03d}" if text else p, "cand": c, "reward": r}
         for t, stage in enumerate(log[1])
         for p, rewards in enumerate(stage)
         for c, r in enumerate(rewards)
     ]
-    cands = pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=1)
-    split: list[list[pl.DataFrame]] = []
-    real = stats.split_prompts
-
-    def spy(frame: pl.DataFrame, parts: int) -> list[pl.DataFrame]:
-        split.append(list(real(frame, parts)))
-        return split[-1]
-
-    with mock.patch.object(stats, "split_prompts", spy):
-        got = stats.best_of_n_sums(cands, pairs=pairs)
-    sizes = cands.group_by("stage", "prompt").len()["len"]
-    # one split, into a part per ``pairs`` pairs (a prompt of k has k * k), of whole prompts
-    assert len(split) == 1
-    chunks = split[0]
-    assert len(chunks) == max(1, -(-int((sizes * sizes).sum()) // pairs))
-    assert sum(c.height for c in chunks) == cands.height
-    assert sum(c.select("stage", "prompt").n_unique() for c in chunks) == sizes.len()
+    cands = pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=seed)
+    got = stats.best_of_n_sums(cands)
     want = ref_best_of_n(log[1])
     assert sorted(zip(got["stage"], got["n"], strict=True)) == sorted(want)
     for row in got.iter_rows(named=True):
@@ -270,6 +254,29 @@ def test_best_of_n_in_chunks_of_whole_prompts(log: Any, pairs: int) -> None:
         assert row["prompts"] == prompts
         assert _close(row["best_sum"] / prompts, best)
         assert _close(row["worst_sum"] / prompts, worst)
+
+
+@pytest.mark.parametrize(("k", "correct"), [(1, 1), (7, 0), (50, 3), (2000, 17), (2000, 1999)])
+def test_best_of_n_at_large_k_is_pass_at_n(k: int, correct: int) -> None:
+    """Rewards in {0, 1}: the expected best of n is pass@n, 1 - C(k-c, n) / C(k, n),
+    and the expected worst C(c, n) / C(k, n), exact by Python's integers, for K
+    in the thousands (the weights' log-factorials neither overflow nor underflow)."""
+    from fractions import Fraction
+
+    from raft_polars._engine import stats
+
+    rewards = [1.0] * correct + [0.0] * (k - correct)
+    cands = pl.DataFrame(
+        {"stage": [3] * k, "prompt": [5] * k, "cand": list(range(k)), "reward": rewards}
+    ).sample(fraction=1.0, shuffle=True, seed=k)
+    got = stats.best_of_n_sums(cands)
+    assert got["n"].to_list() == list(range(1, k + 1))
+    assert set(got["stage"]) == {3}
+    assert set(got["prompts"]) == {1}
+    for n, best, worst in zip(got["n"], got["best_sum"], got["worst_sum"], strict=True):
+        total = math.comb(k, n)
+        assert _close(best, float(1 - Fraction(math.comb(k - correct, n), total)), 1e-9)
+        assert _close(worst, float(Fraction(math.comb(correct, n), total)), 1e-9)
 
 
 @settings(max_examples=30, deadline=None)
