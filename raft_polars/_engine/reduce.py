@@ -220,16 +220,29 @@ def nested_sums(
     *,
     piece: Piece | None = None,
     keys: Keys | None = None,
+    every: bool = False,
 ) -> Reduced:
     """The reduce kernel of the nested layout: decode only the selected rows'
-    lists, sum per stage, and find bad log-probs of selected responses."""
-    rows = selected_candidates(log.candidates(piece, extras=False), chosen, keys)
-    responses = response_stats(log, rows)
+    lists, sum per stage, and find bad log-probs of selected responses.
+
+    ``every``: decode every row's list, and give every candidate's token count
+    (``counts``) from the same pass (the statistics need them: a second pass
+    over the lists for their lengths cost as much as this one)."""
+    candidates = log.candidates(piece, extras=False)
+    rows = selected_candidates(candidates, chosen, keys)
+    counts = None
+    if every:
+        every_one = response_stats(log, candidates)
+        counts = every_one.select(*_IDS, pl.col("tokens").fill_null(0))
+        on = chosen.select(pl.col(c).cast(every_one.schema[c]) for c in _IDS)
+        responses = every_one.join(on, on=_IDS, how="semi", maintain_order="left")
+    else:
+        responses = response_stats(log, rows)
     problems: list[Problem] = []
     flagged = responses.filter(_flagged(responses))
     if flagged.height:
         problems = _nested_problems(log, rows, flagged)
-    return Reduced(stage_frame(_response_sums(responses)), None, problems)
+    return Reduced(stage_frame(_response_sums(responses)), None, problems, counts)
 
 
 def _nested_problems(log: StageLog, rows: pl.LazyFrame, flagged: pl.DataFrame) -> list[Problem]:

@@ -417,8 +417,8 @@ def _keys_of(cuts: Sequence[_Cut]) -> pl.DataFrame:
     return pl.concat([c.keys for c in cuts if c.keys is not None], how="vertical")
 
 
-def _t_nested(log: StageLog, shard: Shard, *cuts: _Cut) -> Reduced:
-    return nested_sums(log, _chosen_of(cuts), piece=shard.piece)
+def _t_nested(log: StageLog, shard: Shard, *cuts: _Cut, every: bool = False) -> Reduced:
+    return nested_sums(log, _chosen_of(cuts), piece=shard.piece, every=every)
 
 
 def _t_tokens(
@@ -565,14 +565,16 @@ class DaskExecutor:
         if not log.has_logprobs:
             pass  # rewards only: no token counts
         elif log.layout == "nested":
-            if every_reduce:
+            if every_reduce:  # the token counts from the same pass
                 reduced = job.gather(
                     [
-                        job.submit(_t_nested, job.log, s, *job.covering(ranks, s))
+                        job.submit(_t_nested, job.log, s, *job.covering(ranks, s), every=True)
                         for s in job.cand_shards
                     ]
                 )
-            counts = job.gather([job.submit(_t_lengths, job.log, s) for s in job.cand_shards])
+                counts = [r.counts for r in reduced]
+            else:
+                counts = job.gather([job.submit(_t_lengths, job.log, s) for s in job.cand_shards])
         else:
             reduced = job.tokens(
                 ranks, per_response=reduction == "sequence", checks=every_reduce, every=True

@@ -84,8 +84,8 @@ class LocalExecutor:
             table = finish(log, [ranked.stages], [], [], reduction, skipped=_skips(selection))
             return table, stats_parts(ranked.keys.canonical(), ranked.chosen, None)
         if log.layout == "nested":
-            reduced = nested_sums(log, ranked.chosen, keys=ranked.token_keys)
-            counts = list_lengths(log)
+            reduced = nested_sums(log, ranked.chosen, keys=ranked.token_keys, every=True)
+            counts = reduced.counts
         else:
             reduced = token_sums(
                 log,
