@@ -687,8 +687,20 @@ def _edge(path: str, *, end: bool = False) -> bytes:
 
 def _file_schema(paths: Sequence[str], origin: str, kind: str) -> dict[str, pl.DataType]:
     """The common schema of the files: types that differ only in width or
-    nullness (parts written by different tools) are merged to the widest."""
-    found = [(path, _schema_of(path, kind)) for path in paths]
+    nullness (parts written by different tools) are merged to the widest.
+
+    The schemas of JSON lines files are inferred from every line (a parse of the
+    whole file, one thread a file in Polars): as many files at a time as Polars
+    has threads (8 files of 773 MiB: 2.65 -> 1.40 s on 2 cores). An error is
+    the first file's, in order."""
+    if kind == "ndjson" and len(paths) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(paths), pl.thread_pool_size())) as pool:
+            schemas = list(pool.map(lambda path: _schema_of(path, kind), paths))
+        found = list(zip(paths, schemas, strict=True))
+    else:
+        found = [(path, _schema_of(path, kind)) for path in paths]
     if kind == "ndjson":  # parts without rows say nothing of the columns
         found = [(path, schema) for path, schema in found if schema] or found[:1]
         if not found[0][1]:

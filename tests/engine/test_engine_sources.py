@@ -589,6 +589,23 @@ def test_a_json_lines_file_that_is_not_says_why(tmp_path: Path, head: str) -> No
         raft_polars.stage_losses(path)
 
 
+@pytest.mark.parametrize("bad", [(1,), (1, 2), (0, 3), (3,)])
+def test_json_lines_parts_name_the_first_that_is_not(tmp_path: Path, bad: tuple[int, ...]) -> None:
+    """The parts' schemas are inferred side by side, in threads: where several
+    parts are not JSON lines, the error names the first of them, as a read in
+    order would; the good parts read on their own give the plain answer."""
+    row = '{"stage": 0, "prompt": %d, "cand": 0, "reward": 1.0, "logprobs": [-%d.0]}\n'
+    for i in range(4):
+        text = "\ufeff" + row % (i, i) if i in bad else row % (i, i)
+        (tmp_path / f"part-{i}.jsonl").write_text(text, encoding="utf-8")
+    with pytest.raises(RaftInputError, match=rf"part-{bad[0]}\.jsonl.*byte order mark"):
+        raft_polars.stage_losses(tmp_path)
+    good = [str(tmp_path / f"part-{i}.jsonl") for i in range(4) if i not in bad]
+    loss = raft_polars.stage_losses(good)["loss"].to_list()
+    want = [i for i in range(4) if i not in bad]
+    assert loss == [pytest.approx(sum(want) / len(want))]
+
+
 def test_a_wide_row_without_candidates_is_an_error(tmp_path: Path) -> None:
     """A wide row whose rewards list is empty is a prompt without candidates (bad
     input, docs/semantics.md): an error naming the prompt, never a prompt left out."""
