@@ -62,15 +62,32 @@ def njit(**options: Any) -> Callable[[F], F]:
 def _saved_quietly(dispatcher: Any) -> Any:
     """``dispatcher``, whose compiled loops are cached when they can be: a cache
     that cannot be written (a full disk, a quota) leaves them uncached, where
-    numba raised and every command failed. (numba removes its partial file.)"""
+    numba raised and every command failed. (numba removes its partial file.)
+
+    A cache file that cannot be read (left empty or cut short by a crash, a
+    full disk or a copy; numba raised ``EOFError`` out of ``pickle`` at every
+    later start) is a miss: its index is removed, and the loop is compiled and
+    cached again."""
     cache = getattr(dispatcher, "_cache", None)
     save = getattr(cache, "save_overload", None)
-    if save is None:  # another numba: its own behaviour
+    load = getattr(cache, "load_overload", None)
+    if save is None or load is None:  # another numba: its own behaviour
         return dispatcher
 
     def save_overload(*args: Any, **kwargs: Any) -> None:
         with contextlib.suppress(OSError):
             save(*args, **kwargs)
 
+    def load_overload(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return load(*args, **kwargs)
+        except Exception:  # a damaged cache file: whatever pickle or numba raise
+            index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+            if isinstance(index, str):
+                with contextlib.suppress(OSError):
+                    os.unlink(index)
+            return None
+
     cache.save_overload = save_overload  # type: ignore[union-attr]
+    cache.load_overload = load_overload  # type: ignore[union-attr]
     return dispatcher

@@ -86,6 +86,36 @@ def test_a_cache_that_cannot_be_written_leaves_the_loops_uncached(tmp_path: Path
     assert not [p for p in tmp_path.rglob("*") if ".tmp." in p.name]
 
 
+@pytest.mark.parametrize("damage", ["empty_index", "cut_index", "empty_data", "garbage_data"])
+def test_a_damaged_cache_file_is_compiled_again(tmp_path: Path, damage: str) -> None:
+    """A cache file left empty or cut short (a crash after a rename, a full disk,
+    a copy) is a cache miss: the loops compile again, the command prints no
+    traceback, gives the answer, and the cache is whole for the next process
+    (numba raised ``EOFError`` at every later start)."""
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    want = reference_losses(LPS, RWS)
+    assert _run(env) == pytest.approx(want, abs=1e-12)
+    suffix = ".nbi" if damage.endswith("index") else ".nbc"
+    files = sorted(tmp_path.rglob(f"*{suffix}"))
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        damaged = {"empty": b"", "cut": data[: len(data) // 2], "garbage": b"\x80\x05junk"}
+        path.write_bytes(damaged[damage.split("_", maxsplit=1)[0]])
+    clean = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    for _ in range(2):  # damaged, then healed
+        done = subprocess.run(
+            [sys.executable, "-c", _RUN], env={**clean, **env},
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        assert json.loads(done.stdout) == pytest.approx(want, abs=1e-12)
+    indexes = sorted(tmp_path.rglob("*.nbi"))
+    assert indexes
+    assert all(path.stat().st_size > 0 for path in indexes)
+
+
 def _module(path: Path, name: str) -> Any:
     path.write_text(f"def {name}(x):\n    return x + 1\n")
     spec = importlib.util.spec_from_file_location(name, path)
