@@ -542,7 +542,7 @@ def best_of_n(  # noqa: PLR0917 - a compiled kernel takes its arrays positionall
     worst: npt.NDArray[np.float64],
 ) -> None:  # pragma: no cover - compiled; its callers are tested
     """Best-of-n sums over groups of rewards (a ``(stage, prompt)`` each, rows
-    ``starts[g] .. starts[g + 1] - 1``, rewards ascending), added into arrays of
+    ``starts[g] .. starts[g + 1] - 1``, sorted ascending here), added into arrays of
     one row per stage (``group_stage``) and one column per ``n - 1`` (all start
     at 0): ``prompts`` with at least ``n`` rewards, and the sums over them of
     the expected largest (``best``) and smallest (``worst``) of ``n`` drawn
@@ -553,6 +553,7 @@ def best_of_n(  # noqa: PLR0917 - a compiled kernel takes its arrays positionall
     The largest weight of each is ``n / k``: none of them all underflows."""
     for g in range(starts.shape[0] - 1):
         lo, k, t = starts[g], starts[g + 1] - starts[g], group_stage[g]
+        reward[lo : lo + k].sort()
         for n in range(1, k + 1):
             whole = lf[k] - lf[n] - lf[k - n] + lf[n - 1]
             top = top_w = 0.0

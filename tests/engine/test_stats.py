@@ -228,15 +228,20 @@ def test_prompt_stats(tmp_path: Path, engine: str) -> None:
     assert table.filter(stage=0, prompt=2)["cand"].item() == 1
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     log=ragged_logs(max_stages=3, max_prompts=5, max_k=6),
     text=st.booleans(),
+    by_prompt=st.booleans(),
     seed=st.integers(0, 9),
 )
-def test_best_of_n_sums_on_candidates_in_any_order(log: Any, text: bool, seed: int) -> None:
-    """The best-of-n kernel sorts the candidates by prompt and reward itself:
-    shuffled rows, integer or text prompt ids, give the brute-force curves."""
+def test_best_of_n_sums_on_candidates_in_any_order(
+    log: Any, text: bool, by_prompt: bool, seed: int
+) -> None:
+    """The best-of-n kernel sorts each prompt's rewards itself, and the rows by
+    prompt where they do not come by prompt: rows in prompt order (rewards in
+    any order within) or shuffled, integer or text prompt ids, give the
+    brute-force curves."""
     from raft_polars._engine import stats
 
     rows = [
@@ -246,6 +251,8 @@ def test_best_of_n_sums_on_candidates_in_any_order(log: Any, text: bool, seed: i
         for c, r in enumerate(rewards)
     ]
     cands = pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=seed)
+    if by_prompt:
+        cands = cands.sort("stage", "prompt", maintain_order=True)
     got = stats.best_of_n_sums(cands)
     want = ref_best_of_n(log[1])
     assert sorted(zip(got["stage"], got["n"], strict=True)) == sorted(want)
