@@ -446,7 +446,7 @@ def _t_keys_chosen(ranked: Ranked) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def _t_best_of_n(ranked: Ranked) -> pl.DataFrame:
-    return best_of_n_sums(ranked.keys.canonical())
+    return best_of_n_sums(ranked.keys.frame)  # ids as read: grouped, not shown
 
 
 def _t_rows(log: StageLog, shard: Shard, counts: pl.DataFrame | None, *cuts: _Cut) -> pl.DataFrame:

@@ -120,7 +120,7 @@ class LocalExecutor:
 
     def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
         ranked = self.rank(log, selection)
-        return [best_of_n_sums(ranked.keys.canonical())]
+        return [best_of_n_sums(ranked.keys.frame)]  # ids as read: grouped, not shown
 
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
         ranked = self.rank(log, selection)

@@ -108,14 +108,21 @@ def _close(a: Any, b: Any, tol: float = 1e-9) -> bool:
 # --- the entries -------------------------------------------------------------------------
 
 
-def _sources(log: Log, layout: str, root: Path, shuffle: int = 0) -> dict[str, Any]:
+def _sources(
+    log: Log, layout: str, root: Path, shuffle: int = 0, *, text: bool = False
+) -> dict[str, Any]:
+    """The log written as Parquet parts; ``text``: prompt ids as text (``p7``)."""
     lps, rws = log
+
+    def ids(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(pl.format("p{}", "prompt").alias("prompt")) if text else frame
+
     if layout == "nested":
-        write_split(nested_frame(lps, rws, shuffle=shuffle), root / "n", 2)
+        write_split(ids(nested_frame(lps, rws, shuffle=shuffle)), root / "n", 2)
         return {"source": str(root / "n")}
     tokens, rewards = long_frames(lps, rws, shuffle=shuffle)
-    write_split(tokens, root / "t", 3)
-    write_split(rewards, root / "r", 2)
+    write_split(ids(tokens), root / "t", 3)
+    write_split(ids(rewards), root / "r", 2)
     return {"source": str(root / "t"), "rewards": str(root / "r")}
 
 
@@ -123,8 +130,8 @@ def _engine(name: str) -> Any:
     return dask_cluster.engine() if name == "dask" else "polars"
 
 
-def check_stats(log: Log, layout: str, engine: str, root: Path) -> None:
-    kwargs = _sources(log, layout, root, shuffle=3)
+def check_stats(log: Log, layout: str, engine: str, root: Path, *, text: bool = False) -> None:
+    kwargs = _sources(log, layout, root, shuffle=3, text=text)
     on = _engine(engine)
     table = rp.stage_stats(**kwargs, engine=on)
     assert table.columns[:11] == list(rp.stage_losses(**kwargs).columns)
@@ -158,6 +165,27 @@ def test_random_logs(log: Log, layout: str, engine: str) -> None:
         return  # a stage with no selected tokens has no loss: an error, tested elsewhere
     with tempfile.TemporaryDirectory() as tmp:
         check_stats(log, layout, engine, Path(tmp))
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize("layout", ["nested", "long"])
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(log=ragged_logs(max_stages=3, max_prompts=4, max_k=5))
+def test_random_logs_with_text_prompt_ids(log: Log, layout: str, engine: str) -> None:
+    """Text prompt ids (coded by the rank step, grouped by their codes in the
+    best-of-n kernel) give the same statistics and curves."""
+    lps, rws = log
+    if any(
+        sum(len(lp[best_index(r)]) for lp, r in zip(s_lp, s_rw, strict=True)) == 0
+        for s_lp, s_rw in zip(lps, rws, strict=True)
+    ):
+        return  # a stage with no selected tokens has no loss: an error, tested elsewhere
+    with tempfile.TemporaryDirectory() as tmp:
+        check_stats(log, layout, engine, Path(tmp), text=True)
 
 
 TIES: Log = (
