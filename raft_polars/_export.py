@@ -37,6 +37,7 @@ import polars as pl
 
 from raft_polars._engine import _stream
 from raft_polars._engine.sources import is_remote, write_failure
+from raft_polars._progress import stop_point
 from raft_polars.errors import RaftInputError, RaftPolarsError
 from raft_polars.selection import is_number, is_whole
 
@@ -553,6 +554,7 @@ def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> 
                 raise RaftInputError(msg)
             if out.is_dir():
                 shutil.rmtree(out)
+        stop_point()  # a command a signal ended writes nothing, even where its exit was lost
         os.replace(tmp, out)
     except BaseException:
         _remove(tmp)

@@ -47,6 +47,7 @@ from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, local_files, write_failure
 from raft_polars._export import EXPORT_FORMATS, json_value
+from raft_polars._progress import ask_stop, stop_asked
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
@@ -225,6 +226,7 @@ def entrypoint() -> NoReturn:
     _ending_on_signals()
     with without_panic_reports():
         code = main()
+    code = stop_asked() or code  # a stop whose own exit was swallowed
     try:
         if sys.stdout is not None:
             sys.stdout.flush()
@@ -240,6 +242,7 @@ def _ending_on_signals() -> None:
     import signal
 
     def end(number: int, frame: object) -> NoReturn:
+        ask_stop(128 + number)  # raised again at the next step, should this one be swallowed
         raise SystemExit(128 + number)
 
     for name in ("SIGTERM", "SIGHUP"):

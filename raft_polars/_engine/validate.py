@@ -32,6 +32,7 @@ from raft_polars._engine.checks import bad_logprob, bad_reward
 from raft_polars._engine.rank import apply_min_reward, dense_summary, select
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
 from raft_polars._engine.sources import Piece, Resolved, reading
+from raft_polars._progress import stop_point
 from raft_polars.errors import RaftInputError
 from raft_polars.selection import Selection
 
@@ -1229,6 +1230,7 @@ def _decoded(
             path, done, stored = window.popleft()
             ahead -= stored
             got = done if isinstance(done, Exception) else done.result()
+            stop_point()  # a signal's stop, should its own exit have been swallowed
             if path in failed:
                 continue
             if isinstance(got, Exception):

@@ -956,6 +956,62 @@ def test_terminated_during_select_leaves_nothing(tmp_path: Path, sig: str) -> No
     assert list(outdir.iterdir()) == []
 
 
+_SWALLOWED = """
+import os, signal, sys
+import polars as pl
+import raft_polars._engine.validate as vk
+from raft_polars import _export
+
+command, where = sys.argv[1], sys.argv[2:]
+
+
+def swallowed(real):
+    def call(*args, **kwargs):
+        try:  # the handler's SystemExit lands here, as in pyarrow's Cython code
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100_000):
+                pass
+        except BaseException:
+            pass
+        return real(*args, **kwargs)
+    return call
+
+
+if command == "validate":
+    vk.check_candidates = swallowed(vk.check_candidates)
+else:
+    _export.sink_parquet = swallowed(_export.sink_parquet)
+sys.argv = ["raft-polars", command, *where]
+from raft_polars.cli import entrypoint
+entrypoint()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("command", ["validate", "select"])
+def test_a_stop_whose_exit_is_swallowed_still_ends_the_command(
+    tmp_path: Path, command: str
+) -> None:
+    """SIGTERM whose ``SystemExit`` a compiled library swallows (pyarrow's Cython
+    code, importing pandas on first use, did): the command still ends with 143 at
+    its next step, and select writes nothing (it ran on, wrote OUT and exited 0)."""
+    from raft_polars.synth import generate
+
+    generate(tmp_path / "log", layout="long", stages=2, prompts=50, k=2, seed=1)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    where = [str(tmp_path / "log" / "tokens"), "--rewards", str(tmp_path / "log" / "rewards")]
+    if command == "select":
+        where += ["-o", str(outdir / "batch.parquet")]
+    done = subprocess.run(
+        [sys.executable, "-c", _SWALLOWED, command, *where],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(outdir.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("call", "option"),
     [
