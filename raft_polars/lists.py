@@ -22,7 +22,7 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from itertools import chain, pairwise
 from typing import Any, TypeAlias
@@ -91,6 +91,7 @@ def raft_alignment(stages_log_probs: LogProbs, stages_rewards: Rewards) -> list[
     []
     """
     stages_log_probs, stages_rewards = _stages(stages_log_probs), _stages(stages_rewards)
+    _ordered(stages_log_probs, stages_rewards)
     losses = _best_of_k_losses(stages_log_probs, stages_rewards)
     if losses is None:  # something to report: the frame path names it
         keys = _read_rewards(stages_log_probs, stages_rewards)
@@ -110,6 +111,7 @@ def lists_losses(
     """
     check_reduction(reduction)
     lps, rws = _stages(stages_log_probs), _stages(stages_rewards)
+    _ordered(lps, rws)
     return _losses(lps, _read_rewards(lps, rws), reduction)
 
 
@@ -122,6 +124,41 @@ def _stages(nest: Any) -> Any:
     if isinstance(nest, Iterable):
         return list(nest)
     return nest
+
+
+def _unordered(item: object) -> str | None:
+    """What keeps a level of a nest from being a sequence, or None: a set (its
+    order is not the one it was written in: ``{3.0, 1.0}`` iterates 1.0, 3.0, and
+    the best candidate was silently another), a mapping, a masked array."""
+    if isinstance(item, Set):
+        return "a set, which keeps neither order nor repeats"
+    if isinstance(item, Mapping):
+        return "a mapping"
+    if isinstance(item, np.ma.MaskedArray):
+        return "a numpy masked array (fill it: numpy.ma.filled)"
+    return None
+
+
+def _ordered(lps: Any, rws: Any) -> None:
+    """Raise where a stage or a prompt of either nest is not a sequence
+    (:func:`_unordered`); the selected log-prob lists are checked where they are
+    read."""
+    for nest, name in ((lps, _LP), (rws, _RW)):
+        level: list[tuple[tuple[int, ...], Any]] = [((), nest)]
+        for depth in range(3):
+            for where, item in level:
+                kind = _unordered(item)
+                if kind is not None:
+                    place = "".join(f"[{i}]" for i in where)
+                    msg = f"{name}{place} is {kind}; each level must be a sequence (a list)"
+                    raise RaftInputError(msg)
+            if depth < 2:
+                level = [
+                    ((*where, i), sub)
+                    for where, item in level
+                    if hasattr(item, "__len__") and not isinstance(item, str | bytes)
+                    for i, sub in enumerate(item)
+                ]
 
 
 @dataclass(frozen=True)
@@ -201,7 +238,8 @@ def _best_of_k_losses(lps: LogProbs, rws: Rewards) -> list[float] | None:
     picks = [
         lps[t][i][j] for t, i, j in zip(stage.tolist(), prompt.tolist(), cand.tolist(), strict=True)
     ]
-    array = _float_lists(picks)
+    unordered = any(_unordered(pick) is not None for pick in picks)
+    array = None if unordered else _float_lists(picks)
     selected = None if array is None else _levels(array, 1)
     if selected is None:
         return None
@@ -397,9 +435,9 @@ def _not_a_float(value: object) -> str | None:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
+    """Integers and floats, Python's and numpy's; ``True`` and ``False`` (numpy's
+    too) are 1 and 0, as in Python and numpy."""
+    return isinstance(value, int | float | np.integer | np.floating | np.bool_)
 
 
 def _float_lists(lists: Sequence[object]) -> pa.LargeListArray | None:
@@ -440,6 +478,11 @@ def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:
         )
     )
     picks = [lps[t][i][j] for t, i, j in ids]
+    for (t, i, j), pick in zip(ids, picks, strict=True):
+        kind = _unordered(pick)
+        if kind is not None:
+            msg = f"{_LP}[{t}][{i}][{j}] is {kind}; a response's log-probs must be a sequence"
+            raise RaftInputError(msg)
     array = _float_lists(picks)
     if array is None:
         for (t, i, j), pick in zip(ids, picks, strict=True):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import polars as pl
 import pytest
 from engine_cases import (
@@ -195,6 +196,69 @@ def test_stages_as_generators_are_read_as_lists(
     else:
         assert streamed == listed
         assert listed
+
+
+_UNORDERED = {
+    "set-of-rewards": (
+        lambda: [[[[-1.0], [-5.0]]]],
+        lambda: [[{3.0, 1.0}]],
+        "stages_rewards[0][0]",
+    ),
+    "frozenset-of-rewards": (
+        lambda: [[[[-1.0], [-5.0]]]],
+        lambda: [[frozenset([3.0, 1.0])]],
+        "stages_rewards[0][0]",
+    ),
+    "set-of-candidates": (
+        lambda: [[{(-1.0,), (-5.0,)}]],
+        lambda: [[[3.0, 1.0]]],
+        "stages_log_probs[0][0]",
+    ),
+    "dict-of-prompts": (
+        lambda: [{0: [[-1.0], [-5.0]]}],
+        lambda: [[[3.0, 1.0]]],
+        "stages_log_probs[0]",
+    ),
+    "set-of-log-probs": (
+        lambda: [[[{-1.0, -2.0}, [-5.0]]]],
+        lambda: [[[3.0, 1.0]]],
+        "stages_log_probs[0][0][0]",
+    ),
+    "masked-rewards": (
+        lambda: [[[[-1.0], [-5.0]]]],
+        lambda: np.ma.masked_array([[[0.2, 0.4]]], mask=[[[True, False]]]),
+        "stages_rewards",
+    ),
+}
+
+
+@pytest.mark.parametrize("function", ["raft_alignment", "lists_losses"])
+@pytest.mark.parametrize(("lps", "rws", "place"), _UNORDERED.values(), ids=_UNORDERED.keys())
+def test_a_level_that_is_not_a_sequence_is_named(
+    function: str, lps: Callable[[], Any], rws: Callable[[], Any], place: str
+) -> None:
+    """A set at any level (no order of its own: ``{3.0, 1.0}`` iterates 1.0, 3.0,
+    and the second candidate was silently the best), a mapping or a masked array
+    is an input error naming its place (a raw TypeError or ValueError, or a
+    wrong answer, before)."""
+    call = getattr(raft_polars, function)
+    assert_input_error(lambda: call(lps(), rws()), [re.escape(place), "sequence"])
+
+
+@pytest.mark.parametrize("function", ["raft_alignment", "lists_losses"])
+def test_numpy_booleans_are_numbers_as_python_ones(function: str) -> None:
+    """numpy's True and False are 1 and 0, as Python's are (docs/semantics.md):
+    they were refused as not numbers."""
+    call = getattr(raft_polars, function)
+    lps = [[[[-1.0], [-5.0]], [[-2.0], [-3.0]]]]
+    want = call(lps, [[[1.0, 0.0], [0.0, 1.0]]])
+    for rws in ([[[True, False], [False, True]]], [[[np.True_, np.False_], [np.False_, np.True_]]],
+                [np.array([[True, False], [False, True]])]):  # fmt: skip
+        got = call(lps, rws)
+        assert got.equals(want) if isinstance(want, pl.DataFrame) else got == want
+    assert (
+        (call(lps, [[[1.0, 0.0], [0.0, 1.0]]]) == [2.0]) if function == "raft_alignment" else True
+    )
 
 
 # the bad values of the table above in responses that are NOT selected: no error
