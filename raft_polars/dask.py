@@ -64,6 +64,9 @@ def _client_of(distributed: Any, scheduler: str) -> Any:
         except (ValueError, OSError, TimeoutError) as exc:  # none listening, say
             why = (str(exc).strip().splitlines() or [repr(exc)])[0].strip('"')
             exc.__traceback__ = None  # its frames hold the half-made client
+        except MemoryError as exc:  # an answer read as a frame of exabytes: not Dask's
+            why = "what answers there is not a Dask scheduler (an HTTP server or a proxy?)"
+            exc.__traceback__ = None
         gc.collect()
     msg = f"cannot connect to the Dask scheduler {scheduler!r}: {why}"
     raise RaftInputError(msg)

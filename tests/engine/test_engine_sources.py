@@ -781,6 +781,42 @@ def test_a_malformed_scheduler_address_is_an_input_error(address: str) -> None:
         raft_polars.stage_losses(frame, engine=DaskEngine(scheduler=address))
 
 
+def test_a_port_that_answers_http_is_not_a_scheduler() -> None:
+    """A scheduler address where an HTTP server answers (a proxy, an ingress):
+    Dask read "HTTP/1.1" as a frame's length and numpy's MemoryError came out,
+    and the command line called it out of memory. Now an input error naming the
+    address and what answers there."""
+    import socket
+    import threading
+
+    pytest.importorskip("distributed")
+    from raft_polars.dask import DaskEngine
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is done
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    frame = pl.DataFrame({"stage": [0], "prompt": [0], "cand": [0], "reward": [0.5],
+                          "logprobs": [[-1.0]]})  # fmt: skip
+    try:
+        with pytest.raises(RaftInputError, match=rf"127\.0\.0\.1:{port}.*not a Dask scheduler"):
+            raft_polars.stage_losses(frame, engine=DaskEngine(scheduler=f"tcp://127.0.0.1:{port}"))
+    finally:
+        server.close()
+
+
 def test_a_client_that_fails_to_start_is_gone_before_the_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
