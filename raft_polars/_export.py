@@ -28,7 +28,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -559,6 +559,27 @@ def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> 
     except BaseException:
         _remove(tmp)
         raise
+
+
+def check_json_columns(schema: Mapping[str, pl.DataType], out: Path) -> None:
+    """Raise where a column holds what JSON lines cannot (bytes, at any depth):
+    Polars' writer failed with "not yet implemented: Writing BinaryView to JSON",
+    reported as a failure to read the source."""
+    for name, dtype in schema.items():
+        if _holds_bytes(dtype):
+            msg = (
+                f"cannot write {str(out)!r}: column {name!r} holds bytes ({dtype}), which "
+                "JSON lines cannot; write Parquet (.parquet), or make the column text"
+            )
+            raise RaftInputError(msg)
+
+
+def _holds_bytes(dtype: Any) -> bool:
+    if isinstance(dtype, pl.List | pl.Array):
+        return _holds_bytes(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_holds_bytes(field.dtype) for field in dtype.fields)
+    return bool(dtype == pl.Binary)
 
 
 def json_value(value: Any) -> Any:

@@ -323,6 +323,8 @@ def write_selected(
         min_margin=min_margin,
         collect=log.collect,
     )
+    if fmt == "jsonl":
+        _export.check_json_columns(built.frame.collect_schema(), out)
 
     def write(tmp: Path) -> None:
         with reading(paths, origin):  # a read failure names the file, not the temp path

@@ -956,6 +956,32 @@ def test_terminated_during_select_leaves_nothing(tmp_path: Path, sig: str) -> No
     assert list(outdir.iterdir()) == []
 
 
+@pytest.mark.parametrize("blob", ["bytes", "list-of-bytes", "struct-with-bytes"])
+def test_bytes_written_as_json_lines_are_named(tmp_path: Path, blob: str) -> None:
+    """A payload column of bytes (at any depth) selected into JSON lines: an
+    error naming the output and the column (it blamed reading the source,
+    with Polars' "not yet implemented"); nothing is left; Parquet takes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raft_polars.cli import main
+
+    blobs = {
+        "bytes": pa.array([b"\x00\xff", b"ab"]),
+        "list-of-bytes": pa.array([[b"x"], []], type=pa.list_(pa.binary())),
+        "struct-with-bytes": pa.array([{"raw": b"x"}, {"raw": None}]),
+    }
+    table = pa.table({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.2],
+                      "logprobs": [[-1.0], [-2.0]], "blob": blobs[blob]})  # fmt: skip
+    pq.write_table(table, tmp_path / "log.parquet")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(RaftInputError, match=r"out\.jsonl.*column 'blob' holds bytes"):
+        rp.write_selected(tmp_path / "log.parquet", out)
+    assert main(["select", str(tmp_path / "log.parquet"), "-o", str(out)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.parquet"]
+    assert rp.write_selected(tmp_path / "log.parquet", tmp_path / "out.parquet") == 1
+
+
 _SWALLOWED = """
 import os, signal, sys
 import polars as pl
