@@ -11,9 +11,10 @@ Best-of-n is computed in closed form: with a prompt's K rewards sorted,
 ``r_(1) <= ... <= r_(K)``, the expected maximum of ``n`` of them drawn without
 replacement is ``sum_i r_(i) C(i-1, n-1) / C(K, n)`` and the expected minimum
 ``sum_i r_(i) C(K-i, n-1) / C(K, n)`` (PKPO, arXiv 2505.15201, eq. 12). The
-weights come from a table of ``log(k!)``, so they neither overflow nor underflow
-for K in the thousands. For rewards in ``{0, 1}`` the expected maximum is pass@n,
-``1 - C(K-c, n) / C(K, n)`` with ``c`` correct answers.
+weights come one from the next by their ratios, from the largest (``n / K``)
+down, so they neither overflow nor underflow for K in the thousands. For
+rewards in ``{0, 1}`` the expected maximum is pass@n, ``1 - C(K-c, n) / C(K,
+n)`` with ``c`` correct answers.
 
 Examples
 --------
@@ -31,7 +32,6 @@ from collections.abc import Iterator
 from itertools import repeat
 
 import numpy as np
-import numpy.typing as npt
 import polars as pl
 
 __all__ = [
@@ -269,14 +269,6 @@ def stats_table(parts: list[pl.DataFrame], *, lengths: bool) -> pl.DataFrame:
 # --- best-of-n ------------------------------------------------------------------------
 
 
-def _log_factorials(k: int) -> npt.NDArray[np.float64]:
-    """``log(i!)`` for ``i = 0 .. k``, summed in float64."""
-    logs = np.zeros(k + 1)
-    if k:
-        np.cumsum(np.log(np.arange(1, k + 1, dtype=np.float64)), out=logs[1:])
-    return logs
-
-
 def best_of_n_sums(cands: pl.DataFrame) -> pl.DataFrame:
     """Per ``(stage, n)``: ``prompts`` with at least ``n`` candidates and the sums
     over them of the expected best (``best_sum``) and worst (``worst_sum``)
@@ -311,8 +303,7 @@ def best_of_n_sums(cands: pl.DataFrame) -> pl.DataFrame:
     reward = ordered["reward"].to_numpy(writable=True)  # each prompt's sorted in place
     group_stage = stage_of[starts[:-1]]
     del ordered, flags, stage_of
-    lf = _log_factorials(largest)
-    _compiled.best_of_n(starts, group_stage, reward, lf, prompts, best, worst)
+    _compiled.best_of_n(starts, group_stage, reward, prompts, best, worst)
     grid = pl.DataFrame(
         {
             "stage": np.repeat(stages.to_numpy(), largest),
