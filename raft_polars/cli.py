@@ -174,7 +174,11 @@ def _progress(args: argparse.Namespace) -> Iterator[None]:
     drawn = [False]
 
     def draw(message: str) -> None:
-        sys.stderr.write(f"\r\x1b[K{PROG}: {message} [{clock.elapsed():.1f} s]")
+        line = f"{PROG}: {message} [{clock.elapsed():.1f} s]"
+        width = shutil.get_terminal_size(fallback=(80, 24)).columns - 1
+        if len(line) > width:  # a wrapped line: the clearing reached its last row only
+            line = line[: max(width - 3, 0)] + "..."
+        sys.stderr.write(f"\r\x1b[K{line}")
         sys.stderr.flush()
         drawn[0] = True
 

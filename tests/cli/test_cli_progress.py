@@ -19,14 +19,17 @@ LONG = ["losses", str(DATA / "synthetic_long" / "tokens"),
         "--rewards", str(DATA / "synthetic_long" / "rewards")]  # fmt: skip
 
 
-def _on_terminal(argv: list[str], *, stdout_too: bool = False) -> tuple[int, str]:
+def _on_terminal(
+    argv: list[str], *, stdout_too: bool = False, columns: int | None = None
+) -> tuple[int, str]:
     """Run the CLI with stderr (and stdout, with ``stdout_too``) on a
-    pseudo-terminal; what the terminal saw."""
+    pseudo-terminal (``columns`` wide, when given); what the terminal saw."""
     main, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns)} if columns else None
     done = subprocess.run(
         [sys.executable, "-m", "raft_polars", *argv],
         stdout=follower if stdout_too else subprocess.PIPE, stderr=follower,
-        timeout=120, check=False,
+        timeout=120, check=False, env=env,
     )  # fmt: skip
     os.close(follower)
     seen = b""
@@ -44,6 +47,17 @@ def test_progress_on_a_terminal() -> None:
     assert code == 0
     assert "raft-polars: ranked 8,192 candidates" in seen
     assert seen.endswith("\r\x1b[K")  # the line is cleared at the end
+
+
+def test_the_progress_line_fits_a_narrow_terminal() -> None:
+    """On a terminal 40 columns wide each drawn line takes at most 39: a longer
+    one wrapped, and the clearing before the next reached its last row only."""
+    code, seen = _on_terminal(LONG, columns=40)
+    assert code == 0
+    lines = [line for line in seen.split("\r\x1b[K") if line]
+    assert lines
+    assert all(len(line) <= 39 for line in lines), lines
+    assert any(line.endswith("...") for line in lines)
 
 
 def test_the_result_begins_on_a_clear_line() -> None:
