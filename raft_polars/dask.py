@@ -57,7 +57,7 @@ def _client_of(distributed: Any, scheduler: str) -> Any:
     forever (distributed's loop runner lock)."""
     import gc
 
-    why = _malformed(scheduler)
+    why = _malformed(scheduler) or _silent(scheduler)
     if why is None:
         try:
             return distributed.Client(scheduler)
@@ -70,6 +70,35 @@ def _client_of(distributed: Any, scheduler: str) -> Any:
         gc.collect()
     msg = f"cannot connect to the Dask scheduler {scheduler!r}: {why}"
     raise RaftInputError(msg)
+
+
+_PROBE_SECONDS = 30.0  # as distributed's own connect timeout
+
+
+def _silent(address: str) -> str | None:
+    """Why what listens at a ``tcp://`` address is no Dask scheduler, or None. A
+    scheduler sends its handshake as a connection opens; an HTTP server (a
+    proxy, an ingress) waits for a request, and distributed's client waited
+    with it past any timeout (it answers garbage with an error some do, which
+    distributed read as a frame of exabytes)."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, where = parse_address(address)
+    if scheme != "tcp":  # TLS and websockets open with their own handshakes
+        return None
+    host, port = parse_host_port(where)
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_SECONDS) as probe:
+            first = probe.recv(8)
+    except TimeoutError:
+        return f"what listens there sent nothing in {_PROBE_SECONDS:.0f} s: not a Dask scheduler"
+    except OSError as exc:  # none listening: distributed's own message says so
+        return None if isinstance(exc, ConnectionRefusedError) else str(exc) or type(exc).__name__
+    if not first or first.startswith(b"HTTP"):
+        return "what listens there is not a Dask scheduler (an HTTP server or a proxy?)"
+    return None
 
 
 def _malformed(address: str) -> str | None:

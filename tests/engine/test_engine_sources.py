@@ -781,16 +781,24 @@ def test_a_malformed_scheduler_address_is_an_input_error(address: str) -> None:
         raft_polars.stage_losses(frame, engine=DaskEngine(scheduler=address))
 
 
-def test_a_port_that_answers_http_is_not_a_scheduler() -> None:
-    """A scheduler address where an HTTP server answers (a proxy, an ingress):
-    Dask read "HTTP/1.1" as a frame's length and numpy's MemoryError came out,
-    and the command line called it out of memory. Now an input error naming the
-    address and what answers there."""
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n", None])
+def test_a_port_that_answers_http_is_not_a_scheduler(
+    monkeypatch: pytest.MonkeyPatch, answer: bytes | None
+) -> None:
+    """A scheduler address where an HTTP server listens (a proxy, an ingress):
+    one that answers garbage with an error made Dask read "HTTP/1.1" as a
+    frame's length and numpy's MemoryError came out (the command line called it
+    out of memory); one that waits for a whole request (Python's http.server)
+    kept the client waiting past any timeout. A scheduler sends its handshake
+    as a connection opens: now an input error naming the address."""
     import socket
     import threading
 
     pytest.importorskip("distributed")
+    import raft_polars.dask
     from raft_polars.dask import DaskEngine
+
+    monkeypatch.setattr(raft_polars.dask, "_PROBE_SECONDS", 1.0)
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -804,8 +812,10 @@ def test_a_port_that_answers_http_is_not_a_scheduler() -> None:
             except OSError:  # closed: the test is done
                 return
             with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                if answer is None:  # waits for a request that never comes
+                    conn.recv(65536)
+                    continue
+                conn.sendall(answer)
 
     threading.Thread(target=serve, daemon=True).start()
     frame = pl.DataFrame({"stage": [0], "prompt": [0], "cand": [0], "reward": [0.5],
