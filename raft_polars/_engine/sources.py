@@ -262,6 +262,10 @@ def resolve(
     if not paths:
         msg = f"{role}: the list of paths is empty"
         raise RaftInputError(msg)
+    blank = next((p for p in paths if isinstance(p, str) and not p.strip()), None)
+    if blank is not None:  # it read the working directory, as "." does
+        msg = f"{role}: an empty path ({blank!r}) names no file (an unset variable?)"
+        raise RaftInputError(msg)
     if any(is_remote(str(p)) for p in paths):
         return _resolve_remote([str(p) for p in paths], role, storage_options)
     files: list[DataFile] = []

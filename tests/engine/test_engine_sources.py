@@ -781,6 +781,32 @@ def test_a_malformed_scheduler_address_is_an_input_error(address: str) -> None:
         raft_polars.stage_losses(frame, engine=DaskEngine(scheduler=address))
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t"])
+@pytest.mark.parametrize("role", ["source", "rewards"])
+def test_an_empty_path_names_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank: str, role: str
+) -> None:
+    """An empty path (an unset ``$LOG``) read the working directory, as "." does,
+    and printed its losses; as ``rewards`` it made the log the long layout,
+    with an unrelated error. Now an input error on both, from the API and the
+    command line."""
+    from raft_polars.cli import main
+
+    raft_polars.write_selected(
+        pl.DataFrame({"stage": [0], "prompt": [0], "cand": [0], "reward": [0.5],
+                      "logprobs": [[-1.0]]}),
+        tmp_path / "log.parquet",
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # a directory holding a log: "" read it
+    kwargs: dict[str, Any] = (
+        {"source": blank} if role == "source" else {"source": "log.parquet", "rewards": blank}
+    )
+    with pytest.raises(RaftInputError, match=rf"{role}: an empty path"):
+        raft_polars.stage_losses(**kwargs)
+    argv = [blank] if role == "source" else ["log.parquet", "--rewards", blank]
+    assert main(["losses", *argv]) == 2
+
+
 @pytest.mark.parametrize("answer", [b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n", None])
 def test_a_port_that_answers_http_is_not_a_scheduler(
     monkeypatch: pytest.MonkeyPatch, answer: bytes | None
