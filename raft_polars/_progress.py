@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["Clock", "ask_stop", "report", "reporting", "stop_asked", "stop_point"]
+__all__ = ["Clock", "ask_stop", "clear_stop", "report", "reporting", "stop_asked", "stop_point"]
 
 _RECEIVER: ContextVar[Callable[[str], None] | None] = ContextVar("raft_progress", default=None)
 
@@ -43,6 +43,12 @@ _STOP: list[int] = []  # the exit status a signal asked for (the process's, not 
 def ask_stop(status: int) -> None:
     """Ask the running call to end with ``SystemExit(status)`` at its next step."""
     _STOP.append(status)
+
+
+def clear_stop() -> None:
+    """Forget a stop asked for: a command is over (its process may go on, a
+    notebook's or a test's, and its later calls are not to be stopped)."""
+    _STOP.clear()
 
 
 def stop_asked() -> int | None:

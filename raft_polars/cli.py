@@ -47,7 +47,7 @@ from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, local_files, write_failure
 from raft_polars._export import EXPORT_FORMATS, json_value
-from raft_polars._progress import ask_stop, stop_asked
+from raft_polars._progress import ask_stop, clear_stop, stop_asked
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
@@ -228,9 +228,12 @@ def entrypoint() -> NoReturn:
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's own stream
 
     _ending_on_signals()
-    with without_panic_reports():
-        code = main()
-    code = stop_asked() or code  # a stop whose own exit was swallowed
+    try:
+        with without_panic_reports():
+            code = main()
+        code = stop_asked() or code  # a stop whose own exit was swallowed
+    finally:
+        clear_stop()  # the command is over; the process may go on (a notebook, a test)
     try:
         if sys.stdout is not None:
             sys.stdout.flush()
@@ -249,6 +252,7 @@ def _ending_on_signals() -> None:
         ask_stop(128 + number)  # raised again at the next step, should this one be swallowed
         raise SystemExit(128 + number)
 
+    clear_stop()  # one asked for by an earlier command of this process
     for name in ("SIGTERM", "SIGHUP"):
         number = getattr(signal, name, None)
         if number is not None and signal.getsignal(number) == signal.SIG_DFL:

@@ -1038,6 +1038,54 @@ def test_a_stop_whose_exit_is_swallowed_still_ends_the_command(
     assert list(outdir.iterdir()) == []
 
 
+_LATER = """
+import os, signal, sys
+import polars as pl
+import raft_polars as rp
+import raft_polars._engine.validate as vk
+from raft_polars import cli
+
+real = vk.check_candidates
+
+
+def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+
+
+vk.check_candidates = terminated
+sys.argv = ["raft-polars", "validate", *sys.argv[1:]]
+try:
+    cli.entrypoint()
+except SystemExit as end:
+    print("first", end.code)
+vk.check_candidates = real
+log = pl.DataFrame({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.0, 1.0],
+                    "logprobs": [[-1.0], [-2.0]]})
+print("api", rp.stage_losses(log)["loss"].to_list())
+print("main", cli.main(["validate", *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_stop_ends_its_command_not_the_next_ones(tmp_path: Path) -> None:
+    """A command that SIGTERM ended, in a process that goes on (a notebook, a
+    test calling the entry point): the later calls of that process run (every
+    one of them raised SystemExit(143), the stop never forgotten)."""
+    from raft_polars.synth import generate
+
+    generate(tmp_path / "log", layout="long", stages=2, prompts=50, k=2, seed=1)
+    where = [str(tmp_path / "log" / "tokens"), "--rewards", str(tmp_path / "log" / "rewards")]
+    done = subprocess.run(
+        [sys.executable, "-c", _LATER, *where],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["first 143", "api [2.0]"], done.stdout
+    assert lines[-1] == "main 0", done.stdout  # after validate's report
+
+
 @pytest.mark.parametrize(
     ("call", "option"),
     [
