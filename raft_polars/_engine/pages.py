@@ -24,7 +24,14 @@ from zlib_ng.zlib_ng import crc32
 
 from raft_polars._engine._jit import njit
 
-__all__ = ["footer_readable", "largest_row_group", "remembering", "suspect", "verified"]
+__all__ = [
+    "footer_agrees",
+    "footer_readable",
+    "largest_row_group",
+    "remembering",
+    "suspect",
+    "verified",
+]
 
 # Thrift compact protocol types
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = (
@@ -322,11 +329,17 @@ def largest_row_group(path: str) -> int | None:
 
 def footer_readable(path: str) -> bool:
     """Whether pyarrow may be asked for the column chunks of a Parquet file's
-    footer. pyarrow aborts the process (an exception thrown where none may be)
-    when a chunk's type is not its schema's, or its level histograms do not
-    have the lengths the schema gives them; this reads the footer itself and
-    checks them. False for anything it
-    cannot read (the caller then leaves the footer's details out)."""
+    footer (:func:`footer_agrees`); False also where this walk cannot read the
+    footer (the caller then leaves the footer's details out)."""
+    return footer_agrees(path) is True
+
+
+def footer_agrees(path: str) -> bool | None:
+    """Whether the column chunks of a Parquet file's footer agree with its schema.
+    pyarrow aborts the process (an exception thrown where none may be) when it
+    is asked for a chunk whose type is not its schema's, or whose level
+    histograms do not have the lengths the schema gives them; this reads the
+    footer itself and checks them. None where it cannot read the footer."""
     try:
         meta = _footer(path)
         leaves = _leaves(meta[2])
@@ -344,7 +357,7 @@ def footer_readable(path: str) -> bool:
                     if (histogram and len(histogram) != levels + 1) or (histogram == [] and levels):
                         return False  # none is written for a level that is always 0
     except Exception:
-        return False
+        return None
     return True
 
 

@@ -1043,10 +1043,21 @@ class _Unit:
 
 
 def _units(path: str, rows: tuple[int, int] | None) -> list[_Unit]:
-    """The units that hold the rows ``(offset, count)`` of a file (all when None)."""
+    """The units that hold the rows ``(offset, count)`` of a file (all when None).
+    Raises where pyarrow would abort the process on the footer's column chunks
+    (:func:`pages.footer_readable`), as :func:`_coded_texts` reads them."""
     import pyarrow.parquet as pq
 
+    from raft_polars._engine import pages
+
     meta = pq.read_metadata(path)
+    agrees = pages.footer_agrees(path)
+    if not (_chunks_readable(path) if agrees is None else agrees):
+        msg = (
+            "its footer is corrupt: a column chunk does not agree with the schema "
+            "(its type, or the length of a level histogram)"
+        )
+        raise ValueError(msg)
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     stored = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
     starts = list(accumulate(sizes, initial=0))
@@ -1067,6 +1078,36 @@ def _units(path: str, rows: tuple[int, int] | None) -> list[_Unit]:
             units.append(_Unit(path, tuple(groups), skip, take, size, held[0], meta))
             groups = []
     return units
+
+
+_CHUNKS = """
+import sys
+sys.path.insert(0, sys.argv[1])  # where this pyarrow is installed; nothing else is read
+import pyarrow.parquet as pq
+meta = pq.read_metadata(sys.argv[2])
+for i in range(meta.num_row_groups):
+    group = meta.row_group(i)
+    for j in range(group.num_columns):
+        group.column(j)
+"""
+
+
+def _chunks_readable(path: str) -> bool:
+    """Whether pyarrow reads the column chunks of a file's footer without ending
+    its process, in a child process: for a footer the page walk cannot read
+    (:func:`pages.footer_agrees`), so cannot check. An exception there is
+    raised in this process too, as an error of the file."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    home = os.path.dirname(os.path.dirname(os.path.abspath(pa.__file__)))
+    child = subprocess.run(
+        [sys.executable, "-I", "-c", _CHUNKS, home, path], capture_output=True, check=False
+    )
+    return child.returncode >= 0
 
 
 def _decode(unit: _Unit) -> list[Any]:

@@ -755,6 +755,10 @@ def test_jsonl(logs: Logs, layout: str, which: int, **corruption: Any) -> None:
 @settings(max_examples=6, deadline=None)
 @given(writer=st.sampled_from(["package", "pyarrow", "plain", "v2"]), which=st.integers(0, 1),
        layout=st.sampled_from(["long", "nested"]), **corruptions)  # fmt: skip
+# a footer's level histogram of the wrong length: pyarrow ended the process (CI)
+# when the strict read asked for the chunks of the text column
+@example(writer="v2", which=0, layout="nested", end=True, position=0.5179879006485638, bits=64,
+         truncate=False)  # fmt: skip
 def test_parquet_on_dask(
     logs: Logs, writer: str, which: int, layout: str, **corruption: Any
 ) -> None:

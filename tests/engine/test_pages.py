@@ -14,6 +14,7 @@ file pyarrow rejects.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -488,3 +489,91 @@ def test_a_footer_pyarrow_refuses_is_not_vouched_for(tmp_path: Path) -> None:
     report = rp.validate(str(path)).to_dict()
     assert [p["kind"] for p in report["problems"]] == ["corrupt_file"]
     assert report["problems"][0]["locations"][0]["file"] == str(path)
+
+
+_STRICT_FOOTER_FLIPS = """
+import io, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from raft_polars._engine.validate import strict_read
+path = sys.argv[1]
+table = pa.table({"stage": [0, 0, 1], "reward": [0.5, None, 1.0],
+                  "logprobs": [[-0.1, -0.2], None, [-0.3, None, -0.5]],
+                  "response": ["a", None, "bc"]})
+buffer = io.BytesIO()
+pq.write_table(table, buffer, compression="zstd", data_page_version="2.0", use_dictionary=False)
+written = buffer.getvalue()
+start = len(written) - 8 - int.from_bytes(written[-8:-4], "little")
+refused = 0
+for at in range(start, len(written) - 8):
+    for bit in range(8):
+        flipped = bytearray(written)
+        flipped[at] ^= 1 << bit
+        open(path, "wb").write(flipped)
+        refused += strict_read(path) is not None
+print(refused)
+"""
+
+
+def test_the_strict_read_never_aborts_on_a_flipped_footer(tmp_path: Path) -> None:
+    """pyarrow ends its process when asked for a column chunk whose level
+    histograms do not have the lengths the schema gives them (a bit flipped in
+    a footer of version 2 pages; CI found one). The strict read checks the
+    footer first: every bit of a nested file's footer flipped, in a child
+    process, gives an error or nothing, never an abort. (The text column: the
+    strict read asks for its chunks, to read dictionary-encoded text as such.)"""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _STRICT_FOOTER_FLIPS, str(tmp_path / "f.parquet")],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 0  # some flips are refused
+
+
+def _histogram_flipped(path: Path) -> None:
+    """A nested file of version 2 pages with a bit of its footer flipped that
+    makes a level histogram's length wrong (pyarrow would abort), while Polars
+    still reads the file's schema (so only the strict read stands between)."""
+    table = pa.table({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.5, 0.25],
+                      "logprobs": [[-1.0, -0.5], [-2.0]]})  # fmt: skip
+    pq.write_table(table, path, compression="zstd", data_page_version="2.0")
+    data = path.read_bytes()
+    schema = pl.scan_parquet(path).collect_schema()
+    for at in range(_footer_start(data), len(data) - 8):
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[at] ^= 1 << bit
+            path.write_bytes(bytes(flipped))
+            if pages.footer_agrees(str(path)) is not False:
+                continue
+            try:
+                if pl.scan_parquet(path).collect_schema() == schema:
+                    return
+            except pl.exceptions.ComputeError:
+                pass
+    raise AssertionError("no flip makes a histogram's length wrong and keeps the schema")
+
+
+@pytest.mark.parametrize("walked", [True, False], ids=["walk", "child"])
+def test_validate_reports_a_footer_pyarrow_would_abort_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, walked: bool
+) -> None:
+    """Such a footer is a corrupt file in validate's report, not the end of the
+    process; where the walk cannot read the footer (``child``), a child process
+    asks pyarrow for the column chunks, and a sound file still passes."""
+    path = tmp_path / "log.parquet"
+    _histogram_flipped(path)
+    if not walked:
+        monkeypatch.setattr(pages, "footer_agrees", lambda path: None)
+    report = rp.validate(str(path)).to_dict()
+    kinds = [p["kind"] for p in report["problems"]]
+    assert "corrupt_file" in kinds, report
+    corrupt = report["problems"][kinds.index("corrupt_file")]
+    assert corrupt["locations"][0]["file"] == str(path)
+    assert "footer is corrupt" in json.dumps(corrupt)
+    sound = tmp_path / "sound.parquet"
+    pq.write_table(pa.table({"stage": [0], "prompt": [0], "cand": [0], "reward": [0.5],
+                             "logprobs": [[-1.0]]}), sound, data_page_version="2.0")  # fmt: skip
+    assert rp.validate(str(sound)).ok
