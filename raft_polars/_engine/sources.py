@@ -503,6 +503,15 @@ def _expand(text: str, role: str) -> list[DataFile]:
             raise RaftInputError(msg)
         return [DataFile(str(f), _partitions(f, root)) for f in matches]
     msg = f"{role}: file not found: {text!r}"
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                msg = f"{role}: {text!r} is a loop of symbolic links (it links back to itself)"
+            else:
+                target = os.readlink(path)
+                msg = f"{role}: {text!r} is a symbolic link to {target!r}, which does not exist"
     raise RaftInputError(msg)
 
 
@@ -605,10 +614,17 @@ def _partitions(path: Path, root: Path) -> tuple[tuple[str, str | None], ...]:
         parts = path.relative_to(root).parts[:-1]
     except ValueError:
         return ()
-    pairs = []
-    for part in parts:
+    pairs: list[tuple[str, str | None]] = []
+    for at, part in enumerate(parts):
         if "=" in part:
             key, value = part.split("=", 1)
+            if any(key == k for k, _ in pairs):
+                first = next(p for p in parts[:at] if p.split("=", 1)[0] == key)
+                msg = (
+                    f"cannot read {str(path)!r}: its directories {first!r} and {part!r} "
+                    f"give the Hive key {key!r} twice; keep one"
+                )
+                raise RaftInputError(msg)
             text = urllib.parse.unquote(value)
             pairs.append((key, None if text == _HIVE_NULL else text))
     return tuple(pairs)
@@ -886,7 +902,207 @@ def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
             f"; line {line}, key {key!r}, holds an escaped lone surrogate (such as \\udc00, "
             "half of a character); replace it (with \\ufffd, say)"
         )
+    found = None if hint else _first_bad_line(path)
+    if found is not None:
+        return RaftInputError(f"cannot read JSON lines file {path!r}, {found}")
     return RaftInputError(f"cannot read JSON lines file {path!r}: {_first_line(exc)}{hint}")
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as Python's json gives it with ``object_pairs_hook``: its
+    pairs in order, a key given twice twice (Polars reads the first)."""
+
+
+class _Constant(str):
+    """``NaN``, ``Infinity`` or ``-Infinity``: Python's json reads (and
+    ``json.dumps`` writes) them, JSON and Polars do not."""
+
+    __slots__ = ()
+
+
+# JSON kinds that Polars cannot read as one column (or list item, or field); a
+# string goes with any of them (the column is read as text) and null with all
+_KIND: dict[type, str] = {
+    bool: "a boolean (true or false)",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    _Pairs: "an object",
+}
+_STRING = _KIND[str]
+_DECODER = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_Constant)
+
+
+class _Found(Exception):
+    """The first offending line of a JSON lines file, as its message says it."""
+
+
+def _first_bad_line(path: str) -> str | None:
+    """Where and why a local JSON lines file that Polars failed to read is not
+    JSON lines: the first line that is not UTF-8, not valid JSON (``NaN``
+    included), not one JSON object, or whose value for a key (or an item or
+    field in it) is of another JSON kind than before; None when no line is.
+
+    Only on the error path: the file is streamed (decompressed) and its lines
+    parsed by Python's json, up to the first offending one."""
+    seen: dict[tuple[str, ...], tuple[str, int]] = {}
+    lines = _json_lines(path)
+    try:
+        line = next(lines, None)
+        number = 1
+        while line is not None:
+            after = next(lines, None)
+            _check_line(line, number, seen, last=after is None)
+            line, number = after, number + 1
+    except _Found as found:
+        return str(found)
+    except (OSError, ValueError, pa.ArrowException):  # unreadable: today's message
+        return None
+    return None
+
+
+def _json_lines(path: str) -> Iterator[bytes]:
+    """The lines of a local file, decompressed; a gzip file whose data is cut
+    off or followed by other bytes raises :class:`_Found` after its last line."""
+    if path.lower().endswith(".gz"):
+        yield from _gzip_lines(path)
+        return
+    with _decompressed(path) as stream:
+        tail = b""
+        while chunk := stream.read(_CHUNK):
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            yield from lines
+        if tail:
+            yield tail
+
+
+def _gzip_lines(path: str) -> Iterator[bytes]:
+    """:func:`_json_lines` of a gzip file, by zlib, which tells where the gzip
+    data ends (pyarrow's stream fails as a whole on bytes after it)."""
+    import zlib
+
+    number, tail, started = 0, b"", False
+    inflate = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            started = True
+            while chunk:
+                try:
+                    data = inflate.decompress(chunk)
+                except zlib.error as exc:
+                    msg = f"after line {number}: its gzip data cannot be decompressed ({exc})"
+                    raise _Found(msg) from None
+                lines = (tail + data).split(b"\n")
+                tail = lines.pop()
+                number += len(lines)
+                yield from lines
+                chunk = inflate.unused_data if inflate.eof else b""
+                if chunk and not b"\x1f\x8b".startswith(chunk[:2]):
+                    msg = (
+                        f"after line {number + bool(tail)}: its gzip data is followed by "
+                        "bytes that are not gzip (trailing garbage?); recompress it, e.g. "
+                        "gzip -dc FILE | gzip > NEW"
+                    )
+                    raise _Found(msg)
+                if chunk:  # another gzip member
+                    inflate = zlib.decompressobj(wbits=31)
+        if started and not inflate.eof:
+            msg = f"after line {number}: its gzip data is cut off (an incomplete file?)"
+            raise _Found(msg)
+    if tail:
+        yield tail
+
+
+def _check_line(
+    raw: bytes, number: int, seen: dict[tuple[str, ...], tuple[str, int]], *, last: bool
+) -> None:
+    """Raise :class:`_Found` when line ``number`` (the ``last`` of its file, or
+    not) is not one JSON object whose values are of the kinds ``seen`` on
+    earlier lines (which it adds to)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = (
+            f"line {number} is not UTF-8: byte {raw[exc.start]:#04x} at byte {exc.start + 1} "
+            "of the line; save the file as UTF-8"
+        )
+        raise _Found(msg) from None
+    text = text.strip()
+    if not text:
+        return
+    try:
+        row, end = _DECODER.raw_decode(text)
+    except json.JSONDecodeError as exc:
+        ends = exc.pos >= len(text) or exc.msg.startswith("Unterminated string")
+        if text.startswith(("{", "[")) and ends and last:
+            msg = f"line {number}, the last, ends inside its JSON object (the file cut off?)"
+        elif text.startswith(("{", "[")) and ends:
+            msg = (
+                f"line {number} is not one JSON object per line: the object spans "
+                "several lines (pretty-printed JSON?); write one object per line"
+            )
+        else:
+            msg = f"line {number} is not valid JSON: {exc.msg} at character {exc.pos + 1}"
+        raise _Found(msg) from None
+    if end < len(text):
+        rest = text[end:].lstrip()
+        msg = (
+            f"line {number} is not one JSON object per line: another JSON value follows "
+            "the first (objects without a newline between them?)"
+            if rest.startswith(("{", "["))
+            else f"line {number} holds text after its JSON object: {rest[:20]!r}"
+        )
+        raise _Found(msg)
+    if not isinstance(row, _Pairs):
+        found = "null" if row is None else _KIND.get(type(row), repr(row))
+        msg = f"line {number} holds {found}, not a JSON object (one object per line)"
+        raise _Found(msg)
+    for key, value in row:
+        _check_value(value, (key,), number, seen)
+
+
+def _check_value(
+    value: Any, where: tuple[str, ...], number: int, seen: dict[tuple[str, ...], tuple[str, int]]
+) -> None:
+    """:func:`_check_line` for one value at ``where`` (a key, then ``[]`` for
+    the items of a list, or a field's name)."""
+    if value is None:
+        return
+    if isinstance(value, _Constant):
+        msg = f"line {number}, {_place(where)}: {value} is not JSON (write null, or a number)"
+        raise _Found(msg)
+    kind = _KIND[type(value)]
+    if any(seen.get(where[:i], ("",))[0] == _STRING for i in range(1, len(where))):
+        return  # inside a value read as text
+    known, line = seen.setdefault(where, (kind, number))
+    if _STRING in (kind, known):
+        seen[where] = (_STRING, line)
+        return
+    if kind != known:
+        before = "earlier lines hold" if line < number else "the line also holds"
+        msg = f"line {number}, {_place(where)}: {kind} where {before} {known}"
+        raise _Found(msg)
+    if isinstance(value, _Pairs):
+        for field, inner in value:
+            _check_value(inner, (*where, field), number, seen)
+    elif isinstance(value, list):
+        items = (*where, "[]")
+        kinds = {type(item) for item in value}
+        if kinds & {list, _Pairs, _Constant}:
+            for item in value:
+                _check_value(item, items, number, seen)
+        else:  # scalars: one of each type stands for all
+            for item_type in kinds:
+                _check_value(next(v for v in value if type(v) is item_type), items, number, seen)
+
+
+def _place(where: tuple[str, ...]) -> str:
+    """``key 'logprobs', in its list`` for a path of :func:`_check_value`."""
+    parts = [f"key {where[0]!r}"]
+    parts += ["in a list" if part == "[]" else f"field {part!r}" for part in where[1:]]
+    return ", ".join(parts)
 
 
 # what only a write raises: no space, a file size limit, a quota, a read-only
@@ -938,6 +1154,12 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
             except READ_ERRORS as bad:
                 if "empty" not in str(bad) and not _blank(path):  # no rows: read as none
                     raise json_lines_error(path, bad) from exc
+            # its schema was inferred, its values failed to parse (true for a number)
+            if isinstance(exc, pl.exceptions.ComputeError | pl.exceptions.SchemaError) and (
+                found := _first_bad_line(path)
+            ):
+                msg = f"cannot read JSON lines file {path!r}, {found}"
+                raise RaftInputError(msg) from exc
         msg = f"cannot read stage log {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
 

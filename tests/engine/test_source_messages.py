@@ -1,0 +1,178 @@
+"""The messages of sources Polars cannot read: a JSON lines file names its first
+offending line (and the key, and what is wrong there), a Hive key given twice
+names its directories, a loop of symbolic links says so."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import raft_polars
+from raft_polars import RaftInputError
+
+
+def _row(prompt: int, cand: int, **changed: object) -> str:
+    row: dict[str, object] = {
+        "stage": 0,
+        "prompt": prompt,
+        "cand": cand,
+        "reward": 0.5,
+        "logprobs": [-1.0],
+    }
+    row.update(changed)
+    return json.dumps(row)
+
+
+def _lines(count: int) -> list[str]:
+    return [_row(p, c) for p in range(count // 2) for c in range(2)]
+
+
+def _with(at: int, line: str, count: int = 10) -> bytes:
+    """``count`` good lines with line ``at`` (1-based) replaced by ``line``."""
+    rows = _lines(count)
+    rows[at - 1] = line
+    return ("\n".join(rows) + "\n").encode()
+
+
+PRETTY = "\n".join(json.dumps(json.loads(r), indent=2) for r in _lines(4)).encode()
+LATIN1 = ("\n".join(_lines(4)[:3]) + "\n").encode() + (
+    b'{"stage":0,"prompt":"caf\xe9","cand":0,"reward":0.1,"logprobs":[-1.0]}\n'
+)
+
+# name, file bytes, what the message says
+CASES = [
+    (
+        "nan",
+        _with(5000, _row(9999, 0, reward=float("nan")), count=6000),
+        "line 5000, key 'reward': NaN is not JSON (write null, or a number)",
+    ),
+    (
+        "infinity-in-list",
+        _with(3, _row(1, 0, logprobs=[-1.0, float("-inf")])),
+        "line 3, key 'logprobs', in a list: -Infinity is not JSON",
+    ),
+    (
+        "scalar-logprobs",
+        _with(7, _row(9, 0, logprobs=-1.0)),
+        "line 7, key 'logprobs': a number where earlier lines hold a list",
+    ),
+    (
+        "list-prompt",
+        _with(5, _row(0, 0).replace('"prompt": 0', '"prompt": [1]')),
+        "line 5, key 'prompt': a list where earlier lines hold a number",
+    ),
+    (
+        "boolean-reward",
+        _with(2, _row(0, 1, reward=True)),
+        "line 2, key 'reward': a boolean (true or false) where earlier lines hold a number",
+    ),
+    (
+        "nested-field",
+        b'{"stage":0,"prompt":0,"cand":0,"reward":1,"logprobs":[-1],"meta":{"a":1}}\n'
+        b'{"stage":0,"prompt":0,"cand":1,"reward":1,"logprobs":[-1],"meta":{"a":[1]}}\n',
+        "line 2, key 'meta', field 'a': a list where earlier lines hold a number",
+    ),
+    (
+        "text-then-nan",  # a string beside numbers is read as text, not the culprit
+        _with(9, _row(4, 0, reward=float("nan"))).replace(
+            b'"prompt": 1, "cand": 0, "reward": 0.5', b'"prompt": 1, "cand": 0, "reward": "x"'
+        ),
+        "line 9, key 'reward': NaN is not JSON",
+    ),
+    (
+        "inside-text",  # a list of lists inside a value read as text: not the culprit
+        _with(4, _row(1, 1, logprobs=float("nan")))
+        .replace(
+            b'"cand": 1, "reward": 0.5, "logprobs": [-1.0]',
+            b'"cand": 1, "reward": 0.5, "logprobs": "x"',
+            1,
+        )
+        .replace(
+            b'"prompt": 1, "cand": 0, "reward": 0.5, "logprobs": [-1.0]',
+            b'"prompt": 1, "cand": 0, "reward": 0.5, "logprobs": [[-1.0]]',
+        ),
+        "line 4, key 'logprobs': NaN is not JSON",
+    ),
+    ("latin-1", LATIN1, "line 4 is not UTF-8: byte 0xe9"),
+    ("pretty", PRETTY, "line 1 is not one JSON object per line: the object spans several lines"),
+    (
+        "no-newline",
+        _with(6, _row(2, 1) + _row(3, 0)),
+        "line 6 is not one JSON object per line: another JSON value follows",
+    ),
+    ("not-an-object", _with(4, "null"), "line 4 holds null, not a JSON object"),
+    ("cut-off", _with(10, _row(4, 1)[:30]), "line 10, the last, ends inside its JSON object"),
+]
+
+
+@pytest.mark.parametrize(("content", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("packed", ["", ".gz", ".zst"])
+def test_a_json_lines_error_names_the_line(
+    tmp_path: Path, content: bytes, expected: str, packed: str
+) -> None:
+    """A JSON lines file Polars fails to read is an error that names the file,
+    its first offending line and what is wrong there, compressed or not."""
+    path = tmp_path / f"log.jsonl{packed}"
+    if packed == ".zst":
+        with pa.output_stream(str(path), compression="zstd") as out:
+            out.write(content)
+    else:
+        path.write_bytes(gzip.compress(content) if packed else content)
+    with pytest.raises(RaftInputError) as caught:
+        raft_polars.stage_losses(path)
+    message = str(caught.value)
+    assert f"log.jsonl{packed}" in message
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        (b"trailing\n", "after line 3: its gzip data is followed by bytes that are not gzip"),
+        (None, "after line 3: its gzip data is cut off"),
+    ],
+    ids=["trailing-garbage", "cut-off"],
+)
+def test_a_broken_gzip_file_names_the_last_line_read(
+    tmp_path: Path, tail: bytes | None, expected: str
+) -> None:
+    """Bytes after the gzip data, or gzip data cut short, are named with the
+    last line before them; a file of several gzip members (``cat a.gz b.gz``)
+    is read whole."""
+    rows = _lines(6)
+    first = gzip.compress(("\n".join(rows[:3]) + "\n").encode())
+    second = gzip.compress(("\n".join(rows[3:]) + "\n").encode())
+    path = tmp_path / "log.jsonl.gz"
+    path.write_bytes(first + (tail if tail is not None else second[: len(second) // 2]))
+    with pytest.raises(RaftInputError, match=re.escape(expected)):
+        raft_polars.stage_losses(path)
+    path.write_bytes(first + second)
+    assert len(raft_polars.stage_losses(path)) == 1
+
+
+def test_a_hive_key_given_twice_names_the_directories(tmp_path: Path) -> None:
+    """``stage=1/stage=2/``: the error names both directories and the key (it was
+    Polars' internal message of a duplicate column)."""
+    part = tmp_path / "stage=1" / "stage=2"
+    part.mkdir(parents=True)
+    (part / "p.jsonl").write_text(_row(0, 0) + "\n")
+    with pytest.raises(RaftInputError, match=r"'stage=1' and 'stage=2' give the Hive key 'stage'"):
+        raft_polars.stage_losses(tmp_path)
+
+
+def test_a_loop_of_links_is_not_file_not_found(tmp_path: Path) -> None:
+    """A link that leads back to itself says so; a link to nothing names its
+    target."""
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    with pytest.raises(RaftInputError, match=r"'.*l1' is a loop of symbolic links"):
+        raft_polars.stage_losses(tmp_path / "l1")
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    with pytest.raises(RaftInputError, match=r"a symbolic link to '.*nowhere\.jsonl'"):
+        raft_polars.stage_losses(tmp_path / "dangling.jsonl")
