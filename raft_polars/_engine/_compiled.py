@@ -662,7 +662,7 @@ def touch() -> None:
     codes = np.zeros(0, dtype=np.int64)
     best_of_groups(codes, codes, np.zeros(0), *groups_of(0))
     grid = np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0)), np.zeros((0, 0))
-    best_of_n(np.zeros(1, dtype=np.int64), codes, np.zeros(0), *grid)
+    best_of_n(np.zeros(1, dtype=np.int64), codes, _frozen(np.zeros(0)), *grid)
     nest_ids(codes, codes)
     name_table(NO_STRINGS)
     for kinds, values in (
