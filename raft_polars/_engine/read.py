@@ -49,7 +49,7 @@ from raft_polars._engine.sources import (
     resolve,
     summed_reward,
 )
-from raft_polars.errors import RaftInputError
+from raft_polars.errors import RaftInputError, RaftPolarsError
 
 __all__ = [
     "CANDIDATE_COLUMNS",
@@ -297,6 +297,19 @@ def bounded_read_ahead(files: Sequence[str], row: int = _NARROW_ROW) -> Iterator
         os.environ.pop(_READ_AHEAD, None)
 
 
+def _check_threads() -> None:
+    """Raise where ``POLARS_MAX_THREADS`` is 0: Polars starts, and its reader then
+    fails on the first file (``Worker threads cannot be set to 0``), which read
+    as a fault of the file."""
+    value = os.environ.get("POLARS_MAX_THREADS", "").strip()
+    if value.lstrip("+").isdigit() and int(value) == 0:
+        msg = (
+            f"the environment sets POLARS_MAX_THREADS={value!r}: Polars' reader needs at "
+            "least 1 thread; unset it, or set it to the number of threads to use"
+        )
+        raise RaftPolarsError(msg)
+
+
 def read_log(
     source: Source,
     *,
@@ -338,7 +351,10 @@ def read_log(
     ------
     RaftInputError
         A file is missing or unreadable, a column is missing or of the wrong type.
+    RaftPolarsError
+        ``POLARS_MAX_THREADS`` is 0.
     """
+    _check_threads()
     mapping = _check_mapping(columns)
     main = resolve(source, "source", storage_options)
     main_schema = dict(main.schema)

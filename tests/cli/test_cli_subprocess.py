@@ -135,3 +135,42 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
         code = proc.wait(timeout=120)
     assert b"Traceback" not in err
     assert code == 0
+
+
+@pytest.mark.parametrize("value", ["0", "00", " 0"])
+def test_polars_max_threads_zero_is_named(value: str) -> None:
+    """``POLARS_MAX_THREADS=0`` makes Polars' reader fail on the first file (it
+    read as a fault of the data file, exit 2): the error names the variable,
+    for files and for frames; 1 still runs, and the nested lists need no read."""
+    code = (
+        "import raft_polars as rp, polars as pl\n"
+        "frame = pl.DataFrame({'stage': [0], 'prompt': [0], 'cand': [0], 'reward': [1.0],\n"
+        "                      'logprobs': [[-1.0]]})\n"
+        "print(rp.raft_alignment([[[[-1.0], [-2.0]]]], [[[1.0, 0.5]]]))\n"
+        "try:\n"
+        "    rp.stage_losses(frame)\n"
+        "except rp.RaftPolarsError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "POLARS_MAX_THREADS": value}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, error = done.stdout.splitlines()
+    assert first == "[1.0]"
+    assert error.startswith("RaftPolarsError the environment sets POLARS_MAX_THREADS=")
+    cli = subprocess.run(
+        [sys.executable, "-m", "raft_polars", "losses", "data/seed/nested.parquet"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 2
+    assert "POLARS_MAX_THREADS" in cli.stderr
+    assert "nested.parquet" not in cli.stderr
+    env["POLARS_MAX_THREADS"] = "1"
+    one = subprocess.run(
+        [sys.executable, "-m", "raft_polars", "losses", "data/seed/nested.parquet"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
