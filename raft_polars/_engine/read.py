@@ -668,6 +668,8 @@ def _check_types(
         part = _part_of_type(source, theirs.get(name, name), ok)
         if part is not None:
             found = f"{part[1]} in {part[0]!r}"
+        elif theirs.get(name, name) in dict(source.hive):
+            found = _hive_text(source, theirs.get(name, name)) or found
         raise RaftInputError(f"{source.origin}: column {name!r} must be {expected}, found {found}")
 
     def text(dtype: pl.DataType) -> bool:
@@ -683,6 +685,20 @@ def _check_types(
         check(name, "numeric", lambda dtype: dtype.is_numeric())
     if nested:
         check("logprobs", "a list of numbers", numbers)
+
+
+def _hive_text(source: Resolved, key: str) -> str | None:
+    """Which Hive directory made the key ``key`` text: the first whose value is
+    not a 64-bit integer (a key is read as integers when every value is one)."""
+    values = pl.Series([dict(f.partitions).get(key) for f in source.files], dtype=pl.String)
+    text = values.is_not_null() & values.cast(pl.Int64, strict=False).is_null()
+    if not text.any():
+        return None
+    at = int(text.arg_true()[0])
+    return (
+        f"text: the directory '{key}={values[at]}' of {source.files[at].path!r} is not a "
+        f"64-bit integer (a Hive key is read as integers when every directory's value is one)"
+    )
 
 
 def _part_of_type(

@@ -1160,6 +1160,11 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
             ):
                 msg = f"cannot read JSON lines file {path!r}, {found}"
                 raise RaftInputError(msg) from exc
+        if isinstance(exc, pl.exceptions.InvalidOperationError) and re.search(
+            r"to `i64` failed in column", str(exc)
+        ):  # an id beyond Int64, worded as the ranking words it (canonical_keys)
+            msg = f"{origin}: the ids must fit a 64-bit signed integer: {_first_line(exc)}"
+            raise RaftInputError(msg) from exc
         msg = f"cannot read stage log {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
 

@@ -753,7 +753,7 @@ FILE_CASES: dict[str, tuple[Callable[[Path, Path], dict[str, Any]], list[str]]] 
     ),
     "hive-stage-not-an-integer": (
         lambda d, t: {"source": _hive_named(d, t, "stage=abc")},
-        [r"stage", r"integer", r"str"],
+        [r"stage", r"integer", r"text: the directory 'stage=abc' of "],
     ),
     "long-truncated-rewards": (
         lambda d, t: {"source": d / "seed_tokens.parquet", "rewards": d / "truncated.parquet"},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 from pathlib import Path
 
@@ -176,3 +177,33 @@ def test_a_loop_of_links_is_not_file_not_found(tmp_path: Path) -> None:
     (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
     with pytest.raises(RaftInputError, match=r"a symbolic link to '.*nowhere\.jsonl'"):
         raft_polars.stage_losses(tmp_path / "dangling.jsonl")
+
+
+@pytest.mark.parametrize("value", ["1.0", "abc", "99999999999999999999"])
+def test_a_hive_key_read_as_text_names_its_directory(tmp_path: Path, value: str) -> None:
+    """A stage directory whose value is not a 64-bit integer makes the key text;
+    the type error names that directory and its file, not only the column."""
+    for stage in ("0", value):
+        part = tmp_path / f"stage={stage}"
+        part.mkdir()
+        (part / "p.jsonl").write_text(_row(0, 0).replace('"stage": 0, ', "") + "\n")
+    pattern = rf"column 'stage' must be an integer, found text: the directory 'stage={value}' of "
+    with pytest.raises(RaftInputError, match=re.escape(pattern)) as caught:
+        raft_polars.stage_losses(tmp_path)
+    assert f"stage={value}{os.sep}p.jsonl" in str(caught.value)
+
+
+def test_an_id_beyond_int64_is_worded_alike_by_every_entry_point(tmp_path: Path) -> None:
+    """An id of 20 digits: validate said 'cannot read stage log' where the
+    others say the ids must fit a 64-bit signed integer."""
+    path = tmp_path / "log.jsonl"
+    path.write_text(
+        _row(0, 0) + "\n" + _row(0, 0).replace('"cand": 0', '"cand": 18446744073709551615') + "\n"
+    )
+    messages = []
+    for call in (raft_polars.stage_losses, raft_polars.validate, raft_polars.stage_stats):
+        with pytest.raises(RaftInputError) as caught:
+            call(path)
+        messages.append(str(caught.value))
+    assert all("the ids must fit a 64-bit signed integer" in m for m in messages), messages
+    assert all("'cand'" in m for m in messages), messages
