@@ -26,6 +26,7 @@ from raft_polars._engine._jit import njit
 
 __all__ = [
     "footer_agrees",
+    "footer_fault",
     "footer_readable",
     "largest_row_group",
     "remembering",
@@ -335,30 +336,46 @@ def footer_readable(path: str) -> bool:
 
 
 def footer_agrees(path: str) -> bool | None:
-    """Whether the column chunks of a Parquet file's footer agree with its schema.
-    pyarrow aborts the process (an exception thrown where none may be) when it
-    is asked for a chunk whose type is not its schema's, or whose level
-    histograms do not have the lengths the schema gives them; this reads the
-    footer itself and checks them. None where it cannot read the footer."""
+    """Whether pyarrow may be asked for the column chunks of a Parquet file's
+    footer (:func:`footer_fault`); None where this walk cannot read the footer."""
     try:
-        meta = _footer(path)
-        leaves = _leaves(meta[2])
-        for group in meta[4]:
-            for chunk, (_, element, defs, reps) in zip(group[1], leaves, strict=True):
-                _typed(chunk, {3: _STRUCT})
-                _typed(chunk[3], {1: _I32, 16: _STRUCT})
-                if chunk[3][1] != element.get(1):
-                    return False  # the chunk's type is not the schema's
-                sizes = chunk[3].get(16)  # SizeStatistics
-                if sizes is not None:
-                    _typed(sizes, {1: _I64, 2: _LIST, 3: _LIST})
-                for field, levels in ((2, reps), (3, defs)):
-                    histogram = None if sizes is None else sizes.get(field)
-                    if (histogram and len(histogram) != levels + 1) or (histogram == [] and levels):
-                        return False  # none is written for a level that is always 0
+        return footer_fault(path) is None
     except Exception:
         return None
-    return True
+
+
+ENCRYPTED = "a column chunk is encrypted, and no keys were given"
+DISAGREES = (
+    "its footer is corrupt: a column chunk does not agree with the schema "
+    "(its type, or the length of a level histogram)"
+)
+
+
+def footer_fault(path: str) -> str | None:
+    """Why pyarrow may not be asked for the column chunks of a Parquet file's
+    footer: it ends the process (an exception thrown where none may be) when
+    asked for a chunk that is encrypted (with no keys given), whose type is not
+    its schema's, or whose level histograms do not have the lengths the schema
+    gives them. This reads the footer itself and checks those: :data:`ENCRYPTED`,
+    :data:`DISAGREES`, or None. Raises where it cannot read the footer."""
+    meta = _footer(path)
+    leaves = _leaves(meta[2])
+    for group in meta[4]:
+        for chunk, (_, element, defs, reps) in zip(group[1], leaves, strict=True):
+            if 8 in chunk or 9 in chunk:  # crypto_metadata, encrypted_column_metadata
+                return ENCRYPTED
+            _typed(chunk, {3: _STRUCT})
+            _typed(chunk[3], {1: _I32, 16: _STRUCT})
+            if chunk[3][1] != element.get(1):
+                return DISAGREES  # the chunk's type is not the schema's
+            sizes = chunk[3].get(16)  # SizeStatistics
+            if sizes is not None:
+                _typed(sizes, {1: _I64, 2: _LIST, 3: _LIST})
+            for field, levels in ((2, reps), (3, defs)):
+                histogram = None if sizes is None else sizes.get(field)
+                if (histogram and len(histogram) != levels + 1) or (histogram == [] and levels):
+                    return DISAGREES  # none is written for a level that is always 0
+    return None
 
 
 class _Struct(dict[int, Any]):

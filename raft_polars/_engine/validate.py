@@ -1051,13 +1051,12 @@ def _units(path: str, rows: tuple[int, int] | None) -> list[_Unit]:
     from raft_polars._engine import pages
 
     meta = pq.read_metadata(path)
-    agrees = pages.footer_agrees(path)
-    if not (_chunks_readable(path) if agrees is None else agrees):
-        msg = (
-            "its footer is corrupt: a column chunk does not agree with the schema "
-            "(its type, or the length of a level histogram)"
-        )
-        raise ValueError(msg)
+    try:
+        fault = pages.footer_fault(path)
+    except Exception:  # a footer the walk cannot read: pyarrow asked in a child
+        fault = None if _chunks_readable(path) else "pyarrow cannot read its column chunks"
+    if fault is not None:
+        raise ValueError(fault)
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     stored = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
     starts = list(accumulate(sizes, initial=0))
@@ -1743,12 +1742,24 @@ def strictly(log: StageLog, reader: StrictParquet) -> StageLog:
     return replace(log, main=strict(log.main), rewards=rewards)
 
 
+# pyarrow's words for a column or footer it cannot decrypt (no keys were given)
+_ENCRYPTED = re.compile(r"decrypt|encrypted", re.IGNORECASE)
+
+
 def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -> None:
     """Record the files a strict reader rejected."""
     bad: dict[str, str] = {}
     for path, error in errors:  # a file read in several pieces: its first error
         if error is not None:
             bad.setdefault(path, error)
+    for path, error in bad.items():
+        if _ENCRYPTED.search(error):  # not corrupt: unreadable by any entry point
+            msg = (
+                f"cannot read Parquet file {path!r}: it is encrypted with Parquet modular "
+                f"encryption ({error}); raft-polars reads no encrypted file: write it "
+                "without encryption"
+            )
+            raise RaftInputError(msg)
     found.add(
         "corrupt_file",
         len(bad),

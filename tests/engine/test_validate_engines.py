@@ -392,3 +392,49 @@ def test_token_rows_read_as_the_source_says(tmp_path: Path, variant: str) -> Non
     assert got["problems"] == want["problems"]
     assert got["summary"] == want["summary"]
     assert _counts(got) == {"duplicate_token": 1}
+
+
+def _encrypted(path: Path, *, plaintext_footer: bool) -> None:
+    """The seed's nested log with its ``reward`` column encrypted (Parquet modular
+    encryption, an in-process key store: nothing leaves this machine)."""
+    import base64
+
+    import pyarrow.parquet as pq
+    import pyarrow.parquet.encryption as pe
+
+    class Keys(pe.KmsClient):  # type: ignore[misc]
+        def __init__(self, _: object) -> None:
+            super().__init__()
+
+        def wrap_key(self, key: bytes, _: str) -> bytes:
+            return base64.b64encode(key)
+
+        def unwrap_key(self, wrapped: bytes, _: str) -> bytes:
+            return base64.b64decode(wrapped)
+
+    table = pq.read_table(Path(__file__).parents[2] / "data" / "seed" / "nested.parquet")
+    config = pe.EncryptionConfiguration(
+        footer_key="f", column_keys={"c": ["reward"]}, double_wrapping=False,
+        plaintext_footer=plaintext_footer,
+    )  # fmt: skip
+    properties = pe.CryptoFactory(Keys).file_encryption_properties(pe.KmsConnectionConfig(), config)
+    with pq.ParquetWriter(path, table.schema, encryption_properties=properties) as writer:
+        writer.write_table(table)
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize("plaintext_footer", [True, False], ids=["column", "footer"])
+def test_an_encrypted_file_is_an_input_error(
+    tmp_path: Path, engine: str, plaintext_footer: bool
+) -> None:
+    """An encrypted column is not a corrupt file (validate reported
+    corrupt_file, exit 1, where stage_losses said it cannot read it): every
+    entry point raises an input error naming the file. (Planning it on Dask
+    asked pyarrow for its column chunks, which ended the process.)"""
+    path = tmp_path / "encrypted.parquet"
+    _encrypted(path, plaintext_footer=plaintext_footer)
+    with pytest.raises(rp.RaftInputError, match=r"encrypted\.parquet.*(?i:encrypt)"):
+        _report(engine, source=str(path))
+    on: rd.DaskEngine | Literal["polars"] = dask_cluster.engine() if engine == "dask" else "polars"
+    with pytest.raises(rp.RaftInputError, match=r"(?i:encrypt)"):
+        rp.stage_losses(str(path), engine=on)
