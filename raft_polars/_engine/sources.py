@@ -1089,7 +1089,7 @@ def _check_value(
             _check_value(inner, (*where, field), number, seen)
     elif isinstance(value, list):
         items = (*where, "[]")
-        kinds = {type(item) for item in value}
+        kinds = set(map(type, value))
         if kinds & {list, _Pairs, _Constant}:
             for item in value:
                 _check_value(item, items, number, seen)
