@@ -17,6 +17,7 @@ reads the rows, pyarrow checks the files (:func:`strict_read`).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -1753,6 +1754,12 @@ def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -
         if error is not None:
             bad.setdefault(path, error)
     for path, error in bad.items():
+        if not os.path.exists(path):  # not corrupt: gone while it was read
+            msg = (
+                f"cannot read {path!r}: it was removed or renamed while validate read it "
+                f"({error}); run validate again once the log is complete"
+            )
+            raise RaftInputError(msg)
         if _ENCRYPTED.search(error):  # not corrupt: unreadable by any entry point
             msg = (
                 f"cannot read Parquet file {path!r}: it is encrypted with Parquet modular "

@@ -438,3 +438,23 @@ def test_an_encrypted_file_is_an_input_error(
     on: rd.DaskEngine | Literal["polars"] = dask_cluster.engine() if engine == "dask" else "polars"
     with pytest.raises(rp.RaftInputError, match=r"(?i:encrypt)"):
         rp.stage_losses(str(path), engine=on)
+
+
+def test_a_file_removed_while_validate_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part removed (a pipeline's cleanup) between the listing and the strict
+    read is an input error saying so, not a corrupt file in the report."""
+    import raft_polars._engine.validate as kernels
+
+    path = tmp_path / "log.parquet"
+    path.write_bytes((Path(__file__).parents[2] / "data" / "seed" / "nested.parquet").read_bytes())
+    read = kernels._units
+
+    def removed_first(name: str, rows: tuple[int, int] | None) -> list[Any]:
+        Path(name).unlink(missing_ok=True)
+        return read(name, rows)
+
+    monkeypatch.setattr(kernels, "_units", removed_first)
+    with pytest.raises(rp.RaftInputError, match=r"log\.parquet.*removed or renamed while validate"):
+        rp.validate(str(path))
