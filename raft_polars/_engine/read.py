@@ -30,6 +30,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -302,7 +303,7 @@ def _check_threads() -> None:
     fails on the first file (``Worker threads cannot be set to 0``), which read
     as a fault of the file."""
     value = os.environ.get("POLARS_MAX_THREADS", "").strip()
-    if value.lstrip("+").isdigit() and int(value) == 0:
+    if re.fullmatch(r"\+?0+", value):  # ASCII zeros: what Polars parses as 0
         msg = (
             f"the environment sets POLARS_MAX_THREADS={value!r}: Polars' reader needs at "
             "least 1 thread; unset it, or set it to the number of threads to use"

@@ -1743,8 +1743,21 @@ def strictly(log: StageLog, reader: StrictParquet) -> StageLog:
     return replace(log, main=strict(log.main), rewards=rewards)
 
 
-# pyarrow's words for a column or footer it cannot decrypt (no keys were given)
-_ENCRYPTED = re.compile(r"decrypt|encrypted", re.IGNORECASE)
+def _encrypted(path: str, error: str) -> bool:
+    """Whether the strict read failed on a file for its encryption, told by the
+    file's structure (not by words in a message, which may name a column): an
+    encrypted footer (the file ends in ``PARE``), or an encrypted column chunk
+    (:func:`pages.footer_fault`)."""
+    from raft_polars._engine import pages
+
+    if error == pages.ENCRYPTED:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            return handle.read(4) == b"PARE"
+    except OSError:
+        return False
 
 
 def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -> None:
@@ -1760,7 +1773,7 @@ def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -
                 f"({error}); run validate again once the log is complete"
             )
             raise RaftInputError(msg)
-        if _ENCRYPTED.search(error):  # not corrupt: unreadable by any entry point
+        if _encrypted(path, error):  # not corrupt: unreadable by any entry point
             msg = (
                 f"cannot read Parquet file {path!r}: it is encrypted with Parquet modular "
                 f"encryption ({error}); raft-polars reads no encrypted file: write it "

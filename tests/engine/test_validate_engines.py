@@ -458,3 +458,20 @@ def test_a_file_removed_while_validate_reads_it(
     monkeypatch.setattr(kernels, "_units", removed_first)
     with pytest.raises(rp.RaftInputError, match=r"log\.parquet.*removed or renamed while validate"):
         rp.validate(str(path))
+
+
+@pytest.mark.parametrize("name", ["encrypted", "decrypt_status"])
+def test_a_column_named_encrypted_is_not_encryption(tmp_path: Path, name: str) -> None:
+    """A corrupt file whose error names a column called ``encrypted`` is
+    ``corrupt_file``: encryption is told by the file's structure, not by the
+    words of a message (a review found the words)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = pa.array([b"ok", b"\xff\xfe"], pa.binary()).cast(pa.string(), safe=False)
+    table = pa.table({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.5, 0.25],
+                      "logprobs": [[-1.0], [-2.0]], name: text})  # fmt: skip
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path, use_dictionary=False)
+    report = rp.validate(str(path)).to_dict()
+    assert [p["kind"] for p in report["problems"]] == ["corrupt_file"], report
