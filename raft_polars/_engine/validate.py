@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -1046,7 +1047,7 @@ class _Unit:
 def _units(path: str, rows: tuple[int, int] | None) -> list[_Unit]:
     """The units that hold the rows ``(offset, count)`` of a file (all when None).
     Raises where pyarrow would abort the process on the footer's column chunks
-    (:func:`pages.footer_readable`), as :func:`_coded_texts` reads them."""
+    (:func:`pages.footer_fault`), as :func:`_coded_texts` reads them."""
     import pyarrow.parquet as pq
 
     from raft_polars._engine import pages
@@ -1097,17 +1098,24 @@ def _chunks_readable(path: str) -> bool:
     its process, in a child process: for a footer the page walk cannot read
     (:func:`pages.footer_agrees`), so cannot check. An exception there is
     raised in this process too, as an error of the file."""
-    import os
-    import subprocess
-    import sys
-
     import pyarrow as pa
 
-    home = os.path.dirname(os.path.dirname(os.path.abspath(pa.__file__)))
-    child = subprocess.run(
-        [sys.executable, "-I", "-c", _CHUNKS, home, path], capture_output=True, check=False
-    )
-    return child.returncode >= 0
+    return _isolated(_CHUNKS, pa, path).returncode >= 0
+
+
+def _isolated(script: str, library: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script`` run by this Python in a child process in isolated mode (no
+    working directory, no user site, no environment on its import path), with
+    the directory ``library`` is installed in as ``sys.argv[1]`` (the script
+    puts it first on its path; nothing else is read), ``args`` after it: the
+    finished process, its output as text."""
+    import sys
+
+    home = os.path.dirname(os.path.dirname(os.path.abspath(library.__file__)))
+    return subprocess.run(
+        [sys.executable, "-I", "-c", script, home, *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
 
 
 def _decode(unit: _Unit) -> list[Any]:
@@ -1663,20 +1671,13 @@ def polars_refusal(path: str, columns: Sequence[str] = ()) -> str | None:
     corrupted headers make Polars abort its process. None for a file whose
     headers are sound (the walk costs no decode), and where the child ended
     without a word for another reason than Polars (killed, say)."""
-    import os
     import signal
-    import subprocess
-    import sys
 
     from raft_polars._engine import pages
 
     if not pages.suspect(path):
         return None
-    home = os.path.dirname(os.path.dirname(os.path.abspath(pl.__file__)))
-    child = subprocess.run(
-        [sys.executable, "-I", "-c", _POLARS_READ, home, path, *columns],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    child = _isolated(_POLARS_READ, pl, path, *columns)
     said = [line for line in child.stdout.splitlines() if line.startswith("raft-polars ")]
     if said:
         word = said[-1].removeprefix("raft-polars ")
