@@ -45,6 +45,8 @@ from raft_polars._engine.sources import (
     Resolved,
     Source,
     file_schema,
+    hive_not_integer,
+    hive_values,
     lone_surrogates,
     reading,
     resolve,
@@ -691,8 +693,8 @@ def _check_types(
 def _hive_text(source: Resolved, key: str) -> str | None:
     """Which Hive directory made the key ``key`` text: the first whose value is
     not a 64-bit integer (a key is read as integers when every value is one)."""
-    values = pl.Series([dict(f.partitions).get(key) for f in source.files], dtype=pl.String)
-    text = values.is_not_null() & values.cast(pl.Int64, strict=False).is_null()
+    values = hive_values(source.files, key)
+    text = hive_not_integer(values)
     if not text.any():
         return None
     at = int(text.arg_true()[0])

@@ -804,6 +804,18 @@ def _family(dtype: PolarsDataType) -> str:
     return str(dtype)
 
 
+def hive_values(files: Sequence[DataFile], key: str) -> pl.Series:
+    """The values of the Hive key ``key`` in the files' directories, as text
+    (null for a file without it)."""
+    return pl.Series([dict(f.partitions).get(key) for f in files], dtype=pl.String)
+
+
+def hive_not_integer(values: pl.Series) -> pl.Series:
+    """Which of a Hive key's :func:`hive_values` are not 64-bit integers: the
+    key is read as integers when none is, as text otherwise."""
+    return values.is_not_null() & values.cast(pl.Int64, strict=False).is_null()
+
+
 def _hive_columns(
     files: Sequence[DataFile], file_schema: dict[str, pl.DataType], origin: str
 ) -> tuple[tuple[str, pl.DataType], ...]:
@@ -820,13 +832,9 @@ def _hive_columns(
     names = keys.pop() if keys else ()
     out = []
     for name in names:
-        values = [dict(f.partitions)[name] for f in files]
-        dtype: pl.DataType = pl.String()
-        texts = pl.Series(values, dtype=pl.String)
-        if texts.drop_nulls().len() and texts.cast(pl.Int64, strict=False).null_count() == (
-            texts.null_count()
-        ):
-            dtype = pl.Int64()
+        texts = hive_values(files, name)
+        integers = texts.drop_nulls().len() > 0 and not hive_not_integer(texts).any()
+        dtype: pl.DataType = pl.Int64() if integers else pl.String()
         if name in file_schema:
             _check_agreement(files, name, origin)
         out.append((name, dtype))
@@ -1146,6 +1154,10 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
             raise
         import pyarrow.parquet as pq
 
+        # values that failed to parse (true for a number) under a schema that was
+        # inferred: a JSON lines file is then parsed whole, alone (natively, 2-3x
+        # faster than Python's json), else only its schema is inferred (all lines)
+        values = isinstance(exc, pl.exceptions.ComputeError | pl.exceptions.SchemaError)
         for path in paths:
             if is_remote(path):
                 continue
@@ -1155,22 +1167,9 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
                 except Exception as bad:  # any failure to read the footer names the culprit
                     raise parquet_error(path, bad) from exc
                 continue
-            try:
-                pl.scan_ndjson(_literal(path), infer_schema_length=None).collect_schema()
-            except READ_ERRORS as bad:
-                if "empty" not in str(bad) and not _blank(path):  # no rows: read as none
-                    raise json_lines_error(path, bad) from exc
-        if isinstance(exc, pl.exceptions.ComputeError | pl.exceptions.SchemaError):
-            # a schema was inferred, values failed to parse (true for a number): the
-            # first file Polars cannot read alone (a native parse, 2-3x faster than
-            # Python's json) is the one whose first offending line is looked for
-            for path in paths:
-                if is_remote(path) or file_kind(path) == "parquet" or _parses(path):
-                    continue
-                if found := _first_bad_line(path):
-                    msg = f"cannot read JSON lines file {path!r}, {found}"
-                    raise RaftInputError(msg) from exc
-                break
+            failure = _json_lines_failure(path, values)
+            if failure is not None:
+                raise json_lines_error(path, failure) from exc
         if isinstance(exc, pl.exceptions.InvalidOperationError) and re.search(
             r"to `i64` failed in column", str(exc)
         ):  # an id beyond Int64, worded as the ranking words it (canonical_keys)
@@ -1180,15 +1179,19 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
         raise RaftInputError(msg) from exc
 
 
-def _parses(path: str) -> bool:
-    """Whether Polars reads every value of a local JSON lines file on its own
-    (its schema inferred from all its lines), on the streaming engine."""
+def _json_lines_failure(path: str, values: bool) -> BaseException | None:
+    """Polars' error reading a local JSON lines file alone, its schema inferred
+    from all its lines, and with ``values`` every value parsed too (on the
+    streaming engine); None when it reads, or holds no rows (read as none)."""
+    scan = pl.scan_ndjson(_literal(path), infer_schema_length=None)
     try:
-        scan = pl.scan_ndjson(_literal(path), infer_schema_length=None)
-        scan.select(pl.all().null_count()).collect(engine="streaming")
-    except READ_ERRORS:
-        return False
-    return True
+        if values:
+            scan.select(pl.all().null_count()).collect(engine="streaming")
+        else:
+            scan.collect_schema()
+    except READ_ERRORS as bad:
+        return None if _blank(path) else bad
+    return None
 
 
 def summed_reward(columns: Sequence[str]) -> pl.Expr:

@@ -254,3 +254,22 @@ def test_the_failing_part_is_found_before_the_lines_are_read(
     with pytest.raises(RaftInputError, match=r"part-4\.jsonl', line 6, key 'reward': a boolean"):
         raft_polars.stage_losses(tmp_path)
     assert streamed == ["part-4.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("name", "before"),
+    [("part-0.jsonl", b""), ("part-0.jsonl", b"\n \n"), ("part-0.jsonl.gz", gzip.compress(b""))],
+    ids=["empty", "blank-lines", "empty-gzip"],
+)
+def test_a_part_without_rows_before_the_bad_one_does_not_stop_the_search(
+    tmp_path: Path, name: str, before: bytes
+) -> None:
+    """A part holding no rows (read as none) is passed over: the part after it
+    whose values fail is still named, with its line (the search stopped at the
+    empty part and the message named neither file nor line)."""
+    (tmp_path / name).write_bytes(before)
+    (tmp_path / "part-1.jsonl").write_bytes(_with(7, _row(3, 0, reward=True), count=12))
+    expected = "part-1.jsonl', line 7, key 'reward': a boolean (true or false)"
+    for run in (raft_polars.stage_losses, raft_polars.validate):
+        with pytest.raises(RaftInputError, match=re.escape(expected)):
+            run(tmp_path)
