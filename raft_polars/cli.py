@@ -882,7 +882,7 @@ def _cmd_select(args: argparse.Namespace) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
-    from raft_polars.validate import validate
+    from raft_polars.validation import validate
 
     report = validate(
         _source(args),

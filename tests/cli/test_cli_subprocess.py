@@ -174,3 +174,60 @@ def test_polars_max_threads_zero_is_named(value: str) -> None:
         capture_output=True, text=True, cwd=REPO, env=env, timeout=120, check=False,
     )  # fmt: skip
     assert one.returncode == 0, one.stderr
+
+
+_CTRL_C_IN_IMPORTS = """
+import builtins, sys
+real = builtins.__import__
+def ctrl_c(name, *args, **kwargs):  # Ctrl-C as Polars is being imported
+    if name == "polars" or name.startswith("polars."):
+        raise KeyboardInterrupt
+    return real(name, *args, **kwargs)
+builtins.__import__ = ctrl_c
+sys.argv = ["raft-polars", "losses", "data/seed/nested.parquet"]
+from raft_polars.__main__ import main
+main()
+"""
+
+
+def test_ctrl_c_while_importing_is_one_line() -> None:
+    """Ctrl-C in the first ~0.3 s, while the command imports Polars: one line
+    and exit status 130, as later (it was Python's traceback); ``import
+    raft_polars`` itself imports none of the heavy libraries."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_IN_IMPORTS], capture_output=True, text=True, cwd=REPO,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "raft-polars: error: interrupted\n"
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, raft_polars; print(sorted({'polars', 'pyarrow', "
+         "'numpy'} & set(sys.modules)), raft_polars.stage_losses.__module__)"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert light.stdout.split() == ["[]", "raft_polars.api"], light.stderr
+
+
+_EVERY_MODULE_THEN_NAMES = """
+import importlib, pkgutil, raft_polars
+for found in pkgutil.walk_packages(raft_polars.__path__, "raft_polars."):
+    if found.name not in ("raft_polars.__main__",):
+        importlib.import_module(found.name)
+wrong = [n for n in raft_polars.__all__
+         if type(getattr(raft_polars, n)).__name__ == "module"
+         or getattr(raft_polars, n).__name__ != n]
+print(wrong)
+"""
+
+
+def test_no_submodule_shadows_a_public_name() -> None:
+    """With the names imported on first use, a submodule named like a public
+    name would replace it once imported (``raft_polars.validate`` became the
+    module, 'module' object is not callable): every submodule imported, each
+    public name is still its function or class."""
+    done = subprocess.run(
+        [sys.executable, "-c", _EVERY_MODULE_THEN_NAMES], capture_output=True, text=True,
+        cwd=REPO, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""``raft-polars validate`` and :func:`raft_polars.validate.validate`: planted problems of
+"""``raft-polars validate`` and :func:`raft_polars.validation.validate`: planted problems of
 every kind are found, counted and located; clean logs pass."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from cli_helpers import DATA, LogFiles, assert_one_line_error, run
 
-from raft_polars.validate import PROBLEM_KINDS, validate
+from raft_polars.validation import PROBLEM_KINDS, validate
 
 # the fixtures shared by the CLI tests (see cli_helpers)
 any_log_files = cli_helpers.any_log_files

@@ -29,7 +29,7 @@ are the first few in ``stage, prompt, cand`` order.
 Examples
 --------
 >>> import polars as pl
->>> from raft_polars.validate import validate
+>>> from raft_polars.validation import validate
 >>> log = pl.DataFrame({"stage": [0, 0, 0], "prompt": [1, 1, 2], "cand": [0, 1, 0],
 ...                     "reward": [0.5, float("nan"), 0.1],
 ...                     "logprobs": [[-1.0, -0.5], [0.3], [-2.0]]})
