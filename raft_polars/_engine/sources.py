@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -503,17 +504,34 @@ def _expand(text: str, role: str) -> list[DataFile]:
             msg = f"{role}: no file {text!r}, and no files match it as a glob pattern"
             raise RaftInputError(msg)
         return [DataFile(str(f), _partitions(f, root)) for f in matches]
-    msg = f"{role}: file not found: {text!r}"
-    if path.is_symlink():
+    raise RaftInputError(f"{role}: {_missing(path, text)}")
+
+
+def _missing(path: Path, text: str) -> str:
+    """Why the path ``text`` names nothing, at its first component that fails:
+    a loop of symbolic links, a link to nothing, a file where a directory
+    should be, or a name that does not exist."""
+    parts = path.parts
+    for end in range(1, len(parts) + 1):
+        at = Path(*parts[:end])
+        last = end == len(parts)
         try:
-            path.stat()
+            mode = at.stat().st_mode
         except OSError as exc:
+            shown = text if last else str(at)
             if exc.errno == errno.ELOOP:
-                msg = f"{role}: {text!r} is a loop of symbolic links (it links back to itself)"
-            else:
-                target = os.readlink(path)
-                msg = f"{role}: {text!r} is a symbolic link to {target!r}, which does not exist"
-    raise RaftInputError(msg)
+                return f"{shown!r} is a loop of symbolic links (it links back to itself)"
+            if at.is_symlink():
+                target = os.readlink(at)
+                return f"{shown!r} is a symbolic link to {target!r}, which does not exist"
+            if exc.errno != errno.ENOENT:  # too long a name, no permission, ...
+                return f"cannot open {shown!r}: {os.strerror(exc.errno or 0)}"
+            if last:
+                break
+            return f"file not found: {text!r} (there is no directory {shown!r})"
+        if not last and not stat.S_ISDIR(mode):
+            return f"file not found: {text!r} ({str(at)!r} is a file, not a directory)"
+    return f"file not found: {text!r}"
 
 
 def _matched_files(pattern: str, root: Path) -> list[Path]:

@@ -179,6 +179,32 @@ def test_a_loop_of_links_is_not_file_not_found(tmp_path: Path) -> None:
         raft_polars.stage_losses(tmp_path / "dangling.jsonl")
 
 
+@pytest.mark.parametrize(
+    ("below", "expected"),
+    [
+        ("l1/log.jsonl", "'{d}/l1' is a loop of symbolic links"),
+        ("l1/deeper/log.jsonl", "'{d}/l1' is a loop of symbolic links"),
+        ("gone/log.jsonl", "'{d}/gone' is a symbolic link to '{d}/nowhere', which does not"),
+        ("file.jsonl/log.jsonl", "('{d}/file.jsonl' is a file, not a directory)"),
+        ("no/log.jsonl", "file not found: '{d}/no/log.jsonl' (there is no directory '{d}/no')"),
+        ("log.jsonl", "file not found: '{d}/log.jsonl'"),
+    ],
+)
+def test_a_path_is_examined_at_its_first_failing_component(
+    tmp_path: Path, below: str, expected: str
+) -> None:
+    """A loop of links, a link to nothing or a file in a parent directory of the
+    path is named there (a parent's loop was "file not found"), by every entry
+    point."""
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "file.jsonl").write_text(_row(0, 0) + "\n")
+    for run in (raft_polars.stage_losses, raft_polars.validate, raft_polars.select_best):
+        with pytest.raises(RaftInputError, match=re.escape(expected.format(d=tmp_path))):
+            run(tmp_path / below)
+
+
 @pytest.mark.parametrize("value", ["1.0", "abc", "99999999999999999999"])
 def test_a_hive_key_read_as_text_names_its_directory(tmp_path: Path, value: str) -> None:
     """A stage directory whose value is not a 64-bit integer makes the key text;
