@@ -668,9 +668,13 @@ def _check_types(
         if name not in schema or ok(schema[name]):
             return
         found = f"{schema[name]}"
-        part = _part_of_type(source, theirs.get(name, name), ok)
-        if part is not None:
-            found = f"{part[1]} in {part[0]!r}"
+        parts = _parts_of_type(source, theirs.get(name, name), ok)
+        if parts:
+            found = f"{parts[0][1]} in {parts[0][0]!r}"
+            if len(parts) > 1:
+                others = ", ".join(f"{kind} in {path!r}" for path, kind in parts[1:4])
+                more = f", and {len(parts) - 4} more" if len(parts) > 4 else ""
+                found += f" (also {others}{more}; {len(parts)} of {len(source.files)} parts)"
         elif theirs.get(name, name) in dict(source.hive):
             found = _hive_text(source, theirs.get(name, name)) or found
         raise RaftInputError(f"{source.origin}: column {name!r} must be {expected}, found {found}")
@@ -704,14 +708,23 @@ def _hive_text(source: Resolved, key: str) -> str | None:
     )
 
 
-def _part_of_type(
+def _parts_of_type(
     source: Resolved, column: str, ok: Callable[[pl.DataType], bool]
-) -> tuple[str, pl.DataType] | None:
-    """The first local part of ``source`` whose own ``column`` fails ``ok``, and
-    its type: None for one part, a frame or an object store (their types are the
-    ones given)."""
+) -> list[tuple[str, pl.DataType]]:
+    """The local parts of ``source`` whose own ``column`` fails ``ok``, and their
+    types, in order: none for one part, a frame or an object store (their types
+    are the ones given), or when a part's schema cannot be read."""
     if source.frame is not None or source.remote or len(source.files) < 2:
-        return None
+        return []
+    found = []
+    for part in source.files:
+        try:
+            kind = file_schema(part.path).get(column)
+        except RaftInputError:
+            return []
+        if kind is not None and kind != pl.Null and not ok(kind):  # all-null: any type
+            found.append((part.path, kind))
+    return found
     for part in source.files:
         try:
             kind = file_schema(part.path).get(column)

@@ -121,6 +121,26 @@ def test_a_part_of_the_wrong_type_is_named(tmp_path: Path, renamed: bool) -> Non
         raft_polars.validate(tmp_path / "t.parquet", rewards=tmp_path / "r", columns=columns)
 
 
+def test_every_part_of_a_wrong_type_is_named(tmp_path: Path) -> None:
+    """Of many parts whose types merge into one of the wrong kind, the ones of
+    the wrong type are all named (the first three after the first, then a
+    count; only the first was)."""
+    frame = nested_frame(LPS, RWS)
+    for part in range(8):
+        stage = (pl.col("stage") + 10 * part).cast(
+            pl.Float64 if part in (2, 4, 5, 6, 7) else pl.Int64
+        )
+        frame.with_columns(stage).write_parquet(tmp_path / f"p{part}.parquet")
+    found = (
+        r"column 'stage' must be an integer, found Float64 in '[^']*p2\.parquet' \(also "
+        r"Float64 in '[^']*p4\.parquet', Float64 in '[^']*p5\.parquet', Float64 in "
+        r"'[^']*p6\.parquet', and 1 more; 5 of 8 parts\)"
+    )
+    for run in (raft_polars.stage_losses, raft_polars.validate):
+        with pytest.raises(RaftInputError, match=found):
+            run(tmp_path)
+
+
 def test_pq_files_are_read_and_hidden_ones_skipped(tmp_path: Path) -> None:
     frame = nested_frame(LPS, RWS)
     frame.filter(pl.col("stage") == 0).write_parquet(tmp_path / "a.parquet")
