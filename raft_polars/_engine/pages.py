@@ -318,14 +318,21 @@ def _footer(path: str) -> Any:
     return meta
 
 
-def largest_row_group(path: str) -> int | None:
-    """The most rows in one row group of a local Parquet file, from its
-    footer; None when it cannot be read."""
+def row_groups(path: str) -> list[int] | None:
+    """The rows of each row group of a local Parquet file, from its footer;
+    None when it cannot be read."""
     try:
         rows = [group[3] for group in _footer(path)[4]]
     except Exception:
         return None
-    return max(rows) if rows and all(isinstance(n, int) for n in rows) else None
+    return rows if all(isinstance(n, int) for n in rows) else None
+
+
+def largest_row_group(path: str) -> int | None:
+    """The most rows in one row group of a local Parquet file, from its
+    footer; None when it cannot be read."""
+    rows = row_groups(path)
+    return max(rows) if rows else None
 
 
 def footer_readable(path: str) -> bool:

@@ -33,7 +33,13 @@ import polars as pl
 from raft_polars._engine.checks import Problem, bad_logprob, first_row, raise_first
 from raft_polars._engine.dense import NUMPY_INTS
 from raft_polars._engine.rank import STAGE_SUMS, Keys, stage_frame
-from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
+from raft_polars._engine.read import (
+    ID_COLUMNS,
+    StageLog,
+    canonical_ids,
+    file_pieces,
+    side_by_side,
+)
 from raft_polars._engine.sources import Piece
 from raft_polars.selection import Reduction
 
@@ -228,19 +234,25 @@ def nested_sums(
     ``every``: decode every row's list, and give every candidate's token count
     (``counts``) from the same pass (the statistics need them: a second pass
     over the lists for their lengths cost as much as this one)."""
-    candidates = log.candidates(piece, extras=False)
-    rows = selected_candidates(candidates, chosen, keys)
+
+    def stats_of(part: Piece | None) -> pl.DataFrame:
+        candidates = log.candidates(part, extras=False)
+        return response_stats(
+            log, candidates if every else selected_candidates(candidates, chosen, keys)
+        )
+
+    # every row's statistics: one pass (two side by side held 230 MiB more at 692 M)
+    parts = side_by_side([piece] if every else file_pieces(log.cand_source, piece), stats_of)
+    responses = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
     counts = None
     if every:
-        every_one = response_stats(log, candidates)
-        counts = every_one.select(*_IDS, pl.col("tokens").fill_null(0))
-        on = chosen.select(pl.col(c).cast(every_one.schema[c]) for c in _IDS)
-        responses = every_one.join(on, on=_IDS, how="semi", maintain_order="left")
-    else:
-        responses = response_stats(log, rows)
+        counts = responses.select(*_IDS, pl.col("tokens").fill_null(0))
+        on = chosen.select(pl.col(c).cast(responses.schema[c]) for c in _IDS)
+        responses = responses.join(on, on=_IDS, how="semi", maintain_order="left")
     problems: list[Problem] = []
     flagged = responses.filter(_flagged(responses))
     if flagged.height:
+        rows = selected_candidates(log.candidates(piece, extras=False), chosen, keys)
         problems = _nested_problems(log, rows, flagged)
     return Reduced(stage_frame(_response_sums(responses)), None, problems, counts)
 

@@ -29,6 +29,7 @@ import raft_polars._engine.dense
 import raft_polars._engine.rank
 import raft_polars._engine.reduce
 import raft_polars.lists
+from raft_polars._engine.read import file_pieces
 
 SEED = Case(SEED_LOG_PROBS, SEED_REWARDS)
 
@@ -345,12 +346,19 @@ def test_nested_layout_takes_the_intended_path(entry: Entry, prompts: str, tmp_p
     by a gathered 1-byte flag when the ids fit a dense box (string or hashed
     prompt ids as codes), by a join for ids too sparse for one."""
     gathers: list[object] = []
+    pieces: list[object] = []  # files of one row group are read a piece per thread
     rank, kernels = raft_polars._engine.rank, raft_polars._engine.dense
+    reduce = raft_polars._engine.reduce
     case = Case(RAGGED.lps, RAGGED.rws, **_IDS[prompts])
-    with mock.patch.object(rank, "position", _spy(kernels.position, gathers)):
+    with (
+        mock.patch.object(rank, "position", _spy(kernels.position, gathers)),
+        mock.patch.object(reduce, "file_pieces", _spy(file_pieces, pieces)),
+    ):
         check_losses(entry, case, tmp_path)
         check_losses(entry, case, tmp_path / "again", reduction="sequence")
-    assert len(gathers) == 2 * (prompts != "sparse")
+    reads = sum(len(p) for p in pieces if isinstance(p, list))
+    assert len(pieces) == 2
+    assert len(gathers) == reads * (prompts != "sparse")
 
 
 # --- empty logs (T = 0) -----------------------------------------------------------------
