@@ -41,6 +41,7 @@ import polars as pl
 from raft_polars._engine.checks import Problem, bad_reward, first_row
 from raft_polars._engine.dense import Box, PromptCodes, box_of, position, prompt_codes
 from raft_polars._engine.read import ID_COLUMNS, canonical_ids
+from raft_polars._engine.sums import group_sums
 from raft_polars.errors import RaftInputError
 from raft_polars.selection import Selection
 
@@ -100,7 +101,7 @@ def prompt_summary(candidates: pl.LazyFrame) -> pl.LazyFrame:
         pl.len().alias("candidates"),
         pl.col("cand").n_unique().alias("cand_unique"),
         pl.col("cand").null_count().alias("null_cands"),
-        reward.sum().alias("reward_sum"),
+        reward.sort_by("cand").sum().alias("reward_sum"),  # the same bits on every run
         (reward == reward.max()).sum().alias("ties"),
         bad_reward(reward).sum().alias("bad_rewards"),
     )
@@ -393,21 +394,25 @@ def rank_keys(frame: pl.DataFrame, selection: Selection) -> Ranked:
     # canonical ids whatever the path (prompt codes decode to the source's type)
     ranked = ranked.select(*canonical_ids(ranked.schema), pl.col("reward").cast(pl.Float64))
     chosen = apply_min_reward(ranked, selection)
-    stages = (
-        summary.group_by("stage")
-        .agg(
-            pl.len().alias("prompts"),
-            pl.col("candidates").sum(),
-            pl.col("reward_sum").sum(),
-            (pl.col("ties") > 1).sum().alias("ties"),
-        )
-        .join(
-            chosen.group_by("stage").agg(
-                pl.len().alias("selected"), pl.col("reward").sum().alias("reward_best_sum")
-            ),
-            on="stage",
-            how="left",
-        )
+    stages = group_sums(
+        summary,
+        ["stage"],
+        {
+            "prompts": pl.lit(1),
+            "candidates": pl.col("candidates"),
+            "reward_sum": pl.col("reward_sum"),
+            "ties": pl.col("ties") > 1,
+        },
+        order=["prompt"],
+    ).join(
+        group_sums(
+            chosen,
+            ["stage"],
+            {"selected": pl.lit(1), "reward_best_sum": pl.col("reward")},
+            order=["prompt", "cand"],
+        ),
+        on="stage",
+        how="left",
     )
     below = below_min(ranked, chosen)
     if below is not None:

@@ -41,6 +41,7 @@ from raft_polars._engine.read import (
     side_by_side,
 )
 from raft_polars._engine.sources import Piece
+from raft_polars._engine.sums import group_sums
 from raft_polars.selection import Reduction
 
 __all__ = [
@@ -158,12 +159,13 @@ def _flagged(stats: pl.DataFrame | pl.LazyFrame) -> pl.Expr:
 def _response_sums(responses: pl.DataFrame) -> pl.DataFrame:
     """Per-stage sums of per-response ``nll`` and ``tokens``."""
     has_tokens = pl.col("tokens") > 0
-    return responses.group_by("stage").agg(
-        pl.col("nll").sum(),
-        pl.col("tokens").sum(),
-        (pl.col("nll") / pl.col("tokens")).filter(has_tokens).sum().alias("seq_sum"),
-        has_tokens.sum().alias("seq_n"),
-    )
+    sums = {
+        "nll": pl.col("nll"),
+        "tokens": pl.col("tokens"),
+        "seq_sum": pl.when(has_tokens).then(pl.col("nll") / pl.col("tokens")),
+        "seq_n": has_tokens,
+    }
+    return group_sums(responses, ["stage"], sums, order=_IDS)
 
 
 # --- the selected rows -----------------------------------------------------------------
@@ -477,7 +479,7 @@ def token_sums(
     if per_response:
         responses = selected.select(*_IDS, "nll", "tokens")
         return Reduced(stage_frame(responses.head(0).select("stage")), responses, problems, counts)
-    totals = selected.group_by("stage").agg(pl.col("nll", "tokens").sum())
+    totals = group_sums(selected, ["stage"], {c: pl.col(c) for c in ("nll", "tokens")}, order=_IDS)
     return Reduced(stage_frame(totals), None, problems, counts)
 
 
@@ -556,17 +558,14 @@ def finish(
     parts = list(stages)
     found = [r for r in responses if r is not None]
     if found:
-        per_response = (
-            pl.concat(found, how="vertical_relaxed")
-            .group_by(_IDS)
-            .agg(pl.col("nll").sum(), pl.col("tokens").sum())
+        per_response = group_sums(  # partial sums in partition order
+            pl.concat(found, how="vertical_relaxed"),
+            _IDS,
+            {c: pl.col(c) for c in ("nll", "tokens")},
         )
         parts.append(stage_frame(_response_sums(per_response)))
-    total = (
-        pl.concat([stage_frame(p) for p in parts], how="vertical")
-        .group_by("stage")
-        .agg(pl.col(name).sum() for name in STAGE_SUMS)
-    )
+    every = pl.concat([stage_frame(p) for p in parts], how="vertical")
+    total = group_sums(every, ["stage"], {name: pl.col(name) for name in STAGE_SUMS})
     columns = {name: pl.col(name) for name in STAGE_SUMS}
     counts = [pl.col(c).cast(pl.Int64) for c in ("skipped", "skipped_prompts")] if skipped else []
     table = total.select("stage", *stage_columns(columns, reduction), *counts).sort("stage")

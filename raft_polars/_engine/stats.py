@@ -34,6 +34,8 @@ from itertools import repeat
 import numpy as np
 import polars as pl
 
+from raft_polars._engine.sums import group_sums
+
 __all__ = [
     "BEST_OF_N_COLUMNS",
     "STATS_COLUMNS",
@@ -191,41 +193,83 @@ def prompt_table(cands: pl.DataFrame) -> pl.DataFrame:
 
 def stage_sums(cands: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame:
     """Per-stage sums of one partition, to be added across partitions
-    (:func:`stats_table` turns them into the statistics)."""
+    (:func:`stats_table` turns them into the statistics): counts, sums, and the
+    rewards' means and sums of squared deviations from them (two passes, each
+    added in a fixed order: :func:`group_sums`)."""
     reward, tokens, chosen = pl.col("reward"), pl.col("tokens"), pl.col("selected")
-    picked = reward.filter(chosen)
-    per_cand = cands.group_by("stage").agg(
-        pl.len().cast(pl.Int64).alias("n_all"),
-        reward.mean().alias("r_mean"),
-        (reward.var(ddof=0) * pl.len()).alias("r_m2"),
-        chosen.sum().cast(pl.Int64).alias("n_sel"),
-        picked.mean().alias("rs_mean"),
-        (picked.var(ddof=0) * picked.len()).alias("rs_m2"),
-        tokens.sum().alias("len_sum"),
-        tokens.count().cast(pl.Int64).alias("len_n"),
-        tokens.filter(chosen).sum().alias("len_sel_sum"),
-        tokens.filter(chosen).count().cast(pl.Int64).alias("len_sel_n"),
+    counted = tokens.is_not_null()
+    per_cand = group_sums(
+        cands,
+        ["stage"],
+        {
+            "n_all": pl.lit(1),
+            "r_sum": reward,
+            "n_sel": chosen,
+            "rs_sum": pl.when(chosen).then(reward),
+            "len_sum": tokens,
+            "len_n": counted,
+            "len_sel_sum": pl.when(chosen).then(tokens),
+            "len_sel_n": chosen & counted,
+        },
+        order=_IDS[1:],
+    ).with_columns(
+        (pl.col("r_sum") / pl.col("n_all")).alias("r_mean"),
+        pl.when(pl.col("n_sel") > 0).then(pl.col("rs_sum") / pl.col("n_sel")).alias("rs_mean"),
     )
-    per_prompt = prompts.group_by("stage").agg(
-        pl.col("zero_variance").sum().cast(pl.Int64),
-        pl.col("win_sum").sum(),
-        pl.col("win_n").sum(),
-        pl.col("longest_n").sum(),
-        pl.col("rho").sum().alias("rho_sum"),
-        pl.col("rho").count().cast(pl.Int64).alias("rho_n"),
+    means = cands.select(*_IDS, reward, chosen).join(
+        per_cand.select("stage", "r_mean", "rs_mean"), on="stage", how="left"
     )
-    return per_cand.join(per_prompt, on="stage", how="left")
+    spread = group_sums(
+        means,
+        ["stage"],
+        {
+            "r_m2": (reward - pl.col("r_mean")) ** 2,
+            "rs_m2": pl.when(chosen).then((reward - pl.col("rs_mean")) ** 2),
+        },
+        order=_IDS[1:],
+    )
+    per_prompt = group_sums(
+        prompts,
+        ["stage"],
+        {
+            "zero_variance": pl.col("zero_variance"),
+            "win_sum": pl.col("win_sum"),
+            "win_n": pl.col("win_n"),
+            "longest_n": pl.col("longest_n"),
+            "rho_sum": pl.col("rho"),
+            "rho_n": pl.col("rho").is_not_null(),
+        },
+        order=["prompt"],
+    )
+    return (
+        per_cand.drop("r_sum", "rs_sum")
+        .join(spread, on="stage", how="left")
+        .join(per_prompt, on="stage", how="left")
+    )
 
 
-def _pooled(n: str, mean: str, m2: str) -> list[pl.Expr]:
-    """Population standard deviation of parts given as count, mean and sum of
-    squared deviations (Chan et al.'s pairwise combination, exact in real numbers
-    and without the cancellation of a sum of squares)."""
+def _pooled(every: pl.DataFrame, n: str, mean: str, m2: str) -> pl.DataFrame:
+    """Per stage, the population standard deviation of parts given as count,
+    mean and sum of squared deviations (Chan et al.'s pairwise combination, exact
+    in real numbers and without the cancellation of a sum of squares), the parts
+    added in their order."""
     weight = pl.col(n).cast(pl.Float64)
-    total = weight.sum()
-    grand = (weight * pl.col(mean).fill_null(0.0)).sum() / total
-    spread = (pl.col(m2).fill_null(0.0) + weight * (pl.col(mean).fill_null(0.0) - grand) ** 2).sum()
-    return [pl.when(total > 0).then((spread / total).sqrt()).alias(f"{m2}_std")]
+    sums = {"w": weight, "wm": weight * pl.col(mean).fill_null(0.0)}
+    grand = group_sums(every, ["stage"], sums).select(
+        "stage", pl.when(pl.col("w") > 0).then(pl.col("wm") / pl.col("w")).alias("grand"), "w"
+    )
+    deviation = (
+        pl.col(m2).fill_null(0.0) + weight * (pl.col(mean).fill_null(0.0) - pl.col("grand")) ** 2
+    )
+    spread = group_sums(
+        every.join(grand, on="stage", how="left", maintain_order="left"),
+        ["stage"],
+        {"spread": pl.when(weight > 0).then(deviation)},
+    )
+    return grand.join(spread, on="stage").select(
+        "stage",
+        pl.when(pl.col("w") > 0).then((pl.col("spread") / pl.col("w")).sqrt()).alias(f"{m2}_std"),
+    )
 
 
 def stats_table(parts: list[pl.DataFrame], *, lengths: bool) -> pl.DataFrame:
@@ -235,10 +279,11 @@ def stats_table(parts: list[pl.DataFrame], *, lengths: bool) -> pl.DataFrame:
     additive = [
         c for c in every.columns if c not in ("stage", "r_mean", "r_m2", "rs_mean", "rs_m2")
     ]
-    total = every.group_by("stage").agg(
-        pl.col(additive).sum(), *_pooled("n_all", "r_mean", "r_m2"),
-        *_pooled("n_sel", "rs_mean", "rs_m2"),
-    )  # fmt: skip
+    total = (
+        group_sums(every, ["stage"], {c: pl.col(c) for c in additive})
+        .join(_pooled(every, "n_all", "r_mean", "r_m2"), on="stage")
+        .join(_pooled(every, "n_sel", "rs_mean", "rs_m2"), on="stage")
+    )
 
     def mean(num: str, den: str) -> pl.Expr:
         return pl.when(pl.col(den) > 0).then(pl.col(num) / pl.col(den))
@@ -336,10 +381,9 @@ def _in_prompt_order(cands: pl.DataFrame) -> bool:
 def best_of_n_table(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """``stage, n, prompts, expected_best, expected_worst`` from every partition's
     :func:`best_of_n_sums`."""
-    total = (
-        pl.concat(parts, how="vertical")
-        .group_by(["stage", "n"])
-        .agg(pl.col("prompts", "best_sum", "worst_sum").sum())
+    every = pl.concat(parts, how="vertical")
+    total = group_sums(
+        every, ["stage", "n"], {c: pl.col(c) for c in ("prompts", "best_sum", "worst_sum")}
     )
     return total.select(
         "stage",
