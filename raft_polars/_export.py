@@ -53,6 +53,7 @@ __all__ = [
     "check_not_input",
     "check_target",
     "export_frame",
+    "json_lines",
     "json_value",
     "output_format",
     "pick_stage",
@@ -572,6 +573,59 @@ def check_json_columns(schema: Mapping[str, pl.DataType], out: Path) -> None:
                 "JSON lines cannot; write Parquet (.parquet), or make the column text"
             )
             raise RaftInputError(msg)
+
+
+def json_lines(frame: pl.LazyFrame, tmp: Path, out: Path) -> None:
+    """Write ``frame`` to ``tmp`` as JSON lines, raising where a float (at any
+    depth) is NaN or infinite: JSON has no such numbers, and Polars' writer made
+    them null, silently. The floats are counted batch by batch as they stream
+    past, in the same pass as the write."""
+    found: dict[str, int] = {}
+
+    def counted(name: str) -> Callable[[pl.Series], pl.Series]:
+        def count(values: pl.Series) -> pl.Series:
+            bad = _not_finite(values)
+            if bad:
+                found[name] = found.get(name, 0) + bad
+            return values
+
+        return count
+
+    schema = frame.collect_schema()
+    floats = [name for name, dtype in schema.items() if _holds_floats(dtype)]
+    watched = frame.with_columns(
+        pl.col(name).map_batches(counted(name), return_dtype=schema[name], is_elementwise=True)
+        for name in floats
+    )
+    watched.sink_ndjson(tmp, engine="streaming")
+    if found:
+        named = ", ".join(f"{name!r} ({count})" for name, count in found.items())
+        msg = (
+            f"cannot write {str(out)!r}: JSON has no NaN or infinite numbers, and column(s) "
+            f"{named} hold some; write Parquet (.parquet), or replace them (e.g. with nulls)"
+        )
+        raise RaftInputError(msg)
+
+
+def _holds_floats(dtype: Any) -> bool:
+    if isinstance(dtype, pl.List | pl.Array):
+        return _holds_floats(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_holds_floats(field.dtype) for field in dtype.fields)
+    return bool(dtype.is_float())
+
+
+def _not_finite(values: pl.Series) -> int:
+    """How many floats in ``values``, at any depth, are NaN or infinite."""
+    dtype = values.dtype
+    if isinstance(dtype, pl.List | pl.Array):
+        inner = values.list.explode() if isinstance(dtype, pl.List) else values.arr.explode()
+        return _not_finite(inner)
+    if isinstance(dtype, pl.Struct):
+        return sum(_not_finite(values.struct.field(f.name)) for f in dtype.fields)
+    if not dtype.is_float():
+        return 0
+    return int((~values.is_finite()).sum())
 
 
 def _holds_bytes(dtype: Any) -> bool:

@@ -331,7 +331,7 @@ def write_selected(
             if fmt == "parquet":
                 _export.sink_parquet(built.frame, tmp)
             else:
-                built.frame.sink_ndjson(tmp, engine="streaming")
+                _export.json_lines(built.frame, tmp, out)
 
     _export.write_atomically(out, write, force=force)
     return _export.Written(
@@ -399,7 +399,10 @@ def stage_stats(
     )
     table, sums = run.stats(log, selection, reduction)
     extra = stats_table(sums, lengths=log.has_logprobs)
-    return table.join(extra, on="stage", how="left").select(*table.columns, *STATS_COLUMNS)
+    joined = table.join(extra, on="stage", how="left")  # a stage "skip" emptied has no sums
+    return joined.select(*table.columns, *STATS_COLUMNS).with_columns(
+        pl.col("zero_variance").fill_null(0)  # a count: none, not unknown
+    )
 
 
 def best_of_n(

@@ -46,7 +46,7 @@ from raft_polars import __version__
 from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, local_files, write_failure
-from raft_polars._export import EXPORT_FORMATS, json_value
+from raft_polars._export import EXPORT_FORMATS, json_lines, json_value
 from raft_polars._progress import ask_stop, clear_stop, stop_asked
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
@@ -808,9 +808,10 @@ def write_losses(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> 
 
 def write_table(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> None:
     """Print any per-stage table (losses, statistics, best-of-n) as the CLI does:
-    an aligned table (floats to 4 decimals), CSV or JSON; a ``loss`` column is
-    rounded with Python's ``round(x, 4)`` in every format; JSON writes NaN and
-    infinities as the strings ``"nan"``, ``"inf"`` and ``"-inf"``."""
+    an aligned table (floats to 4 decimals, from 1e15 on as ``1.2345e+15``), CSV or
+    JSON; a ``loss`` column is rounded with Python's ``round(x, 4)`` in every
+    format; JSON writes NaN and infinities as the strings ``"nan"``, ``"inf"`` and
+    ``"-inf"``."""
     names = table.columns
     rows = [_rounded(row) for row in table.iter_rows(named=True)]
     if fmt == "json":
@@ -840,6 +841,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
+        if math.isfinite(value) and abs(value) >= 1e15:  # 4 decimals of 1e300: 305 digits
+            return f"{value:.4e}"
         return f"{round(value, 4):.4f}"
     return str(value)
 
@@ -967,7 +970,7 @@ def _cmd_stats(args: argparse.Namespace) -> None:
             if fmt == "parquet":
                 sink_parquet(table, tmp)
             else:
-                table.write_ndjson(tmp)
+                json_lines(table.lazy(), tmp, out)
 
         write_atomically(out, write, force=args.force)
         with _written(out):

@@ -74,6 +74,21 @@ def loss_rises(table: pl.DataFrame) -> list[int]:
     return [int(s) for s in rose["stage"].to_list()]
 
 
+def _drawable(*arrays: Any) -> tuple[list[Any], str]:
+    """``arrays`` as matplotlib can draw them on one axis: a value that is not
+    finite left out (NaN), and all of them divided by a power of ten when the
+    largest is beyond 1e100 (the returned label suffix says by which): ticks
+    over a span beyond float64's range failed ("arange: cannot compute
+    length")."""
+    drawn = [np.where(np.isfinite(a), a, np.nan) for a in arrays]
+    finite = np.concatenate([np.abs(a[np.isfinite(a)]) for a in drawn] or [np.zeros(0)])
+    top = float(finite.max()) if finite.size else 0.0
+    if top <= 1e100:
+        return drawn, ""
+    power = int(np.floor(np.log10(top)))
+    return [a / 10.0**power for a in drawn], f" (x 1e{power})"
+
+
 def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     """Draw the loss and the rewards per stage of a :func:`~raft_polars.stage_losses` table.
 
@@ -122,7 +137,10 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     mean = table["reward_mean"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     rose = table["stage"].is_in(loss_rises(table)).to_numpy()
     previous = table["loss"].cast(pl.Float64).shift(1).forward_fill().fill_null(float("nan"))
-    rise = loss - previous.to_numpy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        rise = loss - previous.to_numpy()
+    (loss,), loss_unit = _drawable(loss)
+    (best, mean), reward_unit = _drawable(best, mean)
 
     fig = Figure(figsize=(8.0, 6.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -151,7 +169,7 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
         )
         for x, y, up in zip(stages[rose], loss[rose], rise[rose], strict=True):
             ax_loss.annotate(
-                f"+{up:.4f}",
+                f"+{up:.4f}" if abs(up) < 1e6 else f"+{up:.4g}",
                 (x, y),
                 textcoords="offset points",
                 xytext=(0, 10),
@@ -159,13 +177,13 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
                 color="tab:red",
                 fontsize=8,
             )
-    ax_loss.set_ylabel("loss (mean token NLL)")
+    ax_loss.set_ylabel(f"loss (mean token NLL){loss_unit}")
     ax_loss.set_title("SFT loss of the selected responses per stage", fontsize=10)
 
     ax_reward.plot(stages, best, marker="o", color="tab:green", label="selected (mean)")
     ax_reward.plot(stages, mean, marker="s", color="tab:gray", label="all candidates (mean)")
     ax_reward.fill_between(stages, mean, best, color="tab:green", alpha=0.12, label="reward lift")
-    ax_reward.set_ylabel("reward")
+    ax_reward.set_ylabel(f"reward{reward_unit}")
     ax_reward.set_xlabel("stage")
     ax_reward.set_title("selected vs mean reward per stage", fontsize=10)
     for ax in (ax_loss, ax_reward):
@@ -224,43 +242,13 @@ def _svg(figure: Figure) -> str:
     return text[text.index("<svg") :]
 
 
-def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
-    """Spread, best-of-n, win rate, length bias and group statistics per stage."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10.0, 7.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    (ax_spread, ax_curves), (ax_length, ax_groups) = fig.subplots(2, 2)
-    stats = stats.sort("stage")
-    stages = stats["stage"].cast(pl.Float64).to_numpy()
-
-    def column(name: str) -> Any:
-        return stats[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-
-    best, mean = column("reward_best_mean"), column("reward_mean")
-    ax_spread.errorbar(
-        stages,
-        best,
-        yerr=column("reward_best_std"),
-        marker="o",
-        capsize=3,
-        color="tab:green",
-        label="selected: mean ± std",
-    )
-    ax_spread.errorbar(
-        stages + 0.05,
-        mean,
-        yerr=column("reward_std"),
-        marker="s",
-        capsize=3,
-        color="tab:gray",
-        label="all candidates: mean ± std",
-    )
-    ax_spread.set_title("reward per stage, with its spread", fontsize=10)
-    ax_spread.set_xlabel("stage")
-
-    for stage, part in curves.sort("stage", "n").group_by("stage", maintain_order=True):
+def _draw_curves(ax_curves: Any, stats: pl.DataFrame, curves: pl.DataFrame) -> None:
+    """The best-of-n curves of every stage, and the measured win rates against
+    their ceiling on a second axis."""
+    ordered = curves.sort("stage", "n")
+    expected, curve_unit = _drawable(ordered["expected_best"].cast(pl.Float64).to_numpy())
+    ordered = ordered.with_columns(pl.Series("expected_best", expected[0]))
+    for stage, part in ordered.group_by("stage", maintain_order=True):
         n = part["n"].to_numpy()
         ax_curves.plot(n, part["expected_best"].to_numpy(), marker=".", label=f"stage {stage[0]}")
     if curves.height:
@@ -282,7 +270,49 @@ def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
         twin.legend(loc="lower right", fontsize=7)
     ax_curves.set_title("best-of-n: expected best reward of n candidates", fontsize=10)
     ax_curves.set_xlabel("n")
-    ax_curves.set_ylabel("expected best reward")
+    ax_curves.set_ylabel(f"expected best reward{curve_unit}")
+
+
+def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
+    """Spread, best-of-n, win rate, length bias and group statistics per stage."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 7.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    (ax_spread, ax_curves), (ax_length, ax_groups) = fig.subplots(2, 2)
+    stats = stats.sort("stage")
+    stages = stats["stage"].cast(pl.Float64).to_numpy()
+
+    def column(name: str) -> Any:
+        return stats[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+    (best, mean, best_std, std), unit = _drawable(
+        column("reward_best_mean"), column("reward_mean"),
+        column("reward_best_std"), column("reward_std"),
+    )  # fmt: skip
+    ax_spread.errorbar(
+        stages,
+        best,
+        yerr=best_std,
+        marker="o",
+        capsize=3,
+        color="tab:green",
+        label="selected: mean ± std",
+    )
+    ax_spread.errorbar(
+        stages + 0.05,
+        mean,
+        yerr=std,
+        marker="s",
+        capsize=3,
+        color="tab:gray",
+        label="all candidates: mean ± std",
+    )
+    ax_spread.set_title(f"reward per stage, with its spread{unit}", fontsize=10)
+    ax_spread.set_xlabel("stage")
+
+    _draw_curves(ax_curves, stats, curves)
 
     ax_length.plot(
         stages,

@@ -245,3 +245,28 @@ def test_several_paths_and_directories(capsys: pytest.CaptureFixture[str]) -> No
                     assert math.isclose(float(value), float(first[key]), rel_tol=1e-9)
                 else:
                     assert value == first[key], key
+
+
+def test_table_writes_huge_floats_in_scientific_notation(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # 4 decimals of a reward of 1e300 printed 305 digits on a 688-character line
+    log = tmp_path / "huge.parquet"
+    pl.DataFrame(
+        {
+            "stage": [0, 0, 1, 1],
+            "prompt": [0] * 4,
+            "cand": [0, 1, 0, 1],
+            "reward": [1e300, -1e300, 123456789012345.6, 0.5],
+            "logprobs": [[-1.0], [-2.0], [-0.5], [-1.0]],
+        }
+    ).write_parquet(log)
+    result = run(capsys, "losses", log)
+    assert result.code == 0, result.err
+    rows = parse_table(result.out)
+    assert [r["reward_best_mean"] for r in rows] == ["1.0000e+300", "123456789012345.5938"]
+    assert [r["reward_mean"] for r in rows] == ["0.0000", "61728394506173.0469"]
+    assert max(map(len, result.out.splitlines())) < 160
+    # CSV keeps the value exact
+    csv_out = run(capsys, "losses", log, "--format", "csv").out
+    assert float(next(csv.DictReader(io.StringIO(csv_out)))["reward_best_mean"]) == 1e300

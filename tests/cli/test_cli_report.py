@@ -6,12 +6,13 @@ import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from cli_helpers import DATA, assert_one_line_error, run
 
 from raft_polars import stage_losses
-from raft_polars.report import loss_rises
+from raft_polars.report import loss_rises, report_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,6 +55,33 @@ def test_png(capsys: pytest.CaptureFixture[str], tmp_path: Path, rising_log: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["report.png"]
     # replaced on a second run, without --force (a figure is cheap to redraw)
     assert run(capsys, "report", rising_log, "-o", out).code == 0
+
+
+@pytest.mark.parametrize("suffix", [".png", ".html"])
+def test_values_beyond_what_matplotlib_ticks(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
+) -> None:
+    # rewards from -1e308 to 1.7e308 (a mean of inf among them) and a loss of 1e300:
+    # matplotlib's ticks failed with "arange: cannot compute length", a traceback
+    log = tmp_path / "huge.parquet"
+    pl.DataFrame(
+        {
+            "stage": [0, 0, 1, 1, 2, 2],
+            "prompt": [0] * 6,
+            "cand": [0, 1] * 3,
+            "reward": [1e308, -1e308, 1.7e308, 1e307, -1e308, 5e307],
+            "logprobs": [[-1.0], [-2.0], [-1e300], [-1.0], [-3.0], [-0.1]],
+        }
+    ).write_parquet(log)
+    out = tmp_path / f"r{suffix}"
+    result = run(capsys, "report", log, "-o", out)
+    assert result.code == 0, result.err
+    assert result.err == ""
+    figure = report_figure(stage_losses(log))
+    labels = [ax.get_ylabel() for ax in figure.axes]
+    assert labels == ["loss (mean token NLL) (x 1e300)", "reward (x 1e308)"]
+    drawn = np.asarray(figure.axes[1].lines[0].get_ydata(), dtype=float)
+    assert drawn.tolist() == pytest.approx([1.0, 1.7, 0.5])
 
 
 def test_long_layout_svg_and_pdf(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -431,6 +431,53 @@ def test_prompt_id_payload_clash(
     assert sft["prompt_id"].to_list() == ["a", "b", "c", "a", "b"]
 
 
+@pytest.mark.parametrize(
+    ("values", "bad"),
+    [
+        ([float("nan"), float("inf"), -float("inf"), 1.0], 3),
+        ([[1.0, float("nan")], [], None, [-float("inf")]], 2),
+        ([{"x": float("inf"), "y": "a"}, {"x": 1.0, "y": None}, None, None], 1),
+        ([1.5, None, -2.0, 0.0], 0),
+    ],
+)
+def test_json_lines_refuse_floats_json_has_not(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, out_dir: Path, values: list[Any], bad: int
+) -> None:
+    column = "aux"
+    # Polars' writer made NaN and infinities null, silently; Parquet keeps them
+    log = pl.DataFrame(
+        {
+            "stage": [0, 0, 1, 1],
+            "prompt": [0, 1, 0, 1],
+            "cand": [0, 0, 0, 0],
+            "reward": [0.5, 0.4, 0.3, 0.2],
+            "logprobs": [[-1.0], [-0.5], [-0.25], [-2.0]],
+            column: values,
+        }
+    )
+    source = tmp_path / "log.parquet"
+    log.write_parquet(source)
+    rp.write_selected(source, out_dir / "kept.parquet")
+    kept = pl.read_parquet(out_dir / "kept.parquet").sort("stage", "prompt_id")
+    assert str(kept[column].to_list()) == str(log[column].to_list())  # str: NaN != NaN
+    for target in (out_dir / "b.jsonl", out_dir / "c.jsonl"):
+        if bad:
+            if target.name == "b.jsonl":
+                with pytest.raises(RaftInputError, match=rf"column\(s\) '{column}' \({bad}\)"):
+                    rp.write_selected(source, target)
+            else:
+                result = run(capsys, "select", source, "-o", target)
+                assert_one_line_error(result, "JSON has no NaN or infinite numbers")
+            assert not target.exists()
+        else:
+            rp.write_selected(source, target)
+            back = pl.read_ndjson(target).sort("stage", "prompt_id")
+            assert back[column].to_list() == values
+    assert sorted(p.name for p in out_dir.iterdir()) == (
+        ["kept.parquet"] if bad else ["b.jsonl", "c.jsonl", "kept.parquet"]
+    )
+
+
 # --- both executors ------------------------------------------------------------------
 
 

@@ -105,3 +105,9 @@ def test_a_stage_with_every_reward_bad() -> None:
     table = rp.stage_losses(frame, bad_rewards="skip")
     cols = ("stage", "loss", "candidates", "reward_mean", "reward_lift", "skipped_prompts")
     assert table.select(cols).row(1) == (1, None, 0, None, None, 1)
+    # the statistics: counts are 0, not unknown; the means and spreads null
+    stats = rp.stage_stats(frame, bad_rewards="skip").row(1, named=True)
+    counts = ("prompts", "selected", "ties", "below_min", "zero_variance")
+    assert {c: stats[c] for c in counts} == dict.fromkeys(counts, 0)
+    assert stats["reward_std"] is None
+    assert stats["win_rate"] is None
