@@ -531,6 +531,9 @@ def best_of_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positi
                 best[g], first[g] = value, cand[i]
 
 
+_NEGLIGIBLE = 2.0**-60  # weights left out of best_of_n's sums, relative to those added
+
+
 @njit()
 def best_of_n(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
     starts: npt.NDArray[np.int64],
@@ -556,7 +559,11 @@ def best_of_n(  # noqa: PLR0917 - a compiled kernel takes its arrays positionall
     thousands neither overflows nor underflows; each prompt's weights are
     divided by their float sum (1 in exact arithmetic). A multiplication a
     weight, where an ``exp`` of log-factorials took 4.0 s for one prompt of
-    K = 20,000 (0.6 s now)."""
+    K = 20,000 (0.6 s then). The weights fall from the top (the bottom) down
+    (up): a loop stops where the ranks left weigh at most ``2**-60`` of those
+    added, at most 2**-60 of the largest reward in all, far below a float64's
+    last bit of the result, so that a prompt of K candidates costs about
+    ``40 K log K`` steps, not ``K**2`` (K = 50,000: 74 s before)."""
     scratch = np.empty(best.shape[1], dtype=np.float64)
     for g in range(starts.shape[0] - 1):
         lo, k, t = starts[g], starts[g + 1] - starts[g], group_stage[g]
@@ -569,11 +576,15 @@ def best_of_n(  # noqa: PLR0917 - a compiled kernel takes its arrays positionall
             for i in range(k, n - 1, -1):  # rank i, from the top
                 best_sum += w * sorted_[i - 1]
                 best_w += w
+                if w * (i - n) <= _NEGLIGIBLE * best_w:  # the i - n weights left are smaller
+                    break
                 w *= (i - n) / (i - 1) if i > 1 else 0.0
             w, worst_sum, worst_w = top, 0.0, 0.0
             for i in range(1, k - n + 2):  # rank i, from the bottom
                 worst_sum += w * sorted_[i - 1]
                 worst_w += w
+                if w * (k - n + 1 - i) <= _NEGLIGIBLE * worst_w:
+                    break
                 w *= (k - i - n + 1) / (k - i) if k > i else 0.0
             prompts[t, n - 1] += 1
             best[t, n - 1] += best_sum / best_w

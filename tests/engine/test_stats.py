@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import statistics
 import tempfile
 from pathlib import Path
@@ -312,6 +313,31 @@ def test_best_of_n_at_large_k_is_pass_at_n(k: int, correct: int) -> None:
         total = math.comb(k, n)
         assert _close(best, float(1 - Fraction(math.comb(k - correct, n), total)), 1e-9)
         assert _close(worst, float(Fraction(math.comb(correct, n), total)), 1e-9)
+
+
+def test_best_of_n_at_large_k_against_exact_sums() -> None:
+    """Continuous rewards, K = 300: every n against the closed form in exact
+    rational arithmetic. The kernel stops adding a prompt's weights where those
+    left weigh at most 2**-60 of the sum (K = 20,000: 11.7 s -> 0.14 s)."""
+    from fractions import Fraction
+
+    from raft_polars._engine import stats
+
+    k = 300
+    rng = random.Random(7)
+    rewards = [rng.uniform(-5.0, 5.0) for _ in range(k)]
+    cands = pl.DataFrame({"stage": [0] * k, "prompt": [0] * k, "cand": list(range(k)),
+                          "reward": rewards})  # fmt: skip
+    got = stats.best_of_n_sums(cands)
+    ranked = [Fraction(r) for r in sorted(rewards)]
+    for n, best, worst in zip(got["n"], got["best_sum"], got["worst_sum"], strict=True):
+        total = math.comb(k, n)
+        top = sum(r * math.comb(i, n - 1) for i, r in enumerate(ranked) if i >= n - 1)
+        bottom = sum(
+            r * math.comb(k - 1 - i, n - 1) for i, r in enumerate(ranked) if k - 1 - i >= n - 1
+        )
+        assert abs(best - float(top / total)) <= 1e-12
+        assert abs(worst - float(bottom / total)) <= 1e-12
 
 
 @settings(max_examples=30, deadline=None)
