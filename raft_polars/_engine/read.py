@@ -173,6 +173,7 @@ class StageLog:
         if source is not self.cand_source:
             return lf
         if self.wide:
+            lf = _fixed_as_lists(lf, self.wide)
             count = pl.col("reward").list.len()
             schema = lf.collect_schema()
             others = [name for name in self.wide if name != "reward"]
@@ -539,9 +540,9 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     if (
         "reward" not in mapping
         and "cand" not in schema  # candidate rows: a rewards list is theirs (components)
-        and isinstance(schema.get("rewards"), pl.List)
+        and isinstance(schema.get("rewards"), pl.List | pl.Array)
         and "reward" in schema
-        and not isinstance(schema["reward"], pl.List)
+        and not isinstance(schema["reward"], pl.List | pl.Array)
     ):
         msg = (
             f"{main.origin} has a column 'reward' (one value a row) and 'rewards' (a list "
@@ -550,11 +551,13 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
             "columns={'reward': 'reward'} for one row per candidate"
         )
         raise RaftInputError(msg)
-    if "reward" not in schema and isinstance(schema.get("rewards"), pl.List):
+    if "cand" not in schema and "reward" not in schema and schema.get("rewards") == pl.Null:
+        schema["rewards"] = pl.List(pl.Null)  # JSON lines' type of a key null in every row
+    if "reward" not in schema and isinstance(schema.get("rewards"), pl.List | pl.Array):
         renames += (("rewards", "reward"),)  # the wide layout's usual name
         schema = {("reward" if k == "rewards" else k): v for k, v in schema.items()}
     wide: tuple[str, ...] = ()
-    if isinstance(schema.get("reward"), pl.List) and "cand" not in schema:
+    if isinstance(schema.get("reward"), pl.List | pl.Array) and "cand" not in schema:
         wide = _wide_columns(main, renames, schema)
         schema = {k: _element(v) if k in wide else v for k, v in schema.items()}  # fmt: skip
         schema["cand"] = pl.Int64()
@@ -573,9 +576,23 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
 
 
 def _element(dtype: pl.DataType) -> pl.DataType:
-    """The element type of a list column."""
-    inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+    """The element type of a list column (or of a fixed-size one)."""
+    inner = dtype.inner if isinstance(dtype, pl.List | pl.Array) else dtype
     return inner() if isinstance(inner, type) else inner
+
+
+def _fixed_as_lists(lf: pl.LazyFrame, names: Sequence[str]) -> pl.LazyFrame:
+    """``lf`` with its fixed-size list columns among ``names`` as lists (wide rows
+    of Arrow's ``fixed_size_list`` or Polars' ``Array``, as a writer of K
+    candidates a prompt may store them), and a column of nulls only (Null) as a
+    list column of nulls."""
+    schema = lf.collect_schema()
+    fixed = [n for n in names if isinstance(schema.get(n), pl.Array)]
+    nulls = [n for n in names if schema.get(n) == pl.Null]
+    return lf.with_columns(
+        *(pl.col(n).cast(pl.List(_element(schema[n]))) for n in fixed),
+        *(pl.col(n).cast(pl.List(pl.Null)) for n in nulls),
+    )
 
 
 # wide list columns that hold one value per candidate whatever their lengths say
@@ -591,10 +608,10 @@ def _wide_columns(
     named as such (``responses`` ...). A row whose list is shorter (a truncated
     dump) then fails the read, where it made the column prompt-level for every
     row, each exported response the whole list."""
-    lists = [n for n, t in schema.items() if isinstance(t, pl.List) and n != "reward"]
+    lists = [n for n, t in schema.items() if isinstance(t, pl.List | pl.Array) and n != "reward"]
     if not lists:
         return ("reward",)
-    sample = main.scan().rename(dict(renames)).head(1000)
+    sample = _fixed_as_lists(main.scan().rename(dict(renames)).head(1000), ["reward", *lists])
     try:
         lengths = sample.select(
             *((pl.col(n).list.len() == pl.col("reward").list.len()).mean().alias(n) for n in lists)
@@ -613,7 +630,10 @@ def _prompt_type(schema: Mapping[str, pl.DataType]) -> pl.DataType:
 
 
 def _as_list(dtype: pl.DataType) -> pl.Expr:
-    """The ``logprobs`` column as a List (fixed-size Arrays are cast)."""
+    """The ``logprobs`` column as a List (fixed-size Arrays are cast; a column
+    of nulls only, typed Null or List(Null) by JSON inference, is floats')."""
+    if dtype == pl.Null or (isinstance(dtype, pl.List | pl.Array) and dtype.inner == pl.Null):
+        return pl.col("logprobs").cast(pl.List(pl.Float64))
     if isinstance(dtype, pl.Array):
         return pl.col("logprobs").cast(pl.List(dtype.inner))
     return pl.col("logprobs")
@@ -749,17 +769,23 @@ def _check_types(
             found = _hive_text(source, theirs.get(name, name)) or found
         raise RaftInputError(f"{source.origin}: column {name!r} must be {expected}, found {found}")
 
+    # a column of nulls only (typed Null by JSON lines' inference: every rewards list
+    # of wide rows empty) passes: the checks of the values name its first row
     def text(dtype: pl.DataType) -> bool:
-        return dtype.is_integer() or isinstance(dtype, pl.String | pl.Categorical | pl.Enum)
+        return dtype.is_integer() or isinstance(
+            dtype, pl.String | pl.Categorical | pl.Enum | pl.Null
+        )
 
     def numbers(dtype: pl.DataType) -> bool:
-        return isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()
+        if isinstance(dtype, pl.List | pl.Array):
+            return dtype.inner.is_numeric() or dtype.inner == pl.Null
+        return dtype == pl.Null
 
     for name in ("stage", "cand", "token"):
-        check(name, "an integer", lambda dtype: dtype.is_integer())
+        check(name, "an integer", lambda dtype: dtype.is_integer() or dtype == pl.Null)
     check("prompt", "an integer or a string", text)
     for name in ("reward", "logprob"):
-        check(name, "numeric", lambda dtype: dtype.is_numeric())
+        check(name, "numeric", lambda dtype: dtype.is_numeric() or dtype == pl.Null)
     if nested:
         check("logprobs", "a list of numbers", numbers)
 

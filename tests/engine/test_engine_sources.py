@@ -643,6 +643,65 @@ def test_a_wide_row_without_candidates_is_an_error(tmp_path: Path) -> None:
     assert "null_id" in [p.kind for p in raft_polars.validate(str(path)).problems]
 
 
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"stage": 0, "prompt": 7, "rewards": [], "logprobs": []}],  # every list empty
+        [{"stage": 0, "prompt": 7, "rewards": None, "logprobs": None}],  # every list null
+        [{"stage": 0, "prompt": 7, "rewards": [], "logprobs": []}] * 2,
+    ],
+)
+def test_wide_rows_whose_every_list_is_empty_name_the_prompt(
+    tmp_path: Path, rows: list[dict[str, Any]]
+) -> None:
+    """JSON lines type a key null in every line as Null: the error was "column
+    'reward' must be numeric, found Null", naming no row. A column of nulls only
+    is taken for its kind, and the checks of the values name the prompt."""
+    path = tmp_path / "wide.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(RaftInputError, match=r"null id.*near stage 0, prompt 7"):
+        raft_polars.stage_losses(str(path))
+    assert "null_id" in [p.kind for p in raft_polars.validate(str(path)).problems]
+
+
+def test_a_log_probs_column_of_nulls_only_names_the_response(tmp_path: Path) -> None:
+    path = tmp_path / "nested.jsonl"
+    row = {"stage": 0, "prompt": 3, "cand": 1, "reward": 0.5, "logprobs": None}
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(RaftInputError, match=r"logprobs is null .* stage 0, prompt 3, candidate 1"):
+        raft_polars.stage_losses(str(path))
+    assert "null_logprobs" in [p.kind for p in raft_polars.validate(str(path)).problems]
+
+
+@pytest.mark.parametrize("kind", ["arrow", "polars"])
+def test_wide_rows_of_fixed_size_lists(tmp_path: Path, kind: str) -> None:
+    """A writer of K candidates a prompt may store the rewards (and log-probs) as
+    fixed-size lists: they were "missing column(s) ['cand', 'reward']"."""
+    import pyarrow as pa
+
+    rewards = [[0.1, 0.9], [0.7, 0.2]]
+    logprobs = [[[-1.0, -2.0], [-3.0]], [[-0.5], [-4.0, -4.0]]]
+    plain = pl.DataFrame({"stage": [0, 1], "prompt": [0, 0], "rewards": rewards,
+                          "logprobs": logprobs})  # fmt: skip
+    if kind == "polars":
+        fixed: Any = plain.with_columns(pl.col("rewards").cast(pl.Array(pl.Float64, 2)))
+    else:
+        fixed = pa.table({
+            "stage": [0, 1], "prompt": [0, 0],
+            "rewards": pa.array(rewards, pa.list_(pa.float64(), 2)),
+            "logprobs": pa.array(logprobs, pa.list_(pa.list_(pa.float64()), 2)),
+        })  # fmt: skip
+    want = reference_losses(
+        [[logprobs[0]], [logprobs[1]]], [[rewards[0]], [rewards[1]]]
+    )  # two stages of one prompt each
+    assert raft_polars.stage_losses(fixed)["loss"].to_list() == pytest.approx(want, abs=1e-12)
+    assert want == pytest.approx([3.0, 0.5])
+    mapped = raft_polars.stage_losses(fixed, columns={"reward": "rewards"})
+    assert mapped["loss"].to_list() == pytest.approx(want, abs=1e-12)
+    best = raft_polars.select_best(fixed).collect().sort("stage")
+    assert best["cand"].to_list() == [1, 0]
+
+
 def test_a_column_of_a_type_polars_cannot_hold_is_named(tmp_path: Path) -> None:
     """A decimal wider than Polars' 38 digits: RaftInputError naming the column
     and the file, not Polars' bare InvalidOperationError."""
