@@ -28,10 +28,12 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import polars as pl
 
@@ -150,7 +152,10 @@ def select_best(
     The ranking runs now, with its checks (and, in the long layout, the token
     counts of the selected responses); the returned frame is lazy and reads the
     payload when collected or sunk: collect it with :func:`collect` to get a
-    :class:`RaftInputError` naming the file if the payload cannot be read.
+    :class:`RaftInputError` naming the file if the payload cannot be read, or if
+    a local file changed after this call read it (its size or modification time;
+    the rows read then would not be the selection's). ``frame.collect()`` checks
+    neither.
 
     Parameters
     ----------
@@ -192,7 +197,8 @@ def _selected(run: Executor, log: StageLog, selection: Selection) -> pl.LazyFram
             "the selected batch adds; rename or drop it first"
         )
         raise RaftInputError(msg)
-    return _remember(run.selected(log, selection), log.paths, log.read_origin)
+    stamps = _stamps(log.paths)  # before the ranking reads them
+    return _remember(run.selected(log, selection), log.paths, log.read_origin, stamps)
 
 
 def write_selected(
@@ -529,13 +535,28 @@ def prompt_stats(
     )
 
 
-# the lazy frames select_best returned, with the files they read (for collect)
-_SOURCES: dict[int, tuple[weakref.ref[pl.LazyFrame], tuple[str, ...], str]] = {}
+# the lazy frames select_best returned, with the files they read and the local
+# files' (size, modification time) then (for collect)
+_Stamps: TypeAlias = dict[str, tuple[int, int]]
+_SOURCES: dict[int, tuple[weakref.ref[pl.LazyFrame], tuple[str, ...], str, _Stamps]] = {}
 
 
-def _remember(frame: pl.LazyFrame, paths: tuple[str, ...], origin: str) -> pl.LazyFrame:
+def _stamps(paths: Sequence[str]) -> _Stamps:
+    """Size and modification time (ns) of each local file of ``paths``."""
+    found = {}
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):  # remote, or gone: not checked
+            info = os.stat(path)
+            found[path] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+def _remember(
+    frame: pl.LazyFrame, paths: tuple[str, ...], origin: str, stamps: _Stamps
+) -> pl.LazyFrame:
     key = id(frame)
-    _SOURCES[key] = (weakref.ref(frame, lambda _: _SOURCES.pop(key, None)), paths, origin)
+    ref = weakref.ref(frame, lambda _: _SOURCES.pop(key, None))
+    _SOURCES[key] = (ref, paths, origin, stamps)
     return frame
 
 
@@ -563,7 +584,23 @@ def collect(
     entry = _SOURCES.get(id(frame))
     paths: tuple[str, ...] = ()
     origin = "the lazy frame"
+    stamps: _Stamps = {}
     if entry is not None and entry[0]() is frame:
-        paths, origin = entry[1], entry[2]
+        paths, origin, stamps = entry[1], entry[2], entry[3]
+    _unchanged(stamps)
     with reading(paths, origin):
-        return frame.collect(engine=engine)
+        got = frame.collect(engine=engine)
+    _unchanged(stamps)  # nor while it was read
+    return got
+
+
+def _unchanged(stamps: _Stamps) -> None:
+    """Raise where a file the selection was made from has changed since."""
+    now = _stamps(list(stamps))
+    for path, stamp in stamps.items():
+        if now.get(path) != stamp:
+            msg = (
+                f"{path!r} changed after select_best read it: the rows read now would "
+                "not be the selection's; call select_best again"
+            )
+            raise RaftInputError(msg)

@@ -1093,3 +1093,23 @@ def test_a_gzip_file_padded_with_zeros_is_explained(tmp_path: Path) -> None:
     members.write_bytes(gzip.compress(line) + gzip.compress(line.replace(b"0,", b"1,", 1)))
     table = raft_polars.stage_losses(str(members))
     assert table.select("prompts", "loss").rows() == [(2, 1.0)]
+
+
+def test_collect_refuses_a_log_changed_after_select_best(tmp_path: Path) -> None:
+    """The lazy batch reads the payload when collected: a log rewritten in between
+    gave the old selection with the new rows (cand 1, reward 0.1, as best)."""
+    path = tmp_path / "log.parquet"
+
+    def write(rewards: list[float], texts: list[str]) -> None:
+        ids = {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1]}
+        rows = {"reward": rewards, "logprobs": [[-1.0], [-2.0]], "response": texts}
+        pl.DataFrame({**ids, **rows}).write_parquet(path)  # "BB": another size
+
+    write([0.1, 0.9], ["a", "b"])
+    batch = raft_polars.select_best(path)
+    assert raft_polars.collect(batch).select("cand", "reward", "response").rows() == [(1, 0.9, "b")]
+    write([0.9, 0.1], ["A", "BB"])
+    with pytest.raises(RaftInputError, match="changed after select_best read it"):
+        raft_polars.collect(batch)
+    fresh = raft_polars.collect(raft_polars.select_best(path))
+    assert fresh.select("cand", "reward", "response").rows() == [(0, 0.9, "A")]
