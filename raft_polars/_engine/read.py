@@ -164,12 +164,24 @@ class StageLog:
     def paths(self) -> tuple[str, ...]:
         return self.main.paths + (() if self.rewards is None else self.rewards.paths)
 
-    def _scan(self, source: Resolved, piece: Piece | None) -> pl.LazyFrame:
+    def renamed(self, source: Resolved, piece: Piece | None = None) -> pl.LazyFrame:
+        """The rows of ``source`` (one of the log's) under canonical names, with
+        the stage of a log without one and text prompt ids as String: a
+        Categorical or an Enum prompt is compared, sorted and bounded as its text
+        (an Enum's own order is the order of its categories, not the text's), as
+        every executor's ranking, joins and shard bounds take them."""
         lf = source.scan(piece)
         renames = {theirs: canon for theirs, canon in self.renames if theirs in dict(source.schema)}
         lf = lf.rename(renames) if renames else lf
         if "stage" in self.numbered:
             lf = lf.with_columns(pl.lit(0, pl.Int64).alias("stage"))
+        prompt = lf.collect_schema().get("prompt")
+        if isinstance(prompt, pl.Categorical | pl.Enum):
+            lf = lf.with_columns(pl.col("prompt").cast(pl.String))
+        return lf
+
+    def _scan(self, source: Resolved, piece: Piece | None) -> pl.LazyFrame:
+        lf = self.renamed(source, piece)
         if source is not self.cand_source:
             return lf
         if self.wide:
