@@ -63,6 +63,7 @@ __all__ = [
     "Layout",
     "StageLog",
     "canonical_ids",
+    "float_type",
     "read_log",
 ]
 
@@ -629,6 +630,14 @@ def _as_list(dtype: pl.DataType) -> pl.Expr:
     if isinstance(dtype, pl.Array):
         return pl.col("logprobs").cast(pl.List(dtype.inner))
     return pl.col("logprobs")
+
+
+def float_type(dtype: pl.DataType) -> pl.DataType:
+    """The type the compiled loops read numbers of ``dtype`` as (log-probs):
+    Float32 and Float64 as they are, any other numeric type (integers,
+    decimals, Float16, which numba does not read) widened to Float64, as every
+    sum is done in float64."""
+    return dtype if dtype in (pl.Float32, pl.Float64) else pl.Float64()
 
 
 def canonical_ids(schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
