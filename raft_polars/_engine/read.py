@@ -63,6 +63,7 @@ __all__ = [
     "Layout",
     "StageLog",
     "canonical_ids",
+    "float_type",
     "read_log",
 ]
 
@@ -164,12 +165,24 @@ class StageLog:
     def paths(self) -> tuple[str, ...]:
         return self.main.paths + (() if self.rewards is None else self.rewards.paths)
 
-    def _scan(self, source: Resolved, piece: Piece | None) -> pl.LazyFrame:
+    def renamed(self, source: Resolved, piece: Piece | None = None) -> pl.LazyFrame:
+        """The rows of ``source`` (one of the log's) under canonical names, with
+        the stage of a log without one and text prompt ids as String: a
+        Categorical or an Enum prompt is compared, sorted and bounded as its text
+        (an Enum's own order is the order of its categories, not the text's), as
+        every executor's ranking, joins and shard bounds take them."""
         lf = source.scan(piece)
         renames = {theirs: canon for theirs, canon in self.renames if theirs in dict(source.schema)}
         lf = lf.rename(renames) if renames else lf
         if "stage" in self.numbered:
             lf = lf.with_columns(pl.lit(0, pl.Int64).alias("stage"))
+        prompt = lf.collect_schema().get("prompt")
+        if isinstance(prompt, pl.Categorical | pl.Enum):
+            lf = lf.with_columns(pl.col("prompt").cast(pl.String))
+        return lf
+
+    def _scan(self, source: Resolved, piece: Piece | None) -> pl.LazyFrame:
+        lf = self.renamed(source, piece)
         if source is not self.cand_source:
             return lf
         if self.wide:
@@ -637,6 +650,14 @@ def _as_list(dtype: pl.DataType) -> pl.Expr:
     if isinstance(dtype, pl.Array):
         return pl.col("logprobs").cast(pl.List(dtype.inner))
     return pl.col("logprobs")
+
+
+def float_type(dtype: pl.DataType) -> pl.DataType:
+    """The type the compiled loops read numbers of ``dtype`` as (log-probs):
+    Float32 and Float64 as they are, any other numeric type (integers,
+    decimals, Float16, which numba does not read) widened to Float64, as every
+    sum is done in float64."""
+    return dtype if dtype in (pl.Float32, pl.Float64) else pl.Float64()
 
 
 def canonical_ids(schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:

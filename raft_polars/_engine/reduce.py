@@ -38,6 +38,7 @@ from raft_polars._engine.read import (
     StageLog,
     canonical_ids,
     file_pieces,
+    float_type,
     side_by_side,
 )
 from raft_polars._engine.sources import Piece
@@ -88,9 +89,6 @@ class Reduced:
     counts: pl.DataFrame | None = None
 
 
-_FLOATS = (pl.Float32, pl.Float64)
-
-
 def response_stats(log: StageLog, rows: pl.LazyFrame) -> pl.DataFrame:
     """``stage, prompt, cand`` of the nested ``rows`` and each list's NLL sum
     (float64, added in order), token count, largest log-prob (-inf for an empty
@@ -98,7 +96,8 @@ def response_stats(log: StageLog, rows: pl.LazyFrame) -> pl.DataFrame:
     batch's values, in one pass (log-probs other than floats as Float64)."""
     lists = pl.col("logprobs")
     inner = rows.collect_schema()["logprobs"].inner  # type: ignore[attr-defined]
-    query = rows.select(*_IDS, lists if inner in _FLOATS else lists.cast(pl.List(pl.Float64)))
+    kind = float_type(inner)
+    query = rows.select(*_IDS, lists if kind == inner else lists.cast(pl.List(kind)))
     parts = [_list_stats(batch) for batch in log.batches(query)]
     if not parts:
         empty = {"nll": pl.Float64, "tokens": pl.Int64, "lp_max": pl.Float64, "lp_nulls": pl.Int64}
@@ -402,7 +401,7 @@ def _scatter(
         for name, alias in zip(located.ids, parts, strict=True)
         if name is not None and alias is not None
     ]
-    columns.append(lp if dtype in (pl.Float32, pl.Float64) else lp.cast(pl.Float64))
+    columns.append(lp if float_type(dtype) == dtype else lp.cast(float_type(dtype)))
     names, lookup = _compiled.NO_STRINGS, _compiled.NO_LOOKUP
     if located.categories is not None:
         names = _compiled.strings(located.categories)

@@ -31,8 +31,9 @@ import polars as pl
 
 from raft_polars._engine import _stream
 from raft_polars._engine.checks import bad_logprob, bad_reward
+from raft_polars._engine.dense import NUMPY_INTS
 from raft_polars._engine.rank import apply_min_reward, dense_summary, select
-from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids
+from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids, float_type
 from raft_polars._engine.sources import Piece, Resolved, reading
 from raft_polars._progress import stop_point
 from raft_polars.errors import RaftInputError
@@ -386,13 +387,12 @@ def _cut(frames: Sequence[pl.DataFrame | _Coded], *, has_position: bool) -> _Cut
             start = frame.select(changed).to_series().to_numpy()
         token, valid = no_values, no_flags
         if has_position:
-            position = frame.get_column("token")
+            position = _loop_positions(frame.get_column("token"))
             if position.null_count():
                 valid = position.is_not_null().to_numpy()
                 position = position.fill_null(0)
             token = position.to_numpy()
-        logprob = frame.get_column("logprob")
-        logprob = logprob.fill_null(float("nan")) if logprob.null_count() else logprob
+        logprob = _loop_logprobs(frame.get_column("logprob"))
         first = _ids_at(keys, texts, 0)
         found, ended = _runs.cut(
             stage, prompt, cand, start, before is None or first != before, token, valid,
@@ -416,6 +416,26 @@ def _cut(frames: Sequence[pl.DataFrame | _Coded], *, has_position: bool) -> _Cut
     else:
         frame = pl.concat([_id_frame(part) for part in ids], how="vertical")
     return _Cut(frame, np.concatenate(sums, axis=1))
+
+
+def _loop_logprobs(logprob: pl.Series) -> pl.Series:
+    """Log-probs as the compiled cut reads them: floats (other numbers, decimals
+    and Float16 among them, as Float64, the type every sum is done in), null as
+    NaN."""
+    logprob = logprob.cast(float_type(logprob.dtype))
+    return logprob.fill_null(float("nan")) if logprob.null_count() else logprob
+
+
+def _loop_positions(position: pl.Series) -> pl.Series:
+    """Token positions as the compiled cut reads them: as they are when numpy
+    holds them as int64 values, else (UInt64, 128-bit) as Int64, a position
+    beyond it null. A null counts as a jump, so that its response is never
+    proven in order by its runs: its own rows are read again
+    (:func:`_details`), in the column's type, and its positions reported
+    exactly."""
+    if position.dtype in NUMPY_INTS and position.dtype != pl.UInt64:
+        return position
+    return position.cast(pl.Int64, strict=False)
 
 
 def _ids_at(keys: Sequence[pl.Series], texts: Mapping[str, pl.Series], row: int) -> tuple[Any, ...]:
@@ -680,7 +700,12 @@ def _details(rows: pl.DataFrame, *, has_position: bool) -> pl.DataFrame:
             pl.lit(None, pl.Int64).alias("first_bad"),
             lp.filter(bad).first().alias("first_bad_value"),
         )
-    token = pl.col("token").cast(pl.Int64)
+    # positions as Int64, or in their own type where it holds more (UInt64 beyond
+    # 2**63, 128-bit integers): a response's positions are compared exactly
+    kind = rows.schema["token"]
+    token = pl.col("token")
+    if kind in NUMPY_INTS and kind != pl.UInt64:
+        token = token.cast(pl.Int64)
     return rows.group_by(_IDS).agg(
         token.null_count().cast(pl.Int64).alias("null_pos"),
         token.min().alias("first_pos"),

@@ -232,6 +232,13 @@ def _range(  # noqa: PLR0911 - each way a statistic can fail to bound
 def _plan_frame(source: Resolved, names: Sequence[str], parts: int) -> list[Shard]:
     assert source.frame is not None
     frame = source.frame.collect()
+    # text ids bounded as their text, in the order the ranked keys sort them (an
+    # Enum's min and max follow its categories' order)
+    frame = frame.with_columns(
+        pl.col(n).cast(pl.String)
+        for n in names
+        if isinstance(frame.schema[n], pl.Categorical | pl.Enum)
+    )
     size = max(1, -(-frame.height // max(1, parts)))
     shards = []
     for offset in range(0, max(frame.height, 1), size):
@@ -362,9 +369,7 @@ def _t_bucket(pieces: list[pl.DataFrame], kernel: Callable[..., Any], *args: Any
 
 def _t_prompt_rows(log: StageLog, piece: Piece) -> pl.DataFrame:
     """Rows per ``(stage, prompt)`` of a piece (ids as the source has them)."""
-    rows = log.main.scan(piece).rename({a: b for a, b in log.renames if a in dict(log.main.schema)})
-    if "stage" in log.numbered:
-        rows = rows.with_columns(pl.lit(0, pl.Int64).alias("stage"))
+    rows = log.renamed(log.main, piece)
     return log.collect(
         rows.group_by(["stage", "prompt"]).agg(pl.len().cast(pl.Int64).alias("_rows"))
     )

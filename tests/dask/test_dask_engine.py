@@ -680,3 +680,92 @@ def test_a_task_error_on_a_local_cluster_is_one_line(tmp_path: Path) -> None:
         lines[bool(engine)] = done.stderr.splitlines()
     assert len(lines[True]) == 1, lines[True]
     assert lines[True] == lines[False]
+
+
+# --- text prompt ids of a dictionary type ------------------------------------------------
+
+
+def _text_prompt_log() -> pl.DataFrame:
+    """Nested rows: 2 stages of 4 prompts of 3 candidates, rewards all distinct."""
+    rows = [
+        (stage, f"p{prompt}", cand)
+        for stage in range(2)
+        for prompt in range(4)
+        for cand in range(3)
+    ]
+    rewards = [((7 * i) % 24) / 24 for i in range(len(rows))]
+    logprobs = [[-0.5 - (i % 5) / 8] * (1 + i % 3) for i in range(len(rows))]
+    stage, prompt, cand = (list(c) for c in zip(*rows, strict=True))
+    return pl.DataFrame(
+        {"stage": stage, "prompt": prompt, "cand": cand, "reward": rewards, "logprobs": logprobs}
+    )
+
+
+# an Enum's own order (its categories') is not the text's; Categorical for contrast
+TEXT_PROMPT_TYPES = {
+    "enum": pl.Enum(["p3", "p1", "p2", "p0"]),
+    "categorical": pl.Categorical(),
+}
+
+
+def _every_entry(kwargs: dict[str, Any], engine: Any) -> dict[str, Any]:
+    report = rp.validate(**kwargs, engine=engine)
+    return {
+        "stage_losses": rp.stage_losses(**kwargs, engine=engine),
+        "select_best": rp.select_best(**kwargs, engine=engine).collect().sort(_IDS),
+        "stage_stats": rp.stage_stats(**kwargs, engine=engine),
+        "prompt_stats": rp.prompt_stats(**kwargs, engine=engine).sort(_IDS[:2]),
+        "best_of_n": rp.best_of_n(**kwargs, engine=engine),
+        "validate": (report.ok, report.summary, [(p.kind, p.count) for p in report.problems]),
+    }
+
+
+_IDS = ["stage", "prompt", "cand"]
+
+
+@pytest.mark.parametrize("kind", TEXT_PROMPT_TYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nested", "long"])
+@pytest.mark.parametrize("form", ["frame", "files"])
+def test_dictionary_prompt_ids(  # noqa: PLR0917 - one argument per parameter
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, layout: str, form: str
+) -> None:
+    """Prompt ids of an Enum (categories not in text order) or a Categorical, in
+    frames and in Parquet files (read back as such, the shards bounded by their
+    row groups' statistics): every entry point on Dask gives the answer of the
+    same log with String prompt ids in process. The Enum's prompts were ranked
+    and bounded in its categories' order on Dask: nothing was selected."""
+    monkeypatch.setattr(raft_polars._executors.dask, "SHARD_BYTES", 1)
+    plain = _text_prompt_log()
+    typed = plain.with_columns(pl.col("prompt").cast(TEXT_PROMPT_TYPES[kind]))
+
+    def sources(frame: pl.DataFrame, name: str) -> dict[str, Any]:
+        tokens = frame.select(*_IDS, pl.col("logprobs").alias("logprob")).explode("logprob")
+        tokens = tokens.with_columns(pl.int_range(pl.len()).over(_IDS).alias("token"))
+        rewards = frame.select(*_IDS, "reward")
+        if form == "frame":
+            if layout == "nested":
+                return {"source": frame}
+            return {"source": tokens, "rewards": rewards}
+        folder = tmp_path / name
+        folder.mkdir()
+        main = tokens if layout == "long" else frame
+        pq.write_table(main.to_arrow(), folder / "main.parquet", row_group_size=5)
+        if layout == "nested":
+            return {"source": str(folder / "main.parquet")}
+        pq.write_table(rewards.to_arrow(), folder / "rewards.parquet", row_group_size=5)
+        return {"source": str(folder / "main.parquet"), "rewards": str(folder / "rewards.parquet")}
+
+    expected = _every_entry(sources(plain, "plain"), "polars")
+    typed_sources = sources(typed, "typed")
+    if form == "files":
+        assert isinstance(
+            pl.read_parquet(typed_sources["source"]).schema["prompt"], type(TEXT_PROMPT_TYPES[kind])
+        )
+    for engine in ("polars", _on(client)):
+        got = _every_entry(typed_sources, engine)
+        assert got["select_best"].height == 8
+        for name, value in expected.items():
+            if isinstance(value, pl.DataFrame):
+                assert_same(value, got[name])
+            else:
+                assert got[name] == value, name

@@ -475,3 +475,86 @@ def test_a_column_named_encrypted_is_not_encryption(tmp_path: Path, name: str) -
     pq.write_table(table, path, use_dictionary=False)
     report = rp.validate(str(path)).to_dict()
     assert [p["kind"] for p in report["problems"]] == ["corrupt_file"], report
+
+
+# --- column types of the token rows -------------------------------------------------------
+
+
+def _faulty_long() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Token rows with a positive log-prob (unselected candidate) and a repeated
+    position, and their rewards."""
+    tokens, rewards = long_frames(LPS, RWS)
+    first = (pl.col("stage") == 0) & (pl.col("prompt") == 0) & (pl.col("cand") == 0)
+    bad = pl.when(first & (pl.col("token") == 1)).then(0.5).otherwise("logprob")
+    tokens = tokens.with_columns(bad.alias("logprob"))
+    return pl.concat([tokens, tokens.filter(first & (pl.col("token") == 0))]), rewards
+
+
+LOGPROB_TYPES = {
+    "decimal": pl.Decimal(10, 4),
+    "float16": pl.Float16(),
+    "float32": pl.Float32(),
+}
+
+
+def _sources(tokens: pl.DataFrame, rewards: pl.DataFrame, root: Path | None) -> dict[str, Any]:
+    if root is None:
+        return {"source": tokens, "rewards": rewards}
+    write_split(tokens, root / "t", 2)
+    write_split(rewards, root / "r", 1)
+    return {"source": str(root / "t"), "rewards": str(root / "r")}
+
+
+def _without_names(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k != "origin"}
+
+
+@pytest.mark.parametrize("form", ["frame", "files"])
+@pytest.mark.parametrize("kind", LOGPROB_TYPES, ids=str)
+def test_logprob_types_same_report_as_float64(tmp_path: Path, kind: str, form: str) -> None:
+    """Log-probs of any numeric type (decimals and Float16, which the compiled
+    pass cannot read, widened to Float64 as the losses widen them): the report
+    of the same log-probs as Float64, on both executors (a decimal was a bare
+    numba TypingError, Float16 a NotImplementedError)."""
+    tokens, rewards = _faulty_long()
+    typed = tokens.with_columns(pl.col("logprob").cast(LOGPROB_TYPES[kind]))
+    plain = typed.with_columns(pl.col("logprob").cast(pl.Float64))
+    root = None if form == "frame" else tmp_path
+    expected = _both(**_sources(plain, rewards, None if root is None else root / "plain"))
+    got = _both(**_sources(typed, rewards, None if root is None else root / "typed"))
+    assert _without_names(got) == _without_names(expected)
+    assert _counts(got) == {"bad_logprob_unselected": 1, "duplicate_token": 1}
+
+
+@pytest.mark.parametrize("form", ["frame", "files"])
+@pytest.mark.parametrize("kind", [pl.UInt64(), pl.Int128(), pl.UInt8()], ids=str)
+def test_token_position_types_same_report_as_int64(
+    tmp_path: Path, kind: pl.DataType, form: str
+) -> None:
+    """Positions of any integer type: the report of the same positions as Int64."""
+    if form == "files" and kind == pl.Int128:
+        pytest.skip("pyarrow, validate's strict reader, does not read 128-bit integers")
+    tokens, rewards = _faulty_long()
+    typed = tokens.with_columns(pl.col("token").cast(kind))
+    root = None if form == "frame" else tmp_path
+    expected = _both(**_sources(tokens, rewards, None if root is None else root / "plain"))
+    got = _both(**_sources(typed, rewards, None if root is None else root / "typed"))
+    assert _without_names(got) == _without_names(expected)
+
+
+@pytest.mark.parametrize("form", ["frame", "files"])
+def test_token_positions_beyond_int64(tmp_path: Path, form: str) -> None:
+    """UInt64 positions from 2**63 on, which Int64 does not hold: compared
+    exactly, each response's positions reported as they are (validate raised a
+    bare polars InvalidOperationError from a cast to Int64)."""
+    tokens, rewards = long_frames(LPS, RWS)
+    far = tokens.with_columns(pl.col("token").cast(pl.UInt64) + 2**63)
+    root = None if form == "frame" else tmp_path
+    report = _both(**_sources(far, rewards, root), limit=10)
+    assert _counts(report) == {"token_gap": 6}
+    gaps = {
+        (g["stage"], g["prompt"], g["cand"]): (g["first_pos"], g["last_pos"], g["positions"])
+        for g in report["problems"][0]["locations"]
+    }
+    lengths = tokens.group_by("stage", "prompt", "cand").len().rows()
+    assert gaps == {(s, p, c): (2**63, 2**63 + n - 1, n) for s, p, c, n in lengths}
