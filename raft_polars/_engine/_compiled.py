@@ -8,9 +8,9 @@ ids reach it as Arrow string views (zero copy from Polars): the loop finds a
 row's prompt code by comparing its view, then its bytes, with the previous
 row's (a response's rows share one prompt), and only on a change looks the
 string up, exactly, in an open-addressing table of the candidates' prompts.
-The rank step's best-of-K over dense groups and the nested layout's list sums
-are here too. Everything around them (reading, the slots, the checks) stays
-columnar."""
+The rank step's best-of-K over dense groups, the nested layout's list sums and
+the statistics' per-prompt loops (best-of-n, ranks and win rates) are here too.
+Everything around them (reading, the slots, the checks) stays columnar."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ __all__ = [
     "list_sums",
     "name_table",
     "nest_ids",
+    "prompt_groups",
     "scatter",
     "strings",
     "touch",
@@ -529,6 +530,100 @@ def best_of_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positi
             ties[g] += 1
             if cand[i] < first[g]:
                 best[g], first[g] = value, cand[i]
+
+
+@njit()
+def _average_ranks(values: Any, ranks: Any) -> int:  # pragma: no cover - compiled
+    """``ranks`` of ``values`` (1-based, ties their average rank); returns the
+    number of distinct values."""
+    order = np.argsort(values, kind="mergesort")
+    k, start, distinct = values.shape[0], 0, 0
+    while start < k:
+        end = start + 1
+        while end < k and values[order[end]] == values[order[start]]:
+            end += 1
+        for j in range(start, end):
+            ranks[order[j]] = (start + end + 1) / 2.0
+        distinct += 1
+        start = end
+    return distinct
+
+
+@njit()
+def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positionally
+    starts: npt.NDArray[np.int64],
+    reward: npt.NDArray[np.float64],
+    tokens: npt.NDArray[np.int64],
+    counted: bool,
+    selected: npt.NDArray[np.bool_],
+    cand: npt.NDArray[np.int64],
+    floats: npt.NDArray[np.float64],
+    ints: npt.NDArray[np.int64],
+) -> None:  # pragma: no cover - compiled; its callers are tested
+    """Per-prompt statistics of candidates grouped by prompt (rows ``starts[g]
+    .. starts[g + 1] - 1``; finite rewards; ``tokens`` read only when
+    ``counted``), one row of ``floats`` (mean, min, max, population std of the
+    rewards, the selected candidates' win-rate sum, Spearman's rho or NaN) and
+    of ``ints`` (selected, win count, longest count, the best selected row or
+    -1) a prompt. A candidate's win rate against the others is ``(lower + equal
+    / 2) / (K - 1)`` from the sorted rewards (O(K log K) a prompt, whatever the
+    number selected); rho is Pearson's r of average ranks, for K >= 3 with two
+    distinct rewards and two distinct lengths."""
+    for g in range(starts.shape[0] - 1):
+        lo, hi = starts[g], starts[g + 1]
+        k = hi - lo
+        r = reward[lo:hi]
+        total, low, high = 0.0, r[0], r[0]
+        for i in range(k):
+            total += r[i]
+            low = min(low, r[i])
+            high = max(high, r[i])
+        mean = total / k
+        spread = 0.0
+        for i in range(k):
+            spread += (r[i] - mean) ** 2
+        n_sel, best, longest = 0, -1, -1
+        for i in range(lo, hi):
+            if counted and tokens[i] > longest:
+                longest = tokens[i]
+            if selected[i]:
+                n_sel += 1
+                if (
+                    best < 0
+                    or reward[i] > reward[best]
+                    or (reward[i] == reward[best] and cand[i] < cand[best])
+                ):
+                    best = i
+        win_sum, win_n, longest_n, rho = 0.0, 0, 0, np.nan
+        if k >= 2 and n_sel:
+            order = np.argsort(r, kind="mergesort")
+            start = 0
+            while start < k:
+                end = start + 1
+                while end < k and r[order[end]] == r[order[start]]:
+                    end += 1
+                for j in range(start, end):
+                    row = lo + order[j]
+                    if selected[row]:
+                        win_sum += (start + 0.5 * (end - start - 1)) / (k - 1)
+                        win_n += 1
+                        if counted and tokens[row] == longest:
+                            longest_n += 1
+                start = end
+        if counted and k >= 3:
+            by_reward, by_length = np.empty(k), np.empty(k)
+            if _average_ranks(r, by_reward) > 1 and _average_ranks(tokens[lo:hi], by_length) > 1:
+                middle = (k + 1) / 2.0
+                cov, var_r, var_t = 0.0, 0.0, 0.0
+                for i in range(k):
+                    dr, dt = by_reward[i] - middle, by_length[i] - middle
+                    cov += dr * dt
+                    var_r += dr * dr
+                    var_t += dt * dt
+                rho = cov / np.sqrt(var_r * var_t)
+        floats[g, 0], floats[g, 1], floats[g, 2] = mean, low, high
+        floats[g, 3], floats[g, 4], floats[g, 5] = np.sqrt(spread / k), win_sum, rho
+        ints[g, 0], ints[g, 1], ints[g, 2], ints[g, 3] = n_sel, win_n, longest_n, best
 
 
 _NEGLIGIBLE = 2.0**-60  # weights left out of best_of_n's sums, relative to those added

@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 
-__all__ = ["group_sums"]
+__all__ = ["group_starts", "group_sums", "in_order"]
 
 
 def group_sums(
@@ -50,13 +51,11 @@ def group_sums(
     rows = frame.select(
         *keys, *(e.cast(types[n]).fill_null(0) for n, e in zip(sums, named, strict=True))
     )
-    if not _in_order(rows, keys):
+    if not in_order(rows, keys):
         rows = rows.sort(keys, nulls_last=True, maintain_order=True)
     if not rows.height:
         return rows.select(*by, *sums)
-    group = rows.select((pl.struct(list(by)) if len(by) > 1 else pl.col(by[0])).rle_id())
-    ids = group.to_series().to_numpy()
-    starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1])
+    starts = group_starts(rows, by)
     totals = []
     for name, dtype in types.items():
         with np.errstate(over="ignore", invalid="ignore"):  # inf, as Polars' sum gives
@@ -65,7 +64,14 @@ def group_sums(
     return rows.select(pl.col(list(by)).gather(starts)).with_columns(totals)
 
 
-def _in_order(rows: pl.DataFrame, keys: Sequence[str]) -> bool:
+def group_starts(rows: pl.DataFrame, by: Sequence[str]) -> npt.NDArray[np.intp]:
+    """The first row of each run of equal ``by`` in ``rows`` (not empty)."""
+    group = rows.select((pl.struct(list(by)) if len(by) > 1 else pl.col(by[0])).rle_id())
+    ids = group.to_series().to_numpy()
+    return np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1])
+
+
+def in_order(rows: pl.DataFrame, keys: Sequence[str]) -> bool:
     """Whether ``rows`` already come sorted by ``keys`` with no null key (the
     engine's frames mostly do; a check is a tenth of a sort)."""
     if not keys or any(rows[k].has_nulls() for k in keys):

@@ -393,3 +393,72 @@ def test_statistics_by_parts_of_whole_prompts(log: Any, candidates: int, counted
     ).sort("stage")
     for a, b in zip(got_stats.iter_rows(), want_stats.iter_rows(), strict=True):
         assert all(_close(x, y) for x, y in zip(a, b, strict=True)), (a, b)
+
+
+@st.composite
+def _candidate_tables(draw: st.DrawFn) -> pl.DataFrame:
+    """Candidate tables as the statistics get them, in any row order: several
+    selected a prompt or none (top-n, min_reward), tied rewards and lengths,
+    token counts or none (a rewards-only log)."""
+    counted = draw(st.booleans())
+    rows = []
+    for stage in draw(st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True)):
+        for prompt in range(draw(st.integers(1, 4))):
+            k = draw(st.integers(1, 7))
+            rewards = draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, -2.5, 1e-3]), min_size=k,
+                                    max_size=k))  # fmt: skip
+            for cand in range(k):
+                rows.append({
+                    "stage": stage, "prompt": prompt, "cand": cand, "reward": rewards[cand],
+                    "selected": draw(st.booleans()),
+                    "tokens": draw(st.integers(0, 4)) if counted else None,
+                })  # fmt: skip
+    frame = pl.DataFrame(rows, schema={"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64,
+                                       "reward": pl.Float64, "selected": pl.Boolean,
+                                       "tokens": pl.Int64})  # fmt: skip
+    return frame.sample(fraction=1.0, shuffle=True, seed=draw(st.integers(0, 2**16)))
+
+
+def _ref_prompt(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One prompt's statistics by loops over its candidates."""
+    rewards = [r["reward"] for r in rows]
+    sizes = [r["tokens"] for r in rows]
+    counted = sizes[0] is not None
+    k = len(rows)
+    chosen = [r for r in rows if r["selected"]]
+    best = min(chosen, key=lambda r: (-r["reward"], r["cand"])) if chosen else None
+    wins, longest = [], 0
+    for r in chosen if k >= 2 else []:
+        lower = sum(1 for x in rewards if x < r["reward"])
+        equal = sum(1 for x in rewards if x == r["reward"]) - 1
+        wins.append((lower + 0.5 * equal) / (k - 1))
+        longest += counted and r["tokens"] == max(sizes)
+    rho = None
+    if counted and k >= 3 and len(set(rewards)) > 1 and len(set(sizes)) > 1:
+        rho = _pearson(_avg_ranks(rewards), _avg_ranks([float(s) for s in sizes]))
+    return {
+        "candidates": k, "reward_mean": statistics.fmean(rewards), "reward_min": min(rewards),
+        "reward_max": max(rewards), "reward_std": statistics.pstdev(rewards),
+        "zero_variance": k >= 2 and len(set(rewards)) == 1, "selected": len(chosen),
+        "cand": best and best["cand"], "tokens": best and best["tokens"],
+        "win_sum": sum(wins), "win_n": len(wins), "longest_n": longest, "rho": rho,
+    }  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(cands=_candidate_tables())
+def test_prompt_table_against_loops_over_each_prompt(cands: pl.DataFrame) -> None:
+    from raft_polars._engine import stats
+
+    got = stats.prompt_table(cands)
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for row in cands.sort("stage", "prompt", "cand").iter_rows(named=True):
+        groups.setdefault((row["stage"], row["prompt"]), []).append(row)
+    assert got.select("stage", "prompt").rows() == sorted(groups)
+    for row in got.iter_rows(named=True):
+        want = _ref_prompt(groups[row["stage"], row["prompt"]])
+        for name, value in want.items():
+            if isinstance(value, float):
+                assert _close(row[name], value, 1e-12), (name, row, want)
+            else:
+                assert row[name] == value, (name, row, want)
