@@ -37,7 +37,7 @@ import polars as pl
 
 from raft_polars._engine import _stream
 from raft_polars._engine.sources import is_remote, write_failure
-from raft_polars._progress import stop_point
+from raft_polars._signals import renaming, temporary
 from raft_polars.errors import RaftInputError, RaftPolarsError
 from raft_polars.selection import is_number, is_whole
 
@@ -537,29 +537,30 @@ def write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -
 
 def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
     tmp = out.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    try:
+    with temporary(tmp):  # removed by the command line's ending on a signal, too
         try:
-            write(tmp)
-        except (OSError, pl.exceptions.PolarsError) as exc:  # a full disk: OUT's, named
-            reason = write_failure(exc)
-            if reason is None:
-                raise
-            msg = f"cannot write {str(out)!r}: {reason}"
-            raise RaftPolarsError(msg) from exc
-        if out.exists() or out.is_symlink():
-            if not force:
-                msg = f"{str(out)!r} appeared while writing; pass force=True to replace it"
-                raise RaftInputError(msg)
-            if out.is_dir() and not tmp.is_dir():
-                msg = f"{str(out)!r} is a directory; not replacing it with a file"
-                raise RaftInputError(msg)
-            if out.is_dir():
-                shutil.rmtree(out)
-        stop_point()  # a command a signal ended writes nothing, even where its exit was lost
-        os.replace(tmp, out)
-    except BaseException:
-        _remove(tmp)
-        raise
+            try:
+                write(tmp)
+            except (OSError, pl.exceptions.PolarsError) as exc:  # a full disk: OUT's, named
+                reason = write_failure(exc)
+                if reason is None:
+                    raise
+                msg = f"cannot write {str(out)!r}: {reason}"
+                raise RaftPolarsError(msg) from exc
+            with renaming():  # a signal now waits until OUT is replaced, or left alone
+                if out.exists() or out.is_symlink():
+                    if not force:
+                        msg = f"{str(out)!r} appeared while writing; pass force=True to replace it"
+                        raise RaftInputError(msg)
+                    if out.is_dir() and not tmp.is_dir():
+                        msg = f"{str(out)!r} is a directory; not replacing it with a file"
+                        raise RaftInputError(msg)
+                    if out.is_dir():
+                        shutil.rmtree(out)
+                os.replace(tmp, out)
+        except BaseException:
+            _remove(tmp)
+            raise
 
 
 def check_json_columns(schema: Mapping[str, pl.DataType], out: Path) -> None:

@@ -5,12 +5,6 @@ ranked, token rows summed, shards done), and :func:`reporting` installs a
 receiver for the calls inside it. The CLI installs one that redraws a line on
 its terminal's stderr.
 
-A stop asked for by a signal (:func:`ask_stop`, the CLI's SIGTERM handler) is
-also honoured at each step and each batch read (:func:`stop_point`): the
-handler's own ``SystemExit`` can be swallowed where the signal lands in a
-compiled library's code (pyarrow's Cython code importing pandas on first use
-did: the command ran on and exited 0).
-
 Examples
 --------
 >>> import polars as pl
@@ -32,40 +26,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["Clock", "ask_stop", "clear_stop", "report", "reporting", "stop_asked", "stop_point"]
+__all__ = ["Clock", "report", "reporting"]
 
 _RECEIVER: ContextVar[Callable[[str], None] | None] = ContextVar("raft_progress", default=None)
 
 
-_STOP: list[int] = []  # the exit status a signal asked for (the process's, not a context's)
-
-
-def ask_stop(status: int) -> None:
-    """Ask the running call to end with ``SystemExit(status)`` at its next step."""
-    _STOP.append(status)
-
-
-def clear_stop() -> None:
-    """Forget a stop asked for: a command is over (its process may go on, a
-    notebook's or a test's, and its later calls are not to be stopped)."""
-    _STOP.clear()
-
-
-def stop_asked() -> int | None:
-    """The exit status a stop asked for, or None."""
-    return _STOP[0] if _STOP else None
-
-
-def stop_point() -> None:
-    """Raise the ``SystemExit`` a stop asked for, if one did."""
-    if _STOP:
-        raise SystemExit(_STOP[0])
-
-
 def report(message: str) -> None:
-    """Tell the receiver installed by :func:`reporting`, if any (a stop asked
-    for is raised here)."""
-    stop_point()
+    """Tell the receiver installed by :func:`reporting`, if any."""
     receiver = _RECEIVER.get()
     if receiver is not None:
         receiver(message)

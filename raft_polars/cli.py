@@ -47,7 +47,7 @@ from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, local_files, write_failure
 from raft_polars._export import EXPORT_FORMATS, json_lines, json_value
-from raft_polars._progress import ask_stop, clear_stop, stop_asked
+from raft_polars._signals import hold_if_signalled
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
@@ -227,36 +227,21 @@ def entrypoint() -> NoReturn:
             os.dup2(devnull, 2)
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's own stream
 
-    _ending_on_signals()
+    from raft_polars._signals import install
+
+    install()  # Ctrl-C, SIGTERM and SIGHUP end the process at once (``_signals``)
     try:
         with without_panic_reports():
             code = main()
-        code = stop_asked() or code  # a stop whose own exit was swallowed
-    finally:
-        clear_stop()  # the command is over; the process may go on (a notebook, a test)
+    except BaseException:
+        hold_if_signalled()  # a traceback a signal caused: its ending ends the process
+        raise
     try:
         if sys.stdout is not None:
             sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
     sys.exit(code)
-
-
-def _ending_on_signals() -> None:
-    """SIGTERM (kill, timeout, Slurm, docker stop) and SIGHUP end the command as
-    Ctrl-C does, through its clean-ups (a write's temporary file is removed):
-    exit 128 + the signal's number, as a shell reports it."""
-    import signal
-
-    def end(number: int, frame: object) -> NoReturn:
-        ask_stop(128 + number)  # raised again at the next step, should this one be swallowed
-        raise SystemExit(128 + number)
-
-    clear_stop()  # one asked for by an earlier command of this process
-    for name in ("SIGTERM", "SIGHUP"):
-        number = getattr(signal, name, None)
-        if number is not None and signal.getsignal(number) == signal.SIG_DFL:
-            signal.signal(number, end)
 
 
 def _silence_stdout() -> None:
@@ -267,6 +252,7 @@ def _silence_stdout() -> None:
 
 
 def _error(message: str) -> None:
+    hold_if_signalled()  # an error a signal caused: its ending speaks, once (``_signals``)
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
     text = lines[0] if lines else "unknown error"
     print(f"{PROG}: error: {text}", file=sys.stderr)

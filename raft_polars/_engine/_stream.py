@@ -19,8 +19,6 @@ from typing import Any
 
 import polars as pl
 
-from raft_polars._progress import stop_point
-
 __all__ = ["batches"]
 
 _END = object()
@@ -52,7 +50,6 @@ def batches(query: pl.LazyFrame) -> Iterator[pl.DataFrame]:
     try:
         while True:
             item = handed.get()
-            stop_point()  # a signal's stop, should its own exit have been swallowed
             if item is _END:
                 return
             if isinstance(item, BaseException):

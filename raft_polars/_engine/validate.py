@@ -35,7 +35,6 @@ from raft_polars._engine.dense import NUMPY_INTS
 from raft_polars._engine.rank import apply_min_reward, dense_summary, select
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids, float_type
 from raft_polars._engine.sources import Piece, Resolved, reading
-from raft_polars._progress import stop_point
 from raft_polars.errors import RaftInputError
 from raft_polars.selection import Selection
 
@@ -1304,7 +1303,6 @@ def _decoded(
             path, done, stored = window.popleft()
             ahead -= stored
             got = done if isinstance(done, Exception) else done.result()
-            stop_point()  # a signal's stop, should its own exit have been swallowed
             if path in failed:
                 continue
             if isinstance(got, Exception):
@@ -1654,10 +1652,12 @@ def _rest(
     import tempfile
     from pathlib import Path
 
+    from raft_polars._signals import temporary
+
     offset, count = rows if rows is not None else (0, None)
     left = "-" if count is None else str(count - done)
     wanted = {name: types[name] for name in names}
-    with tempfile.TemporaryDirectory(prefix="raft-polars-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="raft-polars-") as tmp, temporary(tmp):
         out = Path(tmp) / "rest.arrow"
         child = subprocess.run(
             [sys.executable, "-c", _REST, path, str(offset + done), left, str(out), *names],

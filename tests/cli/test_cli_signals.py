@@ -1,0 +1,114 @@
+"""Ctrl-C (SIGINT) and SIGTERM at any moment of ``raft-polars select``, in a real
+process: the command ends with 130 or 143 and one line at most, or it had
+finished (0, the complete output); never a traceback, and never a partial
+output or a temporary file left.
+
+Python raises a signal's exception wherever the main thread runs Python code
+next, and a callback that Polars' Rust code, pyo3 or ctypes called swallowed it
+(exit 0 and a traceback), turned it into a panic (exit 1) or into an error
+blaming a data file (exit 2); see ``raft_polars/_signals.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from cli_helpers import REPO
+
+DELAYS = 20
+FIRST = 0.05  # s, where the process's handlers cannot be seen (no /proc)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "PYTHONWARNINGS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["POLARS_MAX_THREADS"] = "1"  # one thread: callbacks from Rust on the main thread
+    return env
+
+
+def _started(pid: int) -> None:
+    """Wait until the process handles SIGTERM (its first ~30 ms, the interpreter's
+    own start, are nobody's to handle), or FIRST seconds where /proc is not."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        time.sleep(FIRST)
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            caught = next(x for x in status.read_text().splitlines() if x.startswith("SigCgt"))
+            if int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1:
+                return
+        time.sleep(0.001)
+
+
+def _outcome(
+    sig: str, delay: float, argv: list[str], out: Path, expected: pl.DataFrame
+) -> tuple[str, str | None]:
+    """The outcome of ``select`` signalled after ``delay`` s, and what is wrong with it."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO
+    )
+    _started(proc.pid)
+    time.sleep(delay)
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    code = proc.returncode
+    left = sorted(p.name for p in out.parent.iterdir())
+    complete = left == [out.name] and pl.read_parquet(out).equals(expected)
+    for path in out.parent.iterdir():
+        path.unlink()
+    where = f"{sig} at {delay:.3f} s: exit {code}, left {left}, stderr {stderr[-600:]!r}"
+    wanted = 130 if sig == "SIGINT" else 128 + signal.SIGTERM
+    if code == 0:
+        if stderr or not complete or not stdout.startswith("wrote "):
+            return "0", f"finished, but not cleanly: {where}"
+        return "0", None
+    if code != wanted:
+        return str(code), f"wrong exit: {where}"
+    if len(stderr.splitlines()) > 1 or any(
+        bad in stderr for bad in ("Traceback", "Exception ignored", "Err {")
+    ):
+        return str(code), f"more than one line: {where}"
+    if left and not complete:
+        return str(code), f"partial output: {where}"
+    return str(code) + (" with the output" if left else ""), None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_signal_at_any_moment_of_select_ends_it_cleanly(tmp_path: Path) -> None:
+    """SIGINT and SIGTERM at 20 moments each, from the imports to the end."""
+    log, outdir = tmp_path / "log", tmp_path / "out"
+    outdir.mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "raft_polars", "generate", str(log), "--stages", "4",
+         "--prompts", "20000", "--k", "4", "--max-tokens", "64", "--payload"],
+        check=True, capture_output=True, env=_env(), cwd=REPO, timeout=120,
+    )  # fmt: skip
+    out = outdir / "batch.parquet"
+    argv = [sys.executable, "-m", "raft_polars", "select", str(log), "-o", str(out)]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, env=_env(), cwd=REPO, timeout=120)
+    whole = time.perf_counter() - start
+    expected = pl.read_parquet(out)
+    out.unlink()
+    last = whole * 1.1  # the last delays let some runs finish
+    delays = [i * last / (DELAYS - 1) for i in range(DELAYS)]
+    seen: Counter[str] = Counter()
+    problems = []
+    for sig in ("SIGINT", "SIGTERM"):
+        for delay in delays:
+            outcome, problem = _outcome(sig, delay, argv, out, expected)
+            seen[f"{sig} {outcome}"] += 1
+            if problem is not None:
+                problems.append(problem)
+    print(dict(sorted(seen.items())))  # the outcomes, with -s
+    assert not problems, f"{dict(seen)}\n" + "\n".join(problems)
