@@ -176,10 +176,13 @@ class StageLog:
         lf = lf.rename(renames) if renames else lf
         if "stage" in self.numbered:
             lf = lf.with_columns(pl.lit(0, pl.Int64).alias("stage"))
-        prompt = lf.collect_schema().get("prompt")
-        if isinstance(prompt, pl.Categorical | pl.Enum):
+        schema = lf.collect_schema()
+        if isinstance(schema.get("prompt"), pl.Categorical | pl.Enum):
             lf = lf.with_columns(pl.col("prompt").cast(pl.String))
-        return lf
+        # 128-bit ids as Int64 (numpy has no such integers); one beyond fails the
+        # read as "the ids must fit a 64-bit signed integer"
+        wide_ints = [n for n in ID_COLUMNS if schema.get(n) in (pl.Int128, pl.UInt128)]
+        return lf.with_columns(pl.col(wide_ints).cast(pl.Int64)) if wide_ints else lf
 
     def _scan(self, source: Resolved, piece: Piece | None) -> pl.LazyFrame:
         lf = self.renamed(source, piece)

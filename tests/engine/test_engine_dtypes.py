@@ -212,3 +212,20 @@ def test_integer_rewards_compare_as_float64(low: int) -> None:
     assert raft_polars.raft_alignment([[lps]], [[rewards]]) == [round(-sum(want) / len(want), 4)]
     with pytest.raises(raft_polars.RaftInputError, match="not a number"):
         raft_polars.raft_alignment([[lps]], [[[low, "1", 0]]])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("column", ["stage", "prompt", "cand"])
+@pytest.mark.parametrize("dtype", [pl.Int128, pl.UInt128])
+def test_128_bit_ids(column: str, dtype: pl.DataType) -> None:
+    """128-bit integer ids are read as Int64 (numpy has no such integers: best_of_n
+    raised Polars' "cannot convert i128 to NumPy"); one beyond Int64 is named."""
+    frame = UNIFORM.nested()
+    wide = frame.with_columns(pl.col(column).cast(dtype))
+    for entry in ("stage_losses", "stage_stats", "prompt_stats", "best_of_n"):
+        function = getattr(raft_polars, entry)
+        assert function(wide).equals(function(frame)), entry
+    assert raft_polars.validate(wide).problems == raft_polars.validate(frame).problems == ()
+    beyond = frame.with_columns(pl.col(column).cast(dtype) + 2**64)
+    for entry in ("stage_losses", "best_of_n", "validate"):
+        with pytest.raises(raft_polars.RaftInputError, match="must fit a 64-bit signed integer"):
+            getattr(raft_polars, entry)(beyond)
