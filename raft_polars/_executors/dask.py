@@ -325,8 +325,8 @@ def _seen(rows: pl.DataFrame) -> tuple[Bound, Bound] | None:
         return None
     stage = rows.get_column("stage")
     low, high = stage.min(), stage.max()
-    first = rows.filter(pl.col("stage") == low).get_column("prompt").min()
-    last = rows.filter(pl.col("stage") == high).get_column("prompt").max()
+    first = rows.filter(pl.col("stage").eq_missing(low)).get_column("prompt").min()
+    last = rows.filter(pl.col("stage").eq_missing(high)).get_column("prompt").max()
     return (low, first), (high, last)
 
 

@@ -769,3 +769,24 @@ def test_dictionary_prompt_ids(  # noqa: PLR0917 - one argument per parameter
                 assert_same(value, got[name])
             else:
                 assert got[name] == value, name
+
+
+@pytest.mark.parametrize("form", ["frame", "file"])
+def test_stages_beyond_int64_on_dask(
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """UInt64 stages from 2**63: the ids error, with no warning on the way (the
+    shard bounds compared a null stage with ==: "Comparisons with None")."""
+    monkeypatch.setattr(raft_polars._executors.dask, "SHARD_BYTES", 1)
+    frame = pl.DataFrame(
+        {"stage": [2**63, 2**63, 2**63 + 1, 2**63 + 1], "prompt": [0, 1, 0, 1],
+         "cand": [0, 0, 0, 0], "reward": [0.5] * 4, "logprobs": [[-1.0], [-2.0]] * 2},
+        schema_overrides={"stage": pl.UInt64},
+    )  # fmt: skip
+    source: Any = frame
+    if form == "file":
+        source = tmp_path / "log.parquet"
+        pq.write_table(frame.to_arrow(), source, row_group_size=1)
+    for entry in (rp.stage_losses, rp.validate):
+        with pytest.raises(rp.RaftInputError, match="must fit a 64-bit signed integer"):
+            entry(source, engine=_on(client))
