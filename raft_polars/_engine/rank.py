@@ -394,25 +394,32 @@ def rank_keys(frame: pl.DataFrame, selection: Selection) -> Ranked:
     # canonical ids whatever the path (prompt codes decode to the source's type)
     ranked = ranked.select(*canonical_ids(ranked.schema), pl.col("reward").cast(pl.Float64))
     chosen = apply_min_reward(ranked, selection)
-    stages = group_sums(
-        summary,
+    # the rewards added in the order of their ids, not of the rows (a prompt's own
+    # sum, in the summary, is in row order): a shuffled log gives the same bits
+    rewards = group_sums(
+        frame.select(pl.col("stage").cast(pl.Int64), "prompt", "cand", "reward"),
         ["stage"],
-        {
-            "prompts": pl.lit(1),
-            "candidates": pl.col("candidates"),
-            "reward_sum": pl.col("reward_sum"),
-            "ties": pl.col("ties") > 1,
-        },
-        order=["prompt"],
-    ).join(
+        {"reward_sum": pl.col("reward")},
+        order=["prompt", "cand"],
+    )
+    stages = (
         group_sums(
-            chosen,
+            summary,
             ["stage"],
-            {"selected": pl.lit(1), "reward_best_sum": pl.col("reward")},
-            order=["prompt", "cand"],
-        ),
-        on="stage",
-        how="left",
+            {"prompts": pl.lit(1), "candidates": pl.col("candidates"), "ties": pl.col("ties") > 1},
+            order=["prompt"],
+        )
+        .join(rewards, on="stage", how="left")
+        .join(
+            group_sums(
+                chosen,
+                ["stage"],
+                {"selected": pl.lit(1), "reward_best_sum": pl.col("reward")},
+                order=["prompt", "cand"],
+            ),
+            on="stage",
+            how="left",
+        )
     )
     below = below_min(ranked, chosen)
     if below is not None:

@@ -110,14 +110,19 @@ def test_group_sums_without_order_keep_the_rows_order_among_equals() -> None:
 @given(
     log=ragged_logs(max_stages=3, max_prompts=6, max_k=4, max_tokens=6),
     seed=st.integers(0, 2**32),
+    text=st.booleans(),
 )
-def test_a_shuffled_nested_log_gives_the_same_bits(log: tuple[Any, Any], seed: int) -> None:
+def test_a_shuffled_nested_log_gives_the_same_bits(
+    log: tuple[Any, Any], seed: int, text: bool
+) -> None:
     lps, rws = log
-    frame = nested_frame(lps, rws)
+    prompts = max(len(stage) for stage in rws)
+    frame = nested_frame(lps, rws, prompt_ids=[f"p{i}" for i in range(prompts)] if text else None)
     shuffled = frame.sample(fraction=1.0, shuffle=True, seed=seed % 2**32)
     got = rp.stage_losses(frame)
     again = rp.stage_losses(shuffled)
-    for name in ("loss", "tokens", "selected", "reward_best_mean"):
+    names = ("loss", "tokens", "selected", "reward_best_mean", "reward_mean", "reward_lift")
+    for name in names:
         assert got[name].to_list() == again[name].to_list(), name
     want = reference_losses(lps, rws)
     assert all(
