@@ -536,7 +536,9 @@ def write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -
 
 
 def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
-    tmp = out.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    # absolute: pyarrow and Polars took a directory named like a URL ("run:1/",
+    # "hdfs:/") for one
+    tmp = Path(os.path.abspath(out.parent)) / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     with temporary(tmp):  # removed by the command line's ending on a signal, too
         try:
             try:
@@ -650,7 +652,7 @@ def rows_written(out: Path) -> int:
     if out.suffix.lower() in PARQUET:
         import pyarrow.parquet as pq
 
-        return int(pq.read_metadata(out).num_rows)
+        return int(pq.read_metadata(os.path.abspath(out)).num_rows)
     lines = 0
     with out.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -668,7 +670,7 @@ def write_parquet(frame: pl.DataFrame, path: Path) -> None:
     coded = [name for name, kind in frame.schema.items() if kind.is_integer() or kind == pl.String]
     pq.write_table(
         frame.to_arrow(),
-        path,
+        os.path.abspath(path),  # a directory named "run:1" is not a URL
         compression="zstd",
         write_page_checksum=True,
         use_dictionary=coded,
@@ -694,13 +696,16 @@ def sink_parquet(frame: pl.LazyFrame | pl.DataFrame, path: Path) -> None:
             table = batch.to_arrow()
             if writer is None:
                 writer = pq.ParquetWriter(
-                    path, table.schema, compression="zstd", write_page_checksum=True
+                    os.path.abspath(path),
+                    table.schema,
+                    compression="zstd",
+                    write_page_checksum=True,
                 )
             writer.write_table(table)
         if writer is None:  # no rows: the schema alone
             empty = pl.DataFrame(schema=lazy.collect_schema()).to_arrow()
             writer = pq.ParquetWriter(
-                path, empty.schema, compression="zstd", write_page_checksum=True
+                os.path.abspath(path), empty.schema, compression="zstd", write_page_checksum=True
             )
             writer.write_table(empty)
     finally:

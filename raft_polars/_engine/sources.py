@@ -481,6 +481,18 @@ def _utf8_path(file: DataFile, role: str) -> DataFile:
     return file
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # "file:", "run:1", "C:" as a first name
+
+
+def local_path(path: str | os.PathLike[str]) -> str:
+    """``path``, a local one, as the readers and writers (Polars, pyarrow) take it
+    for what it is: absolute where it begins like a URL (a directory named
+    ``file:`` or ``run:1``), which they took for one: ``file:/tmp/x`` read
+    ``/tmp/x``, not ``./file:/tmp/x``."""
+    text = os.fspath(path)
+    return os.path.abspath(text) if _SCHEME.match(text) else text
+
+
 def _expand(text: str, role: str) -> list[DataFile]:
     """The data files of one path: a file, a directory or (when no such path
     exists) a glob pattern."""
@@ -490,12 +502,12 @@ def _expand(text: str, role: str) -> list[DataFile]:
         if not found:
             msg = f"{role}: directory {text!r} holds no *.parquet or *.pq files (nor JSON lines)"
             raise RaftInputError(msg)
-        return [DataFile(str(f), _partitions(f, path)) for f in found]
+        return [DataFile(local_path(f), _partitions(f, path)) for f in found]
     if path.exists():
         if not path.is_file():  # a FIFO waits for a writer forever; a device never ends
             msg = f"{role}: {text!r} is not a regular file or a directory"
             raise RaftInputError(msg)
-        return [DataFile(text)]
+        return [DataFile(local_path(text))]
     if any(ch in text for ch in _GLOB_CHARS):
         fixed = text[: min(text.find(ch) % (len(text) + 1) for ch in _GLOB_CHARS)]
         root = Path(fixed) if fixed.endswith(("/", "\\")) else Path(fixed).parent
@@ -503,7 +515,7 @@ def _expand(text: str, role: str) -> list[DataFile]:
         if not matches:
             msg = f"{role}: no file {text!r}, and no files match it as a glob pattern"
             raise RaftInputError(msg)
-        return [DataFile(str(f), _partitions(f, root)) for f in matches]
+        return [DataFile(local_path(f), _partitions(f, root)) for f in matches]
     raise RaftInputError(f"{role}: {_missing(path, text)}")
 
 

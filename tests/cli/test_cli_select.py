@@ -344,3 +344,34 @@ def test_failed_write_leaves_nothing(
     with pytest.raises(RuntimeError, match="bug"):
         run(capsys, "select", *log_files.args("nested"), "-o", out_dir / "batch.parquet")
     assert not any(out_dir.iterdir())
+
+
+@pytest.mark.parametrize("first", ["file:", "run:1", "C:", "hdfs:"])
+def test_local_directories_named_like_urls(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """A relative path whose first directory looks like a URL scheme is a local
+    path: Polars and pyarrow took './file:/tmp/x' for '/tmp/x' (another log, read
+    silently), 'run:1/' for a file system they do not know (validate: corrupt
+    file; select -o and generate: tracebacks)."""
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    good = pl.DataFrame({"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.9],
+                         "logprobs": [[-5.0], [-1.0]]})  # fmt: skip
+    good.with_columns(pl.Series("reward", [0.9, 0.1])).write_parquet(elsewhere / "log.parquet")
+    name = f"{first}{elsewhere}/log.parquet" if first == "file:" else f"{first}/log.parquet"
+    (tmp_path / name).parent.mkdir(parents=True)
+    good.write_parquet(tmp_path / name)  # absolute: Polars too reads "file:/..." as a URL
+    result = run(capsys, "losses", name, "--format", "csv")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[1].split(",")[1] == "1.0"  # not 5.0, elsewhere's
+    result = run(capsys, "validate", name)
+    assert (result.code, result.out.strip().splitlines()[-1]) == (0, "no problems found")
+    for out in (f"{first}/batch.parquet", f"{first}/batch.jsonl"):
+        result = run(capsys, "select", name, "-o", out)
+        assert result.code == 0, result.err
+        assert read_output(tmp_path / out)["cand"].to_list() == [1]
+    result = run(capsys, "generate", f"{first}/gen", "--stages", "1", "--prompts", "2")
+    assert result.code == 0, result.err
+    assert run(capsys, "losses", f"{first}/gen").code == 0
