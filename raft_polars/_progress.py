@@ -21,12 +21,13 @@ True
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["Clock", "report", "reporting"]
+__all__ = ["Clock", "Meter", "report", "reporting"]
 
 _RECEIVER: ContextVar[Callable[[str], None] | None] = ContextVar("raft_progress", default=None)
 
@@ -66,3 +67,38 @@ class Clock:
         now = time.perf_counter()
         elapsed, self.start = now - self.start, now
         return elapsed
+
+
+class Meter:
+    """A count of work done (rows, files), told as it grows: at once, then at
+    most every ``every`` seconds, and at :meth:`done`. The receiver is the one
+    installed where the meter is made, so that it may count in other threads
+    (decoding threads, Polars' own) which do not share the context.
+    """
+
+    def __init__(self, what: str, verb: str = "checked", every: float = 0.25) -> None:
+        self.what, self.verb, self.every = what, verb, every
+        self.total = 0
+        self._receiver = _RECEIVER.get()
+        self._clock = Clock()
+        self._told: float | None = None
+        self._lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        if self._receiver is None:
+            return
+        with self._lock:
+            self.total += count
+            now = self._clock.elapsed()
+            if self._told is not None and now - self._told < self.every:
+                return
+            self._told = now
+            self._receiver(self._message())
+
+    def done(self) -> None:
+        if self._receiver is not None:
+            with self._lock:
+                self._receiver(self._message())
+
+    def _message(self) -> str:
+        return f"{self.verb} {self.total:,} {self.what} ({self._clock.elapsed():.1f} s)"

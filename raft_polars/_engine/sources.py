@@ -39,7 +39,7 @@ import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import polars as pl
@@ -193,10 +193,13 @@ class Resolved:
             if self.remote:  # globs and prefixes expand in the store
                 options = dict(self.storage_options or ())
                 lf = (
-                    pl.scan_ndjson(paths, storage_options=options or None)
+                    pl.scan_ndjson(paths, storage_options=options or None, schema=file_schema)
                     if self.kind == "ndjson"
                     else pl.scan_parquet(
-                        paths, storage_options=options or None, cast_options=_UPCAST
+                        paths,
+                        storage_options=options or None,
+                        cast_options=_UPCAST,
+                        hive_partitioning=False,
                     )
                 )
             elif self.kind == "ndjson":
@@ -275,16 +278,7 @@ def resolve(
         files.extend(_utf8_path(f, role) for f in _expand(str(raw), role))
     origin = repr(str(paths[0])) if len(paths) == 1 else f"{len(paths)} paths"
     origin = f"{role} {origin}"
-    kinds = {f.path: file_kind(f.path) for f in files}
-    if len(set(kinds.values())) > 1:
-        parquet = next(p for p, k in kinds.items() if k == "parquet")
-        other = next(p for p, k in kinds.items() if k != "parquet")
-        msg = (
-            f"{origin} mixes Parquet ({parquet!r}) and JSON lines ({other!r}); "
-            "give one kind of file per source"
-        )
-        raise RaftInputError(msg)
-    kind = next(iter(kinds.values()))
+    kind = _one_kind(files, origin)
     file_schema = _file_schema([f.path for f in files], origin, kind)
     for name, dtype in file_schema.items():  # a type Polars names but cannot hold
         try:
@@ -298,6 +292,21 @@ def resolve(
     )
     hive = tuple((name, dtype) for name, dtype in hive if name not in file_schema)
     return Resolved(role, origin, tuple(files), schema, hive, kind=kind)
+
+
+def _one_kind(files: Sequence[DataFile], origin: str) -> str:
+    """The kind (:func:`file_kind`) all ``files`` share: a source of Parquet and
+    JSON lines both is an error naming one file of each."""
+    kinds = {f.path: file_kind(f.path) for f in files}
+    if len(set(kinds.values())) > 1:
+        parquet = next(p for p, k in kinds.items() if k == "parquet")
+        other = next(p for p, k in kinds.items() if k != "parquet")
+        msg = (
+            f"{origin} mixes Parquet ({parquet!r}) and JSON lines ({other!r}); "
+            "give one kind of file per source"
+        )
+        raise RaftInputError(msg)
+    return next(iter(kinds.values()))
 
 
 # an escaped UTF-16 surrogate (\\ud800 .. \\udfff) that is not half of a pair,
@@ -402,27 +411,49 @@ def _resolve_remote(
     if local:
         msg = f"{role}: mixes object store paths and local ones ({local[0]!r}); give one kind"
         raise RaftInputError(msg)
-    kinds = {file_kind(p) for p in paths}
-    if len(kinds) > 1:
-        msg = f"{role}: mixes Parquet and JSON lines; give one kind of file per source"
-        raise RaftInputError(msg)
-    kind = kinds.pop()
     options = dict(storage_options or {})
     origin = f"{role} {paths[0]!r}" if len(paths) == 1 else f"{role} {len(paths)} paths"
+    files: list[DataFile] = []
+    for path in paths:  # a prefix is listed as a directory is; files and globs go as given
+        files.extend(_listed(path, role, options) if path.endswith("/") else [DataFile(path)])
+    kind = _one_kind(files, origin)
+    names = [f.path for f in files]
     try:
         if kind == "ndjson":
-            lf = pl.scan_ndjson(paths, storage_options=options or None, infer_schema_length=None)
+            lf = pl.scan_ndjson(names, storage_options=options or None, infer_schema_length=None)
         else:
-            lf = pl.scan_parquet(paths, storage_options=options or None)
-        schema = lf.collect_schema()
+            lf = pl.scan_parquet(names, storage_options=options or None, hive_partitioning=False)
+        file_schema = dict(lf.collect_schema())
     except READ_ERRORS as exc:
         msg = f"cannot read {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
-    files = tuple(DataFile(p) for p in paths)
+    hive = _hive_columns(files, file_schema, origin, options)
+    hive = tuple((name, dtype) for name, dtype in hive if name not in file_schema)
     return Resolved(
-        role, origin, files, tuple(schema.items()), (), kind=kind,
+        role, origin, tuple(files), tuple(file_schema.items()) + hive, hive, kind=kind,
         storage_options=tuple(sorted(options.items())),
     )  # fmt: skip
+
+
+def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile]:
+    """The data files under an object store prefix (``s3://bucket/run/``), chosen
+    as below a local directory (:func:`_data_name`, Hive ``key=value`` parts)."""
+    from polars.io._expand_paths import _expand_paths
+
+    try:
+        listed = _expand_paths(f"{prefix}**/*", storage_options=dict(options) or None).collect()
+    except READ_ERRORS as exc:
+        msg = f"{role}: cannot list prefix {prefix!r}: {_first_line(exc)}"
+        raise RaftInputError(msg) from exc
+    found = []
+    for key in sorted(listed.to_series().to_list()):
+        below = PurePosixPath(key.removeprefix(prefix))
+        if key.startswith(prefix) and _data_name(below.parts):
+            found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
+    if not found:
+        msg = f"{role}: prefix {prefix!r} holds no *.parquet or *.pq files (nor JSON lines)"
+        raise RaftInputError(msg)
+    return found
 
 
 def _resolve_frame(source: pl.LazyFrame | pl.DataFrame | pa.Table, role: str) -> Resolved:
@@ -601,7 +632,7 @@ def _data_files(directory: Path) -> list[Path]:
     """Data files below ``directory``, leaving out hidden and temporary ones; a
     data file's name that links to nothing (a git-annex or DVC checkout whose
     data was not fetched) is an error, not a part left out."""
-    named = [path for path in _below(directory) if _uncompressed(path.name).endswith(SUFFIXES)]
+    named = [path for path in _below(directory) if _data_name(path.relative_to(directory).parts)]
     for path in named:
         if path.is_symlink() and not path.exists():
             _data_files_linking(path)
@@ -630,6 +661,18 @@ def _below(directory: Path) -> Iterator[Path]:
         yield from (Path(root, f) for f in files if not _hidden_name(f))
 
 
+def _data_name(parts: Sequence[str]) -> bool:
+    """Whether the file at ``parts`` below a source directory (or object store
+    prefix) is one of its data files: no part hidden or temporary (``.``, ``_``),
+    and a data file's extension (:data:`SUFFIXES`, compressed or not; the kind
+    is :func:`file_kind`'s)."""
+    return (
+        bool(parts)
+        and not any(map(_hidden_name, parts))
+        and _uncompressed(parts[-1]).endswith(SUFFIXES)
+    )
+
+
 def _uncompressed(name: str) -> str:
     """A file's name in lower case without a compression suffix (one it reads or
     not: a ``.jsonl.bz2`` part is refused by name, not left out)."""
@@ -639,8 +682,11 @@ def _uncompressed(name: str) -> str:
     return name
 
 
-def _partitions(path: Path, root: Path) -> tuple[tuple[str, str | None], ...]:
-    """Hive ``key=value`` pairs of the directories between ``root`` and ``path``."""
+def _partitions(
+    path: PurePath, root: PurePath, shown: str | None = None
+) -> tuple[tuple[str, str | None], ...]:
+    """Hive ``key=value`` pairs of the directories between ``root`` and ``path``
+    (``shown``: the file's name in messages, when not ``path``)."""
     try:
         parts = path.relative_to(root).parts[:-1]
     except ValueError:
@@ -652,7 +698,7 @@ def _partitions(path: Path, root: Path) -> tuple[tuple[str, str | None], ...]:
             if any(key == k for k, _ in pairs):
                 first = next(p for p in parts[:at] if p.split("=", 1)[0] == key)
                 msg = (
-                    f"cannot read {str(path)!r}: its directories {first!r} and {part!r} "
+                    f"cannot read {shown or str(path)!r}: its directories {first!r} and {part!r} "
                     f"give the Hive key {key!r} twice; keep one"
                 )
                 raise RaftInputError(msg)
@@ -847,7 +893,10 @@ def hive_not_integer(values: pl.Series) -> pl.Series:
 
 
 def _hive_columns(
-    files: Sequence[DataFile], file_schema: dict[str, pl.DataType], origin: str
+    files: Sequence[DataFile],
+    file_schema: dict[str, pl.DataType],
+    origin: str,
+    storage_options: Mapping[str, str] | None = None,
 ) -> tuple[tuple[str, pl.DataType], ...]:
     """The Hive keys of the files and their types (Int64 when every value is a
     whole number, String otherwise). Every file must have the same keys; a key
@@ -866,21 +915,33 @@ def _hive_columns(
         integers = texts.drop_nulls().len() > 0 and not hive_not_integer(texts).any()
         dtype: pl.DataType = pl.Int64() if integers else pl.String()
         if name in file_schema:
-            _check_agreement(files, name, origin)
+            _check_agreement(files, name, origin, storage_options)
         out.append((name, dtype))
     return tuple(out)
 
 
-def _check_agreement(files: Sequence[DataFile], name: str, origin: str) -> None:
-    """A Hive key that is also a column of the file must hold the same value."""
+def _check_agreement(
+    files: Sequence[DataFile],
+    name: str,
+    origin: str,
+    storage_options: Mapping[str, str] | None = None,
+) -> None:
+    """A Hive key that is also a column of the file must hold the same value
+    (``storage_options``: of object store files)."""
     for f in files:
         value = dict(f.partitions)[name]
+        options = None if storage_options is None else dict(storage_options) or None
         try:
             found = (
                 (
-                    pl.scan_ndjson(_literal(f.path))
+                    pl.scan_ndjson(
+                        f.path if is_remote(f.path) else _literal(f.path),
+                        storage_options=options,
+                    )
                     if file_kind(f.path) == "ndjson"
-                    else pl.scan_parquet(f.path, hive_partitioning=False, glob=False)
+                    else pl.scan_parquet(
+                        f.path, hive_partitioning=False, glob=False, storage_options=options
+                    )
                 )
                 .select(pl.col(name).cast(pl.String).unique().sort())
                 .collect()[name]

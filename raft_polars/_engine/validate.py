@@ -35,6 +35,7 @@ from raft_polars._engine.dense import NUMPY_INTS
 from raft_polars._engine.rank import apply_min_reward, dense_summary, select
 from raft_polars._engine.read import ID_COLUMNS, StageLog, canonical_ids, float_type
 from raft_polars._engine.sources import Piece, Resolved, reading
+from raft_polars._progress import Meter
 from raft_polars.errors import RaftInputError
 from raft_polars.selection import Selection
 
@@ -489,11 +490,14 @@ def token_runs(cuts: Iterable[_Cut], *, has_position: bool) -> Runs:
     runs = _Runs(names if has_position else names[:2])
     held: _Cut | None = None  # the last run so far, which may go on
     rows = 0  # since the C heap was last trimmed
+    meter = Meter("token rows")
     for cut in cuts:
         if not cut.ids.height:
             continue
         sums = cut.sums
-        rows += int(sums[0].sum())
+        count = int(sums[0].sum())
+        meter.add(count)
+        rows += count
         if rows >= _TRIM_ROWS:
             trim()
             rows = 0
@@ -511,6 +515,7 @@ def token_runs(cuts: Iterable[_Cut], *, has_position: bool) -> Runs:
         held = _Cut(cut.ids.tail(1), sums[:, k:])
     if held is not None:
         runs.add(held.ids, held.sums)
+    meter.done()
     return runs.frame()
 
 
@@ -1384,8 +1389,9 @@ class StrictParquet:
     read on by Polars from where pyarrow stopped, as the default path reads it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, progress: str | None = None) -> None:
         self.errors: dict[str, str] = {}
+        self.progress = progress  # what the rows read are, told as they are read
 
     def scan(
         self, paths: Sequence[str], schema: Mapping[str, pl.DataType], rows: tuple[int, int] | None
@@ -1397,11 +1403,13 @@ class StrictParquet:
 
         types = dict(schema)
         files = list(paths)
+        # made here: Polars' threads that pull the frames do not share the context
+        meter = None if self.progress is None else Meter(self.progress, "read")
 
         def source(
             columns: list[str] | None, where: pl.Expr | None, limit: int | None, _: int | None
         ) -> Iterator[pl.DataFrame]:
-            frames = self._frames(files, types, rows, columns or list(types), limit)
+            frames = self._frames(files, types, rows, columns or list(types), limit, meter=meter)
             return frames if where is None else (f.filter(where) for f in frames)
 
         return register_io_source(source, schema=types)
@@ -1413,6 +1421,8 @@ class StrictParquet:
         rows: tuple[int, int] | None,
         names: list[str],
         limit: int | None,
+        *,
+        meter: Meter | None = None,
     ) -> Iterator[pl.DataFrame]:
         given = 0
         for frames in self.items(paths, types, rows, names, list):
@@ -1421,6 +1431,8 @@ class StrictParquet:
                     return
                 got = frame if limit is None else frame.head(limit - given)
                 given += got.height
+                if meter is not None:
+                    meter.add(got.height)
                 yield got
 
     def items(

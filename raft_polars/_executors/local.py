@@ -7,6 +7,7 @@ the keys, then decode only the selected lists).
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 from collections.abc import Callable
@@ -137,16 +138,18 @@ class LocalExecutor:
             return self._validate(log, selection, limit)
 
     def _validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
+        clock = Clock()
         nested = log.layout == "nested"
         # the token pass decodes in threads of its own while the candidates are checked
         token_pass = None if nested else _started(vk.token_part, log)
         if nested:  # the candidate rows are the log's: one strict decode
-            reader = vk.StrictParquet()
+            reader = vk.StrictParquet(progress="candidate rows")
             strict = vk.strictly(log, reader)
             cands = strict.collect(vk.checked_rows(strict))
         else:  # Polars reads them, the reward files are checked apart
             cands = vk.read_checked(log)
         part = vk.check_candidates(cands, selection, limit, nested=nested)
+        report(f"checked {cands.height:,} candidates in {clock.lap():.1f} s; checking on ...")
         del cands  # the token pass needs the memory more
         found = vk.Findings(limit)
         # the files the strict reads reject (the reward files of the long layout)
@@ -203,10 +206,11 @@ def _started(call: Callable[..., T], *args: Any) -> Future[T]:
     """``call(*args)`` started in a thread of its own (a daemon: an error elsewhere
     does not wait for it)."""
     done: Future[T] = Future()
+    context = contextvars.copy_context()  # the progress receiver, among others
 
     def run() -> None:
         try:
-            done.set_result(call(*args))
+            done.set_result(context.run(call, *args))
         except BaseException as exc:  # raised where the result is asked for
             done.set_exception(exc)
 

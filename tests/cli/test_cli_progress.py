@@ -9,6 +9,7 @@ import pty
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 from cli_helpers import DATA, run
 
@@ -17,6 +18,7 @@ from raft_polars._progress import reporting
 
 LONG = ["losses", str(DATA / "synthetic_long" / "tokens"),
         "--rewards", str(DATA / "synthetic_long" / "rewards")]  # fmt: skip
+VALIDATE = ["validate", *LONG[1:]]
 
 
 def _on_terminal(
@@ -88,3 +90,46 @@ def test_the_library_reports_to_a_receiver() -> None:
         rp.stage_losses(str(DATA / "synthetic"))
     assert heard
     assert heard[0].startswith("ranked 8,192 candidates")
+
+
+def _token_rows() -> int:
+    rows: int = (
+        pl.scan_parquet(DATA / "synthetic_long" / "tokens").select(pl.len()).collect().item()
+    )
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (VALIDATE, ["checked 8,192 candidates", f"checked {_token_rows():,} token rows"]),
+        (["validate", str(DATA / "synthetic")], ["read ", "checked 8,192 candidates"]),
+    ],
+    ids=["long", "nested"],
+)
+def test_validate_on_a_terminal(argv: list[str], shown: list[str]) -> None:
+    """validate draws its passes (candidates checked, token rows or candidate
+    rows so far) as losses does, and clears the line."""
+    code, seen = _on_terminal(argv)
+    assert code == 0
+    for text in shown:
+        assert f"raft-polars: {text}" in seen
+    assert seen.endswith("\r\x1b[K")
+
+
+def test_validate_quiet_or_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    code, seen = _on_terminal([*VALIDATE, "--quiet"])
+    assert (code, seen) == (0, "")
+    result = run(capsys, *VALIDATE)
+    assert (result.code, result.err) == (0, "")
+
+
+def test_validate_reports_every_token_row() -> None:
+    """The token pass (a thread of its own) reports to the caller's receiver;
+    its last count is the token rows of the files."""
+    heard: list[str] = []
+    with reporting(heard.append):
+        rp.validate(DATA / "synthetic_long" / "tokens", rewards=DATA / "synthetic_long" / "rewards")
+    counts = [m for m in heard if "token rows" in m]
+    assert counts
+    assert counts[-1].startswith(f"checked {_token_rows():,} token rows")

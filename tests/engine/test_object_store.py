@@ -5,7 +5,9 @@ credentials given as ``storage_options=`` or in the usual environment variables.
 
 from __future__ import annotations
 
+import gzip
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,7 +42,8 @@ def store() -> Iterator[dict[str, str]]:
             frame.write_ndjson(buffer)
         else:
             frame.write_parquet(buffer)
-        s3.put_object(Bucket="logs", Key=key, Body=buffer.getvalue())
+        body = gzip.compress(buffer.getvalue()) if key.endswith(".gz") else buffer.getvalue()
+        s3.put_object(Bucket="logs", Key=key, Body=body)
 
     nested = nested_frame(LPS, RWS)
     for stage in (0, 1):
@@ -49,6 +52,23 @@ def store() -> Iterator[dict[str, str]]:
     put("long/tokens/part-0.parquet", tokens)
     put("long/rewards/part-0.parquet", rewards)
     put("jsonl/log.jsonl", nested, json=True)
+    # prefixes of JSON lines, told apart by the extension as in a local directory:
+    # hidden and temporary names and other files left out, a part compressed
+    put("jsonl-parts/part-0.jsonl", nested.filter(pl.col("stage") == 0), json=True)
+    put("jsonl-parts/more/part-1.ndjson.gz", nested.filter(pl.col("stage") == 1), json=True)
+    for junk in (
+        "jsonl-parts/_tmp/part-9.jsonl",
+        "jsonl-parts/.part-9.jsonl",
+        "jsonl-parts/README",
+    ):
+        s3.put_object(Bucket="logs", Key=junk, Body=b"not a log")
+    put("jsonl-long/tokens/part-0.jsonl", tokens, json=True)
+    put("jsonl-long/rewards/part-0.jsonl", rewards, json=True)
+    for stage in (0, 1):  # Hive directories whose key is also a column
+        put(f"hive/stage={stage}/part.parquet", nested.filter(pl.col("stage") == stage))
+    put("mixed/a.parquet", nested)
+    put("mixed/b.jsonl", nested, json=True)
+    s3.put_object(Bucket="logs", Key="no-data/notes.txt", Body=b"nothing to read")
     yield {"aws_endpoint_url": url, "aws_access_key_id": "key",
            "aws_secret_access_key": "secret", "aws_region": "us-east-1",
            "aws_allow_http": "true"}  # fmt: skip
@@ -68,8 +88,11 @@ def _engine(name: str) -> Any:
         {"source": ["s3://logs/nested/part-0.parquet", "s3://logs/nested/part-1.parquet"]},
         {"source": "s3://logs/long/tokens/*.parquet", "rewards": "s3://logs/long/rewards/"},
         {"source": "s3://logs/jsonl/log.jsonl"},
+        {"source": "s3://logs/jsonl-parts/"},
+        {"source": "s3://logs/jsonl-long/tokens/", "rewards": "s3://logs/jsonl-long/rewards/"},
+        {"source": "s3://logs/hive/"},
     ],
-    ids=["glob", "prefix", "list", "long", "jsonl"],
+    ids=["glob", "prefix", "list", "long", "jsonl", "jsonl-prefix", "jsonl-long", "hive"],
 )
 def test_s3(store: dict[str, str], source: dict[str, Any], engine: str) -> None:
     table = rp.stage_losses(**source, storage_options=store, engine=_engine(engine))
@@ -83,6 +106,24 @@ def test_environment_variables(store: dict[str, str], monkeypatch: pytest.Monkey
         monkeypatch.setenv(name.upper(), value)
     table = rp.stage_losses("s3://logs/nested/*.parquet")
     assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(LPS, RWS)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "s3://logs/mixed/",
+            "source 's3://logs/mixed/' mixes Parquet ('s3://logs/mixed/a.parquet') "
+            "and JSON lines ('s3://logs/mixed/b.jsonl')",
+        ),
+        ("s3://logs/no-data/", "source: prefix 's3://logs/no-data/' holds no *.parquet"),
+        ("s3://logs/nope/", "source: prefix 's3://logs/nope/' holds no *.parquet"),
+    ],
+    ids=["mixed", "no-data", "empty"],
+)
+def test_prefix_errors(store: dict[str, str], source: str, message: str) -> None:
+    with pytest.raises(rp.RaftInputError, match=re.escape(message)):
+        rp.stage_losses(source, storage_options=store)
 
 
 def test_missing_object_is_an_input_error(store: dict[str, str]) -> None:
