@@ -438,8 +438,10 @@ def _resolve_remote(
 def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile]:
     """The data files under an object store prefix (``s3://bucket/run/``), chosen
     as below a local directory (:func:`_data_name`, Hive ``key=value`` parts)."""
-    from polars.io._expand_paths import _expand_paths
-
+    try:  # Polars' own listing, with the same credentials (not public: guarded)
+        from polars.io._expand_paths import _expand_paths
+    except ImportError:  # a Polars without it: the prefix as a Parquet directory, as before
+        return [DataFile(prefix)]
     try:
         listed = _expand_paths(f"{prefix}**/*", storage_options=dict(options) or None).collect()
     except READ_ERRORS as exc:
