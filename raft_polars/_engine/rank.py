@@ -32,6 +32,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, TypeVar
 
 import numpy as np
@@ -64,7 +65,6 @@ __all__ = [
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 _PROMPT = ["stage", "prompt"]
 _IDS = list(ID_COLUMNS)
-_CEIL_TOLERANCE = 1e-9
 # best first: the largest reward, then the smallest candidate id
 ORDER_BY = ["reward", "cand"]
 ORDER_DESCENDING = [True, False]
@@ -172,14 +172,25 @@ def rank(candidates: pl.LazyFrame, selection: Selection) -> pl.LazyFrame:
             ["stage", "reward", "cand", "prompt"], descending=[False, True, False, False]
         )
         position = pl.int_range(pl.len()).over("stage")
-        # ceil(fraction * n), tolerant of binary rounding: 0.28 * 25 is 7.000000000000001;
-        # at least 1, as the ceiling of any positive product is (fraction=1e-10 kept none)
-        keep = (pl.len().over("stage") * selection.fraction - _CEIL_TOLERANCE).ceil().clip(1)
-        return ranked.filter(position < keep)
+        return ranked.filter(position < global_keep(pl.len().over("stage"), selection.fraction))
     if selection.is_best_of_k:
         return prompt_summary(keys).select(*ID_COLUMNS, "reward")
     ranked = keys.sort([*_PROMPT, "reward", "cand"], descending=[False, False, True, False])
     return ranked.filter(pl.int_range(pl.len()).over(_PROMPT) < selection.n)
+
+
+def global_keep(count: pl.Expr, fraction: float) -> pl.Expr:
+    """How many of ``count`` candidates ``fraction`` keeps: the ceiling of the
+    product with the fraction as written (its shortest decimal, ``repr``), in
+    exact integers, at least 1. Binary rounding makes ``0.28 * 25``
+    7.000000000000001 (7 kept, not 8), while ``0.280000000001 * 25`` is above 7
+    (8 kept: a tolerance of 1e-9 kept 7)."""
+    exact = Fraction(repr(float(fraction)))
+    if exact.denominator >= 10**37:  # below 1e-20: any count of 64 bits keeps one
+        return pl.lit(1, pl.Int64)
+    top, bottom = pl.lit(exact.numerator, pl.Int128), pl.lit(exact.denominator, pl.Int128)
+    ceiling = (count.cast(pl.Int128) * top + bottom - 1) // bottom
+    return ceiling.clip(1).cast(pl.Int64)
 
 
 def apply_min_reward(chosen: FrameT, selection: Selection) -> FrameT:

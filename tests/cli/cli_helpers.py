@@ -14,6 +14,7 @@ import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,8 @@ def reference_strategy(
         if strategy == "global":
             assert fraction is not None
             ranked = sorted(cands, key=lambda c: (-c[0], c[2], log.prompt_ids[c[1]]))
-            picked = ranked[: math.ceil(fraction * len(cands))]
+            # the fraction as written (its shortest decimal), times the count, exactly
+            picked = ranked[: max(1, math.ceil(Fraction(repr(fraction)) * len(cands)))]
         else:
             keep = n if strategy == "top_n" else 1
             picked = []

@@ -153,8 +153,10 @@ def test_pq_files_are_read_and_hidden_ones_skipped(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("n", "fraction"),
-    [(25, 0.28), (100, 0.07), (10, 0.3), (7, 1.0), (9, 0.5), (3, 0.01), (5, 1e-10), (5, 1e-300)],
-)
+    [(25, 0.28), (100, 0.07), (10, 0.3), (7, 1.0), (9, 0.5), (3, 0.01), (5, 1e-10), (5, 1e-300),
+     (25, 0.28 + 1e-12), (25, 0.28 - 1e-12), (3, 1 / 3), (6, 2 / 3), (1000, 0.9999999999999999),
+     (10**6, 1.2345678901234567e-5)],
+)  # fmt: skip
 def test_global_keeps_ceil_of_fraction(n: int, fraction: float) -> None:
     frame = pl.DataFrame(
         {
