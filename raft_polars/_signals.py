@@ -18,6 +18,16 @@ A write's final rename is done under :func:`renaming`: a signal that comes
 during it is acted on once the rename is done (the output is then complete) or
 undone (the temporary file is removed).
 
+Once the command's work is done and its output complete (:func:`finished`,
+which the command line's dispatcher calls when a command ends with its result,
+and :func:`running` undoes as the next one starts), a signal ends the process
+at once with the command's exit status, silently: its standard output flushed
+and the worker processes stopped, as ever. What comes after the result is the
+process's own cleanup (the wait for a local Dask cluster's helper processes to
+let go of the standard error, the ``atexit`` functions), seconds long at times:
+a signal then no longer says that the output is partial. An error's exit has no
+such mark: a signal then ends it with 128 + the signal's number.
+
 Polars also hooks SIGINT itself and stops its query with a ``KeyboardInterrupt``
 (or a reader's error) of its own: the command line's reports of errors wait
 (:func:`hold_if_signalled`) while a signal came, so that the ending speaks once.
@@ -35,7 +45,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["exit_now", "hold_if_signalled", "install", "renaming", "temporary"]
+__all__ = [
+    "exit_now",
+    "finished",
+    "hold_if_signalled",
+    "install",
+    "renaming",
+    "running",
+    "temporary",
+]
 
 _TEMPORARY: set[str] = set()  # paths of the writes in progress, removed on a signal
 _RENAMING = threading.Lock()  # held by a write's rename, and by the ending
@@ -44,6 +62,7 @@ _installed: list[int] = []  # the signals handled here, once installed
 _wakeup: list[int] = []  # the read end of the wake-up pipe, once installed
 _SEEN = threading.Lock()  # the watcher's taking of a signal, atomic to hold_if_signalled
 _taken: list[int] = []  # the signals the watcher took
+_finished: list[int] = []  # the exit status of the command that finished, once it did
 _PROG = "raft-polars"
 
 
@@ -64,6 +83,19 @@ def renaming() -> Iterator[None]:
     """Within the block, a signal waits: a rename is completed or undone first."""
     with _RENAMING:
         yield
+
+
+def finished(code: int = 0) -> None:
+    """Mark the command as finished with the exit status ``code``: its work is
+    done and its output complete. A signal that comes later ends the process
+    at once with ``code`` (not 128 + its number), silently."""
+    _finished[:] = [code]
+
+
+def running() -> None:
+    """Mark a command as started: not finished (the mark of an earlier command
+    run in the same process, through ``main``, is dropped)."""
+    _finished.clear()
 
 
 def install() -> None:
@@ -178,8 +210,17 @@ def exit_now(code: int) -> None:
 
 def _end(number: int) -> None:
     """Remove the writes' temporary files, say so on Ctrl-C, stop the worker
-    processes started, exit with 128 + ``number``."""
+    processes started, exit with 128 + ``number``; or, once the command had
+    :func:`finished`, flush its standard output, stop the worker processes and
+    exit with its status."""
     _RENAMING.acquire()  # a rename in progress is finished first; no other starts
+    if _finished:
+        for stream in (sys.stdout, sys.stderr):  # flushed already: whatever is left
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()
+        _stop_children()
+        os._exit(_finished[0])
     for path in list(_TEMPORARY):
         _remove(path)
     if number == signal.SIGINT:

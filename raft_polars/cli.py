@@ -47,7 +47,7 @@ from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, local_files, write_failure
 from raft_polars._export import EXPORT_FORMATS, json_lines, json_value
-from raft_polars._signals import hold_if_signalled
+from raft_polars._signals import finished, hold_if_signalled, running
 from raft_polars.errors import MissingDependencyError, RaftPolarsError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     Usage errors found by the parser exit through ``SystemExit(2)`` (``--help`` and
     ``--version`` through ``SystemExit(0)``), as argparse does.
     """
+    running()  # a signal from now on ends the command with 130 or 143 (``_signals``)
     args = _parser().parse_args(argv)
     if sys.stdout is None:  # started with standard output closed (``>&-``)
         _error("standard output is closed: nothing could be printed")
@@ -89,13 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     sys.stdout = _Guarded(out)
     try:
         with _progress(args):
-            args.run(args)
+            try:
+                args.run(args)
+            except ProblemsFound:  # the report is printed: validate finished, exit 1
+                code = EXIT_PROBLEMS
+            else:
+                code = EXIT_OK
         sys.stdout.flush()  # a full disk shows here, not after main
+        # done, the output complete: a signal from now on (while a local Dask
+        # cluster closes, say) ends the process with this code (``_signals``)
+        finished(code)
+        return code
     except _StdoutFailed as exc:
         _error(f"cannot write to standard output: {exc}")
         return EXIT_USAGE
-    except ProblemsFound:
-        return EXIT_PROBLEMS
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
@@ -122,7 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         return EXIT_USAGE
     finally:
         sys.stdout = out
-    return EXIT_OK
 
 
 class _StdoutFailed(Exception):

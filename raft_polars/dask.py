@@ -50,18 +50,19 @@ def _client_of(distributed: Any, scheduler: str) -> Any:
     """A client of the scheduler at ``scheduler``; a RaftInputError naming it when
     the address is malformed or no scheduler answers there.
 
-    A malformed address is refused before a client is made. A client whose start
-    failed is dropped and collected here, at once: left to the garbage collector,
-    its ``__del__`` closed it whenever the collector ran, once in the middle of
-    another client's start in the same thread, which then waited for itself
-    forever (distributed's loop runner lock)."""
+    A malformed address, or one that cannot be reached, is refused before a
+    client is made. A client whose start failed is dropped and collected here,
+    at once: left to the garbage collector, its ``__del__`` closed it whenever
+    the collector ran, once in the middle of another client's start in the same
+    thread, which then waited for itself forever (distributed's loop runner
+    lock)."""
     import gc
 
-    why = _malformed(scheduler) or _silent(scheduler)
+    why = _malformed(scheduler) or _unreachable(distributed, scheduler)
     if why is None:
         try:
             return distributed.Client(scheduler)
-        except (ValueError, OSError, TimeoutError) as exc:  # none listening, say
+        except (ValueError, OSError, TimeoutError, TypeError) as exc:  # gone since, say
             why = (str(exc).strip().splitlines() or [repr(exc)])[0].strip('"')
             exc.__traceback__ = None  # its frames hold the half-made client
         except MemoryError as exc:  # an answer read as a frame of exabytes: not Dask's
@@ -73,10 +74,15 @@ def _client_of(distributed: Any, scheduler: str) -> Any:
 
 
 _PROBE_SECONDS = 30.0  # as distributed's own connect timeout
+_OVER_TCP = ("tcp", "tls", "ws", "wss")
 
 
-def _silent(address: str) -> str | None:
-    """Why what listens at a ``tcp://`` address is no Dask scheduler, or None. A
+def _unreachable(distributed: Any, address: str) -> str | None:  # noqa: PLR0911 - one per reason
+    """Why no Dask scheduler can be reached at a well-formed ``address``, or
+    None: ``tls://`` without Dask's TLS configuration (distributed raised a
+    ``TypeError`` with a traceback); a port where nothing listens, or a host
+    unknown or not answering (distributed retried for 30 s and said "Timed
+    out"); at a ``tcp://`` address, something that is no Dask scheduler. A
     scheduler sends its handshake as a connection opens; an HTTP server (a
     proxy, an ingress) waits for a request, and distributed's client waited
     with it past any timeout (it answers garbage with an error some do, which
@@ -86,16 +92,41 @@ def _silent(address: str) -> str | None:
     from distributed.comm.addressing import parse_address, parse_host_port
 
     scheme, where = parse_address(address)
-    if scheme != "tcp":  # TLS and websockets open with their own handshakes
+    if scheme == "tls":
+        try:
+            context = distributed.Security().get_connection_args("client")["ssl_context"]
+        except (OSError, ValueError, TypeError) as exc:
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return f"Dask's TLS configuration cannot be used: {text}"
+        if context is None:
+            return (
+                "a tls:// scheduler needs Dask's TLS configuration (distributed.comm.tls."
+                "ca-file and distributed.comm.tls.client.cert, with its key), and none is set"
+            )
+    if scheme not in _OVER_TCP:
         return None
     host, port = parse_host_port(where)
     try:
-        with socket.create_connection((host, port), timeout=_PROBE_SECONDS) as probe:
-            first = probe.recv(8)
+        probe = socket.create_connection((host, port), timeout=_PROBE_SECONDS)
+    except ConnectionRefusedError:
+        return f"connection refused: nothing listens on port {port} of {host}"
     except TimeoutError:
-        return f"what listens there sent nothing in {_PROBE_SECONDS:.0f} s: not a Dask scheduler"
-    except OSError as exc:  # none listening: distributed's own message says so
-        return None if isinstance(exc, ConnectionRefusedError) else str(exc) or type(exc).__name__
+        return f"no answer from {host} in {_PROBE_SECONDS:.0f} s (no such machine, or a firewall?)"
+    except socket.gaierror as exc:
+        return f"unknown host {host!r} ({exc.strerror or exc})"
+    except OSError as exc:  # the network unreachable, say
+        return exc.strerror or str(exc) or type(exc).__name__
+    with probe:
+        if scheme != "tcp":  # TLS and websockets: the client speaks first
+            return None
+        try:
+            first = probe.recv(8)
+        except TimeoutError:
+            return (
+                f"what listens there sent nothing in {_PROBE_SECONDS:.0f} s: not a Dask scheduler"
+            )
+        except OSError:  # reset: distributed's own attempt says what it finds
+            return None
     if not first or first.startswith(b"HTTP"):
         return "what listens there is not a Dask scheduler (an HTTP server or a proxy?)"
     return None
@@ -109,8 +140,14 @@ def _malformed(address: str) -> str | None:
     try:
         scheme, where = parse_address(address)
         get_backend(scheme)
-        if scheme in ("tcp", "tls", "ws", "wss"):
-            parse_host_port(where)
+        if scheme in _OVER_TCP:
+            _, port = parse_host_port(where)
+            if not 0 < int(port) < 1 << 16:
+                return f"the port must be 1 to 65535, got {port}"
+        elif scheme == "inproc" and len(where.split("/")) != 3:
+            return (
+                "an inproc:// address is inproc://HOST/PID/N, of a scheduler in this same process"
+            )
     except (ValueError, TypeError) as exc:
         return str(exc).strip() or type(exc).__name__
     return None

@@ -112,3 +112,38 @@ def test_a_signal_at_any_moment_of_select_ends_it_cleanly(tmp_path: Path) -> Non
                 problems.append(problem)
     print(dict(sorted(seen.items())))  # the outcomes, with -s
     assert not problems, f"{dict(seen)}\n" + "\n".join(problems)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_after_the_result_of_a_dask_select_exits_0(tmp_path: Path, sig: str) -> None:
+    """SIGTERM or Ctrl-C once ``select --engine dask`` has printed its result
+    line (OUT complete), while the process ends (its local cluster's helper
+    processes let go of it): exit 0, nothing on stderr, OUT complete. It was
+    143 or 130, which say that no output is left, with OUT there."""
+    pytest.importorskip("distributed")
+    log = tmp_path / "log"
+    subprocess.run(
+        [sys.executable, "-m", "raft_polars", "generate", str(log), "--stages", "2",
+         "--prompts", "50", "--k", "4"],
+        check=True, capture_output=True, env=_env(), cwd=REPO, timeout=120,
+    )  # fmt: skip
+    plain = tmp_path / "plain.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "raft_polars", "select", str(log), "-o", str(plain)],
+        check=True, capture_output=True, env=_env(), cwd=REPO, timeout=120,
+    )  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "raft_polars", "select", str(log), "-o", str(out),
+            "--engine", "dask", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the result: the command's work is done
+    proc.send_signal(getattr(signal, sig))
+    rest, stderr = proc.communicate(timeout=120)
+    assert line == f"wrote 100 selected response(s) to {out}\n", (line, stderr)
+    assert (proc.returncode, rest, stderr) == (0, "", "")
+    assert out.read_bytes() == plain.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log", "out.jsonl", "plain.jsonl"]

@@ -790,3 +790,46 @@ def test_stages_beyond_int64_on_dask(
     for entry in (rp.stage_losses, rp.validate):
         with pytest.raises(rp.RaftInputError, match="must fit a 64-bit signed integer"):
             entry(source, engine=_on(client))
+
+
+def _refused_port() -> int:
+    """A loopback port where nothing listens (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("tls://127.0.0.1:1", "a tls:// scheduler needs Dask's TLS configuration"),
+        ("inproc://x", "an inproc:// address is inproc://HOST/PID/N"),
+        ("tcp://127.0.0.1:99999", "the port must be 1 to 65535, got 99999"),
+        ("tcp://127.0.0.1:0", "the port must be 1 to 65535, got 0"),
+        ("tcp://127.0.0.1:{refused}", "connection refused: nothing listens on port {refused}"),
+        ("ws://127.0.0.1:{refused}", "connection refused: nothing listens on port {refused}"),
+    ],
+)
+def test_a_scheduler_that_cannot_be_reached_is_one_line(address: str, why: str) -> None:
+    """``--scheduler`` of a TLS address without Dask's TLS configuration (a
+    traceback, exit 1), a malformed inproc address ("not enough values to
+    unpack"), a port out of range or where nothing listens (distributed tried
+    for 30 s, then said "Timed out"): exit 2, one line naming the address and
+    why, at once."""
+    refused = _refused_port()
+    address, why = address.format(refused=refused), why.format(refused=refused)
+    seed = Path(__file__).resolve().parents[2] / "data" / "seed" / "nested.parquet"
+    done = subprocess.run(
+        [sys.executable, "-m", "raft_polars", "losses", str(seed), "--engine", "dask",
+         "--scheduler", address],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    said = f"raft-polars: error: cannot connect to the Dask scheduler {address!r}: {why}"
+    assert done.stderr.startswith(said), done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr

@@ -944,6 +944,7 @@ def test_a_client_that_fails_to_start_is_gone_before_the_error(
     import weakref
 
     distributed = pytest.importorskip("distributed")
+    import raft_polars.dask
     from raft_polars.dask import connect
 
     made: list[weakref.ref[object]] = []
@@ -955,6 +956,8 @@ def test_a_client_that_fails_to_start_is_gone_before_the_error(
             raise OSError(f"Timed out trying to connect to {address}")
 
     monkeypatch.setattr(distributed, "Client", Failing)
+    # nothing listens on port 9: the probe says so at once; the client's start fails here
+    monkeypatch.setattr(raft_polars.dask, "_unreachable", lambda *args: None)
     for address in ("not a url", "foo://x:1"):
         with pytest.raises(RaftInputError, match="cannot connect to the Dask scheduler"):
             connect(scheduler=address).__enter__()
