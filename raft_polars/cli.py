@@ -48,7 +48,7 @@ from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, local_files, write_failure
 from raft_polars._export import EXPORT_FORMATS, json_lines, json_value
 from raft_polars._signals import finished, hold_if_signalled, running
-from raft_polars.errors import MissingDependencyError, RaftPolarsError
+from raft_polars.errors import MissingDependencyError, RaftInputError, RaftPolarsError
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "entrypoint", "main"]
 
@@ -989,6 +989,16 @@ def _cmd_stats(args: argparse.Namespace) -> None:
 # --- generate ----------------------------------------------------------------------
 
 
+_GENERATE_OPTIONS = ("stages", "prompts", "k", "min_tokens", "max_tokens", "seed", "chunk_prompts")
+
+
+def _option_names(message: str) -> str:
+    """``message`` of :func:`~raft_polars.synth.generate` with its parameters as
+    the options that set them (``max_tokens`` -> ``--max-tokens``)."""
+    names = "|".join(_GENERATE_OPTIONS)
+    return re.sub(rf"\b({names})\b(?= must| \()", lambda m: "--" + m[1].replace("_", "-"), message)
+
+
 def _cmd_generate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -1018,6 +1028,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     except BaseException as exc:
         if created:  # a failed run leaves no half-written log behind
             shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, RaftInputError):  # the options by their names here
+            raise UsageError(_option_names(str(exc))) from exc
         reason = write_failure(exc)
         if reason is not None:  # a full disk: the output's, named
             msg = f"cannot write {str(out)!r}: {reason}"

@@ -107,12 +107,16 @@ def test_refuses_a_non_empty_directory(capsys: pytest.CaptureFixture[str], tmp_p
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["--k", "0"], "k must be at least 1"),
-        (["--min-tokens", "5", "--max-tokens", "2"], "max_tokens (2) must be at least min_tokens"),
+        (["--k", "0"], "--k must be at least 1"),
+        (
+            ["--min-tokens", "5", "--max-tokens", "2"],
+            "--max-tokens (2) must be at least --min-tokens",
+        ),
         (["--layout", "wide"], "invalid choice: 'wide'"),
         (["--stages", "two"], "invalid int value: 'two'"),
-        (["--max-tokens", str(10**19)], "max_tokens must be at most 2,147,483,647"),
-        (["--prompts", str(3 * 10**9)], "prompts must be at most 2,147,483,647"),
+        (["--max-tokens", str(10**19)], "--max-tokens must be at most 2,147,483,647"),
+        (["--prompts", str(3 * 10**9)], "--prompts must be at most 2,147,483,647"),
+        (["--chunk-prompts", "0"], "--chunk-prompts must be at least 1"),
     ],
 )
 def test_bad_shapes(
@@ -129,7 +133,7 @@ def test_a_negative_seed_is_one_error_line(
     ValueError came through as a traceback, exit 1)."""
     out = tmp_path / "log"
     result = run(capsys, "generate", out, "--seed", "-1")
-    assert_one_line_error(result, "seed must be a non-negative integer")
+    assert_one_line_error(result, "--seed must be a non-negative integer")
     assert not out.exists()
 
 
