@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 __all__ = ["PanicFilter", "without_panic_reports"]
@@ -83,7 +84,8 @@ def without_panic_reports() -> Iterator[None]:
         buffering=1,
         closefd=False,
     )
-    relay = threading.Thread(target=_relay, args=(read, real), name="raft-polars-stderr")
+    heard = [time.monotonic()]  # when the relay last passed something on
+    relay = threading.Thread(target=_relay, args=(read, real, heard), name="raft-polars-stderr")
     relay.daemon = True
     relay.start()
     try:
@@ -93,17 +95,30 @@ def without_panic_reports() -> Iterator[None]:
         sys.stderr.close()
         sys.stderr = python
         os.dup2(real, 2)  # the pipe's last writer here closes: the relay sees its end
-        relay.join(timeout=2.0)  # a worker process may still hold the pipe open
+        # a process the block started may still hold the pipe open (a local Dask
+        # cluster's resource tracker, to the end): wait while it writes, at most 2 s,
+        # not 2 s whenever it is silent
+        start = time.monotonic()
+        while relay.is_alive() and time.monotonic() - start < _LINGER:
+            relay.join(timeout=0.05)
+            if time.monotonic() - heard[0] > _QUIET:
+                break
         if not relay.is_alive():  # else the relay still writes to it
             os.close(real)
 
 
-def _relay(read: int, real: int) -> None:
-    """Pass the pipe's lines on to ``real``, leaving out panic reports."""
+_LINGER = 2.0  # seconds the end of the block waits at most for the pipe's other writers
+_QUIET = 0.2  # ... and at most this long after the last thing they wrote
+
+
+def _relay(read: int, real: int, heard: list[float]) -> None:
+    """Pass the pipe's lines on to ``real``, leaving out panic reports; ``heard``
+    holds when it last read something."""
     screen = PanicFilter()
     pending = b""
     with contextlib.suppress(OSError), open(read, "rb", buffering=0) as pipe:
         while chunk := pipe.read(1 << 16):
+            heard[0] = time.monotonic()
             pending += chunk
             *whole, pending = pending.split(b"\n")
             for raw in whole:
