@@ -19,7 +19,7 @@ Examples
 wrote 2 file(s) to .../log (nested layout: 2 stage(s) x 4 prompt(s) x 2 candidate(s))
 0
 stage loss   prompts candidates selected tokens reward_best_mean reward_mean reward_lift ties below_min
-    0 1.5918       4          8        4     78           0.0300     -0.2137      0.2438    0         0
+    0 1.5918       4          8        4     78           0.0300     -0.2137      0.2437    0         0
     1 0.1959       4          8        4    152           1.4975      1.1113      0.3862    0         0
 0
 """  # noqa: E501 - the doctest shows the full-width table
