@@ -533,9 +533,9 @@ def best_of_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positi
 
 
 @njit()
-def _average_ranks(values: Any, ranks: Any) -> int:  # pragma: no cover - compiled
+def _average_ranks(values: Any, ranks: Any) -> tuple[int, Any]:  # pragma: no cover - compiled
     """``ranks`` of ``values`` (1-based, ties their average rank); returns the
-    number of distinct values."""
+    number of distinct values and the positions in ascending order of value."""
     order = np.argsort(values, kind="mergesort")
     k, start, distinct = values.shape[0], 0, 0
     while start < k:
@@ -546,7 +546,7 @@ def _average_ranks(values: Any, ranks: Any) -> int:  # pragma: no cover - compil
             ranks[order[j]] = (start + end + 1) / 2.0
         distinct += 1
         start = end
-    return distinct
+    return distinct, order
 
 
 @njit()
@@ -595,24 +595,22 @@ def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positio
                 ):
                     best = i
         win_sum, win_n, longest_n, rho = 0.0, 0, 0, np.nan
-        if k >= 2 and n_sel:
-            order = np.argsort(r, kind="mergesort")
-            start = 0
-            while start < k:
-                end = start + 1
-                while end < k and r[order[end]] == r[order[start]]:
-                    end += 1
-                for j in range(start, end):
-                    row = lo + order[j]
-                    if selected[row]:
-                        win_sum += (start + 0.5 * (end - start - 1)) / (k - 1)
-                        win_n += 1
-                        if counted and tokens[row] == longest:
-                            longest_n += 1
-                start = end
-        if counted and k >= 3:
-            by_reward, by_length = np.empty(k), np.empty(k)
-            if _average_ranks(r, by_reward) > 1 and _average_ranks(tokens[lo:hi], by_length) > 1:
+        ranked = k >= 2 and n_sel > 0
+        with_rho = counted and k >= 3
+        distinct, by_reward, order = 0, np.empty(k), np.arange(k)
+        if ranked or with_rho:  # one ranking of the rewards serves both
+            distinct, order = _average_ranks(r, by_reward)
+        if ranked:  # lower + equal / 2 is the average rank - 1; in ascending order
+            for j in range(k):
+                row = lo + order[j]
+                if selected[row]:
+                    win_sum += (by_reward[order[j]] - 1.0) / (k - 1)
+                    win_n += 1
+                    if counted and tokens[row] == longest:
+                        longest_n += 1
+        if with_rho and distinct > 1:
+            by_length = np.empty(k)
+            if _average_ranks(tokens[lo:hi], by_length)[0] > 1:
                 middle = (k + 1) / 2.0
                 cov, var_r, var_t = 0.0, 0.0, 0.0
                 for i in range(k):
