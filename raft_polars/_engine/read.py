@@ -238,7 +238,7 @@ class StageLog:
         lf = self._scan(self.cand_source, piece)
         schema = lf.collect_schema()
         nested = self.layout == "nested" and self.has_logprobs
-        lists = [_as_list(schema["logprobs"])] if nested else []
+        lists = [_as_list("logprobs", schema["logprobs"], pl.Float64())] if nested else []
         return lf.select(*canonical_ids(schema), _REWARD, *lists, *(self.extras if extras else ()))
 
     def tokens(self, piece: Piece | None = None, *, raw: bool = False) -> pl.LazyFrame:
@@ -598,17 +598,11 @@ def _element(dtype: pl.DataType) -> pl.DataType:
 
 
 def _fixed_as_lists(lf: pl.LazyFrame, names: Sequence[str]) -> pl.LazyFrame:
-    """``lf`` with its fixed-size list columns among ``names`` as lists (wide rows
-    of Arrow's ``fixed_size_list`` or Polars' ``Array``, as a writer of K
-    candidates a prompt may store them), and a column of nulls only (Null) as a
-    list column of nulls."""
+    """``lf`` with its columns among ``names`` as lists (:func:`_as_list`): wide
+    rows of Arrow's ``fixed_size_list`` or Polars' ``Array``, as a writer of K
+    candidates a prompt may store them, and columns of nulls only."""
     schema = lf.collect_schema()
-    fixed = [n for n in names if isinstance(schema.get(n), pl.Array)]
-    nulls = [n for n in names if schema.get(n) == pl.Null]
-    return lf.with_columns(
-        *(pl.col(n).cast(pl.List(_element(schema[n]))) for n in fixed),
-        *(pl.col(n).cast(pl.List(pl.Null)) for n in nulls),
-    )
+    return lf.with_columns(_as_list(n, schema[n], pl.Null()) for n in names if n in schema)
 
 
 # wide list columns that hold one value per candidate whatever their lengths say
@@ -645,14 +639,16 @@ def _prompt_type(schema: Mapping[str, pl.DataType]) -> pl.DataType:
     return pl.Int64() if schema["prompt"].is_integer() else pl.String()
 
 
-def _as_list(dtype: pl.DataType) -> pl.Expr:
-    """The ``logprobs`` column as a List (fixed-size Arrays are cast; a column
-    of nulls only, typed Null or List(Null) by JSON inference, is floats')."""
+def _as_list(name: str, dtype: pl.DataType, nulls: pl.DataType) -> pl.Expr:
+    """Column ``name`` of type ``dtype`` as a List: a fixed-size Array cast to the
+    list of its elements, a column of nulls only (typed Null, or a list of Null
+    by JSON inference) to a list of ``nulls``, any other column as it is."""
+    column = pl.col(name)
     if dtype == pl.Null or (isinstance(dtype, pl.List | pl.Array) and dtype.inner == pl.Null):
-        return pl.col("logprobs").cast(pl.List(pl.Float64))
+        return column.cast(pl.List(nulls))
     if isinstance(dtype, pl.Array):
-        return pl.col("logprobs").cast(pl.List(dtype.inner))
-    return pl.col("logprobs")
+        return column.cast(pl.List(_element(dtype)))
+    return column
 
 
 def float_type(dtype: pl.DataType) -> pl.DataType:
