@@ -269,9 +269,9 @@ def validate(
             checked.findings.found.items(), key=lambda item: order.index(item[0])
         )
     )
-    skipped: tuple[str, ...] = ()
+    skipped = tuple(checked.findings.skipped)
     if log.layout == "long" and not log.has_token:
-        skipped = ("token positions (duplicates, gaps): the token rows have no 'token' column",)
+        skipped += ("token positions (duplicates, gaps): the token rows have no 'token' column",)
     origin = log.origin if log.layout == "nested" else f"{log.token_origin} with {log.origin}"
     return ValidationReport(origin, log.layout, checked.summary, problems, skipped)
 

@@ -74,6 +74,7 @@ class Findings:
 
     limit: int
     found: dict[str, tuple[int, int, pl.DataFrame]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # checks not made, and why
 
     def add(self, kind: str, count: int, where: pl.DataFrame) -> None:
         """Record ``count`` problems of ``kind``; ``where`` holds their places."""
@@ -94,6 +95,7 @@ class Findings:
 
     def merge(self, others: Iterable[Findings]) -> Findings:
         for other in others:
+            self.skipped += [note for note in other.skipped if note not in self.skipped]
             for kind, (count, places, first) in other.found.items():
                 self.merge_one(kind, count, places, first)
         return self
@@ -680,6 +682,7 @@ def _token_cuts(
     renames = {c: n for c, n in zip(columns, names, strict=True) if c != n}
     paths = list(main.paths) if piece is None else [main.paths[i] for i in piece.files]
     position = "token" in names
+    ids = {theirs.get(name, name) for name in ID_COLUMNS}
 
     def cut(frames: list[pl.DataFrame | _Coded]) -> _Cut:
         named = [f.renamed(renames) if isinstance(f, _Coded) else f.rename(renames) for f in frames]
@@ -688,7 +691,12 @@ def _token_cuts(
     def cuts() -> Iterator[_Cut]:
         with reading(paths, strict.token_origin):
             rows = None if piece is None else piece.rows
-            yield from reader.items(paths, dict(main.schema), rows, columns, cut, coded=True)
+            # 128-bit ids as Int64, as the other passes read them (numpy has no such type)
+            types = {
+                n: pl.Int64() if n in ids and t in _WIDE else t
+                for n, t in dict(main.schema).items()
+            }
+            yield from reader.items(paths, types, rows, columns, cut, coded=True)
 
     return cuts()
 
@@ -1467,12 +1475,15 @@ class StrictParquet:
         rows: tuple[int, int] | None,
         names: list[str],
         then: Callable[[list[pl.DataFrame]], Any],
+        *,
+        strict: bool = True,
     ) -> Iterator[Any]:
-        """:meth:`items` of a file whose pages are sound: Polars decodes it. A
-        footer the walk cannot check (no checksum covers it) may still keep
-        Polars from decoding the file: before any row, the strict reader takes
-        the file over; after, the file is reported and Polars reads on in a
-        child process, as for a file pyarrow rejects."""
+        """:meth:`items` of a file whose pages are sound (or that the ``strict``
+        reader cannot read): Polars decodes it. A footer the walk cannot check
+        (no checksum covers it) may still keep Polars from decoding the file:
+        before any row, the strict reader takes the file over; after, the file
+        is reported and Polars reads on in a child process, as for a file
+        pyarrow rejects."""
         from polars.exceptions import PanicException
 
         done = 0
@@ -1481,7 +1492,7 @@ class StrictParquet:
                 done += count
                 yield result
         except (Exception, PanicException) as exc:
-            if not done:
+            if not done and strict:
                 yield from self._decoded_items([path], types, rows, names, then)
                 return
             self.errors.setdefault(path, _error_text(exc))
@@ -1516,6 +1527,9 @@ class StrictParquet:
                 current, done = path, 0
             if isinstance(item, Exception):  # the file's finding; Polars reads on
                 self.errors.setdefault(path, _error_text(item))
+                if not done and _wide_integers(path):  # pyarrow refuses Polars' own type
+                    yield from self._polars_items(path, types, rows, names, then, strict=False)
+                    continue
                 rest = _rest(path, types, rows, names, done)
                 result, count = then([rest]), rest.height
             else:
@@ -1798,12 +1812,33 @@ def _encrypted(path: str, error: str) -> bool:
         return False
 
 
+_WIDE = (pl.Int128, pl.UInt128)
+
+
+def _wide_integers(path: str) -> list[str]:
+    """The 128-bit integer columns of a Parquet file as Polars reads its footer
+    (Polars writes them as 16-byte values that its own schema in the footer
+    names; pyarrow refuses the whole file), none where Polars cannot read it."""
+    try:
+        schema = pl.read_parquet_schema(path)
+    except Exception:  # not a footer Polars reads: the strict read's error stands
+        return []
+    return [name for name, dtype in schema.items() if dtype in _WIDE]
+
+
 def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -> None:
     """Record the files a strict reader rejected."""
     bad: dict[str, str] = {}
     for path, error in errors:  # a file read in several pieces: its first error
         if error is not None:
             bad.setdefault(path, error)
+    unread = {path: wide for path in bad if (wide := _wide_integers(path))}
+    for path, wide in unread.items():  # not corrupt: Polars' own type, Polars read it
+        del bad[path]
+        found.skipped.append(
+            f"the strict read of {path!r}: its column(s) {wide} are 128-bit integers "
+            "(Polars' Int128, UInt128), which pyarrow does not read; Polars alone decoded it"
+        )
     for path, error in bad.items():
         if not os.path.exists(path):  # not corrupt: gone while it was read
             msg = (
