@@ -385,6 +385,31 @@ def footer_fault(path: str) -> str | None:
     return None
 
 
+def wide_integers(path: str) -> list[str]:
+    """The columns (leaves) of a Parquet file that Polars wrote as 128-bit
+    integers (``Int128``, ``UInt128``), read from the footer here: 16-byte
+    values with no logical or converted type, in a file whose footer stores an
+    Arrow schema (Polars' own, which names their type, and which makes pyarrow
+    refuse the whole file). None where the footer is not sound
+    (:func:`footer_fault`) or cannot be read."""
+    try:
+        if footer_fault(path) is not None:
+            return []
+        meta = _footer(path)
+    except Exception:  # a footer the walk cannot read: not such a file
+        return []
+    stored = meta.get(5)
+    if not isinstance(stored, list) or not any(
+        isinstance(pair, dict) and pair.get(1) == b"ARROW:schema" for pair in stored
+    ):
+        return []
+    return [
+        bytes(element[4]).decode("utf-8", "replace")
+        for _, element, _, _ in _leaves(meta[2])
+        if element.get(1) == 7 and element.get(2) == 16 and not {6, 10} & element.keys()
+    ]  # FIXED_LEN_BYTE_ARRAY(16), no converted (6) or logical (10) type
+
+
 class _Struct(dict[int, Any]):
     """A Thrift struct's fields, with the wire type each came in (``kinds``): a
     reader that finds a field in another type than Parquet's skips it, so a

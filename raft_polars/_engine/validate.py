@@ -693,7 +693,7 @@ def _token_cuts(
             rows = None if piece is None else piece.rows
             # 128-bit ids as Int64, as the other passes read them (numpy has no such type)
             types = {
-                n: pl.Int64() if n in ids and t in _WIDE else t
+                n: pl.Int64() if n in ids and t in (pl.Int128, pl.UInt128) else t
                 for n, t in dict(main.schema).items()
             }
             yield from reader.items(paths, types, rows, columns, cut, coded=True)
@@ -1383,8 +1383,8 @@ def strict_read(path: str) -> str | None:
     if pages.verified(path):
         return None
     for _, item in _decoded([path], None, len):
-        if isinstance(item, Exception):
-            return _error_text(item)
+        if isinstance(item, Exception):  # a file pyarrow refuses whole: Polars decodes it
+            return (_polars_decode(path) or WIDE) if _wide_integers(path) else _error_text(item)
     return None
 
 
@@ -1495,6 +1495,8 @@ class StrictParquet:
             if not done and strict:
                 yield from self._decoded_items([path], types, rows, names, then)
                 return
+            if self.errors.get(path) == WIDE:  # neither reader reads it
+                self.errors[path] = f"Polars' reader refuses it: {_error_text(exc)}"
             self.errors.setdefault(path, _error_text(exc))
             yield then([_rest(path, types, rows, names, done)])
 
@@ -1525,11 +1527,12 @@ class StrictParquet:
         for path, item in _decoded(paths, rows, frames):
             if path != current:
                 current, done = path, 0
+            if not done and isinstance(item, Exception) and _wide_integers(path):
+                self.errors.setdefault(path, WIDE)  # pyarrow refuses Polars' own type
+                yield from self._polars_items(path, types, rows, names, then, strict=False)
+                continue
             if isinstance(item, Exception):  # the file's finding; Polars reads on
                 self.errors.setdefault(path, _error_text(item))
-                if not done and _wide_integers(path):  # pyarrow refuses Polars' own type
-                    yield from self._polars_items(path, types, rows, names, then, strict=False)
-                    continue
                 rest = _rest(path, types, rows, names, done)
                 result, count = then([rest]), rest.height
             else:
@@ -1722,12 +1725,16 @@ def polars_refusal(path: str, columns: Sequence[str] = ()) -> str | None:
     corrupted headers make Polars abort its process. None for a file whose
     headers are sound (the walk costs no decode), and where the child ended
     without a word for another reason than Polars (killed, say)."""
-    import signal
-
     from raft_polars._engine import pages
 
-    if not pages.suspect(path):
-        return None
+    return _polars_decode(path, columns) if pages.suspect(path) else None
+
+
+def _polars_decode(path: str, columns: Sequence[str] = ()) -> str | None:
+    """Polars' error on the ``columns`` (all when empty) of a Parquet file,
+    decoded in a child process (:func:`polars_refusal`), or None."""
+    import signal
+
     child = _isolated(_POLARS_READ, pl, path, *columns)
     said = [line for line in child.stdout.splitlines() if line.startswith("raft-polars ")]
     if said:
@@ -1751,7 +1758,7 @@ def polars_refusals(
     (``errors``) found nothing wrong in, by ``run(function, paths, columns)``
     (the executor's map). A column the answer never reads may hold what
     Polars cannot decode (an encoding it does not support) without harm."""
-    bad = {path for path, error in errors if error is not None}
+    bad = {path for path, error in errors if error not in (None, WIDE)}
     paths, columns = [], []
     for source, read in _answer_columns(log, "parquet", positions=True):
         names = [name for name, _ in read]
@@ -1812,33 +1819,33 @@ def _encrypted(path: str, error: str) -> bool:
         return False
 
 
-_WIDE = (pl.Int128, pl.UInt128)
+# the strict read's finding of a file of such columns: not a fault, Polars decodes it
+WIDE = "pyarrow does not read 128-bit integers"
 
 
 def _wide_integers(path: str) -> list[str]:
-    """The 128-bit integer columns of a Parquet file as Polars reads its footer
-    (Polars writes them as 16-byte values that its own schema in the footer
-    names; pyarrow refuses the whole file), none where Polars cannot read it."""
-    try:
-        schema = pl.read_parquet_schema(path)
-    except Exception:  # not a footer Polars reads: the strict read's error stands
-        return []
-    return [name for name, dtype in schema.items() if dtype in _WIDE]
+    """The 128-bit integer columns of a Parquet file (:func:`pages.wide_integers`)."""
+    from raft_polars._engine import pages
+
+    return pages.wide_integers(path)
 
 
 def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -> None:
     """Record the files a strict reader rejected."""
     bad: dict[str, str] = {}
+    unread: list[str] = []
     for path, error in errors:  # a file read in several pieces: its first error
-        if error is not None:
+        if error == WIDE:
+            unread += [] if path in unread else [path]
+        elif error is not None:
             bad.setdefault(path, error)
-    unread = {path: wide for path in bad if (wide := _wide_integers(path))}
-    for path, wide in unread.items():  # not corrupt: Polars' own type, Polars read it
-        del bad[path]
-        found.skipped.append(
-            f"the strict read of {path!r}: its column(s) {wide} are 128-bit integers "
-            "(Polars' Int128, UInt128), which pyarrow does not read; Polars alone decoded it"
-        )
+    for path in unread:  # not corrupt: Polars' own type, which Polars decoded
+        if path not in bad:
+            found.skipped.append(
+                f"the strict read of {path!r}: its column(s) {_wide_integers(path)} are "
+                "128-bit integers (Polars' Int128, UInt128), which pyarrow does not read; "
+                "Polars alone decoded it"
+            )
     for path, error in bad.items():
         if not os.path.exists(path):  # not corrupt: gone while it was read
             msg = (

@@ -601,3 +601,37 @@ def test_token_positions_beyond_int64(tmp_path: Path, form: str) -> None:
     }
     lengths = tokens.group_by("stage", "prompt", "cand").len().rows()
     assert gaps == {(s, p, c): (2**63, 2**63 + n - 1, n) for s, p, c, n in lengths}
+
+
+@pytest.mark.parametrize("layout", ["long", "nested"])
+def test_corrupt_128_bit_file_is_corrupt(tmp_path: Path, layout: str) -> None:
+    """A file of 128-bit ids that Polars cannot decode either (a page's bytes
+    flipped): a corrupt file, with Polars' error, not a skipped strict read."""
+    n = 2000
+    frame = pl.DataFrame(
+        {
+            "stage": [0] * n,
+            "prompt": pl.Series(range(n), dtype=pl.Int128),
+            "cand": [0] * n,
+            "reward": [0.5] * n,
+            "logprobs": [[-1.0, -2.0]] * n,
+        }
+    )
+    path = tmp_path / "log.parquet"
+    if layout == "nested":
+        frame.write_parquet(path, compression="zstd", statistics=False)
+        kwargs: dict[str, Any] = {"source": str(path)}
+    else:
+        tokens = frame.drop("reward").explode("logprobs").rename({"logprobs": "logprob"})
+        tokens.write_parquet(path, compression="zstd", statistics=False)
+        rewards = frame.drop("logprobs").cast({"prompt": pl.Int64})
+        kwargs = {"source": str(path), "rewards": rewards}
+    data = bytearray(path.read_bytes())
+    data[60:76] = bytes(b ^ 0xFF for b in data[60:76])  # inside the first data page
+    path.write_bytes(bytes(data))
+    with pytest.raises(pl.exceptions.ComputeError):
+        pl.read_parquet(path)
+    report = _both(**kwargs)
+    assert not any("128-bit" in note for note in report["skipped"])
+    corrupt = [p for p in report["problems"] if p["kind"] == "corrupt_file"]
+    assert [loc["file"] for loc in corrupt[0]["locations"]] == [str(path)]
