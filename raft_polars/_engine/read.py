@@ -334,19 +334,21 @@ _AHEAD_LOCK = threading.Lock()
 _AHEAD_SET: list[int] = []  # the bounds of the blocks running now, set by this module
 
 
-def file_pieces(source: Resolved, piece: Piece | None) -> list[Piece | None]:
-    """``piece`` (or the whole ``source``) as pieces of whole files of about equal
-    bytes, one for each Polars thread a file's row groups leave idle, to be read
-    :func:`side_by_side`; else ``[piece]``.
+def file_pieces(log: StageLog, piece: Piece | None) -> list[Piece | None]:
+    """``piece`` (or the whole candidate source of ``log``) as pieces of whole
+    files of about equal bytes, one for each Polars thread a file's row groups
+    leave idle, to be read :func:`side_by_side`; else ``[piece]``.
 
     Polars decodes the list column of a row group on one thread, and the row
     groups of one file side by side but the files one after another: nested
     rows in files of one row group each (as DuckDB and Polars write files
     smaller than their row groups) were read on one core, 8.0 s where DuckDB
     took 4.5 s at 692 M log-probs. Only local Parquet files that Polars reads,
-    whole (not numbered candidates, whose ids depend on the order read)."""
+    whole; not numbered candidates, whose ids depend on every row read before
+    them (a piece numbered its own from 0: the loss of other candidates)."""
+    source = log.cand_source
     whole = source.frame is None and not source.remote and source.kind == "parquet"
-    if not whole or source.strict is not None:
+    if not whole or source.strict is not None or "cand" in log.numbered:
         return [piece]
     if piece is not None and (piece.rows is not None or piece.offsets is not None):
         return [piece]

@@ -20,10 +20,10 @@ from raft_polars._engine.read import file_pieces, read_log
 
 
 def _pieces(directory: Path) -> list[tuple[int, ...]]:
-    source = read_log(str(directory)).cand_source
+    log = read_log(str(directory))
     return [
-        (tuple(range(len(source.files))) if p is None else p.files)
-        for p in file_pieces(source, None)
+        (tuple(range(len(log.cand_source.files))) if p is None else p.files)
+        for p in file_pieces(log, None)
     ]
 
 
@@ -61,6 +61,25 @@ def test_an_error_in_a_later_piece_names_its_file(tmp_path: Path) -> None:
     data = paths[3].read_bytes()
     paths[3].write_bytes(data[: len(data) // 2])  # cut short
     if pl.thread_pool_size() >= 2:
-        assert len(file_pieces(read_log([str(p) for p in paths[:3]]).cand_source, None)) >= 2
+        assert len(file_pieces(read_log([str(p) for p in paths[:3]]), None)) >= 2
     with pytest.raises(RaftInputError, match=r"part-3\.parquet"):
         raft_polars.stage_losses(tmp_path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(log=ragged_logs(max_stages=3, max_prompts=4), parts=st.integers(2, 5))
+def test_numbered_candidates_are_one_read(log: tuple[LogProbs, Rewards], parts: int) -> None:
+    """Files without a ``cand`` column number their candidates in the order of
+    the files, then of the rows: the files stay one read, so that no piece
+    numbers its own from 0 (a prompt's candidates split over two pieces took
+    the loss of other candidates). The rows in order, cut into consecutive
+    files: the candidates' numbers are their places in the log."""
+    lps, rws = log
+    frame = nested_frame(lps, rws).sort("stage", "prompt", "cand").drop("cand")
+    with tempfile.TemporaryDirectory() as tmp:
+        size = -(-frame.height // parts)
+        for part in range(parts):
+            frame.slice(part * size, size).write_parquet(Path(tmp) / f"part-{part}.parquet")
+        assert _pieces(Path(tmp)) == [tuple(range(parts))]
+        got = raft_polars.stage_losses(tmp)
+        assert [round(x, 4) for x in got["loss"].to_list()] == reference_rounded(lps, rws)
