@@ -20,8 +20,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numba
-from numba.core import config
+from raft_polars.errors import RaftPolarsError
+
+
+def _numba() -> Any:
+    """numba, imported; an environment it refuses (``NUMBA_NUM_THREADS=0``, say)
+    is said in one line, naming the variables set, not as numba's traceback."""
+    try:
+        import numba
+    except (ValueError, TypeError, RuntimeError) as exc:
+        set_ = sorted(f"{k}={v!r}" for k, v in os.environ.items() if k.startswith("NUMBA_"))
+        msg = f"numba, which runs the compiled loops, cannot start: {exc}"
+        if set_:
+            msg += f" (the environment sets {', '.join(set_)}; unset or correct them)"
+        raise RaftPolarsError(msg) from None
+    return numba
+
+
+numba = _numba()
+from numba.core import config  # noqa: E402
 
 __all__ = ["cache_dir", "njit"]
 

@@ -392,12 +392,26 @@ def side_by_side(pieces: Sequence[P], run: Callable[[P], T]) -> list[T]:
 def _check_threads() -> None:
     """Raise where ``POLARS_MAX_THREADS`` is 0: Polars starts, and its reader then
     fails on the first file (``Worker threads cannot be set to 0``), which read
-    as a fault of the file."""
+    as a fault of the file; or where ``NUMBA_NUM_THREADS`` is a whole number
+    below 1, which numba refuses at its import (in the thread that loads the
+    compiled loops ahead, where the error was lost, and the loops then missing)."""
     value = os.environ.get("POLARS_MAX_THREADS", "").strip()
     if re.fullmatch(r"\+?0+", value):  # ASCII zeros: what Polars parses as 0
         msg = (
             f"the environment sets POLARS_MAX_THREADS={value!r}: Polars' reader needs at "
             "least 1 thread; unset it, or set it to the number of threads to use"
+        )
+        raise RaftPolarsError(msg)
+    value = os.environ.get("NUMBA_NUM_THREADS", "")
+    try:
+        below = int(value) < 1  # as numba reads it; what int() refuses, numba ignores
+    except ValueError:
+        below = False
+    if below:
+        msg = (
+            f"the environment sets NUMBA_NUM_THREADS={value!r}: numba, which runs the "
+            "compiled loops, needs at least 1 thread; unset it, or set it to the number "
+            "of threads to use"
         )
         raise RaftPolarsError(msg)
 

@@ -195,9 +195,12 @@ def _preload() -> None:
         return
 
     def load() -> None:
-        from raft_polars._engine import _compiled
+        try:
+            from raft_polars._engine import _compiled
 
-        _compiled.touch()
+            _compiled.touch()
+        except Exception:  # the caller's own import raises it, in its own thread
+            pass
 
     threading.Thread(target=load, name="raft-polars-preload", daemon=True).start()
 

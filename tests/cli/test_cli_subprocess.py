@@ -176,6 +176,48 @@ def test_polars_max_threads_zero_is_named(value: str) -> None:
     assert one.returncode == 0, one.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "-1", " -3"])
+def test_numba_num_threads_below_one_is_named(value: str) -> None:
+    """``NUMBA_NUM_THREADS`` below 1, which numba refuses at its import (a
+    traceback, the error lost in the thread that loads the compiled loops
+    ahead, then "cannot import name"): one error that names the variable, from
+    the CLI (exit 2), the frame API and the nested-list API; a value numba
+    ignores (text) still runs."""
+    code = (
+        "import raft_polars as rp\n"
+        "for call in (lambda: rp.stage_losses('data/seed/nested.parquet'),\n"
+        "             lambda: rp.raft_alignment([[[[-1.0], [-2.0]]]], [[[1.0, 0.5]]])):\n"
+        "    try:\n"
+        "        print(call())\n"
+        "    except rp.RaftPolarsError as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": value}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+        cwd=REPO, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    assert all(
+        line.startswith("RaftPolarsError ") and "NUMBA_NUM_THREADS" in line for line in lines
+    )
+    cli = subprocess.run(
+        [sys.executable, "-m", "raft_polars", "losses", "data/seed/nested.parquet"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 2
+    assert cli.stderr.startswith("raft-polars: error: the environment sets NUMBA_NUM_THREADS=")
+    assert len(cli.stderr.splitlines()) == 1
+    env["NUMBA_NUM_THREADS"] = "many"
+    one = subprocess.run(
+        [sys.executable, "-m", "raft_polars", "losses", "data/seed/nested.parquet"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
+
+
 _CTRL_C_IN_IMPORTS = """
 import builtins, sys
 real = builtins.__import__
