@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from raft_polars.errors import MissingDependencyError, RaftInputError
+from raft_polars.errors import MissingDependencyError, RaftInputError, RaftPolarsError
 
 __all__ = ["DaskEngine", "connect"]
 
@@ -208,23 +208,34 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
         msg = f"workers must be a whole number >= 1, got {count!r}"
         raise RaftInputError(msg)
     threads = cpu_threads(count)
-    with (
-        distributed.LocalCluster(
-            n_workers=count,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            worker_dashboard_address=None,
-            # the scheduler's plain HTTP endpoints: loopback, any free port
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            env={"POLARS_MAX_THREADS": threads, "OMP_NUM_THREADS": threads},
-            # a task's error reaches the caller as the engine's error; the workers'
-            # own log of it ("Compute Failed" and a traceback) is left unprinted
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(
+                distributed.LocalCluster(
+                    n_workers=count,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    worker_dashboard_address=None,
+                    # the scheduler's plain HTTP endpoints: loopback, any free port
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                    env={"POLARS_MAX_THREADS": threads, "OMP_NUM_THREADS": threads},
+                    # a task's error reaches the caller as the engine's error; the
+                    # workers' own log of it ("Compute Failed" and a traceback) is
+                    # left unprinted
+                    silence_logs=logging.CRITICAL,
+                )
+            )
+            client = stack.enter_context(distributed.Client(cluster))
+        except (RuntimeError, OSError, TimeoutError) as exc:  # a worker ended as it started
+            cause = str(exc.__cause__ or exc).strip() or type(exc).__name__
+            msg = (
+                f"the local Dask cluster of {count} worker process(es) on 127.0.0.1 did "
+                f"not start: {cause} (did a worker process end as it started, killed or "
+                "out of memory?)"
+            )
+            raise RaftPolarsError(msg) from None
         yield client
 
 

@@ -147,3 +147,53 @@ def test_a_signal_after_the_result_of_a_dask_select_exits_0(tmp_path: Path, sig:
     assert (proc.returncode, rest, stderr) == (0, "", "")
     assert out.read_bytes() == plain.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log", "out.jsonl", "plain.jsonl"]
+
+
+def _spawned(pid: int) -> list[int]:
+    """The multiprocessing children of ``pid`` (a local Dask cluster's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+def test_a_dask_worker_killed_as_the_cluster_starts_is_one_line(tmp_path: Path) -> None:
+    """A worker process of the local cluster killed (``kill -9``, the OOM killer)
+    while the cluster starts: the command recovers (exit 0, the losses) or says
+    so in one line (exit 2); it printed distributed's traceback and exited 1."""
+    src = tmp_path / "log.parquet"
+    pl.DataFrame(
+        {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.9],
+         "logprobs": [[-1.0], [-2.0]]}
+    ).write_parquet(src)  # fmt: skip
+    argv = [sys.executable, "-m", "raft_polars", "losses", str(src), "--engine", "dask",
+            "--workers", "2"]  # fmt: skip
+    for _ in range(3):
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO
+        )
+        deadline, killed = time.monotonic() + 60, False
+        while not killed and proc.poll() is None and time.monotonic() < deadline:
+            workers = _spawned(proc.pid)
+            if workers:
+                time.sleep(0.2)  # the worker process is starting
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(workers[-1], signal.SIGKILL)
+                killed = True
+            time.sleep(0.01)
+        out, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, err
+        if proc.returncode == 2:
+            assert err.startswith("raft-polars: error: the local Dask cluster"), err
+            assert len(err.splitlines()) == 1, err
+        else:
+            assert proc.returncode == 0, err
+            assert "2.0" in out
+    assert killed
