@@ -414,8 +414,13 @@ def _resolve_remote(
     options = dict(storage_options or {})
     origin = f"{role} {paths[0]!r}" if len(paths) == 1 else f"{role} {len(paths)} paths"
     files: list[DataFile] = []
-    for path in paths:  # a prefix is listed as a directory is; files and globs go as given
-        files.extend(_listed(path, role, options) if path.endswith("/") else [DataFile(path)])
+    for path in paths:  # prefixes and globs are listed as directories and local globs are
+        if path.endswith("/"):
+            files.extend(_listed(path, role, options))
+        elif any(ch in path for ch in _GLOB_CHARS):
+            files.extend(_globbed(path, role, options))
+        else:
+            files.append(DataFile(path))
     kind = _one_kind(files, origin)
     names = [f.path for f in files]
     try:
@@ -454,6 +459,35 @@ def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile
             found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
     if not found:
         msg = f"{role}: prefix {prefix!r} holds no *.parquet or *.pq files (nor JSON lines)"
+        raise RaftInputError(msg)
+    return found
+
+
+def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFile]:
+    """The objects an object store glob matches (Polars' own expansion), chosen
+    as a local glob's files are (:func:`_matched_files`): a name below the
+    pattern's fixed part that begins with ``.`` or ``_`` is left out unless the
+    pattern spells it, Hive ``key=value`` parts below the fixed part kept; the
+    kind of file is told by the objects' names, not the pattern's."""
+    try:  # not public: guarded
+        from polars.io._expand_paths import _expand_paths
+    except ImportError:  # a Polars without it: the pattern as given, as before
+        return [DataFile(pattern)]
+    try:
+        listed = _expand_paths(pattern, storage_options=dict(options) or None).collect()
+    except READ_ERRORS as exc:
+        msg = f"cannot read {role} {pattern!r}: {_first_line(exc)}"
+        raise RaftInputError(msg) from exc
+    fixed = pattern[: min(pattern.find(ch) % (len(pattern) + 1) for ch in _GLOB_CHARS)]
+    root = fixed[: fixed.rfind("/") + 1]
+    spelled = [part for part in pattern.split("/") if _hidden_name(part)]
+    found = []
+    for key in sorted(listed.to_series().to_list()):
+        below = PurePosixPath(key.removeprefix(root))
+        if key.startswith(root) and not any(_hidden(part, spelled) for part in below.parts):
+            found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
+    if not found:
+        msg = f"cannot read {role} {pattern!r}: no object matches it as a glob pattern"
         raise RaftInputError(msg)
     return found
 

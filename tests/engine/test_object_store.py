@@ -91,8 +91,23 @@ def _engine(name: str) -> Any:
         {"source": "s3://logs/jsonl-parts/"},
         {"source": "s3://logs/jsonl-long/tokens/", "rewards": "s3://logs/jsonl-long/rewards/"},
         {"source": "s3://logs/hive/"},
+        # globs are listed too: the objects' names tell the kind and leave out the
+        # hidden ones (_tmp/part-9.jsonl), as a local glob's files
+        {"source": "s3://logs/jsonl-parts/**/part-*"},
+        {"source": "s3://logs/hive/*/part.parquet"},
     ],
-    ids=["glob", "prefix", "list", "long", "jsonl", "jsonl-prefix", "jsonl-long", "hive"],
+    ids=[
+        "glob",
+        "prefix",
+        "list",
+        "long",
+        "jsonl",
+        "jsonl-prefix",
+        "jsonl-long",
+        "hive",
+        "jsonl-glob",
+        "hive-glob",
+    ],
 )
 def test_s3(store: dict[str, str], source: dict[str, Any], engine: str) -> None:
     table = rp.stage_losses(**source, storage_options=store, engine=_engine(engine))
