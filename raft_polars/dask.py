@@ -232,8 +232,9 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
             cause = str(exc.__cause__ or exc).strip() or type(exc).__name__
             msg = (
                 f"the local Dask cluster of {count} worker process(es) on 127.0.0.1 did "
-                f"not start: {cause} (did a worker process end as it started, killed or "
-                "out of memory?)"
+                f"not start: {cause}. A worker process ended as it started: killed, out of "
+                "memory, or unable to import the main script again (a script needs "
+                "'if __name__ == \"__main__\":' around its work, and cannot come from stdin)"
             )
             raise RaftPolarsError(msg) from None
         yield client
