@@ -259,10 +259,17 @@ def resolve(
     elif isinstance(source, Sequence) and all(isinstance(p, str | Path) for p in source):
         paths = list(source)
     else:
+        given = type(source)
         msg = (
             f"{role} must be a path, a glob, a list of paths, a polars DataFrame or "
-            f"LazyFrame or a pyarrow Table; got {type(source).__name__}"
+            f"LazyFrame or a pyarrow Table; got {given.__module__}.{given.__qualname__}"
         )
+        if given.__module__.split(".")[0] == "pandas":
+            msg += " (convert it with polars.from_pandas(...))"
+        elif given.__module__.split(".")[0] == "pyarrow":
+            msg += " (make it a table: pyarrow.Table.from_batches([...]), or .read_all())"
+        elif isinstance(source, Sequence):
+            msg += " (a list of paths holds only str or pathlib.Path)"
         raise RaftInputError(msg)
     if not paths:
         msg = f"{role}: the list of paths is empty"

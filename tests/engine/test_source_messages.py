@@ -299,3 +299,32 @@ def test_a_part_without_rows_before_the_bad_one_does_not_stop_the_search(
     for run in (raft_polars.stage_losses, raft_polars.validate):
         with pytest.raises(RaftInputError, match=re.escape(expected)):
             run(tmp_path)
+
+
+def _not_sources() -> list[tuple[object, str]]:
+    import polars as pl
+
+    pd = pytest.importorskip("pandas")  # installed with datasets, a test dependency
+
+    frame = pl.DataFrame(
+        {"stage": [0], "prompt": [0], "cand": [0], "reward": [1.0], "logprobs": [[-1.0]]}
+    )
+    return [
+        (
+            pd.DataFrame({"stage": [0]}),
+            r"got pandas\S*\.DataFrame \(convert it with polars\.from_pandas",
+        ),
+        (frame.to_arrow().to_batches()[0], r"got pyarrow\S*\.RecordBatch \(make it a table"),
+        ([frame], r"got builtins\.list \(a list of paths holds only str or pathlib\.Path\)"),
+        ({"source": "log.parquet"}, r"got builtins\.dict$"),
+    ]
+
+
+@pytest.mark.parametrize("entry", ["stage_losses", "stage_stats", "select_best", "validate"])
+def test_a_source_of_another_type_is_named_with_its_module(entry: str) -> None:
+    """A source that is not one (a pandas frame, a record batch, a list holding a
+    frame) is named by module and type, with how to make it one: "got
+    DataFrame" read as a polars frame refused."""
+    for source, message in _not_sources():
+        with pytest.raises(RaftInputError, match=message):
+            getattr(raft_polars, entry)(source)
