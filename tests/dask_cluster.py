@@ -4,7 +4,8 @@ The scheduler and the two workers (one thread each) run as separate processes
 bound to 127.0.0.1 with no dashboard, so that nothing of theirs runs in the test
 process (a scheduler thread there draws from the global ``random`` and upsets
 hypothesis); the test process holds only a client. The cluster is stopped when
-the test process exits. Nothing leaves the loopback interface.
+the test process exits, and on Linux also when it crashes (each Dask command is
+sent SIGTERM when the test process ends). Nothing leaves the loopback interface.
 """
 
 from __future__ import annotations
@@ -23,8 +24,23 @@ from typing import Any
 _STATE: dict[str, Any] = {}
 
 
+# Linux: the child asks for SIGTERM when the test process ends, however it ends (a
+# native crash runs no atexit), then becomes the Dask command (the request outlives
+# exec); a test process already gone by then ends the child at once
+_ENDED_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable, "-m", *sys.argv[2:]])
+"""
+
+
 def _dask(*args: str) -> list[str]:
-    return [sys.executable, "-m", "distributed.cli." + args[0], *args[1:]]
+    command = ["distributed.cli." + args[0], *args[1:]]
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-c", _ENDED_WITH_PARENT, str(os.getpid()), *command]
+    return [sys.executable, "-m", *command]
 
 
 def client() -> Any:
