@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from itertools import accumulate
@@ -739,6 +739,28 @@ class Responses:
 
     rows: pl.DataFrame
     flagged: pl.DataFrame
+
+
+def fetch_tokens(
+    log: StageLog, piece: Piece | None, keys: pl.DataFrame, skip: Collection[str]
+) -> pl.DataFrame:
+    """The token rows of the responses ``keys`` (canonical ids) in ``piece`` (all
+    of them when None), read by Polars, leaving out the files in ``skip``: those
+    the strict read reported (a page of theirs that Polars cannot decode failed
+    this read, and ``validate`` with it, instead of the report naming the file)."""
+    files = tuple(range(len(log.main.paths))) if piece is None else piece.files
+    kept = tuple(i for i in files if log.main.paths[i] not in skip)
+    if files and not kept:  # nothing to read: the columns only
+        return pl.DataFrame(schema=log.tokens(piece).collect_schema())
+    if len(kept) < len(files):
+        piece = replace(piece, files=kept) if piece is not None else Piece(kept)
+    query = log.tokens(piece).join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)
+    return log.collect(query)
+
+
+def unread(errors: Iterable[tuple[str, str | None]]) -> set[str]:
+    """The files of ``errors`` that a reader refused (not merely pyarrow's 128-bit limit)."""
+    return {path for path, error in errors if error not in (None, WIDE)}
 
 
 def combine_runs(
@@ -1511,6 +1533,7 @@ class StrictParquet:
         coded: bool = False,
     ) -> Iterator[Any]:
         """:meth:`items` of files that pyarrow decodes strictly."""
+        from raft_polars._engine import pages
 
         def frames(batches: list[Any]) -> tuple[Any, int]:
             got: list[pl.DataFrame | _Coded] = []
@@ -1529,8 +1552,9 @@ class StrictParquet:
                 current, done = path, 0
             if not done and isinstance(item, Exception) and _wide_integers(path):
                 self.errors.setdefault(path, WIDE)  # pyarrow refuses Polars' own type
-                yield from self._polars_items(path, types, rows, names, then, strict=False)
-                continue
+                if not pages.suspect(path):  # else in a child, which polars_refusals judges
+                    yield from self._polars_items(path, types, rows, names, then, strict=False)
+                    continue
             if isinstance(item, Exception):  # the file's finding; Polars reads on
                 self.errors.setdefault(path, _error_text(item))
                 rest = _rest(path, types, rows, names, done)
@@ -1758,7 +1782,7 @@ def polars_refusals(
     (``errors``) found nothing wrong in, by ``run(function, paths, columns)``
     (the executor's map). A column the answer never reads may hold what
     Polars cannot decode (an encoding it does not support) without harm."""
-    bad = {path for path, error in errors if error not in (None, WIDE)}
+    bad = unread(errors)
     paths, columns = [], []
     for source, read in _answer_columns(log, "parquet", positions=True):
         names = [name for name, _ in read]

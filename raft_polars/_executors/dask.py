@@ -379,9 +379,10 @@ def _t_token_part(log: StageLog, piece: Piece) -> vk.TokenPart:
     return vk.token_part(log, piece)
 
 
-def _t_fetch_tokens(log: StageLog, piece: Piece, keys: pl.DataFrame) -> pl.DataFrame:
-    picked = log.tokens(piece).join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)
-    return log.collect(picked)
+def _t_fetch_tokens(
+    log: StageLog, piece: Piece, keys: pl.DataFrame, skip: set[str]
+) -> pl.DataFrame:
+    return vk.fetch_tokens(log, piece, keys, skip)
 
 
 def _t_each(function: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
@@ -535,12 +536,14 @@ class DaskExecutor:
                 [job.submit(_t_token_part, job.log, s.piece) for s in shards]
             )
             errors += [e for t in tokens for e in t.errors.items()]
-            vk.strict_findings(found, [*errors, *vk.polars_refusals(log, errors, run)])
+            errors += vk.polars_refusals(log, errors, run)
+            vk.strict_findings(found, errors)
+            skip = vk.unread(errors)
 
             def fetch(keys: pl.DataFrame) -> pl.DataFrame:
                 wanted = client.scatter(keys, broadcast=True, hash=False)
                 rows = job.gather(
-                    [job.submit(_t_fetch_tokens, job.log, s.piece, wanted) for s in shards]
+                    [job.submit(_t_fetch_tokens, job.log, s.piece, wanted, skip) for s in shards]
                 )
                 frame: pl.DataFrame = pl.concat(rows, how="vertical")
                 return frame

@@ -172,10 +172,10 @@ class LocalExecutor:
         errors += tokens.errors.items()
         errors += vk.polars_refusals(log, errors, _map)
         vk.strict_findings(found, errors)
+        skip = vk.unread(errors)
 
         def fetch(keys: pl.DataFrame) -> pl.DataFrame:
-            picked = log.tokens().join(keys.lazy(), on=_IDS, how="semi", nulls_equal=True)
-            return log.collect(picked)
+            return vk.fetch_tokens(log, None, keys, skip)
 
         per_response = vk.combine_runs([tokens.runs], fetch, has_position=log.has_token)
         stage_tokens = vk.finish_long(

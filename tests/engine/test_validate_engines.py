@@ -635,3 +635,57 @@ def test_corrupt_128_bit_file_is_corrupt(tmp_path: Path, layout: str) -> None:
     assert not any("128-bit" in note for note in report["skipped"])
     corrupt = [p for p in report["problems"] if p["kind"] == "corrupt_file"]
     assert [loc["file"] for loc in corrupt[0]["locations"]] == [str(path)]
+
+
+@pytest.mark.parametrize("flipped", [False, True], ids=["sound", "flipped"])
+def test_128_bit_file_with_suspect_headers_is_read_in_a_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flipped: bool
+) -> None:
+    """A 128-bit file whose page headers the walk suspects is not decoded by Polars
+    in this process (a corrupted header can end it) but in a child, whose verdict
+    ``polars_refusals`` gives: a sound file is still only a skipped strict read, a
+    flipped page still a corrupt file (local executor: the walk's verdict is
+    patched, as no writer tried writes such headers)."""
+    from raft_polars._engine import pages
+
+    tokens, rewards = _faulty_long()
+    root = tmp_path / "w"
+    sources = _sources(tokens.cast({"prompt": pl.Int128}), rewards, root)
+    files = sorted((root / "t").glob("*.parquet"))
+    if flipped:
+        data = bytearray(files[0].read_bytes())
+        data[40:56] = bytes(b ^ 0xFF for b in data[40:56])
+        files[0].write_bytes(bytes(data))
+    expected = _report("polars", **sources)
+    monkeypatch.setattr(pages, "suspect", lambda path: True)
+    got = _report("polars", **sources)
+    assert got == expected
+    wide = [note for note in got["skipped"] if "128-bit" in note]
+    corrupt = [p for p in got["problems"] if p["kind"] == "corrupt_file"]
+    if flipped:
+        assert [loc["file"] for loc in corrupt[0]["locations"]] == [str(files[0])]
+        assert len(wide) == 1
+    else:
+        assert not corrupt
+        assert len(wide) == 2
+
+
+@pytest.mark.parametrize("dtype", [pl.Int64(), pl.Int128()], ids=str)
+def test_a_corrupt_token_file_is_reported_while_other_rows_are_fetched(
+    tmp_path: Path, dtype: pl.DataType
+) -> None:
+    """Responses that need a look at their token rows (a bad log-prob, a repeated
+    position) are fetched by Polars from the token files: a file whose page
+    header is corrupted failed that read, and ``validate`` with it ("cannot read
+    stage log source ...: Invalid thrift", the file unnamed; for 128-bit ids
+    another file blamed), where the report names it. Both executors."""
+    tokens, rewards = _faulty_long()
+    sources = _sources(tokens.cast({"prompt": dtype}), rewards, tmp_path / "w")
+    files = sorted((tmp_path / "w" / "t").glob("*.parquet"))
+    data = bytearray(files[0].read_bytes())
+    data[40:56] = bytes(b ^ 0xFF for b in data[40:56])  # the first page's header
+    files[0].write_bytes(bytes(data))
+    report = _both(**sources)
+    corrupt = [p for p in report["problems"] if p["kind"] == "corrupt_file"]
+    assert [loc["file"] for loc in corrupt[0]["locations"]] == [str(files[0])]
+    assert "bad_logprob_unselected" in _counts(report)  # the other file's rows, looked at
