@@ -1312,8 +1312,35 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
         ):  # an id beyond Int64, worded as the ranking words it (canonical_keys)
             msg = f"{origin}: the ids must fit a 64-bit signed integer: {_first_line(exc)}"
             raise RaftInputError(msg) from exc
+        culprit = _page_culprit(paths, exc)
+        if culprit is not None:
+            raise parquet_error(culprit, exc) from exc
         msg = f"cannot read stage log {origin}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
+
+
+def _page_culprit(paths: Sequence[str], exc: BaseException) -> str | None:
+    """The first local Parquet file of ``paths`` whose sound footer hides a page
+    that Polars fails on with the error of the read (``exc``): each decoded
+    alone, in order (the read decoded them in that order, so the first to fail
+    is the one it failed on), on an error of the data only."""
+    from polars.exceptions import PanicException
+
+    if not isinstance(exc, pl.exceptions.ComputeError):
+        return None
+    said = _first_line(exc)
+    for path in paths:
+        if is_remote(path) or file_kind(path) != "parquet":
+            continue
+        scan = pl.scan_parquet(path, hive_partitioning=False, glob=False)
+        try:
+            scan.sink_batches(lambda _: None, engine="streaming")
+        except pl.exceptions.ComputeError as again:
+            if _first_line(again) == said:
+                return path
+        except (Exception, PanicException):  # another failure: not the one read
+            continue
+    return None
 
 
 def _json_lines_failure(path: str, values: bool) -> BaseException | None:

@@ -328,3 +328,48 @@ def test_a_source_of_another_type_is_named_with_its_module(entry: str) -> None:
     for source, message in _not_sources():
         with pytest.raises(RaftInputError, match=message):
             getattr(raft_polars, entry)(source)
+
+
+@pytest.mark.parametrize("layout", ["nested", "long"])
+@pytest.mark.parametrize("entry", ["stage_losses", "stage_stats", "select_best"])
+def test_a_page_polars_cannot_decode_names_its_file(
+    tmp_path: Path, layout: str, entry: str
+) -> None:
+    """A page header corrupted in one of several files, under a sound footer:
+    the error named the source ("cannot read stage log source ...: Invalid
+    thrift"), not the file; now the file that fails alone with the same error."""
+    import polars as pl
+
+    rows = 3000
+    frame = pl.DataFrame(
+        {
+            "stage": [0] * rows,
+            "prompt": list(range(rows)),
+            "cand": [0] * rows,
+            "reward": [0.5] * rows,
+            "logprobs": [[-1.0, -2.0]] * rows,
+        }
+    )
+    kwargs: dict[str, object] = {}
+    if layout == "long":
+        frame, rewards = (
+            frame.drop("reward").explode("logprobs").rename({"logprobs": "logprob"}),
+            frame.drop("logprobs"),
+        )
+        kwargs["rewards"] = rewards
+    paths = []
+    for part in range(3):
+        path = tmp_path / f"part-{part}.parquet"
+        frame.filter(pl.col("prompt") % 3 == part).write_parquet(path)
+        paths.append(path)
+    data = bytearray(paths[1].read_bytes())
+    data[40:56] = bytes(b ^ 0xFF for b in data[40:56])  # the first page's header
+    paths[1].write_bytes(bytes(data))
+
+    def call() -> object:
+        result = getattr(raft_polars, entry)(str(tmp_path), **kwargs)
+        return raft_polars.collect(result) if entry == "select_best" else result
+
+    named = f"cannot read Parquet file {re.escape(repr(str(paths[1])))}"
+    with pytest.raises(RaftInputError, match=named):
+        call()
