@@ -146,7 +146,7 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     FigureCanvasAgg(fig)
     ax_loss, ax_reward = fig.subplots(2, 1, sharex=True)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)  # a path or a title with "$" is text
     if table.height == 0:
         for ax in (ax_loss, ax_reward):
             ax.text(0.5, 0.5, "no stages", ha="center", va="center", transform=ax.transAxes)

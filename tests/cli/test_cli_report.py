@@ -111,3 +111,16 @@ def test_without_matplotlib(
     result = run(capsys, "report", rising_log, "-o", tmp_path / "r.png")
     assert_one_line_error(result, "pip install 'raft-polars[plot]'")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("title", ["a$x^$", "cost $5 vs $10"])
+def test_a_title_with_dollars_is_plain_text(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, rising_log: Path, title: str
+) -> None:
+    """A title (or a log's path, the default title) holding ``$``: matplotlib read
+    it as math, and ``a$x^$`` ended in its parser's traceback (exit 1)."""
+    out = tmp_path / "fig.png"
+    assert run(capsys, "report", rising_log, "-o", out, "--title", title).code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = report_figure(stage_losses(rising_log), title=title)
+    assert figure.get_suptitle() == title
