@@ -260,13 +260,14 @@ def resolve(
         paths = list(source)
     else:
         given = type(source)
+        package = given.__module__.split(".")[0]
         msg = (
             f"{role} must be a path, a glob, a list of paths, a polars DataFrame or "
             f"LazyFrame or a pyarrow Table; got {given.__module__}.{given.__qualname__}"
         )
-        if given.__module__.split(".")[0] == "pandas":
+        if package == "pandas":
             msg += " (convert it with polars.from_pandas(...))"
-        elif given.__module__.split(".")[0] == "pyarrow":
+        elif package == "pyarrow":
             msg += " (make it a table: pyarrow.Table.from_batches([...]), or .read_all())"
         elif isinstance(source, Sequence):
             msg += " (a list of paths holds only str or pathlib.Path)"
@@ -450,17 +451,15 @@ def _resolve_remote(
 def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile]:
     """The data files under an object store prefix (``s3://bucket/run/``), chosen
     as below a local directory (:func:`_data_name`, Hive ``key=value`` parts)."""
-    try:  # Polars' own listing, with the same credentials (not public: guarded)
-        from polars.io._expand_paths import _expand_paths
-    except ImportError:  # a Polars without it: the prefix as a Parquet directory, as before
-        return [DataFile(prefix)]
     try:
-        listed = _expand_paths(f"{prefix}**/*", storage_options=dict(options) or None).collect()
+        keys = _store_keys(f"{prefix}**/*", options)
     except READ_ERRORS as exc:
         msg = f"{role}: cannot list prefix {prefix!r}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
+    if keys is None:  # a Polars without the listing: the prefix as a Parquet directory
+        return [DataFile(prefix)]
     found = []
-    for key in sorted(listed.to_series().to_list()):
+    for key in keys:
         below = PurePosixPath(key.removeprefix(prefix))
         if key.startswith(prefix) and _data_name(below.parts):
             found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
@@ -470,26 +469,41 @@ def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile
     return found
 
 
+def _store_keys(pattern: str, options: Mapping[str, str]) -> list[str] | None:
+    """The object store keys a glob pattern matches, sorted: Polars' own listing,
+    with the same credentials (not public: guarded), None for a Polars without
+    it. Raises Polars' error where the store cannot be listed."""
+    try:
+        from polars.io._expand_paths import _expand_paths
+    except ImportError:
+        return None
+    listed = _expand_paths(pattern, storage_options=dict(options) or None).collect()
+    return sorted(listed.to_series().to_list())
+
+
+def _fixed_part(pattern: str) -> str:
+    """A glob pattern up to its first wildcard character."""
+    return pattern[: min(pattern.find(ch) % (len(pattern) + 1) for ch in _GLOB_CHARS)]
+
+
 def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFile]:
     """The objects an object store glob matches (Polars' own expansion), chosen
     as a local glob's files are (:func:`_matched_files`): a name below the
     pattern's fixed part that begins with ``.`` or ``_`` is left out unless the
     pattern spells it, Hive ``key=value`` parts below the fixed part kept; the
     kind of file is told by the objects' names, not the pattern's."""
-    try:  # not public: guarded
-        from polars.io._expand_paths import _expand_paths
-    except ImportError:  # a Polars without it: the pattern as given, as before
-        return [DataFile(pattern)]
     try:
-        listed = _expand_paths(pattern, storage_options=dict(options) or None).collect()
+        keys = _store_keys(pattern, options)
     except READ_ERRORS as exc:
         msg = f"cannot read {role} {pattern!r}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
-    fixed = pattern[: min(pattern.find(ch) % (len(pattern) + 1) for ch in _GLOB_CHARS)]
+    if keys is None:  # a Polars without the listing: the pattern as given, as before
+        return [DataFile(pattern)]
+    fixed = _fixed_part(pattern)
     root = fixed[: fixed.rfind("/") + 1]
     spelled = [part for part in pattern.split("/") if _hidden_name(part)]
     found = []
-    for key in sorted(listed.to_series().to_list()):
+    for key in keys:
         below = PurePosixPath(key.removeprefix(root))
         if key.startswith(root) and not any(_hidden(part, spelled) for part in below.parts):
             found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
@@ -583,7 +597,7 @@ def _expand(text: str, role: str) -> list[DataFile]:
             raise RaftInputError(msg)
         return [DataFile(local_path(text))]
     if any(ch in text for ch in _GLOB_CHARS):
-        fixed = text[: min(text.find(ch) % (len(text) + 1) for ch in _GLOB_CHARS)]
+        fixed = _fixed_part(text)
         root = Path(fixed) if fixed.endswith(("/", "\\")) else Path(fixed).parent
         matches = _matched_files(text, root)
         if not matches:

@@ -1405,8 +1405,11 @@ def strict_read(path: str) -> str | None:
     if pages.verified(path):
         return None
     for _, item in _decoded([path], None, len):
-        if isinstance(item, Exception):  # a file pyarrow refuses whole: Polars decodes it
-            return (_polars_decode(path) or WIDE) if _wide_integers(path) else _error_text(item)
+        if not isinstance(item, Exception):
+            continue
+        if pages.wide_integers(path):  # a file pyarrow refuses whole: Polars decodes it
+            return _polars_decode(path) or WIDE
+        return _error_text(item)
     return None
 
 
@@ -1550,7 +1553,7 @@ class StrictParquet:
         for path, item in _decoded(paths, rows, frames):
             if path != current:
                 current, done = path, 0
-            if not done and isinstance(item, Exception) and _wide_integers(path):
+            if not done and isinstance(item, Exception) and pages.wide_integers(path):
                 self.errors.setdefault(path, WIDE)  # pyarrow refuses Polars' own type
                 if not pages.suspect(path):  # else in a child, which polars_refusals judges
                     yield from self._polars_items(path, types, rows, names, then, strict=False)
@@ -1847,26 +1850,21 @@ def _encrypted(path: str, error: str) -> bool:
 WIDE = "pyarrow does not read 128-bit integers"
 
 
-def _wide_integers(path: str) -> list[str]:
-    """The 128-bit integer columns of a Parquet file (:func:`pages.wide_integers`)."""
-    from raft_polars._engine import pages
-
-    return pages.wide_integers(path)
-
-
 def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -> None:
     """Record the files a strict reader rejected."""
+    from raft_polars._engine import pages
+
     bad: dict[str, str] = {}
-    unread: list[str] = []
+    wide: dict[str, None] = {}  # in order, once each
     for path, error in errors:  # a file read in several pieces: its first error
         if error == WIDE:
-            unread += [] if path in unread else [path]
+            wide[path] = None
         elif error is not None:
             bad.setdefault(path, error)
-    for path in unread:  # not corrupt: Polars' own type, which Polars decoded
+    for path in wide:  # not corrupt: Polars' own type, which Polars decoded
         if path not in bad:
             found.skipped.append(
-                f"the strict read of {path!r}: its column(s) {_wide_integers(path)} are "
+                f"the strict read of {path!r}: its column(s) {pages.wide_integers(path)} are "
                 "128-bit integers (Polars' Int128, UInt128), which pyarrow does not read; "
                 "Polars alone decoded it"
             )
