@@ -828,14 +828,23 @@ def _blank(path: str) -> bool:
     return True
 
 
-def _edge(path: str, *, end: bool = False) -> bytes:
-    """A file's first 64 bytes (its last with ``end``); none if it cannot be read."""
+def _tail(path: str) -> bytes:
+    """A file's last 64 bytes; none if it cannot be read."""
     try:
         with open(path, "rb") as handle:
-            if end:
-                handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 64))
             return handle.read(64)
     except OSError:
+        return b""
+
+
+def _text_head(path: str) -> bytes:
+    """A local file's first 64 bytes decompressed (by its suffix, as Polars
+    reads it); none if it cannot be read."""
+    try:
+        with _decompressed(path) as stream:
+            return bytes(stream.read(64))
+    except (OSError, ValueError, pa.ArrowException):
         return b""
 
 
@@ -1039,7 +1048,7 @@ def parquet_error(path: str, exc: BaseException) -> RaftInputError:
 
 def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
     """The error for a JSON lines file that cannot be read."""
-    hint, head = "", _edge(path)
+    hint, head = "", _text_head(path)
     if head.startswith(b"\xef\xbb\xbf"):
         hint = "; it begins with a UTF-8 byte order mark (BOM): save it as UTF-8 without one"
     elif head.lstrip().startswith(b"["):
@@ -1047,7 +1056,7 @@ def json_lines_error(path: str, exc: BaseException) -> RaftInputError:
     elif (
         "invalid gzip header" in str(exc)
         and path.lower().endswith(".gz")
-        and _edge(path, end=True).endswith(b"\0" * 8)
+        and _tail(path).endswith(b"\0" * 8)
     ):
         hint = (
             "; it ends in zero bytes after its gzip data (padding, which gzip -d "

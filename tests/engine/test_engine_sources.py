@@ -13,6 +13,7 @@ from typing import Any
 
 import dask_cluster
 import polars as pl
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -598,17 +599,23 @@ def test_an_id_beyond_int64_names_the_source(tmp_path: Path, engine: str, suffix
         raft_polars.stage_losses(path, engine=chosen)
 
 
+@pytest.mark.parametrize("suffix", ["", ".gz", ".zst"])
 @pytest.mark.parametrize("head", ["\ufeff", "[", " ["])
-def test_a_json_lines_file_that_is_not_says_why(tmp_path: Path, head: str) -> None:
+def test_a_json_lines_file_that_is_not_says_why(tmp_path: Path, head: str, suffix: str) -> None:
     """A JSON lines file that begins with a byte order mark, or holds one JSON
-    array, is an error that names the file and says which."""
+    array, is an error that names the file and says which, compressed or not
+    (the reason is in the decompressed text)."""
     row = '{"stage": 0, "prompt": 0, "cand": 0, "reward": 1.0, "logprobs": [-1.0]}'
     text = head + (f"{row}]" if "[" in head else row + "\n")
-    path = tmp_path / "log.jsonl"
-    path.write_text(text, encoding="utf-8")
+    path = tmp_path / f"log.jsonl{suffix}"
+    codec = {"": None, ".gz": "gzip", ".zst": "zstd"}[suffix]
+    with pa.output_stream(str(path), compression=codec) as stream:
+        stream.write(text.encode())
     reason = "byte order mark" if head == "\ufeff" else "one JSON array"
-    with pytest.raises(RaftInputError, match=rf"log\.jsonl.*{reason}"):
+    with pytest.raises(RaftInputError, match=rf"log\.jsonl{re.escape(suffix)}.*{reason}"):
         raft_polars.stage_losses(path)
+    with pytest.raises(RaftInputError, match=rf"log\.jsonl{re.escape(suffix)}.*{reason}"):
+        raft_polars.validate(path)
 
 
 @pytest.mark.parametrize("bad", [(1,), (1, 2), (0, 3), (3,)])
