@@ -227,11 +227,73 @@ class Written(int):
 
 @dataclass(frozen=True)
 class Export:
-    """A format's frame, lazy, and the counts of what it left out."""
+    """A format's frame, lazy, and the counts of what it left out; for the
+    formats of text, what the write finds null where text must be (raised by
+    :meth:`check` once the frame is written)."""
 
     frame: pl.LazyFrame
     skipped_equal: int = 0
     skipped_margin: int = 0
+    missing: _Missing | None = None
+
+    def check(self, out: Path) -> None:
+        """Raise where the write of :attr:`frame` met a null text."""
+        if self.missing is not None:
+            self.missing.check(out)
+
+
+class _Missing:
+    """The null texts of a text format's rows, counted batch by batch as the
+    write streams past (in the same pass): a trainer fails on a null prompt or
+    completion long after the export, or trains on it as text.
+
+    ``roles`` maps each text (``"response"``) to the expression of the written
+    columns that is true where it is null, and the column of the candidate it
+    comes from; the first row (by stage, prompt, candidate) is kept for the
+    message."""
+
+    def __init__(
+        self, fmt: str, columns: tuple[str, str], roles: Mapping[str, tuple[pl.Expr, str]]
+    ):
+        self.fmt, self.columns, self.roles = fmt, columns, dict(roles)
+        self.counts: dict[str, int] = {}
+        self.firsts: dict[str, list[pl.DataFrame]] = {}
+
+    def watched(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        """``frame``, its ``stage`` column passed through a function that counts."""
+        flags = [flag.alias(f"_null_{role}") for role, (flag, _) in self.roles.items()]
+        cands = {cand for _, cand in self.roles.values()}
+        dtype = frame.collect_schema()["stage"]
+
+        def count(rows: pl.Series) -> pl.Series:
+            batch = rows.struct.unnest()
+            for role, (_, cand) in self.roles.items():
+                found = batch.filter(pl.col(f"_null_{role}"))
+                if found.height:
+                    self.counts[role] = self.counts.get(role, 0) + found.height
+                    first = found.select("stage", "prompt_id", pl.col(cand).alias("cand"))
+                    self.firsts.setdefault(role, []).append(first.sort(pl.all()).head(1))
+            return batch["stage"]
+
+        watched = pl.struct("stage", "prompt_id", *sorted(cands), *flags).map_batches(
+            count, return_dtype=dtype, is_elementwise=True
+        )
+        return frame.with_columns(watched.alias("stage"))
+
+    def check(self, out: Path) -> None:
+        for role in self.roles:
+            if not (number := self.counts.get(role, 0)):
+                continue
+            first = pl.concat(self.firsts[role]).sort(pl.all(), nulls_last=True).row(0)
+            column = self.columns[0] if role == "prompt" else self.columns[1]
+            more = f" (and {number - 1} more)" if number > 1 else ""
+            msg = (
+                f"cannot write {str(out)!r} in format {self.fmt!r}: the {role} text (column "
+                f"{column!r}) is null at stage {first[0]}, prompt {first[1]!r}, cand {first[2]}"
+                f"{more}; fill the text, or drop those candidates from the log (format "
+                "'rows' writes the selected batch as it is)"
+            )
+            raise RaftInputError(msg)
 
 
 def check_format(fmt: str, min_margin: float | None) -> ExportFormat:
@@ -325,48 +387,63 @@ def export_frame(
     response_text = pl.col(r).cast(pl.String)
     ids = (pl.col("stage"), pl.col("prompt").alias("prompt_id"), pl.col("cand"))
     if fmt == "sft":
-        return Export(
-            selected.select(
-                prompt_text.alias("prompt"),
-                response_text.alias("completion"),
-                *ids,
-                pl.col("reward").alias("cand_reward"),
-                "tokens",
-            )
+        frame = selected.select(
+            prompt_text.alias("prompt"),
+            response_text.alias("completion"),
+            *ids,
+            pl.col("reward").alias("cand_reward"),
+            "tokens",
         )
-    if fmt == "chat":
+        texts = {"prompt": pl.col("prompt"), "response": pl.col("completion")}
+    elif fmt == "chat":
         messages = pl.concat_list(
             pl.struct(pl.lit("user").alias("role"), prompt_text.alias("content")),
             pl.struct(pl.lit("assistant").alias("role"), response_text.alias("content")),
         )
-        return Export(
-            selected.select(
-                messages.alias("messages"),
-                *ids,
-                pl.col("reward").alias("cand_reward"),
-                "tokens",
-            )
+        frame = selected.select(
+            messages.alias("messages"),
+            *ids,
+            pl.col("reward").alias("cand_reward"),
+            "tokens",
         )
-    if fmt == "openrlhf":
-        return Export(
-            selected.select(
-                prompt_text.alias("input"),
-                response_text.alias("output"),
-                "reward",
-                *ids,
-                "tokens",
-            )
+        content = pl.col("messages").list.get
+        texts = {
+            "prompt": content(0).struct.field("content"),
+            "response": content(1).struct.field("content"),
+        }
+    elif fmt == "openrlhf":
+        frame = selected.select(
+            prompt_text.alias("input"),
+            response_text.alias("output"),
+            "reward",
+            *ids,
+            "tokens",
         )
-    assert fmt == "dpo"
-    assert collect is not None
-    return _dpo(
-        selected,
-        candidates,
-        prompt_text=prompt_text,
-        response_text=response_text,
-        min_margin=min_margin,
-        collect=collect,
+        texts = {"prompt": pl.col("input"), "response": pl.col("output")}
+    else:
+        assert fmt == "dpo"
+        assert collect is not None
+        built = _dpo(
+            selected,
+            candidates,
+            prompt_text=prompt_text,
+            response_text=response_text,
+            min_margin=min_margin,
+            collect=collect,
+        )
+        roles = {
+            "prompt": (pl.col("prompt").is_null(), "chosen_cand"),
+            "chosen response": (pl.col("chosen").is_null(), "chosen_cand"),
+            "rejected response": (pl.col("rejected").is_null(), "rejected_cand"),
+        }
+        missing = _Missing(fmt, (p, r), roles)
+        return Export(
+            missing.watched(built.frame), built.skipped_equal, built.skipped_margin, missing
+        )
+    missing = _Missing(
+        fmt, (p, r), {role: (text.is_null(), "cand") for role, text in texts.items()}
     )
+    return Export(missing.watched(frame), missing=missing)
 
 
 def _dpo(

@@ -338,6 +338,7 @@ def write_selected(
                 _export.sink_parquet(built.frame, tmp)
             else:
                 _export.json_lines(built.frame, tmp, out)
+        built.check(out)
 
     _export.write_atomically(out, write, force=force)
     return _export.Written(

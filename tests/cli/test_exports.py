@@ -22,6 +22,8 @@ from cli_helpers import (
     reference_strategy,
     run,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import raft_polars as rp
 from raft_polars._export import ExportFormat
@@ -476,6 +478,134 @@ def test_json_lines_refuse_floats_json_has_not(
     assert sorted(p.name for p in out_dir.iterdir()) == (
         ["kept.parquet"] if bad else ["b.jsonl", "c.jsonl", "kept.parquet"]
     )
+
+
+# --- null texts -------------------------------------------------------------------------
+
+TEXT_ROLES = {
+    "sft": ("prompt", "response"),
+    "chat": ("prompt", "response"),
+    "openrlhf": ("prompt", "response"),
+    "dpo": ("prompt", "chosen response", "rejected response"),
+}
+
+
+def null_text_reference(
+    rows: list[tuple[int, int, int, float, str | None, str | None]], fmt: str
+) -> tuple[list[tuple[str | None, ...]], dict[str, list[tuple[int, int, int]]]]:
+    """The (prompt, response, rejected) texts ``fmt`` writes, in order, and for
+    each text role the (stage, prompt, cand) of its null texts; loops over
+    ``rows`` of (stage, prompt, cand, reward, prompt text, response)."""
+    groups: dict[tuple[int, int], list[tuple[int, float, str | None, str | None]]] = {}
+    for stage, prompt, cand, reward, question, answer in rows:
+        groups.setdefault((stage, prompt), []).append((cand, reward, question, answer))
+    written: list[tuple[str | None, ...]] = []
+    nulls: dict[str, list[tuple[int, int, int]]] = {role: [] for role in TEXT_ROLES[fmt]}
+    for (stage, prompt), cands in sorted(groups.items()):
+        best = min(cands, key=lambda c: (-c[1], c[0]))
+        worst = min(cands, key=lambda c: (c[1], c[0]))
+        if fmt == "dpo" and best[1] == worst[1]:
+            continue
+        texts = [best[2], best[3]] + ([worst[3]] if fmt == "dpo" else [])
+        owners = [best[0], best[0]] + ([worst[0]] if fmt == "dpo" else [])
+        for role, text, cand in zip(TEXT_ROLES[fmt], texts, owners, strict=True):
+            if text is None:
+                nulls[role].append((stage, prompt, cand))
+        written.append((texts[0], texts[1], texts[2] if fmt == "dpo" else None))
+    return written, nulls
+
+
+@pytest.mark.parametrize(
+    ("suffix", "engine"),
+    [(".parquet", "polars"), (".jsonl", "polars"), (".parquet", "dask")],
+)
+@pytest.mark.parametrize("fmt", ["sft", "chat", "openrlhf", "dpo"])
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_a_null_text_is_refused_where_it_would_be_written(
+    tmp_path_factory: pytest.TempPathFactory,
+    fmt: ExportFormat,
+    suffix: str,
+    engine: str,
+    data: Any,
+) -> None:
+    """A format of text whose prompt or response (chosen or rejected) would be
+    null is an error naming the text, its column and the first candidate (by
+    stage, prompt, cand) holding it, with how many more, and writes nothing; a
+    null text that is not written (an unselected candidate's) is no error."""
+    text = st.one_of(st.none(), st.sampled_from(["Q", "", "é"]))
+    shape = st.lists(st.lists(st.integers(1, 3), min_size=1, max_size=3), min_size=1, max_size=2)
+    rows = [
+        (stage, prompt, cand, data.draw(st.sampled_from([0.0, 0.5, 1.0])), data.draw(text),
+         data.draw(text))
+        for stage, prompts in enumerate(data.draw(shape))
+        for prompt, k in enumerate(prompts)
+        for cand in range(k)
+    ]  # fmt: skip
+    log = pl.DataFrame(
+        {
+            "stage": [r[0] for r in rows],
+            "prompt": [r[1] for r in rows],
+            "cand": [r[2] for r in rows],
+            "reward": [r[3] for r in rows],
+            "logprobs": [[-1.0 - r[2]] for r in rows],
+            "prompt_text": pl.Series([r[4] for r in rows], dtype=pl.String),
+            "response": pl.Series([r[5] for r in rows], dtype=pl.String),
+        }
+    )
+    out = tmp_path_factory.mktemp("null") / f"out{suffix}"
+    chosen: Any = dask_cluster.engine() if engine == "dask" else engine
+    written, nulls = null_text_reference(rows, fmt)
+    first = next((role for role in TEXT_ROLES[fmt] if nulls[role]), None)
+    if first is None:
+        assert rp.write_selected(log, out, format=fmt, engine=chosen) == len(written)
+        if not written:  # no pair: an empty file
+            assert out.stat().st_size == 0 or read_output(out).is_empty()
+            return
+        got = read_output(out)
+        texts = {
+            "sft": ("prompt", "completion"),
+            "openrlhf": ("input", "output"),
+            "dpo": ("prompt", "chosen", "rejected"),
+        }.get(fmt)
+        if texts is None:  # chat: the messages' contents
+            pairs = [(m[0]["content"], m[1]["content"], None) for m in got["messages"].to_list()]
+        else:
+            pairs = [(*row, None)[:3] for row in got.select(texts).rows()]
+        assert pairs == written
+        return
+    stage, prompt, cand = nulls[first][0]
+    column = "prompt_text" if first == "prompt" else "response"
+    more = f" (and {len(nulls[first]) - 1} more)" if len(nulls[first]) > 1 else ";"
+    want = (
+        f"the {first} text (column {column!r}) is null at stage {stage}, prompt {prompt}, "
+        f"cand {cand}{more}"
+    )
+    with pytest.raises(RaftInputError) as caught:
+        rp.write_selected(log, out, format=fmt, engine=chosen)
+    assert want in str(caught.value)
+    assert str(out) in str(caught.value)
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+def test_the_command_line_names_a_null_text(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``select --format sft`` on a log whose best candidate has no response text:
+    one line, exit 2, no file."""
+    log = pl.DataFrame(
+        {"stage": [0, 0], "prompt": [5, 5], "cand": [0, 1], "reward": [0.1, 0.5],
+         "logprobs": [[-1.0], [-2.0]], "prompt_text": ["Q", "Q"], "response": ["a", None]}
+    )  # fmt: skip
+    log.write_parquet(tmp_path / "log.parquet")
+    out = tmp_path / "out" / "sft.jsonl"
+    out.parent.mkdir()
+    result = run(capsys, "select", tmp_path / "log.parquet", "-o", out, "--format", "sft")
+    assert_one_line_error(result, "response text (column 'response') is null at stage 0, prompt 5")
+    assert list(out.parent.iterdir()) == []
+    rows = run(capsys, "select", tmp_path / "log.parquet", "-o", out, "--format", "rows")
+    assert rows.code == 0, rows.err
+    assert read_output(out)["response"].to_list() == [None]
 
 
 # --- both executors ------------------------------------------------------------------
