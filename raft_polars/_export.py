@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeAlias
 import polars as pl
 
 from raft_polars._engine import _stream
-from raft_polars._engine.sources import is_remote, write_failure
+from raft_polars._engine.sources import is_remote, would_read, write_failure
 from raft_polars._signals import renaming, temporary
 from raft_polars.errors import RaftInputError, RaftPolarsError
 from raft_polars.selection import is_number, is_whole
@@ -102,14 +102,24 @@ def check_target(out: Path, *, force: bool) -> None:
         raise RaftInputError(msg)
 
 
-def check_not_input(out: Path, paths: Sequence[str]) -> None:
-    """OUT is none of the files being read (``--force`` replaced the log itself)."""
+def check_not_input(out: Path, paths: Sequence[str], specs: Sequence[str]) -> None:
+    """OUT is none of the files being read (``--force`` replaced the log
+    itself), nor a file that the log's paths as given (``specs``: directories,
+    globs) would take in once written: the next read of the log would take the
+    output for a part of it."""
     target = os.path.realpath(out)
     for path in paths:
         if not is_remote(path) and os.path.realpath(path) == target:
             msg = (
                 f"{str(out)!r} is a file of the log being read ({path!r}); "
                 "write the output elsewhere"
+            )
+            raise RaftInputError(msg)
+    for spec in specs:
+        if (how := would_read(spec, str(out))) is not None:
+            msg = (
+                f"{str(out)!r} would become a part of the log it is written from: it "
+                f"{how}; write it elsewhere"
             )
             raise RaftInputError(msg)
 

@@ -40,7 +40,7 @@ import polars as pl
 from raft_polars import _export
 from raft_polars._engine.checks import bad_reward
 from raft_polars._engine.read import Preset, StageLog, read_log
-from raft_polars._engine.sources import Source, reading
+from raft_polars._engine.sources import Source, local_specs, reading
 from raft_polars._engine.stats import STATS_COLUMNS, best_of_n_table, stats_table
 from raft_polars._executors import Engine, Executor, executor
 from raft_polars.errors import RaftInputError
@@ -310,7 +310,7 @@ def write_selected(
     log = read_log(  # read once: the selection and the export use the same log
         source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
     )
-    _export.check_not_input(out, log.paths)
+    _export.check_not_input(out, log.paths, local_specs(source) + local_specs(rewards))
     frame = _selected(run, log, selection)
     paths, origin = log.paths, log.read_origin
     candidates = log.candidates(extras=kind == "dpo")

@@ -45,7 +45,7 @@ import polars as pl
 from raft_polars import __version__
 from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
-from raft_polars._engine.sources import Source, local_files, write_failure
+from raft_polars._engine.sources import Source, local_files, local_specs, write_failure
 from raft_polars._export import EXPORT_FORMATS, json_lines, json_value
 from raft_polars._signals import finished, hold_if_signalled, running
 from raft_polars.errors import MissingDependencyError, RaftInputError, RaftPolarsError
@@ -954,7 +954,8 @@ def _cmd_stats(args: argparse.Namespace) -> None:
         out = Path(args.output)
         fmt = output_format(out)
         check_target(out, force=args.force)
-        check_not_input(out, local_files(source) + local_files(args.rewards))
+        specs = local_specs(source) + local_specs(args.rewards)
+        check_not_input(out, local_files(source) + local_files(args.rewards), specs)
         table = prompt_stats(source, **_log_kwargs(args), **_selection_kwargs(args), engine=engine)
         if args.status is not None:
             table = table.filter(pl.col("status") == args.status)

@@ -400,13 +400,85 @@ def _scan_lines(
     return number + data.count(b"\n", seen, stop)
 
 
-def local_files(source: Source | None) -> list[str]:
-    """The local data files a source names (a file, a directory, a glob; frames
-    and object store paths: none), without reading them."""
+def local_specs(source: Source | None) -> list[str]:
+    """The local paths a source is given as (files, directories, globs; frames
+    and object store paths: none)."""
     if source is None or isinstance(source, pl.LazyFrame | pl.DataFrame | pa.Table):
         return []
     paths = [source] if isinstance(source, str | Path) else list(source)
-    return [f.path for p in map(str, paths) if not is_remote(p) for f in _expand(p, "source")]
+    return [p for p in map(str, paths) if not is_remote(p)]
+
+
+def local_files(source: Source | None) -> list[str]:
+    """The local data files a source names (a file, a directory, a glob; frames
+    and object store paths: none), without reading them."""
+    return [f.path for p in local_specs(source) for f in _expand(p, "source")]
+
+
+def would_read(spec: str, target: str) -> str | None:
+    """How (in words) a read of the local path ``spec``, made once ``target``
+    exists, would take ``target`` as one of its data files; None if it would
+    not. As the file itself, as a data file below the directory, as a file the
+    glob matches or a data file below a directory it matches; names that the
+    read leaves out (hidden, ``.`` and ``_``, below a directory or a glob's
+    fixed part) are left out."""
+    path, out = Path(spec), os.path.realpath(target)
+    if path.is_dir():
+        below = _parts_below(out, spec)
+        if below is None or not _data_name(below):
+            return None
+        return f"lies in the source directory {spec!r} (which leaves out names beginning with '_')"
+    if path.exists():
+        return f"is the source file {spec!r}" if os.path.realpath(spec) == out else None
+    if not any(ch in spec for ch in _GLOB_CHARS):
+        return None
+    fixed = _fixed_part(spec)
+    root = (fixed if fixed.endswith(("/", "\\")) else os.path.dirname(fixed)) or "."
+    pattern, names = Path(os.path.relpath(spec, root)).parts, _parts_below(out, root) or ()
+    # a file it matches (not with a final "/": directories only), or a data file
+    # below a directory it matches
+    ends = range(len(names) + 1 - spec.endswith(("/", "\\")))
+    if names and any(
+        _glob_matches(pattern, names[:end]) and (end == len(names) or _data_name(names[end:]))
+        for end in ends
+    ):
+        return f"matches the source glob {spec!r}"
+    return None
+
+
+def _parts_below(path: str, directory: str) -> tuple[str, ...] | None:
+    """The parts of the real ``path`` below ``directory`` (resolved); None if it
+    is not below it."""
+    try:
+        return Path(path).relative_to(os.path.realpath(directory)).parts
+    except ValueError:
+        return None
+
+
+def _glob_matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
+    """Whether the path ``names`` matches the glob ``pattern`` (both in parts
+    below the glob's fixed part) as :func:`_matched_files` matches: ``**`` any
+    number of parts, a hidden name only where a part of the pattern spells out
+    its first character."""
+    spelled = [part for part in pattern if _hidden_name(part)]
+
+    def matches(parts: Sequence[str], rest: Sequence[str]) -> bool:
+        if not parts:
+            return not rest
+        if parts[0] == "**":  # no name beginning with "." (Python's glob)
+            return any(
+                matches(parts[1:], rest[skip:])
+                for skip in range(len(rest) + 1)
+                if not any(name.startswith(".") for name in rest[:skip])
+            )
+        return (
+            bool(rest)
+            and fnmatch.fnmatchcase(rest[0], parts[0])
+            and (parts[0].startswith(".") or not rest[0].startswith("."))
+            and matches(parts[1:], rest[1:])
+        )
+
+    return matches(pattern, names) and not any(_hidden(name, spelled) for name in names)
 
 
 def _resolve_remote(

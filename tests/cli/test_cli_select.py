@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,13 @@ from cli_helpers import (
     reference_strategy,
     run,
 )
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from reference import reference_selection
 
+import raft_polars
 import raft_polars._export
+from raft_polars._engine.sources import local_files
 
 # the fixtures shared by the CLI tests (see cli_helpers)
 any_log_files = cli_helpers.any_log_files
@@ -375,3 +381,98 @@ def test_local_directories_named_like_urls(
     result = run(capsys, "generate", f"{first}/gen", "--stages", "1", "--prompts", "2")
     assert result.code == 0, result.err
     assert run(capsys, "losses", f"{first}/gen").code == 0
+
+
+# --- an output the log would take in -------------------------------------------------------
+
+_DIRS = ["", "a", "a/b", "_tmp", ".hid", "stage=1", "d.parquet", "d.parquet/_x"]
+_PATTERNS = [
+    "*", "*.parquet", "**/*.parquet", "**", "p?.parquet", "[op]*", "*/*", "_*/*", "**/_*", ".*/*",
+    ".hid/*", "*/", "**/", "a/**", "*.parquet/*",
+]  # fmt: skip
+_OUTS = ["out.parquet", "out.jsonl", "out.pq", "_out.parquet", ".out.parquet", "p1.parquet"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    logs=st.lists(st.sampled_from(_DIRS), min_size=1, max_size=3, unique=True),
+    spec=st.tuples(st.sampled_from(_DIRS), st.one_of(st.none(), st.sampled_from(_PATTERNS))),
+    out=st.tuples(st.sampled_from(_DIRS), st.sampled_from(_OUTS)),
+)
+def test_an_output_the_log_would_read_is_refused(
+    tmp_path_factory: pytest.TempPathFactory,
+    logs: list[str],
+    spec: tuple[str, str | None],
+    out: tuple[str, str],
+) -> None:
+    """``write_selected`` refuses an output that a later read of the source as
+    given (a directory, a glob) would take for one of its parts, and only such
+    an output: the oracle writes the file there and lists the source. A written
+    output leaves the log's answer unchanged."""
+    root = tmp_path_factory.mktemp("tree")
+    log = pl.DataFrame(
+        {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.9],
+         "logprobs": [[-1.0], [-2.0, -4.0]]}
+    )  # fmt: skip
+    for where in _DIRS:
+        (root / where).mkdir(parents=True, exist_ok=True)
+    for where in logs:
+        log.write_parquet(root / where / "p0.parquet")
+    source = str(root / spec[0]) + ("" if spec[1] is None else f"/{spec[1]}")
+    target = root / out[0] / out[1]
+    try:
+        before = raft_polars.stage_losses(source)
+    except raft_polars.RaftInputError:  # a glob matching no log file, a file it cannot read
+        assume(False)
+    if target.exists():
+        assume(False)
+    shutil.copy(root / logs[0] / "p0.parquet", target)  # the oracle: list the source with it
+    try:
+        taken = str(target) in {os.path.realpath(p) for p in local_files(source)}
+    except raft_polars.RaftInputError:
+        taken = True  # the listing fails on it
+    target.unlink()
+    if taken:
+        with pytest.raises(raft_polars.RaftInputError, match="would become a part of the log"):
+            raft_polars.write_selected(source, target)
+        assert not target.exists()
+    else:
+        assert raft_polars.write_selected(source, target) == 1
+        assert raft_polars.stage_losses(source).equals(before)
+        target.unlink()
+
+
+@pytest.mark.parametrize(
+    ("source", "out", "how"),
+    [
+        ("logs", "logs/batch.parquet", "lies in the source directory 'logs'"),
+        ("logs/*.parquet", "logs/b.parquet", "matches the source glob 'logs/*.parquet'"),
+        ("logs", "logs/deep/b.jsonl", "lies in the source directory 'logs'"),
+    ],
+)
+def test_select_into_its_own_source_is_refused(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    source: str,
+    out: str,
+    how: str,
+) -> None:
+    """``select logs -o logs/batch.parquet`` (and ``stats --per-prompt``): one
+    line naming the source, and the log still reads; ``logs/_batch.parquet`` is
+    written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs" / "deep").mkdir(parents=True)
+    pl.DataFrame(
+        {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.9],
+         "logprobs": [[-1.0], [-2.0]]}
+    ).write_parquet(tmp_path / "logs" / "p0.parquet")  # fmt: skip
+    for argv in (["select", source, "-o", out], ["stats", source, "--per-prompt", "-o", out]):
+        result = run(capsys, *argv)
+        assert_one_line_error(result, f"{out!r} would become a part of the log it is written from")
+        assert how in result.err
+        assert not Path(out).exists()
+    ok = run(capsys, "select", source, "-o", "logs/_batch.parquet")
+    assert ok.code == 0, ok.err
+    assert run(capsys, "losses", source).code == 0
