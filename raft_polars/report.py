@@ -128,10 +128,9 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     table = table.sort("stage")
-    stages = table["stage"].cast(pl.Float64).to_numpy()
+    stages = _positions(table)
     loss = table["loss"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     best = table["reward_best_mean"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     mean = table["reward_mean"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
@@ -150,11 +149,9 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     if table.height == 0:
         for ax in (ax_loss, ax_reward):
             ax.text(0.5, 0.5, "no stages", ha="center", va="center", transform=ax.transAxes)
-    # the band around a marked stage spans 60% of the gap to its neighbours
-    half = 0.3 * float(np.diff(stages).min()) if table.height > 1 else 0.3
-    for stage in stages[rose]:
+    for stage in stages[rose]:  # a band over 60% of the gap to the neighbours
         for ax in (ax_loss, ax_reward):
-            ax.axvspan(stage - half, stage + half, color="tab:red", alpha=0.08, lw=0)
+            ax.axvspan(stage - 0.3, stage + 0.3, color="tab:red", alpha=0.08, lw=0)
 
     ax_loss.plot(stages, loss, marker="o", color="tab:blue", label="loss")
     if rose.any():
@@ -190,11 +187,34 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
         ax.grid(True, alpha=0.3)
         if table.height:
             ax.legend(loc="best", fontsize=8)
-    if 0 < table.height <= 25:
-        ax_reward.set_xticks(stages, [str(int(s)) for s in stages])
-    else:
-        ax_reward.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _stage_ticks(ax_reward, table)
     return fig
+
+
+def _positions(table: pl.DataFrame) -> Any:
+    """The x positions of the stages of ``table`` (sorted by stage): 0, 1, ...
+    in order. Stage ids drawn as x values lost their own: float64 holds whole
+    numbers up to 2**53, so that stages 2**53 and 2**53 + 1 were drawn on top of
+    each other; the ids are the ticks' labels (:func:`_stage_ticks`)."""
+    return np.arange(table.height, dtype=np.float64)
+
+
+def _stage_ticks(ax: Any, table: pl.DataFrame) -> None:
+    """Label the stage positions of ``ax`` with the exact stage ids of
+    ``table``: every stage up to 25, beyond that the whole positions
+    matplotlib picks."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ids = [str(stage) for stage in table["stage"].to_list()]
+    if len(ids) <= 25:
+        ax.set_xticks(range(len(ids)), ids)
+        return
+
+    def label(x: float, _: object) -> str:
+        return ids[int(x)] if x == int(x) and 0 <= x < len(ids) else ""
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(label))
 
 
 def save_figure(
@@ -282,7 +302,7 @@ def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
     FigureCanvasAgg(fig)
     (ax_spread, ax_curves), (ax_length, ax_groups) = fig.subplots(2, 2)
     stats = stats.sort("stage")
-    stages = stats["stage"].cast(pl.Float64).to_numpy()
+    stages = _positions(stats)
 
     def column(name: str) -> Any:
         return stats[name].cast(pl.Float64).fill_null(float("nan")).to_numpy()
@@ -374,7 +394,9 @@ def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
     for ax in (ax_spread, ax_curves, ax_length, ax_groups):
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper left", fontsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_curves.xaxis.set_major_locator(MaxNLocator(integer=True))  # n
+    for ax in (ax_spread, ax_length, ax_groups):
+        _stage_ticks(ax, stats)
     return fig
 
 

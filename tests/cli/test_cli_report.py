@@ -10,9 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 from cli_helpers import DATA, assert_one_line_error, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from raft_polars import stage_losses
-from raft_polars.report import loss_rises, report_figure
+from raft_polars import best_of_n, stage_losses, stage_stats
+from raft_polars.report import _stats_figure, loss_rises, report_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -124,3 +126,43 @@ def test_a_title_with_dollars_is_plain_text(
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     figure = report_figure(stage_losses(rising_log), title=title)
     assert figure.get_suptitle() == title
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    ids=st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=32, unique=True).map(sorted)
+)
+def test_every_stage_has_its_own_place_and_exact_label(ids: list[int]) -> None:
+    """Stage ids, however large (float64 holds whole numbers up to 2**53 only):
+    each stage is drawn at its own x position, in order, and a labelled tick
+    names its stage exactly; with up to 25 stages every stage is labelled. In
+    the loss figure and the statistics figure of the HTML report alike."""
+    log = pl.DataFrame(
+        {
+            "stage": pl.Series(ids, dtype=pl.Int64),
+            "prompt": [0] * len(ids),
+            "cand": [0] * len(ids),
+            "reward": [0.5 + i for i in range(len(ids))],
+            "logprobs": [[-1.0 - i % 3] for i in range(len(ids))],
+        }
+    )
+    figures = [report_figure(stage_losses(log)), _stats_figure(stage_stats(log), best_of_n(log))]
+    for figure, axes in zip(figures, ([1], [0, 2, 3]), strict=True):
+        figure.canvas.draw()
+        for index in axes:
+            ax = figure.axes[index]
+            xs = np.asarray(ax.lines[0].get_xdata(), dtype=float) if ax.lines else None
+            if xs is not None:  # the positions of the stages, in order, apart
+                assert len(xs) == len(ids)
+                assert (np.diff(xs) > 0).all()
+            labelled = {
+                float(tick): text.get_text()
+                for tick, text in zip(ax.get_xticks(), ax.get_xticklabels(), strict=True)
+                if text.get_text()
+            }
+            assert labelled
+            for tick, text in labelled.items():
+                assert tick == int(tick), (tick, text)
+                assert text == str(ids[int(tick)])
+            if len(ids) <= 25:
+                assert sorted(labelled.values(), key=int) == [str(i) for i in ids]
