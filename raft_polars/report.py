@@ -95,7 +95,8 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     The upper panel shows the loss per stage, with the stages where it rose marked
     (red triangle and shaded band); the lower one the mean selected reward against
     the mean reward of all candidates, the gap between them (the reward lift)
-    shaded.
+    shaded. The stages are drawn in order, one place each, labelled with their
+    ids (exact at any size; a gap between ids takes no more room).
 
     Parameters
     ----------
