@@ -84,6 +84,19 @@ class SynthChunk:
         np.cumsum(self.lengths, out=out[1:])
         return out
 
+    def prompts(self, lo: int, hi: int) -> SynthChunk:
+        """The candidates of the prompts ``lo <= prompt < hi``."""
+        a, b = np.searchsorted(self.prompt, [lo, hi])
+        offsets = self.offsets
+        return SynthChunk(
+            self.stage,
+            self.prompt[a:b],
+            self.cand[a:b],
+            self.reward[a:b],
+            self.lengths[a:b],
+            self.logprob[offsets[a] : offsets[b]],
+        )
+
 
 def iter_chunks(
     *,
@@ -95,10 +108,12 @@ def iter_chunks(
     seed: int = 0,
     chunk_prompts: int = 4096,
 ) -> Iterator[SynthChunk]:
-    """Yield the log chunk by chunk, so memory stays bounded for any size.
+    """Yield the log chunk by chunk, ``chunk_prompts`` prompts of one stage at a
+    time, so memory stays bounded for any size.
 
-    Each chunk comes from its own random stream, derived from ``(seed, stage,
-    chunk)``, so the result does not depend on how much is generated at once.
+    The values come from random streams derived from ``(seed, stage, block)``,
+    one for each block of :data:`BLOCK_PROMPTS` prompts, whatever the chunks:
+    the log does not depend on how much is generated at once.
     """
     _check_shape(
         stages=stages,
@@ -108,23 +123,61 @@ def iter_chunks(
         max_tokens=max_tokens,
         chunk_prompts=chunk_prompts,
     )
+    lengths = (min_tokens, max_tokens)
     for stage in range(stages):
-        # the model gets better: the mean NLL per token falls from ~1.6 to ~0.3
         quality = stage / max(stages - 1, 1)
-        mean_nll = 1.6 - 1.3 * quality
-        for chunk, start in enumerate(range(0, prompts, chunk_prompts)):
-            rng = np.random.default_rng([seed, stage, chunk])
-            n_prompts = min(chunk_prompts, prompts - start)
-            n = n_prompts * k
-            prompt = np.repeat(np.arange(start, start + n_prompts, dtype=np.int32), k)
-            cand = np.tile(np.arange(k, dtype=np.int32), n_prompts)
-            lengths = rng.integers(min_tokens, max_tokens + 1, size=n, dtype=np.int64)
-            # per-response quality shifts the token NLLs; rewards follow quality
-            skill = rng.normal(0.0, 0.25, size=n)
-            scale = np.repeat(np.clip(mean_nll * (1.0 + skill), 0.05, None), lengths)
-            logprob = -rng.exponential(1.0, size=int(lengths.sum())) * scale
-            reward = np.round(1.0 * quality - 2.0 * skill + rng.normal(0.0, 0.5, n), 2)
-            yield SynthChunk(stage, prompt, cand, reward, lengths, logprob.astype(np.float32))
+        blocks = (
+            _block(stage, quality, np.arange(start, min(start + BLOCK_PROMPTS, prompts)), k,
+                   lengths=lengths, seed=seed)
+            for start in range(0, prompts, BLOCK_PROMPTS)
+        )  # fmt: skip
+        held: list[SynthChunk] = []  # blocks whose prompts are not all yielded yet
+        for start in range(0, prompts, chunk_prompts):
+            end = min(start + chunk_prompts, prompts)
+            while not held or held[-1].prompt[-1] < end - 1:
+                held.append(next(blocks))
+            yield _joined([block.prompts(start, end) for block in held])
+            held = [block for block in held if block.prompt[-1] >= end]
+
+
+# prompts of one random stream: a chunk of this many (the default) is one block
+BLOCK_PROMPTS = 4096
+
+
+def _block(
+    stage: int,
+    quality: float,
+    prompts: np.ndarray,
+    k: int,
+    *,
+    lengths: tuple[int, int],
+    seed: int,
+) -> SynthChunk:
+    """The ``prompts`` (of one block) of a stage of ``quality`` in [0, 1], from
+    the random stream of their block."""
+    rng = np.random.default_rng([seed, stage, int(prompts[0]) // BLOCK_PROMPTS])
+    # the model gets better: the mean NLL per token falls from ~1.6 to ~0.3
+    mean_nll = 1.6 - 1.3 * quality
+    n = len(prompts) * k
+    prompt = np.repeat(prompts.astype(np.int32), k)
+    cand = np.tile(np.arange(k, dtype=np.int32), len(prompts))
+    tokens = rng.integers(lengths[0], lengths[1] + 1, size=n, dtype=np.int64)
+    # per-response quality shifts the token NLLs; rewards follow quality
+    skill = rng.normal(0.0, 0.25, size=n)
+    scale = np.repeat(np.clip(mean_nll * (1.0 + skill), 0.05, None), tokens)
+    logprob = -rng.exponential(1.0, size=int(tokens.sum())) * scale
+    reward = np.round(1.0 * quality - 2.0 * skill + rng.normal(0.0, 0.5, n), 2)
+    return SynthChunk(stage, prompt, cand, reward, tokens, logprob.astype(np.float32))
+
+
+def _joined(parts: list[SynthChunk]) -> SynthChunk:
+    """``parts`` of one stage, in prompt order, as one chunk."""
+    parts = [part for part in parts if len(part.prompt)]
+    if len(parts) == 1:
+        return parts[0]
+    arrays = ("prompt", "cand", "reward", "lengths", "logprob")
+    joined = (np.concatenate([getattr(part, name) for part in parts]) for name in arrays)
+    return SynthChunk(parts[0].stage, *joined)
 
 
 def generate(
@@ -153,13 +206,15 @@ def generate(
     stages, prompts, k
         Number of stages, prompts per stage and candidates per prompt.
     min_tokens, max_tokens
-        Response lengths are uniform in ``[min_tokens, max_tokens]``.
+        Response lengths are uniform in ``[min_tokens, max_tokens]``; both at
+        least 1 (a stage whose selected responses are all empty has no loss).
     seed
         Seed of the random streams.
     payload
         Also write ``prompt_text`` and ``response`` text columns.
     chunk_prompts
-        Prompts per written file; bounds the generator's memory.
+        Prompts per written file; bounds the generator's memory. The log does
+        not depend on it (see :func:`iter_chunks`).
     progress
         Called as ``progress(done, total)`` with token counts after each chunk.
 
@@ -269,9 +324,8 @@ _INT32_MAX = 2**31 - 1  # ids and lengths are written as 32-bit integers
 
 def _check_shape(**sizes: int) -> None:
     for name, value in sizes.items():
-        floor = 0 if name == "min_tokens" else 1
-        if value < floor:
-            msg = f"{name} must be at least {floor}, got {value!r}"
+        if value < 1:  # an empty response: a stage whose selection is all empty has no loss
+            msg = f"{name} must be at least 1, got {value!r}"
             raise RaftInputError(msg)
         if value > _INT32_MAX:
             msg = f"{name} must be at most {_INT32_MAX:,} (32-bit ids and lengths), got {value!r}"

@@ -6,10 +6,16 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any, Literal
 
 import polars as pl
 import pytest
 from cli_helpers import assert_one_line_error, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import raft_polars.synth
+from raft_polars.synth import generate
 
 SHAPE = [
     "--stages",
@@ -19,7 +25,7 @@ SHAPE = [
     "--k",
     "3",
     "--min-tokens",
-    "0",
+    "1",
     "--max-tokens",
     "6",
     "--seed",
@@ -117,6 +123,7 @@ def test_refuses_a_non_empty_directory(capsys: pytest.CaptureFixture[str], tmp_p
         (["--max-tokens", str(10**19)], "--max-tokens must be at most 2,147,483,647"),
         (["--prompts", str(3 * 10**9)], "--prompts must be at most 2,147,483,647"),
         (["--chunk-prompts", "0"], "--chunk-prompts must be at least 1"),
+        (["--min-tokens", "0"], "--min-tokens must be at least 1"),
     ],
 )
 def test_bad_shapes(
@@ -162,3 +169,43 @@ def test_out_of_memory_is_one_error_line(
     assert_one_line_error(got, "out of memory (Unable to allocate 475. GiB")
     if command == "generate":  # the directory it made is gone
         assert list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.fixed_dictionaries(
+        {
+            "stages": st.integers(1, 2),
+            "prompts": st.integers(1, 23),
+            "k": st.integers(1, 3),
+            "max_tokens": st.integers(1, 5),
+            "seed": st.integers(0, 2**32),
+        }
+    ),
+    chunk=st.integers(1, 30),
+    block=st.integers(1, 9),
+    layout=st.sampled_from(["nested", "long"]),
+)
+def test_the_log_does_not_depend_on_the_chunks(
+    tmp_path_factory: pytest.TempPathFactory,
+    shape: dict[str, Any],
+    chunk: int,
+    block: int,
+    layout: Literal["nested", "long"],
+) -> None:
+    """``chunk_prompts`` splits the files, nothing else: the rows are those of
+    the log generated in one chunk, whatever the chunks and however they fall
+    across the blocks of the random streams (made small here); one file per
+    chunk of each stage."""
+    root = tmp_path_factory.mktemp("gen")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(raft_polars.synth, "BLOCK_PROMPTS", block)
+        split = generate(root / "split", layout=layout, chunk_prompts=chunk, **shape)
+        generate(root / "whole", layout=layout, chunk_prompts=shape["prompts"], **shape)
+    chunks = -(-shape["prompts"] // chunk)
+    assert len(split) == shape["stages"] * chunks * (2 if layout == "long" else 1)
+    ids = ["stage", "prompt", "cand"]
+    parts = {"tokens": [*ids, "token"], "rewards": ids} if layout == "long" else {".": ids}
+    for part, keys in parts.items():
+        got = pl.read_parquet(root / "split" / part).sort(keys)
+        assert got.equals(pl.read_parquet(root / "whole" / part).sort(keys))
