@@ -434,14 +434,9 @@ def would_read(spec: str, target: str) -> str | None:
         return None
     fixed = _fixed_part(spec)
     root = (fixed if fixed.endswith(("/", "\\")) else os.path.dirname(fixed)) or "."
-    pattern, names = Path(os.path.relpath(spec, root)).parts, _parts_below(out, root) or ()
-    # a file it matches (not with a final "/": directories only), or a data file
-    # below a directory it matches
-    ends = range(len(names) + 1 - spec.endswith(("/", "\\")))
-    if names and any(
-        _glob_matches(pattern, names[:end]) and (end == len(names) or _data_name(names[end:]))
-        for end in ends
-    ):
+    pattern = Path(os.path.relpath(spec, root)).parts
+    names = _parts_below(out, root)
+    if names and _glob_takes(pattern, names, directories=spec.endswith(("/", "\\"))):
         return f"matches the source glob {spec!r}"
     return None
 
@@ -453,6 +448,17 @@ def _parts_below(path: str, directory: str) -> tuple[str, ...] | None:
         return Path(path).relative_to(os.path.realpath(directory)).parts
     except ValueError:
         return None
+
+
+def _glob_takes(pattern: Sequence[str], names: Sequence[str], *, directories: bool) -> bool:
+    """Whether a glob ``pattern`` takes the file at ``names`` (both in parts below
+    the pattern's fixed part) as a local glob does (:func:`_matched_files`): as a
+    file it matches (not where it ends in ``/``, ``directories`` only), or as a
+    data file below a directory it matches."""
+    return any(
+        _glob_matches(pattern, names[:end]) and (end == len(names) or _data_name(names[end:]))
+        for end in range(len(names) + 1 - directories)
+    )
 
 
 def _glob_matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
@@ -559,25 +565,26 @@ def _fixed_part(pattern: str) -> str:
 
 
 def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFile]:
-    """The objects an object store glob matches (Polars' own expansion), chosen
-    as a local glob's files are (:func:`_matched_files`): a name below the
-    pattern's fixed part that begins with ``.`` or ``_`` is left out unless the
-    pattern spells it, Hive ``key=value`` parts below the fixed part kept; the
-    kind of file is told by the objects' names, not the pattern's."""
+    """The objects an object store glob takes, chosen from those below its fixed
+    part (Polars' own listing) as a local glob's files are (:func:`_glob_takes`):
+    the objects it matches and the data files "below" (under a ``/``) the names
+    it matches; a name below the fixed part that begins with ``.`` or ``_`` left
+    out unless the pattern spells it, Hive ``key=value`` parts below the fixed
+    part kept; the kind of file told by the objects' names, not the pattern's."""
+    fixed = _fixed_part(pattern)
+    root = fixed[: fixed.rfind("/") + 1]
     try:
-        keys = _store_keys(pattern, options)
+        keys = _store_keys(f"{root}**/*", options)
     except READ_ERRORS as exc:
         msg = f"cannot read {role} {pattern!r}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
     if keys is None:  # a Polars without the listing: the pattern as given, as before
         return [DataFile(pattern)]
-    fixed = _fixed_part(pattern)
-    root = fixed[: fixed.rfind("/") + 1]
-    spelled = [part for part in pattern.split("/") if _hidden_name(part)]
+    parts = pattern.removeprefix(root).split("/")
     found = []
     for key in keys:
         below = PurePosixPath(key.removeprefix(root))
-        if key.startswith(root) and not any(_hidden(part, spelled) for part in below.parts):
+        if key.startswith(root) and _glob_takes(parts, below.parts, directories=False):
             found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
     if not found:
         msg = f"cannot read {role} {pattern!r}: no object matches it as a glob pattern"

@@ -9,14 +9,19 @@ import gzip
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dask_cluster
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference import long_frames, nested_frame, reference_rounded
 
 import raft_polars as rp
+from raft_polars._engine import sources
+from raft_polars._engine.sources import local_files
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
@@ -144,3 +149,43 @@ def test_prefix_errors(store: dict[str, str], source: str, message: str) -> None
 def test_missing_object_is_an_input_error(store: dict[str, str]) -> None:
     with pytest.raises(rp.RaftInputError, match="cannot read source 's3://logs/nope/"):
         rp.stage_losses("s3://logs/nope/*.parquet", storage_options=store)
+
+
+_KEYS = [
+    "p0.parquet", "a/p1.parquet", "a/b/p2.jsonl", "_tmp/p3.parquet", ".hid/p4.parquet",
+    "stage=1/p5.parquet", "d.parquet/part-0.parquet", "d.parquet/_x/p6.parquet", "a/README",
+    "a/_p7.parquet", "notes.txt",
+]  # fmt: skip
+_GLOBS = [
+    "*", "*.parquet", "**/*.parquet", "**", "p?.parquet", "[ap]*", "*/*", "_*/*", "**/_*",
+    ".*/*", "a/**", "*.parquet/*", "*/p*", "**/p[0-9].*", "a*",
+]  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys=st.sets(st.sampled_from(_KEYS), min_size=1), pattern=st.sampled_from(_GLOBS))
+def test_a_glob_takes_the_same_objects_as_files(
+    store: dict[str, str], tmp_path_factory: pytest.TempPathFactory, keys: set[str], pattern: str
+) -> None:
+    """An object store glob takes the objects a local glob takes of the same
+    tree written as files: the names it matches, the data files below the
+    "directories" it matches, hidden names left out unless spelled; no match
+    is an error on both."""
+    s3 = boto3.client("s3", endpoint_url=store["aws_endpoint_url"], aws_access_key_id="key",
+                      aws_secret_access_key="secret", region_name="us-east-1")  # fmt: skip
+    root = tmp_path_factory.mktemp("tree")
+    prefix = f"trees/{root.name}/"
+    for key in keys:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(b"x")
+        s3.put_object(Bucket="logs", Key=prefix + key, Body=b"x")
+    try:
+        local = sorted(str(Path(p).relative_to(root)) for p in local_files(f"{root}/{pattern}"))
+    except rp.RaftInputError:
+        local = None
+    try:
+        found = sources._globbed(f"s3://logs/{prefix}{pattern}", "source", store)
+        remote = sorted(f.path.removeprefix(f"s3://logs/{prefix}") for f in found)
+    except rp.RaftInputError:
+        remote = None
+    assert remote == local
