@@ -85,9 +85,10 @@ class Selection:
             if value is not None and not is_number(value):
                 msg = f"{name} must be a number, got {value!r}"
                 raise RaftInputError(msg)
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+        if not is_whole(self.n) or self.n < 1:
             msg = f"n must be a whole number >= 1, got {self.n!r}"
             raise RaftInputError(msg)
+        object.__setattr__(self, "n", int(self.n))  # numpy's integers as Python's
         if self.strategy == "global":
             if self.fraction is None or not 0.0 < self.fraction <= 1.0:
                 msg = f"strategy='global' needs 0 < fraction <= 1, got {self.fraction!r}"

@@ -8,6 +8,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1125,3 +1126,29 @@ def test_collect_refuses_a_log_changed_after_select_best(tmp_path: Path) -> None
         raft_polars.collect(batch)
     fresh = raft_polars.collect(raft_polars.select_best(path))
     assert fresh.select("cand", "reward", "response").rows() == [(0, 0.9, "A")]
+
+
+@pytest.mark.parametrize("kind", ["int8", "int64", "uint32"])
+def test_numpy_integers_for_n_are_whole_numbers(tmp_path: Path, kind: str) -> None:
+    """``n=`` read from a numpy array (``np.int64(2)``) is the whole number it
+    holds, in every function that takes it, as ``stage=`` and ``limit=`` take
+    numpy's integers; a float, a bool, a string or 0 are still refused."""
+    np = pytest.importorskip("numpy")
+    frame = nested_frame(LPS, RWS)
+    two = np.dtype(kind).type(2)
+    options: dict[str, Any] = {"strategy": "top_n"}
+    calls: dict[str, Callable[[Any], object]] = {
+        "stage_losses": lambda n: raft_polars.stage_losses(frame, **options, n=n).rows(),
+        "select_best": lambda n: raft_polars.select_best(frame, **options, n=n).collect().rows(),
+        "stage_stats": lambda n: raft_polars.stage_stats(frame, **options, n=n).rows(),
+        "prompt_stats": lambda n: raft_polars.prompt_stats(frame, **options, n=n).rows(),
+        "validate": lambda n: raft_polars.validate(frame, **options, n=n).format(),
+        "write_selected": lambda n: raft_polars.write_selected(
+            frame, tmp_path / f"out-{n!r}.parquet", **options, n=n
+        ),
+    }
+    for name, call in calls.items():
+        assert call(two) == call(2), name
+        for bad in (2.0, True, "2", 0, np.dtype(kind).type(0)):
+            with pytest.raises(RaftInputError, match="n must be a whole number >= 1"):
+                call(bad)
