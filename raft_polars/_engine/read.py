@@ -91,6 +91,7 @@ ID_COLUMNS = ("stage", "prompt", "cand")
 CANDIDATE_COLUMNS = (*ID_COLUMNS, "reward")
 # every name columns= may map
 CANONICAL_COLUMNS = (*CANDIDATE_COLUMNS, "logprobs", "token", "logprob")
+NESTED_COLUMNS = (*CANDIDATE_COLUMNS, "logprobs")  # the canonical columns of candidate rows
 _REWARD = pl.col("reward").cast(pl.Float64)
 
 
@@ -495,7 +496,9 @@ def read_log(
         numbered = ("stage",)
         cschema["stage"] = tschema["stage"] = pl.Int64()
     _require(cschema, CANDIDATE_COLUMNS, cands.origin)
-    _check_types(cschema, cands, _renames(mapping, cand_schema), nested=False)
+    # the rewards' own "token", "logprob" or "logprobs" columns are payload
+    cand_columns = {k: v for k, v in cschema.items() if k in CANDIDATE_COLUMNS}
+    _check_types(cand_columns, cands, _renames(mapping, cand_schema), nested=False)
     _require(tschema, (*ID_COLUMNS, "logprob"), main.origin)
     _check_types(tschema, main, _renames(mapping, main_schema), nested=False)
     for name in ID_COLUMNS:
@@ -506,7 +509,7 @@ def read_log(
                 "ids must be of the same kind in both"
             )
             raise RaftInputError(msg)
-    extras = tuple(c for c in cschema if c not in CANONICAL_COLUMNS)
+    extras = tuple(c for c in cschema if c not in CANDIDATE_COLUMNS)  # theirs, any name
     renames = tuple(sorted(set(_renames(mapping, main_schema) + _renames(mapping, cand_schema))))
     return _no_lone_surrogates(
         StageLog(
@@ -566,7 +569,11 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     """A log of candidate rows (nested), or of prompt rows with a list of rewards
     (wide), with or without log-probs, stage and candidate ids."""
     raw_schema = dict(main.schema)
-    _check_mapped(mapping, (*CANDIDATE_COLUMNS, "logprobs"), raw_schema, main.origin)
+    # the names of the long layout's token rows are not these rows': a "token" or
+    # "logprob" column here is payload, as a mapping onto them is not applied
+    listed = mapping.get("logprob", "logprob")
+    mapping = {canon: theirs for canon, theirs in mapping.items() if canon in NESTED_COLUMNS}
+    _check_mapped(mapping, NESTED_COLUMNS, raw_schema, main.origin)
     renames = _renames(mapping, raw_schema)
     schema = _renamed(raw_schema, mapping, main.origin)
     if (
@@ -599,8 +606,17 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
             schema[name] = pl.Int64()
     _require(schema, CANDIDATE_COLUMNS, main.origin, hint_long="logprob")
     has_logprobs = "logprobs" in schema
-    _check_types(schema, main, renames, nested=has_logprobs)
-    extras = tuple(c for c in schema if c not in CANONICAL_COLUMNS)
+    if not has_logprobs and isinstance(raw_schema.get(listed), pl.List | pl.Array):
+        msg = (
+            f"{main.origin} (candidate rows: no rewards= given) has no 'logprobs' column "
+            f"but a list column {listed!r}: name it, columns={{'logprobs': {listed!r}}} "
+            f"(CLI --column logprobs={listed})"
+        )
+        raise RaftInputError(msg)
+    _check_types(
+        {k: v for k, v in schema.items() if k in NESTED_COLUMNS}, main, renames, nested=has_logprobs
+    )
+    extras = tuple(c for c in schema if c not in NESTED_COLUMNS)
     return _no_lone_surrogates(StageLog(
         "nested", main, None, renames, extras, _prompt_type(schema),
         has_logprobs=has_logprobs, wide=wide, numbered=numbered,

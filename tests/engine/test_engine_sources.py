@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import long_frames, nested_frame, reference_losses, reference_rounded
+from strategies import ragged_logs
 
 import raft_polars
 from raft_polars import RaftInputError
@@ -1152,3 +1153,63 @@ def test_numpy_integers_for_n_are_whole_numbers(tmp_path: Path, kind: str) -> No
         for bad in (2.0, True, "2", 0, np.dtype(kind).type(0)):
             with pytest.raises(RaftInputError, match="n must be a whole number >= 1"):
                 call(bad)
+
+
+@pytest.mark.parametrize("layout", ["nested", "long"])
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@settings(max_examples=8, deadline=None)
+@given(logs=ragged_logs())
+def test_token_and_logprob_columns_of_candidate_rows_are_payload(
+    engine: str, layout: str, logs: tuple[list[Any], list[Any]]
+) -> None:
+    """Candidate rows' own ``token`` (say, the text sampled), ``logprob`` (say,
+    the response's summed log-prob) and, beside the long layout's token rows,
+    ``logprobs`` are payload, as any other column: kept with the selected rows,
+    the answers those of the log without them (the token rows' checks were
+    applied to them, and they were dropped)."""
+    lps, rws = logs
+    plain = nested_frame(lps, rws)
+    tokens, rewards = long_frames(lps, rws)
+    keys = rewards.select("stage", "prompt", "cand").rows() if layout == "long" else None
+    rows = plain.height
+    added = {
+        "token": pl.Series([f"t{i}" for i in range(rows)]),
+        "logprob": pl.Series([-0.5 * i for i in range(rows)], dtype=pl.Float64),
+    }
+    if layout == "long":
+        added["logprobs"] = pl.Series([[float(i)] for i in range(rows)])
+    index = {key: i for i, key in enumerate(plain.select("stage", "prompt", "cand").rows())}
+    if keys is not None:  # the rewards' rows in their own order
+        order = [index[key] for key in keys]
+        added = {name: values.gather(order) for name, values in added.items()}
+    chosen: Any = dask_cluster.engine() if engine == "dask" else engine
+
+    def source(frame: pl.DataFrame) -> dict[str, Any]:
+        if layout == "long":
+            return {"source": tokens, "rewards": frame, "engine": chosen}
+        return {"source": frame, "engine": chosen}
+
+    base = rewards if layout == "long" else plain
+    extra = base.with_columns(**added)
+    assert raft_polars.stage_losses(**source(extra)).equals(
+        raft_polars.stage_losses(**source(base))
+    )
+    got = raft_polars.select_best(**source(extra)).collect()
+    want = raft_polars.select_best(**source(base)).collect()
+    assert got.drop(*added).equals(want)
+    at = [index[key] for key in got.select("stage", "prompt", "cand").rows()]
+    assert got["token"].to_list() == [f"t{i}" for i in at]
+    assert got["logprob"].to_list() == [-0.5 * i for i in at]
+
+
+def test_token_columns_named_for_candidate_rows_say_so() -> None:
+    """A list column of candidate rows (no rewards=) named ``logprob``, or
+    mapped as ``logprob`` (the long layout's name), beside no ``logprobs``, is an
+    error pointing at ``logprobs``, not a log without log-probs."""
+    frame = nested_frame(LPS, RWS).rename({"logprobs": "lp"})
+    with pytest.raises(RaftInputError, match=r"list column 'lp'.*columns=\{'logprobs': 'lp'\}"):
+        raft_polars.stage_losses(frame, columns={"logprob": "lp"})
+    with pytest.raises(RaftInputError, match=r"list column 'logprob'.*columns=\{'logprobs'"):
+        raft_polars.stage_losses(frame.rename({"lp": "logprob"}))
+    loss = raft_polars.stage_losses(frame, columns={"logprobs": "lp"})["loss"].to_list()
+    assert [round(x, 4) for x in loss] == reference_rounded(LPS, RWS)
