@@ -475,9 +475,11 @@ def read_log(
             **mapping,
         }
         if preset == "trl" and "reward" not in mapping and "reward" not in main_schema:
-            summed = tuple(
-                n for n, t in main_schema.items() if t.is_numeric() and n not in _TRL_NOT_REWARDS
-            )
+            # not a reward function: TRL's own columns, the canonical ones (a
+            # log's own cand, or stage moved aside by stage=step) and the
+            # columns mapped onto them (ids, log-probs)
+            used = {*_TRL_NOT_REWARDS, *CANONICAL_COLUMNS, *mapping.values()}
+            summed = tuple(n for n, t in main_schema.items() if t.is_numeric() and n not in used)
             if not summed:
                 msg = f"{main.origin}: preset 'trl' found no reward columns in {list(main_schema)}"
                 raise RaftInputError(msg)

@@ -79,6 +79,39 @@ def test_trl_sums_as_nansum(tmp_path: Path, engine: str, source: str) -> None:
     assert stats["reward_mean"].to_list() == [pytest.approx(expected.mean())]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("extra", "columns"),
+    [
+        ({"cand": [0, 1, 0, 1]}, {}),
+        ({"sample_idx": [0, 1, 0, 1]}, {"cand": "sample_idx"}),
+        ({"prompt_idx": [0, 0, 7, 7]}, {"prompt": "prompt_idx"}),
+        ({"stage": [5, 5, 5, 5]}, {}),  # moved aside by stage=step
+        ({"lp": [[-1.0], [-2.0], [-0.5], [-0.5]]}, {"logprobs": "lp"}),
+        ({"cand": [0, 1, 0, 1], "sample_idx": [1, 0, 1, 0]}, {"cand": "sample_idx"}),
+    ],
+    ids=["cand", "mapped-cand", "mapped-prompt", "stage", "mapped-logprobs", "cand-aside"],
+)
+def test_trl_sums_no_id_column(
+    engine: str, extra: dict[str, list[Any]], columns: dict[str, str]
+) -> None:
+    """The ids and log-probs a call reads (a log's own ``cand`` or ``stage``, or
+    a column ``columns=`` maps) are no reward function: the reward is the sum of
+    the reward columns alone, here ``accuracy_reward`` (the id was added to it,
+    so that another candidate was selected)."""
+    accuracy = [1.0, 0.5, 0.25, 1.0]
+    frame = pl.DataFrame(
+        {"step": [0] * 4, "prompt": ["a", "a", "b", "b"], "completion": ["4", "5", "6", "9"],
+         "accuracy_reward": accuracy, "advantage": [0.1, -0.1, 0.2, -0.2], **extra}
+    )  # fmt: skip
+    picked = rp.select_best(frame, preset="trl", columns=columns, engine=_engine(engine))
+    got = picked.collect().sort("prompt")
+    assert got["reward"].to_list() == [1.0, 1.0]
+    assert got["completion"].to_list() == ["4", "9"]
+    table = rp.stage_losses(frame, preset="trl", columns=columns, engine=_engine(engine))
+    assert table["reward_mean"].to_list() == [pytest.approx(sum(accuracy) / 4)]
+
+
 def test_trl_without_reward_columns(tmp_path: Path) -> None:
     path = tmp_path / "c.parquet"
     pl.DataFrame({"step": [0], "prompt": ["p"], "completion": ["x"]}).write_parquet(path)
