@@ -119,7 +119,7 @@ def _stages(nest: Any) -> Any:
     """The stages of a nest as a list when they come as an iterable without a
     length (a generator of stages: read once, which the checks and the fallback
     would each have read); anything else as it is, for the checks to judge."""
-    if hasattr(nest, "__len__") or isinstance(nest, str | bytes | Mapping):
+    if hasattr(nest, "__len__") or isinstance(nest, str | bytes | Mapping | np.ndarray):
         return nest
     if isinstance(nest, Iterable):
         return list(nest)
@@ -136,6 +136,8 @@ def _unordered(item: object) -> str | None:
         return "a mapping"
     if isinstance(item, np.ma.MaskedArray):
         return "a numpy masked array (fill it: numpy.ma.filled)"
+    if isinstance(item, np.ndarray) and item.ndim == 0:
+        return f"a 0-d numpy array ({item!r}: one value, not a list)"
     return None
 
 

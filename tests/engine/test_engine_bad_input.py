@@ -245,6 +245,34 @@ def test_a_level_that_is_not_a_sequence_is_named(
     assert_input_error(lambda: call(lps(), rws()), [re.escape(place), "sequence"])
 
 
+# (nest, path to the item made a 0-d array): every level of both nests
+_ZERO_D = [("lps", ()), ("lps", (0,)), ("lps", (0, 0)), ("lps", (0, 0, 0)),
+           ("rws", ()), ("rws", (0,)), ("rws", (0, 0))]  # fmt: skip
+
+
+@pytest.mark.parametrize("function", ["raft_alignment", "lists_losses"])
+@pytest.mark.parametrize(("nest", "path"), _ZERO_D, ids=str)
+def test_a_zero_d_array_where_a_list_belongs_is_named(
+    function: str, nest: str, path: tuple[int, ...]
+) -> None:
+    """A 0-d numpy array (one number taken out of a tensor with ``.numpy()``) at
+    any level of either nest, a list's place: an input error naming the place (a
+    raw TypeError, 'len() of unsized object', before)."""
+    nests: dict[str, Any] = {"lps": [[[[-1.0], [-5.0, -1.0]]]], "rws": [[[3.0, 1.0]]]}
+    if path:
+        parent = nests[nest]
+        for index in path[:-1]:
+            parent = parent[index]
+        parent[path[-1]] = np.array(-1.0)
+    else:
+        nests[nest] = np.array(1.0)
+    place = ("stages_log_probs" if nest == "lps" else "stages_rewards") + "".join(
+        f"[{i}]" for i in path
+    )
+    call = getattr(raft_polars, function)
+    assert_input_error(lambda: call(nests["lps"], nests["rws"]), [re.escape(place)])
+
+
 @pytest.mark.parametrize("function", ["raft_alignment", "lists_losses"])
 def test_numpy_booleans_are_numbers_as_python_ones(function: str) -> None:
     """numpy's True and False are 1 and 0, as Python's are (docs/semantics.md):
