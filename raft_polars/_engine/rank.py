@@ -381,7 +381,16 @@ def rank_keys(frame: pl.DataFrame, selection: Selection) -> Ranked:
     if selection.bad_rewards == "skip":
         bad = bad_reward(pl.col("reward"))
         if frame.select(bad.any()).item():
-            every = index_keys(frame.with_columns(pl.lit(0.0).alias("reward")), summarize=False)
+            # the ids are checked before any row is left out: a duplicate or a null
+            # id among the skipped rows is an error, as it is without skip
+            every = index_keys(frame.with_columns(pl.lit(0.0).alias("reward")))
+            whole = every.summary
+            if whole is None:
+                whole = prompt_summary(every.canonical().lazy()).collect(engine="in-memory")
+            problems = candidate_problems(every, whole)
+            if problems:
+                empty = whole.head(0).select(*_IDS, "reward")
+                return Ranked(every, empty, _empty_stages(), problems)
             lost = (
                 frame.select("stage", "prompt", bad.alias("_bad"))
                 .group_by("stage", "prompt")

@@ -111,3 +111,48 @@ def test_a_stage_with_every_reward_bad() -> None:
     assert {c: stats[c] for c in counts} == dict.fromkeys(counts, 0)
     assert stats["reward_std"] is None
     assert stats["win_rate"] is None
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize("layout", ["nested", "long"])
+@pytest.mark.parametrize(
+    ("rewards", "kind"),
+    [
+        ([0.2, NAN, 0.5], "duplicate candidate"),  # a retried scoring appended: one copy bad
+        ([0.2, NAN, INF], "duplicate candidate"),  # both copies bad
+        ([0.2, 0.3, NAN], "null"),  # a null prompt id on a bad row
+    ],
+)
+def test_skip_checks_the_ids_of_the_rows_it_leaves_out(
+    tmp_path: Path, layout: str, engine: str, rewards: list[float], kind: str
+) -> None:
+    """The ids are checked before a bad row is left out: skip does not hide a
+    duplicate candidate (whose other copy would be selected, with the skipped
+    copy's log-probs in its loss) nor a null id."""
+    prompts = [0, 0, None] if kind == "null" else [0, 0, 0]
+    cands = [0, 1, 1] if kind != "null" else [0, 1, 2]
+    keys = {"stage": [0, 0, 0], "prompt": prompts, "cand": cands}
+    if layout == "nested":
+        frame = pl.DataFrame({**keys, "reward": rewards, "logprobs": [[-1.0], [-5.0], [-2.0]]})
+        frame.write_parquet(tmp_path / "n.parquet")
+        kwargs: dict[str, Any] = {"source": str(tmp_path / "n.parquet")}
+    else:
+        pl.DataFrame({**keys, "reward": rewards}).write_parquet(tmp_path / "r.parquet")
+        tokens = pl.DataFrame(
+            {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "token": [0, 0]}
+        ).with_columns(logprob=pl.Series([-1.0, -2.0]))
+        tokens.write_parquet(tmp_path / "t.parquet")
+        kwargs = {"source": str(tmp_path / "t.parquet"), "rewards": str(tmp_path / "r.parquet")}
+    on = _engine(engine)
+    calls = [
+        lambda: rp.stage_losses(**kwargs, bad_rewards="skip", engine=on),
+        lambda: rp.select_best(**kwargs, bad_rewards="skip", engine=on).collect(),
+        lambda: rp.stage_stats(**kwargs, bad_rewards="skip", engine=on),
+        lambda: rp.best_of_n(**kwargs, bad_rewards="skip", engine=on),
+        lambda: rp.prompt_stats(**kwargs, bad_rewards="skip", engine=on),
+    ]
+    for call in calls:
+        with pytest.raises(RaftInputError, match=kind):
+            call()
+    report = rp.validate(**kwargs, bad_rewards="skip", engine=on)
+    assert not report.ok
