@@ -565,7 +565,9 @@ def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positio
     ``counted``), one row of ``floats`` (mean, min, max, population std of the
     rewards, the selected candidates' win-rate sum, Spearman's rho or NaN) and
     of ``ints`` (selected, win count, longest count, the best selected row or
-    -1) a prompt. A candidate's win rate against the others is ``(lower + equal
+    -1, the selected candidates counted for the longest share) a prompt. A
+    token count below 0 is unknown (a null list): its prompt gives no longest
+    share and no rho. A candidate's win rate against the others is ``(lower + equal
     / 2) / (K - 1)`` from the sorted rewards (O(K log K) a prompt, whatever the
     number selected); rho is Pearson's r of average ranks, for K >= 3 with two
     distinct rewards and two distinct lengths."""
@@ -582,9 +584,13 @@ def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positio
         spread = 0.0
         for i in range(k):
             spread += (r[i] - mean) ** 2
+        known = counted
+        for i in range(lo, hi):
+            if tokens[i] < 0:
+                known = False
         n_sel, best, longest = 0, -1, -1
         for i in range(lo, hi):
-            if counted and tokens[i] > longest:
+            if known and tokens[i] > longest:
                 longest = tokens[i]
             if selected[i]:
                 n_sel += 1
@@ -594,9 +600,9 @@ def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positio
                     or (reward[i] == reward[best] and cand[i] < cand[best])
                 ):
                     best = i
-        win_sum, win_n, longest_n, rho = 0.0, 0, 0, np.nan
+        win_sum, win_n, longest_n, longest_d, rho = 0.0, 0, 0, 0, np.nan
         ranked = k >= 2 and n_sel > 0
-        with_rho = counted and k >= 3
+        with_rho = known and k >= 3
         distinct, by_reward, order = 0, np.empty(k), np.arange(k)
         if ranked or with_rho:  # one ranking of the rewards serves both
             distinct, order = _average_ranks(r, by_reward)
@@ -606,8 +612,10 @@ def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positio
                 if selected[row]:
                     win_sum += (by_reward[order[j]] - 1.0) / (k - 1)
                     win_n += 1
-                    if counted and tokens[row] == longest:
-                        longest_n += 1
+                    if known:
+                        longest_d += 1
+                        if tokens[row] == longest:
+                            longest_n += 1
         if with_rho and distinct > 1:
             by_length = np.empty(k)
             if _average_ranks(tokens[lo:hi], by_length)[0] > 1:
@@ -622,6 +630,7 @@ def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positio
         floats[g, 0], floats[g, 1], floats[g, 2] = mean, low, high
         floats[g, 3], floats[g, 4], floats[g, 5] = np.sqrt(spread / k), win_sum, rho
         ints[g, 0], ints[g, 1], ints[g, 2], ints[g, 3] = n_sel, win_n, longest_n, best
+        ints[g, 4] = longest_d
 
 
 _NEGLIGIBLE = 2.0**-60  # weights left out of best_of_n's sums, relative to those added

@@ -247,7 +247,7 @@ def nested_sums(
     responses = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
     counts = None
     if every:
-        counts = responses.select(*_IDS, pl.col("tokens").fill_null(0))
+        counts = responses.select(*_IDS, "tokens")  # null: a null list, length unknown
         on = chosen.select(pl.col(c).cast(responses.schema[c]) for c in _IDS)
         responses = responses.join(on, on=_IDS, how="semi", maintain_order="left")
     problems: list[Problem] = []
@@ -582,9 +582,9 @@ def finish(
 
 def list_lengths(log: StageLog, piece: Piece | None = None) -> pl.DataFrame | None:
     """Nested layout: ``stage, prompt, cand, tokens`` of every candidate (a pass
-    over the lists' lengths); None for a rewards-only log."""
+    over the lists' lengths; null for a null list); None for a rewards-only log."""
     if not log.has_logprobs:
         return None
     rows = log.candidates(piece, extras=False)
-    lengths = pl.col("logprobs").list.len().fill_null(0).cast(pl.Int64).alias("tokens")
+    lengths = pl.col("logprobs").list.len().cast(pl.Int64).alias("tokens")
     return log.collect(rows.select(*_IDS, lengths))

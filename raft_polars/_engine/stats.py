@@ -34,6 +34,7 @@ from itertools import repeat
 import numpy as np
 import polars as pl
 
+from raft_polars._engine.checks import Problem, first_row
 from raft_polars._engine.sums import group_starts, group_sums, in_order
 
 __all__ = [
@@ -71,13 +72,20 @@ def candidate_table(
 ) -> pl.DataFrame:
     """``keys`` (canonical ``stage, prompt, cand, reward``) with ``selected`` and
     ``tokens`` (from ``stage, prompt, cand, tokens`` rows; 0 for a candidate
-    without token rows, null for every candidate when ``tokens`` is None)."""
+    without token rows, null for one whose count is null (a null list: its
+    length is unknown), and for every candidate when ``tokens`` is None)."""
     marks = chosen.select(_IDS).with_columns(pl.lit(True).alias("selected"))
     table = keys.join(marks, on=_IDS, how="left").with_columns(pl.col("selected").fill_null(False))
     if tokens is None:
         return table.with_columns(pl.lit(None, pl.Int64).alias("tokens"))
-    counts = tokens.group_by(_IDS).agg(pl.col("tokens").sum().cast(pl.Int64))
-    return table.join(counts, on=_IDS, how="left").with_columns(pl.col("tokens").fill_null(0))
+    count = pl.col("tokens")
+    known = pl.when(count.null_count() == 0).then(count.sum().cast(pl.Int64))
+    counts = tokens.group_by(_IDS).agg(known, pl.lit(True).alias("_rows"))
+    absent = pl.col("_rows").is_null()  # no token rows: an empty response
+    table = table.join(counts, on=_IDS, how="left")
+    return table.with_columns(pl.when(absent).then(0).otherwise(count).alias("tokens")).drop(
+        "_rows"
+    )
 
 
 # candidates whose table is built at a time: whole prompts, so that the joins and
@@ -142,11 +150,24 @@ def prompt_rows(
     return pl.concat([prompt_table(c) for c in parts], how="vertical")
 
 
+def unknown_selected(chosen: pl.DataFrame, tokens: pl.DataFrame | None) -> list[Problem]:
+    """``null_logprobs`` for the selected candidates whose token count is null
+    (a null list in the nested layout), as the loss reports them."""
+    if tokens is None or not tokens["tokens"].has_nulls():
+        return []
+    unknown = tokens.filter(pl.col("tokens").is_null()).select(_IDS)
+    on = chosen.select(pl.col(c).cast(unknown.schema[c]) for c in _IDS)
+    found = unknown.join(on, on=_IDS, how="semi").sort(_IDS)
+    row = first_row(found)
+    return [] if row is None else [Problem("null_logprobs", found.height, row)]
+
+
 _PROMPT_SCHEMA = pl.Schema({
     "stage": pl.Int64, "prompt": pl.Int64, "candidates": pl.Int64, "reward_mean": pl.Float64,
     "reward_min": pl.Float64, "reward_max": pl.Float64, "reward_std": pl.Float64,
     "zero_variance": pl.Boolean, "selected": pl.Int64, "cand": pl.Int64, "tokens": pl.Int64,
-    "win_sum": pl.Float64, "win_n": pl.Int64, "longest_n": pl.Int64, "rho": pl.Float64,
+    "win_sum": pl.Float64, "win_n": pl.Int64, "longest_n": pl.Int64, "longest_d": pl.Int64,
+    "rho": pl.Float64,
 })  # fmt: skip
 
 
@@ -155,7 +176,9 @@ def prompt_table(cands: pl.DataFrame) -> pl.DataFrame:
     ``reward_mean``, ``reward_min``, ``reward_max``, ``reward_std`` (ddof 0),
     ``zero_variance``, ``selected`` (how many), the best selected ``cand`` and its
     ``tokens`` (null when nothing is selected), and the per-prompt parts of the
-    stage statistics (``win_sum``, ``win_n``, ``longest_n``, ``rho``).
+    stage statistics (``win_sum``, ``win_n``, ``longest_n``, ``longest_d``,
+    ``rho``; a prompt with a candidate of unknown length gives no longest share
+    and no rho).
 
     One compiled loop over the candidates in prompt order
     (:func:`_compiled.prompt_groups`): the window expressions it replaced (ranks,
@@ -172,13 +195,13 @@ def prompt_table(cands: pl.DataFrame) -> pl.DataFrame:
         )
     starts = group_starts(ordered, _PROMPT)
     groups = len(starts)
-    floats, ints = np.zeros((groups, 6)), np.zeros((groups, 4), dtype=np.int64)
+    floats, ints = np.zeros((groups, 6)), np.zeros((groups, 5), dtype=np.int64)
     tokens = ordered["tokens"]
     counted = tokens.null_count() < tokens.len()  # a log with log-probs: none null
     _compiled.prompt_groups(
         np.append(starts, ordered.height),
         ordered["reward"].to_numpy(),
-        tokens.fill_null(0).cast(pl.Int64).to_numpy(),
+        tokens.fill_null(-1).cast(pl.Int64).to_numpy(),  # unknown: below 0
         counted,
         ordered["selected"].fill_null(value=False).to_numpy(),
         ordered["cand"].cast(pl.Int64).fill_null(0).to_numpy(),
@@ -203,6 +226,7 @@ def prompt_table(cands: pl.DataFrame) -> pl.DataFrame:
         pl.Series("win_sum", floats[:, 4]),
         pl.Series("win_n", ints[:, 1], pl.Int64),
         pl.Series("longest_n", ints[:, 2], pl.Int64),
+        pl.Series("longest_d", ints[:, 4], pl.Int64),
         pl.Series("rho", floats[:, 5]).fill_nan(None),
     )
 
@@ -252,6 +276,7 @@ def stage_sums(cands: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame:
             "win_sum": pl.col("win_sum"),
             "win_n": pl.col("win_n"),
             "longest_n": pl.col("longest_n"),
+            "longest_d": pl.col("longest_d"),
             "rho_sum": pl.col("rho"),
             "rho_n": pl.col("rho").is_not_null(),
         },
@@ -314,7 +339,7 @@ def stats_table(parts: list[pl.DataFrame], *, lengths: bool) -> pl.DataFrame:
         columns += [
             mean("len_sum", "len_n").alias("length_mean"),
             mean("len_sel_sum", "len_sel_n").alias("length_selected_mean"),
-            mean("longest_n", "win_n").alias("longest_share"),
+            mean("longest_n", "longest_d").alias("longest_share"),
             mean("rho_sum", "rho_n").alias("length_reward_corr"),
         ]
     else:

@@ -49,7 +49,7 @@ from raft_polars._engine.reduce import (
     token_sums,
 )
 from raft_polars._engine.sources import Piece, Resolved
-from raft_polars._engine.stats import best_of_n_sums, prompt_rows, stats_parts
+from raft_polars._engine.stats import best_of_n_sums, prompt_rows, stats_parts, unknown_selected
 from raft_polars._progress import Clock, active, report
 from raft_polars.selection import Reduction, Selection
 
@@ -613,9 +613,8 @@ class DaskExecutor:
             job = _Job(client, log)
             ranks = job.rank(selection)
             reduced, keys, chosen, counts = self._stats_parts(job, ranks, False, "token")
-        raise_first(
-            merge(r.problems for r in reduced), origin=log.origin, token_origin=log.token_origin
-        )
+        problems = [*merge(r.problems for r in reduced), *unknown_selected(chosen, counts)]
+        raise_first(problems, origin=log.origin, token_origin=log.token_origin)
         return prompt_rows(keys, chosen, counts)
 
     def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:

@@ -32,6 +32,7 @@ from raft_polars._engine.stats import (
     best_of_n_sums,
     prompt_rows,
     stats_parts,
+    unknown_selected,
 )
 from raft_polars._progress import Clock, report
 from raft_polars.selection import Reduction, Selection
@@ -112,6 +113,8 @@ class LocalExecutor:
         counts: pl.DataFrame | None
         if log.layout == "nested":
             counts = list_lengths(log)
+            problems = unknown_selected(ranked.chosen, counts)
+            raise_first(problems, origin=log.origin, token_origin=log.token_origin)
         else:
             reduced = token_sums(log, ranked.token_keys, ranked.chosen, every=True, checks=False)
             raise_first(reduced.problems, origin=log.origin, token_origin=log.token_origin)

@@ -5,6 +5,7 @@ a plain reference, in both layouts and on both executors."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def test_skip_checks_the_ids_of_the_rows_it_leaves_out(
         tokens.write_parquet(tmp_path / "t.parquet")
         kwargs = {"source": str(tmp_path / "t.parquet"), "rewards": str(tmp_path / "r.parquet")}
     on = _engine(engine)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: rp.stage_losses(**kwargs, bad_rewards="skip", engine=on),
         lambda: rp.select_best(**kwargs, bad_rewards="skip", engine=on).collect(),
         lambda: rp.stage_stats(**kwargs, bad_rewards="skip", engine=on),

@@ -22,8 +22,11 @@ from reference import best_index, long_frames, nested_frame, write_split
 from strategies import ragged_logs
 
 import raft_polars as rp
+from raft_polars import RaftInputError
 
 Log = tuple[list[Any], list[Any]]
+_IDS = ["stage", "prompt", "cand"]
+_PROMPT = ["stage", "prompt"]
 
 
 # --- the references ------------------------------------------------------------------------
@@ -76,16 +79,19 @@ def ref_stage_stats(lps: list[Any], rws: list[Any]) -> list[dict[str, Any]]:
             k = len(rewards)
             j = best_index(rewards)
             picked.append(rewards[j])
-            sizes = [len(x) for x in lp]
-            lengths += sizes
-            sel_lengths.append(sizes[j])
+            measured = [None if x is None else len(x) for x in lp]  # None: a null list
+            lengths += [x for x in measured if x is not None]
+            sel_lengths.append(len(lp[j]))
+            known = None not in measured
+            sizes = [x or 0 for x in measured]
             if k >= 2:
                 zero += len(set(rewards)) == 1
                 lower = sum(1 for i, r in enumerate(rewards) if i != j and r < rewards[j])
                 equal = sum(1 for i, r in enumerate(rewards) if i != j and r == rewards[j])
                 wins.append((lower + 0.5 * equal) / (k - 1))
-                longest.append(sizes[j] == max(sizes))
-            if k >= 3 and len(set(rewards)) > 1 and len(set(sizes)) > 1:
+                if known:
+                    longest.append(sizes[j] == max(sizes))
+            if known and k >= 3 and len(set(rewards)) > 1 and len(set(sizes)) > 1:
                 rhos.append(_pearson(_avg_ranks(rewards), _avg_ranks([float(s) for s in sizes])))
         rows.append({
             "reward_std": statistics.pstdev(every),
@@ -399,8 +405,9 @@ def test_statistics_by_parts_of_whole_prompts(log: Any, candidates: int, counted
 def _candidate_tables(draw: st.DrawFn) -> pl.DataFrame:
     """Candidate tables as the statistics get them, in any row order: several
     selected a prompt or none (top-n, min_reward), tied rewards and lengths,
-    token counts or none (a rewards-only log)."""
+    token counts or none (a rewards-only log), some unknown (a null list)."""
     counted = draw(st.booleans())
+    unknown = st.none() if counted and draw(st.booleans()) else st.nothing()
     rows = []
     for stage in draw(st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True)):
         for prompt in range(draw(st.integers(1, 4))):
@@ -411,7 +418,7 @@ def _candidate_tables(draw: st.DrawFn) -> pl.DataFrame:
                 rows.append({
                     "stage": stage, "prompt": prompt, "cand": cand, "reward": rewards[cand],
                     "selected": draw(st.booleans()),
-                    "tokens": draw(st.integers(0, 4)) if counted else None,
+                    "tokens": draw(st.integers(0, 4) | unknown) if counted else None,
                 })  # fmt: skip
     frame = pl.DataFrame(rows, schema={"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64,
                                        "reward": pl.Float64, "selected": pl.Boolean,
@@ -419,11 +426,13 @@ def _candidate_tables(draw: st.DrawFn) -> pl.DataFrame:
     return frame.sample(fraction=1.0, shuffle=True, seed=draw(st.integers(0, 2**16)))
 
 
-def _ref_prompt(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One prompt's statistics by loops over its candidates."""
+def _ref_prompt(rows: list[dict[str, Any]], counted: bool) -> dict[str, Any]:
+    """One prompt's statistics by loops over its candidates (``counted``: the
+    table holds token counts; a prompt with an unknown one has no longest share
+    and no rho)."""
     rewards = [r["reward"] for r in rows]
     sizes = [r["tokens"] for r in rows]
-    counted = sizes[0] is not None
+    counted = counted and None not in sizes
     k = len(rows)
     chosen = [r for r in rows if r["selected"]]
     best = min(chosen, key=lambda r: (-r["reward"], r["cand"])) if chosen else None
@@ -433,6 +442,7 @@ def _ref_prompt(rows: list[dict[str, Any]]) -> dict[str, Any]:
         equal = sum(1 for x in rewards if x == r["reward"]) - 1
         wins.append((lower + 0.5 * equal) / (k - 1))
         longest += counted and r["tokens"] == max(sizes)
+    measured = len(wins) if counted else 0
     rho = None
     if counted and k >= 3 and len(set(rewards)) > 1 and len(set(sizes)) > 1:
         rho = _pearson(_avg_ranks(rewards), _avg_ranks([float(s) for s in sizes]))
@@ -441,7 +451,8 @@ def _ref_prompt(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "reward_max": max(rewards), "reward_std": statistics.pstdev(rewards),
         "zero_variance": k >= 2 and len(set(rewards)) == 1, "selected": len(chosen),
         "cand": best and best["cand"], "tokens": best and best["tokens"],
-        "win_sum": sum(wins), "win_n": len(wins), "longest_n": longest, "rho": rho,
+        "win_sum": sum(wins), "win_n": len(wins), "longest_n": longest, "longest_d": measured,
+        "rho": rho,
     }  # fmt: skip
 
 
@@ -456,9 +467,60 @@ def test_prompt_table_against_loops_over_each_prompt(cands: pl.DataFrame) -> Non
         groups.setdefault((row["stage"], row["prompt"]), []).append(row)
     assert got.select("stage", "prompt").rows() == sorted(groups)
     for row in got.iter_rows(named=True):
-        want = _ref_prompt(groups[row["stage"], row["prompt"]])
+        want = _ref_prompt(groups[row["stage"], row["prompt"]], cands["tokens"].count() > 0)
         for name, value in want.items():
             if isinstance(value, float):
                 assert _close(row[name], value, 1e-12), (name, row, want)
             else:
                 assert row[name] == value, (name, row, want)
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(log=ragged_logs(max_stages=3, max_prompts=4, max_k=5), data=st.data())
+def test_null_lists_have_no_length(
+    tmp_path_factory: pytest.TempPathFactory, log: Log, engine: str, data: st.DataObject
+) -> None:
+    """A null list of a candidate not selected is a length not known: left out
+    of length_mean, and its prompt out of longest_share and length_reward_corr
+    (not a response of 0 tokens); the selected one's null list is an error in
+    prompt_stats as in stage_stats."""
+    lps, rws = log
+    best = {(t, i, best_index(r)) for t, stage in enumerate(rws) for i, r in enumerate(stage)}
+    places = [
+        (t, i, j)
+        for t, stage in enumerate(lps)
+        for i, prompt in enumerate(stage)
+        for j in range(len(prompt))
+        if (t, i, j) not in best
+    ]
+    nulls = set(data.draw(st.lists(st.sampled_from(places), unique=True))) if places else set()
+    holed = [
+        [[None if (t, i, j) in nulls else x for j, x in enumerate(p)] for i, p in enumerate(s)]
+        for t, s in enumerate(lps)
+    ]
+    frame = nested_frame(lps, rws)
+    hole = pl.Series([(t, i, j) in nulls for t, i, j in frame.select(_IDS).iter_rows()])
+    frame = frame.with_columns(pl.when(hole).then(None).otherwise("logprobs").alias("logprobs"))
+    path = tmp_path_factory.mktemp("holes") / "log.parquet"
+    frame.write_parquet(path)
+    on = _engine(engine)
+    table = rp.stage_stats(path, engine=on)
+    for got, want in zip(table.iter_rows(named=True), ref_stage_stats(holed, rws), strict=True):
+        for name, value in want.items():
+            assert _close(got[name], value), (name, got[name], value)
+    prompts = rp.prompt_stats(path, engine=on)
+    want_tokens = [len(lps[t][i][best_index(rws[t][i])]) for t, i in prompts.select(_PROMPT).rows()]
+    assert prompts["tokens"].to_list() == want_tokens
+    if best:
+        t, i, j = min(best)
+        chosen = pl.Series([(t, i, j) == key for key in frame.select(_IDS).iter_rows()])
+        frame.with_columns(
+            pl.when(chosen).then(None).otherwise("logprobs").alias("logprobs")
+        ).write_parquet(path)
+        where = f"stage {t}, prompt {i}, candidate {j}"
+        for call in (rp.stage_stats, rp.prompt_stats):
+            with pytest.raises(RaftInputError, match=f"logprobs is null .* at {where}"):
+                call(path, engine=on)
