@@ -477,16 +477,19 @@ def _glob_takes(pattern: Sequence[str], names: Sequence[str], *, directories: bo
     file it matches (not where it ends in ``/``, ``directories`` only), or as a
     data file below a directory it matches."""
     return any(
-        _glob_matches(pattern, names[:end]) and (end == len(names) or _data_name(names[end:]))
+        _glob_matches(pattern, names[:end], directory=end < len(names))
+        and (end == len(names) or _data_name(names[end:]))
         for end in range(len(names) + 1 - directories)
     )
 
 
-def _glob_matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
-    """Whether the path ``names`` matches the glob ``pattern`` (both in parts
-    below the glob's fixed part) as :func:`_matched_files` matches: ``**`` any
-    number of parts, a hidden name only where a part of the pattern spells out
-    its first character."""
+def _glob_matches(pattern: Sequence[str], names: Sequence[str], *, directory: bool) -> bool:
+    """Whether the path ``names`` (a ``directory``, or a file) matches the glob
+    ``pattern`` (both in parts below the glob's fixed part) as
+    :func:`_matched_files` matches: ``**`` any number of parts, but none at the
+    end of a file's (Python's glob matches the parts before a last ``**`` to
+    directories only: ``run/*/**`` takes no ``run/README.txt``), a hidden name
+    only where a part of the pattern spells out its first character."""
     spelled = [part for part in pattern if _hidden_name(part)]
 
     def matches(parts: Sequence[str], rest: Sequence[str]) -> bool:
@@ -497,6 +500,7 @@ def _glob_matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
                 matches(parts[1:], rest[skip:])
                 for skip in range(len(rest) + 1)
                 if not any(name.startswith(".") for name in rest[:skip])
+                and (skip or len(parts) > 1 or directory or not names)
             )
         return (
             bool(rest)

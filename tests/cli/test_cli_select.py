@@ -389,7 +389,7 @@ def test_local_directories_named_like_urls(
 _DIRS = ["", "a", "a/b", "_tmp", ".hid", "stage=1", "d.parquet", "d.parquet/_x", "ln"]
 _PATTERNS = [
     "*", "*.parquet", "**/*.parquet", "**", "p?.parquet", "[op]*", "*/*", "_*/*", "**/_*", ".*/*",
-    ".hid/*", "*/", "**/", "a/**", "*.parquet/*",
+    ".hid/*", "*/", "**/", "a/**", "*.parquet/*", "*/**", "_*/**",
 ]  # fmt: skip
 _OUTS = ["out.parquet", "out.jsonl", "out.pq", "_out.parquet", ".out.parquet", "p1.parquet"]
 
@@ -402,6 +402,7 @@ _OUTS = ["out.parquet", "out.jsonl", "out.pq", "_out.parquet", ".out.parquet", "
 )
 @example(logs=[""], spec=("", None), out=("ln", "out.parquet"))
 @example(logs=["ln"], spec=("", "*/*.parquet"), out=("ln", "out.parquet"))
+@example(logs=["_tmp"], spec=("", "_*/**"), out=("", "_out.parquet"))  # "_*": directories only
 def test_an_output_the_log_would_read_is_refused(
     tmp_path_factory: pytest.TempPathFactory,
     logs: list[str],

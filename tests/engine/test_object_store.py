@@ -15,7 +15,7 @@ from typing import Any
 import dask_cluster
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reference import long_frames, nested_frame, reference_rounded
 
@@ -158,12 +158,13 @@ _KEYS = [
 ]  # fmt: skip
 _GLOBS = [
     "*", "*.parquet", "**/*.parquet", "**", "p?.parquet", "[ap]*", "*/*", "_*/*", "**/_*",
-    ".*/*", "a/**", "*.parquet/*", "*/p*", "**/p[0-9].*", "a*",
+    ".*/*", "a/**", "*.parquet/*", "*/p*", "**/p[0-9].*", "a*", "*/**", "_*/**",
 ]  # fmt: skip
 
 
 @settings(max_examples=40, deadline=None)
 @given(keys=st.sets(st.sampled_from(_KEYS), min_size=1), pattern=st.sampled_from(_GLOBS))
+@example(keys={"notes.txt", "a/p1.parquet"}, pattern="*/**")  # "*" before a last "**": a/ only
 def test_a_glob_takes_the_same_objects_as_files(
     store: dict[str, str], tmp_path_factory: pytest.TempPathFactory, keys: set[str], pattern: str
 ) -> None:
