@@ -525,11 +525,11 @@ def _resolve_remote(
     options = dict(storage_options or {})
     origin = f"{role} {paths[0]!r}" if len(paths) == 1 else f"{role} {len(paths)} paths"
     files: list[DataFile] = []
-    for path in paths:  # prefixes and globs are listed as directories and local globs are
-        if path.endswith("/"):
-            files.extend(_listed(path, role, options))
-        elif any(ch in path for ch in _GLOB_CHARS):
+    for path in paths:  # globs and prefixes are listed as local globs and directories are
+        if any(ch in path for ch in _GLOB_CHARS):  # 'run/*/' too: a glob of "directories"
             files.extend(_globbed(path, role, options))
+        elif path.endswith("/"):
+            files.extend(_listed(path, role, options))
         else:
             files.append(DataFile(path))
     kind = _one_kind(files, origin)
@@ -595,7 +595,9 @@ def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFi
     the objects it matches and the data files "below" (under a ``/``) the names
     it matches; a name below the fixed part that begins with ``.`` or ``_`` left
     out unless the pattern spells it, Hive ``key=value`` parts below the fixed
-    part kept; the kind of file told by the objects' names, not the pattern's."""
+    part kept; the kind of file told by the objects' names, not the pattern's. A
+    pattern ending in ``/`` takes the data files below the names it matches only,
+    as a local one takes those of the directories it matches."""
     fixed = _fixed_part(pattern)
     root = fixed[: fixed.rfind("/") + 1]
     try:
@@ -605,11 +607,12 @@ def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFi
         raise RaftInputError(msg) from exc
     if keys is None:  # a Polars without the listing: the pattern as given, as before
         return [DataFile(pattern)]
-    parts = pattern.removeprefix(root).split("/")
+    parts = pattern.removeprefix(root).rstrip("/").split("/")
+    directories = pattern.endswith("/")
     found = []
     for key in keys:
         below = PurePosixPath(key.removeprefix(root))
-        if key.startswith(root) and _glob_takes(parts, below.parts, directories=False):
+        if key.startswith(root) and _glob_takes(parts, below.parts, directories=directories):
             found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
     if not found:
         msg = f"cannot read {role} {pattern!r}: no object matches it as a glob pattern"
