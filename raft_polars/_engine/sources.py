@@ -421,31 +421,52 @@ def would_read(spec: str, target: str) -> str | None:
     not. As the file itself, as a data file below the directory, as a file the
     glob matches or a data file below a directory it matches; names that the
     read leaves out (hidden, ``.`` and ``_``, below a directory or a glob's
-    fixed part) are left out."""
-    path, out = Path(spec), os.path.realpath(target)
+    fixed part) are left out. A read follows linked directories by their names
+    (``logs/st1`` linked from another disk): ``target`` is found by the name the
+    read gives it, whether it is named through the link or by its real path."""
+    path = Path(spec)
     if path.is_dir():
-        below = _parts_below(out, spec)
+        below = _read_as(target, path)
         if below is None or not _data_name(below):
             return None
         return f"lies in the source directory {spec!r} (which leaves out names beginning with '_')"
     if path.exists():
-        return f"is the source file {spec!r}" if os.path.realpath(spec) == out else None
+        same = os.path.realpath(spec) == os.path.realpath(target)
+        return f"is the source file {spec!r}" if same else None
     if not any(ch in spec for ch in _GLOB_CHARS):
         return None
     fixed = _fixed_part(spec)
     root = (fixed if fixed.endswith(("/", "\\")) else os.path.dirname(fixed)) or "."
     pattern = Path(os.path.relpath(spec, root)).parts
-    names = _parts_below(out, root)
-    if names and _glob_takes(pattern, names, directories=spec.endswith(("/", "\\"))):
-        return f"matches the source glob {spec!r}"
+    named = _parts_below(os.path.abspath(target), os.path.abspath(root))  # through links
+    real = _parts_below(os.path.realpath(target), os.path.realpath(root))
+    directories = spec.endswith(("/", "\\"))
+    for names in (named, real):
+        if names and _glob_takes(pattern, names, directories=directories):
+            return f"matches the source glob {spec!r}"
+    return None
+
+
+def _read_as(target: str, directory: Path) -> tuple[str, ...] | None:
+    """The parts of the name a read of ``directory`` (:func:`_walk`, through
+    linked directories) gives the file ``target``: the directory it walks that is
+    ``target``'s (the same one, under whatever name), and ``target``'s own name;
+    None if it walks no such directory."""
+    try:
+        home = os.stat(os.path.dirname(os.path.abspath(target)))
+    except OSError:  # no such directory: nothing is written there
+        return None
+    for root, here, _ in _walk(directory):
+        if os.path.samestat(here, home):
+            return (*Path(root).relative_to(directory).parts, os.path.basename(target))
     return None
 
 
 def _parts_below(path: str, directory: str) -> tuple[str, ...] | None:
-    """The parts of the real ``path`` below ``directory`` (resolved); None if it
-    is not below it."""
+    """The parts of ``path`` below ``directory`` (both absolute, or both real);
+    None if it is not below it."""
     try:
-        return Path(path).relative_to(os.path.realpath(directory)).parts
+        return Path(path).relative_to(directory).parts
     except ValueError:
         return None
 
@@ -456,16 +477,19 @@ def _glob_takes(pattern: Sequence[str], names: Sequence[str], *, directories: bo
     file it matches (not where it ends in ``/``, ``directories`` only), or as a
     data file below a directory it matches."""
     return any(
-        _glob_matches(pattern, names[:end]) and (end == len(names) or _data_name(names[end:]))
+        _glob_matches(pattern, names[:end], directory=end < len(names))
+        and (end == len(names) or _data_name(names[end:]))
         for end in range(len(names) + 1 - directories)
     )
 
 
-def _glob_matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
-    """Whether the path ``names`` matches the glob ``pattern`` (both in parts
-    below the glob's fixed part) as :func:`_matched_files` matches: ``**`` any
-    number of parts, a hidden name only where a part of the pattern spells out
-    its first character."""
+def _glob_matches(pattern: Sequence[str], names: Sequence[str], *, directory: bool) -> bool:
+    """Whether the path ``names`` (a ``directory``, or a file) matches the glob
+    ``pattern`` (both in parts below the glob's fixed part) as
+    :func:`_matched_files` matches: ``**`` any number of parts, but none at the
+    end of a file's (Python's glob matches the parts before a last ``**`` to
+    directories only: ``run/*/**`` takes no ``run/README.txt``), a hidden name
+    only where a part of the pattern spells out its first character."""
     spelled = [part for part in pattern if _hidden_name(part)]
 
     def matches(parts: Sequence[str], rest: Sequence[str]) -> bool:
@@ -476,6 +500,7 @@ def _glob_matches(pattern: Sequence[str], names: Sequence[str]) -> bool:
                 matches(parts[1:], rest[skip:])
                 for skip in range(len(rest) + 1)
                 if not any(name.startswith(".") for name in rest[:skip])
+                and (skip or len(parts) > 1 or directory or not names)
             )
         return (
             bool(rest)
@@ -500,11 +525,11 @@ def _resolve_remote(
     options = dict(storage_options or {})
     origin = f"{role} {paths[0]!r}" if len(paths) == 1 else f"{role} {len(paths)} paths"
     files: list[DataFile] = []
-    for path in paths:  # prefixes and globs are listed as directories and local globs are
-        if path.endswith("/"):
-            files.extend(_listed(path, role, options))
-        elif any(ch in path for ch in _GLOB_CHARS):
+    for path in paths:  # globs and prefixes are listed as local globs and directories are
+        if any(ch in path for ch in _GLOB_CHARS):  # 'run/*/' too: a glob of "directories"
             files.extend(_globbed(path, role, options))
+        elif path.endswith("/"):
+            files.extend(_listed(path, role, options))
         else:
             files.append(DataFile(path))
     kind = _one_kind(files, origin)
@@ -570,7 +595,9 @@ def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFi
     the objects it matches and the data files "below" (under a ``/``) the names
     it matches; a name below the fixed part that begins with ``.`` or ``_`` left
     out unless the pattern spells it, Hive ``key=value`` parts below the fixed
-    part kept; the kind of file told by the objects' names, not the pattern's."""
+    part kept; the kind of file told by the objects' names, not the pattern's. A
+    pattern ending in ``/`` takes the data files below the names it matches only,
+    as a local one takes those of the directories it matches."""
     fixed = _fixed_part(pattern)
     root = fixed[: fixed.rfind("/") + 1]
     try:
@@ -580,11 +607,12 @@ def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFi
         raise RaftInputError(msg) from exc
     if keys is None:  # a Polars without the listing: the pattern as given, as before
         return [DataFile(pattern)]
-    parts = pattern.removeprefix(root).split("/")
+    parts = pattern.removeprefix(root).rstrip("/").split("/")
+    directories = pattern.endswith("/")
     found = []
     for key in keys:
         below = PurePosixPath(key.removeprefix(root))
-        if key.startswith(root) and _glob_takes(parts, below.parts, directories=False):
+        if key.startswith(root) and _glob_takes(parts, below.parts, directories=directories):
             found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
     if not found:
         msg = f"cannot read {role} {pattern!r}: no object matches it as a glob pattern"
@@ -776,11 +804,18 @@ def _data_files(directory: Path) -> list[Path]:
 
 
 def _below(directory: Path) -> Iterator[Path]:
-    """The names of files below ``directory``, through linked directories too
-    (a run's stage directory linked from another disk), each directory once (a
-    link back up is not followed again); hidden and temporary ones (``.``,
-    ``_``) left out with what they hold. A directory that cannot be listed is an
-    error, not a part of the log left out."""
+    """The names of files below ``directory``, as :func:`_walk` walks it."""
+    for root, _, files in _walk(directory):
+        yield from (Path(root, f) for f in files)
+
+
+def _walk(directory: Path) -> Iterator[tuple[str, os.stat_result, list[str]]]:
+    """The directories below ``directory`` (and it), each with its ``os.stat``
+    and the names of its files, through linked directories too (a run's stage
+    directory linked from another disk), each directory once (a link back up is
+    not followed again); hidden and temporary ones (``.``, ``_``) left out with
+    what they hold. A directory that cannot be listed is an error, not a part of
+    the log left out."""
 
     def refused(exc: OSError) -> None:
         msg = f"cannot list directory {exc.filename!r}: {exc.strerror or exc}"
@@ -794,7 +829,7 @@ def _below(directory: Path) -> Iterator[Path]:
             continue
         seen.add((here.st_dev, here.st_ino))
         dirs[:] = [d for d in dirs if not _hidden_name(d)]
-        yield from (Path(root, f) for f in files if not _hidden_name(f))
+        yield root, here, [f for f in files if not _hidden_name(f)]
 
 
 def _data_name(parts: Sequence[str]) -> bool:

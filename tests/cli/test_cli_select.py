@@ -19,7 +19,7 @@ from cli_helpers import (
     reference_strategy,
     run,
 )
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from reference import reference_selection
 
@@ -385,10 +385,11 @@ def test_local_directories_named_like_urls(
 
 # --- an output the log would take in -------------------------------------------------------
 
-_DIRS = ["", "a", "a/b", "_tmp", ".hid", "stage=1", "d.parquet", "d.parquet/_x"]
+# "ln": a directory on another disk linked into the tree, read through the link
+_DIRS = ["", "a", "a/b", "_tmp", ".hid", "stage=1", "d.parquet", "d.parquet/_x", "ln"]
 _PATTERNS = [
     "*", "*.parquet", "**/*.parquet", "**", "p?.parquet", "[op]*", "*/*", "_*/*", "**/_*", ".*/*",
-    ".hid/*", "*/", "**/", "a/**", "*.parquet/*",
+    ".hid/*", "*/", "**/", "a/**", "*.parquet/*", "*/**", "_*/**",
 ]  # fmt: skip
 _OUTS = ["out.parquet", "out.jsonl", "out.pq", "_out.parquet", ".out.parquet", "p1.parquet"]
 
@@ -399,6 +400,9 @@ _OUTS = ["out.parquet", "out.jsonl", "out.pq", "_out.parquet", ".out.parquet", "
     spec=st.tuples(st.sampled_from(_DIRS), st.one_of(st.none(), st.sampled_from(_PATTERNS))),
     out=st.tuples(st.sampled_from(_DIRS), st.sampled_from(_OUTS)),
 )
+@example(logs=[""], spec=("", None), out=("ln", "out.parquet"))
+@example(logs=["ln"], spec=("", "*/*.parquet"), out=("ln", "out.parquet"))
+@example(logs=["_tmp"], spec=("", "_*/**"), out=("", "_out.parquet"))  # "_*": directories only
 def test_an_output_the_log_would_read_is_refused(
     tmp_path_factory: pytest.TempPathFactory,
     logs: list[str],
@@ -415,7 +419,10 @@ def test_an_output_the_log_would_read_is_refused(
          "logprobs": [[-1.0], [-2.0, -4.0]]}
     )  # fmt: skip
     for where in _DIRS:
-        (root / where).mkdir(parents=True, exist_ok=True)
+        if where == "ln":
+            (root / where).symlink_to(tmp_path_factory.mktemp("disk2"))
+        else:
+            (root / where).mkdir(parents=True, exist_ok=True)
     for where in logs:
         log.write_parquet(root / where / "p0.parquet")
     source = str(root / spec[0]) + ("" if spec[1] is None else f"/{spec[1]}")
@@ -428,7 +435,7 @@ def test_an_output_the_log_would_read_is_refused(
         assume(False)
     shutil.copy(root / logs[0] / "p0.parquet", target)  # the oracle: list the source with it
     try:
-        taken = str(target) in {os.path.realpath(p) for p in local_files(source)}
+        taken = any(os.path.samefile(p, target) for p in local_files(source))
     except raft_polars.RaftInputError:
         taken = True  # the listing fails on it
     target.unlink()
@@ -474,5 +481,46 @@ def test_select_into_its_own_source_is_refused(
         assert how in result.err
         assert not Path(out).exists()
     ok = run(capsys, "select", source, "-o", "logs/_batch.parquet")
+    assert ok.code == 0, ok.err
+    assert run(capsys, "losses", source).code == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "out", "how"),
+    [
+        ("logs", "logs/st1/batch.parquet", "lies in the source directory 'logs'"),
+        ("logs", "disk2/st1/batch.parquet", "lies in the source directory 'logs'"),
+        ("logs/*/*.parquet", "logs/st1/b.parquet", "matches the source glob 'logs/*/*.parquet'"),
+        ("logs/**", "logs/st1/b.parquet", "matches the source glob 'logs/**'"),
+    ],
+)
+def test_select_into_a_linked_directory_of_its_source_is_refused(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    source: str,
+    out: str,
+    how: str,
+) -> None:
+    """A stage directory linked into the log from another disk (``logs/st1 ->
+    disk2/st1``) is read through the link: an output in it, named through the
+    link or by its real path, is refused as one in the log itself (it was
+    written, and the next read took it for a part of the log)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "disk2" / "st1").mkdir(parents=True)
+    (tmp_path / "logs" / "st1").symlink_to(tmp_path / "disk2" / "st1")
+    log = pl.DataFrame(
+        {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.9],
+         "logprobs": [[-1.0], [-2.0]]}
+    )  # fmt: skip
+    log.write_parquet(tmp_path / "logs" / "p0.parquet")
+    log.with_columns(stage=pl.lit(1)).write_parquet(tmp_path / "disk2" / "st1" / "p1.parquet")
+    result = run(capsys, "select", source, "-o", out)
+    assert_one_line_error(result, f"{out!r} would become a part of the log it is written from")
+    assert how in result.err
+    assert not Path(out).exists()
+    ok = run(capsys, "select", source, "-o", "logs/st1/_batch.parquet")
     assert ok.code == 0, ok.err
     assert run(capsys, "losses", source).code == 0

@@ -15,7 +15,7 @@ from typing import Any
 import dask_cluster
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reference import long_frames, nested_frame, reference_rounded
 
@@ -100,6 +100,9 @@ def _engine(name: str) -> Any:
         # hidden ones (_tmp/part-9.jsonl), as a local glob's files
         {"source": "s3://logs/jsonl-parts/**/part-*"},
         {"source": "s3://logs/hive/*/part.parquet"},
+        # a glob ending in "/" is a glob still: the data files of the "directories"
+        # it matches, not a prefix named 'hive/*/'
+        {"source": "s3://logs/hive/*/"},
     ],
     ids=[
         "glob",
@@ -112,6 +115,7 @@ def _engine(name: str) -> Any:
         "hive",
         "jsonl-glob",
         "hive-glob",
+        "hive-dirs",
     ],
 )
 def test_s3(store: dict[str, str], source: dict[str, Any], engine: str) -> None:
@@ -158,12 +162,15 @@ _KEYS = [
 ]  # fmt: skip
 _GLOBS = [
     "*", "*.parquet", "**/*.parquet", "**", "p?.parquet", "[ap]*", "*/*", "_*/*", "**/_*",
-    ".*/*", "a/**", "*.parquet/*", "*/p*", "**/p[0-9].*", "a*",
+    ".*/*", "a/**", "*.parquet/*", "*/p*", "**/p[0-9].*", "a*", "*/**", "_*/**",
+    "*/", "**/", "_*/", "*.parquet/",
 ]  # fmt: skip
 
 
 @settings(max_examples=40, deadline=None)
 @given(keys=st.sets(st.sampled_from(_KEYS), min_size=1), pattern=st.sampled_from(_GLOBS))
+@example(keys={"notes.txt", "a/p1.parquet"}, pattern="*/**")  # "*" before a last "**": a/ only
+@example(keys={"p0.parquet", "a/p1.parquet"}, pattern="*/")  # the data files of a/ only
 def test_a_glob_takes_the_same_objects_as_files(
     store: dict[str, str], tmp_path_factory: pytest.TempPathFactory, keys: set[str], pattern: str
 ) -> None:
