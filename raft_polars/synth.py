@@ -27,8 +27,10 @@ Examples
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -77,12 +79,11 @@ class SynthChunk:
     lengths: np.ndarray  # int64, tokens per candidate
     logprob: np.ndarray  # float32, all tokens of all candidates, concatenated
 
-    @property
+    @cached_property
     def offsets(self) -> np.ndarray:
-        """Start of each candidate's tokens in ``logprob`` (length ``n + 1``)."""
-        out = np.zeros(len(self.lengths) + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=out[1:])
-        return out
+        """Start of each candidate's tokens in ``logprob`` (length ``n + 1``),
+        computed once per chunk."""
+        return _offsets(self.lengths)
 
     def prompts(self, lo: int, hi: int) -> SynthChunk:
         """The candidates of the prompts ``lo <= prompt < hi``."""
@@ -98,6 +99,12 @@ class SynthChunk:
         )
 
 
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
 def iter_chunks(
     *,
     stages: int,
@@ -109,11 +116,21 @@ def iter_chunks(
     chunk_prompts: int = 4096,
 ) -> Iterator[SynthChunk]:
     """Yield the log chunk by chunk, ``chunk_prompts`` prompts of one stage at a
-    time, so memory stays bounded for any size.
+    time.
 
     The values come from random streams derived from ``(seed, stage, block)``,
     one for each block of :data:`BLOCK_PROMPTS` prompts, whatever the chunks:
     the log does not depend on how much is generated at once.
+
+    Memory: a chunk's log-probs are drawn on their own, in steps of at most
+    :data:`PIECE_TOKENS` tokens, so the generator holds the chunk (its
+    ``logprob`` takes 4 bytes a token), the per-candidate values (lengths,
+    rewards: a few tens of bytes a candidate) of the blocks the chunk touches
+    (at most ``BLOCK_PROMPTS * k`` candidates each) and two buffers of
+    ``PIECE_TOKENS`` float64 values, not a block's tokens. A block with a
+    chunk boundary inside it (``chunk_prompts`` not a multiple of
+    ``BLOCK_PROMPTS``) draws its log-prob stream twice, once to reach the
+    rewards drawn after it.
     """
     _check_shape(
         stages=stages,
@@ -127,57 +144,139 @@ def iter_chunks(
     for stage in range(stages):
         quality = stage / max(stages - 1, 1)
         blocks = (
-            _block(stage, quality, np.arange(start, min(start + BLOCK_PROMPTS, prompts)), k,
+            _Block(stage, quality, start, min(start + BLOCK_PROMPTS, prompts), k,
                    lengths=lengths, seed=seed)
             for start in range(0, prompts, BLOCK_PROMPTS)
         )  # fmt: skip
-        held: list[SynthChunk] = []  # blocks whose prompts are not all yielded yet
+        held: list[_Block] = []  # blocks whose prompts are not all yielded yet
         for start in range(0, prompts, chunk_prompts):
             end = min(start + chunk_prompts, prompts)
-            while not held or held[-1].prompt[-1] < end - 1:
+            while not held or held[-1].hi < end:
                 held.append(next(blocks))
-            yield _joined([block.prompts(start, end) for block in held])
-            held = [block for block in held if block.prompt[-1] >= end]
+            yield _chunk(stage, held, start, end)
+            held = [block for block in held if block.hi > end]
 
 
 # prompts of one random stream: a chunk of this many (the default) is one block
 BLOCK_PROMPTS = 4096
+# log-probs drawn (and scaled) at a time: bounds the generator's float64 buffers
+PIECE_TOKENS = 1 << 16
 
 
-def _block(
-    stage: int,
-    quality: float,
-    prompts: np.ndarray,
-    k: int,
+class _Block:
+    """The prompts ``lo <= prompt < hi`` (one block) of a stage of ``quality``
+    in [0, 1], from the random stream of their block.
+
+    The stream holds, in this order: the candidates' lengths, their skills, the
+    log-probs of all their tokens (in prompt order) and the rewards' noise. The
+    per-candidate values are drawn at once; the log-probs as chunks ask for
+    them (:meth:`draw`, in order), the stream's state carried from one chunk
+    to the next.
+    """
+
+    def __init__(
+        self,
+        stage: int,
+        quality: float,
+        lo: int,
+        hi: int,
+        k: int,
+        *,
+        lengths: tuple[int, int],
+        seed: int,
+    ) -> None:
+        self.hi = hi
+        self._lo = lo
+        self._k = k
+        self._quality = quality
+        self._rng = np.random.default_rng([seed, stage, lo // BLOCK_PROMPTS])
+        # the model gets better: the mean NLL per token falls from ~1.6 to ~0.3
+        mean_nll = 1.6 - 1.3 * quality
+        n = (hi - lo) * k
+        self.prompt = np.repeat(np.arange(lo, hi, dtype=np.int32), k)
+        self.cand = np.tile(np.arange(k, dtype=np.int32), hi - lo)
+        self.lengths = self._rng.integers(lengths[0], lengths[1] + 1, size=n, dtype=np.int64)
+        # per-response quality shifts the token NLLs; rewards follow quality
+        self._skill = self._rng.normal(0.0, 0.25, size=n)
+        self._scale = np.clip(mean_nll * (1.0 + self._skill), 0.05, None)
+        self.offsets = _offsets(self.lengths)
+        self._drawn = 0  # candidates whose log-probs are drawn
+        self._reward: np.ndarray | None = None
+
+    def span(self, lo: int, hi: int) -> tuple[int, int]:
+        """The candidates (indexes into this block) of the prompts ``lo <= prompt < hi``."""
+        return (max(lo - self._lo, 0) * self._k, (min(hi, self.hi) - self._lo) * self._k)
+
+    def draw(self, a: int, b: int, out: np.ndarray) -> np.ndarray:
+        """Write the log-probs of the candidates ``a:b`` into ``out`` (float32,
+        ``offsets[b] - offsets[a]`` long) and return their rewards; ``a`` is the
+        first candidate not drawn yet."""
+        if a != self._drawn:
+            msg = f"block drawn out of order: candidate {a} after {self._drawn}"
+            raise AssertionError(msg)
+        whole = a == 0 and b == len(self.lengths)
+        if self._reward is None and not whole:
+            # the rewards' noise follows all the log-probs in the stream: a copy of
+            # the stream is run past them (in pieces, nothing kept)
+            ahead = copy.deepcopy(self._rng)
+            _exponentials(ahead, int(self.offsets[-1]), None)
+            self._reward = self._rewards(ahead)
+        t0, t1 = int(self.offsets[a]), int(self.offsets[b])
+        _exponentials(
+            self._rng, t1 - t0, out, scale=self._scale[a:b], offsets=self.offsets[a : b + 1]
+        )
+        self._drawn = b
+        if self._reward is None:
+            self._reward = self._rewards(self._rng)
+        return self._reward[a:b]
+
+    def _rewards(self, rng: np.random.Generator) -> np.ndarray:
+        n = len(self.lengths)
+        return np.round(1.0 * self._quality - 2.0 * self._skill + rng.normal(0.0, 0.5, n), 2)
+
+
+def _exponentials(
+    rng: np.random.Generator,
+    size: int,
+    out: np.ndarray | None,
     *,
-    lengths: tuple[int, int],
-    seed: int,
-) -> SynthChunk:
-    """The ``prompts`` (of one block) of a stage of ``quality`` in [0, 1], from
-    the random stream of their block."""
-    rng = np.random.default_rng([seed, stage, int(prompts[0]) // BLOCK_PROMPTS])
-    # the model gets better: the mean NLL per token falls from ~1.6 to ~0.3
-    mean_nll = 1.6 - 1.3 * quality
-    n = len(prompts) * k
-    prompt = np.repeat(prompts.astype(np.int32), k)
-    cand = np.tile(np.arange(k, dtype=np.int32), len(prompts))
-    tokens = rng.integers(lengths[0], lengths[1] + 1, size=n, dtype=np.int64)
-    # per-response quality shifts the token NLLs; rewards follow quality
-    skill = rng.normal(0.0, 0.25, size=n)
-    scale = np.repeat(np.clip(mean_nll * (1.0 + skill), 0.05, None), tokens)
-    logprob = -rng.exponential(1.0, size=int(tokens.sum())) * scale
-    reward = np.round(1.0 * quality - 2.0 * skill + rng.normal(0.0, 0.5, n), 2)
-    return SynthChunk(stage, prompt, cand, reward, tokens, logprob.astype(np.float32))
+    scale: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
+) -> None:
+    """Draw ``size`` standard exponentials from ``rng``, :data:`PIECE_TOKENS` at
+    a time (the stream of one draw of ``size``), and write them into ``out`` as
+    float32 log-probs ``-x * scale[i]`` of the candidates ``i`` whose tokens
+    start at ``offsets[i] - offsets[0]``; with ``out=None`` they are dropped."""
+    buffer = np.empty(min(size, PIECE_TOKENS))
+    starts = None if offsets is None else offsets - offsets[0]
+    for lo in range(0, size, PIECE_TOKENS):
+        hi = min(lo + PIECE_TOKENS, size)
+        piece = buffer[: hi - lo]
+        rng.standard_exponential(out=piece)
+        if out is None or scale is None or starts is None:
+            continue
+        # the candidates with tokens in [lo, hi), and how many of them each
+        c0 = int(np.searchsorted(starts, lo, side="right")) - 1
+        c1 = int(np.searchsorted(starts, hi, side="left"))
+        counts = np.minimum(starts[c0 + 1 : c1 + 1], hi) - np.maximum(starts[c0:c1], lo)
+        np.multiply(piece, np.repeat(scale[c0:c1], counts), out=piece)
+        np.negative(piece, out=out[lo:hi], casting="same_kind")
 
 
-def _joined(parts: list[SynthChunk]) -> SynthChunk:
-    """``parts`` of one stage, in prompt order, as one chunk."""
-    parts = [part for part in parts if len(part.prompt)]
-    if len(parts) == 1:
-        return parts[0]
-    arrays = ("prompt", "cand", "reward", "lengths", "logprob")
-    joined = (np.concatenate([getattr(part, name) for part in parts]) for name in arrays)
-    return SynthChunk(parts[0].stage, *joined)
+def _chunk(stage: int, blocks: list[_Block], lo: int, hi: int) -> SynthChunk:
+    """The prompts ``lo <= prompt < hi`` of ``blocks`` (of one stage, in prompt
+    order), their log-probs drawn into one array of the chunk's size."""
+    spans = [(block, *block.span(lo, hi)) for block in blocks]
+    spans = [(block, a, b) for block, a, b in spans if b > a]
+    sizes = [int(block.offsets[b] - block.offsets[a]) for block, a, b in spans]
+    logprob = np.empty(sum(sizes), dtype=np.float32)
+    at = np.cumsum([0, *sizes])
+    reward = [block.draw(a, b, logprob[at[i] : at[i + 1]]) for i, (block, a, b) in enumerate(spans)]
+    prompt, cand, lengths = (
+        np.concatenate([getattr(block, name)[a:b] for block, a, b in spans])
+        for name in ("prompt", "cand", "lengths")
+    )
+    return SynthChunk(stage, prompt, cand, np.concatenate(reward), lengths, logprob)
 
 
 def generate(
@@ -213,8 +312,12 @@ def generate(
     payload
         Also write ``prompt_text`` and ``response`` text columns.
     chunk_prompts
-        Prompts per written file; bounds the generator's memory. The log does
-        not depend on it (see :func:`iter_chunks`).
+        Prompts per written file. The log does not depend on it; the memory
+        does: a chunk is drawn on its own, so the generator holds about the
+        chunk's tokens (and the frames written from them) plus a few tens of
+        bytes per candidate of its blocks of :data:`BLOCK_PROMPTS` prompts (see
+        :func:`iter_chunks`). A split block costs a second pass over its random
+        log-prob stream.
     progress
         Called as ``progress(done, total)`` with token counts after each chunk.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,23 +184,26 @@ def test_out_of_memory_is_one_error_line(
         }
     ),
     chunk=st.integers(1, 30),
-    block=st.integers(1, 9),
+    small=st.fixed_dictionaries(
+        {"BLOCK_PROMPTS": st.integers(1, 9), "PIECE_TOKENS": st.integers(1, 8)}
+    ),
     layout=st.sampled_from(["nested", "long"]),
 )
 def test_the_log_does_not_depend_on_the_chunks(
     tmp_path_factory: pytest.TempPathFactory,
     shape: dict[str, Any],
     chunk: int,
-    block: int,
+    small: dict[str, int],
     layout: Literal["nested", "long"],
 ) -> None:
     """``chunk_prompts`` splits the files, nothing else: the rows are those of
     the log generated in one chunk, whatever the chunks and however they fall
-    across the blocks of the random streams (made small here); one file per
-    chunk of each stage."""
+    across the blocks of the random streams and the pieces the log-probs are
+    drawn in (both made small here); one file per chunk of each stage."""
     root = tmp_path_factory.mktemp("gen")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(raft_polars.synth, "BLOCK_PROMPTS", block)
+        for name, value in small.items():
+            patch.setattr(raft_polars.synth, name, value)
         split = generate(root / "split", layout=layout, chunk_prompts=chunk, **shape)
         generate(root / "whole", layout=layout, chunk_prompts=shape["prompts"], **shape)
     chunks = -(-shape["prompts"] // chunk)
@@ -209,3 +213,34 @@ def test_the_log_does_not_depend_on_the_chunks(
     for part, keys in parts.items():
         got = pl.read_parquet(root / "split" / part).sort(keys)
         assert got.equals(pl.read_parquet(root / "whole" / part).sort(keys))
+
+
+@pytest.mark.parametrize(
+    ("block", "chunk"),
+    [(4096, 16), (4096, 1000), (4096, 4096), (64, 200), (64, 1)],
+)
+def test_chunk_prompts_bounds_the_memory(
+    monkeypatch: pytest.MonkeyPatch, block: int, chunk: int
+) -> None:
+    """A chunk's memory is its own tokens', not its blocks': the peak of what
+    numpy allocates (traced) while the first chunk is generated is at most twice
+    its log-probs, 128 bytes a candidate of the blocks it touches and a few
+    pieces of float64 buffer. Each chunk was cut from whole blocks, each drawn
+    in full in float64: 34 MB for a chunk of 16 prompts (26 kB of log-probs)."""
+    monkeypatch.setattr(raft_polars.synth, "BLOCK_PROMPTS", block)
+    k = 4
+    tracemalloc.start()
+    try:
+        first = next(
+            raft_polars.synth.iter_chunks(
+                stages=1, prompts=4096, k=k, max_tokens=200, seed=0, chunk_prompts=chunk
+            )
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(first.lengths) == chunk * k
+    touched = -(-chunk // block) * block * k  # candidates of the blocks it touches
+    pieces = 3 * raft_polars.synth.PIECE_TOKENS * 8
+    assert peak <= 2 * first.logprob.nbytes + 128 * touched + pieces
+    assert first.offsets is first.offsets  # computed once, not on every slice
