@@ -434,10 +434,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--limit",
-        type=_count,
+        type=_limit,
         default=5,
         metavar="N",
-        help="locations shown per problem kind (default: 5)",
+        help="locations shown per problem kind (default: 5; 0: the counts only)",
     )
     p.set_defaults(run=_cmd_validate)
 
@@ -685,15 +685,20 @@ def _finite(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def _count(text: str, *, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        msg = f"expected a whole number >= 1, got {text!r}"
+        value = least - 1
+    if value < least:
+        msg = f"expected a whole number >= {least}, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _limit(text: str) -> int:
+    """``--limit``: 0 lists no locations (the counts only), as ``limit=0`` does."""
+    return _count(text, least=0)
 
 
 # --- options shared by the data commands ---------------------------------------------
