@@ -283,7 +283,7 @@ def validate(
 
 def _format_location(loc: Mapping[str, Any]) -> str:
     names = {"cand": "candidate"}
-    ids = [f"{names.get(k, k)} {loc[k]!r}" for k in (*_IDS, "token") if k in loc]
+    ids = [f"{names.get(k, k)} {_text(loc[k])}" for k in (*_IDS, "token") if k in loc]
     rest = [f"{k} {_text(v)}" for k, v in loc.items() if k not in (*_IDS, "token")]
     return ": ".join(part for part in (", ".join(ids), ", ".join(rest)) if part)
 

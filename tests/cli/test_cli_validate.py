@@ -314,6 +314,46 @@ def test_planted_long(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: 
     _check_found(capsys, _write_long(tmp_path, tokens, rewards), LONG_CASES[name])
 
 
+def _null_position_bad_logprob(tokens: list[Row], rewards: list[Row]) -> None:
+    del rewards
+    _token(tokens, 0, 1, 2, 1).update(token=None, logprob=NAN)  # candidate 2: not selected
+
+
+@pytest.mark.parametrize(
+    ("layout", "plant", "line"),
+    [
+        ("nested", _null_id, "    stage 0, prompt 2, candidate null"),
+        (
+            "long",
+            _null_position_bad_logprob,
+            "    stage 0, prompt 1, candidate 2, token null: logprob nan, bad_tokens 1",
+        ),
+    ],
+)
+def test_text_report_writes_null_ids_as_null(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    layout: str,
+    plant: Callable[..., None],
+    line: str,
+) -> None:
+    """A null id or token position is 'null' in the text report, as a null reward or
+    log-prob is (it was Python's 'None')."""
+    if layout == "nested":
+        rows = _rows()
+        plant(rows)
+        _nested(rows).write_parquet(tmp_path / "log.parquet")
+        args = [str(tmp_path / "log.parquet")]
+    else:
+        tokens, rewards = _long(_rows())
+        plant(tokens, rewards)
+        args = _write_long(tmp_path, tokens, rewards)
+    result = run(capsys, "validate", *args)
+    assert result.code == 1
+    assert line in result.out.splitlines(), result.out
+    assert "None" not in result.out
+
+
 def test_everything_at_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     tokens, rewards = _long(_rows())
     for plant, *_ in LONG_CASES.values():
