@@ -46,7 +46,7 @@ from raft_polars import __version__
 from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, local_files, local_specs, write_failure
-from raft_polars._export import EXPORT_FORMATS, json_lines, json_value
+from raft_polars._export import EXPORT_FORMATS, json_lines, json_value, table_cell
 from raft_polars._signals import finished, hold_if_signalled, running
 from raft_polars.errors import MissingDependencyError, RaftInputError, RaftPolarsError
 
@@ -821,7 +821,7 @@ def write_table(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> N
         writer.writeheader()
         writer.writerows(rows)
     else:
-        cells = [[_cell(row[c]) for c in names] for row in rows]
+        cells = [[table_cell(row[c]) for c in names] for row in rows]
         widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(names)]
         stream.write(" ".join(c.ljust(w) for c, w in zip(names, widths, strict=True)).rstrip())
         stream.write("\n")
@@ -833,16 +833,6 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("loss") is not None:
         row["loss"] = round(row["loss"], 4)
     return row
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if math.isfinite(value) and abs(value) >= 1e15:  # 4 decimals of 1e300: 305 digits
-            return f"{value:.4e}"
-        return f"{round(value, 4):.4f}"
-    return str(value)
 
 
 # --- select ------------------------------------------------------------------------

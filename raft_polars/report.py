@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from raft_polars._export import table_cell
 from raft_polars.errors import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -402,14 +403,12 @@ def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
 
 
 def _html_table(table: pl.DataFrame) -> str:
+    """``table`` as HTML, each cell as ``raft-polars stats`` prints it (a null as
+    a dash)."""
     import html
 
     def cell(value: object) -> str:
-        if value is None:
-            return "&ndash;"
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return html.escape(str(value))
+        return "&ndash;" if value is None else html.escape(table_cell(value))
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     rows = "".join(
