@@ -912,13 +912,15 @@ def _cmd_report(args: argparse.Namespace) -> None:
         curves = best_of_n(
             _source(args), **_log_kwargs(args), bad_rewards=args.bad_rewards, engine=_engine(args)
         )
-        page = html_report(table, curves, title=title, source=" ".join(args.path))
+        page = html_report(
+            table, curves, title=title, source=" ".join(args.path), reduction=args.reduction
+        )
 
         def write(tmp: Path) -> None:
             tmp.write_text(page, encoding="utf-8")
     else:
         table = stage_losses(_source(args), **options, engine=_engine(args))
-        figure = report_figure(table, title=title)
+        figure = report_figure(table, title=title, reduction=args.reduction)
 
         def write(tmp: Path) -> None:
             save_figure(figure, tmp, fmt=fmt[1:])
