@@ -418,7 +418,8 @@ def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
 
     for ax in (ax_spread, ax_curves, ax_length, ax_groups):
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper left", fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no curves (a log without rows): no legend
+            ax.legend(loc="upper left", fontsize=7)
     ax_curves.xaxis.set_major_locator(MaxNLocator(integer=True))  # n
     for ax in (ax_spread, ax_length, ax_groups):
         _stage_ticks(ax, stats)

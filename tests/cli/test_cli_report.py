@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,29 @@ def test_an_unknown_reduction_is_bad_input(rising_log: Path) -> None:
         RaftInputError, match=r"reduction must be 'token' or 'sequence', got 'mean'"
     ):
         html_report(table, best_of_n(rising_log), title="t", reduction="mean")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix", [".html", ".png"])
+def test_a_log_without_rows_draws_no_empty_legend(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
+) -> None:
+    """A log with no rows: the best-of-n panel has nothing to label, and its legend
+    wrote matplotlib's 'No artists with labels found to put in legend' to stderr."""
+    log = tmp_path / "empty.parquet"
+    pl.DataFrame(
+        schema={"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64, "reward": pl.Float64,
+                "logprobs": pl.List(pl.Float64)}
+    ).write_parquet(log)  # fmt: skip
+    out = tmp_path / f"r{suffix}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(capsys, "report", log, "-o", out)
+    assert [str(w.message) for w in caught] == []
+    assert (result.code, result.out, result.err) == (0, f"wrote {out} (0 stage(s))\n", "")
+    figure = _stats_figure(stage_stats(log), best_of_n(log))
+    curves = figure.axes[1]
+    assert (curves.get_title(), curves.get_legend()) == (
+        "best-of-n: expected best reward of n candidates",
+        None,
+    )
+    assert all(ax.get_legend() is not None for ax in figure.axes if ax is not curves)
