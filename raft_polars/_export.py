@@ -734,6 +734,19 @@ def json_value(value: Any) -> Any:
     return value
 
 
+def table_cell(value: Any) -> str:
+    """``value`` as a cell of the CLI's aligned tables and the HTML report's: a
+    float to 4 decimals, from 1e15 on as ``1.2345e+15`` (4 decimals of 1e300 are
+    305 digits); null as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isfinite(value) and abs(value) >= 1e15:
+            return f"{value:.4e}"
+        return f"{round(value, 4):.4f}"
+    return str(value)
+
+
 def rows_written(out: Path) -> int:
     """Rows in a written Parquet or JSON lines file."""
     if out.suffix.lower() in PARQUET:

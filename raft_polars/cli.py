@@ -46,7 +46,7 @@ from raft_polars import __version__
 from raft_polars._engine.read import CANONICAL_COLUMNS
 from raft_polars._engine.reduce import LOSS_COLUMNS
 from raft_polars._engine.sources import Source, local_files, local_specs, write_failure
-from raft_polars._export import EXPORT_FORMATS, json_lines, json_value
+from raft_polars._export import EXPORT_FORMATS, json_lines, json_value, table_cell
 from raft_polars._signals import finished, hold_if_signalled, running
 from raft_polars.errors import MissingDependencyError, RaftInputError, RaftPolarsError
 
@@ -434,10 +434,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--limit",
-        type=_count,
+        type=_limit,
         default=5,
         metavar="N",
-        help="locations shown per problem kind (default: 5)",
+        help="locations shown per problem kind (default: 5; 0: the counts only)",
     )
     p.set_defaults(run=_cmd_validate)
 
@@ -685,15 +685,20 @@ def _finite(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def _count(text: str, *, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        msg = f"expected a whole number >= 1, got {text!r}"
+        value = least - 1
+    if value < least:
+        msg = f"expected a whole number >= {least}, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _limit(text: str) -> int:
+    """``--limit``: 0 lists no locations (the counts only), as ``limit=0`` does."""
+    return _count(text, least=0)
 
 
 # --- options shared by the data commands ---------------------------------------------
@@ -816,7 +821,7 @@ def write_table(table: pl.DataFrame, stream: TextIO, *, fmt: str = "table") -> N
         writer.writeheader()
         writer.writerows(rows)
     else:
-        cells = [[_cell(row[c]) for c in names] for row in rows]
+        cells = [[table_cell(row[c]) for c in names] for row in rows]
         widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(names)]
         stream.write(" ".join(c.ljust(w) for c, w in zip(names, widths, strict=True)).rstrip())
         stream.write("\n")
@@ -828,16 +833,6 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("loss") is not None:
         row["loss"] = round(row["loss"], 4)
     return row
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if math.isfinite(value) and abs(value) >= 1e15:  # 4 decimals of 1e300: 305 digits
-            return f"{value:.4e}"
-        return f"{round(value, 4):.4f}"
-    return str(value)
 
 
 # --- select ------------------------------------------------------------------------
@@ -917,13 +912,15 @@ def _cmd_report(args: argparse.Namespace) -> None:
         curves = best_of_n(
             _source(args), **_log_kwargs(args), bad_rewards=args.bad_rewards, engine=_engine(args)
         )
-        page = html_report(table, curves, title=title, source=" ".join(args.path))
+        page = html_report(
+            table, curves, title=title, source=" ".join(args.path), reduction=args.reduction
+        )
 
         def write(tmp: Path) -> None:
             tmp.write_text(page, encoding="utf-8")
     else:
         table = stage_losses(_source(args), **options, engine=_engine(args))
-        figure = report_figure(table, title=title)
+        figure = report_figure(table, title=title, reduction=args.reduction)
 
         def write(tmp: Path) -> None:
             save_figure(figure, tmp, fmt=fmt[1:])

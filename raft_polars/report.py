@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from raft_polars._export import table_cell
 from raft_polars.errors import MissingDependencyError
+from raft_polars.selection import Reduction, check_reduction
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,6 +39,13 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install 'raft-polars[plot]'"
+
+# the loss of each reduction (docs/semantics.md), on the figure's axis and in the page
+_LOSS_AXIS = {"token": "loss (mean token NLL)", "sequence": "loss (mean of response mean NLLs)"}
+_LOSS_NOTE = {
+    "token": "the pooled token mean NLL of the selected responses",
+    "sequence": "the mean over the selected responses of each response's mean token NLL",
+}
 
 
 def _require_matplotlib() -> None:
@@ -89,7 +98,9 @@ def _drawable(*arrays: Any) -> tuple[list[Any], str]:
     return [a / 10.0**power for a in drawn], f" (x 1e{power})"
 
 
-def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
+def report_figure(
+    table: pl.DataFrame, *, title: str | None = None, reduction: Reduction = "token"
+) -> Figure:
     """Draw the loss and the rewards per stage of a :func:`~raft_polars.stage_losses` table.
 
     The upper panel shows the loss per stage, with the stages where it rose marked
@@ -105,6 +116,9 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
         ``reward_mean`` (other columns are ignored).
     title
         Figure title.
+    reduction
+        The reduction of the table's losses (``"token"`` or ``"sequence"``, as
+        in :func:`~raft_polars.stage_losses`), which the loss axis names.
 
     Returns
     -------
@@ -115,6 +129,8 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     ------
     MissingDependencyError
         matplotlib is not installed.
+    RaftInputError
+        ``reduction`` is neither ``"token"`` nor ``"sequence"``.
 
     Examples
     --------
@@ -125,7 +141,10 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
     >>> fig = report_figure(table, title="run 7")
     >>> [ax.get_ylabel() for ax in fig.axes]
     ['loss (mean token NLL)', 'reward']
+    >>> report_figure(table, reduction="sequence").axes[0].get_ylabel()
+    'loss (mean of response mean NLLs)'
     """
+    check_reduction(reduction)
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -175,7 +194,7 @@ def report_figure(table: pl.DataFrame, *, title: str | None = None) -> Figure:
                 color="tab:red",
                 fontsize=8,
             )
-    ax_loss.set_ylabel(f"loss (mean token NLL){loss_unit}")
+    ax_loss.set_ylabel(f"{_LOSS_AXIS[reduction]}{loss_unit}")
     ax_loss.set_title("SFT loss of the selected responses per stage", fontsize=10)
 
     ax_reward.plot(stages, best, marker="o", color="tab:green", label="selected (mean)")
@@ -238,7 +257,12 @@ def save_figure(
 
 
 def save_report(
-    table: pl.DataFrame, path: str | Path, *, title: str | None = None, dpi: int = 120
+    table: pl.DataFrame,
+    path: str | Path,
+    *,
+    title: str | None = None,
+    reduction: Reduction = "token",
+    dpi: int = 120,
 ) -> Path:
     """:func:`report_figure` then :func:`save_figure` (PNG, SVG or PDF by extension).
 
@@ -247,7 +271,7 @@ def save_report(
     Path
         ``path``.
     """
-    return save_figure(report_figure(table, title=title), path, dpi=dpi)
+    return save_figure(report_figure(table, title=title, reduction=reduction), path, dpi=dpi)
 
 
 # --- the HTML report ---------------------------------------------------------------
@@ -394,7 +418,8 @@ def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
 
     for ax in (ax_spread, ax_curves, ax_length, ax_groups):
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper left", fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no curves (a log without rows): no legend
+            ax.legend(loc="upper left", fontsize=7)
     ax_curves.xaxis.set_major_locator(MaxNLocator(integer=True))  # n
     for ax in (ax_spread, ax_length, ax_groups):
         _stage_ticks(ax, stats)
@@ -402,14 +427,12 @@ def _stats_figure(stats: pl.DataFrame, curves: pl.DataFrame) -> Figure:
 
 
 def _html_table(table: pl.DataFrame) -> str:
+    """``table`` as HTML, each cell as ``raft-polars stats`` prints it (a null as
+    a dash)."""
     import html
 
     def cell(value: object) -> str:
-        if value is None:
-            return "&ndash;"
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return html.escape(str(value))
+        return "&ndash;" if value is None else html.escape(table_cell(value))
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     rows = "".join(
@@ -433,7 +456,14 @@ p.note { color: #555; font-size: 0.9em; }
 """
 
 
-def html_report(stats: pl.DataFrame, curves: pl.DataFrame, *, title: str, source: str = "") -> str:
+def html_report(
+    stats: pl.DataFrame,
+    curves: pl.DataFrame,
+    *,
+    title: str,
+    source: str = "",
+    reduction: Reduction = "token",
+) -> str:
     """One self-contained HTML page: the per-stage table and the figures, inline.
 
     Parameters
@@ -444,6 +474,10 @@ def html_report(stats: pl.DataFrame, curves: pl.DataFrame, *, title: str, source
         A :func:`~raft_polars.best_of_n` table.
     title, source
         The page title and the log's name.
+    reduction
+        The reduction of the table's losses (``"token"`` or ``"sequence"``, as
+        in :func:`~raft_polars.stage_stats`), which the page and the loss axis
+        name.
 
     Returns
     -------
@@ -453,10 +487,11 @@ def html_report(stats: pl.DataFrame, curves: pl.DataFrame, *, title: str, source
     """
     import html
 
+    check_reduction(reduction)
     _require_matplotlib()
     losses = [c for c in stats.columns if c in _LOSS_COLUMNS]
     extra = [c for c in stats.columns if c not in _LOSS_COLUMNS]
-    trend = _svg(report_figure(stats, title=None))
+    trend = _svg(report_figure(stats, title=None, reduction=reduction))
     detail = _svg(_stats_figure(stats, curves))
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -468,8 +503,8 @@ def html_report(stats: pl.DataFrame, curves: pl.DataFrame, *, title: str, source
 </head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="note">Log: {html.escape(source)}. Losses are the pooled token mean NLL of the
-selected responses; every column is defined in the project's docs/semantics.md.</p>
+<p class="note">Log: {html.escape(source)}. Losses are {_LOSS_NOTE[reduction]};
+every column is defined in the project's docs/semantics.md.</p>
 <h2 id="stages">Per-stage statistics</h2>
 {_html_table(stats.select(losses))}
 {_html_table(stats.select(["stage", *extra]))}

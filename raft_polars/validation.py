@@ -49,6 +49,7 @@ the source DataFrame: nested layout, 1 stage(s), 2 prompt(s), 3 candidate row(s)
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,7 +221,8 @@ def validate(
         The selection, which decides which responses count as selected; the
         default is best-of-K per prompt.
     limit
-        How many locations to keep per problem kind.
+        How many locations to keep per problem kind: 0 keeps none (the counts
+        only), a number beyond any log's size keeps them all.
     engine
         ``"polars"`` (default), ``"dask"`` or a :class:`raft_polars.dask.DaskEngine`,
         as in :func:`raft_polars.stage_losses`.
@@ -256,7 +258,7 @@ def validate(
     if not is_whole(limit) or limit < 0:
         msg = f"option limit={limit!r}: must be a whole number >= 0 (locations per problem)"
         raise RaftInputError(msg)
-    limit = int(limit)
+    limit = min(int(limit), sys.maxsize)  # more than any frame holds: every location
     run = executor(engine)
     log = read_log(
         source, rewards=rewards, columns=columns, preset=preset, storage_options=storage_options
@@ -281,7 +283,7 @@ def validate(
 
 def _format_location(loc: Mapping[str, Any]) -> str:
     names = {"cand": "candidate"}
-    ids = [f"{names.get(k, k)} {loc[k]!r}" for k in (*_IDS, "token") if k in loc]
+    ids = [f"{names.get(k, k)} {_text(loc[k])}" for k in (*_IDS, "token") if k in loc]
     rest = [f"{k} {_text(v)}" for k, v in loc.items() if k not in (*_IDS, "token")]
     return ": ".join(part for part in (", ".join(ids), ", ".join(rest)) if part)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raft_polars import best_of_n, stage_losses, stage_stats
-from raft_polars.report import _stats_figure, loss_rises, report_figure
+from raft_polars.errors import RaftInputError
+from raft_polars.report import _stats_figure, html_report, loss_rises, report_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -166,3 +168,83 @@ def test_every_stage_has_its_own_place_and_exact_label(ids: list[int]) -> None:
                 assert text == str(ids[int(tick)])
             if len(ids) <= 25:
                 assert sorted(labelled.values(), key=int) == [str(i) for i in ids]
+
+
+# the loss of the report's log under each reduction (docs/semantics.md's example:
+# selected responses [-1.0] and [-0.2, -0.2, -0.2]), its axis label and the page's note
+REDUCTIONS = {
+    "token": ("0.4000", "loss (mean token NLL)", "the pooled token mean NLL of the"),
+    "sequence": (
+        "0.6000",
+        "loss (mean of response mean NLLs)",
+        "the mean over the selected responses of each response's mean token NLL",
+    ),
+}
+
+
+@pytest.mark.parametrize("reduction", list(REDUCTIONS))
+def test_the_report_names_the_reduction_shown(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, reduction: str
+) -> None:
+    """The page's note and the loss axis describe the loss of --reduction: with
+    'sequence' they called the mean of response means the pooled token mean NLL."""
+    loss, axis, note = REDUCTIONS[reduction]
+    log = tmp_path / "log.parquet"
+    pl.DataFrame(
+        {
+            "stage": [0, 0, 0, 0],
+            "prompt": [0, 0, 1, 1],
+            "cand": [0, 1, 0, 1],
+            "reward": [1.0, 0.0, 1.0, 0.0],
+            "logprobs": [[-1.0], [-5.0], [-0.2, -0.2, -0.2], [-5.0]],
+        }
+    ).write_parquet(log)
+    html, svg = tmp_path / "r.html", tmp_path / "r.svg"
+    assert run(capsys, "report", log, "-o", html, "--reduction", reduction).code == 0
+    page = " ".join(html.read_text(encoding="utf-8").split())  # the note spans lines
+    assert f"<td>{loss}</td>" in page
+    assert f"Losses are {note}" in page
+    assert f"<!-- {axis} -->" in page  # matplotlib writes each text as a comment
+    assert ("pooled" in page) == (reduction == "token")
+    assert run(capsys, "report", log, "-o", svg, "--reduction", reduction).code == 0
+    figure = svg.read_text(encoding="utf-8")
+    assert f"<!-- {axis} -->" in figure
+    assert ("<!-- loss (mean token NLL) -->" in figure) == (reduction == "token")
+
+
+def test_an_unknown_reduction_is_bad_input(rising_log: Path) -> None:
+    table = stage_stats(rising_log)
+    with pytest.raises(
+        RaftInputError, match=r"reduction must be 'token' or 'sequence', got 'mean'"
+    ):
+        report_figure(table, reduction="mean")  # type: ignore[arg-type]
+    with pytest.raises(
+        RaftInputError, match=r"reduction must be 'token' or 'sequence', got 'mean'"
+    ):
+        html_report(table, best_of_n(rising_log), title="t", reduction="mean")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix", [".html", ".png"])
+def test_a_log_without_rows_draws_no_empty_legend(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, suffix: str
+) -> None:
+    """A log with no rows: the best-of-n panel has nothing to label, and its legend
+    wrote matplotlib's 'No artists with labels found to put in legend' to stderr."""
+    log = tmp_path / "empty.parquet"
+    pl.DataFrame(
+        schema={"stage": pl.Int64, "prompt": pl.Int64, "cand": pl.Int64, "reward": pl.Float64,
+                "logprobs": pl.List(pl.Float64)}
+    ).write_parquet(log)  # fmt: skip
+    out = tmp_path / f"r{suffix}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(capsys, "report", log, "-o", out)
+    assert [str(w.message) for w in caught] == []
+    assert (result.code, result.out, result.err) == (0, f"wrote {out} (0 stage(s))\n", "")
+    figure = _stats_figure(stage_stats(log), best_of_n(log))
+    curves = figure.axes[1]
+    assert (curves.get_title(), curves.get_legend()) == (
+        "best-of-n: expected best reward of n candidates",
+        None,
+    )
+    assert all(ax.get_legend() is not None for ax in figure.axes if ax is not curves)

@@ -107,3 +107,79 @@ def test_html_report_is_whole_and_self_contained(
         assert f"<th>{name}</th>" in text
     for loss in stats["loss"].to_list():
         assert f"{loss:.4f}" in text
+
+
+class _Tables(HTMLParser):
+    """The text of every cell of every table, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        del attrs
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][-1].append("".join(self.cell))
+            self.cell = None
+
+
+def _aligned(text: str) -> list[dict[str, str]]:
+    """The rows of an aligned table of ``raft-polars stats`` (no cell holds a space)."""
+    head, *rows = (line.split() for line in text.splitlines())
+    return [dict(zip(head, row, strict=True)) for row in rows]
+
+
+def _html_rows(table: list[list[str]]) -> list[dict[str, str]]:
+    head, *rows = table
+    return [{k: "-" if v == "\N{EN DASH}" else v for k, v in zip(head, row, strict=True)}
+            for row in rows]  # fmt: skip
+
+
+def test_html_tables_are_the_aligned_tables_of_stats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every cell of the report's tables as ``raft-polars stats`` (and ``--best-of-n``)
+    prints it: a float from 1e15 on as 1.0000e+300, not its 301 digits and 4
+    decimals (a 306-character cell)."""
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "log.parquet"
+    pl.DataFrame(
+        {
+            "stage": [0, 0, 1, 1, 1, 2, 2],
+            "prompt": [0, 0, 0, 0, 1, 0, 0],
+            "cand": [0, 1, 0, 1, 0, 0, 1],
+            "reward": [1e300, -1e300, 1e16, 3e16, 2.5e15, 0.25, 0.125],
+            "logprobs": [[-1.0], [-2.0], [-1e20], [-0.5, -0.25], [-3.0], [-0.1], []],
+        }
+    ).write_parquet(log)
+    out = tmp_path / "report.html"
+    assert run(capsys, "report", log, "-o", out).code == 0
+    tables = _Tables()
+    tables.feed(out.read_text(encoding="utf-8"))
+    losses, statistics, curves = (_html_rows(t) for t in tables.tables)
+    page = [dict(a, **b) for a, b in zip(losses, statistics, strict=True)]
+    stats = run(capsys, "stats", log)
+    assert stats.code == 0
+    assert page == _aligned(stats.out)
+    best_of_n = run(capsys, "stats", log, "--best-of-n")
+    assert best_of_n.code == 0
+    assert curves == _aligned(best_of_n.out)
+    # independently of stats: cells written as docs/cli.md says
+    assert (page[0]["reward_best_mean"], page[0]["reward_mean"]) == ("1.0000e+300", "0.0000")
+    assert (page[1]["reward_best_mean"], page[1]["loss"]) == ("1.6250e+16", "1.2500")
+    assert (curves[1]["n"], curves[1]["expected_best"]) == ("2", "1.0000e+300")
+    longest = max(len(v) for row in [*page, *curves] for v in row.values())
+    assert longest <= len("-1.0000e+300"), longest

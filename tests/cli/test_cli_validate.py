@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from cli_helpers import DATA, LogFiles, assert_one_line_error, run
 
+from raft_polars.errors import RaftInputError
 from raft_polars.validation import PROBLEM_KINDS, validate
 
 # the fixtures shared by the CLI tests (see cli_helpers)
@@ -313,6 +314,46 @@ def test_planted_long(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: 
     _check_found(capsys, _write_long(tmp_path, tokens, rewards), LONG_CASES[name])
 
 
+def _null_position_bad_logprob(tokens: list[Row], rewards: list[Row]) -> None:
+    del rewards
+    _token(tokens, 0, 1, 2, 1).update(token=None, logprob=NAN)  # candidate 2: not selected
+
+
+@pytest.mark.parametrize(
+    ("layout", "plant", "line"),
+    [
+        ("nested", _null_id, "    stage 0, prompt 2, candidate null"),
+        (
+            "long",
+            _null_position_bad_logprob,
+            "    stage 0, prompt 1, candidate 2, token null: logprob nan, bad_tokens 1",
+        ),
+    ],
+)
+def test_text_report_writes_null_ids_as_null(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    layout: str,
+    plant: Callable[..., None],
+    line: str,
+) -> None:
+    """A null id or token position is 'null' in the text report, as a null reward or
+    log-prob is (it was Python's 'None')."""
+    if layout == "nested":
+        rows = _rows()
+        plant(rows)
+        _nested(rows).write_parquet(tmp_path / "log.parquet")
+        args = [str(tmp_path / "log.parquet")]
+    else:
+        tokens, rewards = _long(_rows())
+        plant(tokens, rewards)
+        args = _write_long(tmp_path, tokens, rewards)
+    result = run(capsys, "validate", *args)
+    assert result.code == 1
+    assert line in result.out.splitlines(), result.out
+    assert "None" not in result.out
+
+
 def test_everything_at_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     tokens, rewards = _long(_rows())
     for plant, *_ in LONG_CASES.values():
@@ -382,6 +423,39 @@ def test_locations_are_limited(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     result = run(capsys, "validate", path, "--limit", "2")
     assert result.code == 1
     assert "    ... and 16 more" in result.out
+
+
+@pytest.mark.parametrize("limit", [0, 17, 18, 2**63, 2**64, 10**20])
+def test_any_limit_from_none_to_beyond_the_log(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, limit: int
+) -> None:
+    """0 keeps the counts only, a limit beyond the log every location, in the CLI as in
+    the API: a limit beyond 2**64 - 1 raised OverflowError (exit 1 with a traceback),
+    --limit 0 was refused."""
+    rows = _rows()
+    for row in rows:
+        row["reward"] = NAN
+    path = tmp_path / "log.parquet"
+    _nested(rows).write_parquet(path)
+    every = sorted((r["stage"], r["prompt"], r["cand"]) for r in rows)
+    shown = every[: min(limit, len(every))]
+    (problem,) = validate(path, limit=limit).problems
+    assert (problem.kind, problem.count, problem.places) == ("bad_reward", 18, 18)
+    assert [(p["stage"], p["prompt"], p["cand"]) for p in problem.locations] == shown
+    result = run(capsys, "validate", path, "--limit", limit)
+    assert (result.code, result.err) == (1, "")
+    located = [line for line in result.out.splitlines() if line.startswith("    stage ")]
+    assert located == [f"    stage {t}, prompt {i}, candidate {j}: reward nan" for t, i, j in shown]
+    assert ("... and" in result.out) == (limit < 18)
+
+
+def test_negative_limit_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    _nested(_rows()).write_parquet(path)
+    result = run(capsys, "validate", path, "--limit", "-1")
+    assert_one_line_error(result, "argument --limit: expected a whole number >= 0, got '-1'")
+    with pytest.raises(RaftInputError, match=r"limit=-1: must be a whole number >= 0"):
+        validate(path, limit=-1)
 
 
 def test_no_token_column(tmp_path: Path) -> None:
