@@ -608,7 +608,10 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
             schema[name] = pl.Int64()
     _require(schema, CANDIDATE_COLUMNS, main.origin, hint_long="logprob")
     has_logprobs = "logprobs" in schema
-    if not has_logprobs and isinstance(raw_schema.get(listed), pl.List | pl.Array):
+    found = raw_schema.get(listed)
+    if listed in wide:  # one per candidate in a prompt's row: a list of each's log-probs?
+        found = _element(found)
+    if not has_logprobs and isinstance(found, pl.List | pl.Array):
         msg = (
             f"{main.origin} (candidate rows: no rewards= given) has no 'logprobs' column "
             f"but a list column {listed!r}: name it, columns={{'logprobs': {listed!r}}} "

@@ -1213,3 +1213,29 @@ def test_token_columns_named_for_candidate_rows_say_so() -> None:
         raft_polars.stage_losses(frame.rename({"lp": "logprob"}))
     loss = raft_polars.stage_losses(frame, columns={"logprobs": "lp"})["loss"].to_list()
     assert [round(x, 4) for x in loss] == reference_rounded(LPS, RWS)
+
+
+def test_wide_rows_per_candidate_logprob_is_payload() -> None:
+    """In wide rows (one per prompt, every candidate column a list) a ``logprob``
+    list is one number per candidate (a dump's summed log-prob): payload, as in
+    candidate rows; a list of lists there is the log-probs, and the error says so."""
+    wide = pl.DataFrame(
+        {
+            "stage": [0, 1],
+            "prompt": ["a", "b"],
+            "responses": [["x", "y"], ["u", "v"]],
+            "rewards": [[1.0, 0.0], [0.0, 1.0]],
+        }
+    )
+    got = raft_polars.select_best(
+        wide.with_columns(logprob=pl.Series([[-3.0, -2.0], [-1.0, -5.0]])), preset="rlhflow"
+    ).collect()
+    assert got.select("stage", "cand", "responses", "logprob").rows() == [
+        (0, 0, "x", -3.0),
+        (1, 1, "v", -5.0),
+    ]
+    nested = wide.with_columns(logprob=pl.Series([[[-3.0], [-2.0, -1.0]], [[-1.0], [-5.0]]]))
+    with pytest.raises(RaftInputError, match=r"list column 'logprob'.*columns=\{'logprobs'"):
+        raft_polars.stage_losses(nested, preset="rlhflow")
+    losses = raft_polars.stage_losses(nested, columns={"logprobs": "logprob"})
+    assert losses["loss"].to_list() == [3.0, 5.0]
