@@ -462,35 +462,39 @@ def read_log(
         ``POLARS_MAX_THREADS`` is 0.
     """
     _check_threads()
-    mapping = _check_mapping(columns)
+    given = _check_mapping(columns)
     main = resolve(source, "source", storage_options)
-    main_schema = dict(main.schema)
-    summed: tuple[str, ...] = ()
+    cands = None if rewards is None else resolve(rewards, "rewards", storage_options)
+    mapping = given
     if preset is not None:
         if preset not in PRESETS:
             msg = f"preset must be one of {sorted(PRESETS)}, got {preset!r}"
             raise RaftInputError(msg)
-        mapping = {
-            **{k: v for k, v in PRESETS[preset].items() if v in main_schema},
-            **mapping,
-        }
-        if preset == "trl" and "reward" not in mapping and "reward" not in main_schema:
+        # the preset's names the log has, in either table of the long layout
+        present = {n for frame in (main, cands) if frame is not None for n, _ in frame.schema}
+        mapping = {**{k: v for k, v in PRESETS[preset].items() if v in present}, **given}
+        scored = main if cands is None else cands  # the candidate rows
+        schema = dict(scored.schema)
+        if preset == "trl" and "reward" not in mapping and "reward" not in schema:
             # not a reward function: TRL's own columns, the canonical ones (a
             # log's own cand, or stage moved aside by stage=step) and the
             # columns mapped onto them (ids, log-probs)
             used = {*_TRL_NOT_REWARDS, *CANONICAL_COLUMNS, *mapping.values()}
-            summed = tuple(n for n, t in main_schema.items() if t.is_numeric() and n not in used)
+            summed = tuple(n for n, t in schema.items() if t.is_numeric() and n not in used)
             if not summed:
-                msg = f"{main.origin}: preset 'trl' found no reward columns in {list(main_schema)}"
+                msg = f"{scored.origin}: preset 'trl' found no reward columns in {list(schema)}"
                 raise RaftInputError(msg)
-            main = _summed_reward(main, summed)
-            main_schema = dict(main.schema)
-    if rewards is None:
+            if cands is None:
+                main = _summed_reward(main, summed)
+            else:
+                cands = _summed_reward(cands, summed)
+    main_schema = dict(main.schema)
+    if cands is None:
         return _candidate_rows(main, mapping)
-    cands = resolve(rewards, "rewards", storage_options)
     cand_schema = dict(cands.schema)
-    _check_mapped(mapping, (*ID_COLUMNS, "token", "logprob"), main_schema, main.origin)
-    _check_mapped(mapping, CANDIDATE_COLUMNS, cand_schema, cands.origin)
+    # what columns= names must exist; a preset's names are taken where they are
+    _check_mapped(given, (*ID_COLUMNS, "token", "logprob"), main_schema, main.origin)
+    _check_mapped(given, CANDIDATE_COLUMNS, cand_schema, cands.origin)
     cschema = _renamed(cand_schema, mapping, cands.origin)
     tschema = _renamed(main_schema, mapping, main.origin)
     numbered: tuple[str, ...] = ()

@@ -157,3 +157,35 @@ def test_unknown_preset() -> None:
     frame = pl.DataFrame({"prompt": ["q"], "reward": [1.0]})
     with pytest.raises(RaftInputError, match="preset must be one of"):
         rp.stage_losses(frame, preset="nemo")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_presets_read_the_rewards_table_of_the_long_layout(tmp_path: Path, engine: str) -> None:
+    """With token rows and a rewards table, a preset's names are taken in the
+    table that has them, and TRL's reward functions are summed in the rewards
+    table, whatever numeric payload the token rows carry."""
+    from reference import long_frames, reference_rounded
+
+    lps = [[[[-1.0], [-2.0, -2.0]], [[-0.5], [-4.0], [-3.0]]], [[[-0.25], [-1.0]]]]
+    rws = [[[0.1, 0.5], [0.3, 0.2, 0.9]], [[2.0, 1.0]]]
+    tokens, rewards = long_frames(lps, rws)
+    tokens = tokens.with_columns(token_id=pl.lit(7)).rename({"stage": "step"})
+    want = reference_rounded(lps, rws)
+    on = _engine(engine)
+
+    def losses(table: pl.DataFrame, preset: Any) -> list[float]:
+        path = tmp_path / "r.parquet"
+        table.write_parquet(path)
+        got = rp.stage_losses(tokens, rewards=str(path), preset=preset, engine=on)
+        return [round(x, 4) for x in got["loss"].to_list()]
+
+    steps = rewards.rename({"stage": "step"})
+    assert losses(steps, "trl") == want  # a reward column: no sum
+    # one column per reward function, summed: fmt the reward, acc 0.25 each
+    functions = steps.rename({"reward": "fmt"}).with_columns(acc=pl.lit(0.25))
+    assert losses(functions, "trl") == want
+    picked = rp.select_best(tokens, rewards=functions, preset="trl", engine=on).collect()
+    assert picked["reward"].to_list() == [0.75, 1.15, 2.25]
+    assert losses(rewards.rename({"reward": "score"}), "verl") == want
+    with pytest.raises(RaftInputError, match="preset 'trl' found no reward columns in"):
+        losses(steps.select("step", "prompt", "cand", fmt=pl.lit("x")), "trl")
