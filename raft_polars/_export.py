@@ -306,10 +306,20 @@ class _Missing:
             raise RaftInputError(msg)
 
 
-def check_format(fmt: str, min_margin: float | None) -> ExportFormat:
-    """``fmt`` is a format; ``min_margin`` goes with ``dpo`` and is >= 0."""
+def check_format(
+    fmt: str, min_margin: float | None, *, texts: tuple[str | None, str | None] = (None, None)
+) -> ExportFormat:
+    """``fmt`` is a format; ``min_margin`` goes with ``dpo`` and is >= 0; the
+    text columns (``prompt_column=``, ``response_column=``) with a format that
+    writes text."""
     for known in EXPORT_FORMATS:
         if fmt == known:
+            if known == "wide" and texts != (None, None):
+                msg = (
+                    "prompt_column=/response_column= apply to formats that write text, "
+                    "not format='wide' (ids and rewards, no text)"
+                )
+                raise RaftInputError(msg)
             if min_margin is not None:
                 if known != "dpo":
                     msg = f"min_margin= applies to format='dpo' only, not {fmt!r}"

@@ -301,7 +301,7 @@ def write_selected(
         raise RaftInputError(msg)
     out = Path(output)
     fmt = _export.output_format(out)
-    kind = _export.check_format(format, min_margin)
+    kind = _export.check_format(format, min_margin, texts=(prompt_column, response_column))
     _export.check_target(out, force=force)
     selection = Selection(
         strategy=strategy, n=n, fraction=fraction, min_reward=min_reward, bad_rewards=bad_rewards

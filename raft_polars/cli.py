@@ -282,6 +282,8 @@ _CLI_TERMS = (
     ("option min_margin=", "--min-margin "),
     ("min_margin= applies", "--min-margin applies"),
     ("format='dpo'", "--format dpo"),
+    ("format='wide'", "--format wide"),
+    ("prompt_column=/response_column= apply", "--prompt-column/--response-column apply"),
     ("option format=", "--format "),
     ("prompt_column=/response_column= output", "--prompt-column/--response-column output"),
     ("rename it with columns=", "rename it with --column"),

@@ -408,6 +408,16 @@ def test_option_errors(
     assert_one_line_error(result, "invalid choice: 'trl'")
     with pytest.raises(RaftInputError, match="format='trl': must be one of rows, sft"):
         rp.write_selected(hand_files.nested, out_dir / "y.parquet", format="trl")  # type: ignore[arg-type]
+    # the wide format writes no text: a text column given is refused, not ignored
+    for option in ("--prompt-column", "--response-column"):
+        result = run(capsys, "select", *args, "--format", "wide", option, "no_such_column")
+        assert_one_line_error(
+            result, "--prompt-column/--response-column apply to formats that write text"
+        )
+    for texts in ({"prompt_column": "question"}, {"response_column": "response"}):
+        with pytest.raises(RaftInputError, match="not format='wide'"):
+            rp.write_selected(hand_files.nested, out_dir / "z.parquet", format="wide", **texts)
+    assert not list(out_dir.iterdir())
     assert not any(out_dir.iterdir())
 
 
