@@ -613,7 +613,9 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     _require(schema, CANDIDATE_COLUMNS, main.origin, hint_long="logprob")
     has_logprobs = "logprobs" in schema
     found = raw_schema.get(listed)
-    if listed in wide:  # one per candidate in a prompt's row: a list of each's log-probs?
+    if (
+        found is not None and listed in wide
+    ):  # one per candidate in a prompt's row: a list of each's log-probs?
         found = _element(found)
     if not has_logprobs and isinstance(found, pl.List | pl.Array):
         msg = (

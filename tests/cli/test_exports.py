@@ -414,9 +414,11 @@ def test_option_errors(
         assert_one_line_error(
             result, "--prompt-column/--response-column apply to formats that write text"
         )
-    for texts in ({"prompt_column": "question"}, {"response_column": "response"}):
-        with pytest.raises(RaftInputError, match="not format='wide'"):
-            rp.write_selected(hand_files.nested, out_dir / "z.parquet", format="wide", **texts)
+    out = out_dir / "z.parquet"
+    with pytest.raises(RaftInputError, match="not format='wide'"):
+        rp.write_selected(hand_files.nested, out, format="wide", prompt_column="question")
+    with pytest.raises(RaftInputError, match="not format='wide'"):
+        rp.write_selected(hand_files.nested, out, format="wide", response_column="response")
     assert not list(out_dir.iterdir())
     assert not any(out_dir.iterdir())
 
