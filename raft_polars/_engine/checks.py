@@ -121,13 +121,27 @@ _MESSAGES = {
 }
 
 
+class _Null:
+    """A null value in a message: written ``null``, as the reports write it (a
+    Python ``None`` means nothing to a user of JSON or Parquet)."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+    __str__ = __repr__
+
+
+_NULL = _Null()
+
+
 def message(problem: Problem, *, origin: str, token_origin: str) -> str:
     """The message of a problem; ``origin`` names the candidate rows,
     ``token_origin`` the log-probs."""
-    fields = {"token": None, **problem.first}
+    first = {name: _NULL if value is None else value for name, value in problem.first.items()}
+    fields = {"token": _NULL, **first}
     return _MESSAGES[problem.kind].format(
         **fields, origin=origin, token_origin=token_origin, count=problem.count,
-        where=_where(problem.first),
+        where=_where(first),
     )  # fmt: skip
 
 

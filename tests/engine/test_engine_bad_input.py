@@ -978,3 +978,25 @@ def test_fuzzed_frames_raise_only_input_errors(data: st.DataObject) -> None:
         message = assert_input_error(lambda: entry.stage_losses(kwargs), [])
     pattern = rf"{column.removesuffix('s')}|candidate|no tokens|no reward"
     assert re.search(pattern, message, re.IGNORECASE), message
+
+
+def test_messages_write_a_null_as_null() -> None:
+    """A null reward, id or log-prob reads ``null`` in the message, as in the
+    reports and the JSON output, not Python's ``None``."""
+    from raft_polars import RaftInputError
+
+    nested = pl.DataFrame(
+        {"stage": [0, 0], "prompt": [0, None], "cand": [0, 1], "reward": [1.0, None]},
+        schema_overrides={"reward": pl.Float64, "prompt": pl.Int64},
+    ).with_columns(logprobs=pl.Series([[-1.0], [-2.0]]))
+    with pytest.raises(RaftInputError, match="found null at stage 0, prompt 0, candidate 1"):
+        raft_polars.stage_losses(nested.with_columns(prompt=pl.lit(0, pl.Int64)))
+    with pytest.raises(RaftInputError, match="near stage 0, prompt null"):
+        raft_polars.stage_losses(nested.with_columns(reward=pl.lit(1.0)))
+    tokens = pl.DataFrame(
+        {"stage": [0], "prompt": [0], "cand": [0], "token": [0], "logprob": [None]},
+        schema_overrides={"logprob": pl.Float64},
+    )
+    rewards = pl.DataFrame({"stage": [0], "prompt": [0], "cand": [0], "reward": [1.0]})
+    with pytest.raises(RaftInputError, match="found null at stage 0, prompt 0, candidate 0"):
+        raft_polars.stage_losses(tokens, rewards=rewards)
