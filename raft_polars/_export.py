@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -268,6 +269,7 @@ class _Missing:
         self.fmt, self.columns, self.roles = fmt, columns, dict(roles)
         self.counts: dict[str, int] = {}
         self.firsts: dict[str, list[pl.DataFrame]] = {}
+        self.lock = threading.Lock()  # the batches may come from several threads
 
     def watched(self, frame: pl.LazyFrame) -> pl.LazyFrame:
         """``frame``, its ``stage`` column passed through a function that counts."""
@@ -280,9 +282,11 @@ class _Missing:
             for role, (_, cand) in self.roles.items():
                 found = batch.filter(pl.col(f"_null_{role}"))
                 if found.height:
-                    self.counts[role] = self.counts.get(role, 0) + found.height
                     first = found.select("stage", "prompt_id", pl.col(cand).alias("cand"))
-                    self.firsts.setdefault(role, []).append(first.sort(pl.all()).head(1))
+                    first = first.sort(pl.all()).head(1)
+                    with self.lock:
+                        self.counts[role] = self.counts.get(role, 0) + found.height
+                        self.firsts.setdefault(role, []).append(first)
             return batch["stage"]
 
         watched = pl.struct("stage", "prompt_id", *sorted(cands), *flags).map_batches(
@@ -681,12 +685,14 @@ def json_lines(frame: pl.LazyFrame, tmp: Path, out: Path) -> None:
     them null, silently. The floats are counted batch by batch as they stream
     past, in the same pass as the write."""
     found: dict[str, int] = {}
+    lock = threading.Lock()  # the batches may come from several threads
 
     def counted(name: str) -> Callable[[pl.Series], pl.Series]:
         def count(values: pl.Series) -> pl.Series:
             bad = _not_finite(values)
             if bad:
-                found[name] = found.get(name, 0) + bad
+                with lock:
+                    found[name] = found.get(name, 0) + bad
             return values
 
         return count
