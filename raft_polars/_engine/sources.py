@@ -36,7 +36,7 @@ import re
 import stat
 import sys
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
@@ -240,6 +240,36 @@ def is_remote(path: str) -> bool:
     return path.lower().startswith(REMOTE)
 
 
+def _file_identity(path: str) -> object:
+    """What makes two names one local file (a link, ``dir/../a``): its device and
+    inode, or its name when it cannot be looked at (the read names the problem)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return path
+    return (found.st_dev, found.st_ino)
+
+
+def _once_each(
+    files: Sequence[DataFile], origin: str, *, identity: Callable[[str], object]
+) -> None:
+    """Each data file is named once: a file listed twice (``a.parquet a.parquet``,
+    a directory and a file in it, two overlapping globs) would be read twice, its
+    candidates duplicates or, without candidate ids, silently doubled."""
+    if len(files) < 2:
+        return
+    seen: dict[object, str] = {}
+    for file in files:
+        key = identity(file.path)
+        if key in seen:
+            msg = (
+                f"{origin}: the file {file.path!r} is named twice (also as {seen[key]!r}): "
+                "its rows would be read twice; name each file once"
+            )
+            raise RaftInputError(msg)
+        seen[key] = file.path
+
+
 def resolve(
     source: Source, role: str = "source", storage_options: Mapping[str, str] | None = None
 ) -> Resolved:
@@ -286,6 +316,7 @@ def resolve(
         files.extend(_utf8_path(f, role) for f in _expand(str(raw), role))
     origin = repr(str(paths[0])) if len(paths) == 1 else f"{len(paths)} paths"
     origin = f"{role} {origin}"
+    _once_each(files, origin, identity=_file_identity)
     kind = _one_kind(files, origin)
     file_schema = _file_schema([f.path for f in files], origin, kind)
     for name, dtype in file_schema.items():  # a type Polars names but cannot hold
@@ -532,6 +563,7 @@ def _resolve_remote(
             files.extend(_listed(path, role, options))
         else:
             files.append(DataFile(path))
+    _once_each(files, origin, identity=lambda path: path)
     kind = _one_kind(files, origin)
     names = [f.path for f in files]
     try:

@@ -1239,3 +1239,29 @@ def test_wide_rows_per_candidate_logprob_is_payload() -> None:
         raft_polars.stage_losses(nested, preset="rlhflow")
     losses = raft_polars.stage_losses(nested, columns={"logprobs": "logprob"})
     assert losses["loss"].to_list() == [3.0, 5.0]
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+def test_a_file_named_twice_is_refused(tmp_path: Path, engine: str) -> None:
+    """The same file listed twice, a directory and a file in it, overlapping
+    globs, a link and its target: read twice, its candidates would be duplicate
+    rows or, in a log without candidate ids, silently doubled."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    frame = nested_frame(LPS, RWS)
+    frame.filter(stage=0).drop("cand").write_parquet(logs / "a.parquet")
+    frame.filter(stage=1).drop("cand").write_parquet(logs / "b.parquet")
+    (tmp_path / "link.parquet").symlink_to(logs / "a.parquet")
+    a = str(logs / "a.parquet")
+    on: Any = dask_cluster.engine() if engine == "dask" else engine
+    for sources in (
+        [a, a],
+        [str(logs), a],
+        [str(logs / "*.parquet"), str(logs / "a*")],
+        [str(tmp_path / "link.parquet"), a],
+        [a, str(logs / ".." / "logs" / "a.parquet")],
+    ):
+        with pytest.raises(RaftInputError, match=r"a.parquet' is named twice \(also as '"):
+            raft_polars.stage_losses(sources, engine=on)
+    losses = raft_polars.stage_losses([a, str(logs / "b.parquet")], engine=on)
+    assert [round(x, 4) for x in losses["loss"].to_list()] == reference_rounded(LPS, RWS)

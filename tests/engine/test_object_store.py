@@ -196,3 +196,20 @@ def test_a_glob_takes_the_same_objects_as_files(
     except rp.RaftInputError:
         remote = None
     assert remote == local
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        ["s3://logs/nested/part-0.parquet", "s3://logs/nested/part-0.parquet"],
+        ["s3://logs/nested/", "s3://logs/nested/part-1.parquet"],
+        ["s3://logs/nested/*.parquet", "s3://logs/nested/part-*.parquet"],
+    ],
+    ids=["twice", "prefix-and-file", "two-globs"],
+)
+def test_an_object_named_twice_is_refused(store: dict[str, str], sources: list[str]) -> None:
+    """Read twice, its candidates would be duplicates (or, without ids, doubled)."""
+    with pytest.raises(
+        rp.RaftInputError, match=r"s3://logs/nested/part-\d.parquet' is named twice"
+    ):
+        rp.stage_losses(sources, storage_options=store)
