@@ -946,6 +946,25 @@ def _cmd_stats(args: argparse.Namespace) -> None:
     from raft_polars.api import best_of_n, prompt_stats, stage_stats
 
     source, engine = _source(args), _engine(args)
+    if args.per_prompt or args.best_of_n:
+        # (their defaults, table and token, are as good as not given)
+        which = "--per-prompt" if args.per_prompt else "--best-of-n"
+        if args.reduction != "token":
+            msg = f"--reduction applies to the per-stage table, not {which}"
+            raise UsageError(msg)
+        chosen = args.strategy != "best" or args.n != 1 or args.fraction is not None
+        if args.best_of_n and (chosen or args.min_reward is not None):
+            msg = (
+                "--best-of-n reads every candidate, whatever is selected: --strategy, --n, "
+                "--fraction and --min-reward do not apply to it"
+            )
+            raise UsageError(msg)
+        if args.per_prompt and args.format != "table":
+            msg = "--format applies to printed tables; --per-prompt writes OUT's format"
+            raise UsageError(msg)
+    if args.force and not args.per_prompt:
+        msg = "--force goes with --per-prompt -o OUT"
+        raise UsageError(msg)
     if args.per_prompt:
         if args.output is None:
             msg = "--per-prompt writes a file: give -o OUT (.parquet or .jsonl)"

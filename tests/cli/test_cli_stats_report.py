@@ -55,6 +55,30 @@ def test_per_prompt_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["learnable.jsonl", "log.parquet"]
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--force"], "--force goes with --per-prompt -o OUT"),
+        (["--per-prompt", "-o", "OUT", "--format", "csv"], "--format applies to printed tables"),
+        (["--per-prompt", "-o", "OUT", "--reduction", "sequence"], "not --per-prompt"),
+        (["--best-of-n", "--reduction", "sequence"], "not --best-of-n"),
+        (["--best-of-n", "--strategy", "top_n", "--n", "2"], "do not apply to it"),
+        (["--best-of-n", "--min-reward", "0.5"], "do not apply to it"),
+        (["--best-of-n", "--strategy", "global", "--fraction", "0.5"], "do not apply to it"),
+    ],
+)
+def test_stats_refuses_options_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    """An option that would not change the output is an error, not silently
+    ignored (as -o without --per-prompt already was)."""
+    out = str(tmp_path / "pp.jsonl")
+    result = run(capsys, "stats", NESTED, *(out if o == "OUT" else o for o in options))
+    assert result.code == 2
+    assert message in result.err
+    assert not list(tmp_path.iterdir())
+
+
 def test_stats_json_with_infinite_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "big.parquet"
     pl.DataFrame({"stage": [0], "prompt": [0], "cand": [0], "reward": [1.0],
