@@ -17,7 +17,7 @@ kind                        what is counted
 ``empty_stage``             stages whose selected responses hold no tokens at all
 ``orphan_tokens``           long layout: token rows whose candidate has no reward row
 ``null_token_position``     long layout: token rows with a null ``token`` position
-``duplicate_token``         long layout: a ``token`` position repeated in a response
+``duplicate_token``         long layout: token rows repeating a position of their response
 ``token_gap``               long layout: responses whose positions are not ``0..n-1``
 ==========================  ===========================================================
 
@@ -80,7 +80,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "empty_stage": "stage(s) whose selected responses hold no tokens at all",
     "orphan_tokens": "token row(s) whose candidate has no reward row",
     "null_token_position": "token row(s) with a null token position",
-    "duplicate_token": "token position(s) that occur more than once in a response",
+    "duplicate_token": "token row(s) repeating a position already in their response",
     "token_gap": "response(s) whose token positions are not 0..n-1",
 }
 
