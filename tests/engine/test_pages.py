@@ -239,7 +239,7 @@ def _reference_chunks(data: bytes) -> tuple[Any, Any]:
         columns = group[1]
         if len(columns) != len(leaves):
             raise pages._Malformed("a row group without a chunk for each column")
-        for chunk, (flat, element, _, _) in zip(columns, leaves, strict=True):
+        for chunk, (flat, element, defs, _) in zip(columns, leaves, strict=True):
             if chunk.get(1) is not None:
                 raise pages._Malformed("a column chunk in another file")
             column = chunk[3]
@@ -250,7 +250,9 @@ def _reference_chunks(data: bytes) -> tuple[Any, Any]:
                 raise pages._Malformed("the schema and a column chunk differ on the type")
             if not column[3] or element.get(4) != column[3][-1]:
                 raise pages._Malformed("the schema and a column chunk differ on the name")
-            if element.get(3) == 0 and (column.get(12) or {}).get(3, 0):
+            # Parquet counts a leaf's nulls at every level: a required one under an
+            # optional or repeated field counts the null (and empty) lists above it
+            if element.get(3) == 0 and defs == 0 and (column.get(12) or {}).get(3, 0):
                 raise pages._Malformed("nulls in a required column")
             start = column.get(11) or column[9]
             known = sum(1 << code for code in set(column[2]) if 0 <= code < 63)
@@ -302,6 +304,22 @@ def test_the_compiled_footer_reader_reads_what_the_plain_one_does(
     assert reference is not None
     _same_chunks(compiled, reference)
     assert len(compiled[0]) >= 5  # a chunk a column at least
+
+
+def test_a_required_item_counts_the_null_lists_above_it(tmp_path: Path) -> None:
+    """A list whose items are required, in a file with a null and an empty list:
+    the item's null count (2) counts them, and both readers take the footer (the
+    plain one refused it, so that a flipped bit read as such a count failed the
+    comparison)."""
+    item = pa.field("item", pa.float64(), nullable=False)
+    table = pa.table({"lp": pa.array([[-1.0], None, []], type=pa.list_(item))})
+    pq.write_table(table, tmp_path / "log.parquet")
+    meta = pq.ParquetFile(tmp_path / "log.parquet").metadata
+    assert meta.row_group(0).column(0).statistics.null_count == 2
+    compiled, reference = _both_chunks((tmp_path / "log.parquet").read_bytes())
+    assert compiled is not None
+    assert reference is not None
+    _same_chunks(compiled, reference)
 
 
 @pytest.mark.parametrize("writer", list(WRITERS))
