@@ -602,7 +602,8 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
         renames += (("rewards", "reward"),)  # the wide layout's usual name
         schema = {("reward" if k == "rewards" else k): v for k, v in schema.items()}
     wide: tuple[str, ...] = ()
-    if isinstance(schema.get("reward"), pl.List | pl.Array) and "cand" not in schema:
+    rows = isinstance(schema.get("reward"), pl.List | pl.Array) and "cand" not in schema
+    if rows:  # one row per prompt
         wide = _wide_columns(main, renames, schema)
         schema = {k: _element(v) if k in wide else v for k, v in schema.items()}  # fmt: skip
         schema["cand"] = pl.Int64()
@@ -613,10 +614,9 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     _require(schema, CANDIDATE_COLUMNS, main.origin, hint_long="logprob")
     has_logprobs = "logprobs" in schema
     found = raw_schema.get(listed)
-    if (
-        found is not None and listed in wide
-    ):  # one per candidate in a prompt's row: a list of each's log-probs?
-        found = _element(found)
+    if rows and found is not None:  # a prompt's row: a list per candidate
+        # is each one's log-probs; a list of another length is the prompt's payload
+        found = _element(found) if listed in wide else None
     if not has_logprobs and isinstance(found, pl.List | pl.Array):
         msg = (
             f"{main.origin} (candidate rows: no rewards= given) has no 'logprobs' column "

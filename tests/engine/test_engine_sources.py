@@ -1239,6 +1239,10 @@ def test_wide_rows_per_candidate_logprob_is_payload() -> None:
         raft_polars.stage_losses(nested, preset="rlhflow")
     losses = raft_polars.stage_losses(nested, columns={"logprobs": "logprob"})
     assert losses["loss"].to_list() == [3.0, 5.0]
+    # a list of another length than K: the prompt's own (its tokens' log-probs), payload
+    prompt_level = wide.with_columns(logprob=pl.Series([[-0.1, -0.2, -0.3], [-0.4]]))
+    got = raft_polars.select_best(prompt_level, preset="rlhflow").collect()
+    assert got.select("cand", "logprob").rows() == [(0, [-0.1, -0.2, -0.3]), (1, [-0.4])]
 
 
 @pytest.mark.parametrize("engine", ["polars", "dask"])
