@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeAlias
 import polars as pl
 
 from raft_polars._engine import _stream
-from raft_polars._engine.sources import is_remote, would_read, write_failure
+from raft_polars._engine.sources import is_remote, os_path, would_read, write_failure
 from raft_polars._signals import renaming, temporary
 from raft_polars.errors import RaftInputError, RaftPolarsError
 from raft_polars.selection import is_number, is_whole
@@ -638,8 +638,10 @@ def write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -
 
 def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
     # absolute: pyarrow and Polars took a directory named like a URL ("run:1/",
-    # "hdfs:/") for one
-    tmp = Path(os.path.abspath(out.parent)) / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    # "hdfs:/") for one; resolved as the OS resolves OUT ("link/.." is above the
+    # link's target), not collapsed as text
+    home = os.path.dirname(os_path(out))
+    tmp = Path(home) / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     with temporary(tmp):  # removed by the command line's ending on a signal, too
         try:
             try:
@@ -768,7 +770,7 @@ def rows_written(out: Path) -> int:
     if out.suffix.lower() in PARQUET:
         import pyarrow.parquet as pq
 
-        return int(pq.read_metadata(os.path.abspath(out)).num_rows)
+        return int(pq.read_metadata(os_path(out)).num_rows)
     lines = 0
     with out.open("rb") as handle:
         while chunk := handle.read(1 << 20):

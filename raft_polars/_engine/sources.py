@@ -454,7 +454,8 @@ def would_read(spec: str, target: str) -> str | None:
     read leaves out (hidden, ``.`` and ``_``, below a directory or a glob's
     fixed part) are left out. A read follows linked directories by their names
     (``logs/st1`` linked from another disk): ``target`` is found by the name the
-    read gives it, whether it is named through the link or by its real path."""
+    read gives it, whether it is named through a link, by its real path, or
+    with ``..`` after a link (which the OS takes from the link's target)."""
     path = Path(spec)
     if path.is_dir():
         below = _read_as(target, path)
@@ -469,28 +470,75 @@ def would_read(spec: str, target: str) -> str | None:
     fixed = _fixed_part(spec)
     root = (fixed if fixed.endswith(("/", "\\")) else os.path.dirname(fixed)) or "."
     pattern = Path(os.path.relpath(spec, root)).parts
-    named = _parts_below(os.path.abspath(target), os.path.abspath(root))  # through links
-    real = _parts_below(os.path.realpath(target), os.path.realpath(root))
     directories = spec.endswith(("/", "\\"))
-    for names in (named, real):
-        if names and _glob_takes(pattern, names, directories=directories):
+    for names in _glob_names(spec, root, target):
+        if _glob_takes(pattern, names, directories=directories):
             return f"matches the source glob {spec!r}"
     return None
+
+
+def os_path(path: str | os.PathLike[str]) -> str:
+    """The absolute name of ``path`` as the OS finds it: its directory resolved
+    (``link/..`` is the directory above the link's target, where ``abspath``
+    drops both as text), its own name kept (a link stays a link)."""
+    name = os.fspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(name) or "."), os.path.basename(name))
 
 
 def _read_as(target: str, directory: Path) -> tuple[str, ...] | None:
     """The parts of the name a read of ``directory`` (:func:`_walk`, through
     linked directories) gives the file ``target``: the directory it walks that is
     ``target``'s (the same one, under whatever name), and ``target``'s own name;
-    None if it walks no such directory."""
+    None if it walks no such directory. A directory below the source's own
+    (real) one is found without a walk."""
     try:
-        home = os.stat(os.path.dirname(os.path.abspath(target)))
+        home = os.stat(os.path.dirname(target) or ".")  # as the OS resolves it
     except OSError:  # no such directory: nothing is written there
         return None
+    name = os.path.basename(target)
+    real = _parts_below(os.path.dirname(os_path(target)), os.path.realpath(directory))
+    if real is not None and not any(map(_hidden_name, real)):
+        return (*real, name)
     for root, here, _ in _walk(directory):
         if os.path.samestat(here, home):
-            return (*Path(root).relative_to(directory).parts, os.path.basename(target))
+            return (*Path(root).relative_to(directory).parts, name)
     return None
+
+
+def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
+    """The names (parts below the glob's fixed part ``root``) a read of the glob
+    ``spec`` could give the file ``target``: by its name as given (without
+    ``..``, which the OS takes through links) and by its real path; through the
+    directories the glob's parent parts match (any of them ``target``'s
+    directory under another name, a link on another disk); and below the
+    directories the glob itself matches, as a read walks them."""
+    if ".." not in Path(target).parts:
+        yield from _found(_parts_below(os.path.abspath(target), os.path.abspath(root)))
+    yield from _found(_parts_below(os.path.realpath(target), os.path.realpath(root)))
+    try:
+        home = os.stat(os.path.dirname(target) or ".")
+    except OSError:  # no such directory: nothing is written there
+        return
+    whole = spec.rstrip("/\\")
+    parent = os.path.dirname(whole)
+    for match in _glob.glob(os.path.join(parent, ""), recursive=True) if parent else ["."]:
+        if os.path.samestat(os.stat(match), home):
+            yield from _found(_match_parts(match, root), os.path.basename(target))
+    for match in _glob.glob(os.path.join(whole, ""), recursive=True):
+        below = _read_as(target, Path(match))
+        if below is not None:
+            yield from _found(_match_parts(match, root), *below)
+
+
+def _match_parts(match: str, root: str) -> tuple[str, ...] | None:
+    """The parts below ``root`` of a path the glob gave (both as written)."""
+    return _parts_below(os.path.abspath(match), os.path.abspath(root))
+
+
+def _found(parts: tuple[str, ...] | None, *more: str) -> Iterator[tuple[str, ...]]:
+    """``parts`` and ``more`` as one name, if ``parts`` is one."""
+    if parts is not None:
+        yield (*parts, *more)
 
 
 def _parts_below(path: str, directory: str) -> tuple[str, ...] | None:

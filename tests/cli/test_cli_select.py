@@ -392,15 +392,23 @@ _PATTERNS = [
     ".hid/*", "*/", "**/", "a/**", "*.parquet/*", "*/**", "_*/**",
 ]  # fmt: skip
 _OUTS = ["out.parquet", "out.jsonl", "out.pq", "_out.parquet", ".out.parquet", "p1.parquet"]
+# OUT's directory named otherwise: ".." after a link (the OS takes it from the link's
+# target, "ln/.." is above the other disk), and from outside the tree ("@"): "@into"
+# links to "a/b", "@st" is another link to the other disk, "@disk2" its real path
+_OUT_DIRS = [*_DIRS, "ln/..", "@into/..", "@into", "@st", "@disk2"]
 
 
 @settings(max_examples=80, deadline=None)
 @given(
     logs=st.lists(st.sampled_from(_DIRS), min_size=1, max_size=3, unique=True),
     spec=st.tuples(st.sampled_from(_DIRS), st.one_of(st.none(), st.sampled_from(_PATTERNS))),
-    out=st.tuples(st.sampled_from(_DIRS), st.sampled_from(_OUTS)),
+    out=st.tuples(st.sampled_from(_OUT_DIRS), st.sampled_from(_OUTS)),
 )
 @example(logs=[""], spec=("", None), out=("ln", "out.parquet"))
+@example(logs=["a/b"], spec=("", None), out=("@into/..", "out.parquet"))  # is "a/out.parquet"
+@example(logs=[""], spec=("", "*.parquet"), out=("ln/..", "out.parquet"))  # is not "out.parquet"
+@example(logs=["ln"], spec=("", "*/*.parquet"), out=("@disk2", "out.parquet"))
+@example(logs=["ln"], spec=("", "*/*.parquet"), out=("@st", "out.parquet"))
 @example(logs=["ln"], spec=("", "*/*.parquet"), out=("ln", "out.parquet"))
 @example(logs=["_tmp"], spec=("", "_*/**"), out=("", "_out.parquet"))  # "_*": directories only
 def test_an_output_the_log_would_read_is_refused(
@@ -418,15 +426,19 @@ def test_an_output_the_log_would_read_is_refused(
         {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.9],
          "logprobs": [[-1.0], [-2.0, -4.0]]}
     )  # fmt: skip
+    disk2, outside = tmp_path_factory.mktemp("disk2"), tmp_path_factory.mktemp("outside")
     for where in _DIRS:
         if where == "ln":
-            (root / where).symlink_to(tmp_path_factory.mktemp("disk2"))
+            (root / where).symlink_to(disk2)
         else:
             (root / where).mkdir(parents=True, exist_ok=True)
+    (outside / "into").symlink_to(root / "a" / "b")
+    (outside / "st").symlink_to(disk2)
     for where in logs:
         log.write_parquet(root / where / "p0.parquet")
     source = str(root / spec[0]) + ("" if spec[1] is None else f"/{spec[1]}")
-    target = root / out[0] / out[1]
+    named = {"@disk2": str(disk2)}.get(out[0], out[0].replace("@", f"{outside}/"))
+    target = Path(str(root / named) + "/" + out[1])  # as written: no ".." dropped
     try:
         before = raft_polars.stage_losses(source)
     except raft_polars.RaftInputError:  # a glob matching no log file, a file it cannot read
@@ -524,3 +536,26 @@ def test_select_into_a_linked_directory_of_its_source_is_refused(
     ok = run(capsys, "select", source, "-o", "logs/st1/_batch.parquet")
     assert ok.code == 0, ok.err
     assert run(capsys, "losses", source).code == 0
+
+
+@pytest.mark.parametrize("name", ["b.parquet", "b.jsonl"])
+def test_select_to_a_name_with_dots_after_a_link(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """``-o ext/into/../b.parquet`` with ``ext/into -> logs/st1`` is the file
+    ``logs/b.parquet``, as the OS resolves ``..`` after a link: written there,
+    its rows counted from there (the command failed after writing it, reading
+    back ``ext/b.parquet``), and nothing left in ``ext``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs" / "st1").mkdir(parents=True)
+    (tmp_path / "ext").mkdir()
+    (tmp_path / "ext" / "into").symlink_to(tmp_path / "logs" / "st1")
+    pl.DataFrame(
+        {"stage": [0, 0, 1], "prompt": [0, 0, 0], "cand": [0, 1, 0], "reward": [0.1, 0.9, 0.5],
+         "logprobs": [[-1.0], [-2.0], [-3.0]]}
+    ).write_parquet(tmp_path / "src.parquet")  # fmt: skip
+    result = run(capsys, "select", "src.parquet", "-o", f"ext/into/../{name}")
+    assert result.code == 0, result.err
+    assert "wrote 2 selected response(s)" in result.out
+    assert read_output(tmp_path / "logs" / name)["cand"].to_list() == [1, 0]
+    assert sorted(p.name for p in (tmp_path / "ext").iterdir()) == ["into"]
