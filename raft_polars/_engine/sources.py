@@ -894,8 +894,9 @@ def _data_files(directory: Path) -> list[tuple[str, tuple[str, ...]]]:
                 if os.path.islink(path):
                     _data_files_linking(Path(path))
                 continue
-            except OSError:
-                continue
+            except OSError as exc:  # a directory listed but not searchable: not left out
+                msg = f"cannot read {path!r}: {exc.strerror or exc}"
+                raise RaftInputError(msg) from exc
             if stat.S_ISREG(mode):
                 found.append((below, path))
     found.sort()
