@@ -605,6 +605,14 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     rows = isinstance(schema.get("reward"), pl.List | pl.Array) and "cand" not in schema
     if rows:  # one row per prompt
         wide = _wide_columns(main, renames, schema)
+        lists = schema.get("logprobs")
+        if lists is not None and _element(lists).is_numeric():
+            msg = (
+                f"{main.origin}: column 'logprobs' must hold a list of numbers for each "
+                f"candidate (a list of lists: one row a prompt, its rewards a list), found "
+                f"{lists}: a list of numbers a row"
+            )
+            raise RaftInputError(msg)
         schema = {k: _element(v) if k in wide else v for k, v in schema.items()}  # fmt: skip
         schema["cand"] = pl.Int64()
     numbered = tuple(name for name in ("stage", "cand") if name not in schema)

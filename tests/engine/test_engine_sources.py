@@ -1243,6 +1243,14 @@ def test_wide_rows_per_candidate_logprob_is_payload() -> None:
     prompt_level = wide.with_columns(logprob=pl.Series([[-0.1, -0.2, -0.3], [-0.4]]))
     got = raft_polars.select_best(prompt_level, preset="rlhflow").collect()
     assert got.select("cand", "logprob").rows() == [(0, [-0.1, -0.2, -0.3]), (1, [-0.4])]
+    for numbers in (
+        prompt_level,
+        wide.with_columns(logprob=pl.Series([[-3.0, -2.0], [-1.0, -5.0]])),
+    ):
+        with pytest.raises(
+            RaftInputError, match=r"'logprobs' must hold a list of numbers for each"
+        ):
+            raft_polars.stage_losses(numbers, columns={"logprobs": "logprob"})
 
 
 @pytest.mark.parametrize("engine", ["polars", "dask"])
