@@ -777,7 +777,11 @@ def _expand(text: str, role: str) -> list[DataFile]:
         if not found:
             msg = f"{role}: directory {text!r} holds no *.parquet or *.pq files (nor JSON lines)"
             raise RaftInputError(msg)
-        return [DataFile(local_path(f), _hive(below[:-1], f)) for f, below in found]
+        pairs: dict[tuple[str, ...], tuple[tuple[str, str | None], ...]] = {}
+        return [
+            DataFile(local_path(f), pairs.get(below[:-1]) or _hive_of(pairs, below[:-1], f))
+            for f, below in found
+        ]
     if path.exists():
         if not path.is_file():  # a FIFO waits for a writer forever; a device never ends
             msg = f"{role}: {text!r} is not a regular file or a directory"
@@ -937,7 +941,7 @@ def _data_name(parts: Sequence[str]) -> bool:
     return (
         bool(parts)
         and not any(map(_hidden_name, parts))
-        and _uncompressed(parts[-1]).endswith(SUFFIXES)
+        and (parts[-1].lower().endswith(SUFFIXES) or _uncompressed(parts[-1]).endswith(SUFFIXES))
     )
 
 
@@ -960,6 +964,16 @@ def _partitions(
     except ValueError:
         return ()
     return _hive(parts, shown or str(path))
+
+
+def _hive_of(
+    known: dict[tuple[str, ...], tuple[tuple[str, str | None], ...]],
+    parts: tuple[str, ...],
+    shown: str,
+) -> tuple[tuple[str, str | None], ...]:
+    """:func:`_hive` of a directory's ``parts``, kept in ``known`` for its other files."""
+    known[parts] = _hive(parts, shown)
+    return known[parts]
 
 
 def _hive(parts: Sequence[str], shown: str) -> tuple[tuple[str, str | None], ...]:
