@@ -22,6 +22,7 @@ the process ids alone decide, and a live writer on another host is not seen.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -653,7 +654,9 @@ def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> 
                 msg = f"cannot write {str(out)!r}: {reason}"
                 raise RaftPolarsError(msg) from exc
             with renaming():  # a signal now waits until OUT is replaced, or left alone
-                if out.exists() or out.is_symlink():
+                if _empty_directory(out) and tmp.is_dir():
+                    pass  # the rename replaces it (or fails, should it fill meanwhile)
+                elif out.exists() or out.is_symlink():
                     if not force:
                         msg = f"{str(out)!r} appeared while writing; pass force=True to replace it"
                         raise RaftInputError(msg)
@@ -662,10 +665,24 @@ def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> 
                         raise RaftInputError(msg)
                     if out.is_dir():
                         shutil.rmtree(out)
-                os.replace(tmp, out)
+                try:
+                    os.replace(tmp, out)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    msg = f"{str(out)!r} is not empty any more; it was written to while writing"
+                    raise RaftInputError(msg) from exc
         except BaseException:
             _remove(tmp)
             raise
+
+
+def _empty_directory(path: Path) -> bool:
+    """Whether ``path`` is a directory (not a link to one) holding nothing."""
+    try:
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    except OSError:
+        return False
 
 
 def check_json_columns(schema: Mapping[str, pl.DataType], out: Path) -> None:

@@ -1020,15 +1020,8 @@ def _option_names(message: str) -> str:
 
 def _cmd_generate(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        msg = f"{str(out)!r} exists and is not a directory"
-        raise UsageError(msg)
-    if out.is_dir() and any(out.iterdir()):
-        msg = f"{str(out)!r} is not empty; choose a new directory (logs are not mixed)"
-        raise UsageError(msg)
     from raft_polars.synth import generate
 
-    created = not out.exists()
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         paths = generate(
@@ -1044,9 +1037,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
             chunk_prompts=args.chunk_prompts,
             progress=bar,
         )
-    except BaseException as exc:
-        if created:  # a failed run leaves no half-written log behind
-            shutil.rmtree(out, ignore_errors=True)
+    except BaseException as exc:  # a failed run leaves no half-written log behind
         if isinstance(exc, RaftInputError):  # the options by their names here
             raise UsageError(_option_names(str(exc))) from exc
         reason = write_failure(exc)

@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from raft_polars._export import write_parquet
+from raft_polars._export import write_atomically, write_parquet
 from raft_polars.errors import RaftInputError
 
 __all__ = ["Layout", "SynthChunk", "generate", "iter_chunks"]
@@ -298,7 +298,11 @@ def generate(
     Parameters
     ----------
     out
-        Output directory; created if missing.
+        Output directory, new or empty; created if missing (its parents too).
+        The log is written into a hidden temporary directory beside it and
+        renamed onto it whole: a run that fails or is killed leaves no part of
+        a log in ``out`` (a temporary directory left by a killed run is
+        removed by the next write in the same directory).
     layout
         ``"nested"`` (one row per candidate with a list of log-probs) or ``"long"``
         (one row per token, plus a rewards table under ``out/rewards``).
@@ -342,6 +346,45 @@ def generate(
         chunk_prompts=chunk_prompts,
     )
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        msg = f"{str(root)!r} exists and is not a directory"
+        raise RaftInputError(msg)
+    if root.is_dir() and any(root.iterdir()):
+        msg = f"{str(root)!r} is not empty; choose a new directory (logs are not mixed)"
+        raise RaftInputError(msg)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def write(tmp: Path) -> None:  # the whole log, then renamed onto OUT at once
+        tmp.mkdir()
+        written.extend(
+            root / path.relative_to(tmp)
+            for path in _write_log(
+                tmp, layout=layout, stages=stages, prompts=prompts, k=k, min_tokens=min_tokens,
+                max_tokens=max_tokens, seed=seed, payload=payload, chunk_prompts=chunk_prompts,
+                progress=progress,
+            )
+        )  # fmt: skip
+
+    write_atomically(root, write, force=False)
+    return written
+
+
+def _write_log(
+    root: Path,
+    *,
+    layout: Layout,
+    stages: int,
+    prompts: int,
+    k: int,
+    min_tokens: int,
+    max_tokens: int,
+    seed: int,
+    payload: bool,
+    chunk_prompts: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[Path]:
+    """:func:`generate`'s files, written into the directory ``root``."""
     token_dir = root / "tokens" if layout == "long" else root
     reward_dir = root / "rewards"
     token_dir.mkdir(parents=True, exist_ok=True)

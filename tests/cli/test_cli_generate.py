@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +18,7 @@ from cli_helpers import assert_one_line_error, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import raft_polars
 import raft_polars.synth
 from raft_polars.synth import generate
 
@@ -109,6 +113,48 @@ def test_refuses_a_non_empty_directory(capsys: pytest.CaptureFixture[str], tmp_p
     (tmp_path / "f").write_text("a file")
     assert_one_line_error(run(capsys, "generate", tmp_path / "f"), "is not a directory")
     assert run(capsys, "generate", tmp_path / "empty", "--stages", "1", "--prompts", "1").code == 0
+    (tmp_path / "made").mkdir()  # an empty directory given: filled
+    assert run(capsys, "generate", tmp_path / "made", "--stages", "1", "--prompts", "1").code == 0
+    assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["part-s0000-c0000.parquet"]
+    with pytest.raises(raft_polars.RaftInputError, match="is not empty"):  # the API alike
+        generate(tmp_path / "g", stages=1, prompts=1)
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["old.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "f", "g", "made"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_killed_run_leaves_no_part_of_a_log(tmp_path: Path, sig: str) -> None:
+    """``generate`` killed at moments spread over its writing: OUT is absent or
+    the whole log (a part of it read as a whole log, without an error); what a
+    ``kill -9`` left is hidden from reads of the parent and removed by the next
+    write there, SIGTERM leaves nothing."""
+    shape = ["--stages", "4", "--prompts", "30000", "--k", "4", "--max-tokens", "64",
+             "--chunk-prompts", "4096"]  # fmt: skip
+    killed = 0
+    for number, delay in enumerate((0.3, 0.8, 1.5)):
+        out = tmp_path / f"log{number}"
+        proc = subprocess.Popen([sys.executable, "-m", "raft_polars", "generate", str(out), *shape])
+        time.sleep(delay)
+        proc.send_signal(getattr(signal, sig))
+        code = proc.wait(timeout=120)
+        if out.exists():  # done before the signal: the whole log
+            assert code in (0, 128 + getattr(signal, sig), -getattr(signal, sig))
+            assert raft_polars.stage_losses(str(out))["prompts"].to_list() == [30000] * 4
+        left = [p.name for p in tmp_path.iterdir() if not p.name.startswith("log")]
+        assert all(name.startswith(".raft-tmp-") for name in left)
+        if sig == "SIGTERM":
+            assert left == []
+        killed += not out.exists()
+    assert killed, "every run ended before its signal"
+    assert run_generate(tmp_path / "next") == 0  # cleans up what a killed run left
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("log")) == ["next"]
+
+
+def run_generate(out: Path) -> int:
+    from raft_polars.cli import main
+
+    return main(["generate", str(out), "--stages", "1", "--prompts", "1"])
 
 
 @pytest.mark.parametrize(
