@@ -480,6 +480,7 @@ class DaskExecutor:
             yield client
 
     def losses(self, log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:
+        log = _anchored(log)
         with self._client() as client:
             job = _Job(client, log)
             ranks = job.rank(selection)
@@ -506,6 +507,7 @@ class DaskExecutor:
         )
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
+        log = _anchored(log)
         nested = log.layout == "nested"
         with self._client() as client:
             job = _Job(client, log)
@@ -597,6 +599,7 @@ class DaskExecutor:
     def stats(
         self, log: StageLog, selection: Selection, reduction: Reduction
     ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+        log = _anchored(log)
         with self._client() as client:
             job = _Job(client, log)
             ranks = job.rank(selection)
@@ -609,6 +612,7 @@ class DaskExecutor:
         return table, stats_parts(keys, chosen, counts)
 
     def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
+        log = _anchored(log)
         with self._client() as client:
             job = _Job(client, log)
             ranks = job.rank(selection)
@@ -618,6 +622,7 @@ class DaskExecutor:
         return prompt_rows(keys, chosen, counts)
 
     def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
+        log = _anchored(log)
         with self._client() as client:
             job = _Job(client, log)
             ranks = job.rank(selection)
@@ -627,6 +632,7 @@ class DaskExecutor:
         return parts
 
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
+        log = _anchored(log)
         with self._client() as client:
             job = _Job(client, log)
             ranks = job.rank(selection)
@@ -831,6 +837,21 @@ class _Job:
         if not found and ranks:
             found = [self.submit(_t_cut, ranks[0][0], None, None, keys, True)]
         return found
+
+
+def _anchored(log: StageLog) -> StageLog:
+    """``log`` with its local files named from the root: a worker reads them from
+    its own working directory (a cluster started elsewhere, a scheduler's)."""
+    rewards = None if log.rewards is None else _absolute(log.rewards)
+    return replace(log, main=_absolute(log.main), rewards=rewards)
+
+
+def _absolute(source: Resolved) -> Resolved:
+    if source.remote or all(os.path.isabs(f.path) for f in source.files):
+        return source
+    here = os.getcwd()  # joined, not normalized: "link/.." stays the OS's to resolve
+    files = tuple(replace(f, path=os.path.join(here, f.path)) for f in source.files)
+    return replace(source, files=files)
 
 
 def _collected(source: Resolved) -> Resolved:

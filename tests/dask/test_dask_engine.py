@@ -833,3 +833,34 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line(address: str, why: str) 
     assert done.stderr.startswith(said), done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("layout", ["nested", "long"])
+def test_relative_paths_from_another_working_directory(
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    """The workers started in another directory than the caller's (a cluster
+    started elsewhere): relative paths read the caller's files on every entry
+    point. validate took every file for a corrupted one (a strict reader could
+    not open it) and said the log was bad."""
+    files = layout_files(LPS, RWS, tmp_path / "in", layout=layout, parts=2)
+    monkeypatch.chdir(tmp_path)
+    kwargs: dict[str, Any] = {k: str(Path(v).relative_to(tmp_path)) for k, v in files.items()}
+    on = _on(client)
+    assert_same(rp.stage_losses(**kwargs), rp.stage_losses(**kwargs, engine=on))
+    assert_same(rp.stage_stats(**kwargs), rp.stage_stats(**kwargs, engine=on))
+    assert_same(rp.prompt_stats(**kwargs), rp.prompt_stats(**kwargs, engine=on))
+    assert_same(rp.select_best(**kwargs).collect(), rp.select_best(**kwargs, engine=on).collect())
+    report = rp.validate(**kwargs, engine=on)
+    assert report.ok, report.problems
+    assert report.to_dict()["summary"] == rp.validate(**kwargs).to_dict()["summary"]
+    assert rp.write_selected(**kwargs, output="out.parquet", engine=on) == len(LPS[0]) + len(LPS[1])
+
+
+def test_a_file_gone_before_validate_reads_it_is_an_input_error(tmp_path: Path) -> None:
+    """pyarrow cannot open the file (gone, or not readable): an input error that
+    names it, not a corrupted file (a strict reader's refusal)."""
+    from raft_polars._engine import validate as vk
+
+    with pytest.raises(RaftInputError, match=r"cannot read '.*gone\.parquet'"):
+        vk.strict_read(str(tmp_path / "gone.parquet"))
