@@ -1305,9 +1305,6 @@ def _decoded(
         for path in paths:
             try:
                 units: list[_Unit | Exception] = [*_units(path, rows)]
-            except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-                msg = f"cannot read {path!r}: {exc.strerror or exc}"  # not a corrupted file
-                raise RaftInputError(msg) from exc
             except Exception as exc:  # any failure of the strict reader is the finding
                 units = [exc]
             yield from ((path, unit) for unit in units)

@@ -855,12 +855,3 @@ def test_relative_paths_from_another_working_directory(
     assert report.ok, report.problems
     assert report.to_dict()["summary"] == rp.validate(**kwargs).to_dict()["summary"]
     assert rp.write_selected(**kwargs, output="out.parquet", engine=on) == len(LPS[0]) + len(LPS[1])
-
-
-def test_a_file_gone_before_validate_reads_it_is_an_input_error(tmp_path: Path) -> None:
-    """pyarrow cannot open the file (gone, or not readable): an input error that
-    names it, not a corrupted file (a strict reader's refusal)."""
-    from raft_polars._engine import validate as vk
-
-    with pytest.raises(RaftInputError, match=r"cannot read '.*gone\.parquet'"):
-        vk.strict_read(str(tmp_path / "gone.parquet"))
