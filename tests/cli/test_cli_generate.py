@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import polars as pl
 import pytest
-from cli_helpers import assert_one_line_error, run
+from cli_helpers import DATA, assert_one_line_error, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -290,3 +290,25 @@ def test_chunk_prompts_bounds_the_memory(
     pieces = 3 * raft_polars.synth.PIECE_TOKENS * 8
     assert peak <= 2 * first.logprob.nbytes + 128 * touched + pieces
     assert first.offsets is first.offsets  # computed once, not on every slice
+
+
+@pytest.mark.parametrize("layout", ["nested", "long"])
+def test_the_shipped_examples_are_what_generate_writes(tmp_path: Path, layout: str) -> None:
+    """``data/synthetic`` and ``data/synthetic_long`` hold what the README says made
+    them (``generate --stages 4 --prompts 512 --k 4 --max-tokens 128 --seed 7
+    --payload``), and every shipped Parquet file carries page checksums, as every
+    file the package writes does (a flipped byte in a shipped log changed the
+    losses while validate found nothing wrong)."""
+    from raft_polars._engine import pages
+
+    shipped = DATA / ("synthetic" if layout == "nested" else "synthetic_long")
+    generate(tmp_path / "g", layout=layout, stages=4, prompts=512, k=4, max_tokens=128, seed=7,
+             payload=True)  # fmt: skip
+    names = sorted(p.relative_to(shipped) for p in shipped.rglob("*.parquet"))
+    assert names == sorted(
+        p.relative_to(tmp_path / "g") for p in (tmp_path / "g").rglob("*.parquet")
+    )
+    for name in names:
+        assert pl.read_parquet(shipped / name).equals(pl.read_parquet(tmp_path / "g" / name))
+    for path in DATA.rglob("*.parquet"):
+        assert pages.verified(str(path)), path
