@@ -293,7 +293,9 @@ def test_chunk_prompts_bounds_the_memory(
 
 
 @pytest.mark.parametrize("layout", ["nested", "long"])
-def test_the_shipped_examples_are_what_generate_writes(tmp_path: Path, layout: str) -> None:
+def test_the_shipped_examples_are_what_generate_writes(
+    tmp_path: Path, layout: Literal["nested", "long"]
+) -> None:
     """``data/synthetic`` and ``data/synthetic_long`` hold what the README says made
     them (``generate --stages 4 --prompts 512 --k 4 --max-tokens 128 --seed 7
     --payload``), and every shipped Parquet file carries page checksums, as every
