@@ -21,7 +21,11 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 from typing import Literal, TypeAlias
+
+import numpy as np
 
 from raft_polars.errors import RaftInputError
 
@@ -60,9 +64,12 @@ class Selection:
     n
         Candidates kept per prompt with ``"top_n"``.
     fraction
-        Share of a stage's candidates kept with ``"global"``, in ``(0, 1]``.
+        Share of a stage's candidates kept with ``"global"``, in ``(0, 1]``,
+        taken as written (a float by its shortest decimal, a ``Decimal`` or a
+        ``Fraction`` exactly; see ``docs/semantics.md``).
     min_reward
-        Drop selected candidates whose reward is below this.
+        Drop selected candidates whose reward is below this (a numpy float or a
+        ``Decimal`` as written: ``np.float32(0.2)`` is 0.2).
     bad_rewards
         ``"error"`` (default): a null, NaN or infinite reward is an input error;
         ``"skip"``: such a candidate is left out of the ranking and the
@@ -82,6 +89,11 @@ class Selection:
             raise RaftInputError(msg)
         for name in ("fraction", "min_reward"):
             value = getattr(self, name)
+            if isinstance(value, Decimal) and value.is_finite():  # exact, as written
+                value = Fraction(value) if name == "fraction" else float(value)
+            elif name == "min_reward" and isinstance(value, np.floating):
+                value = float(str(value))  # as written: np.float32(0.2) is 0.2
+            object.__setattr__(self, name, value)
             if value is not None and not is_number(value):
                 msg = f"{name} must be a number, got {value!r}"
                 raise RaftInputError(msg)

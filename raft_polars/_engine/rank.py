@@ -31,6 +31,7 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -185,12 +186,23 @@ def global_keep(count: pl.Expr, fraction: float) -> pl.Expr:
     exact integers, at least 1. Binary rounding makes ``0.28 * 25``
     7.000000000000001 (7 kept, not 8), while ``0.280000000001 * 25`` is above 7
     (8 kept: a tolerance of 1e-9 kept 7)."""
-    exact = Fraction(repr(float(fraction)))
+    exact = written(fraction)
     if exact.denominator >= 10**37:  # below 1e-20: any count of 64 bits keeps one
         return pl.lit(1, pl.Int64)
     top, bottom = pl.lit(exact.numerator, pl.Int128), pl.lit(exact.denominator, pl.Int128)
     ceiling = (count.cast(pl.Int128) * top + bottom - 1) // bottom
     return ceiling.clip(1).cast(pl.Int64)
+
+
+def written(value: float) -> Fraction:
+    """A number as written, exactly: a float by its shortest decimal (``repr``;
+    a numpy float by its own precision's, ``np.float32(0.28)`` is 0.28, not
+    0.2800000011920929), a whole number or a fraction as it is."""
+    if isinstance(value, numbers.Rational):
+        return Fraction(value.numerator, value.denominator)
+    if isinstance(value, np.floating):
+        return Fraction(str(value))
+    return Fraction(repr(float(value)))
 
 
 def apply_min_reward(chosen: FrameT, selection: Selection) -> FrameT:

@@ -9,10 +9,13 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask_cluster
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -172,13 +175,39 @@ def test_global_keeps_ceil_of_fraction(n: int, fraction: float) -> None:
     )
     # the decimal product, not its binary rounding: 0.28 * 25 is exactly 7, and
     # 1e-10 * 5 is above 0, so one is kept
-    from fractions import Fraction
-
     want = math.ceil(Fraction(repr(fraction)) * n)
     table = raft_polars.stage_losses(frame, strategy="global", fraction=fraction)
     assert table["selected"].to_list() == [want]
     chosen = raft_polars.select_best(frame, strategy="global", fraction=fraction).collect()
     assert sorted(chosen["prompt"].to_list()) == list(range(n - want, n))
+
+
+@pytest.mark.parametrize(
+    "written",
+    [np.float32(0.28), np.float64(0.28), np.float16(0.28), Decimal("0.28"), Fraction(7, 25)],
+    ids=repr,
+)
+def test_numbers_of_other_kinds_are_taken_as_written(written: object) -> None:
+    """A numpy float by its own shortest decimal (np.float32(0.28) prints as 0.28
+    and is 0.2800000011920929 as a float64: 8 of 25 were kept), a Decimal or a
+    Fraction exactly: 7 of 25, as 0.28. min_reward alike: np.float32(0.2)
+    keeps a reward of 0.2."""
+    n = 25
+    frame = pl.DataFrame(
+        {"stage": [0] * n, "prompt": list(range(n)), "cand": [0] * n,
+         "reward": [float(i) for i in range(n)], "logprobs": [[-1.0]] * n}
+    )  # fmt: skip
+    assert str(written) in ("0.28", "7/25")  # the number the user wrote
+    for engine in ("polars", dask_cluster.engine()):
+        table = raft_polars.stage_losses(
+            frame, strategy="global", fraction=cast(float, written), engine=engine
+        )
+        assert table["selected"].to_list() == [7]
+    rewards = frame.with_columns(reward=pl.Series([0.2] + [0.1] * (n - 1)))
+    for bound in (np.float32(0.2), Decimal("0.2"), 0.2):
+        assert raft_polars.stage_losses(rewards, min_reward=cast(float, bound))[
+            "selected"
+        ].to_list() == [1]
 
 
 @pytest.mark.parametrize(
