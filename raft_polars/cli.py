@@ -1025,7 +1025,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         paths = generate(
-            out,
+            args.out,  # as given: an empty one is an error, not "."
             layout=args.layout,
             stages=args.stages,
             prompts=args.prompts,

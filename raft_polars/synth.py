@@ -28,6 +28,7 @@ Examples
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -345,7 +346,15 @@ def generate(
         max_tokens=max_tokens,
         chunk_prompts=chunk_prompts,
     )
-    root = Path(out)
+    if not os.fspath(out):
+        msg = "OUT is an empty path; give the directory to write the log into"
+        raise RaftInputError(msg)
+    named = root = Path(out)
+    if root.is_symlink():  # the link's target is written, the link kept
+        if not root.exists():
+            msg = f"{str(root)!r} is a symbolic link to {os.readlink(root)!r}, which does not exist"
+            raise RaftInputError(msg)
+        root = Path(os.path.realpath(root))
     if root.exists() and not root.is_dir():
         msg = f"{str(root)!r} exists and is not a directory"
         raise RaftInputError(msg)
@@ -358,7 +367,7 @@ def generate(
     def write(tmp: Path) -> None:  # the whole log, then renamed onto OUT at once
         tmp.mkdir()
         written.extend(
-            root / path.relative_to(tmp)
+            named / path.relative_to(tmp)
             for path in _write_log(
                 tmp, layout=layout, stages=stages, prompts=prompts, k=k, min_tokens=min_tokens,
                 max_tokens=max_tokens, seed=seed, payload=payload, chunk_prompts=chunk_prompts,

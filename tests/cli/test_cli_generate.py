@@ -122,6 +122,29 @@ def test_refuses_a_non_empty_directory(capsys: pytest.CaptureFixture[str], tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "f", "g", "made"]
 
 
+def test_links_and_empty_names_as_out(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link to an empty directory: the log is written into its target, the link
+    kept (it was generated whole, then refused as 'appeared while writing'); a
+    link to nothing and an empty name are refused before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    result = run(capsys, "generate", "link", "--stages", "2", "--prompts", "3")
+    assert result.code == 0, result.err
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == [
+        "part-s0000-c0000.parquet",
+        "part-s0001-c0000.parquet",
+    ]
+    assert raft_polars.stage_losses("link")["prompts"].to_list() == [3, 3]
+    assert_one_line_error(run(capsys, "generate", "dangling"), "'dangling' is a symbolic link to")
+    assert_one_line_error(run(capsys, "generate", ""), "OUT is an empty path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "link", "real"]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_a_killed_run_leaves_no_part_of_a_log(tmp_path: Path, sig: str) -> None:
