@@ -229,6 +229,27 @@ _UNORDERED = {
         lambda: np.ma.masked_array([[[0.2, 0.4]]], mask=[[[True, False]]]),
         "stages_rewards",
     ),
+    # bytes are a sequence of numbers, their bytes: b"\x01\x02" made rewards 1 and 2
+    "bytes-of-rewards": (
+        lambda: [[[[-1.0], [-2.0]]]],
+        lambda: [[b"\x01\x02"]],
+        "stages_rewards[0][0]",
+    ),
+    "bytearray-stage": (
+        lambda: [[[[-1.0], [-2.0]]]],
+        lambda: [bytearray(b"ab")],
+        "stages_rewards[0]",
+    ),
+    "bytes-of-log-probs": (
+        lambda: [[[[-1.0], b"\x00"]]],
+        lambda: [[[0.5, 1.0]]],
+        "stages_log_probs[0][0][1]",
+    ),
+    "memoryview-of-log-probs": (
+        lambda: [[[[-1.0], memoryview(b"\x00")]]],
+        lambda: [[[0.5, 1.0]]],
+        "stages_log_probs[0][0][1]",
+    ),
 }
 
 
