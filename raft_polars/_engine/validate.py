@@ -1386,7 +1386,14 @@ def _release() -> None:
 
 def _error_text(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+        return UNOPENED + first  # not what the file holds: :func:`strict_findings` tells
+    return first
+
+
+# how the text of a strict reader's error begins where it could not open the file
+UNOPENED = "could not open it: "
 
 
 def strict_read(path: str) -> str | None:
@@ -1872,7 +1879,13 @@ def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -
         if not os.path.exists(path):  # not corrupt: gone while it was read
             msg = (
                 f"cannot read {path!r}: it was removed or renamed while validate read it "
-                f"({error}); run validate again once the log is complete"
+                f"({error.removeprefix(UNOPENED)}); run validate again once the log is complete"
+            )
+            raise RaftInputError(msg)
+        if error.startswith(UNOPENED):  # not corrupt: there, but not to the reader
+            msg = (
+                f"cannot read {path!r}: the strict read {error} (the workers of a Dask "
+                "cluster read the log's files at the same paths: a file system they share)"
             )
             raise RaftInputError(msg)
         if _encrypted(path, error):  # not corrupt: unreadable by any entry point

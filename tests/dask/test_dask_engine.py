@@ -4,9 +4,11 @@ processes, loopback only)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -855,3 +857,22 @@ def test_relative_paths_from_another_working_directory(
     assert report.ok, report.problems
     assert report.to_dict()["summary"] == rp.validate(**kwargs).to_dict()["summary"]
     assert rp.write_selected(**kwargs, output="out.parquet", engine=on) == len(LPS[0]) + len(LPS[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="Linux's /proc/self/cwd")
+def test_a_file_the_workers_cannot_see_is_an_input_error(
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster without the caller's file system: the workers cannot open a file
+    the caller can (here ``/proc/self/cwd/...``, which names another file in each
+    process). validate reported the healthy file as ``corrupt_file`` (exit 1);
+    it is an input error that says so, as on every other entry point."""
+    name = f"seen-here-{uuid.uuid4().hex}.parquet"
+    nested_frame(LPS, RWS).write_parquet(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    path = f"/proc/self/cwd/{name}"
+    assert rp.validate(path).ok
+    with pytest.raises(RaftInputError, match=rf"cannot read '{path}': the strict read could not"):
+        rp.validate(path, engine=_on(client))
+    with pytest.raises(RaftInputError, match=re.escape(name)):
+        rp.stage_losses(path, engine=_on(client))
