@@ -230,12 +230,23 @@ def _end(number: int) -> None:
 
 
 def _remove(path: str) -> None:
+    """Remove a temporary file or directory. A directory (``generate``'s) is
+    renamed first, to a temporary name of the same form: the main thread, still
+    writing, can no longer add a file to it by its name, so that the removal of
+    what it holds is not undone by a file made meanwhile (a new part left the
+    directory behind)."""
     try:
         os.unlink(path)
     except OSError:
         if os.path.isdir(path) and not os.path.islink(path):
             import shutil  # not at the top: installed while the process starts
 
+            away = os.path.join(
+                os.path.dirname(path), f".raft-tmp-{os.getpid()}-{os.urandom(6).hex()}"
+            )
+            with contextlib.suppress(OSError):
+                os.rename(path, away)
+                path = away
             shutil.rmtree(path, ignore_errors=True)
 
 
