@@ -22,7 +22,6 @@ the process ids alone decide, and a live writer on another host is not seen.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import re
@@ -629,15 +628,64 @@ def _writing_in(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_atomically(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
+def write_atomically(
+    out: Path,
+    write: Callable[[Path], None],
+    *,
+    force: bool,
+    appeared: str = "pass force=True to replace it",
+) -> None:
     """Call ``write(tmp)`` on a temporary path in OUT's directory, then rename it
     onto OUT. The temporary path is removed on any failure, so OUT is either the
-    complete result or untouched."""
+    complete result or untouched. ``appeared``: what to do, said where OUT
+    appeared while writing."""
     with _writing_in(out.parent):
-        _write_renamed(out, write, force=force)
+        _write_renamed(out, write, force=force, appeared=appeared)
 
 
-def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> None:
+def write_into(directory: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary directory inside the existing empty
+    ``directory`` (hidden: reads leave it out), then move what it wrote into
+    ``directory``: its owner, mode and mount stay, as does a shell's working
+    directory that it is. The moves are done before a signal is acted on; on
+    any failure the temporary directory is removed and ``directory`` is as it
+    was. A name that appeared in ``directory`` meanwhile is not replaced."""
+    with _writing_in(directory):
+        tmp = Path(os_path(directory / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"))
+        with temporary(tmp):
+            try:
+                _written_or_failure(directory, write, tmp)
+                with renaming():
+                    entries = sorted(tmp.iterdir())
+                    taken = [e.name for e in entries if (directory / e.name).exists()]
+                    if taken:
+                        msg = (
+                            f"{str(directory)!r} was written to while this process wrote "
+                            f"({taken[0]!r}); choose a new directory"
+                        )
+                        raise RaftInputError(msg)
+                    for entry in entries:
+                        os.rename(entry, Path(tmp.parent, entry.name))
+                    tmp.rmdir()
+            except BaseException:
+                _remove(tmp)
+                raise
+
+
+def _written_or_failure(out: Path, write: Callable[[Path], None], tmp: Path) -> None:
+    """``write(tmp)``; a full disk's failure (or another of the write's own) as an
+    error naming OUT."""
+    try:
+        write(tmp)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        msg = f"cannot write {str(out)!r}: {reason}"
+        raise RaftPolarsError(msg) from exc
+
+
+def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool, appeared: str) -> None:
     # absolute: pyarrow and Polars took a directory named like a URL ("run:1/",
     # "hdfs:/") for one; resolved as the OS resolves OUT ("link/.." is above the
     # link's target), not collapsed as text
@@ -645,44 +693,21 @@ def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool) -> 
     tmp = Path(home) / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     with temporary(tmp):  # removed by the command line's ending on a signal, too
         try:
-            try:
-                write(tmp)
-            except (OSError, pl.exceptions.PolarsError) as exc:  # a full disk: OUT's, named
-                reason = write_failure(exc)
-                if reason is None:
-                    raise
-                msg = f"cannot write {str(out)!r}: {reason}"
-                raise RaftPolarsError(msg) from exc
+            _written_or_failure(out, write, tmp)  # a full disk: OUT's, named
             with renaming():  # a signal now waits until OUT is replaced, or left alone
-                if _empty_directory(out) and tmp.is_dir():
-                    pass  # the rename replaces it (or fails, should it fill meanwhile)
-                elif out.exists() or out.is_symlink():
+                if out.exists() or out.is_symlink():
                     if not force:
-                        msg = f"{str(out)!r} appeared while writing; pass force=True to replace it"
+                        msg = f"{str(out)!r} appeared while writing; {appeared}"
                         raise RaftInputError(msg)
                     if out.is_dir() and not tmp.is_dir():
                         msg = f"{str(out)!r} is a directory; not replacing it with a file"
                         raise RaftInputError(msg)
                     if out.is_dir():
                         shutil.rmtree(out)
-                try:
-                    os.replace(tmp, out)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                        raise
-                    msg = f"{str(out)!r} is not empty any more; it was written to while writing"
-                    raise RaftInputError(msg) from exc
+                os.replace(tmp, out)
         except BaseException:
             _remove(tmp)
             raise
-
-
-def _empty_directory(path: Path) -> bool:
-    """Whether ``path`` is a directory (not a link to one) holding nothing."""
-    try:
-        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
-    except OSError:
-        return False
 
 
 def check_json_columns(schema: Mapping[str, pl.DataType], out: Path) -> None:

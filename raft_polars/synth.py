@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from raft_polars._export import write_atomically, write_parquet
+from raft_polars._export import clean_stale, write_atomically, write_into, write_parquet
 from raft_polars.errors import RaftInputError
 
 __all__ = ["Layout", "SynthChunk", "generate", "iter_chunks"]
@@ -300,10 +300,11 @@ def generate(
     ----------
     out
         Output directory, new or empty; created if missing (its parents too).
-        The log is written into a hidden temporary directory beside it and
-        renamed onto it whole: a run that fails or is killed leaves no part of
-        a log in ``out`` (a temporary directory left by a killed run is
-        removed by the next write in the same directory).
+        The log is written into a hidden temporary directory (beside a new
+        ``out``, inside an existing one) and then renamed onto it whole, or its
+        files moved into it: a run that fails or is killed leaves no part of a
+        log in ``out`` (a temporary directory left by a killed run is removed
+        by the next write in the same directory; reads leave it out).
     layout
         ``"nested"`` (one row per candidate with a list of log-probs) or ``"long"``
         (one row per token, plus a rewards table under ``out/rewards``).
@@ -350,21 +351,20 @@ def generate(
         msg = "OUT is an empty path; give the directory to write the log into"
         raise RaftInputError(msg)
     named = root = Path(out)
-    if root.is_symlink():  # the link's target is written, the link kept
-        if not root.exists():
-            msg = f"{str(root)!r} is a symbolic link to {os.readlink(root)!r}, which does not exist"
-            raise RaftInputError(msg)
-        root = Path(os.path.realpath(root))
+    if root.is_symlink() and not root.exists():
+        msg = f"{str(named)!r} is a symbolic link to {os.readlink(root)!r}, which does not exist"
+        raise RaftInputError(msg)
     if root.exists() and not root.is_dir():
-        msg = f"{str(root)!r} exists and is not a directory"
+        msg = f"{str(named)!r} exists and is not a directory"
         raise RaftInputError(msg)
-    if root.is_dir() and any(root.iterdir()):
-        msg = f"{str(root)!r} is not empty; choose a new directory (logs are not mixed)"
-        raise RaftInputError(msg)
-    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.is_dir():
+        clean_stale(root)  # what a killed run left there
+        if any(root.iterdir()):
+            msg = f"{str(named)!r} is not empty; choose a new directory (logs are not mixed)"
+            raise RaftInputError(msg)
     written: list[Path] = []
 
-    def write(tmp: Path) -> None:  # the whole log, then renamed onto OUT at once
+    def write(tmp: Path) -> None:  # the whole log, then moved to OUT at once
         tmp.mkdir()
         written.extend(
             named / path.relative_to(tmp)
@@ -375,7 +375,12 @@ def generate(
             )
         )  # fmt: skip
 
-    write_atomically(root, write, force=False)
+    if root.is_dir():  # an empty directory (through a link too): its owner, mount stay
+        write_into(root, write)
+    else:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        appeared = "another process wrote it; choose a new directory (logs are not mixed)"
+        write_atomically(root, write, force=False, appeared=appeared)
     return written
 
 

@@ -337,3 +337,49 @@ def test_the_shipped_examples_are_what_generate_writes(
         assert pl.read_parquet(shipped / name).equals(pl.read_parquet(tmp_path / "g" / name))
     for path in DATA.rglob("*.parquet"):
         assert pages.verified(str(path)), path
+
+
+def test_an_existing_empty_directory_is_written_into(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``generate .`` in an empty directory, or an empty directory another made
+    (a mount point, a shell's working directory): the log is written into it,
+    the directory itself kept (it was replaced by a rename: '.' was refused, a
+    mount point failed, a shell in it saw nothing). A hidden temporary that a
+    killed run left there does not make it 'not empty', and is removed."""
+    here = tmp_path / "here"
+    here.mkdir()
+    before = here.stat().st_ino
+    (here / ".raft-tmp-999999999-0123456789ab").mkdir()  # a dead process's
+    monkeypatch.chdir(here)
+    result = run(capsys, "generate", ".", "--stages", "1", "--prompts", "2")
+    assert result.code == 0, result.err
+    assert here.stat().st_ino == before
+    assert sorted(p.name for p in here.iterdir()) == ["part-s0000-c0000.parquet"]
+    assert raft_polars.stage_losses(".")["prompts"].to_list() == [2]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_run_killed_in_an_existing_directory_leaves_it_without_a_log(tmp_path: Path) -> None:
+    """kill -9 while generate writes into an existing empty directory: the
+    directory holds nothing a read takes (the parts are written in a hidden
+    temporary inside it, moved in at the end), and the next run fills it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shape = ["--stages", "4", "--prompts", "30000", "--k", "4", "--max-tokens", "64"]
+    killed = 0
+    for delay in (0.3, 0.8):
+        proc = subprocess.Popen([sys.executable, "-m", "raft_polars", "generate", str(out), *shape])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait(timeout=120)
+        names = [p.name for p in out.iterdir()]
+        if any(not name.startswith(".raft-tmp-") for name in names):  # done before the kill
+            assert raft_polars.stage_losses(str(out))["prompts"].to_list() == [30000] * 4
+            return
+        killed += 1
+        with pytest.raises(raft_polars.RaftInputError, match="holds no"):
+            raft_polars.stage_losses(str(out))
+    assert killed
+    assert run_generate(out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["part-s0000-c0000.parquet"]
