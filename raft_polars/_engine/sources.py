@@ -794,7 +794,14 @@ def _expand(text: str, role: str) -> list[DataFile]:
         if not matches:
             msg = f"{role}: no file {text!r}, and no files match it as a glob pattern"
             raise RaftInputError(msg)
-        return [DataFile(local_path(f), _partitions(f, root)) for f in matches]
+        top, pairs = root.parts, {}
+        files = []
+        for f in matches:  # the Hive pairs of the directories below the glob's fixed part
+            parts = f.parts
+            below = parts[len(top) : -1] if parts[: len(top)] == top else ()
+            hive = pairs.get(below) or _hive_of(pairs, below, str(f))
+            files.append(DataFile(local_path(f), hive))
+        return files
     raise RaftInputError(f"{role}: {_missing(path, text)}")
 
 
@@ -834,24 +841,33 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     with ``.`` or ``_`` is left out, as below a source directory, unless the
     pattern part that matched it spells that first character out (``_tmp*``)."""
     spelled = [part for part in Path(pattern).parts if _hidden_name(part)]
+    top = root.parts
     found: dict[tuple[int, int], Path] = {}
-    for match in sorted(map(Path, _glob.glob(pattern, recursive=True))):
-        try:
-            below = match.relative_to(root).parts
-        except ValueError:
-            below = ()
+    for match in sorted(map(Path, _glob.glob(pattern, recursive=True)), key=_in_order):
+        parts = match.parts
+        below = parts[len(top) :] if parts[: len(top)] == top else ()
         if any(_hidden(part, spelled) for part in below):
             continue
-        if match.is_dir():
-            files = [Path(file) for file, _ in _data_files(match)]
-        elif match.is_symlink() and not match.exists():
-            files = _data_files_linking(match)
-        else:
-            files = [match] if match.is_file() else []
-        for file in files:
-            stat = file.stat()
-            found.setdefault((stat.st_dev, stat.st_ino), file)
-    return sorted(found.values())
+        try:
+            seen = os.stat(match)
+        except FileNotFoundError:  # a link to nothing (or gone since the listing)
+            if match.is_symlink():
+                _data_files_linking(match)
+            continue
+        except OSError:  # as a read of it says: not a file taken
+            continue
+        if stat.S_ISDIR(seen.st_mode):
+            for name, _ in _data_files(match):
+                file = os.stat(name)
+                found.setdefault((file.st_dev, file.st_ino), Path(name))
+        elif stat.S_ISREG(seen.st_mode):
+            found.setdefault((seen.st_dev, seen.st_ino), match)
+    return sorted(found.values(), key=_in_order)
+
+
+def _in_order(path: Path) -> tuple[str, ...]:
+    """The order of paths (by their parts, as ``sorted`` orders paths)."""
+    return path.parts
 
 
 def _hidden(name: str, spelled: Sequence[str]) -> bool:
