@@ -480,8 +480,8 @@ class DaskExecutor:
             yield client
 
     def losses(self, log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:
-        log = _anchored(log)
         with self._client() as client:
+            log = _anchored(log, client)
             job = _Job(client, log)
             ranks = job.rank(selection)
             reduced: list[Reduced] = []
@@ -507,9 +507,9 @@ class DaskExecutor:
         )
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
-        log = _anchored(log)
         nested = log.layout == "nested"
         with self._client() as client:
+            log = _anchored(log, client)
             job = _Job(client, log)
             futures = job.partitions(
                 selection.group, _read_checked, _check, selection, limit, nested
@@ -599,8 +599,8 @@ class DaskExecutor:
     def stats(
         self, log: StageLog, selection: Selection, reduction: Reduction
     ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
-        log = _anchored(log)
         with self._client() as client:
+            log = _anchored(log, client)
             job = _Job(client, log)
             ranks = job.rank(selection)
             reduced, keys, chosen, counts = self._stats_parts(job, ranks, True, reduction)
@@ -612,8 +612,8 @@ class DaskExecutor:
         return table, stats_parts(keys, chosen, counts)
 
     def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
-        log = _anchored(log)
         with self._client() as client:
+            log = _anchored(log, client)
             job = _Job(client, log)
             ranks = job.rank(selection)
             reduced, keys, chosen, counts = self._stats_parts(job, ranks, False, "token")
@@ -622,8 +622,8 @@ class DaskExecutor:
         return prompt_rows(keys, chosen, counts)
 
     def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
-        log = _anchored(log)
         with self._client() as client:
+            log = _anchored(log, client)
             job = _Job(client, log)
             ranks = job.rank(selection)
             parts: list[pl.DataFrame] = job.gather(
@@ -632,8 +632,8 @@ class DaskExecutor:
         return parts
 
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
-        log = _anchored(log)
         with self._client() as client:
+            log = _anchored(log, client)
             job = _Job(client, log)
             ranks = job.rank(selection)
             counts = None
@@ -839,9 +839,17 @@ class _Job:
         return found
 
 
-def _anchored(log: StageLog) -> StageLog:
-    """``log`` with its local files named from the root: a worker reads them from
-    its own working directory (a cluster started elsewhere, a scheduler's)."""
+def _anchored(log: StageLog, client: Any) -> StageLog:
+    """``log`` with its local files named from the root where a worker works in
+    another directory than this process (a cluster started elsewhere): it reads
+    them from its own. Where every worker works here (a local cluster), the
+    paths stay as given, and so do the messages that name them."""
+    try:
+        theirs = set(client.run(os.getcwd).values())
+    except Exception:  # no answer: anchored, which is right anywhere
+        theirs = set()
+    if theirs == {os.getcwd()}:
+        return log
     rewards = None if log.rewards is None else _absolute(log.rewards)
     return replace(log, main=_absolute(log.main), rewards=rewards)
 

@@ -4,6 +4,7 @@ processes, loopback only)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -876,3 +877,23 @@ def test_a_file_the_workers_cannot_see_is_an_input_error(
         rp.validate(path, engine=_on(client))
     with pytest.raises(RaftInputError, match=re.escape(name)):
         rp.stage_losses(path, engine=_on(client))
+
+
+def test_relative_paths_from_the_workers_directory_are_named_as_given(
+    client: Any, tmp_path: Path
+) -> None:
+    """Workers that work where the caller does read the paths as given, and the
+    errors name the files as the local executor does (not by the cwd-joined
+    absolute path)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    nested_frame(LPS, RWS).write_parquet(logs / "a.parquet")
+    (logs / "b.parquet").write_bytes((logs / "a.parquet").read_bytes()[:-9] + b"PAR1")
+    given = os.path.relpath(logs)
+    for call in (rp.validate, rp.stage_losses):
+        with pytest.raises(RaftInputError) as local:
+            call(given)
+        with pytest.raises(RaftInputError) as remote:
+            call(given, engine=_on(client))
+        assert str(local.value) == str(remote.value)
+        assert repr(os.path.join(given, "b.parquet")) in str(remote.value)
