@@ -883,17 +883,26 @@ def test_relative_paths_from_the_workers_directory_are_named_as_given(
     client: Any, tmp_path: Path
 ) -> None:
     """Workers that work where the caller does read the paths as given, and the
-    errors name the files as the local executor does (not by the cwd-joined
-    absolute path)."""
+    errors and findings name the files as the local executor does (not by the
+    cwd-joined absolute path: validate's corrupt_file named '/abs/.../b.parquet'
+    on Dask, 'logs/b.parquet' in process)."""
+    from raft_polars._export import write_parquet
+
     logs = tmp_path / "logs"
     logs.mkdir()
-    nested_frame(LPS, RWS).write_parquet(logs / "a.parquet")
-    (logs / "b.parquet").write_bytes((logs / "a.parquet").read_bytes()[:-9] + b"PAR1")
+    write_parquet(nested_frame(LPS, RWS), logs / "a.parquet")  # page checksums
+    data = (logs / "a.parquet").read_bytes()
     given = os.path.relpath(logs)
-    for call in (rp.validate, rp.stage_losses):
-        with pytest.raises(RaftInputError) as local:
-            call(given)
-        with pytest.raises(RaftInputError) as remote:
-            call(given, engine=_on(client))
-        assert str(local.value) == str(remote.value)
-        assert repr(os.path.join(given, "b.parquet")) in str(remote.value)
+    for at in range(4, len(data) // 2):  # a flipped byte the checksums catch
+        (logs / "b.parquet").write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
+        try:
+            local = rp.validate(given).to_dict()
+        except RaftInputError:
+            continue
+        if [p["kind"] for p in local["problems"]] == ["corrupt_file"]:
+            break
+    else:
+        pytest.fail("no flipped byte made a corrupt file")
+    remote = rp.validate(given, engine=_on(client)).to_dict()
+    assert remote["problems"] == local["problems"]
+    assert os.path.join(given, "b.parquet") in str(remote["problems"])
