@@ -137,7 +137,8 @@ def _unordered(item: object) -> str | None:
     if isinstance(item, np.ma.MaskedArray):
         return "a numpy masked array (fill it: numpy.ma.filled)"
     if isinstance(item, bytes | bytearray | memoryview):  # its numbers are its bytes
-        return f"bytes ({bytes(item[:8])!r}{'...' if len(item) > 8 else ''}), not a list of numbers"
+        data = item.tobytes() if isinstance(item, memoryview) else bytes(item)
+        return f"bytes ({data[:8]!r}{'...' if len(data) > 8 else ''}), not a list of numbers"
     if isinstance(item, np.ndarray) and item.ndim == 0:
         return f"a 0-d numpy array ({item!r}: one value, not a list)"
     return None

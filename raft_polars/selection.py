@@ -22,7 +22,6 @@ import math
 import numbers
 from dataclasses import dataclass
 from decimal import Decimal
-from fractions import Fraction
 from typing import Literal, TypeAlias
 
 import numpy as np
@@ -89,12 +88,13 @@ class Selection:
             raise RaftInputError(msg)
         for name in ("fraction", "min_reward"):
             value = getattr(self, name)
-            if isinstance(value, Decimal) and value.is_finite():  # exact, as written
-                value = Fraction(value) if name == "fraction" else float(value)
+            exact = isinstance(value, Decimal) and value.is_finite()  # a fraction's: as given
+            if name == "min_reward" and exact:
+                value = float(value)
             elif name == "min_reward" and isinstance(value, np.floating):
                 value = float(str(value))  # as written: np.float32(0.2) is 0.2
             object.__setattr__(self, name, value)
-            if value is not None and not is_number(value):
+            if value is not None and not (is_number(value) or exact):
                 msg = f"{name} must be a number, got {value!r}"
                 raise RaftInputError(msg)
         if not is_whole(self.n) or self.n < 1:

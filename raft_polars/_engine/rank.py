@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any, TypeVar
 
@@ -194,12 +195,14 @@ def global_keep(count: pl.Expr, fraction: float) -> pl.Expr:
     return ceiling.clip(1).cast(pl.Int64)
 
 
-def written(value: float) -> Fraction:
+def written(value: float | Decimal) -> Fraction:
     """A number as written, exactly: a float by its shortest decimal (``repr``;
     a numpy float by its own precision's, ``np.float32(0.28)`` is 0.28, not
     0.2800000011920929), a whole number or a fraction as it is."""
     if isinstance(value, numbers.Rational):
         return Fraction(value.numerator, value.denominator)
+    if isinstance(value, Decimal):
+        return Fraction(value)
     if isinstance(value, np.floating):
         return Fraction(str(value))
     return Fraction(repr(float(value)))

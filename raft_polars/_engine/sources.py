@@ -512,7 +512,7 @@ def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
     directories the glob's parent parts match (any of them ``target``'s
     directory under another name, a link on another disk); and below the
     directories the glob itself matches, as a read walks them."""
-    if ".." not in Path(target).parts:
+    if ".." not in Path(target).parts and ".." not in Path(root).parts:  # as text, then
         yield from _found(_parts_below(os.path.abspath(target), os.path.abspath(root)))
     yield from _found(_parts_below(os.path.realpath(target), os.path.realpath(root)))
     try:

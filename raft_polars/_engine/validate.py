@@ -1884,8 +1884,9 @@ def strict_findings(found: Findings, errors: Iterable[tuple[str, str | None]]) -
             raise RaftInputError(msg)
         if error.startswith(UNOPENED):  # not corrupt: there, but not to the reader
             msg = (
-                f"cannot read {path!r}: the strict read {error} (the workers of a Dask "
-                "cluster read the log's files at the same paths: a file system they share)"
+                f"cannot read {path!r}: the strict read {error}, though it is there for "
+                "this process (changed while validate read it, or, with a Dask cluster, "
+                "not on the workers' file system: they read the log at the same paths)"
             )
             raise RaftInputError(msg)
         if _encrypted(path, error):  # not corrupt: unreadable by any entry point

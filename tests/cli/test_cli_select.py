@@ -559,3 +559,20 @@ def test_select_to_a_name_with_dots_after_a_link(
     assert "wrote 2 selected response(s)" in result.out
     assert read_output(tmp_path / "logs" / name)["cand"].to_list() == [1, 0]
     assert sorted(p.name for p in (tmp_path / "ext").iterdir()) == ["into"]
+
+
+def test_a_glob_with_dots_after_a_link_is_read_where_the_os_reads_it(tmp_path: Path) -> None:
+    """``run/link/../*`` with ``run/link -> other/st`` lists ``other/``: an OUT in
+    ``run/`` is not taken by that read and is written (it was refused, the root
+    collapsed as text to ``run/``); one in ``other/`` is refused."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "other" / "st").mkdir(parents=True)
+    (tmp_path / "run" / "link").symlink_to(tmp_path / "other" / "st")
+    pl.DataFrame(
+        {"stage": [0, 0], "prompt": [0, 0], "cand": [0, 1], "reward": [0.1, 0.9],
+         "logprobs": [[-1.0], [-2.0]]}
+    ).write_parquet(tmp_path / "other" / "p0.parquet")  # fmt: skip
+    source = str(tmp_path / "run" / "link" / ".." / "*.parquet")
+    assert raft_polars.write_selected(source, tmp_path / "run" / "out.parquet") == 1
+    with pytest.raises(raft_polars.RaftInputError, match="would become a part of the log"):
+        raft_polars.write_selected(source, tmp_path / "other" / "out.parquet")

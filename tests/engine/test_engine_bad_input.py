@@ -245,6 +245,11 @@ _UNORDERED = {
         lambda: [[[0.5, 1.0]]],
         "stages_log_probs[0][0][1]",
     ),
+    "memoryview-0-d-rewards": (
+        lambda: [[[[-1.0], [-2.0]]]],
+        lambda: [[memoryview(b"\x01").cast("B", ())]],
+        "stages_rewards[0][0]",
+    ),
     "memoryview-of-log-probs": (
         lambda: [[[[-1.0], memoryview(b"\x00")]]],
         lambda: [[[0.5, 1.0]]],

@@ -203,6 +203,8 @@ def test_numbers_of_other_kinds_are_taken_as_written(written: object) -> None:
             frame, strategy="global", fraction=cast(float, written), engine=engine
         )
         assert table["selected"].to_list() == [7]
+    with pytest.raises(RaftInputError, match=r"got Decimal\('0'\)"):  # quoted as given
+        raft_polars.stage_losses(frame, strategy="global", fraction=cast(float, Decimal("0")))
     rewards = frame.with_columns(reward=pl.Series([0.2] + [0.1] * (n - 1)))
     for bound in (np.float32(0.2), Decimal("0.2"), 0.2):
         assert raft_polars.stage_losses(rewards, min_reward=cast(float, bound))[
