@@ -28,7 +28,6 @@ import re
 import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ import polars as pl
 
 from raft_polars._engine import _stream
 from raft_polars._engine.sources import is_remote, os_path, would_read, write_failure
-from raft_polars._signals import renaming, temporary
+from raft_polars._signals import TMP_PREFIX, renaming, temporary, temporary_name
 from raft_polars.errors import RaftInputError, RaftPolarsError
 from raft_polars.selection import is_number, is_whole
 
@@ -68,7 +67,6 @@ __all__ = [
 PARQUET = (".parquet", ".pq")
 JSONL = (".jsonl", ".ndjson")
 StagePick: TypeAlias = int | Literal["last"] | None
-_TMP_PREFIX = ".raft-tmp-"
 
 
 def output_format(out: Path) -> Literal["parquet", "jsonl"]:
@@ -582,7 +580,7 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-_TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"(\d+)-[0-9a-f]{12}")
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-[0-9a-f]{12}")
 
 
 def clean_stale(directory: Path) -> list[Path]:
@@ -590,7 +588,7 @@ def clean_stale(directory: Path) -> list[Path]:
     only names exactly as :func:`write_atomically` makes them (a user's
     ``.raft-tmp-1234-notes`` stays, file or directory)."""
     removed = []
-    for path in directory.glob(f"{_TMP_PREFIX}*"):
+    for path in directory.glob(f"{TMP_PREFIX}*"):
         match = _TMP_NAME.fullmatch(path.name)
         if match is None:
             continue
@@ -650,26 +648,39 @@ def write_into(directory: Path, write: Callable[[Path], None]) -> None:
     directory that it is. The moves are done before a signal is acted on; on
     any failure the temporary directory is removed and ``directory`` is as it
     was. A name that appeared in ``directory`` meanwhile is not replaced."""
+
+    def moved_in(tmp: Path) -> None:
+        entries = sorted(tmp.iterdir())
+        taken = [e.name for e in entries if (directory / e.name).exists()]
+        if taken:
+            msg = (
+                f"{str(directory)!r} was written to while this process wrote "
+                f"({taken[0]!r}); choose a new directory"
+            )
+            raise RaftInputError(msg)
+        for entry in entries:
+            os.rename(entry, Path(tmp.parent, entry.name))
+        tmp.rmdir()
+
     with _writing_in(directory):
-        tmp = Path(os_path(directory / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"))
-        with temporary(tmp):
-            try:
-                _written_or_failure(directory, write, tmp)
-                with renaming():
-                    entries = sorted(tmp.iterdir())
-                    taken = [e.name for e in entries if (directory / e.name).exists()]
-                    if taken:
-                        msg = (
-                            f"{str(directory)!r} was written to while this process wrote "
-                            f"({taken[0]!r}); choose a new directory"
-                        )
-                        raise RaftInputError(msg)
-                    for entry in entries:
-                        os.rename(entry, Path(tmp.parent, entry.name))
-                    tmp.rmdir()
-            except BaseException:
-                _remove(tmp)
-                raise
+        _staged(directory, os.path.realpath(directory), write, moved_in)
+
+
+def _staged(
+    out: Path, home: str, write: Callable[[Path], None], finish: Callable[[Path], None]
+) -> None:
+    """``write(tmp)`` on a temporary path in the directory ``home``, then
+    ``finish(tmp)`` before a signal is acted on; the temporary path is removed on
+    any failure (and by the command line's ending on a signal)."""
+    tmp = Path(temporary_name(home))
+    with temporary(tmp):
+        try:
+            _written_or_failure(out, write, tmp)
+            with renaming():
+                finish(tmp)
+        except BaseException:
+            _remove(tmp)
+            raise
 
 
 def _written_or_failure(out: Path, write: Callable[[Path], None], tmp: Path) -> None:
@@ -686,28 +697,23 @@ def _written_or_failure(out: Path, write: Callable[[Path], None], tmp: Path) -> 
 
 
 def _write_renamed(out: Path, write: Callable[[Path], None], *, force: bool, appeared: str) -> None:
+
+    def renamed(tmp: Path) -> None:  # OUT replaced by the rename, or left alone
+        if out.exists() or out.is_symlink():
+            if not force:
+                msg = f"{str(out)!r} appeared while writing; {appeared}"
+                raise RaftInputError(msg)
+            if out.is_dir() and not tmp.is_dir():
+                msg = f"{str(out)!r} is a directory; not replacing it with a file"
+                raise RaftInputError(msg)
+            if out.is_dir():
+                shutil.rmtree(out)
+        os.replace(tmp, out)
+
     # absolute: pyarrow and Polars took a directory named like a URL ("run:1/",
     # "hdfs:/") for one; resolved as the OS resolves OUT ("link/.." is above the
     # link's target), not collapsed as text
-    home = os.path.dirname(os_path(out))
-    tmp = Path(home) / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    with temporary(tmp):  # removed by the command line's ending on a signal, too
-        try:
-            _written_or_failure(out, write, tmp)  # a full disk: OUT's, named
-            with renaming():  # a signal now waits until OUT is replaced, or left alone
-                if out.exists() or out.is_symlink():
-                    if not force:
-                        msg = f"{str(out)!r} appeared while writing; {appeared}"
-                        raise RaftInputError(msg)
-                    if out.is_dir() and not tmp.is_dir():
-                        msg = f"{str(out)!r} is a directory; not replacing it with a file"
-                        raise RaftInputError(msg)
-                    if out.is_dir():
-                        shutil.rmtree(out)
-                os.replace(tmp, out)
-        except BaseException:
-            _remove(tmp)
-            raise
+    _staged(out, os.path.dirname(os_path(out)), write, renamed)
 
 
 def check_json_columns(schema: Mapping[str, pl.DataType], out: Path) -> None:

@@ -53,7 +53,10 @@ __all__ = [
     "renaming",
     "running",
     "temporary",
+    "temporary_name",
 ]
+
+TMP_PREFIX = ".raft-tmp-"  # a write's temporary name: this, the process id, 12 hex digits
 
 _TEMPORARY: set[str] = set()  # paths of the writes in progress, removed on a signal
 _RENAMING = threading.Lock()  # held by a write's rename, and by the ending
@@ -64,6 +67,12 @@ _SEEN = threading.Lock()  # the watcher's taking of a signal, atomic to hold_if_
 _taken: list[int] = []  # the signals the watcher took
 _finished: list[int] = []  # the exit status of the command that finished, once it did
 _PROG = "raft-polars"
+
+
+def temporary_name(directory: str | os.PathLike[str]) -> str:
+    """A new temporary name in ``directory`` (``.raft-tmp-<pid>-<12 hex digits>``:
+    hidden from reads, and known by the pid for the removal of stale ones)."""
+    return os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}")
 
 
 @contextlib.contextmanager
@@ -241,9 +250,7 @@ def _remove(path: str) -> None:
         if os.path.isdir(path) and not os.path.islink(path):
             import shutil  # not at the top: installed while the process starts
 
-            away = os.path.join(
-                os.path.dirname(path), f".raft-tmp-{os.getpid()}-{os.urandom(6).hex()}"
-            )
+            away = temporary_name(os.path.dirname(path))
             with contextlib.suppress(OSError):
                 os.rename(path, away)
                 path = away
