@@ -350,24 +350,24 @@ def generate(
     if not os.fspath(out):
         msg = "OUT is an empty path; give the directory to write the log into"
         raise RaftInputError(msg)
-    named = root = Path(out)
+    root = Path(out)
     if root.is_symlink() and not root.exists():
-        msg = f"{str(named)!r} is a symbolic link to {os.readlink(root)!r}, which does not exist"
+        msg = f"{str(root)!r} is a symbolic link to {os.readlink(root)!r}, which does not exist"
         raise RaftInputError(msg)
     if root.exists() and not root.is_dir():
-        msg = f"{str(named)!r} exists and is not a directory"
+        msg = f"{str(root)!r} exists and is not a directory"
         raise RaftInputError(msg)
     if root.is_dir():
         clean_stale(root)  # what a killed run left there
         if any(root.iterdir()):
-            msg = f"{str(named)!r} is not empty; choose a new directory (logs are not mixed)"
+            msg = f"{str(root)!r} is not empty; choose a new directory (logs are not mixed)"
             raise RaftInputError(msg)
     written: list[Path] = []
 
     def write(tmp: Path) -> None:  # the whole log, then moved to OUT at once
         tmp.mkdir()
         written.extend(
-            named / path.relative_to(tmp)
+            root / path.relative_to(tmp)
             for path in _write_log(
                 tmp, layout=layout, stages=stages, prompts=prompts, k=k, min_tokens=min_tokens,
                 max_tokens=max_tokens, seed=seed, payload=payload, chunk_prompts=chunk_prompts,

@@ -778,10 +778,7 @@ def _expand(text: str, role: str) -> list[DataFile]:
             msg = f"{role}: directory {text!r} holds no *.parquet or *.pq files (nor JSON lines)"
             raise RaftInputError(msg)
         pairs: dict[tuple[str, ...], tuple[tuple[str, str | None], ...]] = {}
-        return [
-            DataFile(local_path(f), pairs.get(below[:-1]) or _hive_of(pairs, below[:-1], f))
-            for f, below in found
-        ]
+        return [DataFile(local_path(f), _hive_of(pairs, below[:-1], f)) for f, below in found]
     if path.exists():
         if not path.is_file():  # a FIFO waits for a writer forever; a device never ends
             msg = f"{role}: {text!r} is not a regular file or a directory"
@@ -794,14 +791,10 @@ def _expand(text: str, role: str) -> list[DataFile]:
         if not matches:
             msg = f"{role}: no file {text!r}, and no files match it as a glob pattern"
             raise RaftInputError(msg)
-        top, pairs = root.parts, {}
-        files = []
-        for f in matches:  # the Hive pairs of the directories below the glob's fixed part
-            parts = f.parts
-            below = parts[len(top) : -1] if parts[: len(top)] == top else ()
-            hive = pairs.get(below) or _hive_of(pairs, below, str(f))
-            files.append(DataFile(local_path(f), hive))
-        return files
+        pairs = {}  # the Hive pairs of the directories below the glob's fixed part
+        return [
+            DataFile(local_path(f), _hive_of(pairs, _below(f, root)[:-1], str(f))) for f in matches
+        ]
     raise RaftInputError(f"{role}: {_missing(path, text)}")
 
 
@@ -841,12 +834,9 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     with ``.`` or ``_`` is left out, as below a source directory, unless the
     pattern part that matched it spells that first character out (``_tmp*``)."""
     spelled = [part for part in Path(pattern).parts if _hidden_name(part)]
-    top = root.parts
     found: dict[tuple[int, int], Path] = {}
     for match in sorted(map(Path, _glob.glob(pattern, recursive=True)), key=_in_order):
-        parts = match.parts
-        below = parts[len(top) :] if parts[: len(top)] == top else ()
-        if any(_hidden(part, spelled) for part in below):
+        if any(_hidden(part, spelled) for part in _below(match, root)):
             continue
         try:
             seen = os.stat(match)
@@ -863,6 +853,13 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
         elif stat.S_ISREG(seen.st_mode):
             found.setdefault((seen.st_dev, seen.st_ino), match)
     return sorted(found.values(), key=_in_order)
+
+
+def _below(path: Path, root: Path) -> tuple[str, ...]:
+    """The parts of ``path`` below ``root`` (as ``relative_to``, by their parts;
+    none where it is not below)."""
+    top = root.parts
+    return path.parts[len(top) :] if path.parts[: len(top)] == top else ()
 
 
 def _in_order(path: Path) -> tuple[str, ...]:
@@ -988,7 +985,8 @@ def _hive_of(
     shown: str,
 ) -> tuple[tuple[str, str | None], ...]:
     """:func:`_hive` of a directory's ``parts``, kept in ``known`` for its other files."""
-    known[parts] = _hive(parts, shown)
+    if parts not in known:
+        known[parts] = _hive(parts, shown)
     return known[parts]
 
 
