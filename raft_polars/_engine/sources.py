@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import glob as _glob
+import heapq
 import io
 import json
 import math
@@ -521,16 +521,16 @@ def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
         return
     whole = spec.rstrip("/\\")
     parent = os.path.dirname(whole)
-    for match in _glob.glob(os.path.join(parent, ""), recursive=True) if parent else ["."]:
+    for match in _glob(os.path.join(parent, "")) if parent else [Path()]:
         if os.path.samestat(os.stat(match), home):
             yield from _found(_match_parts(match, root), os.path.basename(target))
-    for match in _glob.glob(os.path.join(whole, ""), recursive=True):
-        below = _read_as(target, Path(match))
+    for match in _glob(os.path.join(whole, "")):
+        below = _read_as(target, match)
         if below is not None:
             yield from _found(_match_parts(match, root), *below)
 
 
-def _match_parts(match: str, root: str) -> tuple[str, ...] | None:
+def _match_parts(match: Path, root: str) -> tuple[str, ...] | None:
     """The parts below ``root`` of a path the glob gave (both as written)."""
     return _parts_below(os.path.abspath(match), os.path.abspath(root))
 
@@ -828,14 +828,14 @@ def _missing(path: Path, text: str) -> str:
 def _matched_files(pattern: str, root: Path) -> list[Path]:
     """The files a glob pattern matches, and the data files of the directories it
     matches (a Spark or DuckDB "file" written as a directory of parts, read as
-    the same paths given one by one read it), each file once (a recursive pattern
-    through a link back up reaches one under many names: the first in order is
-    kept), in order. A name below ``root`` (the pattern's fixed part) that begins
+    the same paths given one by one read it), each file once (links give one
+    several names: the first in order is kept; :func:`_glob` takes a directory
+    once at each point of the pattern), in order. A name below ``root`` (the pattern's fixed part) that begins
     with ``.`` or ``_`` is left out, as below a source directory, unless the
     pattern part that matched it spells that first character out (``_tmp*``)."""
     spelled = [part for part in Path(pattern).parts if _hidden_name(part)]
     found: dict[tuple[int, int], Path] = {}
-    for match in sorted(map(Path, _glob.glob(pattern, recursive=True)), key=_in_order):
+    for match in sorted(_glob(pattern), key=_in_order):
         if any(_hidden(part, spelled) for part in _below(match, root)):
             continue
         try:
@@ -853,6 +853,85 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
         elif stat.S_ISREG(seen.st_mode):
             found.setdefault((seen.st_dev, seen.st_ino), match)
     return sorted(found.values(), key=_in_order)
+
+
+def _glob(pattern: str) -> list[Path]:
+    """The paths a local glob ``pattern`` matches, as Python's ``glob(pattern,
+    recursive=True)`` gives them (``**`` any number of directories, through
+    linked ones; a wildcard takes no name beginning with ``.`` unless it begins
+    with one itself; a pattern ending in ``/`` directories only), but each
+    directory taken once at each point of the pattern, by the first of its
+    names in order: a link back up does not make a recursive pattern grow
+    without end (Python's glob follows it again and again, to 7 GB on a tree of
+    a few directories). In a tree without such links, the files are the same,
+    and the first name of each in order is among them."""
+    fixed = _fixed_part(pattern)
+    top = fixed if fixed.endswith("/") else os.path.dirname(fixed)
+    parts = [part for part in pattern[len(top) :].split("/") if part]
+    directories = pattern.endswith("/")
+    last = len(parts) - 1
+    found: list[Path] = []
+    seen: set[tuple[int, int, int]] = set()
+    listed: dict[tuple[int, int], list[tuple[str, bool]]] = {}
+    waiting: list[tuple[tuple[str, ...], int]] = [((), 0)]  # names below top, part at
+    while waiting:  # in order of the names: a directory is first reached by its first
+        names, at = heapq.heappop(waiting)
+        path = os.path.join(top, *names)
+        try:
+            here = os.stat(path or ".")
+        except OSError:
+            continue
+        if not stat.S_ISDIR(here.st_mode) or (here.st_dev, here.st_ino, at) in seen:
+            continue
+        seen.add((here.st_dev, here.st_ino, at))
+        if at > last:  # the pattern ends at this directory
+            found.append(Path(top, *names))
+            continue
+        part = parts[at]
+        if not any(ch in part for ch in _GLOB_CHARS):
+            if at < last or directories:
+                heapq.heappush(waiting, ((*names, part), at + 1))
+            elif os.path.lexists(os.path.join(path, part)):
+                found.append(Path(top, *names, part))
+            continue
+        key = (here.st_dev, here.st_ino)
+        if key not in listed:
+            listed[key] = _entries(path or ".")
+        if part == "**":
+            heapq.heappush(waiting, (names, at + 1))  # no directory at all
+        for name, is_dir in listed[key]:
+            if part == "**":
+                if name.startswith("."):
+                    continue
+                if is_dir:
+                    heapq.heappush(waiting, ((*names, name), at))
+                elif at == last and not directories:
+                    found.append(Path(top, *names, name))
+            elif fnmatch.fnmatchcase(name, part) and (
+                part.startswith(".") or not name.startswith(".")
+            ):
+                if is_dir:
+                    heapq.heappush(waiting, ((*names, name), at + 1))
+                elif at == last and not directories:
+                    found.append(Path(top, *names, name))
+    return [path for path in found if path != Path()] if not top else found  # not "." itself
+
+
+def _entries(directory: str) -> list[tuple[str, bool]]:
+    """The names in ``directory``, each with whether it is a directory (through a
+    link); none where it cannot be listed (as Python's glob)."""
+    try:
+        with os.scandir(directory) as listing:
+            return [(entry.name, _is_dir(entry)) for entry in listing]
+    except OSError:
+        return []
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _below(path: Path, root: Path) -> tuple[str, ...]:
