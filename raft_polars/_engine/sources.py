@@ -830,9 +830,10 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     matches (a Spark or DuckDB "file" written as a directory of parts, read as
     the same paths given one by one read it), each file once (links give one
     several names: the first in order is kept; :func:`_glob` takes a directory
-    once at each point of the pattern), in order. A name below ``root`` (the pattern's fixed part) that begins
-    with ``.`` or ``_`` is left out, as below a source directory, unless the
-    pattern part that matched it spells that first character out (``_tmp*``)."""
+    once at each point of the pattern), in order. A name below ``root`` (the
+    pattern's fixed part) that begins with ``.`` or ``_`` is left out, as below a
+    source directory, unless the pattern part that matched it spells that first
+    character out (``_tmp*``)."""
     spelled = [part for part in Path(pattern).parts if _hidden_name(part)]
     found: dict[tuple[int, int], Path] = {}
     for match in sorted(_glob(pattern), key=_in_order):

@@ -472,17 +472,18 @@ class DaskExecutor:
         self.engine = engine
 
     @contextmanager
-    def _client(self) -> Iterator[Any]:
+    def _job(self, log: StageLog) -> Iterator[_Job]:
+        """A job for ``log`` on the engine's client (its paths as the workers
+        find them: :func:`_anchored`)."""
         from raft_polars.dask import DaskEngine
 
         engine = self.engine if self.engine is not None else DaskEngine()
         with engine.client() as client:
-            yield client
+            yield _Job(client, log)
 
     def losses(self, log: StageLog, selection: Selection, reduction: Reduction) -> pl.DataFrame:
-        with self._client() as client:
-            log = _anchored(log, client)
-            job = _Job(client, log)
+        with self._job(log) as job:
+            log = job.plain
             ranks = job.rank(selection)
             reduced: list[Reduced] = []
             if not log.has_logprobs:
@@ -508,9 +509,8 @@ class DaskExecutor:
 
     def validate(self, log: StageLog, selection: Selection, limit: int) -> vk.Checked:
         nested = log.layout == "nested"
-        with self._client() as client:
-            log = _anchored(log, client)
-            job = _Job(client, log)
+        with self._job(log) as job:
+            log = job.plain
             futures = job.partitions(
                 selection.group, _read_checked, _check, selection, limit, nested
             )
@@ -543,7 +543,7 @@ class DaskExecutor:
             skip = vk.unread(errors)
 
             def fetch(keys: pl.DataFrame) -> pl.DataFrame:
-                wanted = client.scatter(keys, broadcast=True, hash=False)
+                wanted = job.client.scatter(keys, broadcast=True, hash=False)
                 rows = job.gather(
                     [job.submit(_t_fetch_tokens, job.log, s.piece, wanted, skip) for s in shards]
                 )
@@ -599,9 +599,8 @@ class DaskExecutor:
     def stats(
         self, log: StageLog, selection: Selection, reduction: Reduction
     ) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
-        with self._client() as client:
-            log = _anchored(log, client)
-            job = _Job(client, log)
+        with self._job(log) as job:
+            log = job.plain
             ranks = job.rank(selection)
             reduced, keys, chosen, counts = self._stats_parts(job, ranks, True, reduction)
             stages = job.stages
@@ -612,9 +611,8 @@ class DaskExecutor:
         return table, stats_parts(keys, chosen, counts)
 
     def prompts(self, log: StageLog, selection: Selection) -> pl.DataFrame:
-        with self._client() as client:
-            log = _anchored(log, client)
-            job = _Job(client, log)
+        with self._job(log) as job:
+            log = job.plain
             ranks = job.rank(selection)
             reduced, keys, chosen, counts = self._stats_parts(job, ranks, False, "token")
         problems = [*merge(r.problems for r in reduced), *unknown_selected(chosen, counts)]
@@ -622,9 +620,8 @@ class DaskExecutor:
         return prompt_rows(keys, chosen, counts)
 
     def best_of_n(self, log: StageLog, selection: Selection) -> list[pl.DataFrame]:
-        with self._client() as client:
-            log = _anchored(log, client)
-            job = _Job(client, log)
+        with self._job(log) as job:
+            log = job.plain
             ranks = job.rank(selection)
             parts: list[pl.DataFrame] = job.gather(
                 [job.submit(_t_best_of_n, r) for r, _, _ in ranks]
@@ -632,9 +629,8 @@ class DaskExecutor:
         return parts
 
     def selected(self, log: StageLog, selection: Selection) -> pl.LazyFrame:
-        with self._client() as client:
-            log = _anchored(log, client)
-            job = _Job(client, log)
+        with self._job(log) as job:
+            log = job.plain
             ranks = job.rank(selection)
             counts = None
             if log.layout == "long":
@@ -646,7 +642,7 @@ class DaskExecutor:
                 )
                 found = [p.responses for p in parts if p.responses is not None]
                 counts = pl.concat(found, how="vertical").group_by(_IDS).agg(pl.col("tokens").sum())
-                counts = client.scatter(counts, broadcast=True, hash=False)
+                counts = job.client.scatter(counts, broadcast=True, hash=False)
             rows = job.gather(
                 [
                     job.submit(_t_rows, job.log, s, counts, *job.covering(ranks, s))
@@ -662,6 +658,7 @@ class _Job:
 
     def __init__(self, client: Any, log: StageLog) -> None:
         self.client = client
+        log = _anchored(log, client)
         self.workers = max(1, len(client.scheduler_info()["workers"]))
         self.stages: list[pl.DataFrame] = []
         raw = {canon: theirs for theirs, canon in log.renames}
