@@ -563,7 +563,8 @@ def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positio
     """Per-prompt statistics of candidates grouped by prompt (rows ``starts[g]
     .. starts[g + 1] - 1``; finite rewards; ``tokens`` read only when
     ``counted``), one row of ``floats`` (mean, min, max, population std of the
-    rewards, the selected candidates' win-rate sum, Spearman's rho or NaN) and
+    rewards or NaN where the mean overflows, the selected candidates' win-rate
+    sum, Spearman's rho or NaN) and
     of ``ints`` (selected, win count, longest count, the best selected row or
     -1, the selected candidates counted for the longest share) a prompt. A
     token count below 0 is unknown (a null list): its prompt gives no longest
@@ -581,7 +582,9 @@ def prompt_groups(  # noqa: PLR0917 - a compiled kernel takes its arrays positio
             low = min(low, r[i])
             high = max(high, r[i])
         mean = total / k
-        spread = 0.0
+        # an overflowing mean (rewards of 1.7e308) leaves no spread to measure: NaN, as
+        # the stage's pooled std gives it, not the inf of deviations from inf
+        spread = 0.0 if np.isfinite(mean) else np.nan
         for i in range(k):
             spread += (r[i] - mean) ** 2
         known = counted

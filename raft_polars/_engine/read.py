@@ -664,12 +664,17 @@ def _wide_columns(
     main: Resolved, renames: tuple[tuple[str, str], ...], schema: dict[str, pl.DataType]
 ) -> tuple[str, ...]:
     """The list columns of wide rows that hold one value per candidate: ``reward``,
-    ``logprobs`` (a list of lists) and every other list column as long as the
-    rewards in most (nine in ten) of the first rows (read here, 1,000 at most), or
-    named as such (``responses`` ...). A row whose list is shorter (a truncated
-    dump) then fails the read, where it made the column prompt-level for every
-    row, each exported response the whole list."""
-    lists = [n for n, t in schema.items() if isinstance(t, pl.List | pl.Array) and n != "reward"]
+    ``logprobs`` (a list of lists) and every other list column but the ids
+    (``stage``, ``prompt``: the row's own) as long as the rewards in most (nine in
+    ten) of the first rows (read here, 1,000 at most), or named as such
+    (``responses`` ...). A row whose list is shorter (a truncated dump) then fails
+    the read, where it made the column prompt-level for every row, each exported
+    response the whole list."""
+    lists = [  # a row's ids are the row's: a list there is a wrong type, not K ids
+        n
+        for n, t in schema.items()
+        if isinstance(t, pl.List | pl.Array) and n not in ("reward", "stage", "prompt")
+    ]
     if not lists:
         return ("reward",)
     sample = _fixed_as_lists(main.scan().rename(dict(renames)).head(1000), ["reward", *lists])

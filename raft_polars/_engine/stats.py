@@ -309,7 +309,13 @@ def _pooled(every: pl.DataFrame, n: str, mean: str, m2: str) -> pl.DataFrame:
     )
     return grand.join(spread, on="stage").select(
         "stage",
-        pl.when(pl.col("w") > 0).then((pl.col("spread") / pl.col("w")).sqrt()).alias(f"{m2}_std"),
+        pl.when(pl.col("w") > 0)
+        .then(  # an overflowing mean leaves no spread to measure: NaN, not inf
+            pl.when(pl.col("grand").is_finite())
+            .then((pl.col("spread") / pl.col("w")).sqrt())
+            .otherwise(float("nan"))
+        )
+        .alias(f"{m2}_std"),
     )
 
 

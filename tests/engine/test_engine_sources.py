@@ -668,6 +668,25 @@ def test_json_lines_parts_name_the_first_that_is_not(tmp_path: Path, bad: tuple[
     assert loss == [pytest.approx(sum(want) / len(want))]
 
 
+@pytest.mark.parametrize(
+    ("row", "column"),
+    [
+        ({"prompt": ["turn 1", "turn 2"], "rewards": [0.9, 0.1]}, "prompt"),
+        ({"prompt": ["turn 1", "turn 2", "turn 3"], "rewards": [0.9, 0.1]}, "prompt"),
+        ({"stage": [0, 1], "prompt": "p", "rewards": [0.9, 0.3]}, "stage"),
+    ],
+)
+def test_a_wide_rows_ids_are_never_one_per_candidate(
+    tmp_path: Path, row: dict[str, Any], column: str
+) -> None:
+    """A wide row is one (stage, prompt): a list there (chat turns) is a wrong type
+    whatever its length, never K prompts of one candidate each."""
+    path = tmp_path / "wide.jsonl"
+    path.write_text(json.dumps({**row, "responses": ["a", "b"]}) + "\n")
+    with pytest.raises(RaftInputError, match=f"column '{column}' must be an integer"):
+        raft_polars.stage_losses(str(path))
+
+
 def test_a_wide_row_without_candidates_is_an_error(tmp_path: Path) -> None:
     """A wide row whose rewards list is empty is a prompt without candidates (bad
     input, docs/semantics.md): an error naming the prompt, never a prompt left out."""

@@ -263,6 +263,40 @@ def test_prompt_stats(tmp_path: Path, engine: str) -> None:
     assert table.filter(stage=0, prompt=2)["cand"].item() == 1
 
 
+def _plain_std(rewards: list[float]) -> float:
+    """The spread as docs/semantics.md states it: the float64 sum (sequential), the
+    mean from it, NaN where that overflows, else the deviations squared and added."""
+    mean = 0.0
+    for r in rewards:
+        mean += r
+    mean /= len(rewards)
+    if not math.isfinite(mean):
+        return math.nan
+    total = 0.0
+    for r in rewards:
+        total += (r - mean) * (r - mean)  # inf past the range, where ** raises
+    return math.sqrt(total / len(rewards))
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize(
+    "rewards",
+    [[1.7e308, 1.7e308], [1e308, 1e308, 1e308], [1.7e308, -1.7e308], [1e308, 5e307], [1.0, 3.0]],
+)
+def test_a_spread_at_the_float_limits_is_the_same_per_stage_and_per_prompt(
+    rewards: list[float], engine: str
+) -> None:
+    """One prompt a stage: the stage's reward_std and the prompt's are one number,
+    NaN where the mean overflows (rewards of 1.7e308), inf where only the squared
+    deviations do."""
+    frame = nested_frame([[[[-1.0]] * len(rewards)]], [[rewards]])
+    want = _plain_std(rewards)
+    stage = rp.stage_stats(frame, engine=_engine(engine))["reward_std"].item()
+    prompt = rp.prompt_stats(frame, engine=_engine(engine))["reward_std"].item()
+    for got in (stage, prompt):
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, rel=1e-12)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     log=ragged_logs(max_stages=3, max_prompts=5, max_k=6),
