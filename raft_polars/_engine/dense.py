@@ -218,4 +218,6 @@ def prompt_codes(keys: pl.DataFrame) -> PromptCodes | None:
         or not (keys.schema["stage"] in NUMPY_INTS and keys.schema["cand"] in NUMPY_INTS)
     ):
         return None
-    return PromptCodes(keys["prompt"].unique(maintain_order=True))
+    # in the ids' order: whatever is added prompt by prompt in the order of the codes
+    # (best_of_n's sums) is added in the order of the ids, as every other sum
+    return PromptCodes(keys["prompt"].unique().sort())

@@ -13,8 +13,10 @@ import math
 import random
 from typing import Any
 
+import dask_cluster
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import nested_frame, reference_losses
@@ -117,7 +119,8 @@ def test_a_shuffled_nested_log_gives_the_same_bits(
 ) -> None:
     lps, rws = log
     prompts = max(len(stage) for stage in rws)
-    frame = nested_frame(lps, rws, prompt_ids=[f"p{i}" for i in range(prompts)] if text else None)
+    ids = [f"p{i}" for i in range(prompts)] if text else [i * 2**40 + 7 for i in range(prompts)]
+    frame = nested_frame(lps, rws, prompt_ids=ids if text or seed % 2 else None)
     shuffled = frame.sample(fraction=1.0, shuffle=True, seed=seed % 2**32)
     got = rp.stage_losses(frame)
     again = rp.stage_losses(shuffled)
@@ -132,3 +135,23 @@ def test_a_shuffled_nested_log_gives_the_same_bits(
     stats, stats_again = rp.stage_stats(frame), rp.stage_stats(shuffled)
     for name in ("reward_std", "reward_best_std", "win_rate", "length_mean", "length_reward_corr"):
         assert stats[name].to_list() == stats_again[name].to_list(), name
+    assert rp.best_of_n(frame).equals(rp.best_of_n(shuffled))
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize("prompts", [["a", "b", "c"], [7, 2**40 + 7, 2**41 + 7]])
+def test_best_of_n_adds_its_prompts_in_the_order_of_their_ids(
+    prompts: list[object], engine: str
+) -> None:
+    """Text and sparse integer prompt ids (coded apart from the rows) are added in
+    id order, as every other sum: 1 + 1 + 1e16, whatever the rows' order (on Dask,
+    partition by partition, the partitions in the rows' order)."""
+    frame = pl.DataFrame(
+        {"stage": [0, 0, 0], "prompt": prompts, "cand": [0, 0, 0],
+         "reward": [1.0, 1.0, 1e16], "logprobs": [[-1.0]] * 3}
+    )  # fmt: skip
+    want = (1.0 + 1.0 + 1e16) / 3
+    on = dask_cluster.engine() if engine == "dask" else "polars"
+    for rows in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        got = rp.best_of_n(frame[rows], engine=on)["expected_best"].item()
+        assert got == want if engine == "polars" else got == pytest.approx(want, rel=1e-15)
