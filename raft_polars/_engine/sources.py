@@ -86,6 +86,8 @@ _KINDS_READ = (
     "Parquet (.parquet, .pq) and JSON lines (.jsonl, .ndjson, .json; compressed .gz or .zst)"
 )
 _GLOB_CHARS = "*?["
+# the characters of an object store prefix that Polars' glob listing takes as they are
+_LISTED_AS_IS = re.compile(r"[A-Za-z0-9_.\-/= ]*")
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # parts written by different tools may differ in integer / float width
 _UPCAST = pl.ScanCastOptions(
@@ -635,7 +637,7 @@ def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile
     """The data files under an object store prefix (``s3://bucket/run/``), chosen
     as below a local directory (:func:`_data_name`, Hive ``key=value`` parts)."""
     try:
-        keys = _store_keys(f"{prefix}**/*", options)
+        keys = _store_keys(prefix, options)
     except READ_ERRORS as exc:
         msg = f"{role}: cannot list prefix {prefix!r}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc
@@ -652,16 +654,25 @@ def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile
     return found
 
 
-def _store_keys(pattern: str, options: Mapping[str, str]) -> list[str] | None:
-    """The object store keys a glob pattern matches, sorted: Polars' own listing,
-    with the same credentials (not public: guarded), None for a Polars without
-    it. Raises Polars' error where the store cannot be listed."""
+def _store_keys(prefix: str, options: Mapping[str, str]) -> list[str] | None:
+    """The object store keys below ``prefix`` (ending in ``/``), sorted: Polars' own
+    listing, with the same credentials (not public: guarded), None for a Polars
+    without it. Raises Polars' error where the store cannot be listed.
+
+    Polars lists a glob ``prefix**/*`` as nothing when ``prefix`` holds ``~``,
+    ``%``, ``#`` or a letter beyond ASCII (``runs/café/``), though it reads the
+    same keys: the listing starts at the deepest prefix above without such a
+    character (the bucket at most), and keeps the keys below ``prefix``."""
     try:
         from polars.io._expand_paths import _expand_paths
     except ImportError:
         return None
-    listed = _expand_paths(pattern, storage_options=dict(options) or None).collect()
-    return sorted(listed.to_series().to_list())
+    bucket = prefix.find("/", prefix.find("://") + 3) + 1 or len(prefix)
+    root = prefix
+    while len(root) > bucket and not _LISTED_AS_IS.fullmatch(root, bucket):
+        root = root[: root.rstrip("/").rfind("/") + 1]
+    listed = _expand_paths(f"{root}**/*", storage_options=dict(options) or None).collect()
+    return sorted(key for key in listed.to_series().to_list() if key.startswith(prefix))
 
 
 def _fixed_part(pattern: str) -> str:
@@ -681,7 +692,7 @@ def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFi
     fixed = _fixed_part(pattern)
     root = fixed[: fixed.rfind("/") + 1]
     try:
-        keys = _store_keys(f"{root}**/*", options)
+        keys = _store_keys(root, options)
     except READ_ERRORS as exc:
         msg = f"cannot read {role} {pattern!r}: {_first_line(exc)}"
         raise RaftInputError(msg) from exc

@@ -74,10 +74,31 @@ def store() -> Iterator[dict[str, str]]:
     put("mixed/a.parquet", nested)
     put("mixed/b.jsonl", nested, json=True)
     s3.put_object(Bucket="logs", Key="no-data/notes.txt", Body=b"nothing to read")
+    for run in _ODD_RUNS:  # names Polars' glob listing takes for nothing below them
+        for stage in (0, 1):
+            put(f"odd/{run}/part-{stage}.parquet", nested.filter(pl.col("stage") == stage))
+        put(f"odd/{run}0/part-9.parquet", nested)  # beside it: not below the prefix
     yield {"aws_endpoint_url": url, "aws_access_key_id": "key",
            "aws_secret_access_key": "secret", "aws_region": "us-east-1",
            "aws_allow_http": "true"}  # fmt: skip
     server.stop()
+
+
+_ODD_RUNS = ["exp~1", "café", "lr=1e-5%warm", "a#b", "sp ace"]
+
+
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize("run", _ODD_RUNS)
+@pytest.mark.parametrize("tail", ["", "*.parquet", "part-*"])
+def test_a_prefix_of_any_name_is_listed(
+    store: dict[str, str], run: str, tail: str, engine: str
+) -> None:
+    """A prefix or glob below a name with ``~``, ``%``, ``#`` or a letter beyond
+    ASCII: its objects, and not those of the name beside it (``exp~10/``)."""
+    source = f"s3://logs/odd/{run}/{tail}"
+    table = rp.stage_losses(source, storage_options=store, engine=_engine(engine))
+    assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(LPS, RWS)
+    assert table["candidates"].to_list() == [4, 2]
 
 
 def _engine(name: str) -> Any:
