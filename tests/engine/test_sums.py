@@ -151,7 +151,7 @@ def test_best_of_n_adds_its_prompts_in_the_order_of_their_ids(
          "reward": [1.0, 1.0, 1e16], "logprobs": [[-1.0]] * 3}
     )  # fmt: skip
     want = (1.0 + 1.0 + 1e16) / 3
-    on = dask_cluster.engine() if engine == "dask" else "polars"
+    on: Any = dask_cluster.engine() if engine == "dask" else "polars"
     for rows in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
         got = rp.best_of_n(frame[rows], engine=on)["expected_best"].item()
         assert got == want if engine == "polars" else got == pytest.approx(want, rel=1e-15)
