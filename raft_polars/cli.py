@@ -396,7 +396,11 @@ def _parser() -> argparse.ArgumentParser:
         "--per-prompt", action="store_true", help="write the per-prompt table to -o OUT"
     )
     p.add_argument(
-        "-o", "--output", metavar="OUT", help="with --per-prompt: .parquet or .jsonl file"
+        "-o",
+        "--output",
+        metavar="OUT",
+        type=_output_name,
+        help="with --per-prompt: .parquet or .jsonl file",
     )
     p.add_argument(
         "--status",
@@ -460,6 +464,7 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         metavar="OUT",
+        type=_output_name,
         help="report file: .html, or a figure: .png, .svg or .pdf",
     )
     p.add_argument("--title", help="figure title (default: the log's path)")
@@ -540,6 +545,7 @@ def _select_options(p: argparse.ArgumentParser) -> None:
         "--output",
         required=True,
         metavar="OUT",
+        type=_output_name,
         help="output file, Parquet (.parquet, .pq) or JSON lines (.jsonl, .ndjson)",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -668,6 +674,13 @@ def _column_pair(text: str) -> tuple[str, str]:
     return canonical, theirs
 
 
+def _output_name(text: str) -> str:
+    if not text:  # an unset variable: not "." (Path("") is the working directory)
+        msg = "an empty path: name the file to write"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
 def _fraction(text: str) -> float:
     value = _finite(text)
     if not 0.0 < value <= 1.0:
@@ -717,6 +730,13 @@ def _columns(args: argparse.Namespace) -> dict[str, str] | None:
     for canonical, theirs in pairs:
         if mapping.get(canonical, theirs) != theirs:
             msg = f"--column {canonical}= is given twice ({mapping[canonical]!r} and {theirs!r})"
+            raise UsageError(msg)
+        other = next((c for c, t in mapping.items() if t == theirs and c != canonical), None)
+        if other is not None:
+            msg = (
+                f"--column {other}={theirs} and --column {canonical}={theirs} name the same "
+                f"column {theirs!r}; a column can stand for only one of them"
+            )
             raise UsageError(msg)
         mapping[canonical] = theirs
     return mapping or None

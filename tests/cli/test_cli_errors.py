@@ -130,6 +130,10 @@ USAGE_CASES = {
         ["{d}/good.parquet", "--column", "prompt=a", "--column", "prompt=b"],
         "--column prompt= is given twice",
     ),
+    "one column for two names": (
+        ["{d}/good.parquet", "--column", "prompt=reward", "--column", "reward=reward"],
+        "--column prompt=reward and --column reward=reward name the same column 'reward'",
+    ),
     "global without fraction": (
         ["{d}/good.parquet", "--strategy", "global"],
         "--strategy global needs --fraction",
@@ -229,6 +233,21 @@ def test_dask_options_need_the_dask_engine(
 )
 def test_bad_commands(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> None:
     assert_one_line_error(run(capsys, *argv), fragment)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["select", "data.parquet", "-o", ""],
+        ["report", "data.parquet", "-o", ""],
+        ["stats", "data.parquet", "--per-prompt", "-o", ""],
+    ],
+)
+def test_an_empty_output_path_is_named_so(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """An unset variable as OUT: said to be empty, not taken for '.'."""
+    assert_one_line_error(run(capsys, *argv), "-o/--output: an empty path")
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
