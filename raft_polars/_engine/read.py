@@ -843,7 +843,18 @@ def _check_types(
                 found += f" (also {others}{more}; {len(parts)} of {len(source.files)} parts)"
         elif theirs.get(name, name) in dict(source.hive):
             found = _hive_text(source, theirs.get(name, name)) or found
-        raise RaftInputError(f"{source.origin}: column {name!r} must be {expected}, found {found}")
+        their = theirs.get(name, name)  # the log's own name first
+        label = repr(name) if their == name else f"{their!r} (read as {name!r})"
+        hint = ""
+        listed = isinstance(schema[name], pl.List | pl.Array)
+        if name == "reward" and listed and theirs.get("cand", "cand") in dict(source.schema):
+            hint = (
+                "; a row with a 'cand' column is one candidate (for one row a prompt, "
+                "its rewards a list, leave 'cand' out: the list positions are the ids)"
+            )
+        raise RaftInputError(
+            f"{source.origin}: column {label} must be {expected}, found {found}{hint}"
+        )
 
     # a column of nulls only (typed Null by JSON lines' inference: every rewards list
     # of wide rows empty) passes: the checks of the values name its first row

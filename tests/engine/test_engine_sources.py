@@ -111,7 +111,8 @@ def test_a_part_of_the_wrong_type_is_named(tmp_path: Path, renamed: bool) -> Non
     )
     nulls = frame.head(0).with_columns(pl.lit(None).alias(prompt))  # Null: it takes any type
     nulls.write_parquet(tmp_path / "0.parquet")
-    with pytest.raises(RaftInputError, match=r"'prompt' must be .*found Float64 in .*b\.parquet"):
+    named = "'question_id' \\(read as 'prompt'\\)" if renamed else "'prompt'"
+    with pytest.raises(RaftInputError, match=rf"{named} must be .*found Float64 in .*b\.parquet"):
         raft_polars.stage_losses(tmp_path, columns=columns)
     tokens, rewards = long_frames(LPS, RWS)
     (tmp_path / "r").mkdir()
@@ -685,6 +686,36 @@ def test_a_wide_rows_ids_are_never_one_per_candidate(
     path.write_text(json.dumps({**row, "responses": ["a", "b"]}) + "\n")
     with pytest.raises(RaftInputError, match=f"column '{column}' must be an integer"):
         raft_polars.stage_losses(str(path))
+
+
+@pytest.mark.parametrize(
+    ("row", "preset", "message"),
+    [
+        (
+            {"prompt": "p", "cand": 7, "responses": ["a", "b"], "rewards": [0.9, 0.1]},
+            None,
+            r"column 'rewards' \(read as 'reward'\) must be numeric, found List\(Float64\); "
+            r"a row with a 'cand' column is one candidate",
+        ),
+        (
+            {"prompt": "p", "responses": ["a", "b"], "rewards": [[0.9], [0.1]]},
+            None,
+            r"column 'rewards' \(read as 'reward'\) must be numeric, found List\(Float64\)$",
+        ),
+        (
+            {"input": "q", "output": "a", "score": "0.5", "step": 1},
+            "verl",
+            r"column 'score' \(read as 'reward'\) must be numeric, found String$",
+        ),
+    ],
+)
+def test_a_wrong_type_names_the_logs_own_column(
+    tmp_path: Path, row: dict[str, Any], preset: Any, message: str
+) -> None:
+    path = tmp_path / "1.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(RaftInputError, match=message):
+        raft_polars.stage_losses(str(path), preset=preset)
 
 
 def test_a_wide_row_without_candidates_is_an_error(tmp_path: Path) -> None:
