@@ -1235,7 +1235,7 @@ def _file_schema(paths: Sequence[str], origin: str, kind: str) -> dict[str, pl.D
         merged = pl.concat([pl.DataFrame(schema=s) for s in schemas], how=how)
     except pl.exceptions.PolarsError as exc:
         msg = f"{origin}: the files' column types cannot be read as one: {_first_line(exc)}"
-        raise RaftInputError(msg) from exc
+        raise RaftInputError(_clash(origin, paths, schemas) or msg) from exc
     target = dict(merged.schema)
     if not union:  # a part Polars' reader cannot cast (another decimal scale, a
         # fixed-size list beside lists): asked of a row of nulls of its types, so
@@ -1256,6 +1256,25 @@ def _file_schema(paths: Sequence[str], origin: str, kind: str) -> dict[str, pl.D
                 )
                 raise RaftInputError(msg) from exc
     return target
+
+
+def _clash(origin: str, paths: Sequence[str], schemas: Sequence[pl.Schema]) -> str | None:
+    """The column whose types in two of the files Polars cannot read as one
+    (Categorical and Enum), naming both files; None if no one column is."""
+    for name in dict.fromkeys(n for schema in schemas for n in schema):
+        typed = [(p, s[name]) for p, s in zip(paths, schemas, strict=True) if name in s]
+        for path, dtype in typed[1:]:
+            try:
+                pl.concat(
+                    [pl.DataFrame(schema={name: t}) for t in (typed[0][1], dtype)],
+                    how="vertical_relaxed",
+                )
+            except pl.exceptions.PolarsError:
+                return (
+                    f"{origin}: column {name!r} is {dtype} in {path!r} but {typed[0][1]} in "
+                    f"{typed[0][0]!r}, which cannot be read as one type; write them alike"
+                )
+    return None
 
 
 def _compatible(a: PolarsDataType, b: PolarsDataType) -> bool:

@@ -128,6 +128,21 @@ def test_a_part_of_the_wrong_type_is_named(tmp_path: Path, renamed: bool) -> Non
         raft_polars.validate(tmp_path / "t.parquet", rewards=tmp_path / "r", columns=columns)
 
 
+def test_parts_of_categorical_and_enum_ids_name_the_column(tmp_path: Path) -> None:
+    """Polars' own types that it cannot read as one (Categorical, Enum): the column
+    and both files named, as for every other clash of types."""
+    frame = nested_frame(LPS, RWS).with_columns(pl.col("prompt").cast(pl.String))
+    frame.filter(stage=0).with_columns(pl.col("prompt").cast(pl.Categorical)).write_parquet(
+        tmp_path / "a.parquet"
+    )
+    frame.filter(stage=1).with_columns(pl.col("prompt").cast(pl.Enum(["0", "1"]))).write_parquet(
+        tmp_path / "b.parquet"
+    )
+    want = r"column 'prompt' is Enum.* in '.*b\.parquet' but Categorical in '.*a\.parquet'"
+    with pytest.raises(RaftInputError, match=want):
+        raft_polars.stage_losses(tmp_path)
+
+
 def test_every_part_of_a_wrong_type_is_named(tmp_path: Path) -> None:
     """Of many parts whose types merge into one of the wrong kind, the ones of
     the wrong type are all named (the first three after the first, then a
