@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 from itertools import chain, pairwise
 from typing import Any, TypeAlias
 
@@ -434,15 +436,20 @@ def _not_a_float(value: object) -> str | None:
     try:
         float(value)  # type: ignore[arg-type]
     except OverflowError:  # (its digits, not counted: Python's str() stops at 4,300)
-        bits = int(value).bit_length()  # type: ignore[call-overload]
+        if not isinstance(value, int):  # a Fraction
+            return "is beyond a float64's range"
+        bits = int(value).bit_length()
         return f"is an integer of {bits} bits, beyond a float64's range (1,024 bits)"
+    except ValueError:  # Decimal('sNaN')
+        return f"is not a number: {value!r}"
     return None
 
 
 def _is_number(value: object) -> bool:
-    """Integers and floats, Python's and numpy's; ``True`` and ``False`` (numpy's
-    too) are 1 and 0, as in Python and numpy."""
-    return isinstance(value, int | float | np.integer | np.floating | np.bool_)
+    """Integers and floats, Python's and numpy's, decimals and fractions (each as
+    the nearest float64, as every number is compared); ``True`` and ``False``
+    (numpy's too) are 1 and 0, as in Python and numpy."""
+    return isinstance(value, int | float | np.integer | np.floating | np.bool_ | Decimal | Fraction)
 
 
 def _float_lists(lists: Sequence[object]) -> pa.LargeListArray | None:

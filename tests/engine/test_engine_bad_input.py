@@ -14,6 +14,8 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -313,6 +315,28 @@ def test_numpy_booleans_are_numbers_as_python_ones(function: str) -> None:
     assert (
         (call(lps, [[[1.0, 0.0], [0.0, 1.0]]]) == [2.0]) if function == "raft_alignment" else True
     )
+
+
+@pytest.mark.parametrize("function", ["raft_alignment", "lists_losses"])
+def test_decimals_and_fractions_are_numbers_as_floats(function: str) -> None:
+    """A Decimal or a Fraction, reward or log-prob, is the nearest float64, as any
+    number there is (docs/semantics.md); one beyond float64's range is named."""
+    call = getattr(raft_polars, function)
+    lps = [[[[-1.0, -0.5], [-2.0]]]]
+    want = call(lps, [[[0.2, 0.4]]])
+    for rws in ([[[Decimal("0.2"), Decimal("0.4")]]], [[[Fraction(1, 5), Fraction(2, 5)]]]):
+        got = call(lps, rws)
+        assert got.equals(want) if isinstance(want, pl.DataFrame) else got == want
+    got = call([[[[Decimal("-1.0"), Fraction(-1, 2)], [-2.0]]]], [[[0.9, 0.2]]])
+    want = call([[[[-1.0, -0.5], [-2.0]]]], [[[0.9, 0.2]]])
+    assert got.equals(want) if isinstance(want, pl.DataFrame) else got == want
+    for bad, fragment in (
+        (Decimal("sNaN"), "is not a number: Decimal('sNaN')"),
+        (Fraction(10**400, 3), "is beyond a float64's range"),
+        (Decimal("NaN"), "must be a finite number"),
+    ):
+        with pytest.raises(raft_polars.RaftInputError, match=re.escape(fragment)):
+            call(lps, [[[0.2, bad]]])
 
 
 # the bad values of the table above in responses that are NOT selected: no error
