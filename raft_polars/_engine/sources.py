@@ -523,16 +523,16 @@ def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
         return
     whole = spec.rstrip("/\\")
     parent = os.path.dirname(whole)
-    for match in _glob(os.path.join(parent, "")) if parent else [Path()]:
+    for match in _glob(os.path.join(parent, "")) if parent else ["."]:
         if os.path.samestat(os.stat(match), home):
             yield from _found(_match_parts(match, root), os.path.basename(target))
     for match in _glob(os.path.join(whole, "")):
-        below = _read_as(target, match)
+        below = _read_as(target, Path(match))
         if below is not None:
             yield from _found(_match_parts(match, root), *below)
 
 
-def _match_parts(match: Path, root: str) -> tuple[str, ...] | None:
+def _match_parts(match: str, root: str) -> tuple[str, ...] | None:
     """The parts below ``root`` of a path the glob gave (both as written)."""
     return _parts_below(os.path.abspath(match), os.path.abspath(root))
 
@@ -847,7 +847,7 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     character out (``_tmp*``)."""
     spelled = [part for part in Path(pattern).parts if _hidden_name(part)]
     found: dict[tuple[int, int], Path] = {}
-    for match in sorted(_glob(pattern), key=_in_order):
+    for match in sorted(map(Path, _glob(pattern)), key=_in_order):
         if any(_hidden(part, spelled) for part in _below(match, root)):
             continue
         try:
@@ -867,7 +867,7 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     return sorted(found.values(), key=_in_order)
 
 
-def _glob(pattern: str) -> list[Path]:
+def _glob(pattern: str) -> list[str]:
     """The paths a local glob ``pattern`` matches, as Python's ``glob(pattern,
     recursive=True)`` gives them (``**`` any number of directories, through
     linked ones; a wildcard takes no name beginning with ``.`` unless it begins
@@ -882,9 +882,10 @@ def _glob(pattern: str) -> list[Path]:
     parts = [part for part in pattern[len(top) :].split("/") if part]
     directories = pattern.endswith("/")
     last = len(parts) - 1
-    found: list[Path] = []
+    matchers = [re.compile(fnmatch.translate(part)).match for part in parts]
+    found: list[str] = []
     seen: set[tuple[int, int, int]] = set()
-    listed: dict[tuple[int, int], list[tuple[str, bool]]] = {}
+    listed: dict[tuple[int, int], tuple[list[str], list[str]]] = {}
     waiting: list[tuple[tuple[str, ...], int]] = [((), 0)]  # names below top, part at
     while waiting:  # in order of the names: a directory is first reached by its first
         names, at = heapq.heappop(waiting)
@@ -897,46 +898,49 @@ def _glob(pattern: str) -> list[Path]:
             continue
         seen.add((here.st_dev, here.st_ino, at))
         if at > last:  # the pattern ends at this directory
-            found.append(Path(top, *names))
+            found.append(path)
             continue
         part = parts[at]
         if not any(ch in part for ch in _GLOB_CHARS):
             if at < last or directories:
                 heapq.heappush(waiting, ((*names, part), at + 1))
             elif os.path.lexists(os.path.join(path, part)):
-                found.append(Path(top, *names, part))
+                found.append(os.path.join(path, part))
             continue
         key = (here.st_dev, here.st_ino)
         if key not in listed:
             listed[key] = _entries(path or ".")
-        if part == "**":
-            heapq.heappush(waiting, (names, at + 1))  # no directory at all
-        for name, is_dir in listed[key]:
-            if part == "**":
-                if name.startswith("."):
-                    continue
-                if is_dir:
-                    heapq.heappush(waiting, ((*names, name), at))
-                elif at == last and not directories:
-                    found.append(Path(top, *names, name))
-            elif fnmatch.fnmatchcase(name, part) and (
-                part.startswith(".") or not name.startswith(".")
-            ):
-                if is_dir:
-                    heapq.heappush(waiting, ((*names, name), at + 1))
-                elif at == last and not directories:
-                    found.append(Path(top, *names, name))
-    return [path for path in found if path != Path()] if not top else found  # not "." itself
+        dirs, files = listed[key]
+        if part == "**":  # any number of directories, none too; no hidden name
+            heapq.heappush(waiting, (names, at + 1))
+            dirs = [name for name in dirs if name[0] != "."]
+            files = [name for name in files if name[0] != "."] if at == last else []
+            step = at
+        else:
+            match = matchers[at]
+            shown = part.startswith(".")
+            dirs = [name for name in dirs if match(name) and (shown or name[0] != ".")]
+            files = [name for name in files if match(name) and (shown or name[0] != ".")]
+            step = at + 1
+        for name in dirs:
+            heapq.heappush(waiting, ((*names, name), step))
+        if at == last and not directories:
+            found.extend(os.path.join(path, name) for name in files)
+    return [path for path in found if path] if not top else found  # not "." itself
 
 
-def _entries(directory: str) -> list[tuple[str, bool]]:
-    """The names in ``directory``, each with whether it is a directory (through a
-    link); none where it cannot be listed (as Python's glob)."""
+def _entries(directory: str) -> tuple[list[str], list[str]]:
+    """The names in ``directory``: of directories (through a link) and of the
+    rest; none where it cannot be listed (as Python's glob)."""
+    dirs: list[str] = []
+    files: list[str] = []
     try:
         with os.scandir(directory) as listing:
-            return [(entry.name, _is_dir(entry)) for entry in listing]
+            for entry in listing:
+                (dirs if _is_dir(entry) else files).append(entry.name)
     except OSError:
-        return []
+        pass
+    return dirs, files
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
