@@ -523,10 +523,11 @@ def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
         return
     whole = spec.rstrip("/\\")
     parent = os.path.dirname(whole)
-    for match in _glob(os.path.join(parent, "")) if parent else ["."]:
+    spelled = [part for part in Path(spec).parts if _hidden_name(part)]
+    for match in _glob(os.path.join(parent, ""), spelled) if parent else ["."]:
         if os.path.samestat(os.stat(match), home):
             yield from _found(_match_parts(match, root), os.path.basename(target))
-    for match in _glob(os.path.join(whole, "")):
+    for match in _glob(os.path.join(whole, ""), spelled):
         below = _read_as(target, Path(match))
         if below is not None:
             yield from _found(_match_parts(match, root), *below)
@@ -847,7 +848,7 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     character out (``_tmp*``)."""
     spelled = [part for part in Path(pattern).parts if _hidden_name(part)]
     found: dict[tuple[int, int], Path] = {}
-    for match in sorted(map(Path, _glob(pattern)), key=_in_order):
+    for match in sorted(map(Path, _glob(pattern, spelled)), key=_in_order):
         if any(_hidden(part, spelled) for part in _below(match, root)):
             continue
         try:
@@ -867,16 +868,19 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     return sorted(found.values(), key=_in_order)
 
 
-def _glob(pattern: str) -> list[str]:
+def _glob(pattern: str, spelled: Sequence[str] = ()) -> list[str]:
     """The paths a local glob ``pattern`` matches, as Python's ``glob(pattern,
     recursive=True)`` gives them (``**`` any number of directories, through
     linked ones; a wildcard takes no name beginning with ``.`` unless it begins
     with one itself; a pattern ending in ``/`` directories only), but each
     directory taken once at each point of the pattern, by the first of its
-    names in order: a link back up does not make a recursive pattern grow
-    without end (Python's glob follows it again and again, to 7 GB on a tree of
-    a few directories). In a tree without such links, the files are the same,
-    and the first name of each in order is among them."""
+    names in order (``.`` parts aside, as ``Path`` orders them): a link back up
+    does not make a recursive pattern grow without end (Python's glob follows
+    it again and again, to 7 GB on a tree of a few directories). In a tree
+    without such links, the files are the same, and the first name of each in
+    order is among them. Names a read leaves out (hidden or temporary, ``.``
+    and ``_``, unless a part of ``spelled`` matches them: :func:`_hidden`) are
+    not taken, so that a directory's first name is one the read keeps."""
     fixed = _fixed_part(pattern)
     top = fixed if fixed.endswith("/") else os.path.dirname(fixed)
     parts = [part for part in pattern[len(top) :].split("/") if part]
@@ -886,9 +890,19 @@ def _glob(pattern: str) -> list[str]:
     found: list[str] = []
     seen: set[tuple[int, int, int]] = set()
     listed: dict[tuple[int, int], tuple[list[str], list[str]]] = {}
-    waiting: list[tuple[tuple[str, ...], int]] = [((), 0)]  # names below top, part at
-    while waiting:  # in order of the names: a directory is first reached by its first
-        names, at = heapq.heappop(waiting)
+    # (the names below top without "." parts, the names, the part at): popped in
+    # order of the first, so that a directory is first reached by its first name
+    waiting: list[tuple[tuple[str, ...], tuple[str, ...], int]] = [((), (), 0)]
+
+    def push(names: tuple[str, ...], at: int) -> None:
+        order = tuple(n for n in names if n != ".") if "." in names else names
+        heapq.heappush(waiting, (order, names, at))
+
+    def kept(name: str) -> bool:
+        return name[0] not in "._" or not _hidden(name, spelled)
+
+    while waiting:
+        _, names, at = heapq.heappop(waiting)
         path = os.path.join(top, *names)
         try:
             here = os.stat(path or ".")
@@ -903,30 +917,41 @@ def _glob(pattern: str) -> list[str]:
         part = parts[at]
         if not any(ch in part for ch in _GLOB_CHARS):
             if at < last or directories:
-                heapq.heappush(waiting, ((*names, part), at + 1))
+                push((*names, part), at + 1)
             elif os.path.lexists(os.path.join(path, part)):
                 found.append(os.path.join(path, part))
             continue
         key = (here.st_dev, here.st_ino)
         if key not in listed:
             listed[key] = _entries(path or ".")
-        dirs, files = listed[key]
-        if part == "**":  # any number of directories, none too; no hidden name
-            heapq.heappush(waiting, (names, at + 1))
-            dirs = [name for name in dirs if name[0] != "."]
-            files = [name for name in files if name[0] != "."] if at == last else []
-            step = at
-        else:
-            match = matchers[at]
-            shown = part.startswith(".")
-            dirs = [name for name in dirs if match(name) and (shown or name[0] != ".")]
-            files = [name for name in files if match(name) and (shown or name[0] != ".")]
-            step = at + 1
+        if part == "**":  # any number of directories, none too
+            push(names, at + 1)
+        dirs, files = _taken(
+            listed[key] if at == last else (listed[key][0], []), part, matchers[at], kept
+        )
         for name in dirs:
-            heapq.heappush(waiting, ((*names, name), step))
+            push((*names, name), at if part == "**" else at + 1)
         if at == last and not directories:
             found.extend(os.path.join(path, name) for name in files)
-    return [path for path in found if path] if not top else found  # not "." itself
+    return [path for path in found if path]  # not "" (a relative "**" at "."), as Python's
+
+
+def _taken(
+    entries: tuple[list[str], list[str]],
+    part: str,
+    match: Callable[[str], object],
+    kept: Callable[[str], bool],
+) -> tuple[list[str], list[str]]:
+    """The directories and other names of ``entries`` that a pattern ``part``
+    takes: ``**`` any name but a hidden one, a wildcard part those it matches,
+    a name beginning with ``.`` only where the part does; ``kept`` ones only."""
+    shown = part.startswith(".") and part != "**"
+    every = part == "**"
+    dirs, files = (
+        [n for n in names if (every or match(n)) and (shown or n[0] != ".") and kept(n)]
+        for names in entries
+    )
+    return dirs, files
 
 
 def _entries(directory: str) -> tuple[list[str], list[str]]:

@@ -5,6 +5,7 @@ glob follows without end, read in a bounded time."""
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import subprocess
@@ -13,6 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import nested_frame, reference_rounded
@@ -23,7 +25,26 @@ from raft_polars._engine import sources
 LPS = [[[[-1.0, -2.0], [-0.5]], [[-3.0], [-0.25, -0.75, -1.0]]], [[[-0.1], [-0.2, -0.3]]]]
 RWS = [[[0.1, 0.9], [0.4, 0.4]], [[2.0, 1.0]]]
 _NAMES = ["a", "b", "ab", ".h", "_u", "x=1", "a.parquet", "b.jsonl", "_c.parquet", ".d.pq"]
-_PARTS = ["*", "**", "a", "b", "?", "[ab]*", ".*", "_*", "*.parquet", "*=*", "t", "l*", "*b"]
+_PARTS = ["*", "**", "a", "b", "?", "[ab]*", ".*", "_*", "*.parquet", "*=*", "t", "l*", "*b", "."]
+
+
+def _read_keeps(paths: Iterable[str], pattern: str) -> list[str]:
+    """What a read keeps of a glob's paths: none with a name below the pattern's
+    fixed part that begins with '.' or '_', unless a part of the pattern that
+    begins so matches it (docs/semantics.md)."""
+    first = min((i for i, ch in enumerate(pattern) if ch in "*?["), default=len(pattern))
+    fixed = pattern[:first]
+    root = Path(fixed if fixed.endswith("/") else os.path.dirname(fixed))
+    spelled = [p for p in pattern.split("/") if p[:1] in ("_", ".")]
+    kept = []
+    for path in paths:
+        below = Path(path).parts[len(root.parts) :] if str(root) != "." else Path(path).parts
+        if not any(
+            n[:1] in ("_", ".") and not any(fnmatch.fnmatchcase(n, p) for p in spelled)
+            for n in below
+        ):
+            kept.append(path)
+    return kept
 
 
 def _identity(path: str) -> tuple[int, int]:
@@ -106,8 +127,9 @@ def test_the_matcher_takes_what_pythons_glob_takes(
         else:
             pattern = f"{root}/{pattern}"
         try:
-            want = _first_names(glob.glob(pattern, recursive=True))
-            got = _first_names(sources._glob(pattern))
+            want = _first_names(_read_keeps(glob.glob(pattern, recursive=True), pattern))
+            spelled = [p for p in pattern.split("/") if p[:1] in ("_", ".")]
+            got = _first_names(sources._glob(pattern, spelled))
         finally:
             os.chdir(cwd)
         assert got == want, pattern
@@ -124,6 +146,50 @@ def test_a_literal_pattern_part_is_looked_up(tmp_path: Path) -> None:
         want = _first_names(glob.glob(pattern, recursive=True))
         assert want
         assert _first_names(sources._glob(pattern)) == want, tail
+
+
+def test_a_directory_first_named_by_a_hidden_name_is_read_by_its_other(tmp_path: Path) -> None:
+    """'_run3' comes before 'latest' (a link to it) in order, and a read leaves
+    '_run3' out: the directory is read as 'latest', as before the package
+    matched globs itself; '../' after a wildcard likewise past a '_tmp'."""
+    logs = tmp_path / "logs"
+    (logs / "_run3").mkdir(parents=True)
+    (logs / "_run3" / "log.parquet").write_bytes(b"x")
+    (logs / "latest").symlink_to(logs / "_run3", target_is_directory=True)
+    for tail in ("*/*.parquet", "**/*.parquet", "*"):
+        assert sources.local_files(f"{logs}/{tail}") == [f"{logs}/latest/log.parquet"], tail
+    out = str(logs / "_run3" / "out.parquet")
+    assert sources.would_read(f"{logs}/*/*.parquet", out) is not None
+    runs = tmp_path / "runs"
+    for name in ("_tmp", "a", "shared"):
+        (runs / name).mkdir(parents=True)
+    (runs / "shared" / "log.parquet").write_bytes(b"x")
+    got = sources.local_files(f"{runs}/*/../shared/*.parquet")
+    assert got == [f"{runs}/a/../shared/log.parquet"]
+
+
+def test_dot_parts_neither_reorder_names_nor_lose_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A '.' part is no name in the order of names (Path drops it): with a link
+    a/b/d -> a/c, a file is first reached as a/b/d/f.pq, as Python's glob and
+    sorting give it; a relative '**/.' matches the working directory, '*/..' it
+    too, by another name."""
+    (tmp_path / "a" / "c").mkdir(parents=True)
+    (tmp_path / "a" / "c" / "f.pq").write_bytes(b"x")
+    (tmp_path / "a" / "b").mkdir()
+    (tmp_path / "a" / "b" / "d").symlink_to(tmp_path / "a" / "c", target_is_directory=True)
+    for tail in ("**/./*/*.pq", "a/**/./f.pq", "*/./*/./*/*.pq"):
+        pattern = f"{tmp_path}/{tail}"
+        want = _first_names(glob.glob(pattern, recursive=True))
+        assert want
+        assert _first_names(sources._glob(pattern)) == want, tail
+    monkeypatch.chdir(tmp_path / "a" / "c")
+    (tmp_path / "a" / "c" / "sub").mkdir()
+    for pattern in ("**/.", "**/./", "*/..", "?ub/.."):
+        want = _first_names(glob.glob(pattern, recursive=True))
+        assert _first_names(sources._glob(pattern)) == want, pattern
+        assert sources.local_files(pattern), pattern
 
 
 def test_a_recursive_glob_through_links_back_up_is_read_once(tmp_path: Path) -> None:
