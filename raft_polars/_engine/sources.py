@@ -662,18 +662,24 @@ def _store_keys(prefix: str, options: Mapping[str, str]) -> list[str] | None:
 
     Polars lists a glob ``prefix**/*`` as nothing when ``prefix`` holds ``~``,
     ``%``, ``#`` or a letter beyond ASCII (``runs/café/``), though it reads the
-    same keys: the listing starts at the deepest prefix above without such a
-    character (the bucket at most), and keeps the keys below ``prefix``."""
+    same keys: where such a listing is empty, it is made again from the deepest
+    prefix above without a character beyond ``_LISTED_AS_IS`` (the bucket at
+    most), keeping the keys below ``prefix``."""
     try:
         from polars.io._expand_paths import _expand_paths
     except ImportError:
         return None
+
+    def listing(root: str) -> list[str]:
+        found = _expand_paths(f"{root}**/*", storage_options=dict(options) or None).collect()
+        return sorted(key for key in found.to_series().to_list() if key.startswith(prefix))
+
+    keys = listing(prefix)
     bucket = prefix.find("/", prefix.find("://") + 3) + 1 or len(prefix)
     root = prefix
     while len(root) > bucket and not _LISTED_AS_IS.fullmatch(root, bucket):
         root = root[: root.rstrip("/").rfind("/") + 1]
-    listed = _expand_paths(f"{root}**/*", storage_options=dict(options) or None).collect()
-    return sorted(key for key in listed.to_series().to_list() if key.startswith(prefix))
+    return keys if keys or root == prefix else listing(root)
 
 
 def _fixed_part(pattern: str) -> str:

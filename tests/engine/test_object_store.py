@@ -78,6 +78,11 @@ def store() -> Iterator[dict[str, str]]:
         for stage in (0, 1):
             put(f"odd/{run}/part-{stage}.parquet", nested.filter(pl.col("stage") == stage))
         put(f"odd/{run}0/part-9.parquet", nested)  # beside it: not below the prefix
+    for run in _LISTED_RUNS:  # names Polars lists as they are: listed below them only
+        for stage in (0, 1):
+            put(f"plus/{run}/part-{stage}.parquet", nested.filter(pl.col("stage") == stage))
+    # a key that Polars' listing of 'plus/' cannot take (an empty path segment)
+    s3.put_object(Bucket="logs", Key="plus/scratch/a//b.txt", Body=b"not a log")
     yield {"aws_endpoint_url": url, "aws_access_key_id": "key",
            "aws_secret_access_key": "secret", "aws_region": "us-east-1",
            "aws_allow_http": "true"}  # fmt: skip
@@ -85,6 +90,7 @@ def store() -> Iterator[dict[str, str]]:
 
 
 _ODD_RUNS = ["exp~1", "café", "lr=1e-5%warm", "a#b", "sp ace"]
+_LISTED_RUNS = ["lr=1e-5+wd", "a,b", "v(2)", "x@y!"]
 
 
 @pytest.mark.parametrize("engine", ["polars", "dask"])
@@ -99,6 +105,15 @@ def test_a_prefix_of_any_name_is_listed(
     table = rp.stage_losses(source, storage_options=store, engine=_engine(engine))
     assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(LPS, RWS)
     assert table["candidates"].to_list() == [4, 2]
+
+
+@pytest.mark.parametrize("run", _LISTED_RUNS)
+@pytest.mark.parametrize("tail", ["", "*.parquet"])
+def test_a_prefix_is_listed_below_it_only(store: dict[str, str], run: str, tail: str) -> None:
+    """A prefix whose name Polars lists as it is: listed there, not from above,
+    where an unrelated key Polars cannot take ('a//b.txt') made the listing fail."""
+    table = rp.stage_losses(f"s3://logs/plus/{run}/{tail}", storage_options=store)
+    assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(LPS, RWS)
 
 
 def _engine(name: str) -> Any:
