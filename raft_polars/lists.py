@@ -434,7 +434,7 @@ def _not_a_float(value: object) -> str | None:
     if not _is_number(value):
         return f"is not a number: {value!r}"
     try:
-        float(value)  # type: ignore[arg-type]
+        _widened(value)
     except OverflowError:  # (its digits, not counted: Python's str() stops at 4,300)
         if not isinstance(value, int):  # a Fraction
             return "is beyond a float64's range"
@@ -476,7 +476,10 @@ def _widened(value: object) -> float | None:
         return None
     if not _is_number(value):
         raise TypeError(value)
-    return float(value)  # type: ignore[arg-type]
+    widened = float(value)  # type: ignore[arg-type]
+    if math.isinf(widened) and isinstance(value, Decimal) and value.is_finite():
+        raise OverflowError(value)  # a Fraction's or an int's float() raises so
+    return widened
 
 
 def _selected_logprobs(lps: LogProbs, chosen: pl.DataFrame) -> pl.Series:

@@ -333,6 +333,8 @@ def test_decimals_and_fractions_are_numbers_as_floats(function: str) -> None:
     for bad, fragment in (
         (Decimal("sNaN"), "is not a number: Decimal('sNaN')"),
         (Fraction(10**400, 3), "is beyond a float64's range"),
+        (Decimal("1e400"), "is beyond a float64's range"),
+        (Decimal("Infinity"), "must be a finite number"),
         (Decimal("NaN"), "must be a finite number"),
     ):
         with pytest.raises(raft_polars.RaftInputError, match=re.escape(fragment)):
