@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -389,6 +390,12 @@ def _t_each(function: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[
     return [function(*args) for args in calls]
 
 
+def _t_named(kernel: Callable[..., Any], origin: str, *args: Any) -> Any:
+    """``kernel(*args)``, its input errors naming ``origin`` (:func:`naming`)."""
+    with naming(origin):
+        return kernel(*args)
+
+
 def _t_small(ranked: Ranked) -> tuple[pl.DataFrame, list[Problem]]:
     return ranked.stages, ranked.problems
 
@@ -729,9 +736,10 @@ class _Job:
     def rank(self, selection: Selection) -> list[tuple[Any, Bound | None, Bound | None]]:
         """Rank futures with the bounds of the keys they hold; raises the first
         candidate problem."""
-        with naming(self.plain.origin):
-            ranks = self.partitions(selection.group, _read_keys, rank_keys, selection)
-            small = self.gather([self.submit(_t_small, r) for r, _, _ in ranks])
+        # the ranking's own errors name the source, as in process; a file's, the file
+        ranking = partial(_t_named, rank_keys, self.plain.origin)
+        ranks = self.partitions(selection.group, _read_keys, ranking, selection)
+        small = self.gather([self.submit(_t_small, r) for r, _, _ in ranks])
         raise_first(
             merge(p for _, p in small),
             origin=self.plain.origin,
