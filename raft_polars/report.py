@@ -287,15 +287,51 @@ def _svg(figure: Figure) -> str:
     return text[text.index("<svg") :]
 
 
+# stages whose best-of-n curves are told apart by a legend; beyond, by a colour scale
+_LEGEND_STAGES = 10
+# curves drawn at most (evenly spaced stages, the first and the last among them)
+_CURVES_DRAWN = 50
+
+
 def _draw_curves(ax_curves: Any, stats: pl.DataFrame, curves: pl.DataFrame) -> None:
-    """The best-of-n curves of every stage, and the measured win rates against
-    their ceiling on a second axis."""
+    """The best-of-n curves of every stage (of at most ``_CURVES_DRAWN`` of them,
+    evenly spaced, the title says so), and the measured win rates against their
+    ceiling on a second axis. Up to ``_LEGEND_STAGES`` stages the legend names
+    each curve; beyond, a colour scale from the first stage to the last does:
+    a legend of 60 entries took the figure's room (and matplotlib warned)."""
     ordered = curves.sort("stage", "n")
     expected, curve_unit = _drawable(ordered["expected_best"].cast(pl.Float64).to_numpy())
     ordered = ordered.with_columns(pl.Series("expected_best", expected[0]))
-    for stage, part in ordered.group_by("stage", maintain_order=True):
+    stages = ordered["stage"].unique(maintain_order=True)
+    shown = stages
+    if len(stages) > _CURVES_DRAWN:
+        shown = stages.gather(np.unique(np.linspace(0, len(stages) - 1, _CURVES_DRAWN).round()))
+    scale = None
+    if len(stages) > _LEGEND_STAGES:
+        from matplotlib import colormaps
+        from matplotlib.colors import Normalize
+
+        scale = (colormaps["viridis"], Normalize(0, len(stages) - 1))
+    place = {stage: i for i, stage in enumerate(stages.to_list())}
+    for stage, part in ordered.filter(pl.col("stage").is_in(shown.implode())).group_by(
+        "stage", maintain_order=True
+    ):
         n = part["n"].to_numpy()
-        ax_curves.plot(n, part["expected_best"].to_numpy(), marker=".", label=f"stage {stage[0]}")
+        if scale is None:
+            ax_curves.plot(
+                n, part["expected_best"].to_numpy(), marker=".", label=f"stage {stage[0]}"
+            )
+        else:
+            color = scale[0](scale[1](place[stage[0]]))
+            ax_curves.plot(n, part["expected_best"].to_numpy(), lw=1, color=color)
+    if scale is not None:
+        from matplotlib.cm import ScalarMappable
+
+        bar = ax_curves.figure.colorbar(
+            ScalarMappable(norm=scale[1], cmap=scale[0]), ax=ax_curves, pad=0.12, aspect=30
+        )
+        bar.set_ticks([0, len(stages) - 1], labels=[str(stages[0]), str(stages[-1])])
+        bar.set_label("stage", fontsize=8)
     if curves.height:
         n = np.arange(1, int(curves["n"].max()) + 1)  # type: ignore[arg-type]
         ceiling = n / (n + 1)
@@ -313,7 +349,8 @@ def _draw_curves(ax_curves: Any, stats: pl.DataFrame, curves: pl.DataFrame) -> N
         twin.set_ylim(0, 1.05)
         twin.set_ylabel("win rate")
         twin.legend(loc="lower right", fontsize=7)
-    ax_curves.set_title("best-of-n: expected best reward of n candidates", fontsize=10)
+    some = f" ({len(shown)} of {len(stages)} stages)" if len(shown) < len(stages) else ""
+    ax_curves.set_title(f"best-of-n: expected best reward of n candidates{some}", fontsize=10)
     ax_curves.set_xlabel("n")
     ax_curves.set_ylabel(f"expected best reward{curve_unit}")
 

@@ -248,3 +248,31 @@ def test_a_log_without_rows_draws_no_empty_legend(
         None,
     )
     assert all(ax.get_legend() is not None for ax in figure.axes if ax is not curves)
+
+
+@pytest.mark.parametrize(("stages", "legend", "title"), [(8, 8, ""), (60, 0, " (50 of 60 stages)")])
+def test_many_stages_are_told_apart_by_a_colour_scale(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, stages: int, legend: int, title: str
+) -> None:
+    """Up to 10 stages the best-of-n legend names each; beyond, a colour scale does
+    (a legend of 60 entries took the figure's room and matplotlib warned on
+    stderr), and at most 50 curves are drawn, the title says so."""
+    log = tmp_path / "many.parquet"
+    pl.DataFrame(
+        {"stage": np.repeat(np.arange(stages), 2), "prompt": np.zeros(2 * stages, dtype=int),
+         "cand": np.tile([0, 1], stages), "reward": np.linspace(0.0, 1.0, 2 * stages),
+         "logprobs": [[-0.5, -0.1]] * (2 * stages)}
+    ).write_parquet(log)  # fmt: skip
+    out = tmp_path / "r.html"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(capsys, "report", log, "-o", out)
+    assert [str(w.message) for w in caught] == []
+    assert (result.code, result.err) == (0, "")
+    figure = _stats_figure(stage_stats(log), best_of_n(log))
+    curves = figure.axes[1]
+    assert curves.get_title() == f"best-of-n: expected best reward of n candidates{title}"
+    assert len(curves.get_legend_handles_labels()[1]) == legend
+    assert len(curves.get_lines()) == min(stages, 50)
+    scales = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert len(scales) == (stages > 10)
