@@ -117,7 +117,7 @@ class Problem:
         """The problem as indented text: a headline, then one line per location."""
         lines = [f"  {self.kind}: {self.count} {self.description}"]
         lines += [f"    {_format_location(loc)}" for loc in self.locations]
-        if self.places > len(self.locations):
+        if self.locations and self.places > len(self.locations):  # limit=0: counts only
             lines.append(f"    ... and {self.places - len(self.locations)} more")
         return "\n".join(lines)
 

@@ -446,7 +446,9 @@ def test_any_limit_from_none_to_beyond_the_log(
     assert (result.code, result.err) == (1, "")
     located = [line for line in result.out.splitlines() if line.startswith("    stage ")]
     assert located == [f"    stage {t}, prompt {i}, candidate {j}: reward nan" for t, i, j in shown]
-    assert ("... and" in result.out) == (limit < 18)
+    assert ("... and" in result.out) == (0 < limit < 18)  # 0: the counts only
+    if limit == 0:
+        assert result.out.splitlines()[-1].startswith("  bad_reward: 18 reward(s)")
 
 
 def test_negative_limit_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
