@@ -101,6 +101,10 @@ class Findings:
         return self
 
 
+# the flag of wide rows that hold no candidates as written (:func:`checked_rows`)
+_BROKEN = "broken_row"
+
+
 def _bad(value: pl.Expr) -> pl.Expr:
     return bad_logprob(value.cast(pl.Float64))
 
@@ -140,6 +144,13 @@ def checked_rows(log: StageLog, piece: Piece | None = None) -> pl.LazyFrame:
     """The candidate rows of ``piece`` (all when None) that :func:`check_candidates`
     checks: ids and reward, with their token statistics when nested."""
     rows = log.candidates(piece, extras=False)
+    if log.wide:  # a row per prompt whose lists do not hold its candidates (one empty,
+        # null, or shorter than the rewards) is one candidate row with null ids and
+        # null lists, reported as its null id alone, not as a null reward and list too
+        broken = pl.col("cand").is_null()
+        return nested_columns(rows, has_logprobs=log.has_logprobs).with_columns(
+            (pl.col("null_list") & ~broken).alias("null_list"), broken.alias(_BROKEN)
+        )
     if log.layout == "nested":
         return nested_columns(rows, has_logprobs=log.has_logprobs)
     return rows.select(*_IDS, "reward")
@@ -196,7 +207,8 @@ def check_candidates(
     ids = _per_candidate(coded)
     dups = _texts(ids.filter(pl.col("rows") > 1).select(*_IDS, "rows"), texts)
     found.add("duplicate_candidate", dups.height, dups)
-    bad = cands.filter(_bad_reward()).select(*_IDS, "reward")
+    broken = pl.col(_BROKEN) if _BROKEN in cands.columns else pl.lit(value=False)
+    bad = cands.filter(_bad_reward() & ~broken).select(*_IDS, "reward")
     found.add("bad_reward", bad.height, bad)
     sound = ids.filter(pl.col("reward").is_not_null()).select(*_IDS, "reward")
     chosen = _chosen(sound, selection, texts)

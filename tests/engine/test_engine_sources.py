@@ -733,6 +733,38 @@ def test_a_wrong_type_names_the_logs_own_column(
         raft_polars.stage_losses(str(path), preset=preset)
 
 
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"rewards": [0.3, 0.4], "logprobs": [[-1.0], [-2.0]], "responses": ["x"]},
+        {"rewards": [], "logprobs": [], "responses": []},
+        {"rewards": None, "logprobs": [[-1.0]], "responses": ["x"]},
+    ],
+    ids=["shorter", "empty", "null"],
+)
+def test_validate_reports_a_wide_row_without_its_candidates_once(
+    tmp_path: Path, broken: dict[str, Any], engine: str
+) -> None:
+    """A wide row whose lists do not hold its candidates is one null id, not also a
+    null reward and a null log-probs list that the log does not hold; a null
+    reward inside a sound row's list still is one."""
+    rows = [
+        {"stage": 0, "prompt": "a", "rewards": [0.1, None], "logprobs": [[-1.0], [-0.5]],
+         "responses": ["x", "y"]},
+        {"stage": 0, "prompt": "d", **broken},
+    ]  # fmt: skip
+    path = tmp_path / "wide.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    on: Any = dask_cluster.engine() if engine == "dask" else "polars"
+    report = raft_polars.validate(str(path), engine=on)
+    kinds = {p.kind: (p.count, [dict(loc) for loc in p.locations]) for p in report.problems}
+    assert kinds == {
+        "null_id": (1, [{"stage": 0, "prompt": "d", "cand": None}]),
+        "bad_reward": (1, [{"stage": 0, "prompt": "a", "cand": 1, "reward": None}]),
+    }
+
+
 def test_a_wide_row_without_candidates_is_an_error(tmp_path: Path) -> None:
     """A wide row whose rewards list is empty is a prompt without candidates (bad
     input, docs/semantics.md): an error naming the prompt, never a prompt left out."""
