@@ -650,9 +650,24 @@ def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile
         if key.startswith(prefix) and _data_name(below.parts):
             found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
     if not found:
-        msg = f"{role}: prefix {prefix!r} holds no *.parquet or *.pq files (nor JSON lines)"
+        msg = (
+            f"{role}: prefix {prefix!r} holds no *.parquet or *.pq files (nor JSON "
+            f"lines){_unlisted(prefix)}"
+        )
         raise RaftInputError(msg)
     return found
+
+
+def _unlisted(prefix: str) -> str:
+    """Why a prefix with a character Polars does not list below may look empty."""
+    bucket = prefix.find("/", prefix.find("://") + 3) + 1 or len(prefix)
+    if _LISTED_AS_IS.fullmatch(prefix, bucket):
+        return ""
+    return (
+        " as listed (Polars lists nothing below a name with '~', '%', '#' or a letter "
+        "beyond ASCII, and a listing of the prefix above failed or found none): name "
+        "its objects one by one"
+    )
 
 
 def _store_keys(prefix: str, options: Mapping[str, str]) -> list[str] | None:
@@ -664,7 +679,8 @@ def _store_keys(prefix: str, options: Mapping[str, str]) -> list[str] | None:
     ``%``, ``#`` or a letter beyond ASCII (``runs/café/``), though it reads the
     same keys: where such a listing is empty, it is made again from the deepest
     prefix above without a character beyond ``_LISTED_AS_IS`` (the bucket at
-    most), keeping the keys below ``prefix``."""
+    most), keeping the keys below ``prefix``; where that listing fails (a key
+    Polars cannot take, ``a//b.txt``, anywhere below it), the first stands."""
     try:
         from polars.io._expand_paths import _expand_paths
     except ImportError:
@@ -679,7 +695,12 @@ def _store_keys(prefix: str, options: Mapping[str, str]) -> list[str] | None:
     root = prefix
     while len(root) > bucket and not _LISTED_AS_IS.fullmatch(root, bucket):
         root = root[: root.rstrip("/").rfind("/") + 1]
-    return keys if keys or root == prefix else listing(root)
+    if keys or root == prefix:
+        return keys
+    try:
+        return listing(root)
+    except READ_ERRORS:  # a key there that Polars cannot take ('a//b.txt'): as listed
+        return keys
 
 
 def _fixed_part(pattern: str) -> str:
@@ -713,7 +734,10 @@ def _globbed(pattern: str, role: str, options: Mapping[str, str]) -> list[DataFi
         if key.startswith(root) and _glob_takes(parts, below.parts, directories=directories):
             found.append(DataFile(key, _partitions(below, PurePosixPath(), key)))
     if not found:
-        msg = f"cannot read {role} {pattern!r}: no object matches it as a glob pattern"
+        msg = (
+            f"cannot read {role} {pattern!r}: no object matches it as a glob pattern"
+            f"{_unlisted(root)}"
+        )
         raise RaftInputError(msg)
     return found
 

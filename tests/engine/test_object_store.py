@@ -83,6 +83,8 @@ def store() -> Iterator[dict[str, str]]:
             put(f"plus/{run}/part-{stage}.parquet", nested.filter(pl.col("stage") == stage))
     # a key that Polars' listing of 'plus/' cannot take (an empty path segment)
     s3.put_object(Bucket="logs", Key="plus/scratch/a//b.txt", Body=b"not a log")
+    put("bad/exp~1/part-0.parquet", nested)  # beside such a key: not listed
+    s3.put_object(Bucket="logs", Key="bad/scratch/a//b.txt", Body=b"not a log")
     yield {"aws_endpoint_url": url, "aws_access_key_id": "key",
            "aws_secret_access_key": "secret", "aws_region": "us-east-1",
            "aws_allow_http": "true"}  # fmt: skip
@@ -113,6 +115,20 @@ def test_a_prefix_is_listed_below_it_only(store: dict[str, str], run: str, tail:
     """A prefix whose name Polars lists as it is: listed there, not from above,
     where an unrelated key Polars cannot take ('a//b.txt') made the listing fail."""
     table = rp.stage_losses(f"s3://logs/plus/{run}/{tail}", storage_options=store)
+    assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(LPS, RWS)
+
+
+def test_a_prefix_that_cannot_be_listed_says_why(store: dict[str, str]) -> None:
+    """Below a name Polars does not list ('exp~1'), beside a key that fails the
+    listing of the prefix above: the message says so and how to read it; the
+    object named reads."""
+    for source, said in (
+        ("s3://logs/bad/exp~1/", "holds no *.parquet or *.pq files (nor JSON lines) as listed"),
+        ("s3://logs/bad/exp~1/*.parquet", "no object matches it as a glob pattern as listed"),
+    ):
+        with pytest.raises(rp.RaftInputError, match=re.escape(said) + ".*name its objects"):
+            rp.stage_losses(source, storage_options=store)
+    table = rp.stage_losses("s3://logs/bad/exp~1/part-0.parquet", storage_options=store)
     assert [round(x, 4) for x in table["loss"].to_list()] == reference_rounded(LPS, RWS)
 
 
