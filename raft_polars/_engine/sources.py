@@ -471,7 +471,7 @@ def would_read(spec: str, target: str) -> str | None:
         return None
     fixed = _fixed_part(spec)
     root = (fixed if fixed.endswith(("/", "\\")) else os.path.dirname(fixed)) or "."
-    pattern = Path(os.path.relpath(spec, root)).parts
+    pattern = PurePath(spec).parts[len(PurePath(root).parts) :]  # as written: '..' kept
     directories = spec.endswith(("/", "\\"))
     for names in _glob_names(spec, root, target):
         if _glob_takes(pattern, names, directories=directories):
@@ -523,7 +523,9 @@ def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
         return
     whole = spec.rstrip("/\\")
     parent = os.path.dirname(whole)
-    spelled = [part for part in Path(spec).parts if _hidden_name(part)]
+    spelled = [
+        part for part in PurePath(spec).parts[len(PurePath(root).parts) :] if _hidden_name(part)
+    ]
     for match in _glob(os.path.join(parent, ""), spelled) if parent else ["."]:
         if os.path.samestat(os.stat(match), home):
             yield from _found(_match_parts(match, root), os.path.basename(target))
@@ -534,8 +536,11 @@ def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
 
 
 def _match_parts(match: str, root: str) -> tuple[str, ...] | None:
-    """The parts below ``root`` of a path the glob gave (both as written)."""
-    return _parts_below(os.path.abspath(match), os.path.abspath(root))
+    """The parts below ``root`` of a path the glob gave (both as written, ``..``
+    kept: the OS takes it through links, as the read does; the glob's paths begin
+    with its fixed part)."""
+    parts, top = PurePath(match).parts, PurePath(root).parts
+    return parts[len(top) :] if parts[: len(top)] == top else None
 
 
 def _found(parts: tuple[str, ...] | None, *more: str) -> Iterator[tuple[str, ...]]:
@@ -876,7 +881,8 @@ def _matched_files(pattern: str, root: Path) -> list[Path]:
     pattern's fixed part) that begins with ``.`` or ``_`` is left out, as below a
     source directory, unless the pattern part that matched it spells that first
     character out (``_tmp*``)."""
-    spelled = [part for part in Path(pattern).parts if _hidden_name(part)]
+    # the parts below the fixed part: only those match a name that the glob lists
+    spelled = [part for part in Path(pattern).parts[len(root.parts) :] if _hidden_name(part)]
     found: dict[tuple[int, int], Path] = {}
     for match in sorted(map(Path, _glob(pattern, spelled)), key=_in_order):
         if any(_hidden(part, spelled) for part in _below(match, root)):

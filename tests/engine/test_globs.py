@@ -168,6 +168,31 @@ def test_a_directory_first_named_by_a_hidden_name_is_read_by_its_other(tmp_path:
     assert got == [f"{runs}/a/../shared/log.parquet"]
 
 
+def test_the_output_guard_takes_dot_dot_as_the_read_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'..' after a wildcard is the OS's to resolve, through links too: an OUT the
+    read would take once written is refused ('z/**/..' reads the directory
+    above z). A hidden name spelled in the fixed part ('_t/') un-hides nothing
+    below it, for the read as for the guard."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "z" / "c").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "l").symlink_to("../b", target_is_directory=True)
+    for spec in ("z/**/..", "[!a]/**/.."):
+        assert sources.would_read(spec, "new.parquet") is not None, spec
+    (tmp_path / "new.parquet").write_bytes(b"x")
+    for spec in ("z/**/..", "[!a]/**/.."):
+        assert any(os.path.samefile(f, "new.parquet") for f in sources.local_files(spec))
+    (tmp_path / "_t" / "_t").mkdir(parents=True)
+    (tmp_path / "_t" / "run").mkdir()
+    (tmp_path / "_t" / "run" / "part.parquet").write_bytes(b"x")
+    assert sources.would_read("./_t/*", "_t/_t/new.parquet") is None
+    (tmp_path / "_t" / "_t" / "new.parquet").write_bytes(b"x")
+    assert sources.local_files("./_t/*") == ["_t/run/part.parquet"]
+
+
 def test_dot_parts_neither_reorder_names_nor_lose_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
