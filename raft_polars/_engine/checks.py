@@ -10,6 +10,7 @@ message of that kind: the same message whichever executor ran the kernels.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,3 +165,17 @@ def naming(origin: str) -> Iterator[None]:
         if origin in str(exc):
             raise
         raise RaftInputError(f"{origin}: {exc}") from exc
+
+
+_CAST = re.compile(r"conversion from `(\w+)` to `i64` failed in column '([^']*)'")
+
+
+def beyond_int64(detail: str) -> str:
+    """Polars' failed cast of an id to Int64, worded without its counts and values
+    (those of one partition on Dask, of the whole log in process): the column and
+    its type, the same on every engine."""
+    found = _CAST.search(detail)
+    if found is None:
+        return detail
+    kind = {"u64": "UInt64", "i128": "Int128", "u128": "UInt128"}.get(found[1], found[1])
+    return f"column {found[2]!r} holds {kind} values beyond 9223372036854775807"

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from raft_polars._engine.checks import Problem, bad_reward, first_row
+from raft_polars._engine.checks import Problem, bad_reward, beyond_int64, first_row
 from raft_polars._engine.dense import Box, PromptCodes, box_of, position, prompt_codes
 from raft_polars._engine.read import ID_COLUMNS, canonical_ids
 from raft_polars._engine.sums import group_sums
@@ -311,7 +311,7 @@ def canonical_keys(frame: pl.DataFrame) -> pl.DataFrame:
     try:
         return frame.select(*canonical_ids(frame.schema), "reward")
     except pl.exceptions.PolarsError as exc:
-        detail = str(exc).strip().splitlines()[0]
+        detail = beyond_int64(str(exc).strip().splitlines()[0])
         msg = f"the ids must fit a 64-bit signed integer: {detail}"
         raise RaftInputError(msg) from exc
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 import polars as pl
 import pyarrow as pa
 
+from raft_polars._engine.checks import beyond_int64
 from raft_polars.errors import RaftInputError
 
 if TYPE_CHECKING:
@@ -1753,7 +1754,8 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
         if isinstance(exc, pl.exceptions.InvalidOperationError) and re.search(
             r"to `i64` failed in column", str(exc)
         ):  # an id beyond Int64, worded as the ranking words it (canonical_keys)
-            msg = f"{origin}: the ids must fit a 64-bit signed integer: {_first_line(exc)}"
+            detail = beyond_int64(_first_line(exc))
+            msg = f"{origin}: the ids must fit a 64-bit signed integer: {detail}"
             raise RaftInputError(msg) from exc
         culprit = _page_culprit(paths, exc)
         if culprit is not None:

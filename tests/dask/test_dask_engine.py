@@ -802,8 +802,12 @@ def test_stages_beyond_int64_on_dask(
         source = tmp_path / "log.parquet"
         pq.write_table(frame.to_arrow(), source, row_group_size=1)
     for entry in (rp.stage_losses, rp.validate):
-        with pytest.raises(rp.RaftInputError, match="must fit a 64-bit signed integer"):
+        with pytest.raises(rp.RaftInputError, match="must fit a 64-bit signed integer") as dask:
             entry(source, engine=_on(client))
+        with pytest.raises(rp.RaftInputError) as local:  # the same words: no partition's counts
+            entry(source)
+        assert str(dask.value) == str(local.value)
+        assert "column 'stage' holds UInt64 values beyond 9223372036854775807" in str(dask.value)
 
 
 def _refused_port() -> int:
