@@ -178,4 +178,4 @@ def beyond_int64(detail: str) -> str:
     if found is None:
         return detail
     kind = {"u64": "UInt64", "i128": "Int128", "u128": "UInt128"}.get(found[1], found[1])
-    return f"column {found[2]!r} holds {kind} values beyond 9223372036854775807"
+    return f"column {found[2]!r} holds {kind} values outside {-(2**63)} .. {2**63 - 1}"
