@@ -176,7 +176,8 @@ def sft_columns(
             what = "prompt_column=/response_column= output" if names[c] in added else "export"
             msg = (
                 f"the selected batch already has a column {names[c]!r}, which the {what} "
-                "needs; rename it with columns= or in the log"
+                "needs; rename it in the log (columns= and --column name only the canonical "
+                "columns)"
             )
             raise RaftInputError(msg)
     return frame.select(

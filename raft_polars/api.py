@@ -299,6 +299,9 @@ def write_selected(
     if not isinstance(output, str | Path):
         msg = f"output must be a path, got {type(output).__name__}"
         raise RaftInputError(msg)
+    if not isinstance(force, bool):  # "no" and [0] would replace OUT
+        msg = f"force must be True or False, got {force!r}"
+        raise RaftInputError(msg)
     out = Path(output)
     fmt = _export.output_format(out)
     kind = _export.check_format(format, min_margin, texts=(prompt_column, response_column))
@@ -582,6 +585,12 @@ def collect(
     >>> rp.collect(rp.select_best(log)).rows()
     [(0, 7, 1, 0.3, 2)]
     """
+    if not isinstance(frame, pl.LazyFrame):
+        msg = f"collect takes the lazy frame select_best returns, got {type(frame).__name__}"
+        raise RaftInputError(msg)
+    if engine not in ("streaming", "in-memory"):
+        msg = f"engine must be 'streaming' or 'in-memory', got {engine!r}"
+        raise RaftInputError(msg)
     entry = _SOURCES.get(id(frame))
     paths: tuple[str, ...] = ()
     origin = "the lazy frame"

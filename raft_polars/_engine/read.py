@@ -463,11 +463,12 @@ def read_log(
     """
     _check_threads()
     given = _check_mapping(columns)
+    _check_storage_options(storage_options)
     main = resolve(source, "source", storage_options)
     cands = None if rewards is None else resolve(rewards, "rewards", storage_options)
     mapping = given
     if preset is not None:
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             msg = f"preset must be one of {sorted(PRESETS)}, got {preset!r}"
             raise RaftInputError(msg)
         # the preset's names the log has, in either table of the long layout
@@ -642,6 +643,21 @@ def _candidate_rows(main: Resolved, mapping: dict[str, str]) -> StageLog:
     ))  # fmt: skip
 
 
+def _check_storage_options(options: object) -> None:
+    """``storage_options=``: None, or a mapping of option names to strings (as
+    Polars' cloud readers take them)."""
+    if options is None:
+        return
+    if not isinstance(options, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in options.items()
+    ):
+        msg = (
+            "storage_options= must map option names to strings, like "
+            f"{{'aws_endpoint_url': 'http://127.0.0.1:5055'}}; got {options!r}"
+        )
+        raise RaftInputError(msg)
+
+
 def _element(dtype: pl.DataType) -> pl.DataType:
     """The element type of a list column (or of a fixed-size one)."""
     inner = dtype.inner if isinstance(dtype, pl.List | pl.Array) else dtype
@@ -734,8 +750,12 @@ def _check_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
         raise RaftInputError(msg)
     mapping = dict(columns or {})
     targets = list(mapping.values())
+    named = [t for t in targets if not isinstance(t, str)]
+    if named:
+        msg = f"columns= must map canonical names to column names (strings), got {named[0]!r}"
+        raise RaftInputError(msg)
     repeated = sorted({t for t in targets if targets.count(t) > 1})
-    if repeated or not all(isinstance(t, str) for t in targets):
+    if repeated:
         msg = f"columns= must map each canonical name to a different column name, got {mapping}"
         raise RaftInputError(msg)
     unknown = sorted(set(mapping) - set(CANONICAL_COLUMNS))

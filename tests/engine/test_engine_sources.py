@@ -239,12 +239,37 @@ def test_numbers_of_other_kinds_are_taken_as_written(written: object) -> None:
         ({"columns": ["prompt"]}, "columns= must map"),
         ({"columns": {"prompt": "x", "cand": "x"}}, "a different column name"),
         ({"reduction": "mean"}, "reduction must be 'token' or 'sequence'"),
+        ({"columns": {"prompt": ["input"]}}, r"column names \(strings\), got \['input'\]"),
+        ({"preset": ["verl"]}, r"preset must be one of .*got \['verl'\]"),
+        ({"preset": {"verl": 1}}, "preset must be one of"),
+        ({"storage_options": "key=val"}, "storage_options= must map option names to strings"),
+        ({"storage_options": {"aws_allow_http": True}}, "storage_options= must map option"),
     ],
 )
 def test_bad_options(options: dict[str, object], fragment: str) -> None:
     frame = nested_frame(LPS, RWS)
     with pytest.raises(RaftInputError, match=fragment):
         raft_polars.stage_losses(frame, **options)  # type: ignore[arg-type]
+
+
+def test_collect_and_force_take_only_their_kinds(tmp_path: Path) -> None:
+    """collect takes a lazy frame and Polars' two engines; write_selected's force
+    is a bool ('no' or [0] replaced an existing OUT)."""
+    frame = nested_frame(LPS, RWS)
+    lazy = raft_polars.select_best(frame)
+    for bad, fragment in (
+        ({"frame": frame}, "collect takes the lazy frame select_best returns, got DataFrame"),
+        ({"frame": lazy, "engine": "gpu"}, "engine must be 'streaming' or 'in-memory'"),
+    ):
+        with pytest.raises(RaftInputError, match=re.escape(fragment)):
+            raft_polars.collect(**bad)
+    out = tmp_path / "batch.parquet"
+    raft_polars.write_selected(frame, out)
+    before = out.read_bytes()
+    for force in ("no", 1, [0]):
+        with pytest.raises(RaftInputError, match="force must be True or False"):
+            raft_polars.write_selected(frame, out, force=force)  # type: ignore[arg-type]
+    assert out.read_bytes() == before
 
 
 def test_lists_reduction_is_checked() -> None:
