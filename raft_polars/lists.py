@@ -436,7 +436,7 @@ def _not_a_float(value: object) -> str | None:
     try:
         _widened(value)
     except OverflowError:  # (its digits, not counted: Python's str() stops at 4,300)
-        if not isinstance(value, int):  # a Fraction
+        if not isinstance(value, int):  # a Fraction, or a Decimal
             return "is beyond a float64's range"
         bits = int(value).bit_length()
         return f"is an integer of {bits} bits, beyond a float64's range (1,024 bits)"

@@ -170,12 +170,12 @@ def naming(origin: str) -> Iterator[None]:
 _CAST = re.compile(r"conversion from `(\w+)` to `i64` failed in column '([^']*)'")
 
 
-def beyond_int64(detail: str) -> str:
+def beyond_int64(detail: str) -> str | None:
     """Polars' failed cast of an id to Int64, worded without its counts and values
     (those of one partition on Dask, of the whole log in process): the column and
-    its type, the same on every engine."""
+    its type, the same on every engine; None where ``detail`` is no such failure."""
     found = _CAST.search(detail)
     if found is None:
-        return detail
+        return None
     kind = {"u64": "UInt64", "i128": "Int128", "u128": "UInt128"}.get(found[1], found[1])
     return f"column {found[2]!r} holds {kind} values outside {-(2**63)} .. {2**63 - 1}"

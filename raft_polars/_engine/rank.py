@@ -311,7 +311,8 @@ def canonical_keys(frame: pl.DataFrame) -> pl.DataFrame:
     try:
         return frame.select(*canonical_ids(frame.schema), "reward")
     except pl.exceptions.PolarsError as exc:
-        detail = beyond_int64(str(exc).strip().splitlines()[0])
+        detail = str(exc).strip().splitlines()[0]
+        detail = beyond_int64(detail) or detail
         msg = f"the ids must fit a 64-bit signed integer: {detail}"
         raise RaftInputError(msg) from exc
 

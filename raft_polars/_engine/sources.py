@@ -474,7 +474,7 @@ def would_read(spec: str, target: str) -> str | None:
     root = (fixed if fixed.endswith(("/", "\\")) else os.path.dirname(fixed)) or "."
     pattern = PurePath(spec).parts[len(PurePath(root).parts) :]  # as written: '..' kept
     directories = spec.endswith(("/", "\\"))
-    for names in _glob_names(spec, root, target):
+    for names in _glob_names(spec, root, target, pattern):
         if _glob_takes(pattern, names, directories=directories):
             return f"matches the source glob {spec!r}"
     return None
@@ -508,7 +508,9 @@ def _read_as(target: str, directory: Path) -> tuple[str, ...] | None:
     return None
 
 
-def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
+def _glob_names(
+    spec: str, root: str, target: str, pattern: Sequence[str]
+) -> Iterator[tuple[str, ...]]:
     """The names (parts below the glob's fixed part ``root``) a read of the glob
     ``spec`` could give the file ``target``: by its name as given (without
     ``..``, which the OS takes through links) and by its real path; through the
@@ -524,24 +526,14 @@ def _glob_names(spec: str, root: str, target: str) -> Iterator[tuple[str, ...]]:
         return
     whole = spec.rstrip("/\\")
     parent = os.path.dirname(whole)
-    spelled = [
-        part for part in PurePath(spec).parts[len(PurePath(root).parts) :] if _hidden_name(part)
-    ]
+    spelled = [part for part in pattern if _hidden_name(part)]  # parts below root
     for match in _glob(os.path.join(parent, ""), spelled) if parent else ["."]:
         if os.path.samestat(os.stat(match), home):
-            yield from _found(_match_parts(match, root), os.path.basename(target))
+            yield from _found(_parts_below(match, root), os.path.basename(target))
     for match in _glob(os.path.join(whole, ""), spelled):
         below = _read_as(target, Path(match))
         if below is not None:
-            yield from _found(_match_parts(match, root), *below)
-
-
-def _match_parts(match: str, root: str) -> tuple[str, ...] | None:
-    """The parts below ``root`` of a path the glob gave (both as written, ``..``
-    kept: the OS takes it through links, as the read does; the glob's paths begin
-    with its fixed part)."""
-    parts, top = PurePath(match).parts, PurePath(root).parts
-    return parts[len(top) :] if parts[: len(top)] == top else None
+            yield from _found(_parts_below(match, root), *below)
 
 
 def _found(parts: tuple[str, ...] | None, *more: str) -> Iterator[tuple[str, ...]]:
@@ -550,13 +542,12 @@ def _found(parts: tuple[str, ...] | None, *more: str) -> Iterator[tuple[str, ...
         yield (*parts, *more)
 
 
-def _parts_below(path: str, directory: str) -> tuple[str, ...] | None:
-    """The parts of ``path`` below ``directory`` (both absolute, or both real);
-    None if it is not below it."""
-    try:
-        return Path(path).relative_to(directory).parts
-    except ValueError:
-        return None
+def _parts_below(path: str | PurePath, directory: str | PurePath) -> tuple[str, ...] | None:
+    """The parts of ``path`` below ``directory``, both as written (absolute, real,
+    or as a glob gave them: ``..`` kept, the OS takes it through links, as the read
+    does); None if it is not below it."""
+    parts, top = PurePath(path).parts, PurePath(directory).parts
+    return parts[len(top) :] if parts[: len(top)] == top else None
 
 
 def _glob_takes(pattern: Sequence[str], names: Sequence[str], *, directories: bool) -> bool:
@@ -664,10 +655,19 @@ def _listed(prefix: str, role: str, options: Mapping[str, str]) -> list[DataFile
     return found
 
 
+def _listable(prefix: str) -> str:
+    """The deepest prefix of ``prefix`` (itself, or one above, the bucket at most)
+    without a character beyond ``_LISTED_AS_IS``: one Polars lists below."""
+    bucket = prefix.find("/", prefix.find("://") + 3) + 1 or len(prefix)
+    root = prefix
+    while len(root) > bucket and not _LISTED_AS_IS.fullmatch(root, bucket):
+        root = root[: root.rstrip("/").rfind("/") + 1]
+    return root
+
+
 def _unlisted(prefix: str) -> str:
     """Why a prefix with a character Polars does not list below may look empty."""
-    bucket = prefix.find("/", prefix.find("://") + 3) + 1 or len(prefix)
-    if _LISTED_AS_IS.fullmatch(prefix, bucket):
+    if _listable(prefix) == prefix:
         return ""
     return (
         " as listed (Polars lists nothing below a name with '~', '%', '#' or a letter "
@@ -697,10 +697,7 @@ def _store_keys(prefix: str, options: Mapping[str, str]) -> list[str] | None:
         return sorted(key for key in found.to_series().to_list() if key.startswith(prefix))
 
     keys = listing(prefix)
-    bucket = prefix.find("/", prefix.find("://") + 3) + 1 or len(prefix)
-    root = prefix
-    while len(root) > bucket and not _LISTED_AS_IS.fullmatch(root, bucket):
-        root = root[: root.rstrip("/").rfind("/") + 1]
+    root = _listable(prefix)
     if keys or root == prefix:
         return keys
     try:
@@ -1013,10 +1010,9 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 
 
 def _below(path: Path, root: Path) -> tuple[str, ...]:
-    """The parts of ``path`` below ``root`` (as ``relative_to``, by their parts;
-    none where it is not below)."""
-    top = root.parts
-    return path.parts[len(top) :] if path.parts[: len(top)] == top else ()
+    """The parts of ``path`` below ``root`` (:func:`_parts_below`; none where it
+    is not below)."""
+    return _parts_below(path, root) or ()
 
 
 def _in_order(path: Path) -> tuple[str, ...]:
@@ -1751,11 +1747,10 @@ def reading(paths: Sequence[str], origin: str) -> Iterator[None]:
             failure = _json_lines_failure(path, values)
             if failure is not None:
                 raise json_lines_error(path, failure) from exc
-        if isinstance(exc, pl.exceptions.InvalidOperationError) and re.search(
-            r"to `i64` failed in column", str(exc)
-        ):  # an id beyond Int64, worded as the ranking words it (canonical_keys)
-            detail = beyond_int64(_first_line(exc))
-            msg = f"{origin}: the ids must fit a 64-bit signed integer: {detail}"
+        beyond = beyond_int64(str(exc))
+        if isinstance(exc, pl.exceptions.InvalidOperationError) and beyond is not None:
+            # an id beyond Int64, worded as the ranking words it (canonical_keys)
+            msg = f"{origin}: the ids must fit a 64-bit signed integer: {beyond}"
             raise RaftInputError(msg) from exc
         culprit = _page_culprit(paths, exc)
         if culprit is not None:

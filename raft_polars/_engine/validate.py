@@ -144,16 +144,17 @@ def checked_rows(log: StageLog, piece: Piece | None = None) -> pl.LazyFrame:
     """The candidate rows of ``piece`` (all when None) that :func:`check_candidates`
     checks: ids and reward, with their token statistics when nested."""
     rows = log.candidates(piece, extras=False)
+    if log.layout != "nested":
+        return rows.select(*_IDS, "reward")
+    checked = nested_columns(rows, has_logprobs=log.has_logprobs)
     if log.wide:  # a row per prompt whose lists do not hold its candidates (one empty,
         # null, or shorter than the rewards) is one candidate row with null ids and
         # null lists, reported as its null id alone, not as a null reward and list too
         broken = pl.col("cand").is_null()
-        return nested_columns(rows, has_logprobs=log.has_logprobs).with_columns(
+        checked = checked.with_columns(
             (pl.col("null_list") & ~broken).alias("null_list"), broken.alias(_BROKEN)
         )
-    if log.layout == "nested":
-        return nested_columns(rows, has_logprobs=log.has_logprobs)
-    return rows.select(*_IDS, "reward")
+    return checked
 
 
 def read_checked(log: StageLog, piece: Piece | None = None) -> pl.DataFrame:
